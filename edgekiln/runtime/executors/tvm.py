@@ -1,0 +1,119 @@
+"""Runs TVM Relax artifacts with apache-tvm-ffi and the runtime library the artifact bundles.
+
+The device needs no TVM install: the artifact carries ``libtvm_runtime.so`` built for its
+platform (and ``libtvm_runtime_cuda.so`` for GPU artifacts).  Loading it with RTLD_GLOBAL
+registers the Relax VM's functions in the FFI registry, after which the compiled model
+library loads as an FFI module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekiln.artifact.manifest import Manifest
+from edgekiln.errors import CompatibilityError, DependencyError, IntegrityError
+
+# DLPack device codes and the Relax VM's allocator kinds (tvm/runtime/vm.py).
+_KDL_CPU, _KDL_CUDA = 1, 2
+_POOLED_ALLOCATOR = 2
+# A function that libtvm_runtime registers; present once a runtime library is loaded
+# (ours, or the compiler's when edgekiln validates inside a compile process).
+_RUNTIME_PROBE = "vm.builtin.check_tensor_info"
+_CUDA_PROBE = "ffi.Module.load_from_bytes.cuda"
+
+_load_lock = threading.Lock()
+_loaded_libraries: dict[str, ctypes.CDLL] = {}
+
+
+def _ffi() -> Any:
+    try:
+        import tvm_ffi
+    except ImportError as exc:  # pragma: no cover - depends on the device install
+        raise DependencyError(
+            f"apache-tvm-ffi is not installed ({exc})", hint="pip install edgekiln on the device"
+        ) from None
+    return tvm_ffi
+
+
+def _load_runtime_library(tvm_ffi: Any, path: Path, probe: str) -> None:
+    # One runtime per process: a second libtvm_runtime would register every function again.
+    with _load_lock:
+        if tvm_ffi.get_global_func(probe, allow_missing=True) is not None:
+            return
+        try:
+            _loaded_libraries[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise CompatibilityError(f"cannot load the artifact's runtime library {path.name}: {exc}") from None
+
+
+class TVMExecutor:
+    """A loaded Relax VM executable for one device."""
+
+    def __init__(self, manifest: Manifest, root: Path, device: str) -> None:
+        tvm_ffi = _ffi()
+        self._ffi = tvm_ffi
+        self._manifest = manifest
+        runtime = manifest.file("runtime-library")
+        if runtime is not None:
+            _load_runtime_library(tvm_ffi, root / runtime.path, _RUNTIME_PROBE)
+        elif tvm_ffi.get_global_func(_RUNTIME_PROBE, allow_missing=True) is None:
+            raise CompatibilityError(
+                f"the artifact bundles no TVM runtime library for {manifest.runtime.arch} "
+                f"and none is loaded; {' '.join(manifest.runtime.notes)}"
+            )
+        if device == "cuda":
+            cuda_runtime = manifest.file("runtime-library-cuda")
+            if cuda_runtime is None:
+                raise IntegrityError("a CUDA artifact without its CUDA runtime library")
+            _load_runtime_library(tvm_ffi, root / cuda_runtime.path, _CUDA_PROBE)
+        library = manifest.file("model-library")
+        if library is None:
+            raise IntegrityError("the artifact has no model library")
+        try:
+            module = tvm_ffi.load_module(str(root / library.path))
+            vm = module["vm_load_executable"]()
+            if device == "cuda":
+                # The VM runs shape functions on the CPU, so it gets the CPU as a second device.
+                vm["vm_initialization"](_KDL_CUDA, 0, _POOLED_ALLOCATOR, _KDL_CPU, 0, _POOLED_ALLOCATOR)
+            else:
+                vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
+        except Exception as exc:  # the FFI raises plain RuntimeError/ValueError
+            raise CompatibilityError(f"cannot load the model library: {exc}") from None
+        self._vm = vm
+        self._main = vm["main"]
+        self._device = tvm_ffi.device("cuda" if device == "cuda" else "cpu", 0)
+        self._cpu = tvm_ffi.device("cpu", 0)
+        self._on_gpu = device == "cuda"
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self._copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
+        # Relax VM calls are not re-entrant on one VM instance.
+        self._lock = threading.Lock()
+
+    def _to_device(self, array: np.ndarray) -> Any:
+        host = self._ffi.from_dlpack(np.ascontiguousarray(array))
+        if not self._on_gpu:
+            return host
+        dev = self._alloc(self._ffi.Shape(array.shape), self._ffi.dtype(str(array.dtype)), self._device, "global")
+        self._copy(host, dev)
+        return dev
+
+    def _to_numpy(self, tensor: Any) -> np.ndarray:
+        if self._on_gpu:
+            host = self._alloc(tensor.shape, tensor.dtype, self._cpu, "global")
+            self._copy(tensor, host)
+            tensor = host
+        # Copy: the VM's pooled allocator reuses output buffers on the next call.
+        return np.from_dlpack(tensor).copy()
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            args = [self._to_device(a) for a in inputs]
+            result = self._main(*args)
+            if isinstance(result, self._ffi.Tensor):
+                return [self._to_numpy(result)]
+            return [self._to_numpy(t) for t in result]

@@ -1,0 +1,162 @@
+"""The runtime façade: load an artifact and run it, with DLR-compatible method names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edgekiln.artifact.manifest import MANIFEST_NAME, Manifest, TensorSpec
+from edgekiln.artifact.package import sha256_file, unpack
+from edgekiln.errors import IntegrityError, UserError
+from edgekiln.runtime import compat
+from edgekiln.runtime.preprocess import preprocess, softmax
+
+
+class Model:
+    """A compiled model loaded for one device.
+
+    ``path`` is an artifact ``.tar.gz`` (verified and extracted into a private temporary
+    directory) or a directory that holds an extracted artifact (verified in place).
+    Every file's sha256 and the device compatibility are checked before anything loads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
+        path = Path(path)
+        if path.is_dir():
+            manifest = _verify_directory(path)
+            root = path
+        else:
+            root = Path(tempfile.mkdtemp(prefix="edgekiln-model-"))
+            # unpack() wants a fresh directory so that nothing stale mixes in.
+            root.rmdir()
+            manifest = unpack(path, root)
+            self._cleanup = weakref.finalize(self, shutil.rmtree, root, True)
+        compat.check(manifest, device)
+        from edgekiln.runtime import executors
+
+        self._manifest = manifest
+        self._root = root
+        self._device = device
+        self._executor = executors.create(manifest, root, device)
+        self._labels = self._read_labels()
+
+    # -- DLR-compatible introspection -------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The artifact's manifest as a dict."""
+        return self._manifest.to_dict()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def get_input_names(self) -> list[str]:
+        return [t.name for t in self._manifest.inputs]
+
+    def get_output_names(self) -> list[str]:
+        return [t.name for t in self._manifest.outputs]
+
+    def get_input_dtypes(self) -> list[str]:
+        return [t.dtype for t in self._manifest.inputs]
+
+    def get_output_dtypes(self) -> list[str]:
+        return [t.dtype for t in self._manifest.outputs]
+
+    def get_input_shapes(self) -> list[tuple[int, ...]]:
+        return [t.shape for t in self._manifest.inputs]
+
+    def get_output_shapes(self) -> list[tuple[int, ...]]:
+        return [t.shape for t in self._manifest.outputs]
+
+    # -- inference -------------------------------------------------------------------
+    def run(self, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model; ``inputs`` is one array, a list in input order, or name → array."""
+        arrays = self._arrange(inputs)
+        return self._executor.run(arrays)
+
+    def predict(self, image: Any, top_k: int = 5) -> list[dict[str, Any]]:
+        """Classify an image (path, PIL image or HxWx3 uint8 array) with the manifest's
+        preprocessing; returns the ``top_k`` classes with softmax scores."""
+        spec = self._manifest.preprocessing
+        if not spec:
+            raise UserError("this artifact records no preprocessing; call run() with a tensor instead")
+        if len(self._manifest.inputs) != 1:
+            raise UserError("predict() needs a model with one image input; call run() instead")
+        tensor = preprocess(image, spec, self._manifest.inputs[0].shape)
+        logits = self.run([tensor])[0].reshape(-1)
+        return top_classes(logits, self._labels, top_k)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _arrange(self, inputs: Any) -> list[np.ndarray]:
+        specs = self._manifest.inputs
+        if isinstance(inputs, np.ndarray):
+            inputs = [inputs]
+        if isinstance(inputs, Mapping):
+            unknown = sorted(set(inputs) - {s.name for s in specs})
+            if unknown:
+                raise UserError(f"unknown input names {unknown}; the model takes {[s.name for s in specs]}")
+            missing = [s.name for s in specs if s.name not in inputs]
+            if missing:
+                raise UserError(f"missing inputs {missing}")
+            inputs = [inputs[s.name] for s in specs]
+        inputs = list(inputs)
+        if len(inputs) != len(specs):
+            raise UserError(f"the model takes {len(specs)} input(s), got {len(inputs)}")
+        return [_conform(np.asarray(a), spec) for a, spec in zip(inputs, specs)]
+
+    def _read_labels(self) -> list[str] | None:
+        if not self._manifest.labels:
+            return None
+        text = (self._root / self._manifest.labels).read_text(encoding="utf-8")
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _conform(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if tuple(array.shape) != spec.shape:
+        raise UserError(f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(array.shape)}")
+    if array.dtype != np.dtype(spec.dtype):
+        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            raise UserError(f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}")
+        array = array.astype(spec.dtype)
+    return np.ascontiguousarray(array)
+
+
+def top_classes(logits: np.ndarray, labels: list[str] | None, top_k: int) -> list[dict[str, Any]]:
+    """The ``top_k`` classes of one logit vector, best first, with softmax probabilities."""
+    if top_k < 1:
+        raise UserError("top_k must be at least 1")
+    probs = softmax(logits.astype(np.float64))
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return [
+        {
+            "index": int(i),
+            "label": labels[i] if labels and i < len(labels) else str(int(i)),
+            "probability": float(probs[i]),
+        }
+        for i in order
+    ]
+
+
+def _verify_directory(root: Path) -> Manifest:
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UserError(f"{root} holds no {MANIFEST_NAME}; give an artifact .tar.gz or its extracted directory")
+    manifest = Manifest.from_json(manifest_path.read_bytes())
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file() or path.is_symlink():
+            raise IntegrityError(f"{entry.path} is missing or not a regular file in {root}")
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            raise IntegrityError(f"{entry.path} in {root} differs from the manifest (changed after the build)")
+    return manifest
+
+
+def load(path: str | os.PathLike[str], device: str = "cpu") -> Model:
+    """Load an artifact; shorthand for ``Model(path, device)``."""
+    return Model(path, device=device)
