@@ -1,0 +1,81 @@
+"""``edgekiln compile``: build an artifact for one device profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "compile a model for a device profile into an artifact (.tar.gz)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compile",
+        help=HELP,
+        description=(
+            "Compile MODEL (an ONNX file, or a built-in model such as zoo:resnet18) for the device "
+            "profile TARGET. The artifact is validated against ONNX Runtime when this machine can "
+            "execute the target, and written to OUT only when everything succeeded."
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="ONNX file or zoo:NAME (see `edgekiln zoo list`)")
+    parser.add_argument("--target", "-t", required=True, metavar="PROFILE",
+                        help="device profile id or alias (see `edgekiln profiles list`)")
+    parser.add_argument("--output", "-o", metavar="OUT.tar.gz",
+                        help="artifact path (default: NAME-PROFILE.tar.gz in the current directory)")
+    parser.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
+                        help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input")
+    parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
+    parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
+    parser.add_argument("--backend", default="tvm", help="backend (default: tvm)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="validation tolerance, max abs difference (default: 1e-4)")
+    parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
+    parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
+    parser.add_argument("--no-ptx", action="store_true",
+                        help="CUDA profiles: embed only SASS for the profile's GPU, no PTX")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
+    from edgekiln.compile.progress import ConsoleProgress
+    from edgekiln.compile.validate import ValidationOptions
+    from edgekiln.device_profiles import get_profile
+
+    profile = get_profile(args.target)
+    output = args.output
+    if output is None:
+        stem = args.name or args.model.split(":", 1)[-1].rsplit("/", 1)[-1].removesuffix(".onnx")
+        output = f"{stem}-{profile.aliases[0] if profile.aliases else profile.id.replace('/', '-')}.tar.gz"
+    backend_options = {"embed_ptx": False} if args.no_ptx else {}
+    options = CompileOptions(
+        backend=args.backend,
+        backend_options=backend_options,
+        validation=ValidationOptions(tolerance_abs=args.tolerance, samples=args.validation_samples),
+        validate=not args.no_validate,
+    )
+    artifact = compile_model(
+        args.model,
+        args.target,
+        output,
+        input_shape=parse_input_shape(args.input_shape),
+        name=args.name,
+        version=args.model_version,
+        options=options,
+        progress=ConsoleProgress(),
+    )
+    summary = artifact.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        v = artifact.manifest.validation
+        check = (f"validated: max abs diff {v.max_abs_diff:.2e} (tolerance {v.tolerance_abs:g}), "
+                 f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
+                 if v.status == "passed" else f"not validated: {v.reason}")
+        print(f"{summary['artifact']}: {summary['model']} for {summary['profile']} "
+              f"({summary['backend']}, {summary['target_triple']}), {summary['size_bytes'] / 1e6:.1f} MB", file=sys.stdout)
+        print(f"  {check}")
+    return 0

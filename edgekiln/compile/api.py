@@ -1,0 +1,227 @@
+"""``compile_model``: model file → artifact for one device profile.
+
+Stages, each with its own type: ``SourceModel`` (import) → ``LoweredFiles`` (backend) →
+``CompiledArtifact`` (validated, packed).  Work happens in a private temporary directory;
+the output path only ever receives a complete, validated artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgekiln import __version__
+from edgekiln.artifact.manifest import Manifest, ModelInfo, Validation
+from edgekiln.artifact.package import file_entry, pack, read_manifest
+from edgekiln.compile import validate
+from edgekiln.compile.backends import registry
+from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, import_model
+from edgekiln.compile.progress import NullProgress, Progress
+from edgekiln.device_profiles import DeviceProfile, get_profile
+from edgekiln.errors import UserError
+from edgekiln.runtime import compat
+
+LABELS_FILE = "labels.txt"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Typed options of one compile."""
+
+    backend: str = "tvm"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
+    validate: bool = True
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    """The result of a compile: where the artifact is and what its manifest says."""
+
+    path: Path
+    manifest: Manifest
+    size: int
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "CompiledArtifact":
+        path = Path(path)
+        return cls(path=path, manifest=read_manifest(path), size=path.stat().st_size)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a CI job reads (``edgekiln compile --json``)."""
+        m = self.manifest
+        return {
+            "artifact": str(self.path),
+            "size_bytes": self.size,
+            "model": m.model.name,
+            "version": m.model.version,
+            "profile": m.profile,
+            "backend": m.backend,
+            "target_triple": m.target_triple,
+            "cuda_arch": m.runtime.cuda_arch,
+            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.inputs],
+            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.outputs],
+            "validation": m.to_dict()["validation"],
+            "compile_seconds": m.extra.get("compile_seconds"),
+        }
+
+
+def host_can_execute(profile: DeviceProfile) -> str | None:
+    """None when this machine can run artifacts for ``profile``, else why not."""
+    host = compat.host_info()
+    if profile.cpu.arch != host.arch:
+        return f"this host is {host.arch}; the profile's CPU is {profile.cpu.arch}"
+    from edgekiln.compile.backends.tvm.backend import required_cpu_features
+
+    missing = [f for f in required_cpu_features(profile) if host.cpu_features and f not in host.cpu_features]
+    if missing:
+        return f"this host's CPU lacks {', '.join(missing)}"
+    if profile.is_cuda and not _gpu_present():
+        return "no NVIDIA GPU is attached to this host"
+    return None
+
+
+def _gpu_present() -> bool:
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        cu_init, cu_count = lib.cuInit, lib.cuDeviceGetCount
+    except (OSError, AttributeError):
+        # AttributeError: the build-time driver stub (backends/tvm/cuda.py) answered, no driver.
+        return False
+    count = ctypes.c_int(0)
+    return cu_init(0) == 0 and cu_count(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def compile_model(
+    model: str | os.PathLike[str],
+    target: str,
+    output: str | os.PathLike[str],
+    *,
+    input_shape: InputShapes = None,
+    name: str | None = None,
+    version: str = "1",
+    options: CompileOptions | None = None,
+    progress: Progress | None = None,
+) -> CompiledArtifact:
+    """Compile ``model`` (an ONNX file or ``zoo:NAME``) for the profile ``target``.
+
+    Writes the artifact to ``output`` (a ``.tar.gz``) only after it was built and, where this
+    machine can run the target, validated against ONNX Runtime.
+    """
+    import time
+
+    started = time.perf_counter()
+    options = options or CompileOptions()
+    progress = progress or NullProgress()
+    output = Path(output)
+    if output.is_dir():
+        raise UserError(f"output path {output} is a directory", hint="give a file name such as model.tar.gz")
+    if not output.parent.exists():
+        raise UserError(f"the directory of the output path {output} does not exist")
+    profile = get_profile(target)
+    backend = registry.get(options.backend)
+    reason = backend.supports(profile)
+    if reason:
+        raise UserError(f"backend {backend.id} cannot build for {profile.id}: {reason}")
+    backend_options = backend.options_type.from_dict(dict(options.backend_options))
+    if options.validation.tolerance_abs < 0 or options.validation.samples < 1:
+        raise UserError("the validation tolerance must be >= 0 and the sample count >= 1")
+    # Nothing is written next to the output until the final rename in pack().
+    work = Path(tempfile.mkdtemp(prefix="edgekiln-compile-"))
+    try:
+        with progress.step(f"import {model}"):
+            source = import_model(model, work / "source", input_shape=input_shape, name=name)
+        root = work / "artifact"
+        root.mkdir()
+        lowered = backend.lower(source, profile, backend_options, root, progress)
+        files = dict(lowered.files)
+        if source.labels:
+            (root / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
+            files[LABELS_FILE] = "labels"
+        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validate.skipped("not run yet"))
+        (root / "manifest.json").write_text(manifest.to_json())
+        validation = _validate(source, profile, root, manifest, options, progress)
+        elapsed = time.perf_counter() - started
+        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation,
+                             extra={"compile_seconds": round(elapsed, 2), "graph": dict(source.stats)})
+        with progress.step(f"write {output}"):
+            pack(manifest, root, output)
+        return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,
+              options: CompileOptions, progress: Progress) -> Validation:
+    if not options.validate:
+        return validate.skipped("disabled with --no-validate")
+    why_not = host_can_execute(profile)
+    if why_not:
+        return validate.skipped(f"this machine cannot execute the target: {why_not}")
+    device = "cuda" if profile.is_cuda else "cpu"
+    with progress.step(f"validate against ONNX Runtime ({options.validation.samples} samples)"):
+        batches = validate.make_inputs(source, options.validation)
+        reference = validate.reference_outputs(source, batches)
+        candidate = validate.run_artifact(root, batches, device)
+        return validate.compare(reference, candidate, manifest.outputs, options.validation,
+                                executed_on=f"host {compat.host_info().arch} ({device})")
+
+
+def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: Any,
+              files: Mapping[str, str], root: Path, validation: Validation,
+              extra: Mapping[str, Any] | None = None) -> Manifest:
+    return Manifest(
+        model=ModelInfo(
+            name=source.name,
+            version=version,
+            source_format=source.source_format,
+            source_sha256=source.source_sha256,
+            params=source.stats.get("params"),
+            macs=source.stats.get("macs"),
+        ),
+        profile=profile.id,
+        backend=backend,
+        backend_options={**lowered.options, "target": lowered.target},
+        target_triple=profile.cpu.triple,
+        edgekiln_version=__version__,
+        compiler=dict(lowered.compiler),
+        runtime=lowered.runtime,
+        inputs=source.inputs,
+        outputs=source.outputs,
+        files=tuple(file_entry(root, path, role) for path, role in sorted(files.items())),
+        validation=validation,
+        preprocessing=source.preprocessing,
+        labels=LABELS_FILE if LABELS_FILE in files else None,
+        created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        extra=dict(extra or {}),
+    )
+
+
+def parse_input_shape(values: Sequence[str] | None) -> InputShapes:
+    """``--input-shape`` values: ``1,3,224,224`` for a single input or ``NAME:1,3,224,224``."""
+    if not values:
+        return None
+    named: dict[str, list[int]] = {}
+    plain: list[int] | None = None
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise UserError(f"--input-shape {value!r} is not a list of integers such as 1,3,224,224") from None
+        if not shape:
+            raise UserError(f"--input-shape {value!r} gives no dimensions")
+        if sep:
+            named[name] = shape
+        else:
+            plain = shape
+    if plain is not None and named:
+        raise UserError("give --input-shape either once without a name or as NAME:DIMS for each input")
+    return plain if plain is not None else named

@@ -1,0 +1,1 @@
+"""edgekiln.compile.backends.tvm."""

@@ -1,0 +1,242 @@
+"""The TVM backend: Relax lowering for the profile's CPU or GPU, cross-linking with the
+profile's toolchain, and the TVM runtime library for the device's platform."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekiln.artifact.manifest import RuntimeRequirements
+from edgekiln.compile.backends.base import Backend, LoweredFiles
+from edgekiln.compile.backends.registry import register
+from edgekiln.compile.backends.tvm import runtime_libs
+from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.progress import Progress
+from edgekiln.device_profiles import DeviceProfile
+from edgekiln.errors import BackendError, DependencyError, UserError
+
+MODEL_LIBRARY = "lib/model.so"
+RUNTIME_LIBRARY = "lib/libtvm_runtime.so"
+RUNTIME_LIBRARY_CUDA = "lib/libtvm_runtime_cuda.so"
+
+# CPU features that code generated for an LLVM cpu name uses, as /proc/cpuinfo spells
+# them; the runtime refuses to load on a CPU that lacks one instead of dying on SIGILL.
+_MCPU_FEATURES = {
+    "haswell": ("avx2", "fma", "f16c", "bmi2", "movbe"),
+    "skylake-avx512": ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
+    "cascadelake": ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
+}
+# LLVM -mattr names → /proc/cpuinfo names where they differ (32-bit ARM spells vfp4 "vfpv4").
+_MATTR_FLAGS = {"vfp4": "vfpv4", "avx512f": "avx512f", "neon": "neon"}
+
+
+@dataclass(frozen=True)
+class TVMOptions:
+    """Options of the TVM backend.
+
+    embed_ptx: for CUDA profiles, also embed PTX beside the SASS so that GPUs newer than
+    the profile's architecture can still load the kernels (the driver JIT-compiles them).
+    strip: drop debug information from the model library (it is 30–60 % of its size).
+    """
+
+    embed_ptx: bool = True
+    strip: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "TVMOptions":
+        data = dict(data or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown TVM backend options {unknown}; valid: {sorted(known)}")
+        for key, value in data.items():
+            if not isinstance(value, bool):
+                raise UserError(f"TVM backend option {key!r} must be true or false, got {value!r}")
+        return cls(**data)
+
+
+def cpu_target(profile: DeviceProfile) -> dict[str, Any]:
+    """The LLVM target for the profile's CPU, in TVM 0.27's dict form."""
+    cpu = profile.cpu
+    target: dict[str, Any] = {"kind": "llvm", "mtriple": cpu.llvm_triple, "mcpu": cpu.mcpu, "num-cores": cpu.cores}
+    if cpu.mattr:
+        target["mattr"] = list(cpu.mattr)
+    if cpu.arch == "armv7l":
+        target["mfloat-abi"] = "hard"
+    return target
+
+
+def target_for(profile: DeviceProfile) -> dict[str, Any]:
+    if profile.is_cuda:
+        assert profile.accelerator is not None
+        return {"kind": "cuda", "arch": profile.accelerator.cuda_arch, "host": cpu_target(profile)}
+    return cpu_target(profile)
+
+
+def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
+    if profile.cpu.arch == "aarch64":
+        return ()  # NEON/ASIMD is part of the AArch64 base ISA
+    features = list(_MCPU_FEATURES.get(profile.cpu.mcpu, ()))
+    for attr in profile.cpu.mattr:
+        if attr.startswith("+"):
+            name = _MATTR_FLAGS.get(attr[1:], attr[1:])
+            if name not in features:
+                features.append(name)
+    return tuple(features)
+
+
+def unsupported_operators(model: Any) -> list[str]:
+    """Nodes whose operator the TVM ONNX frontend cannot convert, as 'Op (node name)'."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    convert_map = _get_convert_map()
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in ("Constant", "If"):
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type not in convert_map:
+            domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
+            found.append(f"{domain}{node.op_type} (node {node.name or f'#{index}'!r})")
+    return found
+
+
+@register
+class TVMBackend(Backend):
+    """Apache TVM Relax: CPU code through LLVM, CUDA kernels through nvcc."""
+
+    id = "tvm"
+    options_type = TVMOptions
+
+    def supports(self, profile: DeviceProfile) -> str | None:
+        if "tvm" not in profile.backends:
+            return f"profile {profile.id} does not list the tvm backend (it lists {', '.join(profile.backends)})"
+        return None
+
+    def lower(self, model: SourceModel, profile: DeviceProfile, options: TVMOptions, root: Path,
+              progress: Progress) -> LoweredFiles:
+        try:
+            import tvm
+            from tvm.relax.frontend.onnx import from_onnx
+        except ImportError as exc:
+            raise DependencyError(f"the TVM compiler is not installed ({exc})",
+                                  hint="pip install 'edgekiln[compile]'") from None
+
+        fcompile = self._linker(profile, options)
+        libs = runtime_libs.find(profile.cpu.arch)
+        if profile.is_cuda and (libs is None or libs.cuda is None):
+            raise DependencyError(f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library "
+                                  f"for {profile.cpu.arch}")
+        onnx_model = model.load_onnx()
+        with progress.step("convert ONNX to Relax"):
+            bad = unsupported_operators(onnx_model)
+            if bad:
+                raise BackendError(
+                    f"the tvm backend does not support {len(bad)} operator(s) of {model.source_ref}: "
+                    + ", ".join(bad[:10]) + (" …" if len(bad) > 10 else "")
+                )
+            shapes = {t.name: list(t.shape) for t in model.inputs}
+            try:
+                mod = from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
+            except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
+                raise BackendError(f"TVM cannot convert {model.source_ref}: {_first_line(exc)}") from None
+        target_dict = target_for(profile)
+        library = root / MODEL_LIBRARY
+        library.parent.mkdir(parents=True, exist_ok=True)
+        compiler = {"tvm": runtime_libs.tvm_version()}
+        with progress.step(f"build for {profile.id} ({'CUDA ' + profile.accelerator.cuda_arch if profile.is_cuda else profile.cpu.mcpu})"):
+            target = tvm.target.Target(target_dict)
+            if profile.is_cuda:
+                from edgekiln.compile.backends.tvm import cuda
+
+                assert libs is not None and libs.cuda is not None and profile.accelerator is not None
+                # The build host's own CUDA module makes TVM emit device code (see cuda.py).
+                host_libs = runtime_libs.find(runtime_libs._host_arch())
+                assert host_libs is not None and host_libs.cuda is not None
+                with cuda.ahead_of_time(profile.accelerator.cuda_arch, host_libs.cuda, options.embed_ptx) as fatbins:
+                    executable = self._build(tvm, mod, target)
+                if not fatbins:
+                    raise BackendError(f"TVM produced no CUDA device code for {profile.accelerator.cuda_arch}")
+                compiler["nvcc"] = cuda.nvcc_version()
+            else:
+                executable = self._build(tvm, mod, target)
+        with progress.step("link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")):
+            try:
+                executable.export_library(str(library), fcompile=fcompile)
+            except Exception as exc:
+                raise BackendError(f"linking the model library failed: {_first_line(exc)}") from None
+        files = {MODEL_LIBRARY: "model-library"}
+        notes: list[str] = []
+        if libs is not None:
+            shutil.copyfile(libs.runtime, root / RUNTIME_LIBRARY)
+            files[RUNTIME_LIBRARY] = "runtime-library"
+            if profile.is_cuda and libs.cuda is not None:
+                shutil.copyfile(libs.cuda, root / RUNTIME_LIBRARY_CUDA)
+                files[RUNTIME_LIBRARY_CUDA] = "runtime-library-cuda"
+        else:
+            notes.append(runtime_libs.unavailable_reason(profile.cpu.arch) or "")
+        runtime = RuntimeRequirements(
+            arch=profile.cpu.arch,
+            glibc=libs.glibc if libs else None,
+            python_packages=(f"apache-tvm-ffi=={_ffi_version()}", "numpy"),
+            library="libtvm_runtime.so",
+            library_version=runtime_libs.tvm_version(),
+            cuda_arch=profile.accelerator.cuda_arch if profile.is_cuda else None,
+            # libtvm_runtime_cuda.so links libcudart.so.<major> of the toolkit it was built with.
+            cuda_runtime=f"libcudart.so.{_cudart_major(libs.cuda)}" if profile.is_cuda and libs and libs.cuda else None,
+            cpu_features=required_cpu_features(profile),
+            notes=tuple(n for n in notes if n),
+        )
+        return LoweredFiles(files=files, runtime=runtime, compiler=compiler, target=json.loads(str(target)),
+                            options=asdict(options))
+
+    @staticmethod
+    def _build(tvm: Any, mod: Any, target: Any) -> Any:
+        try:
+            return tvm.compile(mod, target=target)
+        except Exception as exc:
+            raise BackendError(f"TVM failed to build the model: {_first_line(exc)}") from None
+
+    @staticmethod
+    def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
+        from tvm.support import cc as tvm_cc
+
+        compiler = profile.toolchain.cc or "g++"
+        if shutil.which(compiler) is None:
+            package = profile.toolchain.debian_package or "g++"
+            raise DependencyError(
+                f"the toolchain for {profile.id} ({compiler}) is not installed",
+                hint=f"apt-get install {package}",
+            )
+        flags = ["-s"] if options.strip else []
+        if profile.toolchain.cc is None:
+            return tvm_cc.cross_compiler("g++", options=flags) if flags else None
+        return tvm_cc.cross_compiler(profile.toolchain.cc, options=flags)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    # TVM errors end with the message after a C++ backtrace; the last line says what happened.
+    return (lines[-1] if lines else type(exc).__name__)[:400]
+
+
+def _ffi_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("apache-tvm-ffi")
+
+
+def _cudart_major(library: Path) -> str:
+    data = library.read_bytes()
+    marker = data.find(b"libcudart.so.")
+    if marker < 0:
+        return "?"
+    end = marker + len(b"libcudart.so.")
+    digits = b""
+    while end < len(data) and data[end:end + 1].isdigit():
+        digits += data[end:end + 1]
+        end += 1
+    return digits.decode() or "?"

@@ -1,0 +1,206 @@
+"""ONNX import: a model file or a zoo reference becomes a canonical ONNX graph with fixed
+input shapes, plus the input/output spec every later stage works from."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgekiln.artifact.manifest import TensorSpec
+from edgekiln.errors import UserError
+
+# ONNX TensorProto element types edgekiln artifacts carry.
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
+
+InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """The first stage: a canonical ONNX file on disk with fixed shapes, and what it is."""
+
+    name: str
+    path: Path
+    source_format: str  # "onnx" or "zoo"
+    source_ref: str
+    source_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int
+    preprocessing: Mapping[str, Any] | None = None
+    labels: tuple[str, ...] | None = None
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_onnx(self) -> Any:
+        import onnx
+
+        return onnx.load(str(self.path))
+
+
+def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None) -> SourceModel:
+    """Import ``ref`` (an ONNX file path or ``zoo:NAME``) into ``workdir/model.onnx``."""
+    import onnx
+
+    from edgekiln import zoo
+
+    ref_text = str(ref)
+    preprocessing = None
+    labels = None
+    if zoo.is_zoo_ref(ref_text):
+        model = zoo.build(ref_text)
+        info = zoo.info(ref_text)
+        source_format = "zoo"
+        default_name = info.name
+        raw = model.SerializeToString()
+        preprocessing = dict(zoo.preprocessing(ref_text))
+        labels = tuple(zoo.imagenet_labels())
+    else:
+        path = Path(ref_text)
+        if not path.exists():
+            raise UserError(
+                f"model file {path} does not exist",
+                hint="give an .onnx file, or a built-in model such as zoo:resnet18 (edgekiln zoo list)",
+            )
+        if not path.is_file():
+            raise UserError(f"model path {path} is not a file")
+        raw = path.read_bytes()
+        model = _parse(raw, path)
+        source_format = "onnx"
+        default_name = path.stem
+    _check(model, ref_text)
+    inputs, outputs, model = _fix_shapes(model, input_shape, ref_text)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "model.onnx"
+    onnx.save(model, str(out))
+    from edgekiln.compile.analysis import graph_stats
+
+    try:
+        stats = dict(graph_stats(model))
+    except UserError:
+        stats = {}
+    return SourceModel(
+        name=name or default_name,
+        path=out,
+        source_format=source_format,
+        source_ref=ref_text,
+        source_sha256=hashlib.sha256(raw).hexdigest(),
+        inputs=inputs,
+        outputs=outputs,
+        opset=_default_opset(model),
+        preprocessing=preprocessing,
+        labels=labels,
+        stats=stats,
+    )
+
+
+def _parse(raw: bytes, path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model_from_string(raw)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path} is not an ONNX model (cannot parse it: {exc})") from None
+    if not model.graph.node:
+        raise UserError(f"{path} is not an ONNX model (it holds no graph nodes)")
+    return model
+
+
+def _check(model: Any, ref: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise UserError(f"{ref} is a corrupt or invalid ONNX model: {first}") from None
+
+
+def _default_opset(model: Any) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def _graph_inputs(model: Any) -> list[Any]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def _requested_shapes(spec: InputShapes, names: list[str]) -> dict[str, list[int]]:
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(names))
+        if unknown:
+            raise UserError(f"--input-shape names unknown inputs {unknown}; the model's inputs are {names}")
+        return {k: [int(d) for d in v] for k, v in spec.items()}
+    if len(names) != 1:
+        raise UserError(f"the model has {len(names)} inputs {names}; give --input-shape as NAME:DIMS for each")
+    return {names[0]: [int(d) for d in spec]}
+
+
+def _fix_shapes(model: Any, spec: InputShapes, ref: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Any]:
+    import onnx
+
+    inputs = _graph_inputs(model)
+    names = [v.name for v in inputs]
+    requested = _requested_shapes(spec, names)
+    fixed: list[TensorSpec] = []
+    for value in inputs:
+        ttype = value.type.tensor_type
+        dtype = _ONNX_DTYPES.get(ttype.elem_type)
+        if dtype is None:
+            raise UserError(f"input {value.name!r} of {ref} has an unsupported element type {ttype.elem_type}")
+        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
+        want = requested.get(value.name)
+        if want is not None:
+            if any(d <= 0 for d in want):
+                raise UserError(f"--input-shape for {value.name!r} must be positive integers, got {want}")
+            if ttype.HasField("shape") and len(declared) != len(want):
+                raise UserError(
+                    f"input shape mismatch for {value.name!r}: the model declares rank {len(declared)} "
+                    f"{_show(declared)}, --input-shape gives rank {len(want)} {want}"
+                )
+            clash = [i for i, (d, w) in enumerate(zip(declared, want)) if d is not None and d != w]
+            if clash:
+                raise UserError(
+                    f"input shape mismatch for {value.name!r}: the model declares {_show(declared)}, "
+                    f"--input-shape gives {want}"
+                )
+            dims = want
+        else:
+            if not ttype.HasField("shape") or any(d is None for d in declared):
+                raise UserError(
+                    f"input {value.name!r} of {ref} has no fixed shape ({_show(declared)})",
+                    hint=f"give one with --input-shape, e.g. --input-shape {value.name}:1,3,224,224",
+                )
+            dims = [int(d) for d in declared]
+        del ttype.shape.dim[:]
+        for d in dims:
+            ttype.shape.dim.add().dim_value = int(d)
+        fixed.append(TensorSpec(value.name, dtype, tuple(dims)))
+    # Output shapes follow from the fixed inputs; clear stale symbolic ones first.
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"the input shapes do not fit {ref}: {first}") from None
+    outputs: list[TensorSpec] = []
+    for out in inferred.graph.output:
+        ttype = out.type.tensor_type
+        dtype = _ONNX_DTYPES.get(ttype.elem_type)
+        dims = [d.dim_value for d in ttype.shape.dim]
+        if dtype is None or not ttype.HasField("shape") or any(d <= 0 for d in dims):
+            raise UserError(f"cannot infer a fixed shape for output {out.name!r} of {ref}")
+        outputs.append(TensorSpec(out.name, dtype, tuple(dims)))
+    return tuple(fixed), tuple(outputs), inferred
+
+
+def _show(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
