@@ -58,24 +58,6 @@ class TVMOptions:
         return cls(**data)
 
 
-def cpu_target(profile: DeviceProfile) -> dict[str, Any]:
-    """The LLVM target for the profile's CPU, in TVM 0.27's dict form."""
-    cpu = profile.cpu
-    target: dict[str, Any] = {"kind": "llvm", "mtriple": cpu.llvm_triple, "mcpu": cpu.mcpu, "num-cores": cpu.cores}
-    if cpu.mattr:
-        target["mattr"] = list(cpu.mattr)
-    if cpu.arch == "armv7l":
-        target["mfloat-abi"] = "hard"
-    return target
-
-
-def target_for(profile: DeviceProfile) -> dict[str, Any]:
-    if profile.is_cuda:
-        assert profile.accelerator is not None
-        return {"kind": "cuda", "arch": profile.accelerator.cuda_arch, "host": cpu_target(profile)}
-    return cpu_target(profile)
-
-
 def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
     if profile.cpu.arch == "aarch64":
         return ()  # NEON/ASIMD is part of the AArch64 base ISA
@@ -142,7 +124,7 @@ class TVMBackend(Backend):
                 mod = from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
             except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
                 raise BackendError(f"TVM cannot convert {model.source_ref}: {_first_line(exc)}") from None
-        target_dict = target_for(profile)
+        target_dict = profile.tvm_target()
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = {"tvm": runtime_libs.tvm_version()}
