@@ -38,7 +38,7 @@ class ConsoleProgress:
         try:
             from rich.console import Console
 
-            console = Console(file=self._stream, highlight=False)
+            console = Console(file=self._stream, highlight=False, soft_wrap=True)
         except ImportError:  # rich is a compile extra; plain lines without it
             pass
         if console is not None and console.is_terminal:

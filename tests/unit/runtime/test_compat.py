@@ -1,0 +1,64 @@
+"""Compatibility checks name what the artifact needs and what the device has."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from edgekiln.artifact import Manifest, ModelInfo, RuntimeRequirements, TensorSpec, Validation
+from edgekiln.errors import CompatibilityError, UserError
+from edgekiln.runtime import compat
+
+HOST = compat.HostInfo(arch="x86_64", os="linux", glibc="2.36", cpu_features=frozenset({"avx2", "fma"}))
+
+
+def _manifest(**runtime) -> Manifest:
+    return Manifest(
+        model=ModelInfo("m", "1", "onnx", "0" * 64),
+        profile="p",
+        backend="tvm",
+        backend_options={},
+        target_triple="t",
+        edgekiln_version="0",
+        compiler={},
+        runtime=RuntimeRequirements(**{"arch": "x86_64", **runtime}),
+        inputs=(TensorSpec("input", "float32", (1,)),),
+        outputs=(TensorSpec("out", "float32", (1,)),),
+        files=(),
+        validation=Validation(status="skipped"),
+    )
+
+
+def test_matching_artifact_has_no_problems():
+    assert compat.problems(_manifest(glibc="2.28", cpu_features=("avx2",)), "cpu", HOST) == []
+
+
+@pytest.mark.parametrize(
+    ("runtime", "device", "expected"),
+    [
+        ({"arch": "aarch64"}, "cpu", "needs a aarch64 CPU; this device is x86_64"),
+        ({"glibc": "2.39"}, "cpu", "glibc >= 2.39; this device has 2.36"),
+        ({"cpu_features": ("avx512f",)}, "cpu", "avx512f"),
+        ({"cuda_arch": "sm_90"}, "cpu", "device='cuda'"),
+        ({}, "cuda", "device='cpu'"),
+    ],
+)
+def test_each_mismatch_is_named(runtime, device, expected):
+    found = compat.problems(_manifest(**runtime), device, HOST)
+    assert len(found) == 1 and expected in found[0]
+
+
+def test_check_raises_compatibility_error_for_this_host(monkeypatch):
+    other = "aarch64" if compat.host_info().arch != "aarch64" else "x86_64"
+    with pytest.raises(CompatibilityError, match=f"needs a {other} CPU"):
+        compat.check(_manifest(arch=other), "cpu")
+    with pytest.raises(UserError, match="unknown device"):
+        compat.check(_manifest(), "tpu")
+
+
+def test_host_info_reads_this_machine():
+    info = compat.host_info()
+    assert info.arch in ("x86_64", "aarch64", "armv7l")
+    assert info.os == "linux"
+    assert dataclasses.is_dataclass(info)
