@@ -76,8 +76,11 @@ def run_artifact(root: Path, batches: Sequence[Sequence[np.ndarray]], device: st
         np.savez(inputs, **{f"{b}_{i}": a for b, batch in enumerate(batches) for i, a in enumerate(batch)})
         cmd = [sys.executable, "-m", "edgekiln.compile.validate_worker", str(root), str(inputs), str(outputs), device]
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode < 0:
+            raise BackendError(f"the compiled artifact crashed on this host (signal {-proc.returncode}) "
+                               "while running the validation inputs")
         if proc.returncode != 0:
-            tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+            tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise BackendError(f"the compiled artifact failed to run on this host: {tail}")
         meta = json.loads(proc.stdout.strip().splitlines()[-1])
         with np.load(outputs) as data:

@@ -33,4 +33,11 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from edgekiln.errors import EdgekilnError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except EdgekilnError as exc:
+        # One line for the parent to quote; it turns it into a BackendError.
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(1)

@@ -84,6 +84,9 @@ class TVMExecutor:
                 vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
         except Exception as exc:  # the FFI raises plain RuntimeError/ValueError
             raise CompatibilityError(f"cannot load the model library: {exc}") from None
+        # The VM does not own the library: keep the module alive, or the kernels' code is
+        # unmapped when it is collected and the next call jumps into freed memory.
+        self._module = module
         self._vm = vm
         self._main = vm["main"]
         self._device = tvm_ffi.device("cuda" if device == "cuda" else "cpu", 0)
@@ -96,8 +99,9 @@ class TVMExecutor:
 
     def _to_device(self, array: np.ndarray) -> Any:
         host = self._ffi.from_dlpack(np.ascontiguousarray(array))
-        if not self._on_gpu:
-            return host
+        # Always copy into a tensor the TVM runtime allocated, on the CPU too: compiled kernels
+        # use aligned vector loads (64-byte alignment, as TVM allocates), and numpy only
+        # guarantees 16 bytes, so a numpy buffer passed as is crashes on some inputs.
         dev = self._alloc(self._ffi.Shape(array.shape), self._ffi.dtype(str(array.dtype)), self._device, "global")
         self._copy(host, dev)
         return dev

@@ -88,3 +88,33 @@ def test_predict_uses_manifest_preprocessing_and_labels(compiled):
     probs = [t["probability"] for t in top]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-9
     assert edgekiln.__version__
+
+
+def test_unaligned_small_inputs_run(tmp_path):
+    """numpy guarantees 16-byte alignment, TVM kernels use 32/64-byte aligned loads: the
+    executor must copy inputs into runtime-allocated tensors (this crashed before it did)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekiln.compile.api import compile_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["r"]), helper.make_node("Sigmoid", ["r"], ["out"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "s.onnx"))
+    artifact = compile_model(tmp_path / "s.onnx", "x86_64", tmp_path / "s.tar.gz")
+    code = (
+        "import sys, numpy as np, edgekiln\n"
+        "m = edgekiln.load(sys.argv[1])\n"
+        "for offset in range(1, 16):\n"
+        "    buf = np.zeros(192 + 16, dtype=np.float32)\n"
+        "    x = buf[offset:offset + 192].reshape(1, 3, 8, 8)\n"
+        "    x[...] = np.linspace(-2, 2, 192, dtype=np.float32).reshape(1, 3, 8, 8)\n"
+        "    y = m.run([x])[0]\n"
+        "    assert np.allclose(y, 1 / (1 + np.exp(-np.maximum(x, 0))), atol=1e-6), offset\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(artifact.path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
