@@ -65,8 +65,63 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
-def problems(manifest: Manifest, device: str, host: HostInfo | None = None) -> list[str]:
-    """Every reason this host cannot run the artifact on ``device`` (empty when it can)."""
+@dataclass(frozen=True)
+class CudaInfo:
+    """The NVIDIA driver and GPU 0 as the CUDA driver API reports them."""
+
+    driver_version: int  # e.g. 13000 for CUDA 13.0
+    compute_capability: tuple[int, int]
+    name: str
+
+
+def cuda_info() -> CudaInfo | None:
+    """The GPU this process would use, or None when there is no driver or no GPU."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        cu_init, cu_version, cu_get = lib.cuInit, lib.cuDriverGetVersion, lib.cuDeviceGet
+        cu_attr, cu_name = lib.cuDeviceGetAttribute, lib.cuDeviceGetName
+    except (OSError, AttributeError):
+        return None
+    version, device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if cu_init(0) != 0 or cu_version(ctypes.byref(version)) != 0 or cu_get(ctypes.byref(device), 0) != 0:
+        return None
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76 (cuda.h)
+    if cu_attr(ctypes.byref(major), 75, device) != 0 or cu_attr(ctypes.byref(minor), 76, device) != 0:
+        return None
+    name = ctypes.create_string_buffer(256)
+    cu_name(name, 256, device)
+    return CudaInfo(version.value, (major.value, minor.value), name.value.decode(errors="replace"))
+
+
+def _cuda_problems(manifest: Manifest, gpu: CudaInfo | None) -> list[str]:
+    req = manifest.runtime
+    if gpu is None:
+        return [f"the artifact needs an NVIDIA GPU ({req.cuda_arch}) and its driver; this device has none"]
+    found = []
+    have = gpu.compute_capability[0] * 10 + gpu.compute_capability[1]
+    want = int("".join(ch for ch in (req.cuda_arch or "") if ch.isdigit()) or 0)
+    has_ptx = bool(manifest.backend_options.get("embed_ptx", False))
+    # SASS runs only on its own major version at the same or a higher minor; PTX lets the
+    # driver compile for any newer GPU.
+    same_family = have // 10 == want // 10 and have >= want
+    if not same_family and not (has_ptx and have >= want):
+        found.append(f"the artifact holds GPU code for {req.cuda_arch}; this GPU ({gpu.name}) is sm_{have}")
+    if req.cuda_runtime and req.cuda_runtime.startswith("libcudart.so."):
+        major = req.cuda_runtime.rsplit(".", 1)[-1]
+        if major.isdigit() and gpu.driver_version // 1000 < int(major):
+            found.append(f"the artifact needs a driver for CUDA {major}; this driver supports CUDA "
+                         f"{gpu.driver_version // 1000}.{gpu.driver_version % 1000 // 10}")
+    return found
+
+
+def problems(manifest: Manifest, device: str, host: HostInfo | None = None,
+             gpu: CudaInfo | None | bool = False) -> list[str]:
+    """Every reason this host cannot run the artifact on ``device`` (empty when it can).
+
+    ``host`` and ``gpu`` default to this machine's; tests pass their own.
+    """
     host = host or host_info()
     req = manifest.runtime
     found: list[str] = []
@@ -80,6 +135,8 @@ def problems(manifest: Manifest, device: str, host: HostInfo | None = None) -> l
         missing = sorted(f for f in req.cpu_features if f not in host.cpu_features)
         if missing:
             found.append(f"the artifact needs CPU features {', '.join(missing)} that this CPU lacks")
+    if req.cuda_arch and device == "cuda":
+        found += _cuda_problems(manifest, cuda_info() if gpu is False else gpu)  # type: ignore[arg-type]
     if req.cuda_arch and device != "cuda":
         found.append(f"the artifact holds CUDA code for {req.cuda_arch}; load it with device='cuda'")
     if not req.cuda_arch and device == "cuda":

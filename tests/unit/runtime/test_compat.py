@@ -62,3 +62,28 @@ def test_host_info_reads_this_machine():
     assert info.arch in ("x86_64", "aarch64", "armv7l")
     assert info.os == "linux"
     assert dataclasses.is_dataclass(info)
+
+
+H100 = compat.CudaInfo(driver_version=13000, compute_capability=(9, 0), name="H100")
+
+
+@pytest.mark.parametrize(
+    ("gpu", "runtime", "ptx", "expected"),
+    [
+        (H100, {"cuda_arch": "sm_90", "cuda_runtime": "libcudart.so.13"}, True, None),
+        (None, {"cuda_arch": "sm_90"}, True, "has none"),
+        (compat.CudaInfo(13000, (7, 5), "T4"), {"cuda_arch": "sm_90"}, True, "is sm_75"),
+        # Newer GPU: SASS alone does not run, PTX does.
+        (compat.CudaInfo(13000, (10, 0), "B200"), {"cuda_arch": "sm_90"}, False, "is sm_100"),
+        (compat.CudaInfo(13000, (10, 0), "B200"), {"cuda_arch": "sm_90"}, True, None),
+        (compat.CudaInfo(12040, (9, 0), "H100"), {"cuda_arch": "sm_90", "cuda_runtime": "libcudart.so.13"}, True,
+         "driver for CUDA 13"),
+    ],
+)
+def test_gpu_artifact_checks(gpu, runtime, ptx, expected):
+    manifest = dataclasses.replace(_manifest(**runtime), backend_options={"embed_ptx": ptx})
+    found = compat.problems(manifest, "cuda", HOST, gpu)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0], found
