@@ -107,6 +107,8 @@ class Manifest:
     validation: Validation
     preprocessing: Mapping[str, Any] | None = None
     labels: str | None = None  # path of a labels file inside the artifact
+    # int8 artifacts: method, calibration sample count and the accuracy-gate figures.
+    quantization: Mapping[str, Any] | None = None
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -149,6 +151,7 @@ class Manifest:
                 validation=_build(Validation, data["validation"]),
                 preprocessing=data.get("preprocessing"),
                 labels=data.get("labels"),
+                quantization=data.get("quantization"),
                 created_utc=str(data.get("created_utc", "")),
                 schema_version=int(version),
                 extra=dict(data.get("extra") or {}),

@@ -35,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
     parser.add_argument("--no-ptx", action="store_true",
                         help="CUDA profiles: embed only SASS for the profile's GPU, no PTX")
+    parser.add_argument("--quantize", choices=("int8", "int8-auto"),
+                        help="post-training int8 quantization with an accuracy gate; int8-auto keeps the most "
+                             "sensitive layers in fp32 until the gate passes")
+    parser.add_argument("--calibration", metavar="PATH",
+                        help="calibration data: a folder of images (labelled by sub-folder, optional) or .npy/.npz")
+    parser.add_argument("--validation", metavar="PATH",
+                        help="accuracy-gate data, same formats (default: every 5th calibration sample, held out)")
+    parser.add_argument("--calibration-samples", type=int, default=100,
+                        help="calibration inputs used (default: 100)")
+    parser.add_argument("--accuracy-tolerance", type=float, default=0.01,
+                        help="int8 top-1 must be >= (1 - this) x fp32 top-1 (default: 0.01, MLPerf's 99%% rule)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(func=run)
 
@@ -42,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
     from edgekiln.compile.progress import ConsoleProgress
+    from edgekiln.compile.quantize import QuantizeOptions
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.device_profiles import get_profile
 
@@ -56,7 +68,15 @@ def run(args: argparse.Namespace) -> int:
         backend_options=backend_options,
         validation=ValidationOptions(tolerance_abs=args.tolerance, samples=args.validation_samples),
         validate=not args.no_validate,
+        quantize=None if args.quantize is None else QuantizeOptions(
+            mode=args.quantize, calibration=args.calibration, validation=args.validation,
+            calibration_samples=args.calibration_samples, accuracy_tolerance=args.accuracy_tolerance,
+        ),
     )
+    if args.quantize is None and (args.calibration or args.validation):
+        from edgekiln.errors import UserError
+
+        raise UserError("--calibration and --validation only apply with --quantize int8")
     artifact = compile_model(
         args.model,
         args.target,
@@ -78,4 +98,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary['artifact']}: {summary['model']} for {summary['profile']} "
               f"({summary['backend']}, {summary['target_triple']}), {summary['size_bytes'] / 1e6:.1f} MB", file=sys.stdout)
         print(f"  {check}")
+        if artifact.manifest.quantization:
+            g = artifact.manifest.quantization["accuracy_gate"]
+            print(f"  int8 accuracy gate passed: top-1 {g['int8_top1']:.4f} vs fp32 {g['fp32_top1']:.4f}, "
+                  f"agreement {g['top1_agreement']:.4f} on {g['samples']} inputs"
+                  + (f"; {len(g['fp32_layers'])} layers kept in fp32" if g["fp32_layers"] else ""))
     return 0

@@ -11,9 +11,11 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from edgekiln import __version__
 from edgekiln.artifact.manifest import Manifest, ModelInfo, Validation
@@ -22,11 +24,14 @@ from edgekiln.compile import validate
 from edgekiln.compile.backends import registry
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, import_model
 from edgekiln.compile.progress import NullProgress, Progress
+from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, quantize_onnx
 from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import UserError
 from edgekiln.runtime import compat
 
 LABELS_FILE = "labels.txt"
+# Backends whose artifacts run the QDQ int8 ONNX model from quantize/ (LiteRT quantizes itself).
+QUANTIZING_BACKENDS = ("onnxruntime", "tvm")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class CompileOptions:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
     validate: bool = True
+    quantize: QuantizeOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class CompiledArtifact:
             "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.outputs],
             "validation": m.to_dict()["validation"],
             "compile_seconds": m.extra.get("compile_seconds"),
+            "quantization": m.quantization,
         }
 
 
@@ -138,6 +145,16 @@ def compile_model(
     try:
         with progress.step(f"import {model}"):
             source = import_model(model, work / "source", input_shape=input_shape, name=name)
+        quantized: QuantizedModel | None = None
+        reference = source
+        if options.quantize is not None:
+            if backend.id not in QUANTIZING_BACKENDS:
+                raise UserError(f"backend {backend.id} cannot build int8 models; "
+                                f"use one of {', '.join(QUANTIZING_BACKENDS)}")
+            quantized = quantize_onnx(source, options.quantize, work / "quantize", progress)
+            # The artifact must reproduce the int8 model that passed the gate, so that model
+            # is the reference of the numerical validation below.
+            source = reference = quantized.source
         root = work / "artifact"
         root.mkdir()
         lowered = backend.lower(source, profile, backend_options, root, progress)
@@ -145,11 +162,12 @@ def compile_model(
         if source.labels:
             (root / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
             files[LABELS_FILE] = "labels"
-        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validate.skipped("not run yet"))
+        manifest = _manifest(source, version, profile, backend.id, lowered, files, root,
+                             validate.skipped("not run yet"), quantized)
         (root / "manifest.json").write_text(manifest.to_json())
-        validation = _validate(source, profile, root, manifest, options, progress)
+        validation = _validate(reference, profile, root, manifest, options, progress, quantized is not None)
         elapsed = time.perf_counter() - started
-        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation,
+        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation, quantized,
                              extra={"compile_seconds": round(elapsed, 2), "graph": dict(source.stats)})
         with progress.step(f"write {output}"):
             pack(manifest, root, output)
@@ -159,23 +177,32 @@ def compile_model(
 
 
 def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,
-              options: CompileOptions, progress: Progress) -> Validation:
+              options: CompileOptions, progress: Progress, int8: bool) -> Validation:
     if not options.validate:
         return validate.skipped("disabled with --no-validate")
     why_not = host_can_execute(profile)
     if why_not:
         return validate.skipped(f"this machine cannot execute the target: {why_not}")
     device = "cuda" if profile.is_cuda else "cpu"
-    with progress.step(f"validate against ONNX Runtime ({options.validation.samples} samples)"):
-        batches = validate.make_inputs(source, options.validation)
+    settings = options.validation
+    with progress.step(f"validate against ONNX Runtime ({settings.samples} samples)"):
+        batches = validate.make_inputs(source, settings)
         reference = validate.reference_outputs(source, batches)
+        if int8:
+            # Engines may round an int8 value one step apart (another fusion or accumulation
+            # order), which moves an output by about one quantization step of its range; the
+            # accuracy gate already judged the int8 model itself.
+            spread = max(float(np.ptp(out)) for batch in reference for out in batch)
+            floor = validate.INT8_RELATIVE_TOLERANCE * spread
+            if settings.tolerance_abs < floor:
+                settings = replace(settings, tolerance_abs=round(floor, 6))
         candidate = validate.run_artifact(root, batches, device)
-        return validate.compare(reference, candidate, manifest.outputs, options.validation,
+        return validate.compare(reference, candidate, manifest.outputs, settings,
                                 executed_on=f"host {compat.host_info().arch} ({device})")
 
 
 def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: Any,
-              files: Mapping[str, str], root: Path, validation: Validation,
+              files: Mapping[str, str], root: Path, validation: Validation, quantized: QuantizedModel | None,
               extra: Mapping[str, Any] | None = None) -> Manifest:
     return Manifest(
         model=ModelInfo(
@@ -199,6 +226,12 @@ def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend
         validation=validation,
         preprocessing=source.preprocessing,
         labels=LABELS_FILE if LABELS_FILE in files else None,
+        quantization=None if quantized is None else {
+            "mode": "int8",
+            "method": quantized.method,
+            "calibration_samples": quantized.calibration_samples,
+            "accuracy_gate": quantized.gate.to_dict(),
+        },
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         extra=dict(extra or {}),
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import edgekiln
 
 PACKAGE = Path(edgekiln.__file__).parent
-FORBIDDEN_FOR_DEVICE = ("edgekiln.compile", "edgekiln.agents", "edgekiln.fleet", "tvm", "onnx", "onnxruntime",
-                        "torch", "tensorflow")
+# onnxruntime is allowed: it is the device-side engine of onnxruntime artifacts (imported lazily).
+FORBIDDEN_FOR_DEVICE = ("edgekiln.compile", "edgekiln.agents", "edgekiln.fleet", "tvm", "onnx", "torch", "tensorflow")
 
 
 def _imports(path: Path) -> list[str]:

@@ -44,11 +44,19 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
     import onnx
 
     from edgekiln import zoo
+    from edgekiln.zoo import pretrained
 
     ref_text = str(ref)
     preprocessing = None
     labels = None
-    if zoo.is_zoo_ref(ref_text):
+    if pretrained.is_pretrained_ref(ref_text):
+        model = pretrained.build(ref_text)
+        source_format = "zoo"
+        default_name = ref_text.removeprefix("zoo:")
+        raw = model.SerializeToString()
+        preprocessing = pretrained.preprocessing(ref_text)
+        labels = tuple(zoo.imagenet_labels())
+    elif zoo.is_zoo_ref(ref_text):
         model = zoo.build(ref_text)
         info = zoo.info(ref_text)
         source_format = "zoo"

@@ -23,6 +23,10 @@ def create(manifest: Manifest, root: Path, device: str) -> Executor:
         from edgekiln.runtime.executors.tvm import TVMExecutor
 
         return TVMExecutor(manifest, root, device)
+    if manifest.backend == "onnxruntime":
+        from edgekiln.runtime.executors.onnxruntime import ONNXRuntimeExecutor
+
+        return ONNXRuntimeExecutor(manifest, root, device)
     raise CompatibilityError(
         f"this edgekiln runtime has no executor for backend {manifest.backend!r}",
         hint="upgrade edgekiln on the device",

@@ -116,7 +116,7 @@ def test_cross_toolchains_and_emulation():
     assert rasp3b.toolchain.cc == "arm-linux-gnueabihf-g++"
     assert rasp3b.toolchain.debian_package == "g++-arm-linux-gnueabihf"
     assert rasp3b.emulation.qemu_binary == "qemu-arm"
-    assert rasp3b.backends == ("tvm", "litert", "onnxruntime")
+    assert rasp3b.backends == ("tvm", "litert")
     assert all(t.endswith("_armv7l") for t in rasp3b.python.platform_tags)
 
     rasp4b = get_profile("rasp4b")
