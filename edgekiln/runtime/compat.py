@@ -48,6 +48,16 @@ def host_info() -> HostInfo:
     )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _cpu_features() -> frozenset[str]:
     # /proc/cpuinfo "flags" (x86) or "Features" (ARM): the kernel's view of the ISA.
     try:

@@ -21,6 +21,7 @@ def register(cls: type[Backend]) -> type[Backend]:
 def _load_builtin() -> None:
     # Importing a backend module registers it (once: Python caches modules); its heavy
     # imports stay inside its methods.
+    import edgekiln.compile.backends.litert.backend  # noqa: F401
     import edgekiln.compile.backends.onnxruntime.backend  # noqa: F401
     import edgekiln.compile.backends.tvm.backend  # noqa: F401
 

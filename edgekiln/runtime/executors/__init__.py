@@ -27,6 +27,10 @@ def create(manifest: Manifest, root: Path, device: str) -> Executor:
         from edgekiln.runtime.executors.onnxruntime import ONNXRuntimeExecutor
 
         return ONNXRuntimeExecutor(manifest, root, device)
+    if manifest.backend == "litert":
+        from edgekiln.runtime.executors.litert import LiteRTExecutor
+
+        return LiteRTExecutor(manifest, root, device)
     raise CompatibilityError(
         f"this edgekiln runtime has no executor for backend {manifest.backend!r}",
         hint="upgrade edgekiln on the device",

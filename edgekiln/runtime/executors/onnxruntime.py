@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekiln.artifact.manifest import Manifest
 from edgekiln.errors import CompatibilityError, DependencyError, IntegrityError
+from edgekiln.runtime.compat import usable_cpus
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -53,9 +54,12 @@ class ONNXRuntimeExecutor:
         options = ort.SessionOptions()
         threads = session.get("intra_op_num_threads")
         if threads:
-            options.intra_op_num_threads = int(threads)
-        # The model was optimized at compile time; do not spend load time doing it again.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            # Never more threads than this device has CPUs: oversubscribed ORT thread pools
+            # spin against each other and run several times slower.
+            options.intra_op_num_threads = max(1, min(int(threads), usable_cpus()))
+        # The portable rewrites were applied at compile time; the hardware-specific ones
+        # (NCHWc layouts, fusions for this CPU's kernels) are only valid here, at load time.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(str(root / model.path), options, providers=wanted)
         except Exception as exc:

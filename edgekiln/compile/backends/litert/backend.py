@@ -1,0 +1,209 @@
+"""The LiteRT backend: a ``.tflite`` model (fp32, or full-integer int8) written directly
+from ONNX, run on the device by ``ai-edge-litert`` with its default XNNPACK delegate.
+
+Neither TensorFlow nor PyTorch is involved: ``convert.py`` maps ONNX operators onto TFLite
+builtins, ``quantize.py`` calibrates and quantizes, ``writer.py`` serializes with the
+``tflite`` package's flatbuffer schema classes.  See README "LiteRT backend" for why.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgekiln import __version__
+from edgekiln.artifact.manifest import RuntimeRequirements
+from edgekiln.compile.backends.base import Backend, LoweredFiles
+from edgekiln.compile.backends.registry import register
+from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.progress import Progress
+from edgekiln.device_profiles import DeviceProfile
+from edgekiln.errors import DependencyError, UserError
+
+MODEL_FILE = "model.tflite"
+# The ai-edge-litert release artifacts are made for and validated with; a device installs it.
+LITERT_VERSION = "2.3.0"
+# ai-edge-litert publishes Linux wheels for these architectures (manylinux_2_27).
+_WHEEL_ARCHES = ("x86_64", "aarch64")
+_QUANTIZE = ("int8",)
+_METHODS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class LiteRTOptions:
+    """Options of the LiteRT backend.
+
+    quantize: None for an fp32 model, "int8" for full-integer int8 (int8 input and output
+    too; the runtime quantizes and dequantizes at the boundary).
+    calibration: int8 only: a folder of images (preprocessed as the model records) or a
+    .npy/.npz file of input tensors.
+    calibration_samples: at most this many calibration inputs are used (default 100).
+    calibration_method: "minmax" (default, as TFLite's converter) or "percentile".
+    num_threads: interpreter threads on the device (default: the profile's cores).
+    """
+
+    quantize: str | None = None
+    calibration: str | None = None
+    calibration_samples: int = 100
+    calibration_method: str = "minmax"
+    num_threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "LiteRTOptions":
+        data = dict(data or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown litert backend options {unknown}; valid: {sorted(known)}")
+        quantize = data.get("quantize")
+        if quantize is not None and quantize not in _QUANTIZE:
+            raise UserError(f"litert option quantize must be one of {', '.join(_QUANTIZE)} (or absent), "
+                            f"got {quantize!r}")
+        calibration = data.get("calibration")
+        if calibration is not None:
+            if not isinstance(calibration, (str, os.PathLike)):
+                raise UserError(f"litert option calibration must be a path, got {calibration!r}")
+            data["calibration"] = os.fspath(calibration)
+        if quantize and calibration is None:
+            raise UserError("int8 quantization needs calibration data",
+                            hint="give a folder of images or a .npy/.npz file (litert option calibration)")
+        if calibration is not None and not quantize:
+            raise UserError("litert option calibration only applies with quantize='int8'")
+        for key in ("calibration_samples", "num_threads"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"litert option {key} must be a positive integer, got {value!r}")
+        if data.get("calibration_samples", 1) is None:
+            raise UserError("litert option calibration_samples must be a positive integer, got None")
+        method = data.get("calibration_method", "minmax")
+        if method not in _METHODS:
+            raise UserError(f"litert option calibration_method must be one of {', '.join(_METHODS)}, got {method!r}")
+        return cls(**data)
+
+
+def litert_version() -> str:
+    """The ai-edge-litert version the device should install: the build host's, if present."""
+    try:
+        return metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        return LITERT_VERSION
+
+
+@register
+class LiteRTBackend(Backend):
+    """LiteRT (TensorFlow Lite) with XNNPACK: the published leader on Arm boards."""
+
+    id = "litert"
+    options_type = LiteRTOptions
+
+    def supports(self, profile: DeviceProfile) -> str | None:
+        if "litert" not in profile.backends:
+            return f"profile {profile.id} does not list the litert backend (it lists {', '.join(profile.backends)})"
+        if profile.is_cuda:
+            return "LiteRT artifacts run on the CPU; the profile is for a GPU"
+        return None
+
+    def lower(self, model: SourceModel, profile: DeviceProfile, options: LiteRTOptions, root: Path,
+              progress: Progress) -> LoweredFiles:
+        try:
+            import flatbuffers  # noqa: F401
+            import tflite
+        except ImportError as exc:
+            raise DependencyError(f"the LiteRT backend needs the tflite schema package ({exc})",
+                                  hint="pip install 'edgekiln[compile]'") from None
+        from edgekiln.compile.backends.litert import convert, quantize, writer
+
+        with progress.step("convert ONNX to TFLite operators"):
+            graph = convert.convert(model.load_onnx(), model.source_ref)
+        threads = options.num_threads or profile.cpu.cores
+        compiler = {"edgekiln-tflite-writer": __version__, "tflite-schema": tflite.__version__}
+        quantization = None
+        if options.quantize == "int8":
+            _need_runtime()
+            inputs = _calibration_inputs(model, options, progress)
+            graph = quantize.prepare(graph)
+            ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
+            graph = quantize.quantize(graph, ranges)
+            compiler["ai-edge-litert"] = litert_version()
+
+            def params(name: str) -> dict[str, Any]:
+                q = graph.tensors[name].quant
+                return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
+
+            quantization = {
+                "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
+                          "int32 biases",
+                "calibration_method": ranges.method,
+                "calibration_samples": ranges.samples,
+                "inputs": [params(n) for n in graph.inputs],
+                "outputs": [params(n) for n in graph.outputs],
+            }
+        with progress.step(f"write {MODEL_FILE}"):
+            content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
+                                   description=f"edgekiln {__version__}: {model.name}")
+            (root / MODEL_FILE).write_bytes(content)
+        notes = []
+        if profile.cpu.arch not in _WHEEL_ARCHES:
+            notes.append(f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
+                         "Python runtime built for it (ai_edge_litert or tflite_runtime, with XNNPACK)")
+        runtime = RuntimeRequirements(
+            arch=profile.cpu.arch,
+            glibc=_wheel_glibc() if profile.cpu.arch in _WHEEL_ARCHES else None,
+            python_packages=(f"ai-edge-litert=={litert_version()}", "numpy"),
+            library=None,
+            library_version=litert_version(),
+            notes=tuple(notes),
+        )
+        manifest_options = {
+            **asdict(options),
+            # The name only: a build host's directory layout does not belong in the artifact.
+            "calibration": Path(options.calibration).name if options.calibration else None,
+            "num_threads": threads,
+            "precision": options.quantize or "float32",
+            "delegate": "xnnpack",
+            # How each .tflite input/output relates to the manifest's (the source's) tensor.
+            "input_layouts": list(graph.input_layouts),
+            "output_layouts": list(graph.output_layouts),
+            "operators": dict(sorted(collections.Counter(op.kind for op in graph.ops).items())),
+        }
+        if quantization:
+            manifest_options["quantization"] = quantization
+        target = {"kind": "litert", "arch": profile.cpu.arch, "delegate": "xnnpack", "num_threads": threads}
+        return LoweredFiles(files={MODEL_FILE: "model"}, runtime=runtime, compiler=compiler, target=target,
+                            options=manifest_options)
+
+
+def _need_runtime() -> None:
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(f"int8 calibration runs the model in LiteRT, and ai-edge-litert is not installed ({exc})",
+                              hint="pip install 'edgekiln[compile]'") from None
+
+
+def _calibration_inputs(model: SourceModel, options: LiteRTOptions, progress: Progress) -> list[list[Any]]:
+    from edgekiln.compile.quantize.data import load_dataset
+
+    if len(model.inputs) != 1:
+        raise UserError("int8 quantization supports single-input models")
+    assert options.calibration is not None
+    with progress.step(f"load calibration data from {options.calibration}"):
+        data = load_dataset(options.calibration, model, limit=options.calibration_samples)
+    return [[x] for x in data.inputs]
+
+
+def _wheel_glibc() -> str | None:
+    """The glibc that ai-edge-litert's manylinux wheels need (from the installed wheel's tag)."""
+    try:
+        wheel = metadata.distribution("ai-edge-litert").read_text("WHEEL") or ""
+    except metadata.PackageNotFoundError:
+        return "2.27"  # the manylinux_2_27 tag of the 2.3.0 wheels
+    for line in wheel.splitlines():
+        if line.startswith("Tag:") and "manylinux_" in line:
+            major, minor = line.split("manylinux_", 1)[1].split("_")[:2]
+            return f"{major}.{minor}"
+    return None
