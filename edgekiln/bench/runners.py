@@ -1,0 +1,353 @@
+"""Where a measured model runs: a local process, an emulated board, or a device's agent.
+
+Every runner hands the harness a :class:`Worker` that speaks the worker protocol of
+:mod:`edgekiln.bench.worker` (JSON lines: load, run, outputs, exit), so the harness's
+interleaving, statistics and correctness checks are the same whatever carries the lines:
+
+- :class:`LocalRunner` — ``python -m edgekiln.bench.worker`` as a child process of this one;
+  its peak RSS is the child's own high-water mark (``VmHWM`` in ``/proc/PID/status``), read
+  by the harness just before the child exits, apart from the harness's own memory.
+
+  Not ``ru_maxrss`` from ``wait4()``/``RUSAGE_CHILDREN``: on Linux, exec() folds the
+  high-water mark of the memory the child had *before* exec — the parent's, copied by fork or
+  shared by vfork — into the child's ``ru_maxrss``, so a child of a 900 MB compile process
+  reports 900 MB whatever it loads. ``wait4()``'s figure is kept as ``ru_maxrss_kb``.
+- :class:`EmulatedRunner` — the same worker under qemu-user in the board's sysroot
+  (:func:`edgekiln.emulation.python_prefix`). Emulated time says nothing about the board, so
+  its reports carry outputs (correctness) and say that timings are not meaningful.
+- :class:`AgentRunner` — the worker on a device, reached through the edgekiln agent. The
+  agent must offer one call for it (see the class); until it does, this runner raises a
+  DependencyError that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from edgekiln.bench import worker as protocol
+from edgekiln.errors import BackendError, DependencyError, EdgekilnError, InternalError, UserError
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What a worker reported after loading its subject."""
+
+    load_s: float
+    version: str
+    rss_before_load_kb: int | None
+    rss_after_load_kb: int | None
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a worker ended: its process's peak RSS in KiB (VmHWM), where the runner can see it,
+    and the kernel's ru_maxrss of the child (inflated by the parent's memory; see above)."""
+
+    peak_rss_kb: int | None
+    ru_maxrss_kb: int | None = None
+
+
+class LineChannel(Protocol):
+    """A bidirectional channel of text lines to one worker (a pipe, an agent's stream)."""
+
+    def send(self, line: str) -> None: ...
+
+    def receive(self) -> str: ...
+
+    def close(self) -> ExitInfo: ...
+
+
+class Worker:
+    """The harness's side of the worker protocol over any :class:`LineChannel`."""
+
+    def __init__(self, channel: LineChannel, label: str) -> None:
+        self._channel = channel
+        self.label = label
+        self.load_info: LoadInfo | None = None
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._channel.send(json.dumps(request))
+        line = self._channel.receive()
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError:
+            raise InternalError(f"{self.label}: the worker answered {line[:200]!r}") from None
+        if not reply.get("ok"):
+            raise BackendError(f"{self.label}: {reply.get('error', 'failed')}")
+        return reply
+
+    def load(self, subject: dict[str, Any], samples: list[list[np.ndarray]]) -> LoadInfo:
+        reply = self._call({"op": "load", "subject": subject,
+                            "inputs_npz": protocol.encode_arrays(protocol.pack_samples(samples))})
+        self.load_info = LoadInfo(float(reply["load_s"]), reply.get("version", ""),
+                                  reply.get("rss_before_load_kb"), reply.get("rss_after_load_kb"))
+        return self.load_info
+
+    def run(self, queries: int, calls_per_query: int = 1, start: int = 0) -> list[float]:
+        """Times of ``queries`` queries of ``calls_per_query`` model calls each, in seconds."""
+        reply = self._call({"op": "run", "queries": queries, "calls_per_query": calls_per_query, "start": start})
+        return [float(s) for s in reply["seconds"]]
+
+    def outputs(self) -> list[list[np.ndarray]]:
+        """The model's outputs for every loaded input sample."""
+        return protocol.unpack_samples(protocol.decode_arrays(self._call({"op": "outputs"})["outputs_npz"]))
+
+    def close(self) -> ExitInfo:
+        """Ask the worker to exit; returns the peak RSS of its process."""
+        # Seen from outside first (the process is still there), the worker's own word second
+        # (a remote worker: the agent relays it).
+        outside = getattr(self._channel, "peak_rss_kb", None)
+        peak = outside() if callable(outside) else None
+        reported = None
+        try:
+            reported = self._call({"op": "exit"}).get("vm_hwm_kb")
+        except EdgekilnError:
+            pass
+        info = self._channel.close()
+        return ExitInfo(peak_rss_kb=peak or info.peak_rss_kb or reported, ru_maxrss_kb=info.ru_maxrss_kb)
+
+    def abort(self) -> None:
+        """Stop the worker without asking (another error is on its way up)."""
+        try:
+            self._channel.close()
+        except Exception:  # noqa: BLE001 - best effort while another error propagates
+            pass
+
+
+class ProcessChannel:
+    """Lines over the stdin/stdout of a child process; its stderr goes to a temporary file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None, label: str) -> None:
+        self._label = label
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=self._stderr, env=env, text=True, bufsize=1)
+        except OSError as exc:
+            raise DependencyError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
+        self._rusage: Any = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def peak_rss_kb(self) -> int | None:
+        """The child's VmHWM from /proc, while it runs."""
+        try:
+            with open(f"/proc/{self._proc.pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def send(self, line: str) -> None:
+        try:
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise self._died() from None
+
+    def receive(self) -> str:
+        line = self._proc.stdout.readline()
+        if not line:
+            raise self._died()
+        return line
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else "no message"
+
+    def _died(self) -> EdgekilnError:
+        self._reap()
+        code = self._proc.returncode
+        if code is not None and code < 0:
+            return BackendError(f"{self._label}: the worker process died with signal {-code}")
+        return BackendError(f"{self._label}: the worker process ended (exit {code}): {self._stderr_tail()}")
+
+    def _reap(self, timeout: float = 30.0) -> None:
+        if self._proc.returncode is not None:
+            return
+        # wait4() on this very child, so that its status (and rusage) is this child's alone.
+        try:
+            status, self._rusage = _wait4(self._proc.pid, timeout)
+        except TimeoutError:
+            self._proc.kill()
+            _, status, self._rusage = os.wait4(self._proc.pid, 0)
+        except ChildProcessError:  # reaped elsewhere; the exit code is all that is left
+            self._proc.wait()
+            return
+        self._proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def close(self) -> ExitInfo:
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        self._reap()
+        for stream in (self._proc.stdout, self._stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return ExitInfo(peak_rss_kb=None,
+                        ru_maxrss_kb=int(self._rusage.ru_maxrss) if self._rusage is not None else None)
+
+
+def _wait4(pid: int, timeout: float) -> tuple[int, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status, rusage = os.wait4(pid, os.WNOHANG)
+        if got == pid:
+            return status, rusage
+        if time.monotonic() > deadline:
+            raise TimeoutError(pid)
+        time.sleep(0.01)
+
+
+class Runner(Protocol):
+    """Starts workers somewhere; says whether times measured there mean anything."""
+
+    kind: str
+    timings_meaningful: bool
+    reason: str | None  # why timings are not meaningful, when they are not
+
+    def describe(self) -> str: ...
+
+    def start(self, label: str) -> Worker: ...
+
+
+def _worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # The worker must import this edgekiln, also from a checkout that is not installed.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.update(extra or {})
+    return env
+
+
+class LocalRunner:
+    """Workers as child processes of this one, on this machine."""
+
+    kind = "local"
+    timings_meaningful = True
+    reason = None
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self._python = python or sys.executable
+        self._env = env
+
+    def describe(self) -> str:
+        return "local process on this host"
+
+    def start(self, label: str) -> Worker:
+        channel = ProcessChannel([self._python, "-m", "edgekiln.bench.worker"], _worker_env(self._env), label)
+        return Worker(channel, label)
+
+
+class EmulatedRunner:
+    """Workers on an emulated board (qemu-user with the profile's sysroot): correctness only."""
+
+    kind = "emulated"
+    timings_meaningful = False
+
+    def __init__(self, profile: Any, progress: Any = None) -> None:
+        self._profile = profile
+        self._progress = progress
+        self.reason = (f"emulated {profile.id} under qemu-user on a {os.uname().machine} host: "
+                       "times measure the emulator, not the board")
+
+    def describe(self) -> str:
+        return f"emulated {self._profile.id} (qemu-user)"
+
+    def start(self, label: str) -> Worker:
+        try:
+            from edgekiln.emulation import python_prefix
+        except ImportError:
+            raise DependencyError("this edgekiln has no emulated boards (edgekiln.emulation)") from None
+        prefix, env = python_prefix(self._profile, progress=self._progress)
+        channel = ProcessChannel([*prefix, "-m", "edgekiln.bench.worker"], env, label)
+        return Worker(channel, label)
+
+
+class AgentRunner:
+    """Workers on a device, through the edgekiln agent running there.
+
+    What the agent must expose (one call; the harness needs nothing else from it):
+
+    ``rpc Bench(stream BenchLine) returns (stream BenchLine)`` with
+    ``message BenchLine { string json = 1; }``. On the stream's first message the agent
+    starts ``python -m edgekiln.bench.worker`` on the device as a child process of its own
+    (not inside the agent, so that the model's peak RSS is its own and a crash takes only
+    the worker), then relays each line to the worker's stdin and each line of its stdout
+    back, unchanged. The worker's reply to ``exit`` carries its own peak RSS (``vm_hwm_kb``),
+    which is what the harness reports for a remote run; the agent then reaps the worker and
+    ends the stream. The subject's ``path`` names an artifact on the device (in the agent's
+    model directory); baselines run there only when the device has their runtime installed.
+    The replies are the same JSON as a local worker's, so a remote report has the same
+    schema as a local one.
+
+    ``connect`` is that call's client: a function from (address, label) to a
+    :class:`LineChannel`. The agent package offers none yet (``edgekiln.agents.bench_client.
+    connect`` is where the harness looks), so without one this runner raises a
+    DependencyError that says what is missing.
+    """
+
+    kind = "agent"
+    timings_meaningful = True
+    reason = None
+
+    def __init__(self, address: str, connect: Callable[[str, str], LineChannel] | None = None) -> None:
+        self._address = address
+        self._connect = connect or _agent_connect()
+
+    def describe(self) -> str:
+        return f"device behind the agent at {self._address}"
+
+    def start(self, label: str) -> Worker:
+        return Worker(self._connect(self._address, label), label)
+
+
+def _agent_connect() -> Callable[[str, str], LineChannel]:
+    try:
+        from edgekiln.agents import bench_client  # type: ignore[attr-defined]
+    except ImportError:
+        bench_client = None
+    connect = getattr(bench_client, "connect", None)
+    if connect is None:
+        raise DependencyError(
+            "the edgekiln agent offers no Bench call yet, so a device cannot be benchmarked through it",
+            hint="run `edgekiln bench` on the device itself; edgekiln.bench.runners.AgentRunner "
+                 "documents the call the agent must expose",
+        )
+    return connect
+
+
+def runner_for(profile: Any, device: str, *, agent: str | None = None, progress: Any = None) -> Runner:
+    """The runner for an artifact built for ``profile``: the agent when an address is given,
+    this host when its CPU architecture matches, else the profile's emulated board."""
+    if agent:
+        return AgentRunner(agent)
+    from edgekiln.runtime import compat
+
+    host = compat.host_info()
+    if profile.cpu.arch == host.arch:
+        return LocalRunner()
+    if getattr(profile, "emulation", None) is not None:
+        return EmulatedRunner(profile, progress=progress)
+    raise UserError(
+        f"this host ({host.arch}) cannot run {profile.id} ({profile.cpu.arch}) and the profile has no emulated board",
+        hint="benchmark it on the device (edgekiln bench there, or --agent ADDRESS)",
+    )

@@ -1,0 +1,125 @@
+"""The suite runner and its regression gate, with real benchmark runs.
+
+The acceptance check: a stored baseline edited to be 30% faster than reality makes the
+gate fail, naming what regressed — measured by a real second run, not made up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekiln.compile.api import CompileOptions
+from edgekiln.runtime.compat import host_info
+
+# The tvm backend, explicitly: compile now picks a backend by itself ("auto").
+TVM = CompileOptions(backend="tvm")
+pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="benchmarks x86-64 artifacts on this host")
+pytest.importorskip("matplotlib", reason="the suite's plots need the bench extra")
+
+ROOT = Path(__file__).resolve().parents[3]
+RUN_SUITE = ROOT / "benchmarks" / "run_suite.py"
+SUITE = """
+[gate]
+ratio = 0.15
+latency = 0.25
+
+[suites.ci]
+description = "MobileNetV2 on this host"
+models = ["mobilenet_v2"]
+profiles = ["x86_64"]
+backends = ["tvm", "no-such-backend"]
+baselines = ["onnxruntime"]
+runs = 5
+"""
+
+
+def run_suite(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUN_SUITE), *args], capture_output=True, text=True,
+                          env=dict(os.environ), cwd=ROOT)
+
+
+def made_faster(data: dict, factor: float) -> dict:
+    """The stored report as if the artifact had been ``factor`` times the time it took."""
+    for result in data["results"]:
+        for subject in result["subjects"]:
+            if subject["role"] != "candidate":
+                continue
+            subject["latency"] = {k: (v * factor if k.endswith("_ms") else v) for k, v in subject["latency"].items()}
+            subject["times_ms"] = [t * factor for t in subject["times_ms"]]
+            subject["pair_ms"] = [t * factor for t in subject["pair_ms"]]
+            subject["throughput_samples_per_s"] /= factor
+        for comparison in result["comparisons"]:
+            comparison["ratio"] = {k: (v if k in ("n", "spread") else v * factor)
+                                   for k, v in comparison["ratio"].items()}
+            comparison["speedup"] /= factor
+    return data
+
+
+def assert_valid_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 150
+
+
+def test_suite_report_plots_and_gate(compiled, tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    # The suite would compile the same artifact the fixture already has: hand it over.
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    shutil.copy(compiled("zoo:mobilenet_v2", "x86_64", options=TVM).path, artifacts / "mobilenet_v2-x86_64-tvm-fp32-b1.tar.gz")
+    first = tmp_path / "first"
+    proc = run_suite("--suite-file", str(suite), "--suite", "ci", "--out", str(first),
+                     "--reuse-artifacts", str(artifacts))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((first / "results.json").read_text())
+    (result,) = results["results"]
+    assert result["key"] == "mobilenet_v2/generic/x86-64-avx2/tvm/fp32/cpu/single-stream/b1"
+    assert result["pairs"] == 5 and result["comparisons"][0]["ratio"]["n"] == 5
+    (skipped,) = results["skipped"]
+    assert skipped["status"] == "skipped" and "no-such-backend" in skipped["reason"]
+    report = (first / "report.md").read_text()
+    assert "| mobilenet_v2 | generic/x86-64-avx2 | tvm | fp32 |" in report and "Load average" in report
+    for name in ("latency.png", "ratios.png", "accuracy_latency.png"):
+        assert f"]({name})" in report
+        assert_valid_png(first / name)
+
+    # The report against itself passes the gate.
+    gate = subprocess.run([sys.executable, "-m", "edgekiln.bench.gate", str(first / "results.json"),
+                           str(first / "results.json")], capture_output=True, text=True, cwd=ROOT)
+    assert gate.returncode == 0, gate.stderr
+    assert "passed" in gate.stdout
+
+    # A stored baseline edited to be 30% faster than reality: a real second run fails the gate.
+    stored = tmp_path / "stored.json"
+    stored.write_text(json.dumps(made_faster(results, 0.7), indent=2))
+    second = tmp_path / "second"
+    proc = run_suite("--suite-file", str(suite), "--suite", "ci", "--out", str(second),
+                     "--reuse-artifacts", str(artifacts), "--gate", str(stored))
+    assert proc.returncode == 1, proc.stderr
+    assert "regression gate FAILED" in proc.stderr
+    assert "REGRESSED mobilenet_v2/generic/x86-64-avx2/tvm/fp32/cpu/single-stream/b1" in proc.stderr
+    verdict = json.loads((second / "gate.json").read_text())
+    assert verdict["passed"] is False
+    assert {f["metric"] for f in verdict["regressions"]} <= {"ratio to onnxruntime", "p50 latency"}
+    assert "**failed**" in (second / "report.md").read_text()
+
+
+def test_bad_suites_are_clear_errors(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace("runs = 5", "runs = 5\nspeed = 3"))
+    proc = run_suite("--suite-file", str(suite), "--suite", "ci")
+    assert proc.returncode == 2 and "unknown keys ['speed']" in proc.stderr
+    proc = run_suite("--suite-file", str(suite), "--suite", "nightly")
+    assert proc.returncode == 2 and "has no suite 'nightly'" in proc.stderr
