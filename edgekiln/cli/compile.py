@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input")
     parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
     parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
-    parser.add_argument("--backend", default="tvm", help="backend (default: tvm)")
+    parser.add_argument("--backend", default="auto",
+                        help="tvm, onnxruntime, litert, or auto (default): when this machine can run the "
+                             "target, build every backend the profile allows and keep the fastest that "
+                             "validates; otherwise the first in the profile's preference order that builds")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="validation tolerance, max abs difference (default: 1e-4)")
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")

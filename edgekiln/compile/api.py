@@ -20,25 +20,28 @@ import numpy as np
 from edgekiln import __version__
 from edgekiln.artifact.manifest import Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack, read_manifest
-from edgekiln.compile import validate
+from edgekiln.compile import auto, validate
 from edgekiln.compile.backends import registry
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, import_model
 from edgekiln.compile.progress import NullProgress, Progress
-from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, quantize_onnx
+from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, gate_artifact, load_data, quantize_onnx
 from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import UserError
 from edgekiln.runtime import compat
 
 LABELS_FILE = "labels.txt"
-# Backends whose artifacts run the QDQ int8 ONNX model from quantize/ (LiteRT quantizes itself).
-QUANTIZING_BACKENDS = ("onnxruntime", "tvm")
+# Backends whose artifacts run the QDQ int8 ONNX model from quantize/, and backends that
+# quantize by themselves from calibration data (LiteRT writes its own int8 flatbuffer).
+QDQ_BACKENDS = ("onnxruntime", "tvm")
+SELF_QUANTIZING_BACKENDS = ("litert",)
+QUANTIZING_BACKENDS = QDQ_BACKENDS + SELF_QUANTIZING_BACKENDS
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """Typed options of one compile."""
+    """Typed options of one compile; ``backend="auto"`` picks one (see compile/auto.py)."""
 
-    backend: str = "tvm"
+    backend: str = "auto"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
     validate: bool = True
@@ -68,6 +71,7 @@ class CompiledArtifact:
             "version": m.model.version,
             "profile": m.profile,
             "backend": m.backend,
+            "backend_selection": m.extra.get("backend_selection"),
             "target_triple": m.target_triple,
             "cuda_arch": m.runtime.cuda_arch,
             "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.inputs],
@@ -133,11 +137,21 @@ def compile_model(
     if not output.parent.exists():
         raise UserError(f"the directory of the output path {output} does not exist")
     profile = get_profile(target)
+    if options.backend == auto.AUTO:
+        def compile_one(backend: str, path: Path) -> CompiledArtifact:
+            return compile_model(model, target, path, input_shape=input_shape, name=name, version=version,
+                                 options=replace(options, backend=backend), progress=progress)
+
+        from edgekiln import zoo
+
+        baseline_model = None if zoo.is_zoo_ref(str(model)) else str(model)
+        return auto.compile_auto(compile_one, profile, output, options.quantize, baseline_model,
+                                 host_can_execute(profile), progress)
     backend = registry.get(options.backend)
     reason = backend.supports(profile)
     if reason:
         raise UserError(f"backend {backend.id} cannot build for {profile.id}: {reason}")
-    backend_options = backend.options_type.from_dict(dict(options.backend_options))
+    backend_options_dict = dict(options.backend_options)
     if options.validation.tolerance_abs < 0 or options.validation.samples < 1:
         raise UserError("the validation tolerance must be >= 0 and the sample count >= 1")
     # Nothing is written next to the output until the final rename in pack().
@@ -147,14 +161,24 @@ def compile_model(
             source = import_model(model, work / "source", input_shape=input_shape, name=name)
         quantized: QuantizedModel | None = None
         reference = source
-        if options.quantize is not None:
-            if backend.id not in QUANTIZING_BACKENDS:
-                raise UserError(f"backend {backend.id} cannot build int8 models; "
-                                f"use one of {', '.join(QUANTIZING_BACKENDS)}")
-            quantized = quantize_onnx(source, options.quantize, work / "quantize", progress)
+        gate_data = None
+        q = options.quantize
+        if q is not None and backend.id not in QUANTIZING_BACKENDS:
+            raise UserError(f"backend {backend.id} cannot build int8 models; use one of {', '.join(QUANTIZING_BACKENDS)}")
+        if q is not None and backend.id in QDQ_BACKENDS:
+            quantized = quantize_onnx(source, q, work / "quantize", progress)
             # The artifact must reproduce the int8 model that passed the gate, so that model
             # is the reference of the numerical validation below.
             source = reference = quantized.source
+        elif q is not None:
+            if q.auto:
+                raise UserError(f"backend {backend.id} has no int8-auto mode; use --quantize int8")
+            calibration, gate_data = load_data(source, q, progress)
+            # The backend calibrates on the calibration part only; the held-out part judges it.
+            np.savez(work / "calibration.npz", x=np.stack(calibration.inputs))
+            backend_options_dict.update(quantize="int8", calibration=str(work / "calibration.npz"),
+                                        calibration_samples=len(calibration))
+        backend_options = backend.options_type.from_dict(backend_options_dict)
         root = work / "artifact"
         root.mkdir()
         lowered = backend.lower(source, profile, backend_options, root, progress)
@@ -165,7 +189,23 @@ def compile_model(
         manifest = _manifest(source, version, profile, backend.id, lowered, files, root,
                              validate.skipped("not run yet"), quantized)
         (root / "manifest.json").write_text(manifest.to_json())
-        validation = _validate(reference, profile, root, manifest, options, progress, quantized is not None)
+        if gate_data is not None:
+            assert q is not None
+            details = dict(lowered.options.get("quantization") or {})
+            gate_result = gate_artifact(
+                source, q, gate_data, lambda _path, inputs: [o[0] for o in validate.run_artifact(root, [[x] for x in inputs])],
+                int(details.get("calibration_samples", 0)) or q.calibration_samples,
+                f"{backend.id} {details.get('scheme', 'int8')}", progress)
+            method = f"{backend.id} {details.get('scheme', 'full-integer int8')}, {details.get('calibration_method', '')}"
+            quantized = QuantizedModel(source=source, gate=gate_result,
+                                       calibration_samples=int(details.get("calibration_samples", 0)),
+                                       method=method.rstrip(", "), details=details)
+            # The gate ran the artifact itself; there is no int8 ONNX model to compare it with.
+            validation = Validation(status="passed", reference="int8 accuracy gate on the artifact",
+                                    executed_on=f"host {compat.host_info().arch} (cpu)", samples=gate_result.samples,
+                                    top1_agreement=gate_result.agreement, reason=None)
+        else:
+            validation = _validate(reference, profile, root, manifest, options, progress, quantized is not None)
         elapsed = time.perf_counter() - started
         manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation, quantized,
                              extra={"compile_seconds": round(elapsed, 2), "graph": dict(source.stats)})
@@ -180,12 +220,20 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
               options: CompileOptions, progress: Progress, int8: bool) -> Validation:
     if not options.validate:
         return validate.skipped("disabled with --no-validate")
+    python: list[str] | None = None
+    env: dict[str, str] | None = None
+    executed_on = f"host {compat.host_info().arch}"
     why_not = host_can_execute(profile)
     if why_not:
-        return validate.skipped(f"this machine cannot execute the target: {why_not}")
+        board = _emulated_board(profile, manifest.backend)
+        if isinstance(board, str):
+            return validate.skipped(f"this machine cannot execute the target ({why_not}) and {board}")
+        python, env = board
+        executed_on = f"emulated {profile.id} (qemu {profile.emulation.cpu})"  # type: ignore[union-attr]
     device = "cuda" if profile.is_cuda else "cpu"
     settings = options.validation
-    with progress.step(f"validate against ONNX Runtime ({settings.samples} samples)"):
+    where = " on the emulated board" if python else ""
+    with progress.step(f"validate against ONNX Runtime ({settings.samples} samples{where})"):
         batches = validate.make_inputs(source, settings)
         reference = validate.reference_outputs(source, batches)
         if int8:
@@ -196,9 +244,38 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
             floor = validate.INT8_RELATIVE_TOLERANCE * spread
             if settings.tolerance_abs < floor:
                 settings = replace(settings, tolerance_abs=round(floor, 6))
-        candidate = validate.run_artifact(root, batches, device)
-        return validate.compare(reference, candidate, manifest.outputs, settings,
-                                executed_on=f"host {compat.host_info().arch} ({device})")
+        candidate = validate.run_artifact(root, batches, device, python, env)
+        return validate.compare(reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})")
+
+
+# Backends whose device runtime the emulated boards carry (numpy and apache-tvm-ffi).
+_EMULATED_BACKENDS = ("tvm",)
+
+
+def _emulated_board(profile: DeviceProfile, backend: str) -> tuple[list[str], dict[str, str]] | str:
+    """The emulated board's Python for validation, or why there is none to use.
+
+    Only a board already built is used (``make emulators`` or ``edgekiln emulate PROFILE``):
+    building one is a download and half a minute that a compile should not start unasked.
+    """
+    if profile.emulation is None:
+        return "the profile has no emulated board"
+    if backend not in _EMULATED_BACKENDS:
+        return f"the emulated board carries no {backend} runtime"
+    from edgekiln import emulation
+    from edgekiln.errors import DependencyError as _Missing
+
+    try:
+        emulation.find_qemu(profile)
+    except _Missing as exc:
+        return f"no emulator: {exc.one_line()}"
+    sysroot = emulation.find_sysroot(profile)
+    if sysroot is None:
+        return (f"its emulated board is not built (run `edgekiln emulate {profile.aliases[0] if profile.aliases else profile.id} "
+                f"--info` or `make emulators` once)")
+    if sysroot.missing:
+        return "the emulated board lacks " + "; ".join(sysroot.missing)
+    return emulation.python_prefix(profile)
 
 
 def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: Any,

@@ -76,14 +76,17 @@ def reference_outputs(model: SourceModel, batches: Sequence[Sequence[np.ndarray]
     return [list(session.run(None, dict(zip(names, batch)))) for batch in batches]
 
 
-def run_artifact(root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu") -> list[list[np.ndarray]]:
-    """Run an extracted artifact on ``batches`` through the runtime, in a child process."""
+def run_artifact(root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu",
+                 python: Sequence[str] | None = None, env: dict[str, str] | None = None) -> list[list[np.ndarray]]:
+    """Run an extracted artifact on ``batches`` through the runtime, in a child process:
+    this interpreter, or ``python`` (e.g. an emulated board's, with its ``env``)."""
     with tempfile.TemporaryDirectory(prefix="edgekiln-validate-") as tmp:
         inputs = Path(tmp) / "inputs.npz"
         outputs = Path(tmp) / "outputs.npz"
         np.savez(inputs, **{f"{b}_{i}": a for b, batch in enumerate(batches) for i, a in enumerate(batch)})
-        cmd = [sys.executable, "-m", "edgekiln.compile.validate_worker", str(root), str(inputs), str(outputs), device]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [*(python or [sys.executable]), "-m", "edgekiln.compile.validate_worker", str(root), str(inputs),
+               str(outputs), device]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode < 0:
             raise BackendError(f"the compiled artifact crashed on this host (signal {-proc.returncode}) "
                                "while running the validation inputs")

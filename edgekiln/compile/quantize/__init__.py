@@ -141,13 +141,7 @@ def quantize_onnx(source: SourceModel, options: QuantizeOptions, workdir: Path,
     if len(source.inputs) != 1:
         raise UserError("int8 quantization supports single-input models")
     spec = source.inputs[0]
-    with progress.step(f"load calibration data from {options.calibration}"):
-        calibration = load_dataset(options.calibration, source, limit=None)
-        if options.validation:
-            validation = load_dataset(options.validation, source, limit=None)
-        else:
-            calibration, validation = split(calibration)
-        calibration = calibration.head(options.calibration_samples)
+    calibration, validation = load_data(source, options, progress)
     with progress.step(f"evaluate fp32 on {len(validation)} validation inputs"):
         fp32 = ort_logits(source.path, validation.inputs, spec.name)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +188,37 @@ def quantize_onnx(source: SourceModel, options: QuantizeOptions, workdir: Path,
         preprocessing=source.preprocessing, labels=source.labels, stats=source.stats,
     )
     return QuantizedModel(source=quantized, gate=result, calibration_samples=len(calibration))
+
+
+def load_data(source: SourceModel, options: QuantizeOptions, progress: Progress) -> tuple[Dataset, Dataset]:
+    """Calibration inputs (at most ``calibration_samples``) and the accuracy-gate inputs."""
+    with progress.step(f"load calibration data from {options.calibration}"):
+        assert options.calibration is not None
+        calibration = load_dataset(options.calibration, source, limit=None)
+        if options.validation:
+            validation = load_dataset(options.validation, source, limit=None)
+        else:
+            calibration, validation = split(calibration)
+        return calibration.head(options.calibration_samples), validation
+
+
+def gate_artifact(source: SourceModel, options: QuantizeOptions, validation: Dataset, run_int8: Evaluator,
+                  calibration_samples: int, method: str, progress: Progress) -> GateResult:
+    """The accuracy gate for a backend that quantizes by itself: fp32 source model on ONNX
+    Runtime against the int8 artifact as the device runs it.  Layer sensitivity needs the
+    int8 model as ONNX, which such a backend does not produce, so a failure reports figures only."""
+    spec = source.inputs[0]
+    with progress.step(f"accuracy gate: fp32 and int8 on {len(validation)} inputs"):
+        fp32 = ort_logits(source.path, validation.inputs, spec.name)
+        int8 = run_int8(source.path, validation.inputs)
+        fp32_top1, int8_top1, agreement, passed = gate(fp32, int8, validation.labels, options.accuracy_tolerance)
+    result = GateResult(samples=len(validation), labelled=validation.labels is not None, fp32_top1=fp32_top1,
+                        int8_top1=int8_top1, agreement=agreement, tolerance=options.accuracy_tolerance,
+                        passed=passed)
+    if not passed:
+        raise BackendError(f"int8 accuracy gate failed ({method}): {result.summary()}",
+                           hint="raise --accuracy-tolerance or give more representative --calibration data")
+    return result
 
 
 class _Reader:

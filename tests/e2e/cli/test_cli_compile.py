@@ -44,6 +44,11 @@ def test_compile_json_inspect_and_run(tmp_path):
     proc = edgekiln("compile", "zoo:resnet18", "--target", "x86_64", "-o", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
+    # --backend auto (the default) built, validated and timed every backend of the profile.
+    selection = summary["backend_selection"]
+    assert selection["chosen"] == summary["backend"]
+    assert {c["backend"] for c in selection["candidates"]} == {"tvm", "onnxruntime", "litert"}
+    assert all("ratio_to_onnxruntime" in c for c in selection["candidates"] if c["status"] == "built")
     assert summary["validation"]["status"] == "passed"
     assert summary["validation"]["max_abs_diff"] <= 1e-4
     assert summary["validation"]["top1_agreement"] == 1.0
@@ -51,11 +56,11 @@ def test_compile_json_inspect_and_run(tmp_path):
 
     info = json.loads(edgekiln("inspect", str(out), "--json").stdout)
     assert info["model"]["name"] == "resnet18" and info["archive"]["verified"] is True
-    assert info["archive"]["binaries"]["lib/model.so"]["elf"] == "x86_64"
+    assert info["backend"] == summary["backend"]
     assert all(len(f["sha256"]) == 64 for f in info["files"])
 
     text = edgekiln("inspect", str(out)).stdout
-    assert "validation passed" in text and "lib/model.so" in text
+    assert "validation passed" in text and info["files"][0]["path"] in text
 
     from edgekiln import zoo
 
@@ -166,6 +171,9 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, case, code, needle
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "a.tar.gz"
+    if case in ("unsupported operator", "missing toolchain", "validation over tolerance"):
+        # Backend-specific failures: with --backend auto another backend would step in.
+        extra = [*extra, "--backend", "tvm"]
     proc = edgekiln("compile", str(model), "--target", target, "-o", str(out), *extra)
     if case == "validation over tolerance" and proc.returncode == 0:
         pytest.fail("TVM and ONNX Runtime agreed bit for bit; the tolerance-0 case needs another model")
@@ -188,7 +196,7 @@ def test_validation_error_reports_every_failing_output(tmp_path):
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
     proc = edgekiln("compile", str(tmp_path / "two.onnx"), "--target", "x86_64", "-o", str(tmp_path / "o.tar.gz"),
-                    "--tolerance", "0")
+                    "--tolerance", "0", "--backend", "tvm")
     if proc.returncode == 0:
         pytest.fail("TVM and ONNX Runtime agreed bit for bit on sigmoid and tanh")
     assert_clean_failure(proc, 4, "tolerance 0")

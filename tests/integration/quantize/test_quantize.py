@@ -67,18 +67,27 @@ def test_gate_fails_with_one_blank_calibration_image(digits_model, tmp_path):
     assert not (tmp_path / "d.tar.gz").exists()
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+# LiteRT quantizes by itself and has no int8-auto mode; on 9 held-out crops one
+# disagreement is 11 %, so its gate is given that much room (the agreement is printed).
+QUANT = {
+    "onnxruntime": {"mode": "int8-auto"},
+    "tvm": {"mode": "int8-auto"},
+    "litert": {"mode": "int8", "accuracy_tolerance": 0.12},
+}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm", "litert"])
 def test_efficientnet_lite0_recognises_the_photographs(photos, calibration_folder, tmp_path, backend):
     fp32 = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "fp32.tar.gz",
                          options=CompileOptions(backend=backend))
     int8 = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "int8.tar.gz", options=CompileOptions(
-        backend=backend, quantize=QuantizeOptions(mode="int8-auto", calibration=str(calibration_folder))))
+        backend=backend, quantize=QuantizeOptions(calibration=str(calibration_folder), **QUANT[backend])))
     for artifact in (fp32, int8):
         result = top5(artifact.path, photos["chelsea"], photos["coffee"])
         assert CAT_CLASSES & set(result[str(photos["chelsea"])]), result
         assert COFFEE_CLASSES & set(result[str(photos["coffee"])]), result
     gate = int8.manifest.quantization["accuracy_gate"]
-    assert gate["passed"] and gate["top1_agreement"] >= 0.99
+    assert gate["passed"] and gate["top1_agreement"] >= 1 - QUANT[backend].get("accuracy_tolerance", 0.01)
     # int8-auto: every attempt after the first kept two more layers in fp32.
     assert len(gate["fp32_layers"]) == 2 * (gate["attempts"] - 1)
     print(f"\n{backend} EfficientNet-Lite0 int8: agreement {gate['top1_agreement']:.3f} on {gate['samples']} held-out crops, "
