@@ -1,0 +1,629 @@
+"""The agent's disk-backed store-and-forward: capture records and messages for the fleet.
+
+A SQLite database in WAL mode holds the index and the states; each capture record's
+payload (the serialised ``CaptureDataRequest``) is a file beside it.  Everything moves
+through explicit states, so that a restart — clean or after ``kill -9`` — resumes where
+the previous run stopped:
+
+* capture records: ``ready`` → ``in-flight`` (a member of a batch being delivered) →
+  ``acked`` (delivered; the payload file is deleted, the row stays as a tombstone so
+  that the record id stays known), or ``dropped`` (overwritten by the full policy,
+  expired by the TTL);
+* batches: formed in one transaction from ready records with a key that is a function of
+  their record ids, so a batch that was in flight when the agent died is delivered again
+  under the same key (an idempotent overwrite, never a second copy);
+* messages (heartbeats, faults): ``ready`` → ``in-flight`` → ``acked``; the fleet
+  de-duplicates by the id inside each message.  Messages are never evicted.
+
+The store keeps to a disk budget (records, database and a reserve for the write-ahead
+log) and a record count (the capture buffer size); when full it rejects new records or
+overwrites the oldest ready ones, and counts either.  A database that SQLite finds
+corrupt is moved aside (never deleted) with the payload files, and a fresh one replaces
+it; the fault is kept for the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from edgekiln.errors import UserError
+
+log = logging.getLogger(__name__)
+
+READY, IN_FLIGHT, ACKED, DROPPED = "ready", "in-flight", "acked", "dropped"
+LIVE = (READY, IN_FLIGHT)
+REJECT_NEW, OVERWRITE_OLDEST = "RejectNewData", "OverwriteOldest"
+
+DB_NAME = "outbox.db"
+RECORDS_DIR = "records"
+# Checkpoints keep the write-ahead log, and so the store's disk use, bounded: the WAL is
+# checkpointed at about 1/64 of the budget (16 to 1024 pages). The budget reserves the
+# WAL's ceiling and as much again for the database file, which grows by at most the pages
+# a checkpoint copies into it before the next budget check.
+PAGE_SIZE = 4096
+MIN_CHECKPOINT_PAGES, MAX_CHECKPOINT_PAGES = 16, 1024
+SHM_RESERVE = 32 * 1024
+# Tombstones of delivered and dropped records are kept this long for status queries and
+# duplicate detection, then pruned.
+TOMBSTONE_SECONDS = 24 * 3600.0
+RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+KEEP_QUARANTINED = 5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    batch_id TEXT,
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_state ON records(state, seq);
+CREATE INDEX IF NOT EXISTS records_by_batch ON records(batch_id);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_state ON messages(state, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class CaptureExists(UserError):
+    """A capture record with this id is already stored (or was delivered or dropped)."""
+
+
+class StoreFull(UserError):
+    """The capture store is at its budget and the full policy is RejectNewData."""
+
+
+class StoreUnavailable(UserError):
+    """The store failed and could not be recovered for this call."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Capture records delivered together as one object under ``key``."""
+
+    batch_id: str
+    model: str
+    day: str
+    key: str
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    kind: str
+    body: dict[str, Any]
+    created_at: float
+
+
+def batch_key(model: str, day: str, record_ids: Iterable[str]) -> tuple[str, str]:
+    """(batch id, key) for records of one model and day: a function of the record ids."""
+    digest = hashlib.sha256("\n".join(record_ids).encode()).hexdigest()[:20]
+    return digest, f"{model}/{day}/{digest}.jsonl"
+
+
+class Outbox:
+    """The store; thread-safe (one connection behind one lock, network I/O stays outside)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        storage_limit_bytes: int,
+        max_records: int,
+        full_policy: str = OVERWRITE_OLDEST,
+        ttl_seconds: float = 7 * 24 * 3600.0,
+        quarantine_dir: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        durable: bool = True,
+    ) -> None:
+        if full_policy not in (REJECT_NEW, OVERWRITE_OLDEST):
+            raise UserError(f"full policy must be {REJECT_NEW} or {OVERWRITE_OLDEST}, not {full_policy!r}")
+        self.root = Path(root)
+        self.quarantine_dir = Path(quarantine_dir) if quarantine_dir else self.root.parent / "corrupt"
+        self.storage_limit = int(storage_limit_bytes)
+        self.max_records = int(max_records)
+        self.full_policy = full_policy
+        self.ttl = float(ttl_seconds)
+        self.clock = clock
+        self.durable = durable
+        self.faults: list[dict[str, Any]] = []
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._live_bytes = 0
+        self._live_count = 0
+        self.checkpoint_pages = max(MIN_CHECKPOINT_PAGES,
+                                    min(MAX_CHECKPOINT_PAGES, self.storage_limit // 64 // PAGE_SIZE))
+        self.wal_reserve = (self.checkpoint_pages + 16) * PAGE_SIZE
+
+    # -- lifecycle -------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / RECORDS_DIR
+
+    def open(self) -> None:
+        """Open (or create) the store, moving a corrupt database aside, and recover."""
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.records_dir.mkdir(exist_ok=True)
+            try:
+                self._connect()
+            except sqlite3.DatabaseError as exc:
+                self._quarantine(exc)
+                self._connect()
+            self._recover()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._db.close()
+                self._db = None
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.DatabaseError(f"cannot switch the store to WAL mode ({mode})")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            db.execute(f"PRAGMA wal_autocheckpoint={self.checkpoint_pages}")
+            db.execute(f"PRAGMA journal_size_limit={self.checkpoint_pages * PAGE_SIZE}")
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _recover(self) -> None:
+        """Make the files and the rows agree after an unclean stop."""
+        db = self._conn()
+        live = {rid: size for rid, size in db.execute(
+            "SELECT record_id, size FROM records WHERE state IN (?, ?)", LIVE)}
+        # A payload without a live row was never acknowledged to the client (the row is
+        # committed after the file is in place) or was delivered or dropped already.
+        for path in self.records_dir.iterdir():
+            name = path.name
+            if name.endswith(".tmp") or name not in live:
+                path.unlink(missing_ok=True)
+        missing = [rid for rid in live if not (self.records_dir / rid).is_file()]
+        if missing:
+            now = self.clock()
+            with self._tx() as tx:
+                for rid in missing:
+                    tx.execute("UPDATE records SET state=?, reason='missing', updated_at=? WHERE record_id=?",
+                               (DROPPED, now, rid))
+                self._bump(tx, "lost", len(missing))
+            log.warning("capture store: %d record payloads were missing after restart", len(missing))
+        self._refresh_totals()
+
+    def _refresh_totals(self) -> None:
+        count, total = self._conn().execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE state IN (?, ?)", LIVE).fetchone()
+        self._live_count, self._live_bytes = int(count), int(total)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreUnavailable("the capture store is not open")
+        return self._db
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._conn())
+
+    # -- corruption ------------------------------------------------------------------
+    def _quarantine(self, exc: BaseException) -> None:
+        """Move the database, its WAL and the payloads aside and note the fault."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        target = self.quarantine_dir / f"outbox-{stamp}-{os.getpid()}"
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.quarantine_dir / f"outbox-{stamp}-{os.getpid()}-{n}"
+        target.mkdir(parents=True)
+        moved = []
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", RECORDS_DIR):
+            source = self.root / name
+            if source.exists():
+                shutil.move(str(source), str(target / name))
+                moved.append(name)
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self._prune_quarantine()
+        fault = {"kind": "store-corrupt", "error": " ".join(str(exc).split()), "moved_to": str(target),
+                 "time": self.clock()}
+        self.faults.append(fault)
+        log.error("capture store %s is corrupt (%s); moved it to %s and started a new one", self.db_path, exc, target)
+
+    def check(self) -> bool:
+        """Read the database from disk, past this connection's page cache; a corrupt one is
+        moved aside and replaced. Returns whether it was sound."""
+        with self._lock:
+            try:
+                probe = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+                try:
+                    result = probe.execute("PRAGMA quick_check").fetchone()[0]
+                finally:
+                    probe.close()
+                if result == "ok":
+                    return True
+                problem = sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    return True
+                problem = exc
+            self._quarantine(problem)
+            self._connect()
+            self._recover()
+            return False
+
+    def _prune_quarantine(self) -> None:
+        old = sorted(p for p in self.quarantine_dir.iterdir() if p.name.startswith("outbox-"))
+        for path in old[:-KEEP_QUARANTINED]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; on a corrupt database move it aside, reopen and run once more."""
+        with self._lock:
+            try:
+                return fn()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise StoreUnavailable(f"capture store error: {exc}") from exc
+                self._quarantine(exc)
+                try:
+                    self._connect()
+                    self._recover()
+                except sqlite3.DatabaseError as again:
+                    raise StoreUnavailable(f"capture store cannot be reopened: {again}") from again
+                return fn()
+
+    # -- capture records -------------------------------------------------------------
+    def add_record(self, record_id: str, model: str, payload: bytes) -> None:
+        """Store one capture record; it is durable when this returns."""
+        if not RECORD_ID_RE.match(record_id):
+            raise UserError(f"record id {record_id!r} is not of the expected format")
+        self._guard(lambda: self._add_record(record_id, model, payload))
+
+    def _add_record(self, record_id: str, model: str, payload: bytes) -> None:
+        db = self._conn()
+        if db.execute("SELECT 1 FROM records WHERE record_id=?", (record_id,)).fetchone():
+            raise CaptureExists(f"capture {record_id} exists")
+        need = len(payload)
+        now = self.clock()
+        if self.usage_bytes() + need > self.storage_limit or self._live_count >= self.max_records:
+            with self._tx() as tx:
+                victims, refusal = self._make_room(tx, need, now)
+            # Payloads of overwritten records go once their rows say so (a crash in between
+            # leaves orphan files, which open() removes, never rows without payloads).
+            for rid in victims:
+                (self.records_dir / rid).unlink(missing_ok=True)
+            if refusal:
+                raise StoreFull(refusal)
+        path = self.records_dir / record_id
+        tmp = path.with_name(record_id + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            if self.durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO records(record_id, model, created_at, size, state, updated_at) VALUES (?,?,?,?,?,?)",
+                (record_id, model, now, need, READY, now))
+        self._live_bytes += need
+        self._live_count += 1
+
+    def _make_room(self, tx: sqlite3.Connection, need: int, now: float) -> tuple[list[str], str | None]:
+        """Apply the full policy until ``need`` bytes fit: (overwritten ids, refusal or None)."""
+        victims: list[str] = []
+        if need + self._fixed_bytes() > self.storage_limit:
+            self._bump(tx, "rejected")
+            return victims, (f"a capture of {need} bytes does not fit the store's budget of "
+                             f"{self.storage_limit} bytes")
+        for _ in range(self._live_count + 1):
+            if self.usage_bytes() + need <= self.storage_limit and self._live_count < self.max_records:
+                return victims, None
+            victim = None
+            if self.full_policy == OVERWRITE_OLDEST:
+                victim = tx.execute("SELECT record_id, size FROM records WHERE state=? ORDER BY seq LIMIT 1",
+                                    (READY,)).fetchone()
+            if victim is None:
+                self._bump(tx, "rejected")
+                return victims, (f"the capture buffer is full ({self._live_count} records, "
+                                 f"{self.usage_bytes()} of {self.storage_limit} bytes, policy {self.full_policy})")
+            rid, size = victim
+            tx.execute("UPDATE records SET state=?, reason='overwritten', updated_at=? WHERE record_id=?",
+                       (DROPPED, now, rid))
+            victims.append(rid)
+            self._live_bytes -= size
+            self._live_count -= 1
+            self._bump(tx, "overwritten")
+        self._bump(tx, "rejected")
+        return victims, "the capture buffer is full"
+
+    def _fixed_bytes(self) -> int:
+        try:
+            main = self.db_path.stat().st_size
+        except FileNotFoundError:
+            main = 0
+        try:
+            wal = self.db_path.with_name(DB_NAME + "-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        # Reserve the WAL's ceiling, not its current size: the next commits grow it.
+        return main + self.wal_reserve + max(wal, self.wal_reserve) + SHM_RESERVE
+
+    def usage_bytes(self) -> int:
+        """Disk use charged to the budget: live payloads, the database, the WAL reserve."""
+        return self._live_bytes + self._fixed_bytes()
+
+    def status(self, record_id: str) -> str | None:
+        """The record's state (ready, in-flight, acked, dropped), or None if unknown."""
+        def query() -> str | None:
+            row = self._conn().execute("SELECT state FROM records WHERE record_id=?", (record_id,)).fetchone()
+            return row[0] if row else None
+        return self._guard(query)
+
+    def read_record(self, record_id: str) -> bytes | None:
+        try:
+            return (self.records_dir / record_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def drop_records(self, record_ids: Iterable[str], reason: str) -> None:
+        """Drop unreadable records from a batch (counted as lost)."""
+        ids = list(record_ids)
+        if not ids:
+            return
+
+        def drop() -> None:
+            now = self.clock()
+            with self._tx() as tx:
+                for rid in ids:
+                    tx.execute("UPDATE records SET state=?, reason=?, updated_at=? WHERE record_id=?",
+                               (DROPPED, reason, now, rid))
+                self._bump(tx, "lost", len(ids))
+            for rid in ids:
+                (self.records_dir / rid).unlink(missing_ok=True)
+            self._refresh_totals()
+        self._guard(drop)
+
+    # -- batches ---------------------------------------------------------------------
+    def form_batches(self, batch_size: int, *, flush_after: float | None, max_batches: int = 64) -> list[Batch]:
+        """Group ready records into batches (ready → in-flight) and return them.
+
+        Full batches always form; a partial one only when ``flush_after`` is set and its
+        oldest record has waited that long.
+        """
+        return self._guard(lambda: self._form_batches(batch_size, flush_after, max_batches))
+
+    def _form_batches(self, batch_size: int, flush_after: float | None, max_batches: int) -> list[Batch]:
+        db = self._conn()
+        now = self.clock()
+        rows = db.execute("SELECT record_id, model, created_at FROM records WHERE state=? ORDER BY seq",
+                          (READY,)).fetchall()
+        groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        for rid, model, created in rows:
+            day = time.strftime("%Y-%m-%d", time.gmtime(created))
+            groups.setdefault((model, day), []).append((rid, created))
+        batches: list[Batch] = []
+        with self._tx() as tx:
+            for (model, day), members in groups.items():
+                for start in range(0, len(members), batch_size):
+                    if len(batches) >= max_batches:
+                        break
+                    chunk = members[start:start + batch_size]
+                    if len(chunk) < batch_size:
+                        if flush_after is None or now - chunk[0][1] < flush_after:
+                            continue
+                    ids = tuple(rid for rid, _ in chunk)
+                    batch_id, key = batch_key(model, day, ids)
+                    tx.execute("INSERT OR REPLACE INTO batches(batch_id, model, day, key, state, created_at, "
+                               "updated_at) VALUES (?,?,?,?,?,?,?)", (batch_id, model, day, key, IN_FLIGHT, now, now))
+                    tx.executemany("UPDATE records SET state=?, batch_id=?, updated_at=? WHERE record_id=?",
+                                   [(IN_FLIGHT, batch_id, now, rid) for rid in ids])
+                    batches.append(Batch(batch_id, model, day, key, ids))
+        return batches
+
+    def pending_batches(self, limit: int = 64) -> list[Batch]:
+        """Batches in flight (formed earlier, perhaps before a restart), oldest first."""
+        def query() -> list[Batch]:
+            db = self._conn()
+            out = []
+            for batch_id, model, day, key in db.execute(
+                    "SELECT batch_id, model, day, key FROM batches WHERE state=? ORDER BY created_at, "
+                    "batch_id LIMIT ?", (IN_FLIGHT, limit)).fetchall():
+                ids = tuple(r[0] for r in db.execute(
+                    "SELECT record_id FROM records WHERE batch_id=? AND state=? ORDER BY seq", (batch_id, IN_FLIGHT)))
+                out.append(Batch(batch_id, model, day, key, ids))
+            return out
+        return self._guard(query)
+
+    def ack_batch(self, batch_id: str) -> None:
+        """The batch reached its destination: its records become acked (in-flight → acked)."""
+        def ack() -> None:
+            now = self.clock()
+            ids = [r[0] for r in self._conn().execute(
+                "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT))]
+            with self._tx() as tx:
+                tx.execute("UPDATE records SET state=?, updated_at=? WHERE batch_id=? AND state=?",
+                           (ACKED, now, batch_id, IN_FLIGHT))
+                tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (ACKED, now, batch_id))
+                self._bump(tx, "delivered", len(ids))
+            # Files go after the commit: a crash in between leaves orphans that open() removes.
+            for rid in ids:
+                (self.records_dir / rid).unlink(missing_ok=True)
+            self._refresh_totals()
+        self._guard(ack)
+
+    # -- messages --------------------------------------------------------------------
+    def put_message(self, kind: str, body: dict[str, Any]) -> int:
+        """Queue a message for the fleet; never evicted."""
+        blob = zlib.compress(json.dumps(body, separators=(",", ":")).encode())
+
+        def put() -> int:
+            now = self.clock()
+            cur = self._conn().execute(
+                "INSERT INTO messages(kind, body, state, created_at, updated_at) VALUES (?,?,?,?,?)",
+                (kind, blob, READY, now, now))
+            return int(cur.lastrowid)
+        return self._guard(put)
+
+    def take_messages(self, kind: str, limit: int = 50) -> list[Message]:
+        """The oldest undelivered messages of ``kind`` (ready or in-flight), now in-flight."""
+        def take() -> list[Message]:
+            now = self.clock()
+            rows = self._conn().execute(
+                "SELECT id, body, created_at FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id LIMIT ?",
+                (kind, READY, IN_FLIGHT, limit)).fetchall()
+            with self._tx() as tx:
+                tx.executemany("UPDATE messages SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
+                               [(IN_FLIGHT, now, r[0]) for r in rows])
+            return [Message(r[0], kind, json.loads(zlib.decompress(r[1])), r[2]) for r in rows]
+        return self._guard(take)
+
+    def ack_messages(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+
+        def ack() -> None:
+            now = self.clock()
+            with self._tx() as tx:
+                tx.executemany("UPDATE messages SET state=?, updated_at=? WHERE id=?", [(ACKED, now, i) for i in ids])
+        if ids:
+            self._guard(ack)
+
+    def message_counts(self) -> dict[str, int]:
+        def query() -> dict[str, int]:
+            return {state: n for state, n in self._conn().execute(
+                "SELECT state, COUNT(*) FROM messages GROUP BY state")}
+        return self._guard(query)
+
+    # -- maintenance -----------------------------------------------------------------
+    def expire(self) -> int:
+        """Drop ready records older than the TTL; returns how many."""
+        def sweep() -> int:
+            now = self.clock()
+            rows = self._conn().execute("SELECT record_id FROM records WHERE state=? AND created_at < ?",
+                                        (READY, now - self.ttl)).fetchall()
+            if not rows:
+                return 0
+            with self._tx() as tx:
+                tx.executemany("UPDATE records SET state=?, reason='expired', updated_at=? WHERE record_id=?",
+                               [(DROPPED, now, r[0]) for r in rows])
+                self._bump(tx, "expired", len(rows))
+            for (rid,) in rows:
+                (self.records_dir / rid).unlink(missing_ok=True)
+            self._refresh_totals()
+            return len(rows)
+        return self._guard(sweep)
+
+    def prune(self, keep_seconds: float = TOMBSTONE_SECONDS) -> None:
+        """Forget delivered messages and old tombstones."""
+        def prune() -> None:
+            cutoff = self.clock() - keep_seconds
+            with self._tx() as tx:
+                tx.execute("DELETE FROM messages WHERE state=?", (ACKED,))
+                tx.execute("DELETE FROM records WHERE state IN (?, ?) AND updated_at < ?", (ACKED, DROPPED, cutoff))
+                tx.execute("DELETE FROM batches WHERE state=? AND updated_at < ?", (ACKED, cutoff))
+        self._guard(prune)
+
+    # -- counters and figures --------------------------------------------------------
+    @staticmethod
+    def _bump(tx: sqlite3.Connection, name: str, n: int = 1) -> None:
+        tx.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+    def bump(self, name: str, n: int = 1) -> None:
+        def bump() -> None:
+            with self._tx() as tx:
+                self._bump(tx, name, n)
+        self._guard(bump)
+
+    def counters(self) -> dict[str, int]:
+        return self._guard(lambda: dict(self._conn().execute("SELECT name, value FROM counters")))
+
+    def backlog(self) -> dict[str, int]:
+        """Records waiting for delivery and queued messages."""
+        def query() -> dict[str, int]:
+            db = self._conn()
+            states = dict(db.execute("SELECT state, COUNT(*) FROM records WHERE state IN (?, ?) GROUP BY state", LIVE))
+            messages = db.execute("SELECT COUNT(*) FROM messages WHERE state IN (?, ?)", LIVE).fetchone()[0]
+            return {"records_ready": states.get(READY, 0), "records_in_flight": states.get(IN_FLIGHT, 0),
+                    "bytes": self._live_bytes, "messages": messages, "usage_bytes": self.usage_bytes(),
+                    "limit_bytes": self.storage_limit}
+        return self._guard(query)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("malformed", "not a database", "corrupt", "disk image"))

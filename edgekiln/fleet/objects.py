@@ -1,0 +1,158 @@
+"""Where captured data lands: an S3 bucket (through boto3), or a local directory.
+
+The fleet never receives the data itself: it hands each device short-lived presigned
+PUT URLs for keys under the device's own prefix (``<fleet>/<device>/``), and the device
+uploads straight to the store.  For the local-directory backend the fleet service serves
+the PUTs itself and checks an HMAC signature in the URL in the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgekiln.errors import DependencyError, UserError
+
+# A key segment: what the agent produces (model names, dates, batch and record ids).
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class ObjectStore(Protocol):
+    def ensure_ready(self) -> None: ...
+    def presign_put(self, key: str, expires_in: int, base_url: str) -> str: ...
+    def head(self, key: str) -> int | None: ...
+    def list(self, prefix: str) -> list[tuple[str, int]]: ...
+    def get(self, key: str) -> bytes: ...
+
+
+def check_relative_key(key: str) -> str:
+    """A device-relative key: segments of safe characters, no '..', no leading '/'."""
+    parts = key.split("/")
+    if not key or len(key) > 400 or any(not _SEGMENT_RE.match(p) or p in (".", "..") for p in parts):
+        raise UserError(f"object key {key!r} is not a valid relative key (segments of letters, digits, '_.:-')")
+    return key
+
+
+class S3Objects:
+    """An S3 bucket: AWS, or any S3 API (SeaweedFS, MinIO) by endpoint URL."""
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str = "us-east-1",
+                 access_key: str | None = None, secret_key: str | None = None) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise DependencyError("boto3 is not installed", hint="pip install 'edgekiln[fleet]'") from None
+        self.bucket = bucket
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            aws_access_key_id=access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
+
+    def ensure_ready(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise UserError(f"S3 bucket {self.bucket}: {exc}") from None
+        except BotoCoreError as exc:
+            raise UserError(f"S3 endpoint unreachable: {exc}") from None
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise UserError(f"cannot create S3 bucket {self.bucket}: {exc}") from None
+
+    def presign_put(self, key: str, expires_in: int, base_url: str) -> str:
+        return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=expires_in)
+
+    def head(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        out = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            out += [(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+class LocalObjects:
+    """A directory; presigned URLs point at the fleet service's own ``/v1/objects`` route."""
+
+    def __init__(self, root: str | os.PathLike[str], secret: bytes) -> None:
+        self.root = Path(root)
+        self.secret = secret
+
+    def ensure_ready(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _signature(self, key: str, expires: int) -> str:
+        return hmac.new(self.secret, f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def presign_put(self, key: str, expires_in: int, base_url: str) -> str:
+        expires = int(time.time()) + int(expires_in)
+        query = urllib.parse.urlencode({"expires": expires, "signature": self._signature(key, expires)})
+        return f"{base_url.rstrip('/')}/v1/objects/{urllib.parse.quote(key)}?{query}"
+
+    def verify(self, key: str, expires: int, signature: str, now: float) -> bool:
+        return now <= expires and hmac.compare_digest(self._signature(key, expires), signature)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise UserError(f"bad object key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def head(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        out = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    out.append((key, path.stat().st_size))
+        return sorted(out)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+
+def describe(store: Any) -> str:
+    if isinstance(store, S3Objects):
+        return f"s3://{store.bucket} at {store.client.meta.endpoint_url}"
+    return f"directory {getattr(store, 'root', '?')}"

@@ -1,0 +1,147 @@
+"""Real parts for the agent's integration tests: SeaweedFS, the fleet service as a process,
+compiled artifacts, and agents (in process, with their loop in a thread)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekiln.errors import DependencyError
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    from edgekiln.fleet.devservers import SeaweedS3, find_weed
+
+    try:
+        find_weed()
+    except DependencyError as exc:
+        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop(grace=0.5)
+
+
+@pytest.fixture
+def fleet_server(tmp_path, seaweed):
+    """fleet_server(**kwargs) -> a started FleetServer on SeaweedFS (a bucket of its own)."""
+    from edgekiln.fleet.devservers import FleetServer
+
+    servers = []
+
+    def start(**kwargs) -> FleetServer:
+        kwargs.setdefault("s3", seaweed)
+        kwargs.setdefault("bucket", f"a{len(servers)}-{int(time.time() * 1000) % 10**9}")
+        server = FleetServer(tmp_path / f"fleet{len(servers)}", **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mobilenet(compiled):
+    """zoo:mobilenet_v2 compiled for this x86-64 host (once per session)."""
+    return compiled("zoo:mobilenet_v2", "x86_64").path
+
+
+@pytest.fixture
+def short_dir():
+    path = Path(tempfile.mkdtemp(prefix="ekai-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def agent_factory(short_dir):
+    """agent_factory(fleet=None, token=None, endpoint=None, **sections) -> a running Agent.
+
+    The agent runs in this process with its supervised loop in a thread; everything it
+    stores lives under a short temp dir (Unix socket paths are limited to 107 bytes).
+    """
+    from edgekiln.agents.config import from_dict
+    from edgekiln.agents.daemon import Agent
+
+    agents: list[tuple[Agent, threading.Thread]] = []
+
+    def make(*, endpoint: str | None = None, token: str | None = None, name: str = "dev-1", fleet_name: str = "plant",
+             **sections) -> Agent:
+        root = short_dir / name
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        data = {
+            "device": {"name": name, "fleet": fleet_name},
+            "agent": {"socket": str(root / "agent.sock"), "model_dir": str(root / "models"),
+                      "state_dir": str(root / "state")},
+            "fleet": {"heartbeat_period_seconds": 0.5, "retry_max_seconds": 0.5, "request_timeout_seconds": 5},
+            "capture": {"destination": "Cloud" if endpoint else "Disk", "disk_path": str(root / "captures"),
+                        "batch_size": 4, "push_period_seconds": 0.2, "periodic_upload_period_seconds": 0.5,
+                        # These agents die only by the test's hand, never by a power cut: skip the fsyncs.
+                        "sync_writes": False},
+        }
+        if endpoint:
+            (root / "token").write_text(token or "none")
+            data["fleet"].update(endpoint=endpoint, token_file=str(root / "token"))
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        agent = Agent(from_dict(data, base_dir=root))
+        agent.start()
+        thread = threading.Thread(target=agent.run, name=f"agent-loop-{name}", daemon=True)
+        thread.start()
+        agents.append((agent, thread))
+        return agent
+
+    yield make
+    for agent, thread in agents:
+        stop_agent(agent, thread)
+
+
+def stop_agent(agent, thread=None) -> None:
+    agent.request_stop()
+    if thread is not None:
+        thread.join(30)
+    agent.stop(grace=1)
+
+
+def records_in_s3(seaweed, bucket: str, prefix: str) -> list[str]:
+    """Every record id in every JSON Lines object under ``prefix`` (duplicates kept)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
+                      aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+    ids: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith(".jsonl"):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+                ids += [json.loads(line)["record_id"] for line in body.splitlines() if line]
+    return ids
+
+
+def wait_until(what: str, check, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def s3_records(seaweed):
+    """s3_records(bucket, prefix) -> record ids found in S3 (a list: duplicates would show)."""
+    return lambda bucket, prefix: records_in_s3(seaweed, bucket, prefix)
+
+
+@pytest.fixture
+def wait():
+    """wait(what, check, timeout) -> check()'s first truthy value, or an AssertionError."""
+    return wait_until

@@ -1,0 +1,180 @@
+"""The daemon's supervised loop, driven step by step with a fake clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgekiln.agents.daemon import Agent
+from edgekiln.agents.service import AgentClient
+from edgekiln.fleet.devservers import free_ports
+
+
+@pytest.fixture
+def started(agent_config, fake_clock, fake_loader):
+    agents = []
+
+    def start(**sections) -> Agent:
+        agent = Agent(agent_config(**sections), clock=fake_clock, model_loader=fake_loader)
+        agent.start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop(grace=0)
+
+
+def test_disk_destination_delivers_batches_as_files(started, fake_clock, short_dir):
+    agent = started(capture={"batch_size": 2, "push_period_seconds": 1, "periodic_upload_period_seconds": 5})
+    with AgentClient(agent.config.agent.socket) as client:
+        ids = [client.capture("m", input_tensors=[np.arange(4, dtype=np.float32)], inference_time=fake_clock.now)
+               for _ in range(3)]
+        agent.step()
+        assert [client.capture_status(i) for i in ids] == ["SUCCESS", "SUCCESS", "IN_PROGRESS"]
+        fake_clock.advance(6)  # the partial batch goes after the periodic upload period
+        agent.step()
+        assert client.capture_status(ids[2]) == "SUCCESS"
+    files = sorted((short_dir / "captures" / "fleet-a" / "dev-1" / "m").rglob("*.jsonl"))
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert sorted(line["record_id"] for line in lines) == sorted(ids)
+
+
+def test_offline_fleet_queues_heartbeats_and_backs_off(started, fake_clock, short_dir):
+    (short_dir / "token").write_text("t")
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    agent = started(fleet={"endpoint": dead, "token_file": str(short_dir / "token"), "heartbeat_period_seconds": 10,
+                           "retry_max_seconds": 30, "request_timeout_seconds": 1},
+                    capture={"destination": "Cloud"})
+    with AgentClient(agent.config.agent.socket) as client:
+        client.capture("m", capture_id="c1", input_tensors=[np.zeros(2, np.float32)], inference_time=fake_clock.now)
+    delays = []
+    for _ in range(6):
+        agent.step()
+        delays.append(agent._tasks["messages"].due - fake_clock.now)
+        fake_clock.advance(10)
+    assert agent.outbox.message_counts().get("in-flight", 0) + agent.outbox.message_counts().get("ready", 0) == 6
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]  # exponential back-off while offline
+    assert agent._tasks["batches"].failures >= 1
+    assert agent.outbox.status("c1") in ("ready", "in-flight")  # queued, not lost
+
+
+def test_heartbeat_has_agent_and_model_metrics(started, fake_clock, short_dir):
+    agent = started()
+    (short_dir / "models" / "m.tar.gz").write_bytes(b"x")
+    with AgentClient(agent.config.agent.socket) as client:
+        client.load_model("m.tar.gz", "m")
+        client.predict("m", [np.ones((1, 4), np.float32)])
+        client.capture("m", input_tensors=[np.ones(1, np.float32)], inference_time=fake_clock.now)
+    agent.step()
+    (message,) = agent.outbox.take_messages("heartbeat")
+    hb = message.body
+    assert hb["device_name"] == "dev-1" and hb["device_fleet_name"] == "fleet-a" and hb["agent_version"]
+    metrics = {m["metric_name"]: m["value"] for m in hb["agent_metrics"]}
+    for key in ("cpu_percent", "memory_rss_bytes", "uptime_seconds", "restarts", "capture_backlog_records"):
+        assert key in metrics
+    assert metrics["memory_rss_bytes"] > 10_000_000 and metrics["capture_backlog_records"] == 1
+    (model,) = hb["models"]
+    assert model["model_name"] == "m" and model["model_version"] == "7"
+    assert model["latest_inference"] == fake_clock.now and model["latest_sample_time"] == fake_clock.now
+    names = {m["metric_name"]: m["value"] for m in model["model_metrics"]}
+    assert names["inference_count"] == 1 and names["error_count"] == 0 and names["latency_p50_ms"] >= 0
+
+
+def test_restart_counts_unclean_stops_and_reloads_models(agent_config, fake_clock, fake_loader, short_dir):
+    (short_dir / "models").mkdir(exist_ok=True)
+    (short_dir / "models" / "m.tar.gz").write_bytes(b"x")
+    config = agent_config()
+    first = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    first.start()
+    with AgentClient(config.agent.socket) as client:
+        client.load_model("m.tar.gz", "m")
+    first._server.stop(0).wait(2)  # dies without stop(): the running marker stays,
+    first.outbox._db.close()
+    first._lock_file.close()  # and the kernel drops the lock of a dead process
+    second = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    second.start()
+    try:
+        assert (second.restarts, second.unclean_restarts) == (1, 1)
+        assert [m.name for m in second.registry.list()] == ["m"]
+    finally:
+        second.stop(grace=0)
+    third = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    third.start()
+    third.stop(grace=0)
+    assert (third.restarts, third.unclean_restarts) == (2, 1)
+
+
+def test_corrupt_store_is_reported_in_the_next_heartbeat(agent_config, fake_clock, fake_loader):
+    config = agent_config()
+    agent = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    agent.start()
+    agent.stop(grace=0)
+    db = config.agent.state_dir / "outbox" / "outbox.db"
+    db.write_bytes(os.urandom(4096) * 4)
+    agent = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    agent.start()
+    try:
+        agent.step()
+        bodies = [m.body for m in agent.outbox.take_messages("heartbeat")]
+        faults = [f for b in bodies for f in b["faults"]]
+        assert faults and faults[0]["kind"] == "store-corrupt"
+        assert (config.agent.state_dir / "corrupt").is_dir()
+    finally:
+        agent.stop(grace=0)
+
+
+def test_stop_flag_ends_the_loop(started):
+    agent = started()
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    agent.request_stop()  # what the SIGTERM handler does: set a flag, nothing else
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - start < 1.0
+
+
+def test_flush_flag_makes_tasks_due(started, fake_clock):
+    agent = started()
+    agent.step()
+    assert agent._tasks["heartbeat"].due > fake_clock.now
+    agent.request_flush()
+    agent.step()
+    assert agent.outbox.message_counts()["ready"] == 2
+
+
+def test_ttl_expiry_is_counted_and_reported(started, fake_clock):
+    agent = started(capture={"ttl_seconds": 100})
+    with AgentClient(agent.config.agent.socket) as client:
+        cid = client.capture("m", input_tensors=[np.zeros(2, np.float32)], inference_time=fake_clock.now)
+        agent.outbox.form_batches = lambda *a, **k: []  # keep it undelivered, as if offline
+        fake_clock.advance(150)
+        agent.step()
+        assert client.capture_status(cid) == "FAILURE"
+    bodies = [m.body for m in agent.outbox.take_messages("heartbeat")]
+    metrics = {m["metric_name"]: m["value"] for m in bodies[-1]["agent_metrics"]}
+    assert metrics["captures_expired"] == 1 and metrics["capture_backlog_records"] == 0
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(started, agent_config, fake_clock, fake_loader, short_dir):
+    from edgekiln.errors import UserError
+
+    first = started()
+    other = agent_config(agent={"socket": str(short_dir / "other.sock")})
+    second = Agent(other, clock=fake_clock, model_loader=fake_loader)
+    with pytest.raises(UserError, match="state directory"):
+        second.start()
+    second.stop(grace=0)
+    assert (first.state_dir / "running").exists()  # the first agent's marker stays
+
+
+def test_the_loop_sleeps_between_tasks(started, fake_clock):
+    agent = started()  # Disk destination, no fleet: nothing to send
+    agent.step()
+    assert agent.step() > 0  # the loop waits for the next task instead of spinning
