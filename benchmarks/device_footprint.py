@@ -22,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Peak RSS is VmHWM from /proc: ru_maxrss of a child started from a big process keeps the
+# parent's high-water mark across exec on Linux.
 RUN = """
-import resource, sys, time
+import sys, time
 import numpy as np
 import edgekiln
 t0 = time.perf_counter()
@@ -33,9 +35,10 @@ x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32
 for _ in range(10):
     model.run([x])
 heavy = sorted(m for m in ("tvm", "onnx", "onnxruntime", "torch", "tensorflow") if m in sys.modules)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, round(load_s, 3), ",".join(heavy) or "-")
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(hwm, round(load_s, 3), ",".join(heavy) or "-")
 """
-FLOOR = "import resource, numpy; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+FLOOR = "import numpy; print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
 
 
 def _size(path: Path) -> int:
@@ -44,7 +47,7 @@ def _size(path: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifact", help="x86-64 MobileNetV2 artifact (default: compiled now)")
+    parser.add_argument("--artifact", help="x86-64 MobileNetV2 tvm artifact (default: compiled now)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_footprint.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekiln-footprint-") as tmp:
@@ -54,7 +57,8 @@ def main() -> int:
             from edgekiln.compile.api import CompileOptions, compile_model
 
             artifact = str(tmp_path / "mobilenet_v2.tar.gz")
-            compile_model("zoo:mobilenet_v2", "x86_64", artifact, options=CompileOptions(validate=False))
+            compile_model("zoo:mobilenet_v2", "x86_64", artifact,
+                          options=CompileOptions(backend="tvm", validate=False))
         empty = tmp_path / "empty"
         venv.create(empty, with_pip=True)
         device = tmp_path / "device"
@@ -67,13 +71,17 @@ def main() -> int:
         packages = {p["name"]: p["version"] for p in json.loads(freeze)}
         added = _size(device) - _size(empty)
         floor = int(subprocess.run([str(python), "-c", FLOOR], capture_output=True, text=True, check=True).stdout)
-        out = subprocess.run([str(python), "-c", RUN, artifact], capture_output=True, text=True, check=True).stdout
+        proc = subprocess.run([str(python), "-c", RUN, artifact], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"running the artifact in the device install failed: {proc.stderr.strip()[-500:]}")
+        out = proc.stdout
         rss_kb, load_s, heavy = out.split()
+        artifact_bytes = os.path.getsize(artifact)
     result = {
         "command": "python benchmarks/device_footprint.py",
         "install_bytes": added,
         "packages": packages,
-        "artifact_bytes": os.path.getsize(artifact),
+        "artifact_bytes": artifact_bytes,
         "peak_rss_kib_running_mobilenet_v2": int(rss_kb),
         "peak_rss_kib_python_numpy_only": floor,
         "load_seconds": float(load_s),
