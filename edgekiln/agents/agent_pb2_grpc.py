@@ -69,6 +69,11 @@ class AgentStub:
                 request_serializer=edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
                 response_deserializer=edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
                 _registered_method=True)
+        self.Bench = channel.stream_stream(
+                '/AWS.SageMaker.Edge.Agent/Bench',
+                request_serializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
+                response_deserializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -137,6 +142,20 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Bench(self, request_iterator, context):
+        """edgekiln: relay the benchmark harness's worker protocol (edgekiln.bench.worker) to a
+        worker process on the device.  The agent starts `python -m edgekiln.bench.worker` as a
+        child of its own for each call, writes each incoming line to its stdin and streams each
+        line of its stdout back unchanged; the stream ends when the worker exits (trailing
+        metadata "exit-code").  Closing the call kills the worker.  Artifact paths in the lines
+        name files on the device.
+        Status codes: OK; RESOURCE_EXHAUSTED - a benchmark is already running;
+        UNAVAILABLE - the worker cannot be started; INTERNAL - the worker died.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +193,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetCaptureDataStatus,
                     request_deserializer=edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusRequest.FromString,
                     response_serializer=edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusResponse.SerializeToString,
+            ),
+            'Bench': grpc.stream_stream_rpc_method_handler(
+                    servicer.Bench,
+                    request_deserializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
+                    response_serializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +389,33 @@ class Agent:
             '/AWS.SageMaker.Edge.Agent/GetCaptureDataStatus',
             edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusRequest.SerializeToString,
             edgekiln_dot_agents_dot_agent__pb2.GetCaptureDataStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Bench(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/AWS.SageMaker.Edge.Agent/Bench',
+            edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
+            edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
             options,
             channel_credentials,
             insecure,

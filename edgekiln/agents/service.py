@@ -296,7 +296,111 @@ def make_servicer(registry: ModelRegistry, capture: Any) -> Any:
                 abort(context, "NOT_FOUND", f"no capture with id {request.capture_id!r}")
             return pb.GetCaptureDataStatusResponse(status=pb.CaptureDataStatus.Value(status))
 
+        def Bench(self, request_iterator: Any, context: Any) -> Any:
+            if not bench_slot.acquire(blocking=False):
+                abort(context, "RESOURCE_EXHAUSTED", "a benchmark is already running on this agent; "
+                      "one runs at a time so that it has the device to itself")
+            try:
+                yield from _relay_bench(request_iterator, context, registry.model_dir, pb.BenchLine, abort)
+            finally:
+                bench_slot.release()
+
+    bench_slot = threading.Lock()
     return Servicer()
+
+
+# -- the benchmark relay -------------------------------------------------------------
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The worker must import this edgekiln, also when the agent runs from a checkout.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _relay_bench(requests: Any, context: Any, model_dir: Path, line_type: Any,
+                 abort: Callable[[Any, str, str], None]) -> Any:
+    """Relay one Bench stream to ``python -m edgekiln.bench.worker``, a child process.
+
+    The worker is a process of its own (not a thread of the agent) so that its peak RSS is
+    the model's and a crash takes only the worker.  Lines go to its stdin as they come; its
+    stdout lines go back unchanged; the stream ends when it exits, with trailing metadata
+    ``exit-code`` and ``ru-maxrss-kb``.  The client going away kills it.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    try:
+        first = next(requests)
+    except StopIteration:
+        return  # the client closed before sending anything: no worker to start
+    stderr = tempfile.TemporaryFile(mode="w+b")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekiln.bench.worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, env=_worker_env(), text=True,
+                                encoding="utf-8", bufsize=1,
+                                cwd=str(model_dir) if Path(model_dir).is_dir() else None)
+    except OSError as exc:
+        stderr.close()
+        abort(context, "UNAVAILABLE", f"cannot start the benchmark worker ({sys.executable}): {exc.strerror}")
+    log.info("bench: worker %d started", proc.pid)
+
+    def kill() -> None:
+        if proc.poll() is None:
+            proc.kill()
+
+    context.add_callback(kill)  # the call ended (client gone, cancelled, deadline): stop the worker
+
+    def feed() -> None:
+        try:
+            for message in _chain(first, requests):
+                proc.stdin.write(message.json.rstrip("\n") + "\n")
+                proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the worker is gone; its end reaches the client through the stdout side
+        except Exception:  # noqa: BLE001 - the request stream failed: the client is gone
+            kill()
+        finally:
+            try:
+                proc.stdin.close()  # half-close from the client: end of input for the worker
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, name=f"bench-feed-{proc.pid}", daemon=True)
+    feeder.start()
+    try:
+        for line in proc.stdout:
+            yield line_type(json=line.rstrip("\n"))
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            maxrss = int(usage.ru_maxrss)
+        except ChildProcessError:
+            proc.wait()
+            maxrss = 0
+        code = proc.returncode
+        log.info("bench: worker %d exited with %s", proc.pid, code)
+        context.set_trailing_metadata((("exit-code", str(code)), ("ru-maxrss-kb", str(maxrss))))
+        if code != 0:
+            stderr.seek(0)
+            lines = [ln.strip() for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+            why = f"signal {-code}" if code < 0 else f"exit {code}"
+            abort(context, "INTERNAL", f"the benchmark worker died ({why}): {lines[-1] if lines else 'no message'}")
+    finally:
+        kill()
+        proc.wait()
+        # The feeder ends with the request stream, which gRPC ends when this call does.
+        for stream in (proc.stdout, stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def _chain(first: Any, rest: Any) -> Any:
+    yield first
+    yield from rest
 
 
 def serve(socket_path: Path, servicer: Any, *, max_workers: int = 8) -> Any:

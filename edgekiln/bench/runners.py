@@ -15,9 +15,8 @@ interleaving, statistics and correctness checks are the same whatever carries th
 - :class:`EmulatedRunner` — the same worker under qemu-user in the board's sysroot
   (:func:`edgekiln.emulation.python_prefix`). Emulated time says nothing about the board, so
   its reports carry outputs (correctness) and say that timings are not meaningful.
-- :class:`AgentRunner` — the worker on a device, reached through the edgekiln agent. The
-  agent must offer one call for it (see the class); until it does, this runner raises a
-  DependencyError that says so.
+- :class:`AgentRunner` — the worker on a device, reached through the edgekiln agent's Bench
+  call (see the class; served by :mod:`edgekiln.agents.service`).
 """
 
 from __future__ import annotations
@@ -300,9 +299,8 @@ class AgentRunner:
     schema as a local one.
 
     ``connect`` is that call's client: a function from (address, label) to a
-    :class:`LineChannel`. The agent package offers none yet (``edgekiln.agents.bench_client.
-    connect`` is where the harness looks), so without one this runner raises a
-    DependencyError that says what is missing.
+    :class:`LineChannel`; by default ``edgekiln.agents.bench_client.connect`` (without the
+    agent package this runner raises a DependencyError that says what is missing).
     """
 
     kind = "agent"
@@ -328,7 +326,8 @@ def _agent_connect() -> Callable[[str, str], LineChannel]:
     connect = getattr(bench_client, "connect", None)
     if connect is None:
         raise DependencyError(
-            "the edgekiln agent offers no Bench call yet, so a device cannot be benchmarked through it",
+            "this edgekiln has no agent client (edgekiln.agents.bench_client), so a device cannot be "
+            "benchmarked through its agent",
             hint="run `edgekiln bench` on the device itself; edgekiln.bench.runners.AgentRunner "
                  "documents the call the agent must expose",
         )

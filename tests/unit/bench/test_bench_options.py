@@ -10,7 +10,7 @@ import pytest
 from edgekiln.bench import worker
 from edgekiln.bench.harness import BenchOptions, compare_outputs
 from edgekiln.bench.runners import AgentRunner, ExitInfo, Worker
-from edgekiln.errors import BackendError, DependencyError, UserError
+from edgekiln.errors import BackendError, UserError
 
 
 def test_defaults_and_round_trip():
@@ -84,9 +84,10 @@ def test_worker_protocol_over_any_channel():
         Worker(InProcessChannel(run), "fake")._call({"op": "boom"})
 
 
-def test_agent_runner_says_what_the_agent_lacks():
-    with pytest.raises(DependencyError, match="Bench call"):
-        AgentRunner("unix:///run/edgekiln/agent.sock")
+def test_agent_runner_connects_through_the_agents_bench_client():
+    from edgekiln.agents import bench_client
+
+    assert AgentRunner("unix:///run/edgekiln/agent.sock")._connect is bench_client.connect
     runner = AgentRunner("addr", connect=lambda address, label: InProcessChannel(lambda x: x))
     assert runner.kind == "agent" and runner.timings_meaningful
     assert isinstance(runner.start("tvm"), Worker)
