@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from edgekiln.errors import DependencyError
 
 
 def nvcc_available() -> bool:
@@ -32,3 +36,44 @@ def compiled(tmp_path_factory):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """SeaweedFS with an S3 endpoint on loopback, one identity, data in a temp dir."""
+    from edgekiln.fleet.devservers import SeaweedS3, find_weed
+
+    try:
+        find_weed()
+    except DependencyError as exc:
+        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop(grace=0.5)
+
+
+@pytest.fixture
+def fleet_server(tmp_path, seaweed):
+    """fleet_server(**kwargs) -> a started FleetServer on SeaweedFS (a bucket of its own)."""
+    from edgekiln.fleet.devservers import FleetServer
+
+    servers = []
+
+    def start(**kwargs) -> FleetServer:
+        kwargs.setdefault("s3", seaweed)
+        kwargs.setdefault("bucket", f"t{len(servers)}-{time.time_ns() % 10**12}")
+        server = FleetServer(tmp_path / f"fleet{len(servers)}", **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def short_dir():
+    """A directory with a short path: Unix socket paths must fit in 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ek-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

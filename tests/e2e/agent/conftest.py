@@ -4,55 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from edgekiln.errors import DependencyError
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    from edgekiln.fleet.devservers import SeaweedS3, find_weed
-
-    try:
-        find_weed()
-    except DependencyError as exc:
-        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop(grace=0.5)
-
-
-@pytest.fixture
-def fleet_server(tmp_path, seaweed):
-    from edgekiln.fleet.devservers import FleetServer
-
-    servers = []
-
-    def start(**kwargs) -> FleetServer:
-        kwargs.setdefault("s3", seaweed)
-        kwargs.setdefault("bucket", f"e{len(servers)}-{int(time.time() * 1000) % 10**9}")
-        server = FleetServer(tmp_path / f"fleet{len(servers)}", **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def short_dir():
-    path = Path(tempfile.mkdtemp(prefix="ekae-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class AgentProcess:

@@ -4,60 +4,17 @@ compiled artifacts, and agents (in process, with their loop in a thread)."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from edgekiln.errors import DependencyError
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    from edgekiln.fleet.devservers import SeaweedS3, find_weed
-
-    try:
-        find_weed()
-    except DependencyError as exc:
-        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop(grace=0.5)
-
-
-@pytest.fixture
-def fleet_server(tmp_path, seaweed):
-    """fleet_server(**kwargs) -> a started FleetServer on SeaweedFS (a bucket of its own)."""
-    from edgekiln.fleet.devservers import FleetServer
-
-    servers = []
-
-    def start(**kwargs) -> FleetServer:
-        kwargs.setdefault("s3", seaweed)
-        kwargs.setdefault("bucket", f"a{len(servers)}-{int(time.time() * 1000) % 10**9}")
-        server = FleetServer(tmp_path / f"fleet{len(servers)}", **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def mobilenet(compiled):
     """zoo:mobilenet_v2 compiled for this x86-64 host (once per session)."""
     return compiled("zoo:mobilenet_v2", "x86_64").path
-
-
-@pytest.fixture
-def short_dir():
-    path = Path(tempfile.mkdtemp(prefix="ekai-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

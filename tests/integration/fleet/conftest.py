@@ -7,45 +7,10 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from edgekiln.errors import DependencyError
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    """SeaweedFS with an S3 endpoint on loopback, one identity, data in a temp dir."""
-    from edgekiln.fleet.devservers import SeaweedS3, find_weed
-
-    try:
-        find_weed()
-    except DependencyError as exc:
-        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop(grace=0.5)
-
-
-@pytest.fixture
-def fleet_server(tmp_path, seaweed):
-    """fleet_server(**kwargs) -> a started FleetServer using SeaweedFS; stopped afterwards."""
-    from edgekiln.fleet.devservers import FleetServer
-
-    servers = []
-
-    def start(**kwargs) -> FleetServer:
-        kwargs.setdefault("s3", seaweed)
-        kwargs.setdefault("bucket", f"t{len(servers)}-{int(time.time() * 1000) % 10**9}")
-        server = FleetServer(tmp_path / f"fleet{len(servers)}", **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def _pg_bin(name: str) -> str | None:

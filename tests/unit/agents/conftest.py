@@ -6,8 +6,6 @@ so that they run in milliseconds; the integration tests load real compiled artif
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,14 +68,6 @@ class FakeModel:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def short_dir():
-    """A temp dir with a short path: Unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="ekag-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
