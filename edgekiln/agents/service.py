@@ -300,10 +300,21 @@ def make_servicer(registry: ModelRegistry, capture: Any) -> Any:
             if not bench_slot.acquire(blocking=False):
                 abort(context, "RESOURCE_EXHAUSTED", "a benchmark is already running on this agent; "
                       "one runs at a time so that it has the device to itself")
+            released = threading.Lock()
+
+            def release() -> None:
+                # Once, from whichever comes first: the RPC's end (a cancelled client's stream
+                # generator may only be closed much later, by the garbage collector) or the
+                # generator's own end.
+                if released.acquire(blocking=False):
+                    bench_slot.release()
+
+            if not context.add_callback(release):
+                release()
             try:
                 yield from _relay_bench(request_iterator, context, registry.model_dir, pb.BenchLine, abort)
             finally:
-                bench_slot.release()
+                release()
 
     bench_slot = threading.Lock()
     return Servicer()
