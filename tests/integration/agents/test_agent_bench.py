@@ -97,8 +97,14 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
     assert len(workers) == 1
     first._call.cancel()
     first.close()
-    wait("the worker to be killed", lambda: not os.path.exists(f"/proc/{workers[0]}") or
-         "Z" in open(f"/proc/{workers[0]}/stat").read().split()[2], 10)
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split()[2] == "Z"  # killed, not yet reaped
+        except OSError:  # reaped between two looks (ENOENT, ESRCH)
+            return True
+
+    wait("the worker to be killed", lambda: gone(workers[0]), 10)
 
     # The slot is free again; an exit ends the stream cleanly with the worker's exit code.
     third = connect(socket, "third")
