@@ -107,14 +107,7 @@ class SeaweedS3:
 
     def stop(self, grace: float = 3.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _terminate(process, grace)
 
     def __enter__(self) -> "SeaweedS3":
         return self.start()
@@ -179,14 +172,7 @@ class FleetServer:
 
     def stop(self, grace: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _terminate(process, grace)
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crash or a network cut would."""
@@ -213,3 +199,15 @@ class FleetServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; nothing when it already ended."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
