@@ -5,7 +5,7 @@
 #   make emulators  build the emulated rasp4b and rasp3b boards (edgekiln emulate), cached
 #   make demo    compile zoo:efficientnet_lite0 for x86_64, rasp4b, rasp3b and h200, run the
 #                x86_64 artifact on a photo of a cat, print the top-5 classes and the summary
-#   make test    the test suite
+#   make test    the test suite (and .venv-mxnet, MXNet 1.9.1 for the MXNet import's reference)
 #   make bench-compile   compile time per zoo model per profile (benchmarks/results/)
 
 PYTHON ?= python3
@@ -79,7 +79,7 @@ $(STAMP): setup.cfg pyproject.toml | apt
 	$(MAKE) apt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[compile,pretrained,test,bench,agent,fleet]'
+	$(BIN)/python -m pip install -q -e '.[compile,pretrained,pytorch,tensorflow,test,bench,agent,fleet]'
 	$(BIN)/edgekiln fetch-runtime aarch64
 	touch $(STAMP)
 
@@ -105,8 +105,17 @@ demo-fleet: setup
 	$(BIN)/edgekiln fleet demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet \
 	  $$([ -f $(DEMO_DIR)/chelsea.png ] && echo --image $(DEMO_DIR)/chelsea.png)
 
-test: setup
-	$(BIN)/python -m pytest -q tests
+# MXNet's last release (1.9.1) needs numpy < 1.24 and so cannot share .venv (numpy 2): the
+# tests export Gluon model-zoo networks with it, in a venv of its own, as the reference that
+# edgekiln's MXNet import (which needs no MXNet) must match.
+MXNET_VENV := .venv-mxnet
+$(MXNET_VENV)/.edgekiln-setup:
+	test -x $(MXNET_VENV)/bin/python || $(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python -m pip install -q 'mxnet==1.9.1' 'numpy<1.24'
+	touch $@
+
+test: setup $(MXNET_VENV)/.edgekiln-setup
+	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests
 
 bench-compile: setup
 	$(BIN)/python benchmarks/compile_time.py --out benchmarks/results/compile_time.json

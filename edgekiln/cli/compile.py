@@ -14,18 +14,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compile",
         help=HELP,
         description=(
-            "Compile MODEL (an ONNX file, or a built-in model such as zoo:resnet18) for the device "
-            "profile TARGET. The artifact is validated against ONNX Runtime when this machine can "
-            "execute the target, and written to OUT only when everything succeeded."
+            "Compile MODEL for the device profile TARGET. MODEL is a model file of any framework "
+            "SageMaker Neo accepted -- ONNX (.onnx), PyTorch (TorchScript .pt/.pth, torch.export "
+            ".pt2), TFLite (.tflite, fp32 or int8), MXNet (PREFIX-symbol.json + PREFIX-NNNN.params, "
+            "read without MXNet), Keras (.h5, .keras), TensorFlow (SavedModel folder) -- a folder "
+            "or a Neo-style .tar.gz holding one, or a built-in model such as zoo:resnet18. The "
+            "artifact is validated against ONNX Runtime when this machine can execute the target, "
+            "and written to OUT only when everything succeeded."
         ),
     )
-    parser.add_argument("model", metavar="MODEL", help="ONNX file or zoo:NAME (see `edgekiln zoo list`)")
+    parser.add_argument("model", metavar="MODEL",
+                        help="model file, folder or .tar.gz, or zoo:NAME (see `edgekiln zoo list`)")
     parser.add_argument("--target", "-t", required=True, metavar="PROFILE",
                         help="device profile id or alias (see `edgekiln profiles list`)")
     parser.add_argument("--output", "-o", metavar="OUT.tar.gz",
                         help="artifact path (default: NAME-PROFILE.tar.gz in the current directory)")
+    parser.add_argument("--framework", choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
+                        help="the model's framework (default: found from the files)")
+    parser.add_argument("--input-config", metavar="JSON",
+                        help="input shapes as Neo's DataInputConfig, e.g. '{\"data\": [1, 3, 224, 224]}' "
+                             "(a list of shapes names them input0, input1...); needed for TorchScript and MXNet. "
+                             "TFLite/Keras/TensorFlow inputs keep their NHWC layout unless the shape is given in "
+                             "NCHW, which the artifact then takes")
     parser.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
-                        help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input")
+                        help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input "
+                             "(the same as --input-config in another form)")
     parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
     parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
     parser.add_argument("--backend", default="auto",
@@ -54,16 +67,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
+    from edgekiln.compile.frontends import model_stem, parse_input_config
     from edgekiln.compile.progress import ConsoleProgress
     from edgekiln.compile.quantize import QuantizeOptions
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.device_profiles import get_profile
 
+    from edgekiln.errors import UserError
+
+    if args.input_config and args.input_shape:
+        raise UserError("give the input shapes either with --input-config or with --input-shape, not both")
+    input_shape = parse_input_config(args.input_config) if args.input_config else parse_input_shape(args.input_shape)
     profile = get_profile(args.target)
     output = args.output
     if output is None:
-        stem = args.name or args.model.split(":", 1)[-1].rsplit("/", 1)[-1].removesuffix(".onnx")
+        stem = args.name or (args.model.split(":", 1)[-1] if args.model.startswith("zoo:")
+                             else model_stem(Path(args.model.rstrip("/"))))
         output = f"{stem}-{profile.aliases[0] if profile.aliases else profile.id.replace('/', '-')}.tar.gz"
     backend_options = {"embed_ptx": False} if args.no_ptx else {}
     options = CompileOptions(
@@ -77,14 +99,13 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     if args.quantize is None and (args.calibration or args.validation):
-        from edgekiln.errors import UserError
-
         raise UserError("--calibration and --validation only apply with --quantize int8")
     artifact = compile_model(
         args.model,
         args.target,
         output,
-        input_shape=parse_input_shape(args.input_shape),
+        input_shape=input_shape,
+        framework=args.framework,
         name=args.name,
         version=args.model_version,
         options=options,

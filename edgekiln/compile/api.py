@@ -22,7 +22,8 @@ from edgekiln.artifact.manifest import Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack, read_manifest
 from edgekiln.compile import auto, validate
 from edgekiln.compile.backends import registry
-from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, import_model
+from edgekiln.compile.frontends import import_model
+from edgekiln.compile.frontends.onnx import InputShapes, SourceModel
 from edgekiln.compile.progress import NullProgress, Progress
 from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, gate_artifact, load_data, quantize_onnx
 from edgekiln.device_profiles import DeviceProfile, get_profile
@@ -120,8 +121,13 @@ def compile_model(
     version: str = "1",
     options: CompileOptions | None = None,
     progress: Progress | None = None,
+    framework: str | None = None,
 ) -> CompiledArtifact:
-    """Compile ``model`` (an ONNX file or ``zoo:NAME``) for the profile ``target``.
+    """Compile ``model`` for the profile ``target``.
+
+    ``model`` is a model file or folder of any framework in ``frontends.FRAMEWORKS``, a
+    Neo-style ``.tar.gz`` of one, or ``zoo:NAME``; ``framework`` is found from the files
+    when None. ``input_shape`` is a Neo ``DataInputConfig`` (see ``frontends.parse_input_config``).
 
     Writes the artifact to ``output`` (a ``.tar.gz``) only after it was built and, where this
     machine can run the target, validated against ONNX Runtime.
@@ -140,7 +146,7 @@ def compile_model(
     if options.backend == auto.AUTO:
         def compile_one(backend: str, path: Path) -> CompiledArtifact:
             return compile_model(model, target, path, input_shape=input_shape, name=name, version=version,
-                                 options=replace(options, backend=backend), progress=progress)
+                                 options=replace(options, backend=backend), progress=progress, framework=framework)
 
         from edgekiln import zoo
         from edgekiln.zoo import pretrained
@@ -151,6 +157,12 @@ def compile_model(
                 # The harness rebuilds seeded zoo models itself; a pretrained one it is given.
                 baseline_model = str(Path(tmp) / "source.onnx")
                 Path(baseline_model).write_bytes(pretrained.build(str(model)).SerializeToString())
+            elif baseline_model is not None and (framework or _framework_of(Path(baseline_model))) != "onnx":
+                # The harness times ONNX Runtime on an ONNX file: give it the canonical import.
+                with progress.step(f"import {model} for the ONNX Runtime baseline"):
+                    source = import_model(model, Path(tmp) / "baseline", framework=framework,
+                                          input_shape=input_shape, name=name)
+                baseline_model = str(source.path)
             return auto.compile_auto(compile_one, profile, output, options.quantize, baseline_model,
                                      host_can_execute(profile), progress)
     backend = registry.get(options.backend)
@@ -164,11 +176,13 @@ def compile_model(
     work = Path(tempfile.mkdtemp(prefix="edgekiln-compile-"))
     try:
         with progress.step(f"import {model}"):
-            source = import_model(model, work / "source", input_shape=input_shape, name=name)
+            source = import_model(model, work / "source", framework=framework, input_shape=input_shape, name=name)
         quantized: QuantizedModel | None = None
         reference = source
         gate_data = None
         q = options.quantize
+        if q is not None and source.prequantized:
+            raise UserError(f"{model} is already an int8 model; compile it without --quantize")
         if q is not None and backend.id not in QUANTIZING_BACKENDS:
             raise UserError(f"backend {backend.id} cannot build int8 models; use one of {', '.join(QUANTIZING_BACKENDS)}")
         if q is not None and backend.id in QDQ_BACKENDS:
@@ -211,7 +225,8 @@ def compile_model(
                                     executed_on=f"host {compat.host_info().arch} (cpu)", samples=gate_result.samples,
                                     top1_agreement=gate_result.agreement, reason=None)
         else:
-            validation = _validate(reference, profile, root, manifest, options, progress, quantized is not None)
+            validation = _validate(reference, profile, root, manifest, options, progress,
+                                   quantized is not None or source.prequantized)
         elapsed = time.perf_counter() - started
         manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation, quantized,
                              extra={"compile_seconds": round(elapsed, 2), "graph": dict(source.stats)})
@@ -220,6 +235,14 @@ def compile_model(
         return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _framework_of(path: Path) -> str:
+    from edgekiln.compile import frontends
+
+    if frontends.is_tarball(path):
+        return "tarball"
+    return frontends.detect_framework(path) if path.exists() else "onnx"
 
 
 def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,

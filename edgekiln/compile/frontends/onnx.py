@@ -1,5 +1,8 @@
-"""ONNX import: a model file or a zoo reference becomes a canonical ONNX graph with fixed
-input shapes, plus the input/output spec every later stage works from."""
+"""ONNX import and the stage every frontend ends in: a canonical ONNX graph with fixed input
+shapes, plus the input/output spec every later stage works from (``SourceModel``).
+
+The other frameworks' frontends (pytorch.py, tensorflow.py, mxnet.py) produce an ONNX
+``ModelProto`` and hand it to :func:`finish`; ``frontends.import_model`` picks the frontend."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class SourceModel:
 
     name: str
     path: Path
-    source_format: str  # "onnx" or "zoo"
+    source_format: str  # "zoo", or the framework: "onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"
     source_ref: str
     source_sha256: str
     inputs: tuple[TensorSpec, ...]
@@ -32,6 +35,14 @@ class SourceModel:
     preprocessing: Mapping[str, Any] | None = None
     labels: tuple[str, ...] | None = None
     stats: Mapping[str, Any] = field(default_factory=dict)
+    # The framework's own model file when a backend can use it as it is (a .tflite for the
+    # LiteRT backend), and how the canonical inputs relate to its inputs ("same" or "NHWC":
+    # the canonical input is NCHW, the original's NHWC).
+    original: Path | None = None
+    original_input_layouts: tuple[str, ...] = ()
+    # The source graph is already quantized (QDQ int8 from a quantized .tflite): validation
+    # compares in quantization steps, and --quantize does not apply.
+    prequantized: bool = False
 
     def load_onnx(self) -> Any:
         import onnx
@@ -41,44 +52,48 @@ class SourceModel:
 
 def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None) -> SourceModel:
     """Import ``ref`` (an ONNX file path or ``zoo:NAME``) into ``workdir/model.onnx``."""
-    import onnx
-
     from edgekiln import zoo
     from edgekiln.zoo import pretrained
 
     ref_text = str(ref)
-    preprocessing = None
-    labels = None
     if pretrained.is_pretrained_ref(ref_text):
         model = pretrained.build(ref_text)
-        source_format = "zoo"
-        default_name = ref_text.removeprefix("zoo:")
-        raw = model.SerializeToString()
-        preprocessing = pretrained.preprocessing(ref_text)
-        labels = tuple(zoo.imagenet_labels())
-    elif zoo.is_zoo_ref(ref_text):
+        return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
+                      name=name or ref_text.removeprefix("zoo:"), input_shape=input_shape,
+                      preprocessing=pretrained.preprocessing(ref_text), labels=tuple(zoo.imagenet_labels()))
+    if zoo.is_zoo_ref(ref_text):
         model = zoo.build(ref_text)
-        info = zoo.info(ref_text)
-        source_format = "zoo"
-        default_name = info.name
-        raw = model.SerializeToString()
-        preprocessing = dict(zoo.preprocessing(ref_text))
-        labels = tuple(zoo.imagenet_labels())
-    else:
-        path = Path(ref_text)
-        if not path.exists():
-            raise UserError(
-                f"model file {path} does not exist",
-                hint="give an .onnx file, or a built-in model such as zoo:resnet18 (edgekiln zoo list)",
-            )
-        if not path.is_file():
-            raise UserError(f"model path {path} is not a file")
-        raw = path.read_bytes()
-        model = _parse(raw, path)
-        source_format = "onnx"
-        default_name = path.stem
-    _check(model, ref_text)
-    inputs, outputs, model = _fix_shapes(model, input_shape, ref_text)
+        return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
+                      name=name or zoo.info(ref_text).name, input_shape=input_shape,
+                      preprocessing=dict(zoo.preprocessing(ref_text)), labels=tuple(zoo.imagenet_labels()))
+    path = Path(ref_text)
+    if not path.exists():
+        raise UserError(
+            f"model file {path} does not exist",
+            hint="give a model file (ONNX, PyTorch, TFLite, MXNet, Keras/TensorFlow), or a built-in model "
+                 "such as zoo:resnet18 (edgekiln zoo list)",
+        )
+    if not path.is_file():
+        raise UserError(f"model path {path} is not a file")
+    raw = path.read_bytes()
+    return finish(_parse(raw, path), workdir, ref=ref_text, source_format="onnx", raw_sha256=_sha(raw),
+                  name=name or path.stem, input_shape=input_shape)
+
+
+def finish(model: Any, workdir: Path, *, ref: str, source_format: str, raw_sha256: str, name: str,
+           input_shape: InputShapes = None, default_shapes: Mapping[str, Sequence[int]] | None = None,
+           preprocessing: Mapping[str, Any] | None = None, labels: tuple[str, ...] | None = None,
+           original: Path | None = None, original_input_layouts: Sequence[str] = (),
+           prequantized: bool = False) -> SourceModel:
+    """Check ``model`` (an ONNX ModelProto), fix its input shapes and write ``workdir/model.onnx``.
+
+    ``input_shape`` is what the user asked for; ``default_shapes`` fill inputs the graph
+    leaves open when the source format knows them (a .tflite file's tensor shapes).
+    """
+    import onnx
+
+    _check(model, ref)
+    inputs, outputs, model = _fix_shapes(model, input_shape, ref, default_shapes or {})
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "model.onnx"
     onnx.save(model, str(out))
@@ -89,18 +104,25 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
     except UserError:
         stats = {}
     return SourceModel(
-        name=name or default_name,
+        name=name,
         path=out,
         source_format=source_format,
-        source_ref=ref_text,
-        source_sha256=hashlib.sha256(raw).hexdigest(),
+        source_ref=ref,
+        source_sha256=raw_sha256,
         inputs=inputs,
         outputs=outputs,
         opset=_default_opset(model),
         preprocessing=preprocessing,
         labels=labels,
         stats=stats,
+        original=original,
+        original_input_layouts=tuple(original_input_layouts),
+        prequantized=prequantized,
     )
+
+
+def _sha(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _parse(raw: bytes, path: Path) -> Any:
@@ -138,20 +160,33 @@ def _graph_inputs(model: Any) -> list[Any]:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
+def positional(spec: Mapping[str, Sequence[int]], names: Sequence[str]) -> Mapping[str, Sequence[int]]:
+    """Shapes given as a list (named ``input0``, ``input1``... by ``parse_input_config``, as
+    Neo named PyTorch inputs) go to a model's own inputs in order when it names them otherwise."""
+    keys = list(spec)
+    if (keys == [f"input{i}" for i in range(len(keys))] and len(keys) == len(names)
+            and not set(keys) & set(names)):
+        return dict(zip(names, spec.values()))
+    return spec
+
+
 def _requested_shapes(spec: InputShapes, names: list[str]) -> dict[str, list[int]]:
     if spec is None:
         return {}
     if isinstance(spec, Mapping):
+        spec = positional(spec, names)
         unknown = sorted(set(spec) - set(names))
         if unknown:
-            raise UserError(f"--input-shape names unknown inputs {unknown}; the model's inputs are {names}")
+            raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {names}")
         return {k: [int(d) for d in v] for k, v in spec.items()}
     if len(names) != 1:
-        raise UserError(f"the model has {len(names)} inputs {names}; give --input-shape as NAME:DIMS for each")
+        raise UserError(f"the model has {len(names)} inputs {names}; give a shape for each by name "
+                        f"(--input-config '{{\"NAME\": [DIMS]}}' or --input-shape NAME:DIMS)")
     return {names[0]: [int(d) for d in spec]}
 
 
-def _fix_shapes(model: Any, spec: InputShapes, ref: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Any]:
+def _fix_shapes(model: Any, spec: InputShapes, ref: str,
+                defaults: Mapping[str, Sequence[int]]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Any]:
     import onnx
 
     inputs = _graph_inputs(model)
@@ -167,24 +202,27 @@ def _fix_shapes(model: Any, spec: InputShapes, ref: str) -> tuple[tuple[TensorSp
         want = requested.get(value.name)
         if want is not None:
             if any(d <= 0 for d in want):
-                raise UserError(f"--input-shape for {value.name!r} must be positive integers, got {want}")
+                raise UserError(f"the input shape for {value.name!r} must be positive integers, got {want}")
             if ttype.HasField("shape") and len(declared) != len(want):
                 raise UserError(
                     f"input shape mismatch for {value.name!r}: the model declares rank {len(declared)} "
-                    f"{_show(declared)}, --input-shape gives rank {len(want)} {want}"
+                    f"{_show(declared)}, the given shape has rank {len(want)} {want}"
                 )
             clash = [i for i, (d, w) in enumerate(zip(declared, want)) if d is not None and d != w]
             if clash:
                 raise UserError(
                     f"input shape mismatch for {value.name!r}: the model declares {_show(declared)}, "
-                    f"--input-shape gives {want}"
+                    f"the given shape is {want}"
                 )
             dims = want
+        elif (not ttype.HasField("shape") or any(d is None for d in declared)) and value.name in defaults:
+            dims = [int(d) for d in defaults[value.name]]
         else:
             if not ttype.HasField("shape") or any(d is None for d in declared):
                 raise UserError(
                     f"input {value.name!r} of {ref} has no fixed shape ({_show(declared)})",
-                    hint=f"give one with --input-shape, e.g. --input-shape {value.name}:1,3,224,224",
+                    hint=f"give one with --input-config '{{\"{value.name}\": [1, 3, 224, 224]}}' "
+                         f"(or --input-shape {value.name}:1,3,224,224)",
                 )
             dims = [int(d) for d in declared]
         del ttype.shape.dim[:]

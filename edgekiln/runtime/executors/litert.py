@@ -71,6 +71,9 @@ class LiteRTExecutor:
                 f"{model.path} has {len(self._inputs)} input(s) and {len(self._outputs)} output(s); "
                 f"the manifest lists {len(manifest.inputs)} and {len(manifest.outputs)}"
             )
+        # An int8 tensor behind a float32 manifest output (edgekiln's int8 builds) is
+        # dequantized; an int8 source model's own int8 outputs are returned as they are.
+        self._dequantize = [spec.dtype.startswith("float") for spec in manifest.outputs]
         # One interpreter owns one set of tensor buffers: calls must not interleave.
         self._lock = threading.Lock()
 
@@ -84,8 +87,10 @@ class LiteRTExecutor:
                 self._interpreter.set_tensor(detail["index"], np.ascontiguousarray(tensor))
             self._interpreter.invoke()
             results = []
-            for detail, layout in zip(self._outputs, self._output_layouts):
-                out = _from_tensor(self._interpreter.get_tensor(detail["index"]), detail)
+            for detail, layout, dequantize in zip(self._outputs, self._output_layouts, self._dequantize):
+                out = self._interpreter.get_tensor(detail["index"])
+                if dequantize:
+                    out = _from_tensor(out, detail)
                 if layout == "NHWC":
                     out = out.transpose(0, 3, 1, 2)
                 results.append(np.ascontiguousarray(out))

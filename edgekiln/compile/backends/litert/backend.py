@@ -117,35 +117,48 @@ class LiteRTBackend(Backend):
                                   hint="pip install 'edgekiln[compile]'") from None
         from edgekiln.compile.backends.litert import convert, quantize, writer
 
-        with progress.step("convert ONNX to TFLite operators"):
-            graph = convert.convert(model.load_onnx(), model.source_ref)
         threads = options.num_threads or profile.cpu.cores
         compiler = {"edgekiln-tflite-writer": __version__, "tflite-schema": tflite.__version__}
         quantization = None
-        if options.quantize == "int8":
-            _need_runtime()
-            inputs = _calibration_inputs(model, options, progress)
-            graph = quantize.prepare(graph)
-            ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
-            graph = quantize.quantize(graph, ranges)
-            compiler["ai-edge-litert"] = litert_version()
+        if model.original is not None and model.original.suffix == ".tflite" and options.quantize is None:
+            # A TFLite source is already what this backend builds: the artifact carries the
+            # file itself, bit for bit, rather than a rewrite of its ONNX translation.
+            with progress.step(f"use the source .tflite as {MODEL_FILE}"):
+                content = model.original.read_bytes()
+                (root / MODEL_FILE).write_bytes(content)
+            compiler = {"source-tflite": "unchanged", "tflite-schema": tflite.__version__}
+            input_layouts = list(model.original_input_layouts) or ["same"] * len(model.inputs)
+            output_layouts = ["same"] * len(model.outputs)
+            operators = _tflite_operators(content)
+        else:
+            with progress.step("convert ONNX to TFLite operators"):
+                graph = convert.convert(model.load_onnx(), model.source_ref)
+            if options.quantize == "int8":
+                _need_runtime()
+                inputs = _calibration_inputs(model, options, progress)
+                graph = quantize.prepare(graph)
+                ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
+                graph = quantize.quantize(graph, ranges)
+                compiler["ai-edge-litert"] = litert_version()
 
-            def params(name: str) -> dict[str, Any]:
-                q = graph.tensors[name].quant
-                return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
+                def params(name: str) -> dict[str, Any]:
+                    q = graph.tensors[name].quant
+                    return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
 
-            quantization = {
-                "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
-                          "int32 biases",
-                "calibration_method": ranges.method,
-                "calibration_samples": ranges.samples,
-                "inputs": [params(n) for n in graph.inputs],
-                "outputs": [params(n) for n in graph.outputs],
-            }
-        with progress.step(f"write {MODEL_FILE}"):
-            content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
-                                   description=f"edgekiln {__version__}: {model.name}")
-            (root / MODEL_FILE).write_bytes(content)
+                quantization = {
+                    "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
+                              "int32 biases",
+                    "calibration_method": ranges.method,
+                    "calibration_samples": ranges.samples,
+                    "inputs": [params(n) for n in graph.inputs],
+                    "outputs": [params(n) for n in graph.outputs],
+                }
+            with progress.step(f"write {MODEL_FILE}"):
+                content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
+                                       description=f"edgekiln {__version__}: {model.name}")
+                (root / MODEL_FILE).write_bytes(content)
+            input_layouts, output_layouts = list(graph.input_layouts), list(graph.output_layouts)
+            operators = dict(sorted(collections.Counter(op.kind for op in graph.ops).items()))
         notes = []
         if profile.cpu.arch not in _WHEEL_ARCHES:
             notes.append(f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
@@ -166,15 +179,34 @@ class LiteRTBackend(Backend):
             "precision": options.quantize or "float32",
             "delegate": "xnnpack",
             # How each .tflite input/output relates to the manifest's (the source's) tensor.
-            "input_layouts": list(graph.input_layouts),
-            "output_layouts": list(graph.output_layouts),
-            "operators": dict(sorted(collections.Counter(op.kind for op in graph.ops).items())),
+            "input_layouts": input_layouts,
+            "output_layouts": output_layouts,
+            "operators": operators,
         }
         if quantization:
             manifest_options["quantization"] = quantization
         target = {"kind": "litert", "arch": profile.cpu.arch, "delegate": "xnnpack", "num_threads": threads}
         return LoweredFiles(files={MODEL_FILE: "model"}, runtime=runtime, compiler=compiler, target=target,
                             options=manifest_options)
+
+
+def _tflite_operators(content: bytes) -> dict[str, int]:
+    """How often each builtin operator occurs in a .tflite file."""
+    import tflite
+
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    model = tflite.Model.GetRootAsModel(content, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Codes above 127 live in BuiltinCode; DeprecatedBuiltinCode keeps the small ones.
+        codes.append(names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM"))
+    counts: collections.Counter[str] = collections.Counter()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            counts[codes[graph.Operators(o).OpcodeIndex()]] += 1
+    return dict(sorted(counts.items()))
 
 
 def _need_runtime() -> None:

@@ -1,0 +1,178 @@
+"""PyTorch frontend: TorchScript archives (``torch.jit.save``) and ``torch.export`` programs
+(``torch.export.save``, ``.pt2``) become ONNX with the torch installed on the build host.
+
+torch is a compile-time extra (``edgekiln[pytorch]``); devices never need it.
+
+- TorchScript goes through torch's TorchScript ONNX exporter (``dynamo=False``): it is the
+  exporter torch offers for a ScriptModule — the torch.export-based one cannot trace one.
+  TorchScript files carry no input shapes, so they come from ``--input-config``, as Neo's
+  ``DataInputConfig`` did; inputs are named ``input0``, ``input1``... unless it names them.
+- torch.export programs go through the torch.export-based exporter; their example shapes
+  are the default input shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.errors import DependencyError, UserError
+
+OPSET = 17
+_TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.uint8": "uint8",
+                 "torch.int8": "int8", "torch.int32": "int32", "torch.int64": "int64"}
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise DependencyError(
+            "importing a PyTorch model needs PyTorch on the build host, and it is not installed",
+            hint="pip install 'edgekiln[pytorch]' (the CPU build: pip install torch==2.13.0)",
+        ) from None
+    return torch
+
+
+def archive_kind(path: Path) -> str:
+    """``"torchscript"``, ``"export"`` or ``"pickle"`` for a torch archive; UserError otherwise."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a PyTorch archive (TorchScript or torch.export zip file)",
+                        hint="save the model with torch.jit.save(torch.jit.trace(model, example), PATH) "
+                             "or torch.export.save(torch.export.export(model, (example,)), PATH)")
+    members = zipfile.ZipFile(path).namelist()
+    if any("/models/" in m and m.endswith(".json") for m in members):
+        return "export"
+    if any("/code/" in m for m in members):
+        return "torchscript"
+    if any(m.endswith("data.pkl") for m in members):
+        return "pickle"
+    raise UserError(f"{path} is a zip file but not a TorchScript or torch.export archive")
+
+
+def import_model(path: Path, workdir: Path, *, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+    """Convert a TorchScript or torch.export file to ONNX and finish it as a ``SourceModel``."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pt", ".pth", ".pt2", ".ts"))
+        if len(files) != 1:
+            raise UserError(f"{path} holds {len(files)} PyTorch files; expected one .pt/.pth/.pt2")
+        path = files[0]
+    kind = archive_kind(path)
+    if kind == "pickle":
+        raise UserError(
+            f"{path} holds a pickled module or state dict (torch.save), which cannot be loaded without its "
+            "Python code",
+            hint="save a TorchScript archive (torch.jit.save(torch.jit.trace(model, example), PATH)) or a "
+                 "torch.export program (torch.export.save(torch.export.export(model, (example,)), PATH))",
+        )
+    torch = _torch()
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "pytorch.onnx"
+    if kind == "torchscript":
+        shapes = _named_shapes(input_shape, path)
+        _export_torchscript(torch, path, shapes, out)
+    else:
+        shapes = _export_program(torch, path, input_shape, out)
+    import onnx
+
+    model = onnx.load(str(out))
+    return finish(model, workdir, ref=str(path), source_format="pytorch", raw_sha256=sha256, name=name,
+                  input_shape=shapes)
+
+
+def _named_shapes(input_shape: InputShapes, path: Path) -> dict[str, list[int]]:
+    if input_shape is None:
+        raise UserError(
+            f"{path} is TorchScript, which records no input shapes",
+            hint='give them as Neo did, with --input-config \'{"input0": [1, 3, 224, 224]}\'',
+        )
+    if isinstance(input_shape, Mapping):
+        return {k: list(v) for k, v in input_shape.items()}
+    return {"input0": list(input_shape)}
+
+
+def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[int]], out: Path) -> None:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"{path} cannot be loaded as TorchScript: {_first_line(exc)}") from None
+    module.eval()
+    generator = torch.Generator().manual_seed(0)
+    args = tuple(torch.randn(*shape, generator=generator) for shape in shapes.values())
+    with torch.no_grad():
+        try:
+            outputs = module(*args)
+        except Exception as exc:  # noqa: BLE001 - whatever the model's own code raises
+            raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {_first_line(exc)}",
+                            hint="give the shapes the model was traced for with --input-config") from None
+    count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+    with _quiet():
+        try:
+            torch.onnx.export(module, args, str(out), dynamo=False, opset_version=OPSET,
+                              input_names=list(shapes), output_names=[f"output{i}" for i in range(count)],
+                              do_constant_folding=True)
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise UserError(f"PyTorch operator not supported by the ONNX exporter in {path}: {_first_line(exc)}",
+                            hint="replace the operator in the model, or export the model to ONNX yourself") from None
+        except torch.onnx.errors.OnnxExporterError as exc:
+            raise UserError(f"PyTorch model {path} cannot be exported to ONNX: {_first_line(exc)}") from None
+
+
+def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path) -> InputShapes:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
+        raise UserError(f"{path} cannot be loaded as a torch.export program: {_first_line(exc)}") from None
+    user_inputs = list(program.graph_signature.user_inputs)
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    declared: dict[str, tuple[list[int | None], Any]] = {}
+    for name in user_inputs:
+        value = placeholders[name].meta.get("val")
+        if value is None or not hasattr(value, "shape"):
+            raise UserError(f"input {name!r} of the torch.export program {path} is not a tensor")
+        dims = [int(d) if isinstance(d, int) else None for d in value.shape]
+        declared[name] = (dims, value.dtype)
+    if input_shape is None:
+        wanted = {k: v[0] for k, v in declared.items()}
+    elif isinstance(input_shape, Mapping):
+        given = positional(input_shape, user_inputs)
+        unknown = sorted(set(given) - set(user_inputs))
+        if unknown:
+            raise UserError(f"the input shapes name unknown inputs {unknown}; the program's inputs are {user_inputs}")
+        wanted = {k: list(given.get(k, declared[k][0])) for k in user_inputs}
+    else:
+        if len(user_inputs) != 1:
+            raise UserError(f"the program has {len(user_inputs)} inputs {user_inputs}; give a shape for each by name")
+        wanted = {user_inputs[0]: list(input_shape)}
+    open_dims = [k for k, v in wanted.items() if any(d is None for d in v)]
+    if open_dims:
+        raise UserError(f"inputs {open_dims} of {path} have dynamic dimensions",
+                        hint='fix them with --input-config \'{"NAME": [1, 3, 224, 224]}\'')
+    args = tuple(torch.zeros(*wanted[k], dtype=declared[k][1]) for k in user_inputs)
+    with _quiet():
+        try:
+            torch.onnx.export(program, args, str(out), dynamo=True, opset_version=OPSET, external_data=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter wraps operator errors in several types
+            raise UserError(f"PyTorch program {path} cannot be exported to ONNX: {_first_line(exc)}") from None
+    return {k: [int(d) for d in v] for k, v in wanted.items()}  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress on stdout and deprecation warnings; `--json` owns stdout."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__

@@ -1,0 +1,267 @@
+"""TensorFlow-family frontends: TFLite flatbuffers, Keras models (.h5, .keras) and
+TensorFlow SavedModels become ONNX through tf2onnx, TensorFlow's converter to ONNX.
+
+TensorFlow and tf2onnx are a compile-time extra (``edgekiln[tensorflow]``).
+
+- TFLite int8 models (full-integer, from TensorFlow's post-training quantization) become a
+  QDQ ONNX graph that every backend compiles; the LiteRT backend uses the .tflite itself.
+- Layout, as Neo had it: TFLite and TensorFlow inputs are NHWC; a Keras model's input
+  shape was given to Neo in NCHW. Here each input keeps the model's own layout unless the
+  input shape given is its NCHW form, in which case the artifact takes NCHW (tf2onnx adds
+  the transpose).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.errors import DependencyError, UserError
+
+OPSET = 17
+# tflite schema TensorType values edgekiln artifacts carry.
+_TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 9: "int8"}
+
+
+def _tf2onnx() -> Any:
+    # TensorFlow logs its start-up at INFO level on stderr; a compile shows its own progress.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with _stderr_silenced():
+            import tensorflow  # noqa: F401
+            import tf2onnx
+    except ImportError as exc:
+        raise DependencyError(
+            f"importing TFLite, Keras or TensorFlow models needs TensorFlow and tf2onnx on the build host ({exc})",
+            hint="pip install 'edgekiln[tensorflow]'",
+        ) from None
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    return tf2onnx
+
+
+def import_model(path: Path, workdir: Path, *, framework: str, input_shape: InputShapes, name: str,
+                 sha256: str) -> SourceModel:
+    """Convert a .tflite, Keras or SavedModel ``path`` to ONNX and finish it as a ``SourceModel``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if framework == "tflite":
+        return _import_tflite(_single(path, (".tflite",), "TFLite"), workdir, input_shape, name, sha256)
+    if framework == "keras":
+        return _import_keras(_single(path, (".h5", ".hdf5", ".keras"), "Keras"), workdir, input_shape, name, sha256)
+    return _import_saved_model(path, workdir, input_shape, name, sha256)
+
+
+def _single(path: Path, suffixes: Sequence[str], what: str) -> Path:
+    if path.is_file():
+        return path
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+    if len(files) != 1:
+        raise UserError(f"{path} holds {len(files)} {what} files ({'/'.join(suffixes)}); expected one")
+    return files[0]
+
+
+# --- TFLite -----------------------------------------------------------------------------
+
+def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
+    """(name, shape, dtype) of each input of subgraph 0, read with the tflite schema package."""
+    raw = path.read_bytes()
+    if raw[4:8] != b"TFL3":
+        raise UserError(f"{path} is not a TFLite model (no TFL3 flatbuffer identifier)")
+    try:
+        import tflite
+    except ImportError:
+        raise DependencyError("reading .tflite files needs the tflite schema package",
+                              hint="pip install 'edgekiln[compile]'") from None
+    try:
+        model = tflite.Model.GetRootAsModel(raw, 0)
+        graph = model.Subgraphs(0)
+        found = []
+        for i in range(graph.InputsLength()):
+            tensor = graph.Tensors(graph.Inputs(i))
+            dtype = _TFLITE_DTYPES.get(tensor.Type())
+            if dtype is None:
+                raise UserError(f"input {tensor.Name().decode()!r} of {path} has an unsupported TFLite type {tensor.Type()}")
+            found.append((tensor.Name().decode(), [int(d) for d in tensor.ShapeAsNumpy()], dtype))
+    except (IndexError, AttributeError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is a corrupt TFLite model ({type(exc).__name__}: {exc})") from None
+    return found
+
+
+def _layouts(declared: Mapping[str, Sequence[int]], input_shape: InputShapes, path: Path,
+             framework: str) -> tuple[dict[str, list[int]], list[str]]:
+    """The shape of each input and the inputs the artifact takes in NCHW instead of NHWC."""
+    names = list(declared)
+    if input_shape is None:
+        requested: dict[str, list[int]] = {}
+    elif isinstance(input_shape, Mapping):
+        requested = {k: list(v) for k, v in positional(input_shape, names).items()}
+        unknown = sorted(set(requested) - set(names))
+        if unknown:
+            raise UserError(f"the input shapes name unknown inputs {unknown}; the {framework} model's inputs are {names}")
+    else:
+        if len(names) != 1:
+            raise UserError(f"the {framework} model has {len(names)} inputs {names}; give a shape for each by name")
+        requested = {names[0]: list(input_shape)}
+    shapes: dict[str, list[int]] = {}
+    nchw: list[str] = []
+    for input_name, dims in declared.items():
+        want = requested.get(input_name)
+        if want is None:
+            shapes[input_name] = [1 if d is None or d <= 0 else int(d) for d in dims]
+            continue
+        if _fits(dims, want):
+            shapes[input_name] = want
+        elif len(dims) == 4 and _fits(dims, [want[0], want[2], want[3], want[1]]):
+            # Given in NCHW: the artifact takes NCHW and tf2onnx transposes it to the model's NHWC.
+            shapes[input_name] = [want[0], want[2], want[3], want[1]]
+            nchw.append(input_name)
+        else:
+            raise UserError(f"input shape mismatch for {input_name!r}: the {framework} model declares "
+                            f"{_show(dims)} (NHWC), the given shape is {want}")
+    return shapes, nchw
+
+
+def _fits(declared: Sequence[int | None], want: Sequence[int]) -> bool:
+    return len(declared) == len(want) and all(d is None or d <= 0 or d == w for d, w in zip(declared, want))
+
+
+def _show(dims: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None or d <= 0 else str(d) for d in dims) + "]"
+
+
+def _import_tflite(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+    inputs = tflite_inputs(path)
+    # A .tflite's shape_signature may leave the batch open; its shape field has the size it was built for.
+    shapes, nchw = _layouts({n: s for n, s, _ in inputs}, input_shape, path, "TFLite")
+    tf2onnx = _tf2onnx()
+    with _converting(path, "TFLite"):
+        model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, inputs_as_nchw=nchw or None)
+    original = workdir / "original.tflite"
+    shutil.copyfile(path, original)
+    prequantized = any(dtype in ("uint8", "int8") for _, _, dtype in inputs) or any(
+        n.op_type == "QuantizeLinear" for n in model.graph.node)
+    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
+    return finish(model, workdir, ref=str(path), source_format="tflite", raw_sha256=sha256, name=name,
+                  input_shape=canonical, original=original,
+                  original_input_layouts=["NHWC" if n in nchw else "same" for n, _, _ in inputs],
+                  prequantized=prequantized)
+
+
+# --- Keras and SavedModel -------------------------------------------------------------------
+
+def _import_keras(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+    tf2onnx = _tf2onnx()
+    import keras
+    import tensorflow as tf
+
+    try:
+        with _silenced():
+            model = keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001 - keras raises many types for a file it cannot read
+        raise UserError(f"{path} cannot be loaded as a Keras model: {_first_line(exc)}") from None
+    declared = {}
+    dtypes = {}
+    for tensor in model.inputs:
+        input_name = tensor.name.split(":")[0]
+        declared[input_name] = [None if d is None else int(d) for d in tensor.shape]
+        dtypes[input_name] = tf.as_dtype(tensor.dtype)
+    shapes, nchw = _layouts(declared, input_shape, path, "Keras")
+    signature = [tf.TensorSpec(shapes[k], dtypes[k], name=k) for k in declared]
+    with _converting(path, "Keras"):
+        onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET,
+                                                   inputs_as_nchw=nchw or None)
+    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
+    return finish(onnx_model, workdir, ref=str(path), source_format="keras", raw_sha256=sha256, name=name,
+                  input_shape=canonical)
+
+
+def _import_saved_model(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+    if path.is_file() and path.name.startswith("saved_model."):
+        path = path.parent
+    if not (path / "saved_model.pb").is_file():
+        raise UserError(f"{path} is not a TensorFlow SavedModel folder (no saved_model.pb)",
+                        hint="give the folder tf.saved_model.save or model.export wrote; frozen .pb graphs "
+                             "are not supported")
+    tf2onnx = _tf2onnx()
+    import tensorflow as tf
+
+    try:
+        with _silenced():
+            loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path} cannot be loaded as a SavedModel: {_first_line(exc)}") from None
+    signatures = dict(loaded.signatures)
+    if "serving_default" not in signatures:
+        raise UserError(f"the SavedModel {path} has no serving_default signature "
+                        f"(it has {sorted(signatures) or 'none'})")
+    function = signatures["serving_default"]
+    specs = function.structured_input_signature[1]
+    declared = {k: [None if d is None else int(d) for d in spec.shape] for k, spec in sorted(specs.items())}
+    shapes, nchw = _layouts(declared, input_shape, path, "TensorFlow")
+
+    # A tf.function over the signature with fixed shapes: tf2onnx traces it like a Keras call.
+    signature = [tf.TensorSpec(shapes[k], specs[k].dtype, name=k) for k in declared]
+
+    @tf.function(input_signature=signature)
+    def serve(*args: Any) -> Any:
+        outputs = function(**dict(zip(declared, args)))
+        return [outputs[k] for k in sorted(outputs)]
+
+    with _converting(path, "TensorFlow"):
+        onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET,
+                                                      inputs_as_nchw=nchw or None)
+    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
+    return finish(onnx_model, workdir, ref=str(path), source_format="tensorflow", raw_sha256=sha256, name=name,
+                  input_shape=canonical)
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """TensorFlow's C++ start-up lines (absl, oneDNN) go to fd 2 whatever TF_CPP_MIN_LOG_LEVEL says."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def _silenced():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _converting(path: Path, framework: str):
+    """Run a tf2onnx conversion; its failures become one UserError naming the operators."""
+    with _silenced():
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare ValueError/RuntimeError/KeyError
+            text = _first_line(exc)
+            if "unsupported ops" in text.lower() or "is not supported" in text.lower():
+                raise UserError(f"{framework} operator not supported by tf2onnx in {path}: {text}") from None
+            raise UserError(f"{framework} model {path} cannot be converted to ONNX: {text}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).strip().splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__
