@@ -195,18 +195,17 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
         if path.is_file():
             default_name = model_stem(path)
     found = framework or detect_framework(path)
-    name = name or default_name
     if found == "onnx":
         if path.is_dir():
             onnx_files = sorted(path.glob("*.onnx"))
             if len(onnx_files) != 1:
                 raise UserError(f"{path} holds {len(onnx_files)} .onnx files; expected one")
             path = onnx_files[0]
-        source = onnx_frontend.import_model(path, workdir, input_shape=input_shape, name=name)
+        source = onnx_frontend.import_model(path, workdir, input_shape=input_shape, name=name or default_name)
     elif found == "pytorch":
         from edgekiln.compile.frontends import pytorch
 
-        source = pytorch.import_model(path, workdir, input_shape=input_shape, name=name, sha256=sha)
+        source = pytorch.import_model(path, workdir, input_shape=input_shape, name=name or default_name, sha256=sha)
     elif found == "mxnet":
         from edgekiln.compile.frontends import mxnet
 
@@ -214,8 +213,8 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
     else:
         from edgekiln.compile.frontends import tensorflow
 
-        source = tensorflow.import_model(path, workdir, framework=found, input_shape=input_shape, name=name,
-                                         sha256=sha)
+        source = tensorflow.import_model(path, workdir, framework=found, input_shape=input_shape,
+                                         name=name or default_name, sha256=sha)
     from dataclasses import replace
 
     # The reference the user gave (a tarball, a folder), not the file found inside it.
@@ -234,16 +233,25 @@ def model_stem(path: Path) -> str:
     return name or path.name
 
 
-def _import_mxnet(mxnet: Any, path: Path, workdir: Path, input_shape: InputShapes, name: str,
+def _import_mxnet(mxnet: Any, path: Path, workdir: Path, input_shape: InputShapes, name: str | None,
                   sha: str) -> SourceModel:
-    from edgekiln.compile.frontends.onnx import finish
+    from edgekiln.compile.frontends.onnx import finish, positional
 
     symbol, params = mxnet.find_files(path)
-    shapes: Mapping[str, Sequence[int]] | None
-    if input_shape is None or isinstance(input_shape, Mapping):
-        shapes = input_shape
+    name = name or model_stem(symbol)  # the PREFIX of PREFIX-symbol.json, also inside a tarball
+    # The symbol names its inputs but records no shapes (Neo required a DataInputConfig);
+    # a first conversion without shapes tells the names.
+    names = [i.name for i in mxnet.to_onnx(symbol, params, None, name=name).graph.input]
+    if input_shape is None:
+        example = json.dumps({n: [1, 3, 224, 224] for n in names})
+        raise UserError(f"MXNet symbol files record no input shapes (the inputs are {names})",
+                        hint=f"give them as Neo did, e.g. --input-config '{example}'")
+    if isinstance(input_shape, Mapping):
+        input_shape = positional(input_shape, names)
+    elif len(names) == 1:
+        input_shape = {names[0]: list(input_shape)}
     else:
-        shapes = None  # one unnamed shape: finish() gives it to the single input
-    model = mxnet.to_onnx(symbol, params, shapes, name=name)
+        raise UserError(f"the MXNet model has {len(names)} inputs {names}; give a shape for each by name")
+    model = mxnet.to_onnx(symbol, params, input_shape, name=name)
     return finish(model, workdir, ref=str(path), source_format="mxnet", raw_sha256=sha, name=name,
                   input_shape=input_shape)

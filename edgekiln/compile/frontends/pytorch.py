@@ -13,14 +13,13 @@ torch is a compile-time extra (``edgekiln[pytorch]``); devices never need it.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.compile.frontends.quiet import silenced
 from edgekiln.errors import DependencyError, UserError
 
 OPSET = 17
@@ -111,14 +110,19 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
             raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {_first_line(exc)}",
                             hint="give the shapes the model was traced for with --input-config") from None
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-    with _quiet():
+    with silenced():
         try:
             torch.onnx.export(module, args, str(out), dynamo=False, opset_version=OPSET,
                               input_names=list(shapes), output_names=[f"output{i}" for i in range(count)],
                               do_constant_folding=True)
         except torch.onnx.errors.UnsupportedOperatorError as exc:
-            raise UserError(f"PyTorch operator not supported by the ONNX exporter in {path}: {_first_line(exc)}",
-                            hint="replace the operator in the model, or export the model to ONNX yourself") from None
+            op = re.search(r"'([\w.]+::[\w.]+)'", str(exc))
+            where = _node_of(module, op.group(1)) if op else ""
+            raise UserError(
+                f"PyTorch operator {op.group(1) if op else '?'}{where} in {path} is not supported by torch's ONNX "
+                f"exporter (opset {OPSET})",
+                hint="replace the operator in the model, or export the model to ONNX yourself",
+            ) from None
         except torch.onnx.errors.OnnxExporterError as exc:
             raise UserError(f"PyTorch model {path} cannot be exported to ONNX: {_first_line(exc)}") from None
 
@@ -154,7 +158,7 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
         raise UserError(f"inputs {open_dims} of {path} have dynamic dimensions",
                         hint='fix them with --input-config \'{"NAME": [1, 3, 224, 224]}\'')
     args = tuple(torch.zeros(*wanted[k], dtype=declared[k][1]) for k in user_inputs)
-    with _quiet():
+    with silenced():
         try:
             torch.onnx.export(program, args, str(out), dynamo=True, opset_version=OPSET, external_data=False)
         except Exception as exc:  # noqa: BLE001 - the exporter wraps operator errors in several types
@@ -162,12 +166,19 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
     return {k: [int(d) for d in v] for k, v in wanted.items()}  # type: ignore[misc]
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress on stdout and deprecation warnings; `--json` owns stdout."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+def _node_of(module: Any, kind: str) -> str:
+    """Where the first ``kind`` node sits in the TorchScript graph: value, module scope, source line."""
+    try:
+        for node in module.inlined_graph.nodes():
+            if node.kind() == kind:
+                value = next(iter(node.outputs())).debugName()
+                scope = node.scopeName().rstrip(":") or "top level"
+                source = node.sourceRange().strip().splitlines()
+                line = f", {source[0].strip()}" if source else ""
+                return f" (node %{value}, module {scope}{line})"
+    except (RuntimeError, StopIteration, AttributeError):
+        pass
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:

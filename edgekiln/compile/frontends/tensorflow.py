@@ -14,15 +14,15 @@ TensorFlow and tf2onnx are a compile-time extra (``edgekiln[tensorflow]``).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
-import warnings
+import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.compile.frontends.quiet import silenced
 from edgekiln.errors import DependencyError, UserError
 
 OPSET = 17
@@ -34,7 +34,7 @@ def _tf2onnx() -> Any:
     # TensorFlow logs its start-up at INFO level on stderr; a compile shows its own progress.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        with _stderr_silenced():
+        with silenced():
             import tensorflow  # noqa: F401
             import tf2onnx
     except ImportError as exc:
@@ -42,7 +42,8 @@ def _tf2onnx() -> Any:
             f"importing TFLite, Keras or TensorFlow models needs TensorFlow and tf2onnx on the build host ({exc})",
             hint="pip install 'edgekiln[tensorflow]'",
         ) from None
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    # tf2onnx logs each operator it cannot convert and carries on; _unsupported() reports them.
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     return tf2onnx
 
 
@@ -88,7 +89,8 @@ def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
             if dtype is None:
                 raise UserError(f"input {tensor.Name().decode()!r} of {path} has an unsupported TFLite type {tensor.Type()}")
             found.append((tensor.Name().decode(), [int(d) for d in tensor.ShapeAsNumpy()], dtype))
-    except (IndexError, AttributeError, ValueError, UnicodeDecodeError) as exc:
+    except (IndexError, AttributeError, ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        # A flatbuffer is read lazily: damage shows up as whatever the reader trips on.
         raise UserError(f"{path} is a corrupt TFLite model ({type(exc).__name__}: {exc})") from None
     return found
 
@@ -142,6 +144,7 @@ def _import_tflite(path: Path, workdir: Path, input_shape: InputShapes, name: st
     tf2onnx = _tf2onnx()
     with _converting(path, "TFLite"):
         model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, inputs_as_nchw=nchw or None)
+    _unsupported(model, path, "TFLite")
     original = workdir / "original.tflite"
     shutil.copyfile(path, original)
     prequantized = any(dtype in ("uint8", "int8") for _, _, dtype in inputs) or any(
@@ -161,7 +164,7 @@ def _import_keras(path: Path, workdir: Path, input_shape: InputShapes, name: str
     import tensorflow as tf
 
     try:
-        with _silenced():
+        with silenced():
             model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a file it cannot read
         raise UserError(f"{path} cannot be loaded as a Keras model: {_first_line(exc)}") from None
@@ -176,6 +179,7 @@ def _import_keras(path: Path, workdir: Path, input_shape: InputShapes, name: str
     with _converting(path, "Keras"):
         onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET,
                                                    inputs_as_nchw=nchw or None)
+    _unsupported(onnx_model, path, "Keras")
     canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
     return finish(onnx_model, workdir, ref=str(path), source_format="keras", raw_sha256=sha256, name=name,
                   input_shape=canonical)
@@ -192,7 +196,7 @@ def _import_saved_model(path: Path, workdir: Path, input_shape: InputShapes, nam
     import tensorflow as tf
 
     try:
-        with _silenced():
+        with silenced():
             loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{path} cannot be loaded as a SavedModel: {_first_line(exc)}") from None
@@ -216,39 +220,33 @@ def _import_saved_model(path: Path, workdir: Path, input_shape: InputShapes, nam
     with _converting(path, "TensorFlow"):
         onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET,
                                                       inputs_as_nchw=nchw or None)
+    _unsupported(onnx_model, path, "TensorFlow")
     canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
     return finish(onnx_model, workdir, ref=str(path), source_format="tensorflow", raw_sha256=sha256, name=name,
                   input_shape=canonical)
 
 
-@contextlib.contextmanager
-def _stderr_silenced():
-    """TensorFlow's C++ start-up lines (absl, oneDNN) go to fd 2 whatever TF_CPP_MIN_LOG_LEVEL says."""
-    import sys
-    import tempfile
+def _unsupported(model: Any, path: Path, framework: str) -> None:
+    """tf2onnx leaves an operator it cannot convert in the graph under its own name
+    (``TFL_BUCKETIZE``); name the first such node and how many there are."""
+    import onnx.defs
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-@contextlib.contextmanager
-def _silenced():
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    missing = [n for n in model.graph.node
+               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, n.domain or "")]
+    if missing:
+        ops = sorted({n.op_type.removeprefix("TFL_") for n in missing})
+        first = missing[0]
+        raise UserError(
+            f"{framework} operator {first.op_type.removeprefix('TFL_')} (node {first.name!r}) in {path} has no ONNX "
+            f"conversion in tf2onnx" + (f" (all unconverted operators: {', '.join(ops)})" if len(ops) > 1 else ""),
+            hint="replace the operator in the model",
+        )
 
 
 @contextlib.contextmanager
 def _converting(path: Path, framework: str):
     """Run a tf2onnx conversion; its failures become one UserError naming the operators."""
-    with _silenced():
+    with silenced():
         try:
             yield
         except UserError:
