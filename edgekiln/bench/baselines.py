@@ -5,7 +5,7 @@ A baseline needs the model the artifact was compiled from, with the artifact's i
 - **zoo models** are rebuilt from the built-in zoo (the manifest's ``model.name``) and
   accepted only when the rebuilt graph's sha256 equals ``model.source_sha256``, so a changed
   zoo can never be compared silently with an artifact built from an older one;
-- **user models** come from ``--baseline-model PATH.onnx``, with the same sha256 check.
+- **user models** come from ``--baseline-model PATH`` (any framework compile takes), with the same sha256 check.
 
 int8 artifacts are compared with the fp32 source model (that is the comparison a user
 makes when choosing int8); their manifest's sha256 may name the quantized graph, so for
@@ -97,16 +97,17 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
     info = manifest.model
     quantized = _is_quantized(manifest)
     if baseline_model is not None:
+        from edgekiln.compile.frontends import source_sha256
+
         path = Path(baseline_model)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"baseline model {path} does not exist")
-        raw = path.read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = source_sha256(path)
         if digest != info.source_sha256 and not quantized:
             raise UserError(
                 f"{path} is not the model this artifact was compiled from (sha256 {digest[:12]}…, "
                 f"the manifest says {info.source_sha256[:12]}…)",
-                hint="give the ONNX file that was compiled",
+                hint="give the model file (or tarball) that was compiled",
             )
         return _fix_shapes(path, manifest, workdir, str(path), "sha256" if digest == info.source_sha256
                            else "none (int8 artifact; the manifest's sha256 is of the quantized graph)")
@@ -114,7 +115,7 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
         raise UserError(
             f"the artifact was compiled from a {info.source_format} model ({info.name}); "
             "a baseline needs that model",
-            hint="give it with --baseline-model PATH.onnx, or use --baseline none",
+            hint="give it with --baseline-model PATH, or use --baseline none",
         )
     from edgekiln import zoo
 
@@ -132,15 +133,17 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
     raise UserError(
         f"no zoo model rebuilds the source of this artifact (model {info.name}, sha256 {info.source_sha256[:12]}…): "
         "the zoo changed since it was compiled",
-        hint="recompile the artifact, or give the source with --baseline-model PATH.onnx",
+        hint="recompile the artifact, or give the source with --baseline-model PATH",
     )
 
 
 def _fix_shapes(path: Path, manifest: Manifest, workdir: Path, origin: str, check: str) -> SourceModelFile:
-    # The frontend that compile uses: the same fixed shapes, the same graph statistics.
-    from edgekiln.compile.frontends.onnx import import_model
+    # The frontends that compile uses: the same ONNX graph, fixed shapes and statistics, from
+    # a model of any framework (a TFLite or PyTorch source is imported again).
+    from edgekiln.compile.frontends import FRAMEWORKS, import_model
 
     shapes = {t.name: list(t.shape) for t in manifest.inputs}
-    source = import_model(path, workdir / "baseline", input_shape=shapes)
+    framework = manifest.model.source_format if manifest.model.source_format in FRAMEWORKS else None
+    source = import_model(path, workdir / "baseline", framework=framework, input_shape=shapes)
     return SourceModelFile(path=source.path, origin=origin, check=check, macs=source.stats.get("macs"),
                            size_bytes=source.path.stat().st_size)

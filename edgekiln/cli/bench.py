@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline", action="append", metavar="NAME",
                         help="onnxruntime (default), openvino, torch, torch-compile or none; "
                              "repeat or separate with commas for several")
-    parser.add_argument("--baseline-model", metavar="PATH.onnx",
-                        help="the ONNX model the artifact was compiled from (needed for non-zoo models)")
+    parser.add_argument("--baseline-model", metavar="PATH",
+                        help="the model file, folder or tarball the artifact was compiled from, of any framework "
+                             "compile takes (needed for non-zoo models)")
     parser.add_argument("--scenario", default="single-stream", choices=("single-stream", "offline"),
                         help="single-stream: latency of one query at a time; offline: throughput of "
                              "queries of --batch samples (default: single-stream)")

@@ -157,12 +157,6 @@ def compile_model(
                 # The harness rebuilds seeded zoo models itself; a pretrained one it is given.
                 baseline_model = str(Path(tmp) / "source.onnx")
                 Path(baseline_model).write_bytes(pretrained.build(str(model)).SerializeToString())
-            elif baseline_model is not None and (framework or _framework_of(Path(baseline_model))) != "onnx":
-                # The harness times ONNX Runtime on an ONNX file: give it the canonical import.
-                with progress.step(f"import {model} for the ONNX Runtime baseline"):
-                    source = import_model(model, Path(tmp) / "baseline", framework=framework,
-                                          input_shape=input_shape, name=name)
-                baseline_model = str(source.path)
             return auto.compile_auto(compile_one, profile, output, options.quantize, baseline_model,
                                      host_can_execute(profile), progress)
     backend = registry.get(options.backend)
@@ -235,14 +229,6 @@ def compile_model(
         return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _framework_of(path: Path) -> str:
-    from edgekiln.compile import frontends
-
-    if frontends.is_tarball(path):
-        return "tarball"
-    return frontends.detect_framework(path) if path.exists() else "onnx"
 
 
 def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,
