@@ -129,6 +129,16 @@ def test_int8_tflite_compiles_for_every_backend(tflite_mobilenet_v2, backend, tm
         assert got.argmax() == expected.argmax()
 
 
+def test_auto_times_every_backend_against_onnxruntime_on_the_tflite_source(tflite_mobilenet_v2, tmp_path):
+    # The harness rebuilds its ONNX Runtime baseline from the .tflite itself (hash-checked).
+    artifact = compile_model(tflite_mobilenet_v2["fp32"], "x86_64", tmp_path / "a.tar.gz")
+    selection = artifact.manifest.extra["backend_selection"]
+    assert selection["chosen"] == artifact.manifest.backend
+    timed = [c for c in selection["candidates"] if "ratio_to_onnxruntime" in c]
+    assert {c["backend"] for c in timed} == {"tvm", "onnxruntime", "litert"}, selection
+    close(run(artifact.path, tflite_mobilenet_v2["x"]), tflite_mobilenet_v2["y"])
+
+
 def test_tflite_given_nchw_shape_takes_nchw(tflite_mobilenet_v2, tmp_path):
     # Neo's Keras input shapes were NCHW: a shape given in NCHW makes the artifact take NCHW.
     nchw = tflite_mobilenet_v2["x"].transpose(0, 3, 1, 2).copy()
