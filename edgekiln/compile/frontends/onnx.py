@@ -125,6 +125,9 @@ def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+_OTHER_FRAMEWORKS = "if it is another framework's model, say which with --framework pytorch|tflite|mxnet|keras|tensorflow"
+
+
 def _parse(raw: bytes, path: Path) -> Any:
     import onnx
     from google.protobuf.message import DecodeError
@@ -132,9 +135,9 @@ def _parse(raw: bytes, path: Path) -> Any:
     try:
         model = onnx.load_model_from_string(raw)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path} is not an ONNX model (cannot parse it: {exc})") from None
+        raise UserError(f"{path} is not an ONNX model (cannot parse it: {exc})", hint=_OTHER_FRAMEWORKS) from None
     if not model.graph.node:
-        raise UserError(f"{path} is not an ONNX model (it holds no graph nodes)")
+        raise UserError(f"{path} is not an ONNX model (it holds no graph nodes)", hint=_OTHER_FRAMEWORKS)
     return model
 
 
