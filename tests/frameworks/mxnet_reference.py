@@ -28,7 +28,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve()
-SKIP_REASON = "MXNet reference environment not built (make .venv-mxnet)"
+SKIP_REASON = "the MXNet reference environment .venv-mxnet is not built (make test builds it)"
 
 
 @functools.lru_cache(maxsize=None)
