@@ -8,7 +8,6 @@ differences to nothing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -83,86 +82,19 @@ def torch_outputs(model, x: np.ndarray) -> np.ndarray:
 
 
 # --- Keras / TensorFlow / TFLite ---------------------------------------------------------
+# Built in a child process (tests/frameworks/tf_models.py), as edgekiln's frontend runs
+# TensorFlow: loaded into the test process, its bundled protobuf crashes grpcio-tools there.
 
-def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+def tf_models(kind: str, out_dir: Path) -> dict:
+    """Build the TensorFlow-side models of ``kind`` into ``out_dir``; their files and outputs."""
+    import subprocess
+    import sys
 
-    return keras
-
-
-def randomize_keras_batchnorm(model, seed: int) -> None:
-    keras = _keras()
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            n = gamma.shape[0]
-            layer.set_weights([(0.5 + rng.random(n)).astype(np.float32), (0.2 * rng.standard_normal(n)).astype(np.float32),
-                               (0.2 * rng.standard_normal(n)).astype(np.float32), (0.5 + rng.random(n)).astype(np.float32)])
-
-
-def keras_mobilenet_v2(seed: int = 0, size: int = 224):
-    """Keras' MobileNetV2 (keras.applications) with seeded weights and logits out."""
-    keras = _keras()
-    keras.utils.set_random_seed(seed)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), classifier_activation=None)
-    randomize_keras_batchnorm(model, seed)
-    return model
-
-
-def keras_small_cnn(seed: int = 0):
-    """A small Keras classifier: conv, batch norm, ReLU, pooling, dense; NHWC 32x32 input."""
-    keras = _keras()
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
-    x = keras.layers.Conv2D(32, 1, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(10, name="logits")(x)
-    model = keras.Model(inputs, outputs)
-    randomize_keras_batchnorm(model, seed)
-    return model
-
-
-def keras_outputs(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(x, training=False))
-
-
-def write_tflite(model, path: Path, *, int8: bool = False, calibration: np.ndarray | None = None) -> Path:
-    """Convert a Keras model with TensorFlow's own TFLite converter (fp32, or full-integer
-    int8 with uint8 input and output, calibrated on ``calibration``)."""
-    _keras()
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
-        assert calibration is not None
-
-        def representative():
-            for x in calibration:
-                yield [x[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-    path.write_bytes(converter.convert())
-    return path
-
-
-def litert_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    """The .tflite's output on ``x``, run by the LiteRT interpreter (the source framework)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("tf_models.py")), kind, str(out_dir)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out_dir / "arrays.npz") as arrays:
+        result: dict = {k: arrays[k] for k in arrays.files}
+    result.update({p.name: p for p in out_dir.iterdir() if p.name != "arrays.npz"})
+    return result

@@ -1,7 +1,12 @@
 """TensorFlow-family frontends: TFLite flatbuffers, Keras models (.h5, .keras) and
 TensorFlow SavedModels become ONNX through tf2onnx, TensorFlow's converter to ONNX.
 
-TensorFlow and tf2onnx are a compile-time extra (``edgekiln[tensorflow]``).
+TensorFlow and tf2onnx are a compile-time extra (``edgekiln[tensorflow]``). They run in a
+child process (``python -m edgekiln.compile.frontends.tensorflow REQUEST.json``): TensorFlow
+brings its own copy of protobuf's C++ library, and loaded beside another user of it in one
+process (grpcio-tools' protoc) it crashes that process; it also keeps some 1 GB and its
+threads for as long as the process lives. The child hands back the ONNX file and what the
+parent needs to finish it; a failure comes back as the same one-line error.
 
 - TFLite int8 models (full-integer, from TensorFlow's post-training quantization) become a
   QDQ ONNX graph that every backend compiles; the LiteRT backend uses the .tflite itself.
@@ -50,12 +55,82 @@ def _tf2onnx() -> Any:
 def import_model(path: Path, workdir: Path, *, framework: str, input_shape: InputShapes, name: str,
                  sha256: str) -> SourceModel:
     """Convert a .tflite, Keras or SavedModel ``path`` to ONNX and finish it as a ``SourceModel``."""
+    import onnx
+
     workdir.mkdir(parents=True, exist_ok=True)
     if framework == "tflite":
-        return _import_tflite(_single(path, (".tflite",), "TFLite"), workdir, input_shape, name, sha256)
+        path = _single(path, (".tflite",), "TFLite")
+        tflite_inputs(path)  # a file that is no .tflite fails here, without starting TensorFlow
+    elif framework == "keras":
+        path = _single(path, (".h5", ".hdf5", ".keras"), "Keras")
+    else:
+        path = _saved_model_dir(path)
+    result = _convert_in_child(framework, path, input_shape, workdir / "tensorflow.onnx")
+    model = onnx.load(str(workdir / "tensorflow.onnx"))
+    extra: dict[str, Any] = {}
+    if framework == "tflite":
+        # The LiteRT backend builds from the .tflite itself.
+        original = workdir / "original.tflite"
+        shutil.copyfile(path, original)
+        extra = {"original": original, "prequantized": result["prequantized"],
+                 "original_input_layouts": ["NHWC" if n in result["nchw"] else "same" for n in result["shapes"]]}
+    return finish(model, workdir, ref=str(path), source_format=framework, raw_sha256=sha256, name=name,
+                  input_shape=result["shapes"], **extra)
+
+
+def _convert_in_child(framework: str, path: Path, input_shape: InputShapes, out: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    from edgekiln import errors
+
+    request = out.with_suffix(".request.json")
+    answer = out.with_suffix(".answer.json")
+    request.write_text(json.dumps({"framework": framework, "path": str(path), "input_shape": input_shape,
+                                   "out": str(out), "answer": str(answer)}))
+    proc = subprocess.run([sys.executable, "-m", "edgekiln.compile.frontends.tensorflow", str(request)],
+                          capture_output=True, text=True)
+    if not answer.exists():
+        tail = " | ".join(line for line in (proc.stderr or "").strip().splitlines()[-3:])
+        raise errors.BackendError(f"TensorFlow stopped (exit {proc.returncode}) while converting {path}: "
+                                  f"{tail or 'no message'}")
+    result = json.loads(answer.read_text())
+    if "error" in result:
+        kind = getattr(errors, result["error"]["kind"], errors.EdgekilnError)
+        raise kind(result["error"]["message"], hint=result["error"]["hint"])
+    return result
+
+
+def _convert(framework: str, path: Path, input_shape: InputShapes) -> tuple[Any, dict[str, list[int]], list[str], bool]:
+    """In the child: (ONNX model, canonical input shapes, inputs made NCHW, already int8)."""
+    if framework == "tflite":
+        return _convert_tflite(path, input_shape)
     if framework == "keras":
-        return _import_keras(_single(path, (".h5", ".hdf5", ".keras"), "Keras"), workdir, input_shape, name, sha256)
-    return _import_saved_model(path, workdir, input_shape, name, sha256)
+        return _convert_keras(path, input_shape)
+    return _convert_saved_model(path, input_shape)
+
+
+def _main(argv: Sequence[str]) -> int:
+    import json
+
+    from edgekiln.errors import EdgekilnError
+
+    request = json.loads(Path(argv[0]).read_text())
+    answer = Path(request["answer"])
+    try:
+        model, shapes, nchw, prequantized = _convert(request["framework"], Path(request["path"]),
+                                                     request["input_shape"])
+        import onnx
+
+        onnx.save(model, request["out"])
+        result: dict[str, Any] = {"shapes": shapes, "nchw": nchw, "prequantized": prequantized}
+        code = 0
+    except EdgekilnError as exc:
+        result = {"error": {"kind": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
+        code = exc.exit_code
+    answer.write_text(json.dumps(result))
+    return code
 
 
 def _single(path: Path, suffixes: Sequence[str], what: str) -> Path:
@@ -137,7 +212,11 @@ def _show(dims: Sequence[int | None]) -> str:
     return "[" + ", ".join("?" if d is None or d <= 0 else str(d) for d in dims) + "]"
 
 
-def _import_tflite(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+def _canonical(shapes: Mapping[str, list[int]], nchw: Sequence[str]) -> dict[str, list[int]]:
+    return {n: ([v[0], v[3], v[1], v[2]] if n in nchw else list(v)) for n, v in shapes.items()}
+
+
+def _convert_tflite(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str, list[int]], list[str], bool]:
     inputs = tflite_inputs(path)
     # A .tflite's shape_signature may leave the batch open; its shape field has the size it was built for.
     shapes, nchw = _layouts({n: s for n, s, _ in inputs}, input_shape, path, "TFLite")
@@ -145,20 +224,14 @@ def _import_tflite(path: Path, workdir: Path, input_shape: InputShapes, name: st
     with _converting(path, "TFLite"):
         model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, inputs_as_nchw=nchw or None)
     _unsupported(model, path, "TFLite")
-    original = workdir / "original.tflite"
-    shutil.copyfile(path, original)
     prequantized = any(dtype in ("uint8", "int8") for _, _, dtype in inputs) or any(
         n.op_type == "QuantizeLinear" for n in model.graph.node)
-    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
-    return finish(model, workdir, ref=str(path), source_format="tflite", raw_sha256=sha256, name=name,
-                  input_shape=canonical, original=original,
-                  original_input_layouts=["NHWC" if n in nchw else "same" for n, _, _ in inputs],
-                  prequantized=prequantized)
+    return model, _canonical(shapes, nchw), nchw, prequantized
 
 
 # --- Keras and SavedModel -------------------------------------------------------------------
 
-def _import_keras(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str, list[int]], list[str], bool]:
     tf2onnx = _tf2onnx()
     import keras
     import tensorflow as tf
@@ -180,18 +253,20 @@ def _import_keras(path: Path, workdir: Path, input_shape: InputShapes, name: str
         onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET,
                                                    inputs_as_nchw=nchw or None)
     _unsupported(onnx_model, path, "Keras")
-    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
-    return finish(onnx_model, workdir, ref=str(path), source_format="keras", raw_sha256=sha256, name=name,
-                  input_shape=canonical)
+    return onnx_model, _canonical(shapes, nchw), nchw, False
 
 
-def _import_saved_model(path: Path, workdir: Path, input_shape: InputShapes, name: str, sha256: str) -> SourceModel:
+def _saved_model_dir(path: Path) -> Path:
     if path.is_file() and path.name.startswith("saved_model."):
         path = path.parent
     if not (path / "saved_model.pb").is_file():
         raise UserError(f"{path} is not a TensorFlow SavedModel folder (no saved_model.pb)",
                         hint="give the folder tf.saved_model.save or model.export wrote; frozen .pb graphs "
                              "are not supported")
+    return path
+
+
+def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str, list[int]], list[str], bool]:
     tf2onnx = _tf2onnx()
     import tensorflow as tf
 
@@ -221,9 +296,7 @@ def _import_saved_model(path: Path, workdir: Path, input_shape: InputShapes, nam
         onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET,
                                                       inputs_as_nchw=nchw or None)
     _unsupported(onnx_model, path, "TensorFlow")
-    canonical = {n: ([s[0], s[3], s[1], s[2]] if n in nchw else s) for n, s in shapes.items()}
-    return finish(onnx_model, workdir, ref=str(path), source_format="tensorflow", raw_sha256=sha256, name=name,
-                  input_shape=canonical)
+    return onnx_model, _canonical(shapes, nchw), nchw, False
 
 
 def _unsupported(model: Any, path: Path, framework: str) -> None:
@@ -263,3 +336,9 @@ def _first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()[:300]
     return type(exc).__name__
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -6,6 +6,7 @@ the framework they came from: torch on the TorchScript module, the LiteRT interp
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 
 import numpy as np
@@ -51,19 +52,10 @@ def torchscript_resnet18(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tflite_mobilenet_v2(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tflite")
-    model = models.keras_mobilenet_v2(seed=5)
-    rng = np.random.default_rng(5)
-    x = rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
-    fp32 = models.write_tflite(model, root / "mobilenet_v2.tflite")
-    int8 = models.write_tflite(model, root / "mobilenet_v2_int8.tflite", int8=True,
-                               calibration=rng.uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32))
-    # The int8 model takes uint8 pixels: its input scale maps 0..255 onto -1..1.
-    xq = np.clip(np.round(x * 127.5 + 127.5), 0, 255).astype(np.uint8)
-    y, yq = models.litert_outputs(fp32, x), models.litert_outputs(int8, xq)
+    built = models.tf_models("mobilenet_v2", tmp_path_factory.mktemp("tflite"))
     # Outputs that vary, or a comparison of them proves nothing.
-    assert np.ptp(y) > 1.0 and len(np.unique(yq)) > 20
-    return {"fp32": fp32, "int8": int8, "x": x, "xq": xq, "y": y, "yq": yq}
+    assert np.ptp(built["y"]) > 1.0 and len(np.unique(built["yq"])) > 20
+    return {"fp32": built["mobilenet_v2.tflite"], "int8": built["mobilenet_v2_int8.tflite"], **built}
 
 
 @pytest.mark.parametrize("backend", ["tvm", "onnxruntime"])
@@ -102,6 +94,7 @@ def test_tflite_mobilenet_v2_matches_litert(tflite_mobilenet_v2, backend, tmp_pa
                              options=CompileOptions(backend=backend))
     m = artifact.manifest
     assert m.model.source_format == "tflite"
+    assert "tensorflow" not in sys.modules  # TensorFlow ran in a child process
     # Neo kept a TFLite model's NHWC input; so does edgekiln when no shape says otherwise.
     assert [t.shape for t in m.inputs] == [(1, 224, 224, 3)]
     diff = close(run(artifact.path, tflite_mobilenet_v2["x"]), tflite_mobilenet_v2["y"])
@@ -167,12 +160,8 @@ def test_int8_source_refuses_quantize(tflite_mobilenet_v2, tmp_path):
 @pytest.fixture(scope="module")
 def keras_cnn(tmp_path_factory):
     root = tmp_path_factory.mktemp("keras")
-    model = models.keras_small_cnn(seed=2)
-    model.save(root / "cnn.keras")
-    model.save(root / "cnn.h5")
-    model.export(str(root / "saved_model"), verbose=False)
-    x = np.random.default_rng(2).standard_normal((1, 32, 32, 3)).astype(np.float32)
-    return {"root": root, "x": x, "y": models.keras_outputs(model, x)}
+    built = models.tf_models("small_cnn", root)
+    return {"root": root, "x": built["x"], "y": built["y"]}
 
 
 @pytest.mark.parametrize(("file", "framework"), [("cnn.keras", "keras"), ("cnn.h5", "keras"),
