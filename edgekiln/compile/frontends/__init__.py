@@ -209,7 +209,7 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
     elif found == "mxnet":
         from edgekiln.compile.frontends import mxnet
 
-        source = _import_mxnet(mxnet, path, workdir, input_shape, name, sha)
+        source = mxnet.import_model(path, workdir, input_shape=input_shape, name=name, sha256=sha)
     else:
         from edgekiln.compile.frontends import tensorflow
 
@@ -231,27 +231,3 @@ def model_stem(path: Path) -> str:
     if path.suffix.lower() == ".params" and "-" in name:
         name = name.rsplit("-", 1)[0]  # PREFIX-0000.params
     return name or path.name
-
-
-def _import_mxnet(mxnet: Any, path: Path, workdir: Path, input_shape: InputShapes, name: str | None,
-                  sha: str) -> SourceModel:
-    from edgekiln.compile.frontends.onnx import finish, positional
-
-    symbol, params = mxnet.find_files(path)
-    name = name or model_stem(symbol)  # the PREFIX of PREFIX-symbol.json, also inside a tarball
-    # The symbol names its inputs but records no shapes (Neo required a DataInputConfig);
-    # a first conversion without shapes tells the names.
-    names = [i.name for i in mxnet.to_onnx(symbol, params, None, name=name).graph.input]
-    if input_shape is None:
-        example = json.dumps({n: [1, 3, 224, 224] for n in names})
-        raise UserError(f"MXNet symbol files record no input shapes (the inputs are {names})",
-                        hint=f"give them as Neo did, e.g. --input-config '{example}'")
-    if isinstance(input_shape, Mapping):
-        input_shape = positional(input_shape, names)
-    elif len(names) == 1:
-        input_shape = {names[0]: list(input_shape)}
-    else:
-        raise UserError(f"the MXNet model has {len(names)} inputs {names}; give a shape for each by name")
-    model = mxnet.to_onnx(symbol, params, input_shape, name=name)
-    return finish(model, workdir, ref=str(path), source_format="mxnet", raw_sha256=sha, name=name,
-                  input_shape=input_shape)

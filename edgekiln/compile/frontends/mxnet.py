@@ -26,6 +26,8 @@ from edgekiln.errors import InternalError, UserError
 if TYPE_CHECKING:
     import onnx
 
+    from edgekiln.compile.frontends.onnx import SourceModel
+
 OPSET = 17
 _IR_VERSION = 8  # the IR version that goes with opset 17, so older runtimes load the model too
 
@@ -919,7 +921,39 @@ def _shape_list(name: str, shape: Any) -> list[int]:
     return dims
 
 
-def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+def _requested_shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None,
+                      names: list[str]) -> dict[str, Any]:
+    """Shapes by input name: a bare shape is the single input's, Neo's list form (``input0``,
+    ``input1``...) goes to the inputs in order."""
+    from edgekiln.compile.frontends.onnx import positional
+
+    if input_shapes is None:
+        return {}
+    if isinstance(input_shapes, Mapping):
+        return dict(positional(input_shapes, names))
+    if len(names) != 1:
+        raise UserError(f"the MXNet model has {len(names)} inputs {names}; give a shape for each by name")
+    return {names[0]: input_shapes}
+
+
+def import_model(path: Path, workdir: Path, *, input_shape: Mapping[str, Sequence[int]] | Sequence[int] | None,
+                 name: str | None, sha256: str) -> SourceModel:
+    """Import an MXNet symbol + params pair (see :func:`find_files`) as a ``SourceModel``."""
+    from edgekiln.compile.frontends.onnx import finish
+
+    symbol, params = find_files(path)
+    name = name or symbol.name[: -len(_SYMBOL_SUFFIX)]  # PREFIX, also for files found in a tarball
+    model = to_onnx(symbol, params, input_shape, name=name)
+    unshaped = [i.name for i in model.graph.input if not i.type.tensor_type.HasField("shape")]
+    if unshaped:
+        # The symbol names its inputs but records no shapes: Neo required a DataInputConfig.
+        example = json.dumps({n: [1, 3, 224, 224] for n in unshaped})
+        raise UserError(f"MXNet symbol files record no input shapes, and none was given for {unshaped}",
+                        hint=f"give them as Neo did, e.g. --input-config '{example}'")
+    return finish(model, workdir, ref=str(path), source_format="mxnet", raw_sha256=sha256, name=name)
+
+
+def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None, *,
             name: str = "mxnet") -> onnx.ModelProto:
     """Convert an MXNet symbol + params pair to an ``onnx.ModelProto`` (opset 17, float32).
 
@@ -973,7 +1007,7 @@ def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]
     order = {index: rank for rank, index in enumerate(sym.arg_nodes)}
     data_nodes = sorted(set(b.data_inputs), key=lambda i: (order.get(i, len(order)), i))
     input_names = [b.tensor_of[(i, 0)] for i in data_nodes]
-    shapes = dict(input_shapes or {})
+    shapes = _requested_shapes(input_shapes, input_names)
     unknown = sorted(set(shapes) - set(input_names))
     if unknown:
         raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {input_names}")
