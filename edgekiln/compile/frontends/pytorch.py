@@ -13,13 +13,18 @@ torch is a compile-time extra (``edgekiln[pytorch]``); devices never need it.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import sys
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
-from edgekiln.compile.frontends.quiet import silenced
 from edgekiln.errors import DependencyError, UserError
 
 OPSET = 17
@@ -110,7 +115,7 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
             raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {_first_line(exc)}",
                             hint="give the shapes the model was traced for with --input-config") from None
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-    with silenced():
+    with _quiet():
         try:
             torch.onnx.export(module, args, str(out), dynamo=False, opset_version=OPSET,
                               input_names=list(shapes), output_names=[f"output{i}" for i in range(count)],
@@ -158,7 +163,7 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
         raise UserError(f"inputs {open_dims} of {path} have dynamic dimensions",
                         hint='fix them with --input-config \'{"NAME": [1, 3, 224, 224]}\'')
     args = tuple(torch.zeros(*wanted[k], dtype=declared[k][1]) for k in user_inputs)
-    with silenced():
+    with _quiet():
         try:
             torch.onnx.export(program, args, str(out), dynamo=True, opset_version=OPSET, external_data=False)
         except Exception as exc:  # noqa: BLE001 - the exporter wraps operator errors in several types
@@ -179,6 +184,28 @@ def _node_of(module: Any, kind: str) -> str:
     except (RuntimeError, StopIteration, AttributeError):
         pass
     return ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the exporters' output off the terminal: progress printed from Python (stdout is
+    what ``--json`` owns), deprecation warnings, and what torch's C++ side writes straight
+    to file descriptors 1 and 2 (its "Torch IR graph at exception" dump). A failure is
+    reported as edgekiln's own one-line error instead."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            tempfile.TemporaryFile() as sink:
+        warnings.simplefilter("ignore")
+        sys.__stdout__.flush()
+        sys.stderr.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _first_line(exc: BaseException) -> str:

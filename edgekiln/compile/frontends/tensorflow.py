@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
-from edgekiln.compile.frontends.quiet import silenced
 from edgekiln.errors import DependencyError, UserError
 
 OPSET = 17
@@ -36,12 +35,11 @@ _TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64"
 
 
 def _tf2onnx() -> Any:
-    # TensorFlow logs its start-up at INFO level on stderr; a compile shows its own progress.
+    # This runs in the child, whose output the parent shows only when it dies: keep
+    # TensorFlow's start-up lines out of that tail.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        with silenced():
-            import tensorflow  # noqa: F401
-            import tf2onnx
+        import tf2onnx  # imports TensorFlow, and fails the same way without it
     except ImportError as exc:
         raise DependencyError(
             f"importing TFLite, Keras or TensorFlow models needs TensorFlow and tf2onnx on the build host ({exc})",
@@ -237,8 +235,7 @@ def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str,
     import tensorflow as tf
 
     try:
-        with silenced():
-            model = keras.models.load_model(str(path), compile=False)
+        model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a file it cannot read
         raise UserError(f"{path} cannot be loaded as a Keras model: {_first_line(exc)}") from None
     declared = {}
@@ -271,8 +268,7 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
     import tensorflow as tf
 
     try:
-        with silenced():
-            loaded = tf.saved_model.load(str(path))
+        loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{path} cannot be loaded as a SavedModel: {_first_line(exc)}") from None
     signatures = dict(loaded.signatures)
@@ -319,16 +315,15 @@ def _unsupported(model: Any, path: Path, framework: str) -> None:
 @contextlib.contextmanager
 def _converting(path: Path, framework: str):
     """Run a tf2onnx conversion; its failures become one UserError naming the operators."""
-    with silenced():
-        try:
-            yield
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare ValueError/RuntimeError/KeyError
-            text = _first_line(exc)
-            if "unsupported ops" in text.lower() or "is not supported" in text.lower():
-                raise UserError(f"{framework} operator not supported by tf2onnx in {path}: {text}") from None
-            raise UserError(f"{framework} model {path} cannot be converted to ONNX: {text}") from None
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare ValueError/RuntimeError/KeyError
+        text = _first_line(exc)
+        if "unsupported ops" in text.lower() or "is not supported" in text.lower():
+            raise UserError(f"{framework} operator not supported by tf2onnx in {path}: {text}") from None
+        raise UserError(f"{framework} model {path} cannot be converted to ONNX: {text}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -143,6 +143,7 @@ def test_framework_import_failures_are_one_line_and_leave_nothing(tmp_path, case
     proc = edgekiln("compile", str(model), "--target", "x86_64", "-o", str(out_dir / "a.tar.gz"), *extra,
                     env={"TMPDIR": str(scratch)})
     assert_clean_failure(proc, 2, *needles)
+    assert proc.stdout == ""  # nor anything a converter printed (torch dumps its graph from C++)
     assert list(out_dir.iterdir()) == []
     assert list(scratch.iterdir()) == []  # no work directory left behind
     assert sorted(p.name for p in src.iterdir()) == before
