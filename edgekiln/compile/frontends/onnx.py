@@ -51,7 +51,11 @@ class SourceModel:
 
 
 def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None) -> SourceModel:
-    """Import ``ref`` (an ONNX file path or ``zoo:NAME``) into ``workdir/model.onnx``."""
+    """Import ``ref`` (``zoo:NAME`` or an existing ONNX file) into ``workdir/model.onnx``.
+
+    Called by ``frontends.import_model``, which resolves folders and tarballs and reports
+    missing files for every framework.
+    """
     from edgekiln import zoo
     from edgekiln.zoo import pretrained
 
@@ -66,15 +70,8 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
         return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
                       name=name or zoo.info(ref_text).name, input_shape=input_shape,
                       preprocessing=dict(zoo.preprocessing(ref_text)), labels=tuple(zoo.imagenet_labels()))
+    # frontends.import_model found the file: it exists and is not a folder.
     path = Path(ref_text)
-    if not path.exists():
-        raise UserError(
-            f"model file {path} does not exist",
-            hint="give a model file (ONNX, PyTorch, TFLite, MXNet, Keras/TensorFlow), or a built-in model "
-                 "such as zoo:resnet18 (edgekiln zoo list)",
-        )
-    if not path.is_file():
-        raise UserError(f"model path {path} is not a file")
     raw = path.read_bytes()
     return finish(_parse(raw, path), workdir, ref=ref_text, source_format="onnx", raw_sha256=_sha(raw),
                   name=name or path.stem, input_shape=input_shape)
