@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -50,6 +51,27 @@ def seaweed(tmp_path_factory):
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     yield server
     server.stop(grace=0.5)
+
+
+@pytest.fixture
+def s3_records(seaweed):
+    """s3_records(bucket, prefix) -> every record id in the JSON Lines objects under ``prefix``
+    (a list, duplicates kept: a record delivered twice shows)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
+                      aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+
+    def read(bucket: str, prefix: str) -> list[str]:
+        ids: list[str] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(".jsonl"):
+                    body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+                    ids += [json.loads(line)["record_id"] for line in body.splitlines() if line]
+        return ids
+
+    return read
 
 
 @pytest.fixture

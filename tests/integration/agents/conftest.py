@@ -3,7 +3,6 @@ compiled artifacts, and agents (in process, with their loop in a thread)."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -67,21 +66,6 @@ def stop_agent(agent, thread=None) -> None:
     agent.stop(grace=1)
 
 
-def records_in_s3(seaweed, bucket: str, prefix: str) -> list[str]:
-    """Every record id in every JSON Lines object under ``prefix`` (duplicates kept)."""
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-                      aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
-    ids: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".jsonl"):
-                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
-                ids += [json.loads(line)["record_id"] for line in body.splitlines() if line]
-    return ids
-
-
 def wait_until(what: str, check, timeout: float, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,12 +74,6 @@ def wait_until(what: str, check, timeout: float, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def s3_records(seaweed):
-    """s3_records(bucket, prefix) -> record ids found in S3 (a list: duplicates would show)."""
-    return lambda bucket, prefix: records_in_s3(seaweed, bucket, prefix)
 
 
 @pytest.fixture
