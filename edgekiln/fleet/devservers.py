@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from edgekiln.errors import DependencyError, UserError
 
@@ -80,12 +81,7 @@ class SeaweedS3:
             "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={config}",
         ]
-        log = open(self.log_file, "ab")
-        try:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
-        finally:
-            log.close()
+        self.process = _spawn(command, self.log_file, start_new_session=True)
         self.endpoint = f"http://127.0.0.1:{s3}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -151,12 +147,7 @@ class FleetServer:
         if self.s3 is not None:
             argv += ["--s3-endpoint", self.s3.endpoint, "--bucket", self.bucket]
             env.update(self.s3.env())
-        log = open(self.log_file, "ab")
-        try:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env)
-        finally:
-            log.close()
+        self.process = _spawn(argv, self.log_file, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -199,6 +190,13 @@ class FleetServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _spawn(argv: list[str], log_file: Path, **popen: Any) -> "subprocess.Popen[bytes]":
+    """Start ``argv`` with stdout and stderr appended to ``log_file`` (the child keeps its own
+    descriptor, so ours is closed at once)."""
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)
 
 
 def _terminate(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
