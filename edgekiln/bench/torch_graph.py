@@ -155,23 +155,17 @@ def _apply(torch: Any, op: str, args: list[Any], attrs: dict[str, Any]) -> Any:
         return torch.sigmoid(args[0])
     if op in ("Add", "Sub", "Mul", "Div"):
         return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](args[0], args[1])
-    if op == "MaxPool":
+    if op in ("MaxPool", "AveragePool"):
         rank = len(attrs["kernel_shape"])
         pads, symmetric = _same_pads(attrs.get("pads"), rank)
         if not symmetric:
-            raise UserError("the torch baseline supports only symmetric MaxPool padding")
-        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
-        return pool(args[0], attrs["kernel_shape"], stride=attrs.get("strides", 1), padding=pads,
-                    dilation=attrs.get("dilations", 1), ceil_mode=bool(attrs.get("ceil_mode", 0)))
-    if op == "AveragePool":
-        rank = len(attrs["kernel_shape"])
-        pads, symmetric = _same_pads(attrs.get("pads"), rank)
-        if not symmetric:
-            raise UserError("the torch baseline supports only symmetric AveragePool padding")
+            raise UserError(f"the torch baseline supports only symmetric {op} padding")
+        common = {"stride": attrs.get("strides", 1), "padding": pads, "ceil_mode": bool(attrs.get("ceil_mode", 0))}
+        if op == "MaxPool":
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
+            return pool(args[0], attrs["kernel_shape"], dilation=attrs.get("dilations", 1), **common)
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
-        return pool(args[0], attrs["kernel_shape"], stride=attrs.get("strides", 1), padding=pads,
-                    ceil_mode=bool(attrs.get("ceil_mode", 0)),
-                    count_include_pad=bool(attrs.get("count_include_pad", 0)))
+        return pool(args[0], attrs["kernel_shape"], count_include_pad=bool(attrs.get("count_include_pad", 0)), **common)
     if op == "GlobalAveragePool":
         return torch.mean(args[0], dim=tuple(range(2, args[0].dim())), keepdim=True)
     if op == "Flatten":
