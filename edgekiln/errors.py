@@ -56,6 +56,19 @@ class IntegrityError(EdgekilnError):
     exit_code = 6
 
 
+def first_line(exc: BaseException, *, last: bool = False, limit: int = 400) -> str:
+    """One line of a foreign exception's message, to quote inside an edgekiln error.
+
+    ``last`` picks the last non-empty line instead of the first: TVM puts a C++ backtrace
+    first and what happened last. The full text stays reachable through ``--debug``, which
+    shows the original exception chained to the edgekiln error.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:limit]
+
+
 class InternalError(EdgekilnError):
     """A bug in edgekiln; shown with a traceback."""
 
