@@ -496,3 +496,61 @@ def test_importing_the_module_has_no_side_effects():
         [sys.executable, "-c", "import sys, edgekiln.compile.frontends.mxnet; print('onnx' in sys.modules)"],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[3])
     assert probe.stdout.strip() == "False"
+
+
+# ---- numbers that overflow ---------------------------------------------------------------
+
+
+def _params_with_dims(path: Path, dims: tuple[int, ...]) -> Path:
+    """One float32 array whose header claims ``dims``, with no data after it."""
+    head = struct.pack("<Iii", 0xF993FAC9, 0, len(dims)) + struct.pack(f"<{len(dims)}q", *dims)
+    path.write_bytes(struct.pack("<QQQ", 0x112, 0, 1) + head + struct.pack("<iii", 1, 0, 0)
+                     + struct.pack("<QQ", 1, 1) + b"w")
+    return path
+
+
+@pytest.mark.parametrize("dims", [(0, 2**62, 2**62), (2**62, 2**62), (2**63 - 1, 0, 3)])
+def test_params_shape_that_overflows_is_a_user_error(tmp_path, dims):
+    # An empty axis makes the array zero bytes long, but numpy still refuses the shape.
+    with pytest.raises(UserError, match=r"is not an MXNet \.params file \(array #0 has shape .* whose size overflows"):
+        mxf.read_params(_params_with_dims(tmp_path / "x.params", dims))
+
+
+@pytest.mark.parametrize("op, attrs, key", [
+    ("Pooling", {"kernel": f"({10**30}, 3)", "pool_type": "max"}, "kernel"),
+    ("Reshape", {"shape": f"(1, {2**63})"}, "shape"),
+    ("softmax", {"axis": str(-(2**63) - 1)}, "axis"),
+    ("Concat", {"dim": str(10**30)}, "dim"),
+    ("transpose", {"axes": f"(1, {10**30})"}, "axes"),
+])
+def test_attribute_that_overflows_int64_is_a_user_error(tmp_path, op, attrs, key):
+    g = Graph()
+    node = g.op(op, "n0", [g.var("data")], **attrs)
+    symbol, params = g.save(tmp_path, [node])
+    with pytest.raises(UserError, match=rf"attribute {key}=.* of MXNet node 'n0' \({op}\) is not an? .*"
+                                        r"fits? in 64 bits"):
+        mxf.to_onnx(symbol, params, {"data": [1, 3, 8, 8]})
+
+
+@pytest.mark.parametrize("shape", [[1, 10**30], [1, 2**62, 2**62]])
+def test_input_shape_that_overflows_is_a_user_error(tmp_path, shape):
+    g = Graph()
+    node = g.op("relu", "r", [g.var("data")])
+    symbol, params = g.save(tmp_path, [node])
+    with pytest.raises(UserError, match=r"the input shape .* for 'data' overflows"):
+        mxf.to_onnx(symbol, params, {"data": shape})
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"nodes": [], "heads": [[0, ' + "9" * 5000 + ', 0]]}', "an integer in it is too long"),
+    ('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + ', "heads": []}', "nested too deeply"),
+    ('{"nodes": [{"op": "null", "name": "data", "inputs": []}, '
+     '{"op": "relu", "name": "r", "inputs": [[0, ' + str(2**70) + ', 0]]}], "heads": [[1, 0, 0]]}',
+     "reads output 1180591620717411303424 of variable 'data', which has only output 0"),
+])
+def test_symbol_numbers_that_overflow_are_user_errors(tmp_path, text, reason):
+    symbol = tmp_path / "big-symbol.json"
+    symbol.write_text(text)
+    params = write_params(tmp_path / "big-0000.params", {})
+    with pytest.raises(UserError, match=reason):
+        mxf.to_onnx(symbol, params, {"data": [1, 3]})
