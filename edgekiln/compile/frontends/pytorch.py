@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
-from edgekiln.errors import DependencyError, UserError
+from edgekiln.errors import DependencyError, UserError, first_line
 
 OPSET = 17
 _TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.uint8": "uint8",
@@ -104,7 +104,7 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        raise UserError(f"{path} cannot be loaded as TorchScript: {_first_line(exc)}") from None
+        raise UserError(f"{path} cannot be loaded as TorchScript: {first_line(exc)}") from None
     module.eval()
     generator = torch.Generator().manual_seed(0)
     args = tuple(torch.randn(*shape, generator=generator) for shape in shapes.values())
@@ -112,7 +112,7 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
         try:
             outputs = module(*args)
         except Exception as exc:  # noqa: BLE001 - whatever the model's own code raises
-            raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {_first_line(exc)}",
+            raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {first_line(exc)}",
                             hint="give the shapes the model was traced for with --input-config") from None
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     with _quiet():
@@ -129,14 +129,14 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
                 hint="replace the operator in the model, or export the model to ONNX yourself",
             ) from None
         except torch.onnx.errors.OnnxExporterError as exc:
-            raise UserError(f"PyTorch model {path} cannot be exported to ONNX: {_first_line(exc)}") from None
+            raise UserError(f"PyTorch model {path} cannot be exported to ONNX: {first_line(exc)}") from None
 
 
 def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path) -> InputShapes:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
-        raise UserError(f"{path} cannot be loaded as a torch.export program: {_first_line(exc)}") from None
+        raise UserError(f"{path} cannot be loaded as a torch.export program: {first_line(exc)}") from None
     user_inputs = list(program.graph_signature.user_inputs)
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     declared: dict[str, tuple[list[int | None], Any]] = {}
@@ -167,7 +167,7 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
         try:
             torch.onnx.export(program, args, str(out), dynamo=True, opset_version=OPSET, external_data=False)
         except Exception as exc:  # noqa: BLE001 - the exporter wraps operator errors in several types
-            raise UserError(f"PyTorch program {path} cannot be exported to ONNX: {_first_line(exc)}") from None
+            raise UserError(f"PyTorch program {path} cannot be exported to ONNX: {first_line(exc)}") from None
     return {k: [int(d) for d in v] for k, v in wanted.items()}  # type: ignore[misc]
 
 
@@ -206,11 +206,3 @@ def _quiet() -> Iterator[None]:
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
-from edgekiln.errors import DependencyError, UserError
+from edgekiln.errors import DependencyError, UserError, first_line
 
 OPSET = 17
 # tflite schema TensorType values edgekiln artifacts carry.
@@ -237,7 +237,7 @@ def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str,
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a file it cannot read
-        raise UserError(f"{path} cannot be loaded as a Keras model: {_first_line(exc)}") from None
+        raise UserError(f"{path} cannot be loaded as a Keras model: {first_line(exc)}") from None
     declared = {}
     dtypes = {}
     for tensor in model.inputs:
@@ -270,7 +270,7 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path} cannot be loaded as a SavedModel: {_first_line(exc)}") from None
+        raise UserError(f"{path} cannot be loaded as a SavedModel: {first_line(exc)}") from None
     signatures = dict(loaded.signatures)
     if "serving_default" not in signatures:
         raise UserError(f"the SavedModel {path} has no serving_default signature "
@@ -320,17 +320,10 @@ def _converting(path: Path, framework: str):
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare ValueError/RuntimeError/KeyError
-        text = _first_line(exc)
+        text = first_line(exc)
         if "unsupported ops" in text.lower() or "is not supported" in text.lower():
             raise UserError(f"{framework} operator not supported by tf2onnx in {path}: {text}") from None
         raise UserError(f"{framework} model {path} cannot be converted to ONNX: {text}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).strip().splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from edgekiln.compile.backends.tvm import runtime_libs
 from edgekiln.compile.frontends.onnx import SourceModel
 from edgekiln.compile.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
-from edgekiln.errors import BackendError, DependencyError, UserError
+from edgekiln.errors import BackendError, DependencyError, UserError, first_line
 
 MODEL_LIBRARY = "lib/model.so"
 RUNTIME_LIBRARY = "lib/libtvm_runtime.so"
@@ -123,7 +123,7 @@ class TVMBackend(Backend):
             try:
                 mod = from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
             except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
-                raise BackendError(f"TVM cannot convert {model.source_ref}: {_first_line(exc)}") from None
+                raise BackendError(f"TVM cannot convert {model.source_ref}: {first_line(exc, last=True)}") from None
         target_dict = profile.tvm_target()
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ class TVMBackend(Backend):
             try:
                 executable.export_library(str(library), fcompile=fcompile)
             except Exception as exc:
-                raise BackendError(f"linking the model library failed: {_first_line(exc)}") from None
+                raise BackendError(f"linking the model library failed: {first_line(exc, last=True)}") from None
         files = {MODEL_LIBRARY: "model-library"}
         notes: list[str] = []
         if libs is not None:
@@ -179,7 +179,7 @@ class TVMBackend(Backend):
         try:
             return tvm.compile(mod, target=target)
         except Exception as exc:
-            raise BackendError(f"TVM failed to build the model: {_first_line(exc)}") from None
+            raise BackendError(f"TVM failed to build the model: {first_line(exc, last=True)}") from None
 
     @staticmethod
     def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
@@ -196,13 +196,6 @@ class TVMBackend(Backend):
         if profile.toolchain.cc is None:
             return tvm_cc.cross_compiler("g++", options=flags) if flags else None
         return tvm_cc.cross_compiler(profile.toolchain.cc, options=flags)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    # TVM errors end with the message after a C++ backtrace; the last line says what happened.
-    return (lines[-1] if lines else type(exc).__name__)[:400]
 
 
 def _ffi_version() -> str:
