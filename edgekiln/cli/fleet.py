@@ -100,11 +100,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from edgekiln.errors import DependencyError, UserError
 
     try:
+        import fastapi  # noqa: F401 - what edgekiln.fleet.app imports; checked here to name the extra
+        import sqlalchemy  # noqa: F401
         import uvicorn
-
-        from edgekiln.fleet.app import FleetOptions, create_app
     except ImportError as exc:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
+    from edgekiln.fleet.app import FleetOptions, create_app
+
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     token_file = Path(args.admin_token_file) if args.admin_token_file else data_dir / "admin-token"

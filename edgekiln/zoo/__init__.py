@@ -189,12 +189,15 @@ def build(name_or_ref: str, *, seed: int = 0) -> onnx.ModelProto:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"the zoo seed must be a non-negative integer, not {seed!r}")
     try:
-        from edgekiln.zoo import models
+        import numpy  # noqa: F401 - what models imports; checked here to name the extra
+        import onnx  # noqa: F401
     except ImportError as exc:
         raise DependencyError(
             f"building zoo models needs onnx and numpy ({exc.name or exc} is missing)",
             hint="pip install 'edgekiln[compile]'",
         ) from exc
+    from edgekiln.zoo import models
+
     return models.BUILDERS[name](seed, _MODELS[name].source)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import edgekiln
 from edgekiln.cli import main as cli_main
 from edgekiln.errors import InternalError, UserError
 
-REPO = Path(__file__).resolve().parents[3]
+# The child imports the edgekiln this test imported.
+PACKAGE_ROOT = Path(edgekiln.__file__).resolve().parent.parent
 
 
 def _fail_quoting_a_foreign_error(args) -> int:
@@ -67,7 +70,9 @@ def test_user_error_is_one_line_with_its_exit_code(boom, capsys):
     assert err == "edgekiln boom: error: the model has no such input (check its name)\n"
 
 
-@pytest.mark.parametrize("argv", [("--debug", "boom", "user"), ("boom", "--debug", "user"), ("boom", "user", "--debug")])
+@pytest.mark.parametrize("argv", [
+    ("--debug", "boom", "user"), ("boom", "--debug", "user"), ("boom", "user", "--debug"),
+])
 def test_debug_flag_anywhere_shows_the_hidden_original_traceback(boom, capsys, argv):
     code, _, err = _run(capsys, *argv)
     assert code == 2
@@ -112,7 +117,8 @@ def test_help_mentions_debug(boom, capsys):
 def test_real_command_line_error_is_one_line_and_debug_shows_the_cause(tmp_path):
     not_an_artifact = tmp_path / "model.tar.gz"
     not_an_artifact.write_text("not gzip")
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    env.pop("EDGEKILN_DEBUG", None)
     plain = subprocess.run([sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert plain.returncode == 6  # IntegrityError

@@ -1,1 +1,0 @@
-"""edgekiln.compile.passes."""
