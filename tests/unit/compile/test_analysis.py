@@ -7,7 +7,7 @@ import pytest
 
 from edgekiln.errors import UserError
 
-onnx = pytest.importorskip("onnx")
+import onnx
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgekiln.compile.analysis import count_macs, count_params, graph_stats  # noqa: E402

@@ -49,7 +49,6 @@ def test_supports_profiles_that_list_it():
 
 
 def test_written_file_is_a_valid_tflite_flatbuffer():
-    pytest.importorskip("tflite")
     import tflite
 
     from edgekiln.compile.backends.litert.graph import Graph, Op

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("tflite")
-pytest.importorskip("ai_edge_litert")
+import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("tflite")
-pytest.importorskip("ai_edge_litert")
+import onnx  # noqa: F401 - an installed extra: missing must fail, not skip
+import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 
 from onnx import helper  # noqa: E402
 

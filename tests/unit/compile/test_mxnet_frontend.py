@@ -17,8 +17,8 @@ import pytest
 
 from edgekiln.errors import UserError
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 from edgekiln.compile.frontends import mxnet as mxf  # noqa: E402
 from tests.frameworks.mxnet_reference import require_mxnet_python, run_mxnet  # noqa: E402

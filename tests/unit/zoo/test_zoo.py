@@ -32,9 +32,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def built() -> dict:
-    # Built once for the module: resnet50 alone is 100 MB of weights. Only the tests that
-    # use the graphs need onnx; names, labels, the picture and the CLI do not.
-    pytest.importorskip("onnx")
+    # Built once for the module: resnet50 alone is 100 MB of weights.
     return {name: zoo.build(name, seed=0) for name in zoo.MODEL_NAMES}
 
 
@@ -160,7 +158,7 @@ def test_sample_image_is_what_make_sample_draws():
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
 def test_graph_contract(built, name):
     model = built[name]
-    onnx = pytest.importorskip("onnx")
+    import onnx
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import if o.domain == ""] == [17]
     graph = model.graph
@@ -188,7 +186,7 @@ def test_params_and_macs_equal_torchvision(built, name):
 
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
 def test_runs_in_onnxruntime_with_well_scaled_logits(built, name):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     session = ort.InferenceSession(
         built[name].SerializeToString(), providers=["CPUExecutionProvider"]
     )
@@ -218,7 +216,7 @@ def test_seed_determines_the_weights(built, name):
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
 def test_imports_into_tvm_relax(built, name):
     # The conversion only (well under a second per model); compiling is for backend tests.
-    frontend = pytest.importorskip("tvm.relax.frontend.onnx")
+    from tvm.relax.frontend import onnx as frontend
     mod = frontend.from_onnx(built[name], shape_dict={"input": [1, 3, 224, 224]})
     ret = (
         mod["main"].ret_struct_info
