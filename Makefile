@@ -5,7 +5,10 @@
 #   make emulators  build the emulated rasp4b and rasp3b boards (edgekiln emulate), cached
 #   make demo    compile zoo:efficientnet_lite0 for x86_64, rasp4b, rasp3b and h200, run the
 #                x86_64 artifact on a photo of a cat, print the top-5 classes and the summary
-#   make test    the test suite (and .venv-mxnet, MXNet 1.9.1 for the MXNet import's reference)
+#   make test    ruff, then the unit tier, then the slow tiers (and .venv-mxnet, MXNet 1.9.1
+#                for the MXNet import's reference)
+#   make test-fast  ruff and the unit tier (tests/unit, well under two minutes)
+#   make lint    ruff check and ruff format --check (configured in pyproject.toml)
 #   make bench-compile   compile time per zoo model per profile (benchmarks/results/)
 
 PYTHON ?= python3
@@ -26,7 +29,7 @@ DEMO_DIR ?= demo-out
 DEMO_MODEL ?= zoo:efficientnet_lite0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench-compile clean apt qemu emulators
+.PHONY: setup demo test test-fast lint bench-compile clean apt qemu emulators
 
 # apt first and on every run, not only when the stamp is stale: it only checks when
 # everything is installed, and it is how an existing checkout gets a newer qemu-user.
@@ -114,8 +117,23 @@ $(MXNET_VENV)/.edgekiln-setup:
 	$(MXNET_VENV)/bin/python -m pip install -q 'mxnet==1.9.1' 'numpy<1.24'
 	touch $@
 
+# Lint and format are checked, never rewritten, here: `ruff check --fix .` and `ruff format .`
+# apply them.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The unit tier: no compiler runs, no server starts. Without .venv-mxnet the one test that
+# compares with real MXNet skips with its reason; make test requires it.
+test-fast: lint
+	$(BIN)/python -m pytest -q tests/unit
+
+# Cheapest first, so that a lint or unit failure stops the run before the slow tiers
+# (tests/integration, tests/e2e: compilers, emulated boards, servers; about 15 minutes).
 test: setup $(MXNET_VENV)/.edgekiln-setup
-	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests
+	@$(MAKE) --no-print-directory lint
+	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests/unit
+	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests/integration tests/e2e
 
 bench-compile: setup
 	$(BIN)/python benchmarks/compile_time.py --out benchmarks/results/compile_time.json

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib  # noqa: F401 - an installed extra: missing must fail, not skip
 import pytest
 
 from edgekiln.compile.api import CompileOptions
@@ -21,7 +22,6 @@ from edgekiln.runtime.compat import host_info
 # The tvm backend, explicitly: compile now picks a backend by itself ("auto").
 TVM = CompileOptions(backend="tvm")
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="benchmarks x86-64 artifacts on this host")
-import matplotlib  # noqa: F401 - an installed extra: missing must fail, not skip
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN_SUITE = ROOT / "benchmarks" / "run_suite.py"
