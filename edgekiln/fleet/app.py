@@ -2,69 +2,41 @@
 
 Two kinds of callers, told apart by their bearer token:
 
-* operators (the admin token): register devices, list and describe them, read a fleet's
-  report and a device's captured objects;
-* devices (a per-device token issued at registration, stored only as a hash): send
-  heartbeats, ask for presigned upload URLs for keys under their own prefix, and note
-  delivered capture batches.  A device token opens nothing but the ``/v1/agent`` routes,
-  and every key it names is put under ``<its fleet>/<its name>/``, so a device can neither
-  read nor write another device's data.
+* operators (the admin token): register devices, rotate and revoke their tokens, read the
+  audit trail, list and describe devices, read a fleet's report and a device's captured
+  objects;
+* devices (a per-device token issued at registration or rotation, stored only as a hash,
+  refused once revoked or past its optional expiry): send heartbeats, ask for presigned
+  upload URLs for keys under their own prefix, and note delivered capture batches.  A
+  device token opens nothing but the ``/v1/agent`` routes, and every key it names is put
+  under ``<its fleet>/<its name>/``, so a device can neither read nor write another
+  device's data.
 
-Importing this module imports FastAPI; ``edgekiln.fleet`` itself stays light.
+Every request body is bounded before it is parsed (:class:`BodyLimit`).  The routes live
+in ``edgekiln.fleet.routes``.  Importing this module imports FastAPI; ``edgekiln.fleet``
+itself stays light.
 """
 
-import hmac
-import logging
-import re
-import secrets
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+import hmac
+import json
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from edgekiln import __version__
-from edgekiln.errors import UserError
 from edgekiln.fleet import objects as objs
-from edgekiln.fleet.store import Conflict, Device, FleetStore, NotFound
+from edgekiln.fleet.options import FleetOptions
+from edgekiln.fleet.records import Device
+from edgekiln.fleet.store import FleetStore
 
-log = logging.getLogger(__name__)
+__all__ = ["FleetOptions", "create_app", "build_object_store", "BodyLimit", "Auth"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9])*$")
-
-
-@dataclass(frozen=True)
-class FleetOptions:
-    """How the service runs; validated on construction."""
-
-    database_url: str
-    admin_token: str
-    object_store: str = "s3"  # "s3" or "local"
-    objects_dir: Optional[Path] = None
-    s3_endpoint: Optional[str] = None
-    s3_bucket: str = "edgekiln-captures"
-    s3_region: str = "us-east-1"
-    presign_seconds: int = 300
-    connected_seconds: float = 120.0
-    local_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.database_url:
-            raise UserError("fleet: the database URL is empty (give --db sqlite:///fleet.db or postgresql://…)")
-        if len(self.admin_token) < 16:
-            raise UserError("fleet: the admin token must be at least 16 characters")
-        if self.object_store not in ("s3", "local"):
-            raise UserError(f"fleet: object store must be s3 or local, not {self.object_store!r}")
-        if self.object_store == "local" and self.objects_dir is None:
-            raise UserError("fleet: --objects-dir is required with the local object store")
-        if self.object_store == "s3" and not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", self.s3_bucket):
-            raise UserError(f"fleet: {self.s3_bucket!r} is not a valid S3 bucket name")
-        if not 1 <= self.presign_seconds <= 7 * 24 * 3600:
-            raise UserError("fleet: presigned URL lifetime must be between 1 s and 7 days")
-        if self.connected_seconds <= 0:
-            raise UserError("fleet: the connected window must be positive")
+OBJECTS_PATH = "/v1/objects/"
 
 
 def build_object_store(options: FleetOptions) -> Any:
@@ -73,170 +45,129 @@ def build_object_store(options: FleetOptions) -> Any:
     return objs.S3Objects(options.s3_bucket, endpoint_url=options.s3_endpoint, region=options.s3_region)
 
 
-# -- request bodies ------------------------------------------------------------------
-class RegisterBody(BaseModel):
-    fleet: str = Field(min_length=1, max_length=63)
-    device: str = Field(min_length=1, max_length=63)
-    description: str = Field(default="", max_length=1024)
+class BodyLimit:
+    """ASGI middleware: a request body over its cap gets 413 before anything parses it.
+
+    A declared Content-Length over the cap is refused without reading a byte; a body that
+    arrives in chunks is counted as it is read, and the read that crosses the cap fails
+    with 413, so nothing holds more than the cap.  PUTs to the local object store have a
+    cap of their own (the route streams them to disk)."""
+
+    def __init__(self, app: Any, *, json_limit: int, object_limit: int) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.object_limit = object_limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.object_limit if scope["path"].startswith(OBJECTS_PATH) else self.json_limit
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _reply(send, 400, "Content-Length is not a number")
+                return
+            if int(declared) > limit:
+                await _reply(send, 413, f"request body of {int(declared)} bytes is over the {limit}-byte limit")
+                return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, f"request body is over the {limit}-byte limit")
+            return message
+
+        await self.app(scope, limited, send)
 
 
-class HeartbeatsBody(BaseModel):
-    heartbeats: list[dict[str, Any]] = Field(max_length=1000)
+async def _reply(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
-class UploadsBody(BaseModel):
-    keys: list[str] = Field(min_length=1, max_length=1000)
+async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming where and what, without echoing the input: FastAPI's default answer
+    repeats it, which fails to encode for NaN (a 500) and sends a large body back."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": [str(p)[:64] for p in e.get("loc", ())][:12], "msg": str(e.get("msg", ""))[:200],
+               "type": str(e.get("type", ""))} for e in errors[:20]]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
-class RecordRef(BaseModel):
-    record_id: str = Field(min_length=1, max_length=128)
-    model_name: str = Field(default="", max_length=128)
+class Auth:
+    """The bearer-token checks, as FastAPI dependencies."""
 
+    def __init__(self, options: FleetOptions, store: FleetStore, clock: Callable[[], float]) -> None:
+        self.options = options
+        self.store = store
+        self.clock = clock
 
-class CapturesBody(BaseModel):
-    key: str
-    objects: list[str] = Field(default_factory=list, max_length=10000)
-    bytes: int = Field(default=0, ge=0)
-    records: list[RecordRef] = Field(max_length=100000)
-
-
-def create_app(options: FleetOptions, *, store: Optional[FleetStore] = None, objects: Any = None,
-               clock: Callable[[], float] = time.time) -> FastAPI:
-    """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
-    store = store or FleetStore(options.database_url)
-    store.create_schema()
-    objects = objects if objects is not None else build_object_store(options)
-    objects.ensure_ready()
-
-    app = FastAPI(title="edgekiln fleet service", version=__version__)
-    app.state.store = store
-    app.state.objects = objects
-    app.state.options = options
-
+    @staticmethod
     def bearer(authorization: str) -> str:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         return token.strip()
 
-    def require_admin(authorization: str = Header(default="")) -> None:
-        token = bearer(authorization)
-        if hmac.compare_digest(token.encode(), options.admin_token.encode()):
+    def admin(self, authorization: str = Header(default="")) -> None:
+        token = self.bearer(authorization)
+        if hmac.compare_digest(token.encode(), self.options.admin_token.encode()):
             return
-        if store.authenticate(token) is not None:
+        if self.store.authenticate(token) is not None:
             raise HTTPException(403, "a device token cannot use operator routes")
         raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
 
-    def require_device(authorization: str = Header(default="")) -> Device:
-        device = store.authenticate(bearer(authorization))
+    def device(self, authorization: str = Header(default="")) -> Device:
+        device = self.store.authenticate(self.bearer(authorization))
         if device is None:
             raise HTTPException(401, "unknown device token", headers={"WWW-Authenticate": "Bearer"})
+        now = self.clock()
+        refusal = None
+        if device.revoked_at is not None:
+            refusal = "revoked"
+        elif device.token_expires_at is not None and now >= device.token_expires_at:
+            refusal = "expired"
+        if refusal:
+            self.store.record_refusal(device, refusal, now)
+            raise HTTPException(401, f"the token of {device.fleet}/{device.name} was {refusal}; "
+                                     "the operator can issue a new one (edgekiln fleet device rotate)",
+                                headers={"WWW-Authenticate": "Bearer"})
         return device
 
-    def prefix(device: Device) -> str:
-        return f"{device.fleet}/{device.name}/"
 
-    def user_error(exc: UserError) -> HTTPException:
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
-        return HTTPException(status, exc.one_line())
+def create_app(options: FleetOptions, *, store: Optional[FleetStore] = None, objects: Any = None,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
+    from edgekiln.fleet import routes
 
-    @app.get("/v1/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "objects": objs.describe(objects)}
+    store = store or FleetStore(options.database_url)
+    store.create_schema()
+    objects = objects if objects is not None else build_object_store(options)
+    objects.ensure_ready()
 
-    # -- operators -------------------------------------------------------------------
-    @app.post("/v1/devices", status_code=201, dependencies=[Depends(require_admin)])
-    def register(body: RegisterBody) -> dict[str, Any]:
-        for what, value in (("fleet", body.fleet), ("device", body.device)):
-            if not NAME_RE.match(value):
-                raise HTTPException(422, f"{what} name {value!r} must be letters, digits and inner dashes")
-        try:
-            token = store.register_device(body.fleet, body.device, body.description, clock())
-        except Conflict as exc:
-            raise user_error(exc) from None
-        return {"fleet": body.fleet, "device": body.device, "token": token, "prefix": f"{body.fleet}/{body.device}/"}
+    docs = options.api_docs
+    app = FastAPI(title="edgekiln fleet service", version=__version__, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+    app.add_middleware(BodyLimit, json_limit=options.max_body_bytes, object_limit=options.max_object_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.state.store = store
+    app.state.objects = objects
+    app.state.options = options
 
-    @app.get("/v1/devices", dependencies=[Depends(require_admin)])
-    def list_devices(fleet: Optional[str] = Query(default=None)) -> dict[str, Any]:
-        return {"devices": store.list_devices(fleet, now=clock(), connected_seconds=options.connected_seconds)}
-
-    @app.get("/v1/devices/{fleet}/{device}", dependencies=[Depends(require_admin)])
-    def describe_device(fleet: str, device: str) -> dict[str, Any]:
-        try:
-            return store.describe_device(fleet, device, now=clock(), connected_seconds=options.connected_seconds)
-        except NotFound as exc:
-            raise user_error(exc) from None
-
-    @app.get("/v1/devices/{fleet}/{device}/heartbeats", dependencies=[Depends(require_admin)])
-    def device_heartbeats(fleet: str, device: str) -> dict[str, Any]:
-        try:
-            return {"heartbeat_ids": store.heartbeat_ids(fleet, device)}
-        except NotFound as exc:
-            raise user_error(exc) from None
-
-    @app.get("/v1/devices/{fleet}/{device}/captures", dependencies=[Depends(require_admin)])
-    def device_captures(fleet: str, device: str) -> dict[str, Any]:
-        try:
-            listing = store.list_captures(fleet, device)
-        except NotFound as exc:
-            raise user_error(exc) from None
-        listing["objects"] = [{"key": k, "size": s} for k, s in objects.list(f"{fleet}/{device}/")]
-        listing["store"] = objs.describe(objects)
-        return listing
-
-    @app.get("/v1/fleets/{fleet}/report", dependencies=[Depends(require_admin)])
-    def fleet_report(fleet: str) -> dict[str, Any]:
-        try:
-            return store.fleet_report(fleet, now=clock(), connected_seconds=options.connected_seconds)
-        except NotFound as exc:
-            raise user_error(exc) from None
-
-    # -- devices ---------------------------------------------------------------------
-    @app.post("/v1/agent/heartbeats")
-    def heartbeats(body: HeartbeatsBody, device: Device = Depends(require_device)) -> dict[str, Any]:
-        for hb in body.heartbeats:
-            if not isinstance(hb.get("heartbeat_id"), str) or not hb["heartbeat_id"]:
-                raise HTTPException(422, "every heartbeat needs a heartbeat_id")
-            if not isinstance(hb.get("timestamp"), (int, float)):
-                raise HTTPException(422, "every heartbeat needs a numeric timestamp")
-            named = (hb.get("device_fleet_name", device.fleet), hb.get("device_name", device.name))
-            if named != (device.fleet, device.name):
-                raise HTTPException(403, f"this token belongs to {device.fleet}/{device.name}, "
-                                         f"not {named[0]}/{named[1]}")
-        new, dup = store.add_heartbeats(device, body.heartbeats, clock())
-        return {"accepted": new, "duplicates": dup}
-
-    @app.post("/v1/agent/uploads")
-    def uploads(body: UploadsBody, request: Request, device: Device = Depends(require_device)) -> dict[str, Any]:
-        try:
-            keys = [objs.check_relative_key(k) for k in body.keys]
-        except UserError as exc:
-            raise HTTPException(400, exc.one_line()) from None
-        base = str(request.base_url)
-        urls = {k: objects.presign_put(prefix(device) + k, options.presign_seconds, base) for k in keys}
-        return {"prefix": prefix(device), "expires_in": options.presign_seconds, "urls": urls}
-
-    @app.post("/v1/agent/captures")
-    def captures(body: CapturesBody, device: Device = Depends(require_device)) -> dict[str, Any]:
-        try:
-            keys = [objs.check_relative_key(k) for k in [body.key, *body.objects]]
-        except UserError as exc:
-            raise HTTPException(400, exc.one_line()) from None
-        missing = [k for k in keys if objects.head(prefix(device) + k) is None]
-        if missing:
-            raise HTTPException(409, f"not in the object store: {', '.join(missing[:5])}")
-        new, dup = store.record_batch(device, prefix(device) + body.key, [prefix(device) + k for k in body.objects],
-                                      [r.model_dump() for r in body.records], body.bytes, clock())
-        return {"new": new, "duplicates": dup}
-
-    # -- the local object store's presigned PUTs ---------------------------------------
+    service = routes.Service(options, store, objects, clock, Auth(options, store, clock))
+    app.include_router(routes.public_routes())
+    app.include_router(routes.operator_routes(service))
+    app.include_router(routes.credential_routes(service))
+    app.include_router(routes.device_routes(service))
     if isinstance(objects, objs.LocalObjects):
-        @app.put("/v1/objects/{key:path}")
-        async def put_object(key: str, request: Request, expires: int = Query(...),
-                             signature: str = Query(...)) -> Response:
-            if not objects.verify(key, expires, signature, clock()):
-                raise HTTPException(403, "signature does not match or the URL has expired")
-            objects.put(key, await request.body())
-            return Response(status_code=200)
-
+        app.include_router(routes.object_routes(service))
     return app

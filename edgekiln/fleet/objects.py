@@ -3,7 +3,8 @@
 The fleet never receives the data itself: it hands each device short-lived presigned
 PUT URLs for keys under the device's own prefix (``<fleet>/<device>/``), and the device
 uploads straight to the store.  For the local-directory backend the fleet service serves
-the PUTs itself and checks an HMAC signature in the URL in the same way.
+the PUTs itself and checks an HMAC signature in the URL in the same way, streaming each body
+to a file up to a size cap; its objects are 0640 in directories 0750.
 """
 
 from __future__ import annotations
@@ -12,30 +13,33 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, AsyncIterator
 
+from edgekiln.artifact.names import is_valid_name
 from edgekiln.errors import DependencyError, UserError
+from edgekiln.fleet.store import make_private_dirs
 
-# A key segment: what the agent produces (model names, dates, batch and record ids).
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# A key segment after the model name: what the agent produces (dates, batch and record ids,
+# object names) — the agent's record-id rule.
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
-class ObjectStore(Protocol):
-    def ensure_ready(self) -> None: ...
-    def presign_put(self, key: str, expires_in: int, base_url: str) -> str: ...
-    def head(self, key: str) -> int | None: ...
-    def list(self, prefix: str) -> list[tuple[str, int]]: ...
-    def get(self, key: str) -> bytes: ...
+class TooLarge(UserError):
+    """A body over its size cap."""
 
 
 def check_relative_key(key: str) -> str:
-    """A device-relative key: segments of safe characters, no '..', no leading '/'."""
+    """A device-relative key, ``<model name>/<segment>/…``: the model name follows the name
+    rule the agent applies, every later segment is letters, digits and '_.:-' (no '..')."""
     parts = key.split("/")
-    if not key or len(key) > 400 or any(not _SEGMENT_RE.match(p) or p in (".", "..") for p in parts):
-        raise UserError(f"object key {key!r} is not a valid relative key (segments of letters, digits, '_.:-')")
+    if (not key or len(key) > 400 or len(parts) < 2 or not is_valid_name(parts[0])
+            or any(not _SEGMENT_RE.fullmatch(p) or p in (".", "..") for p in parts[1:])):
+        raise UserError(f"object key {key[:100]!r} is not a valid relative key",
+                        hint="<model name>/<segments of letters, digits and '_.:-'>")
     return key
 
 
@@ -109,7 +113,7 @@ class LocalObjects:
         self.secret = secret
 
     def ensure_ready(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root, 0o750)
 
     def _signature(self, key: str, expires: int) -> str:
         return hmac.new(self.secret, f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -128,12 +132,26 @@ class LocalObjects:
             raise UserError(f"bad object key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put(self, key: str, data: bytes) -> None:
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], limit: int) -> int:
+        """Write the chunks to ``key`` as they come, at most ``limit`` bytes (else TooLarge and
+        nothing is stored); the object appears whole or not at all.  Returns its size."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        make_private_dirs(path.parent, 0o750)
+        tmp = path.with_name(path.name + f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        size = 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"object {key} is over the {limit}-byte limit")
+                    fh.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return size
 
     def head(self, key: str) -> int | None:
         path = self._path(key)

@@ -1,24 +1,30 @@
-"""The fleet database: devices, heartbeats, model status and captured records.
+"""The fleet database: devices, credentials, heartbeats, model status, captured records
+and the audit trail of credentials.
 
 SQLAlchemy Core over a SQLite file (the default) or PostgreSQL (``postgresql://…``,
 through psycopg 3).  Every write that a device may repeat — a heartbeat resent after a
 lost answer, a batch notice after a restart — is idempotent: heartbeats are unique per
 (device, heartbeat id) and captured records per (device, record id), so a retry never
-makes a second row.
+makes a second row.  A SQLite file and its directory are private to the service (0600,
+0700): they hold token hashes and everything the devices reported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 from edgekiln.errors import UserError
+from edgekiln.fleet.records import AuditEntry, Device, HeartbeatRecord, RecordRef
 
 TOKEN_BYTES = 32
+# Columns added after the first release: created on an older database at start.
+_ADDED_DEVICE_COLUMNS = {"token_expires_at": "FLOAT", "revoked_at": "FLOAT", "dead_letter_batches": "BIGINT"}
 
 
 class Conflict(UserError):
@@ -27,14 +33,6 @@ class Conflict(UserError):
 
 class NotFound(UserError):
     """No such device (or fleet)."""
-
-
-@dataclass(frozen=True)
-class Device:
-    id: int
-    fleet: str
-    name: str
-    registered_at: float
 
 
 def hash_token(token: str) -> str:
@@ -57,6 +55,7 @@ class FleetStore:
         self.url = normalize_url(url)
         kwargs: dict[str, Any] = {"future": True}
         if self.url.startswith("sqlite"):
+            _private_sqlite_file(self.url)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
@@ -89,6 +88,9 @@ class FleetStore:
             sa.Column("agent_version", sa.String(64)),
             sa.Column("last_heartbeat_at", sa.Float),
             sa.Column("last_heartbeat", sa.Text),
+            sa.Column("token_expires_at", sa.Float),
+            sa.Column("revoked_at", sa.Float),
+            sa.Column("dead_letter_batches", sa.BigInteger),
             sa.UniqueConstraint("fleet", "name", name="uq_device_fleet_name"),
         )
         self.heartbeats = sa.Table(
@@ -140,6 +142,16 @@ class FleetStore:
             sa.Column("detail", sa.Text, nullable=False),
             sa.Column("reported_at", sa.Float, nullable=False),
         )
+        self.audit = sa.Table(
+            "audit", md,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("actor", sa.String(160), nullable=False),
+            sa.Column("action", sa.String(32), nullable=False),
+            sa.Column("fleet", sa.String(63), nullable=False),
+            sa.Column("device", sa.String(63), nullable=False),
+            sa.Column("detail", sa.String(512), nullable=False, default=""),
+        )
         self.metadata = md
 
     def create_schema(self) -> None:
@@ -147,6 +159,11 @@ class FleetStore:
 
         try:
             self.metadata.create_all(self.engine)
+            present = {c["name"] for c in sa.inspect(self.engine).get_columns("devices")}
+            with self.engine.begin() as conn:
+                for column, kind in _ADDED_DEVICE_COLUMNS.items():
+                    if column not in present:
+                        conn.execute(sa.text(f"ALTER TABLE devices ADD COLUMN {column} {kind}"))
         except sa.exc.OperationalError as exc:
             raise UserError(f"cannot open the fleet database {self.engine.url.render_as_string(hide_password=True)}: "
                             f"{' '.join(str(exc.orig).split())}") from None
@@ -154,97 +171,154 @@ class FleetStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- devices ---------------------------------------------------------------------
-    def register_device(self, fleet: str, name: str, description: str = "", now: float | None = None) -> str:
+    # -- devices and their credentials ----------------------------------------------
+    def register_device(self, fleet: str, name: str, description: str = "", now: float | None = None, *,
+                        expires_at: float | None = None, actor: str = "admin") -> str:
         """Register a device; returns its new token (only its hash is stored)."""
         import sqlalchemy as sa
 
+        now = time.time() if now is None else now
         token = secrets.token_urlsafe(TOKEN_BYTES)
         try:
             with self.engine.begin() as conn:
                 conn.execute(self.devices.insert().values(
                     fleet=fleet, name=name, description=description, token_hash=hash_token(token),
-                    registered_at=time.time() if now is None else now))
+                    registered_at=now, token_expires_at=expires_at))
+                self._audit(conn, AuditEntry(now, actor, "register", fleet, name, _expiry(expires_at)))
         except sa.exc.IntegrityError:
             raise Conflict(f"device {fleet}/{name} is registered already") from None
         return token
 
+    def rotate_token(self, fleet: str, name: str, now: float, *, expires_at: float | None = None,
+                     actor: str = "admin") -> str:
+        """A new token for the device; the old one stops working at once (and a revoked
+        device is enabled again with the new one)."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        with self.engine.begin() as conn:
+            device = self._device(conn, fleet, name)
+            conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(
+                token_hash=hash_token(token), token_expires_at=expires_at, revoked_at=None))
+            self._audit(conn, AuditEntry(now, actor, "rotate", fleet, name, _expiry(expires_at)))
+        return token
+
+    def revoke_token(self, fleet: str, name: str, now: float, *, actor: str = "admin") -> None:
+        """Refuse the device's token from now on (its data stays)."""
+        with self.engine.begin() as conn:
+            device = self._device(conn, fleet, name)
+            conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(revoked_at=now))
+            self._audit(conn, AuditEntry(now, actor, "revoke", fleet, name,
+                                         "" if device.revoked_at is None else "already revoked"))
+
     def authenticate(self, token: str) -> Device | None:
+        """The device whose token this is — revoked or expired included: the caller decides."""
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(self.devices.c.id, self.devices.c.fleet, self.devices.c.name,
-                                         self.devices.c.registered_at)
-                               .where(self.devices.c.token_hash == hash_token(token))).first()
+            row = conn.execute(sa.select(*self._device_columns()).where(
+                self.devices.c.token_hash == hash_token(token))).first()
         return Device(*row) if row else None
 
     def device(self, fleet: str, name: str) -> Device:
+        with self.engine.connect() as conn:
+            return self._device(conn, fleet, name)
+
+    def _device_columns(self) -> tuple[Any, ...]:
+        c = self.devices.c
+        return c.id, c.fleet, c.name, c.registered_at, c.token_expires_at, c.revoked_at
+
+    def _device(self, conn: Any, fleet: str, name: str) -> Device:
         import sqlalchemy as sa
 
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(self.devices.c.id, self.devices.c.fleet, self.devices.c.name,
-                                         self.devices.c.registered_at)
-                               .where(self.devices.c.fleet == fleet, self.devices.c.name == name)).first()
+        row = conn.execute(sa.select(*self._device_columns()).where(
+            self.devices.c.fleet == fleet, self.devices.c.name == name)).first()
         if row is None:
             raise NotFound(f"no device {fleet}/{name}")
         return Device(*row)
 
+    # -- audit -----------------------------------------------------------------------
+    def _audit(self, conn: Any, entry: AuditEntry) -> None:
+        conn.execute(self.audit.insert().values(at=entry.at, actor=entry.actor[:160], action=entry.action,
+                                                fleet=entry.fleet, device=entry.device, detail=entry.detail[:512]))
+
+    def record_refusal(self, device: Device, reason: str, now: float, *, every: float = 60.0) -> None:
+        """Note a refused token of a known device, at most once per ``every`` seconds and
+        device, so that a stolen, revoked token hammering the service cannot grow the table."""
+        import sqlalchemy as sa
+
+        with self.engine.begin() as conn:
+            recent = conn.execute(sa.select(self.audit.c.id).where(
+                self.audit.c.fleet == device.fleet, self.audit.c.device == device.name,
+                self.audit.c.action == "auth-refused", self.audit.c.at > now - every).limit(1)).first()
+            if recent is None:
+                self._audit(conn, AuditEntry(now, f"device {device.fleet}/{device.name}", "auth-refused",
+                                             device.fleet, device.name, reason))
+
+    def audit_entries(self, fleet: str | None = None, device: str | None = None,
+                      limit: int = 1000) -> list[AuditEntry]:
+        """The newest ``limit`` entries, oldest first."""
+        import sqlalchemy as sa
+
+        a = self.audit.c
+        query = sa.select(a.at, a.actor, a.action, a.fleet, a.device, a.detail).order_by(a.id.desc()).limit(limit)
+        if fleet:
+            query = query.where(a.fleet == fleet)
+        if device:
+            query = query.where(a.device == device)
+        with self.engine.connect() as conn:
+            return [AuditEntry(*row) for row in reversed(conn.execute(query).all())]
+
     # -- heartbeats ------------------------------------------------------------------
-    def add_heartbeats(self, device: Device, heartbeats: Iterable[dict[str, Any]], now: float) -> tuple[int, int]:
-        """Store heartbeats (deduplicated by id); returns (new, duplicates)."""
+    def add_heartbeats(self, device: Device, heartbeats: Iterable[HeartbeatRecord], now: float) -> tuple[int, int]:
+        """Store heartbeats (deduplicated by id) in the order given; returns (new, duplicates).
+
+        The device's state is the heartbeat that reached the service last (the last one of
+        a request): the agent sends its queue oldest first, and its clock may jump (a board
+        without a real-time clock boots in 1970), so the device's timestamps only describe.
+        """
         import sqlalchemy as sa
 
         new = dup = 0
-        for hb in sorted(heartbeats, key=lambda h: float(h.get("timestamp", 0))):
-            hid = str(hb["heartbeat_id"])
-            sent = float(hb.get("timestamp", now))
+        for hb in heartbeats:
             with self.engine.begin() as conn:
                 exists = conn.execute(sa.select(self.heartbeats.c.id).where(
-                    self.heartbeats.c.device_id == device.id, self.heartbeats.c.heartbeat_id == hid)).first()
+                    self.heartbeats.c.device_id == device.id,
+                    self.heartbeats.c.heartbeat_id == hb.heartbeat_id)).first()
                 if exists:
                     dup += 1
                     continue
                 # A concurrent resend of the same heartbeat fails on the unique constraint and
                 # rolls back; the device retries and finds it stored.
                 conn.execute(self.heartbeats.insert().values(
-                    device_id=device.id, heartbeat_id=hid, sent_at=sent, received_at=now,
-                    body=json.dumps(hb, separators=(",", ":"))))
+                    device_id=device.id, heartbeat_id=hb.heartbeat_id, sent_at=hb.sent_at, received_at=now,
+                    body=hb.body))
                 new += 1
-                last = conn.execute(sa.select(self.devices.c.last_heartbeat_at).where(
-                    self.devices.c.id == device.id)).scalar()
-                # Heartbeats queued offline arrive late and in bursts: the device's state
-                # is the newest one it sent, while "last seen" is when it last reached us.
-                latest_sent = conn.execute(sa.select(sa.func.max(self.heartbeats.c.sent_at)).where(
-                    self.heartbeats.c.device_id == device.id)).scalar()
-                values: dict[str, Any] = {"last_heartbeat_at": max(now, last or 0)}
-                if sent >= (latest_sent or 0):
-                    values.update(agent_version=str(hb.get("agent_version", "")),
-                                  last_heartbeat=json.dumps(hb, separators=(",", ":")))
-                    self._update_models(conn, device, hb, sent)
+                values: dict[str, Any] = {"last_heartbeat_at": now, "agent_version": hb.agent_version,
+                                          "last_heartbeat": hb.body}
+                if hb.dead_letter_batches is not None:
+                    values["dead_letter_batches"] = hb.dead_letter_batches
+                self._update_models(conn, device, hb, now)
                 conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(**values))
-                for fault in hb.get("faults") or []:
+                for fault in hb.faults:
                     conn.execute(self.faults.insert().values(
-                        device_id=device.id, kind=str(fault.get("kind", "unknown"))[:64],
-                        detail=json.dumps(fault, separators=(",", ":")), reported_at=now))
+                        device_id=device.id, kind=fault.kind, reported_at=now,
+                        detail=json.dumps(fault.detail, separators=(",", ":"), allow_nan=False)))
         return new, dup
 
-    def _update_models(self, conn: Any, device: Device, hb: dict[str, Any], sent: float) -> None:
+    def _update_models(self, conn: Any, device: Device, hb: HeartbeatRecord, now: float) -> None:
         conn.execute(self.device_models.delete().where(self.device_models.c.device_id == device.id))
-        for model in hb.get("models") or []:
-            metrics = {m["metric_name"]: m["value"] for m in model.get("model_metrics") or []}
+        for model in {m.name: m for m in hb.models}.values():  # one row per name: the last one wins
             conn.execute(self.device_models.insert().values(
-                device_id=device.id, model_name=str(model["model_name"]),
-                model_version=str(model.get("model_version") or ""),
-                latest_inference=model.get("latest_inference"), latest_sample=model.get("latest_sample_time"),
-                metrics=json.dumps(metrics), reported_at=sent))
+                device_id=device.id, model_name=model.name, model_version=model.version,
+                latest_inference=model.latest_inference, latest_sample=model.latest_sample,
+                metrics=json.dumps(model.metrics, allow_nan=False), reported_at=now))
 
     # -- captures --------------------------------------------------------------------
-    def record_batch(self, device: Device, key: str, objects: list[str], records: list[dict[str, str]],
+    def record_batch(self, device: Device, key: str, objects: list[str], records: list[RecordRef],
                      size: int, now: float) -> tuple[int, int]:
         """Note a delivered batch and its records; returns (new records, duplicates)."""
         import sqlalchemy as sa
 
-        ids = [str(r["record_id"]) for r in records]
+        ids = [r.record_id for r in records]
         with self.engine.begin() as conn:
             if not conn.execute(sa.select(self.batches.c.id).where(
                     self.batches.c.device_id == device.id, self.batches.c.key == key)).first():
@@ -256,15 +330,15 @@ class FleetStore:
                 chunk = ids[start:start + 500]
                 known.update(r[0] for r in conn.execute(sa.select(self.captures.c.record_id).where(
                     self.captures.c.device_id == device.id, self.captures.c.record_id.in_(chunk))))
-            fresh = [r for r in records if str(r["record_id"]) not in known]
+            fresh = [r for r in records if r.record_id not in known]
             seen: set[str] = set()
             rows = []
             for r in fresh:
-                rid = str(r["record_id"])
+                rid = r.record_id
                 if rid in seen:
                     continue
                 seen.add(rid)
-                rows.append({"device_id": device.id, "record_id": rid, "model_name": str(r.get("model_name", "")),
+                rows.append({"device_id": device.id, "record_id": rid, "model_name": r.model_name,
                              "batch_key": key, "received_at": now})
             if rows:
                 conn.execute(self.captures.insert(), rows)
@@ -309,6 +383,9 @@ class FleetStore:
         summary = self._device_summary(row, now, connected_seconds)
         last = json.loads(row["last_heartbeat"]) if row["last_heartbeat"] else None
         summary.update({
+            "dead_letter_batches": row["dead_letter_batches"],
+            "token_expires_at": row["token_expires_at"],
+            "revoked_at": row["revoked_at"],
             "agent_metrics": {m["metric_name"]: m["value"] for m in (last or {}).get("agent_metrics", [])},
             "last_heartbeat_sent_at": (last or {}).get("timestamp"),
             "heartbeats_received": int(heartbeat_count),
@@ -326,7 +403,7 @@ class FleetStore:
         device = self.device(fleet, name)
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(self.heartbeats.c.heartbeat_id).where(
-                self.heartbeats.c.device_id == device.id).order_by(self.heartbeats.c.sent_at))]
+                self.heartbeats.c.device_id == device.id).order_by(self.heartbeats.c.id))]
 
     def list_captures(self, fleet: str, name: str) -> dict[str, Any]:
         import sqlalchemy as sa
@@ -380,3 +457,36 @@ class FleetStore:
             "model_stats": [{"model_name": name, "model_version": version, **counts}
                             for (name, version), counts in sorted(stats.items())],
         }
+
+
+def _expiry(expires_at: Optional[float]) -> str:
+    return "" if expires_at is None else f"expires at {expires_at:.0f}"
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 in a directory made 0700, or tighten an existing
+    file to 0600; SQLite gives its -wal and -shm files the database file's mode."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if not path or path.startswith(":memory:") or path.startswith("file:"):
+        return
+    path = path.split("?", 1)[0]
+    target = Path(path)
+    if not target.parent.exists():
+        make_private_dirs(target.parent, 0o700)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(target, 0o600)
+
+
+def make_private_dirs(path: Path, mode: int) -> None:
+    """``mkdir -p`` in which every directory it creates gets ``mode`` (os.makedirs gives the
+    parents it creates the default mode)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)  # the umask may take bits off, never adds any
+        except FileExistsError:
+            continue

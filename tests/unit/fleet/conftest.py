@@ -1,0 +1,83 @@
+"""The fleet service in process (FastAPI's TestClient, local object store, SQLite)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its test client; either works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from edgekiln.fleet.app import FleetOptions, create_app
+
+ADMIN = "admin-token-0123456789"
+BASE = "http://127.0.0.1:9"
+
+
+class FleetApi:
+    """A TestClient with the calls the tests make, and the service's files."""
+
+    def __init__(self, client: TestClient, root, clock: list[float]) -> None:
+        self.client = client
+        self.root = root
+        self.clock = clock
+
+    def admin(self, method: str, path: str, **kw):
+        return self.client.request(method, path, headers={"Authorization": f"Bearer {ADMIN}"}, **kw)
+
+    def device(self, token: str, method: str, path: str, *, headers=None, **kw):
+        return self.client.request(method, path, headers={"Authorization": f"Bearer {token}", **(headers or {})},
+                                   **kw)
+
+    def register(self, fleet: str, device: str, **extra) -> str:
+        answer = self.admin("POST", "/v1/devices", json={"fleet": fleet, "device": device, **extra})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["token"]
+
+    def heartbeat(self, token: str, *heartbeats):
+        return self.device(token, "POST", "/v1/agent/heartbeats", json={"heartbeats": list(heartbeats)})
+
+    def rows(self, table: str) -> int:
+        import sqlite3
+
+        with sqlite3.connect(self.root / "f.db") as conn:
+            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def heartbeat(hid: str = "h1", ts: float = 1_800_000_000.0, **fields):
+    return {"heartbeat_id": hid, "timestamp": ts, "device_name": "d1", "device_fleet_name": "f", "agent_version": "1",
+            "agent_metrics": [], "models": [], "faults": [], **fields}
+
+
+@pytest.fixture
+def make_fleet(tmp_path):
+    """make_fleet(**options) -> a FleetApi on a fresh service; the clock is settable."""
+    clients = []
+
+    def make(**overrides) -> FleetApi:
+        clock = [time.time()]
+        options = FleetOptions(**{"database_url": f"sqlite:///{tmp_path / 'f.db'}", "admin_token": ADMIN,
+                                  "object_store": "local", "objects_dir": tmp_path / "objects",
+                                  "presign_seconds": 60, **overrides})
+        client = TestClient(create_app(options, clock=lambda: clock[0]), base_url=BASE)
+        client.__enter__()
+        clients.append(client)
+        return FleetApi(client, tmp_path, clock)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_fleet) -> FleetApi:
+    return make_fleet()
+
+
+@pytest.fixture
+def hb():
+    """hb(id, timestamp, **fields) -> a heartbeat of f/d1 as the agent sends it."""
+    return heartbeat
