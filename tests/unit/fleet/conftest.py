@@ -26,7 +26,7 @@ class FleetApi:
         self.clock = clock
 
     def admin(self, method: str, path: str, **kw):
-        return self.client.request(method, path, headers={"Authorization": f"Bearer {ADMIN}"}, **kw)
+        return self.device(ADMIN, method, path, **kw)
 
     def device(self, token: str, method: str, path: str, *, headers=None, **kw):
         return self.client.request(method, path, headers={"Authorization": f"Bearer {token}", **(headers or {})},
