@@ -105,7 +105,7 @@ demo: setup
 .PHONY: demo-fleet
 demo-fleet: setup
 	@test -f $(DEMO_DIR)/model-x86_64.tar.gz || $(BIN)/edgekiln compile $(DEMO_MODEL) --target x86_64 -o $(DEMO_DIR)/model-x86_64.tar.gz
-	$(BIN)/edgekiln fleet demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet \
+	$(BIN)/python -m devtools.fleet_demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet \
 	  $$([ -f $(DEMO_DIR)/chelsea.png ] && echo --image $(DEMO_DIR)/chelsea.png)
 
 # MXNet's last release (1.9.1) needs numpy < 1.24 and so cannot share .venv (numpy 2): the

@@ -67,7 +67,7 @@ def compiled(tmp_path_factory):
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """SeaweedFS with an S3 endpoint on loopback, one identity, data in a temp dir."""
-    from edgekiln.fleet.devservers import SeaweedS3, find_weed
+    from devtools.servers import SeaweedS3, find_weed
 
     try:
         find_weed()
@@ -103,7 +103,7 @@ def s3_records(seaweed):
 @pytest.fixture
 def fleet_server(tmp_path, seaweed):
     """fleet_server(**kwargs) -> a started FleetServer on SeaweedFS (a bucket of its own)."""
-    from edgekiln.fleet.devservers import FleetServer
+    from devtools.servers import FleetServer
 
     servers = []
 

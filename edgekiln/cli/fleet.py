@@ -2,12 +2,14 @@
 
     edgekiln fleet serve [--host 127.0.0.1] [--port 8080] [--db URL] [--data-dir DIR]
                          [--s3-endpoint URL --bucket NAME | --objects-dir DIR]
-    edgekiln fleet register FLEET DEVICE [--token-out FILE]
+    edgekiln fleet register FLEET DEVICE [--token-out FILE] [--expires-in SECONDS]
+    edgekiln fleet device rotate FLEET DEVICE [--token-out FILE] [--expires-in SECONDS]
+    edgekiln fleet device revoke FLEET DEVICE
+    edgekiln fleet audit [--fleet FLEET] [--device DEVICE]
     edgekiln fleet devices [--fleet FLEET]
     edgekiln fleet describe FLEET DEVICE
     edgekiln fleet report FLEET
     edgekiln fleet captures FLEET DEVICE
-    edgekiln fleet demo --artifact MODEL.tar.gz [--work DIR]
 
 Operator commands reach the service at ``--endpoint`` (or ``EDGEKILN_FLEET_ENDPOINT``)
 with the admin token from ``--admin-token-file`` (or ``EDGEKILN_FLEET_ADMIN_TOKEN``).
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
@@ -32,7 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="The fleet service (devices, heartbeats, reports, capture uploads).")
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND")
     commands.required = True
+    _add_serve(commands)
+    _add_client_commands(commands)
 
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", default=os.environ.get("EDGEKILN_FLEET_ENDPOINT", DEFAULT_ENDPOINT),
+                   help=f"fleet service URL (default: $EDGEKILN_FLEET_ENDPOINT or {DEFAULT_ENDPOINT})")
+    p.add_argument("--admin-token-file", help="admin token file (default: $EDGEKILN_FLEET_ADMIN_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the fleet service (FastAPI + SQLAlchemy)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
@@ -50,22 +64,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--presign-seconds", type=int, default=300, help="lifetime of upload URLs (default: 300)")
     serve.add_argument("--connected-seconds", type=float, default=120.0,
                        help="a device is connected if it sent a heartbeat this recently (default: 120)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                       help="largest JSON request body; larger ones get 413 unread (default: 4 MiB)")
+    serve.add_argument("--max-object-bytes", type=int, default=256 << 20,
+                       help="largest upload to the local object store (default: 256 MiB)")
+    serve.add_argument("--api-docs", action="store_true", help="serve /docs and /openapi.json (default: off)")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
 
-    def client_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--endpoint", default=os.environ.get("EDGEKILN_FLEET_ENDPOINT", DEFAULT_ENDPOINT),
-                       help=f"fleet service URL (default: $EDGEKILN_FLEET_ENDPOINT or {DEFAULT_ENDPOINT})")
-        p.add_argument("--admin-token-file", help="admin token file (default: $EDGEKILN_FLEET_ADMIN_TOKEN)")
-        p.add_argument("--json", action="store_true", help="print JSON")
 
+def _add_client_commands(commands: argparse._SubParsersAction) -> None:
+    client_options = _client_options
     reg = commands.add_parser("register", help="register a device and issue its token")
     reg.add_argument("fleet", metavar="FLEET")
     reg.add_argument("device", metavar="DEVICE")
     reg.add_argument("--description", default="")
     reg.add_argument("--token-out", metavar="FILE", help="write the device token here (mode 0600)")
+    reg.add_argument("--expires-in", type=int, metavar="SECONDS", help="the token expires after this long "
+                                                                       "(default: never)")
     client_options(reg)
     reg.set_defaults(func=run_client)
+
+    device = commands.add_parser("device", help="rotate or revoke a device's token")
+    device_commands = device.add_subparsers(dest="device_command", metavar="ACTION")
+    device_commands.required = True
+    rotate = device_commands.add_parser("rotate", help="issue a new token; the old one stops working at once")
+    rotate.add_argument("--token-out", metavar="FILE", help="write the new token here (mode 0600)")
+    rotate.add_argument("--expires-in", type=int, metavar="SECONDS", help="the new token expires after this long")
+    revoke = device_commands.add_parser("revoke", help="refuse the device's token from now on (rotate to re-enable)")
+    for p in (rotate, revoke):
+        p.add_argument("fleet", metavar="FLEET")
+        p.add_argument("device", metavar="DEVICE")
+        client_options(p)
+        p.set_defaults(func=run_client)
+
+    audit = commands.add_parser("audit", help="who registered, rotated or revoked which token, and when")
+    audit.add_argument("--fleet", help="only this fleet")
+    audit.add_argument("--device", help="only devices of this name")
+    audit.add_argument("--limit", type=int, default=1000, help="the newest N entries (default: 1000)")
+    client_options(audit)
+    audit.set_defaults(func=run_client)
 
     devices = commands.add_parser("devices", help="list devices")
     devices.add_argument("--fleet", help="only this fleet")
@@ -85,12 +123,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     client_options(report)
     report.set_defaults(func=run_client)
 
-    demo = commands.add_parser("demo", help="the whole loop on this machine: SeaweedFS, fleet, agent, model")
-    demo.add_argument("--artifact", required=True, help="an artifact compiled for this machine")
-    demo.add_argument("--work", default="demo-out/fleet", help="working directory (default: demo-out/fleet)")
-    demo.add_argument("--image", help="image to classify (default: the zoo's sample image)")
-    demo.add_argument("--predictions", type=int, default=20, help="predictions to run and capture (default: 20)")
-    demo.set_defaults(func=run_demo)
 
 
 # -- serve ---------------------------------------------------------------------------
@@ -106,9 +138,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
     from edgekiln.fleet.app import FleetOptions, create_app
+    from edgekiln.fleet.store import make_private_dirs
 
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects
     token_file = Path(args.admin_token_file) if args.admin_token_file else data_dir / "admin-token"
     token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") or _admin_token(token_file)
     options = FleetOptions(
@@ -117,7 +150,8 @@ def run_serve(args: argparse.Namespace) -> int:
         object_store="s3" if args.s3_endpoint else "local",
         objects_dir=Path(args.objects_dir) if args.objects_dir else data_dir / "objects",
         s3_endpoint=args.s3_endpoint, s3_bucket=args.bucket, s3_region=args.region,
-        presign_seconds=args.presign_seconds, connected_seconds=args.connected_seconds)
+        presign_seconds=args.presign_seconds, connected_seconds=args.connected_seconds,
+        max_body_bytes=args.max_body_bytes, max_object_bytes=args.max_object_bytes, api_docs=args.api_docs)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(options)
@@ -172,6 +206,9 @@ class FleetAdmin:
                 detail = json.loads(exc.read()).get("detail", "")
             except (ValueError, AttributeError):
                 detail = exc.reason
+            if isinstance(detail, list):  # a 422: which fields, and why
+                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg', '')}"
+                                   for d in detail if isinstance(d, dict))
             raise UserError(f"fleet service: {method} {path}: {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise UserError(f"fleet service at {self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
@@ -194,12 +231,19 @@ def _admin(args: argparse.Namespace) -> FleetAdmin:
 def run_client(args: argparse.Namespace) -> int:
     admin = _admin(args)
     command = args.fleet_command
-    if command == "register":
-        result = admin.call("POST", "/v1/devices", {"fleet": args.fleet, "device": args.device,
-                                                    "description": args.description})
-        if args.token_out:
-            _write_secret(Path(args.token_out), result["token"])
-            result = dict(result, token=f"(written to {args.token_out})")
+    if command == "device":
+        command = args.device_command
+        path = f"/v1/devices/{quote(args.fleet, safe='')}/{quote(args.device, safe='')}/{command}"
+        body = {"expires_in_seconds": args.expires_in} if command == "rotate" and args.expires_in else None
+        result = admin.call("POST", path, body)
+    elif command == "register":
+        body = {"fleet": args.fleet, "device": args.device, "description": args.description}
+        if args.expires_in:
+            body["expires_in_seconds"] = args.expires_in
+        result = admin.call("POST", "/v1/devices", body)
+    elif command == "audit":
+        query = {k: v for k, v in (("fleet", args.fleet), ("device", args.device), ("limit", args.limit)) if v}
+        result = admin.call("GET", "/v1/audit?" + urlencode(query))
     elif command == "devices":
         result = admin.call("GET", "/v1/devices" + (f"?fleet={args.fleet}" if args.fleet else ""))
     elif command == "describe":
@@ -208,11 +252,14 @@ def run_client(args: argparse.Namespace) -> int:
         result = admin.call("GET", f"/v1/devices/{args.fleet}/{args.device}/captures")
     else:
         result = admin.call("GET", f"/v1/fleets/{args.fleet}/report")
+    if getattr(args, "token_out", None):
+        write_secret(Path(args.token_out), result["token"])
+        result = dict(result, token=f"(written to {args.token_out})")
     print(json.dumps(result, indent=2) if args.json else render(command, result))
     return 0
 
 
-def _write_secret(path: Path, value: str) -> None:
+def write_secret(path: Path, value: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -227,8 +274,15 @@ def _when(ts: float | None) -> str:
 
 def render(command: str, result: dict[str, Any]) -> str:
     """Human-readable output of the operator commands."""
-    if command == "register":
-        return f"registered {result['fleet']}/{result['device']}; token: {result['token']}"
+    if command in ("register", "rotate"):
+        expiry = f", expires {_when(result['expires_at'])}" if result.get("expires_at") else ""
+        done = "registered" if command == "register" else "new token for"
+        return f"{done} {result['fleet']}/{result['device']}; token: {result['token']}{expiry}"
+    if command == "revoke":
+        return f"revoked the token of {result['fleet']}/{result['device']} (rotate issues a new one)"
+    if command == "audit":
+        return "\n".join(f"{_when(e['at'])}  {e['action']:<12} {e['fleet']}/{e['device']:<24} by {e['actor']}"
+                         f"{'  ' + e['detail'] if e['detail'] else ''}" for e in result["entries"]) or "no entries"
     if command == "devices":
         rows = [f"{'fleet/device':<32} {'agent':<8} {'connected':<9} last heartbeat"]
         for d in result["devices"]:
@@ -240,6 +294,13 @@ def render(command: str, result: dict[str, Any]) -> str:
         lines = [f"device {result['fleet']}/{result['device']}  agent {result['agent_version'] or '-'}  "
                  f"{'connected' if result['connected'] else 'not connected'}, last heartbeat "
                  f"{_when(result['last_heartbeat_at'])} ({result['heartbeats_received']} received)"]
+        if result.get("revoked_at") is not None:
+            lines.append(f"  token revoked {_when(result['revoked_at'])}")
+        elif result.get("token_expires_at") is not None:
+            lines.append(f"  token expires {_when(result['token_expires_at'])}")
+        if result.get("dead_letter_batches"):
+            lines.append(f"  dead-lettered capture batches (refused by the fleet, kept on the device): "
+                         f"{result['dead_letter_batches']}")
         if m:
             lines.append(f"  cpu {m.get('cpu_percent', 0):.1f}%  rss {m.get('memory_rss_bytes', 0) / 2**20:.1f} MiB  "
                          f"uptime {m.get('uptime_seconds', 0):.0f} s  restarts {m.get('restarts', 0):.0f}  "
@@ -274,139 +335,3 @@ def render(command: str, result: dict[str, Any]) -> str:
                      f"offline {m['offline_device_count']}, active {m['active_device_count']}, "
                      f"sampling {m['sampling_device_count']}")
     return "\n".join(lines)
-
-
-# -- demo ----------------------------------------------------------------------------
-def run_demo(args: argparse.Namespace) -> int:
-    """Start SeaweedFS, the fleet service and an agent; load the model, predict with
-    capture, and print what the fleet sees.  Everything runs on loopback and stops."""
-    import shutil
-    import signal
-    import subprocess
-
-    from edgekiln.agents.config import dump_toml
-    from edgekiln.agents.service import AgentClient
-    from edgekiln.errors import UserError
-    from edgekiln.fleet.devservers import SeaweedS3, free_ports
-
-    artifact = Path(args.artifact).resolve()
-    if not artifact.is_file():
-        raise UserError(f"artifact {artifact} does not exist; build it first (make demo compiles it)")
-    if args.image and not Path(args.image).is_file():
-        raise UserError(f"image {args.image} does not exist")
-    if not 1 <= args.predictions <= 1000:
-        raise UserError("--predictions must be between 1 and 1000")
-    work = Path(args.work).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def spawn(argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with open(work / log_name, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "edgekiln.cli.main", *argv], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})})
-        processes.append(proc)
-        return proc
-
-    def wait_for(what: str, check: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in processes:
-                if proc.poll() is not None:
-                    raise UserError(f"demo: a process exited with {proc.returncode} while waiting for {what}; "
-                                    f"see the logs in {work}")
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise UserError(f"demo: timed out after {timeout:g} s waiting for {what}; see the logs in {work}")
-
-    s3 = SeaweedS3(work / "s3")
-    print(f"== starting SeaweedFS (S3 on loopback, data in {work / 's3'})", flush=True)
-    s3.start()
-    try:
-        port = free_ports(1)[0]
-        endpoint = f"http://127.0.0.1:{port}"
-        print(f"== starting the fleet service on {endpoint} (SQLite in {work / 'fleet'})", flush=True)
-        spawn(["fleet", "serve", "--port", str(port), "--data-dir", str(work / "fleet"),
-               "--s3-endpoint", s3.endpoint, "--bucket", "edgekiln-demo", "--connected-seconds", "30"],
-              "fleet.log", s3.env())
-        token_file = work / "fleet" / "admin-token"
-        wait_for("the fleet service", lambda: token_file.is_file() and _healthy(endpoint), 60)
-        admin = FleetAdmin(endpoint, token_file.read_text().strip())
-        registered = admin.call("POST", "/v1/devices", {"fleet": "demo-fleet", "device": "demo-device-1",
-                                                        "description": "make demo"})
-        _write_secret(work / "agent" / "device-token", registered["token"])
-        config = {
-            "device": {"name": "demo-device-1", "fleet": "demo-fleet"},
-            "fleet": {"endpoint": endpoint, "token_file": str(work / "agent" / "device-token"),
-                      "heartbeat_period_seconds": 1.0, "retry_max_seconds": 2.0},
-            "agent": {"socket": str(work / "agent" / "agent.sock"), "model_dir": str(artifact.parent),
-                      "state_dir": str(work / "agent" / "state")},
-            "capture": {"destination": "Cloud", "batch_size": 5, "push_period_seconds": 0.5,
-                        "periodic_upload_period_seconds": 1.0, "base64_embed_limit": 4096},
-        }
-        (work / "agent" / "agent.toml").write_text(dump_toml(config))
-        print(f"== starting the agent for demo-fleet/demo-device-1 ({work / 'agent' / 'agent.toml'})", flush=True)
-        agent = spawn(["agent", "--config", str(work / "agent" / "agent.toml")], "agent.log")
-        from edgekiln.zoo import sample_image_path
-
-        image = Path(args.image) if args.image else Path(str(sample_image_path()))
-        with AgentClient(work / "agent" / "agent.sock") as client:
-            wait_for("the agent's socket", (work / "agent" / "agent.sock").exists, 60)
-            client.wait_ready(30)
-            model = client.load_model(artifact, "demo-model")
-            print(f"== LoadModel {artifact.name} as demo-model: input {model['inputs'][0]['shape']}, "
-                  f"output {model['outputs'][0]['shape']}", flush=True)
-            captures = []
-            for _ in range(args.predictions):
-                answer = client.predict_image("demo-model", image, top_k=3)
-                captures.append(client.capture("demo-model", input_tensors={model["inputs"][0]["name"]: answer["input"]},
-                                               output_tensors={model["outputs"][0]["name"]: answer["outputs"][0]}))
-            top = answer["top"][0]
-            print(f"== {args.predictions} predictions on {image.name}, each captured; top-1: {top['label']} "
-                  f"(class {top['index']}, p={top['probability']:.4f})", flush=True)
-            wait_for("captured data to reach S3",
-                     lambda: all(client.capture_status(c) == "SUCCESS" for c in captures), 90)
-        def settled() -> bool:
-            device = admin.call("GET", "/v1/devices/demo-fleet/demo-device-1")
-            return device["agent_metrics"].get("captures_delivered") == args.predictions and any(
-                m["metrics"].get("inference_count") == args.predictions for m in device["models"])
-
-        wait_for("a heartbeat with the model's metrics and the deliveries", settled, 60)
-        print("\n== the fleet's devices\n" + render("devices", admin.call("GET", "/v1/devices")))
-        print("\n== the device and its model metrics\n" +
-              render("describe", admin.call("GET", "/v1/devices/demo-fleet/demo-device-1")))
-        print("\n== fleet report\n" + render("report", admin.call("GET", "/v1/fleets/demo-fleet/report")))
-        listing = admin.call("GET", "/v1/devices/demo-fleet/demo-device-1/captures")
-        shown = [o for o in listing["objects"] if o["key"].endswith(".jsonl")][:3]
-        first = shown[0]["key"] if shown else ""
-        shown += [o for o in listing["objects"] if first and o["key"].startswith(first[:-len(".jsonl")] + "/")]
-        print("\n== captured objects as the fleet sees them (the first batches and the tensors of one)\n" +
-              render("captures", dict(listing, objects=shown)) +
-              f"\n  ... {len(listing['objects'])} objects in all")
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(30)
-    finally:
-        for proc in reversed(processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        s3.stop()
-    print(f"\n== done; logs and state in {work}")
-    return 0
-
-
-def _healthy(endpoint: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(endpoint + "/v1/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgekiln.agents.service import AgentCallError, AgentClient
-from edgekiln.fleet.devservers import free_ports
+from devtools.servers import free_ports
 
 
 def heartbeat_recorder(agent) -> list[str]:

@@ -27,7 +27,7 @@ def postgres():
     PostgreSQL refuses to run as root, so as root the server runs as the ``postgres``
     user (Debian's package creates it) through runuser.
     """
-    from edgekiln.fleet.devservers import free_ports
+    from devtools.servers import free_ports
 
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:

@@ -74,6 +74,6 @@ def test_presigned_uploads_land_in_the_devices_prefix_only(fleet_server, seaweed
 def test_presigned_urls_are_short_lived(fleet_server):
     fleet = fleet_server(presign_seconds=1)
     token = fleet.register("plant", "cam-9")
-    url = fleet.call("POST", "/v1/agent/uploads", {"keys": ["k.jsonl"]}, token=token)["urls"]["k.jsonl"]
+    url = fleet.call("POST", "/v1/agent/uploads", {"keys": ["m/k.jsonl"]}, token=token)["urls"]["m/k.jsonl"]
     time.sleep(2.2)
     assert put(url) == 403

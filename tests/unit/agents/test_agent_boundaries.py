@@ -53,7 +53,7 @@ def test_importing_the_agent_loads_no_server_side_packages():
 
 def test_importing_fleet_modules_has_no_side_effects():
     code = ("import sys, threading, edgekiln.fleet, edgekiln.fleet.store, edgekiln.fleet.objects, "
-            "edgekiln.fleet.devservers; print(threading.active_count(), 'boto3' in sys.modules, "
+            "edgekiln.fleet.records, edgekiln.fleet.options; print(threading.active_count(), 'boto3' in sys.modules, "
             "'sqlalchemy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "False", "False"]

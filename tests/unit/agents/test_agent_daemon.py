@@ -12,7 +12,7 @@ import pytest
 
 from edgekiln.agents.daemon import Agent
 from edgekiln.agents.service import AgentClient
-from edgekiln.fleet.devservers import free_ports
+from devtools.servers import free_ports
 
 
 @pytest.fixture

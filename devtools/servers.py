@@ -8,7 +8,7 @@
   room for many volumes.
 * :class:`FleetServer` runs ``edgekiln fleet serve`` (uvicorn) as a child process.
 
-Nothing here is imported by the service itself.
+Tests and ``make demo-fleet`` use these; the installed package never imports them.
 """
 
 from __future__ import annotations
