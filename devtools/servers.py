@@ -117,7 +117,7 @@ class FleetServer:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, db_url: str | None = None, s3: SeaweedS3 | None = None,
                  bucket: str = "edgekiln-captures", port: int | None = None, connected_seconds: float = 120.0,
-                 presign_seconds: int = 300, admin_token: str | None = None) -> None:
+                 presign_seconds: int = 300, admin_token: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         import secrets
 
         self.data_dir = Path(data_dir)
@@ -128,6 +128,7 @@ class FleetServer:
         self.connected_seconds = connected_seconds
         self.presign_seconds = presign_seconds
         self.admin_token = admin_token or secrets.token_urlsafe(24)
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_file = self.data_dir / "fleet.log"
 
@@ -141,6 +142,7 @@ class FleetServer:
         argv = [sys.executable, "-m", "edgekiln.cli.main", "fleet", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--connected-seconds", str(self.connected_seconds), "--presign-seconds", str(self.presign_seconds)]
+        argv += self.extra_args
         if self.db_url:
             argv += ["--db", self.db_url]
         env = dict(os.environ, EDGEKILN_FLEET_ADMIN_TOKEN=self.admin_token)
