@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from edgekiln.fleet.bodies import Heartbeat
+from edgekiln.fleet.records import RecordRef
 from edgekiln.fleet.store import FleetStore
 
 NOW = 1_800_000_000.0
@@ -20,14 +22,21 @@ def test_store_on_postgresql(postgres):
         hb = {"heartbeat_id": "h1", "timestamp": NOW, "agent_version": "0.1.0", "agent_metrics": [],
               "models": [{"model_name": "cls", "model_version": "1", "latest_inference": NOW,
                           "latest_sample_time": NOW, "model_metrics": []}], "faults": []}
-        assert store.add_heartbeats(device, [hb, dict(hb, heartbeat_id="h2", timestamp=NOW + 1)], NOW + 2) == (2, 0)
-        assert store.add_heartbeats(device, [hb], NOW + 3) == (0, 1)
-        records = [{"record_id": f"r{i}", "model_name": "cls"} for i in range(700)]  # more than one IN chunk
+        first, second = Heartbeat(**hb).record(), Heartbeat(**dict(hb, heartbeat_id="h2", timestamp=NOW + 1)).record()
+        assert store.add_heartbeats(device, [first, second], NOW + 2) == (2, 0)
+        assert store.add_heartbeats(device, [first], NOW + 3) == (0, 1)
+        records = [RecordRef(f"r{i}", "cls") for i in range(700)]  # more than one IN chunk
         assert store.record_batch(device, f"{fleet}/d1/b.jsonl", [], records, 10, NOW) == (700, 0)
         assert store.record_batch(device, f"{fleet}/d1/b.jsonl", [], records, 10, NOW) == (0, 700)
         report = store.fleet_report(fleet, now=NOW + 4, connected_seconds=60)
         assert report["device_stats"] == {"connected_device_count": 1, "registered_device_count": 1}
         assert report["model_stats"][0]["active_device_count"] == 1
+        # Credentials and their audit on PostgreSQL.
+        new = store.rotate_token(fleet, "d1", NOW + 5, expires_at=NOW + 60)
+        assert store.authenticate(token) is None and store.authenticate(new).token_expires_at == NOW + 60
+        store.revoke_token(fleet, "d1", NOW + 6)
+        store.record_refusal(store.authenticate(new), "revoked", NOW + 7)
+        assert [e.action for e in store.audit_entries(fleet)] == ["register", "rotate", "revoke", "auth-refused"]
     finally:
         store.close()
 
