@@ -1,6 +1,6 @@
 """edgekiln.fleet: the fleet service (``edgekiln fleet serve``).
 
-``app`` (FastAPI application, body limits, auth), ``routes`` (one router per concern),
+``app`` (FastAPI application, body limits), ``auth`` (token checks), ``routes`` (one router per concern),
 ``bodies`` (the JSON bodies, pydantic), ``records`` (typed records), ``options``,
 ``store`` (SQLAlchemy: SQLite or PostgreSQL), ``objects`` (S3 through boto3, or a local
 directory).  Importing this package loads none of them.

@@ -13,28 +13,27 @@ Two kinds of callers, told apart by their bearer token:
   device's data.
 
 Every request body is bounded before it is parsed (:class:`BodyLimit`).  The routes live
-in ``edgekiln.fleet.routes``.  Importing this module imports FastAPI; ``edgekiln.fleet``
+in ``edgekiln.fleet.routes``, the token checks in ``edgekiln.fleet.auth``.  Importing this module imports FastAPI; ``edgekiln.fleet``
 itself stays light.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any, Awaitable, Callable, Optional
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgekiln import __version__
 from edgekiln.fleet import objects as objs
+from edgekiln.fleet.auth import Auth
 from edgekiln.fleet.options import FleetOptions
-from edgekiln.fleet.records import Device
 from edgekiln.fleet.store import FleetStore
 
-__all__ = ["FleetOptions", "create_app", "build_object_store", "BodyLimit", "Auth"]
+__all__ = ["FleetOptions", "create_app", "build_object_store", "BodyLimit"]
 
 OBJECTS_PATH = "/v1/objects/"
 
@@ -101,47 +100,6 @@ async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
     detail = [{"loc": [str(p)[:64] for p in e.get("loc", ())][:12], "msg": str(e.get("msg", ""))[:200],
                "type": str(e.get("type", ""))} for e in errors[:20]]
     return JSONResponse({"detail": detail}, status_code=422)
-
-
-class Auth:
-    """The bearer-token checks, as FastAPI dependencies."""
-
-    def __init__(self, options: FleetOptions, store: FleetStore, clock: Callable[[], float]) -> None:
-        self.options = options
-        self.store = store
-        self.clock = clock
-
-    @staticmethod
-    def bearer(authorization: str) -> str:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return token.strip()
-
-    def admin(self, authorization: str = Header(default="")) -> None:
-        token = self.bearer(authorization)
-        if hmac.compare_digest(token.encode(), self.options.admin_token.encode()):
-            return
-        if self.store.authenticate(token) is not None:
-            raise HTTPException(403, "a device token cannot use operator routes")
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-
-    def device(self, authorization: str = Header(default="")) -> Device:
-        device = self.store.authenticate(self.bearer(authorization))
-        if device is None:
-            raise HTTPException(401, "unknown device token", headers={"WWW-Authenticate": "Bearer"})
-        now = self.clock()
-        refusal = None
-        if device.revoked_at is not None:
-            refusal = "revoked"
-        elif device.token_expires_at is not None and now >= device.token_expires_at:
-            refusal = "expired"
-        if refusal:
-            self.store.record_refusal(device, refusal, now)
-            raise HTTPException(401, f"the token of {device.fleet}/{device.name} was {refusal}; "
-                                     "the operator can issue a new one (edgekiln fleet device rotate)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return device
 
 
 def create_app(options: FleetOptions, *, store: Optional[FleetStore] = None, objects: Any = None,

@@ -10,12 +10,13 @@ agent still talks to this service and nothing unvalidated is stored.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from edgekiln.artifact.names import MAX_NAME_LENGTH, is_valid_name
 from edgekiln.fleet import records as rec
+from edgekiln.fleet.options import FleetOptions
 
 # 2100-01-01 UTC: later than any real clock, far below what overflows a float's arithmetic.
 MAX_TIMESTAMP = 4_102_444_800.0
@@ -141,7 +142,7 @@ class CapturesBody(BaseModel):
     records: list[RecordRefBody] = Field(max_length=100000)
 
 
-def count_problem(body: HeartbeatsBody, options: Any) -> Optional[str]:
+def count_problem(body: HeartbeatsBody, options: FleetOptions) -> Optional[str]:
     """What in ``body`` exceeds the options' per-request caps, or None."""
     if len(body.heartbeats) > options.max_heartbeats_per_request:
         return f"{len(body.heartbeats)} heartbeats in one request (at most {options.max_heartbeats_per_request})"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from edgekiln import __version__
 from edgekiln.errors import UserError
 from edgekiln.fleet import objects as objs
+from edgekiln.fleet.auth import Auth
 from edgekiln.fleet.bodies import CapturesBody, HeartbeatsBody, RegisterBody, RotateBody, UploadsBody, count_problem
 from edgekiln.fleet.options import FleetOptions
 from edgekiln.fleet.records import Device
@@ -24,7 +25,7 @@ class Service:
     store: FleetStore
     objects: Any
     clock: Callable[[], float]
-    auth: Any
+    auth: Auth
 
     def window(self) -> dict[str, float]:
         return {"now": self.clock(), "connected_seconds": self.options.connected_seconds}
