@@ -24,11 +24,8 @@ def test_a_64_mb_heartbeat_gets_413_and_the_database_does_not_grow(api, hb):
 def test_a_chunked_body_is_cut_off_at_the_cap(make_fleet, hb):
     api = make_fleet(max_body_bytes=64 * 1024)
     token = api.register("f", "d1")
-    read = []
-
     def chunks():  # no Content-Length: the cap is enforced as the body is read
         for _ in range(1000):
-            read.append(1)
             yield b" " * 4096
 
     answer = api.device(token, "POST", "/v1/agent/heartbeats", content=chunks(),
@@ -61,11 +58,8 @@ def test_an_oversize_local_upload_is_refused_and_not_stored(make_fleet):
     # Declared too large: refused before a byte is read.
     assert api.client.put(path["m/a.bin"], content=b"\0" * (MiB + 1)).status_code == 413
     # Streamed without a length: written chunk by chunk, cut off at the cap, nothing kept.
-    sent = []
-
     def chunks():
         for _ in range(64):
-            sent.append(1)
             yield b"\0" * 65536
 
     assert api.client.put(path["m/b.bin"], content=chunks()).status_code == 413
