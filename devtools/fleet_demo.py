@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devtools.servers import SeaweedS3, free_ports
-from edgekiln.cli.fleet import FleetAdmin, write_secret, render
+from edgekiln.cli.fleet import FleetAdmin, render, write_secret
 from edgekiln.errors import EdgekilnError, UserError
 
 FLEET, DEVICE = "demo-fleet", "demo-device-1"

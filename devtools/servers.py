@@ -63,7 +63,7 @@ class SeaweedS3:
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
 
-    def start(self, timeout: float = 60.0) -> "SeaweedS3":
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
         weed = find_weed()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3-identities.json"
@@ -105,7 +105,7 @@ class SeaweedS3:
         process, self.process = self.process, None
         _terminate(process, grace)
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -136,7 +136,7 @@ class FleetServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "FleetServer":
+    def start(self, timeout: float = 60.0) -> FleetServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_ports(1)[0]
         argv = [sys.executable, "-m", "edgekiln.cli.main", "fleet", "serve", "--host", "127.0.0.1",
@@ -187,21 +187,21 @@ class FleetServer:
         answer = self.call("POST", "/v1/devices", {"fleet": fleet, "device": device})
         return str(answer["token"])  # type: ignore[index]
 
-    def __enter__(self) -> "FleetServer":
+    def __enter__(self) -> FleetServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _spawn(argv: list[str], log_file: Path, **popen: Any) -> "subprocess.Popen[bytes]":
+def _spawn(argv: list[str], log_file: Path, **popen: Any) -> subprocess.Popen[bytes]:
     """Start ``argv`` with stdout and stderr appended to ``log_file`` (the child keeps its own
     descriptor, so ours is closed at once)."""
     with open(log_file, "ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)
 
 
-def _terminate(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
+def _terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; nothing when it already ended."""
     if process is None or process.poll() is not None:
         return

@@ -157,9 +157,9 @@ def run_serve(args: argparse.Namespace) -> int:
     app = create_app(options)
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
+    token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
     print(f"fleet service on http://{args.host}:{args.port} (database {app.state.store.engine.url.render_as_string()}, "
-          f"admin token in {token_file if not os.environ.get('EDGEKILN_FLEET_ADMIN_TOKEN') else '$EDGEKILN_FLEET_ADMIN_TOKEN'})",
-          file=sys.stderr, flush=True)
+          f"admin token in {token_from})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 

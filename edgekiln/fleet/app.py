@@ -13,15 +13,15 @@ Two kinds of callers, told apart by their bearer token:
   device's data.
 
 Every request body is bounded before it is parsed (:class:`BodyLimit`).  The routes live
-in ``edgekiln.fleet.routes``, the token checks in ``edgekiln.fleet.auth``.  Importing this module imports FastAPI; ``edgekiln.fleet``
-itself stays light.
+in ``edgekiln.fleet.routes``, the token checks in ``edgekiln.fleet.auth``.  Importing this
+module imports FastAPI; ``edgekiln.fleet`` itself stays light.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -102,7 +102,7 @@ async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def create_app(options: FleetOptions, *, store: Optional[FleetStore] = None, objects: Any = None,
+def create_app(options: FleetOptions, *, store: FleetStore | None = None, objects: Any = None,
                clock: Callable[[], float] = time.time) -> FastAPI:
     """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
     from edgekiln.fleet import routes

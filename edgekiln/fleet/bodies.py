@@ -10,7 +10,7 @@ agent still talks to this service and nothing unvalidated is stored.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional, Union
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -46,18 +46,18 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 Lifetime = Annotated[int, Field(ge=1, le=MAX_LIFETIME_SECONDS)]
-FaultValue = Union[StrictBool, StrictInt, Finite, Annotated[Text, Field(max_length=4096)], None]
+FaultValue = StrictBool | StrictInt | Finite | Annotated[Text, Field(max_length=4096)] | None
 
 
 class RegisterBody(BaseModel):
     fleet: Name
     device: Name
     description: Annotated[Text, Field(max_length=1024)] = ""
-    expires_in_seconds: Optional[Lifetime] = None
+    expires_in_seconds: Lifetime | None = None
 
 
 class RotateBody(BaseModel):
-    expires_in_seconds: Optional[Lifetime] = None
+    expires_in_seconds: Lifetime | None = None
 
 
 class Metric(BaseModel):
@@ -66,7 +66,7 @@ class Metric(BaseModel):
     dimension: Annotated[Text, Field(max_length=64)] = ""
     metric_name: Annotated[Text, Field(min_length=1, max_length=128)]
     value: Finite
-    timestamp: Optional[Timestamp] = None
+    timestamp: Timestamp | None = None
 
 
 class ModelStatus(BaseModel):
@@ -74,8 +74,8 @@ class ModelStatus(BaseModel):
 
     model_name: Name
     model_version: Annotated[Text, Field(max_length=64)] = ""
-    latest_sample_time: Optional[Timestamp] = None
-    latest_inference: Optional[Timestamp] = None
+    latest_sample_time: Timestamp | None = None
+    latest_inference: Timestamp | None = None
     model_metrics: list[Metric] = Field(default_factory=list)
 
 
@@ -95,13 +95,13 @@ class Heartbeat(BaseModel):
 
     heartbeat_id: Annotated[Identifier, Field(max_length=64)]
     timestamp: Timestamp
-    device_name: Optional[Annotated[Text, Field(max_length=128)]] = None
-    device_fleet_name: Optional[Annotated[Text, Field(max_length=128)]] = None
+    device_name: Annotated[Text, Field(max_length=128)] | None = None
+    device_fleet_name: Annotated[Text, Field(max_length=128)] | None = None
     agent_version: Annotated[Text, Field(max_length=64)] = ""
     agent_metrics: list[Metric] = Field(default_factory=list)
     models: list[ModelStatus] = Field(default_factory=list)
     faults: list[FaultBody] = Field(default_factory=list)
-    dead_letter_batches: Optional[Annotated[int, Field(ge=0, le=2**53)]] = None
+    dead_letter_batches: Annotated[int, Field(ge=0, le=2 ** 53)] | None = None
 
     def record(self) -> rec.HeartbeatRecord:
         agent = {m.metric_name: m.value for m in self.agent_metrics}
@@ -142,7 +142,7 @@ class CapturesBody(BaseModel):
     records: list[RecordRefBody] = Field(max_length=100000)
 
 
-def count_problem(body: HeartbeatsBody, options: FleetOptions) -> Optional[str]:
+def count_problem(body: HeartbeatsBody, options: FleetOptions) -> str | None:
     """What in ``body`` exceeds the options' per-request caps, or None."""
     if len(body.heartbeats) > options.max_heartbeats_per_request:
         return f"{len(body.heartbeats)} heartbeats in one request (at most {options.max_heartbeats_per_request})"

@@ -6,7 +6,6 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from edgekiln.errors import UserError
 
@@ -26,8 +25,8 @@ class FleetOptions:
     database_url: str
     admin_token: str
     object_store: str = "s3"  # "s3" or "local"
-    objects_dir: Optional[Path] = None
-    s3_endpoint: Optional[str] = None
+    objects_dir: Path | None = None
+    s3_endpoint: str | None = None
     s3_bucket: str = "edgekiln-captures"
     s3_region: str = "us-east-1"
     presign_seconds: int = 300

@@ -7,9 +7,8 @@ writes them.  Nothing here imports FastAPI, pydantic or SQLAlchemy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -18,8 +17,8 @@ class Device:
     fleet: str
     name: str
     registered_at: float
-    token_expires_at: Optional[float] = None
-    revoked_at: Optional[float] = None
+    token_expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -28,8 +27,8 @@ class ModelState:
 
     name: str
     version: str = ""
-    latest_inference: Optional[float] = None
-    latest_sample: Optional[float] = None
+    latest_inference: float | None = None
+    latest_sample: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -51,7 +50,7 @@ class HeartbeatRecord:
     agent_metrics: dict[str, float] = field(default_factory=dict)
     models: tuple[ModelState, ...] = ()
     faults: tuple[Fault, ...] = ()
-    dead_letter_batches: Optional[int] = None
+    dead_letter_batches: int | None = None
     body: str = "{}"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
@@ -40,7 +40,7 @@ def _prefix(device: Device) -> str:
     return f"{device.fleet}/{device.name}/"
 
 
-def _expiry(service: Service, seconds: Optional[int]) -> Optional[float]:
+def _expiry(service: Service, seconds: int | None) -> float | None:
     return None if seconds is None else service.clock() + seconds
 
 
@@ -76,7 +76,7 @@ def operator_routes(service: Service) -> APIRouter:
                 "prefix": f"{body.fleet}/{body.device}/"}
 
     @router.get("/v1/devices")
-    def list_devices(fleet: Optional[str] = Query(default=None, max_length=63)) -> dict[str, Any]:
+    def list_devices(fleet: str | None = Query(default=None, max_length=63)) -> dict[str, Any]:
         return {"devices": store.list_devices(fleet, **service.window())}
 
     @router.get("/v1/devices/{fleet}/{device}")
@@ -118,7 +118,7 @@ def credential_routes(service: Service) -> APIRouter:
     router = APIRouter(dependencies=[Depends(service.auth.admin)])
 
     @router.post("/v1/devices/{fleet}/{device}/rotate")
-    def rotate(fleet: str, device: str, body: Optional[RotateBody] = None) -> dict[str, Any]:
+    def rotate(fleet: str, device: str, body: RotateBody | None = None) -> dict[str, Any]:
         expires_at = _expiry(service, body.expires_in_seconds if body else None)
         try:
             token = store.rotate_token(fleet, device, service.clock(), expires_at=expires_at)
@@ -135,8 +135,8 @@ def credential_routes(service: Service) -> APIRouter:
         return {"fleet": fleet, "device": device, "revoked": True}
 
     @router.get("/v1/audit")
-    def audit(fleet: Optional[str] = Query(default=None, max_length=63),
-              device: Optional[str] = Query(default=None, max_length=63),
+    def audit(fleet: str | None = Query(default=None, max_length=63),
+              device: str | None = Query(default=None, max_length=63),
               limit: int = Query(default=1000, ge=1, le=10000)) -> dict[str, Any]:
         return {"entries": [asdict(e) for e in store.audit_entries(fleet, device, limit)]}
 

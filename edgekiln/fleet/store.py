@@ -17,7 +17,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from edgekiln.errors import UserError
 from edgekiln.fleet.records import AuditEntry, Device, HeartbeatRecord, RecordRef
@@ -459,7 +459,7 @@ class FleetStore:
         }
 
 
-def _expiry(expires_at: Optional[float]) -> str:
+def _expiry(expires_at: float | None) -> str:
     return "" if expires_at is None else f"expires at {expires_at:.0f}"
 
 

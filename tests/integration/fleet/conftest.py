@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 
-
 def _pg_bin(name: str) -> str | None:
     for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (root / name).is_file():

@@ -21,12 +21,14 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), ma
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                             st.dictionaries(st.text(max_size=12), inner, max_size=4)),
                            max_leaves=20)
-timestamps = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(2**64), max_value=2**64),
+timestamps = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                       st.integers(min_value=-(2**64), max_value=2**64),
                        st.sampled_from([0, 1.0, 1e308, -1e308, 4.2e9]), json_values)
 metric = st.fixed_dictionaries({"metric_name": st.one_of(st.text(max_size=20), json_values),
                                 "value": st.one_of(st.floats(), st.integers(), json_values)},
                                optional={"dimension": json_values, "timestamp": timestamps})
-model = st.fixed_dictionaries({"model_name": st.one_of(st.sampled_from(["m", "cls-1", "bad name", ""]), json_values)},
+model_names = st.one_of(st.sampled_from(["m", "cls-1", "bad name", ""]), json_values)
+model = st.fixed_dictionaries({"model_name": model_names},
                               optional={"model_version": json_values, "latest_inference": timestamps,
                                         "latest_sample_time": timestamps, "model_metrics": st.lists(metric, max_size=3)})
 heartbeat = st.fixed_dictionaries(

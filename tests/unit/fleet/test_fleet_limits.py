@@ -16,7 +16,8 @@ def test_a_64_mb_heartbeat_gets_413_and_the_database_does_not_grow(api, hb):
     assert api.heartbeat(token, hb("h0")).status_code == 200
     before, rows = _db_size(api), api.rows("heartbeats")
     huge = b'{"heartbeats": [{"heartbeat_id": "h1", "timestamp": 1, "agent_version": "' + b"x" * (64 * MiB) + b'"}]}'
-    answer = api.device(token, "POST", "/v1/agent/heartbeats", content=huge, headers={"Content-Type": "application/json"})
+    answer = api.device(token, "POST", "/v1/agent/heartbeats", content=huge,
+                        headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
     assert _db_size(api) == before and api.rows("heartbeats") == rows
 
