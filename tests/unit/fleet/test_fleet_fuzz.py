@@ -30,7 +30,8 @@ metric = st.fixed_dictionaries({"metric_name": st.one_of(st.text(max_size=20), j
 model_names = st.one_of(st.sampled_from(["m", "cls-1", "bad name", ""]), json_values)
 model = st.fixed_dictionaries({"model_name": model_names},
                               optional={"model_version": json_values, "latest_inference": timestamps,
-                                        "latest_sample_time": timestamps, "model_metrics": st.lists(metric, max_size=3)})
+                                        "latest_sample_time": timestamps,
+                                        "model_metrics": st.lists(metric, max_size=3)})
 heartbeat = st.fixed_dictionaries(
     {"heartbeat_id": st.one_of(st.text(min_size=1, max_size=70), json_values), "timestamp": timestamps},
     optional={"device_name": st.sampled_from(["d1", "d2", "", None]), "device_fleet_name": st.sampled_from(["f", "g"]),
