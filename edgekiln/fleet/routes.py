@@ -40,6 +40,11 @@ def _prefix(device: Device) -> str:
     return f"{device.fleet}/{device.name}/"
 
 
+def _actor(request: Request) -> str:
+    """Who, for the audit trail: the admin token's holder, and from where."""
+    return f"admin from {request.client.host}" if request.client else "admin"
+
+
 def _expiry(service: Service, seconds: int | None) -> float | None:
     return None if seconds is None else service.clock() + seconds
 
@@ -65,11 +70,11 @@ def operator_routes(service: Service) -> APIRouter:
                 "database": store.engine.url.render_as_string(hide_password=True)}
 
     @router.post("/v1/devices", status_code=201)
-    def register(body: RegisterBody) -> dict[str, Any]:
+    def register(body: RegisterBody, request: Request) -> dict[str, Any]:
         expires_at = _expiry(service, body.expires_in_seconds)
         try:
             token = store.register_device(body.fleet, body.device, body.description, service.clock(),
-                                          expires_at=expires_at)
+                                          expires_at=expires_at, actor=_actor(request))
         except Conflict as exc:
             raise _user_error(exc) from None
         return {"fleet": body.fleet, "device": body.device, "token": token, "expires_at": expires_at,
@@ -118,18 +123,18 @@ def credential_routes(service: Service) -> APIRouter:
     router = APIRouter(dependencies=[Depends(service.auth.admin)])
 
     @router.post("/v1/devices/{fleet}/{device}/rotate")
-    def rotate(fleet: str, device: str, body: RotateBody | None = None) -> dict[str, Any]:
+    def rotate(fleet: str, device: str, request: Request, body: RotateBody | None = None) -> dict[str, Any]:
         expires_at = _expiry(service, body.expires_in_seconds if body else None)
         try:
-            token = store.rotate_token(fleet, device, service.clock(), expires_at=expires_at)
+            token = store.rotate_token(fleet, device, service.clock(), expires_at=expires_at, actor=_actor(request))
         except NotFound as exc:
             raise _user_error(exc) from None
         return {"fleet": fleet, "device": device, "token": token, "expires_at": expires_at}
 
     @router.post("/v1/devices/{fleet}/{device}/revoke")
-    def revoke(fleet: str, device: str) -> dict[str, Any]:
+    def revoke(fleet: str, device: str, request: Request) -> dict[str, Any]:
         try:
-            store.revoke_token(fleet, device, service.clock())
+            store.revoke_token(fleet, device, service.clock(), actor=_actor(request))
         except NotFound as exc:
             raise _user_error(exc) from None
         return {"fleet": fleet, "device": device, "revoked": True}

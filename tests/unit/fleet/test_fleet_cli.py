@@ -83,7 +83,7 @@ def test_token_lifecycle_from_the_command_line(served, capsys, tmp_path):
     actions = [e["action"] for e in json.loads(out)["entries"]]
     assert actions == ["register", "rotate", "revoke", "auth-refused"]
     code, out, _ = run(capsys, "audit", "--device", "cam-1")
-    assert code == 0 and len(out.strip().splitlines()) == 4 and "by admin" in out
+    assert code == 0 and len(out.strip().splitlines()) == 4 and "by admin from 127.0.0.1" in out
 
     code, _, err = run(capsys, "device", "revoke", "plant", "nobody")
     assert code == 2 and err.count("\n") == 1 and "404" in err

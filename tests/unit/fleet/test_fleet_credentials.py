@@ -53,7 +53,8 @@ def test_the_audit_trail_says_who_did_what_and_when(api, hb):
     api.register("g", "d9")
     entries = api.admin("GET", "/v1/audit?fleet=f&device=d1").json()["entries"]
     assert [(e["action"], e["actor"]) for e in entries] == [
-        ("register", "admin"), ("revoke", "admin"), ("auth-refused", "device f/d1"), ("rotate", "admin")]
+        ("register", "admin from testclient"), ("revoke", "admin from testclient"), ("auth-refused", "device f/d1"),
+        ("rotate", "admin from testclient")]
     assert entries[0]["detail"].startswith("expires at") and entries[2]["detail"] == "revoked"
     assert entries[3]["at"] == entries[0]["at"] + 10
     assert len(api.admin("GET", "/v1/audit").json()["entries"]) == 5
