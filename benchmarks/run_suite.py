@@ -38,7 +38,9 @@ except ImportError:  # Python 3.10
 
 from edgekiln.bench import gate as gate_module
 from edgekiln.bench import report as report_module
-from edgekiln.bench.harness import BenchOptions, BenchProgress, bench_artifact, host_info
+from edgekiln.bench.harness import BenchOptions, bench_artifact
+from edgekiln.execute.host import machine_description
+from edgekiln.execute.progress import ConsoleProgress
 from edgekiln.bench.results import BenchReport, Skipped
 from edgekiln.errors import EdgekilnError, UserError
 
@@ -203,7 +205,7 @@ def _baselines(suite: Suite) -> tuple[tuple[str, ...], list[str]]:
 
 
 def _compile(combo: Combination, suite: Suite, profile: Any, directory: Path, reuse: bool,
-             progress: BenchProgress) -> tuple[Path, str | None]:
+             progress: ConsoleProgress) -> tuple[Path, str | None]:
     """Compile one combination; returns the artifact and the baseline model file (batch > 1)."""
     from edgekiln.compile.api import CompileOptions, CompiledArtifact, compile_model
 
@@ -235,13 +237,13 @@ def run_suite(suite: Suite, out_dir: Path, *, runs: int | None = None, reuse_dir
               stored: Path | None = None, command: str | None = None,
               compile_all: bool = False) -> tuple[BenchReport, Any, int]:
     """Run ``suite``; returns the report, the gate result (or None) and the exit status."""
-    progress = BenchProgress()
+    progress = ConsoleProgress()
     baselines, notes = _baselines(suite)
     for name in suite.baselines:  # required ones must be here: a CI image without them is broken
         from edgekiln.bench import baselines as registry
 
         registry.check(name, suite.device)
-    host = host_info()
+    host = machine_description()
     host["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="edgekiln-suite-"))
     artifacts_dir = reuse_dir or work

@@ -143,8 +143,8 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Bench(self, request_iterator, context):
-        """edgekiln: relay the benchmark harness's worker protocol (edgekiln.bench.worker) to a
-        worker process on the device.  The agent starts `python -m edgekiln.bench.worker` as a
+        """edgekiln: relay the benchmark harness's worker protocol (edgekiln.execute.worker) to a
+        worker process on the device.  The agent starts `python -m edgekiln.execute.worker` as a
         child of its own for each call, writes each incoming line to its stdin and streams each
         line of its stdout back unchanged; the stream ends when the worker exits (trailing
         metadata "exit-code").  Closing the call kills the worker.  Artifact paths in the lines

@@ -1,8 +1,8 @@
 """The benchmark harness's client for the agent's Bench call.
 
 ``connect(address, label)`` opens one Bench stream to the agent at ``address`` and returns a
-line channel (``send``, ``receive``, ``close``) that :class:`edgekiln.bench.runners.AgentRunner`
-drives with the worker protocol of :mod:`edgekiln.bench.worker`; the agent relays each line to
+line channel (``send``, ``receive``, ``close``) that :class:`edgekiln.execute.runners.AgentRunner`
+drives with the worker protocol of :mod:`edgekiln.execute.worker`; the agent relays each line to
 a worker process of its own on the device.  The artifact paths in those lines are read by the
 agent's worker on the device: an artifact must be there first (copied next to the agent, as
 LoadModel's url is), and relative paths are taken from the agent's model directory.

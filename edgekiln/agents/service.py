@@ -321,92 +321,40 @@ def make_servicer(registry: ModelRegistry, capture: Any) -> Any:
 
 
 # -- the benchmark relay -------------------------------------------------------------
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The worker must import this edgekiln, also when the agent runs from a checkout.
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _relay_bench(requests: Any, context: Any, model_dir: Path, line_type: Any,
                  abort: Callable[[Any, str, str], None]) -> Any:
-    """Relay one Bench stream to ``python -m edgekiln.bench.worker``, a child process.
+    """Relay one Bench stream to a worker process (:mod:`edgekiln.execute.worker`).
 
     The worker is a process of its own (not a thread of the agent) so that its peak RSS is
     the model's and a crash takes only the worker.  Lines go to its stdin as they come; its
     stdout lines go back unchanged; the stream ends when it exits, with trailing metadata
     ``exit-code`` and ``ru-maxrss-kb``.  The client going away kills it.
     """
-    import subprocess
-    import sys
-    import tempfile
+    from edgekiln.execute.runners import relay, start_local_worker
 
     try:
         first = next(requests)
     except StopIteration:
         return  # the client closed before sending anything: no worker to start
-    stderr = tempfile.TemporaryFile(mode="w+b")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekiln.bench.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr, env=_worker_env(), text=True,
-                                encoding="utf-8", bufsize=1,
-                                cwd=str(model_dir) if Path(model_dir).is_dir() else None)
-    except OSError as exc:
-        stderr.close()
-        abort(context, "UNAVAILABLE", f"cannot start the benchmark worker ({sys.executable}): {exc.strerror}")
-    log.info("bench: worker %d started", proc.pid)
-
-    def kill() -> None:
-        if proc.poll() is None:
-            proc.kill()
-
-    context.add_callback(kill)  # the call ended (client gone, cancelled, deadline): stop the worker
-
-    def feed() -> None:
-        try:
-            for message in _chain(first, requests):
-                proc.stdin.write(message.json.rstrip("\n") + "\n")
-                proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # the worker is gone; its end reaches the client through the stdout side
-        except Exception:  # noqa: BLE001 - the request stream failed: the client is gone
-            kill()
-        finally:
-            try:
-                proc.stdin.close()  # half-close from the client: end of input for the worker
-            except OSError:
-                pass
-
-    feeder = threading.Thread(target=feed, name=f"bench-feed-{proc.pid}", daemon=True)
-    feeder.start()
+        channel = start_local_worker("the benchmark worker", cwd=model_dir if Path(model_dir).is_dir() else None)
+    except DependencyError as exc:
+        abort(context, "UNAVAILABLE", exc.one_line())
+    log.info("bench: worker %d started", channel.pid)
+    context.add_callback(channel.kill)  # the call ended (client gone, cancelled, deadline): stop the worker
     try:
-        for line in proc.stdout:
-            yield line_type(json=line.rstrip("\n"))
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            maxrss = int(usage.ru_maxrss)
-        except ChildProcessError:
-            proc.wait()
-            maxrss = 0
-        code = proc.returncode
-        log.info("bench: worker %d exited with %s", proc.pid, code)
-        context.set_trailing_metadata((("exit-code", str(code)), ("ru-maxrss-kb", str(maxrss))))
-        if code != 0:
-            stderr.seek(0)
-            lines = [ln.strip() for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-            why = f"signal {-code}" if code < 0 else f"exit {code}"
-            abort(context, "INTERNAL", f"the benchmark worker died ({why}): {lines[-1] if lines else 'no message'}")
+        for line in relay(channel, (m.json for m in _chain(first, requests))):
+            yield line_type(json=line)
+        info = channel.close()
+        code = channel.returncode
+        log.info("bench: worker %d exited with %s", channel.pid, code)
+        context.set_trailing_metadata((("exit-code", str(code)), ("ru-maxrss-kb", str(info.ru_maxrss_kb or 0))))
+        failure = channel.failure()
+        if failure:
+            abort(context, "INTERNAL", f"the benchmark worker failed: {failure}")
     finally:
-        kill()
-        proc.wait()
-        # The feeder ends with the request stream, which gRPC ends when this call does.
-        for stream in (proc.stdout, stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        channel.kill()
+        channel.close()
 
 
 def _chain(first: Any, rest: Any) -> Any:

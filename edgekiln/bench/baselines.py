@@ -12,7 +12,7 @@ makes when choosing int8); their manifest's sha256 may name the quantized graph,
 them a zoo model is matched by name.
 
 Baselines run as each runtime comes by default (threads, graph optimizations), except
-OpenVINO, which is held to fp32 (see :mod:`edgekiln.bench.worker`).
+OpenVINO, which is held to fp32 (see :mod:`edgekiln.execute.worker`).
 """
 
 from __future__ import annotations

@@ -4,15 +4,11 @@ For each artifact:
 
 1. find the baselines' model (:mod:`edgekiln.bench.baselines`) and start one worker process
    per subject — the artifact through the device runtime, each baseline in its runtime —
-   through a runner (:mod:`edgekiln.bench.runners`: this host, an emulated board, an agent);
+   through a runner (:mod:`edgekiln.execute.runners`: this host, an emulated board, an agent);
 2. load each (load time), run each once (first-inference time), then warm up;
 3. compare outputs on the same inputs (max abs difference, top-1 agreement);
-4. measure in pairs: the candidate, then each baseline, again and again (A B A B …), so that
-   whatever else the machine does lands on both sides of a pair and the per-pair ratio stays
-   trustworthy when absolute times do not. The halves of a pair are balanced in wall time: a
-   runtime K times faster than the slowest runs about K queries in its half (up to
-   ``BALANCE_S`` of them, at most ``MAX_QUERIES_PER_PAIR``) and the pair takes their median,
-   so a 17 ms query is not weighed against a 2 s one on a single draw of the machine's load;
+4. measure in balanced pairs: the candidate, then each baseline, again and again
+   (A B A B …; :mod:`edgekiln.execute.timing`);
 5. stop the workers and read each one's peak RSS from the kernel (``wait4``).
 
 Scenarios (MLPerf's names): **single-stream** sends one query of the model's batch at a
@@ -21,45 +17,41 @@ calls of the model when its batch is smaller) and reports throughput as well. A 
 time is host arrays in → host arrays out; on a GPU that includes the copies and a device
 synchronisation, so no kernel is still running when the clock stops.
 
-Statistics are in :mod:`edgekiln.bench.statistics`; the result type is
+Inputs and the comparison of outputs are :mod:`edgekiln.execute.inputs`, shared with
+compile's validation. Statistics are in :mod:`edgekiln.bench.statistics`; the result type is
 :class:`edgekiln.bench.results.BenchReport`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import math
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Mapping, Sequence
 
 from edgekiln import __version__
-from edgekiln.artifact.manifest import Manifest, TensorSpec
+from edgekiln.artifact.manifest import Manifest
 from edgekiln.bench import baselines as baseline_registry
 from edgekiln.bench.results import ArtifactBench, BenchReport, Comparison, Correctness, SubjectResult
-from edgekiln.bench.runners import LocalRunner, Runner, Worker, runner_for
 from edgekiln.bench.statistics import LatencyStats, RatioStats
 from edgekiln.errors import CompatibilityError, UserError
+from edgekiln.execute import timing
+from edgekiln.execute.host import machine_description
+from edgekiln.execute.inputs import Samples, compare_outputs, make_inputs
+from edgekiln.execute.progress import NullProgress
+from edgekiln.execute.runners import Connect, LocalRunner, Runner, runner_for
 
 SCENARIOS = ("single-stream", "offline")
 DEVICES = ("cpu", "cuda")
 # Without --runs or --duration: measure for this long, at least MIN_PAIRS pairs. Untuned
 # TVM runs ResNet-18 in 1-2 s on a small CI machine, so this stays CI-sized.
 DEFAULT_DURATION_S = 10.0
-MIN_PAIRS = 3
-MAX_PAIRS = 1000
-# Balanced pairs: each half of a pair lasts about min(BALANCE_S, the slowest query).
-BALANCE_S = 0.2
-MAX_QUERIES_PER_PAIR = 50
+MIN_PAIRS = timing.MIN_PAIRS
 # Offline queries without --batch: this many samples.
 DEFAULT_OFFLINE_SAMPLES = 8
 # Baselines whose outputs are the fp32 reference (torch-compile runs fp16 on GPUs).
@@ -127,42 +119,9 @@ class BenchOptions:
         return cls(**values)
 
 
-# -- progress ---------------------------------------------------------------------------
-class BenchProgress:
-    """Steps and measured pairs on stderr: a line per step, and while measuring a line at
-    most every few seconds (a CI log stays short; a terminal sees it move)."""
-
-    def __init__(self, stream: Any = None, interval_s: float = 5.0) -> None:
-        self._stream = stream or sys.stderr
-        self._interval = interval_s
-        self._last = 0.0
-
-    @contextlib.contextmanager
-    def step(self, description: str) -> Iterator[None]:
-        start = time.perf_counter()
-        print(f"  …     {description}", file=self._stream, flush=True)
-        yield
-        print(f"  done  {description} ({time.perf_counter() - start:.1f} s)", file=self._stream, flush=True)
-
-    def advance(self, done: int, total: int | None, note: str) -> None:
-        now = time.monotonic()
-        if done == 1 or (total is not None and done == total) or now - self._last >= self._interval:
-            self._last = now
-            of = f"/{total}" if total else ""
-            print(f"        pair {done}{of}  {note}", file=self._stream, flush=True)
-
-
-class NullBenchProgress:
-    @contextlib.contextmanager
-    def step(self, description: str) -> Iterator[None]:
-        yield
-
-    def advance(self, done: int, total: int | None, note: str) -> None:
-        pass
-
-
 # -- helpers -------------------------------------------------------------------------------
 def read_manifest(path: Path) -> Manifest:
+    """The manifest of a packed artifact or of its extracted directory."""
     if path.is_dir():
         manifest_file = path / "manifest.json"
         if not manifest_file.is_file():
@@ -192,66 +151,12 @@ def model_batch(manifest: Manifest) -> int:
     return int(shape[0]) if shape else 1
 
 
-def make_samples(manifest: Manifest, count: int, seed: int) -> list[list[np.ndarray]]:
+def make_samples(manifest: Manifest, count: int, seed: int) -> Samples:
     """``count`` input samples: the zoo's sample image first (models with preprocessing),
-    then seeded random normal tensors."""
-    rng = np.random.default_rng(seed)
-    samples: list[list[np.ndarray]] = []
-    if manifest.preprocessing and len(manifest.inputs) == 1:
-        try:
-            from importlib.resources import as_file
+    then seeded random tensors (:func:`edgekiln.execute.inputs.make_inputs`)."""
+    from edgekiln import zoo
 
-            from edgekiln import zoo
-            from edgekiln.runtime.preprocess import preprocess
-
-            spec = manifest.inputs[0]
-            single = (1, *spec.shape[1:])
-            with as_file(zoo.sample_image_path()) as image:
-                tensor = preprocess(image, manifest.preprocessing, single)
-            samples.append([np.ascontiguousarray(np.repeat(tensor, spec.shape[0], axis=0)).astype(spec.dtype)])
-        except Exception:  # noqa: BLE001 - a missing image or Pillow only loses one sample
-            samples = []
-    while len(samples) < count:
-        samples.append([_random(spec, rng) for spec in manifest.inputs])
-    return samples[:count]
-
-
-def _random(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
-    if spec.dtype.startswith("float"):
-        return rng.standard_normal(spec.shape).astype(spec.dtype)
-    info = np.iinfo(spec.dtype)
-    return rng.integers(max(info.min, -128), min(info.max, 127), size=spec.shape, dtype=spec.dtype)
-
-
-def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]
-                    ) -> tuple[float, float]:
-    """Max abs difference over every output, and top-1 agreement of the first output (per row)."""
-    worst = 0.0
-    agree = total = 0
-    for ref, got in zip(reference, candidate):
-        for r, g in zip(ref, got):
-            if r.shape != g.shape:
-                raise CompatibilityError(f"outputs differ in shape: {list(g.shape)} against {list(r.shape)}")
-            if r.size:
-                diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))))
-                worst = max(worst, diff if math.isfinite(diff) else math.inf)
-        r0, g0 = ref[0], got[0]
-        rows = r0.shape[0] if r0.ndim >= 2 else 1
-        agree += int(np.sum(np.argmax(r0.reshape(rows, -1), axis=1) == np.argmax(g0.reshape(rows, -1), axis=1)))
-        total += rows
-    return worst, (agree / total if total else 0.0)
-
-
-def host_info() -> dict[str, Any]:
-    """The machine a report was measured on (load averages are filled in by :func:`bench`)."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
-            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+    return make_inputs(manifest.inputs, count, seed, manifest.preprocessing, zoo.sample_image_path())
 
 
 def _profile(manifest: Manifest) -> Any:
@@ -277,29 +182,25 @@ def _mb(kb: int | None) -> float | None:
 
 # -- the run -----------------------------------------------------------------------------
 @dataclass
-class _Subject:
-    name: str
-    role: str
-    spec: dict[str, Any]
-    worker: Worker
-    model_bytes: int | None
-    first_s: float | None = None
-    warm: list[float] | None = None
-    times: list[float] | None = None  # every measured query
-    pairs: list[float] | None = None  # per pair: the median of its queries in that pair
-    per_pair: int = 1
+class _Subject(timing.Timed):
+    role: str = "candidate"
+    spec: dict[str, Any] = field(default_factory=dict)
+    model_bytes: int | None = None
 
 
 def bench(artifacts: Sequence[str | os.PathLike[str]], options: BenchOptions | None = None,
-          progress: Any = None, command: str | None = None) -> BenchReport:
-    """Benchmark each artifact against the options' baselines; one report for all."""
+          progress: Any = None, command: str | None = None, connect: Connect | None = None) -> BenchReport:
+    """Benchmark each artifact against the options' baselines; one report for all.
+
+    ``connect`` is the agent client that ``options.agent`` needs (the command line gives
+    ``edgekiln.agents.bench_client.connect``)."""
     options = options or BenchOptions()
-    progress = progress or NullBenchProgress()
+    progress = progress or NullProgress()
     if not artifacts:
         raise UserError("no artifact to benchmark")
-    host = host_info()
+    host = machine_description()
     host["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
-    results = [bench_artifact(Path(a), options, progress) for a in artifacts]
+    results = [bench_artifact(Path(a), options, progress, connect=connect) for a in artifacts]
     host["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return BenchReport(
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -311,21 +212,70 @@ def bench(artifacts: Sequence[str | os.PathLike[str]], options: BenchOptions | N
     )
 
 
-def bench_artifact(path: Path, options: BenchOptions, progress: Any = None,
-                   runner: Runner | None = None, baseline_runner: Runner | None = None) -> ArtifactBench:
+@dataclass(frozen=True)
+class _Plan:
+    """What one artifact's benchmark runs: where, on which device, in which batches."""
+
+    manifest: Manifest
+    profile: Any
+    device: str
+    runner: Runner
+    baselines: list[str]
+    model_batch: int
+    batch: int
+    calls: int
+
+
+def bench_artifact(path: Path, options: BenchOptions, progress: Any = None, runner: Runner | None = None,
+                   baseline_runner: Runner | None = None, connect: Connect | None = None) -> ArtifactBench:
     """Benchmark one artifact (see the module's docstring for the steps)."""
-    progress = progress or NullBenchProgress()
+    progress = progress or NullProgress()
     started = time.perf_counter()
+    plan = _plan(path, options, runner, connect, progress)
+    baseline_runner = baseline_runner or LocalRunner()
+    samples = make_samples(plan.manifest, options.samples, options.seed)
+    work = Path(tempfile.mkdtemp(prefix="edgekiln-bench-"))
+    subjects: list[_Subject] = []
+    source = None
+    try:
+        if plan.baselines:
+            with progress.step(f"find the source model of {plan.manifest.model.name} for the baselines"):
+                source = baseline_registry.source_model(plan.manifest, work, options.baseline_model)
+        for s in _subjects(path, plan, options, source):
+            where = plan.runner if s.role == "candidate" else baseline_runner
+            with progress.step(f"load {s.name} ({where.describe()})"):
+                s.worker = where.start(s.name)
+                subjects.append(s)
+                s.worker.load(s.spec, samples)
+        meaningful = plan.runner.timings_meaningful
+        if meaningful:
+            with progress.step("first inference and warm-up"):
+                timing.warm_up(subjects, options.warmup, plan.calls)
+        correctness, correctness_note = _correctness(subjects, plan.baselines, progress)
+        pairs = 0
+        if meaningful:
+            pairs = timing.measure_pairs(subjects, plan.calls, runs=options.runs,
+                                         duration_s=options.duration_s or DEFAULT_DURATION_S,
+                                         start=plan.calls * (1 + options.warmup), label=plan.manifest.model.name,
+                                         progress=progress)
+        with progress.step("stop the workers"):
+            exits = {s.name: s.worker.close() for s in subjects}
+    except BaseException:
+        for s in subjects:
+            s.worker.abort()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _report(path, plan, options, subjects, exits, source, pairs, correctness, correctness_note,
+                   round(time.perf_counter() - started, 2))
+
+
+def _plan(path: Path, options: BenchOptions, runner: Runner | None, connect: Connect | None, progress: Any) -> _Plan:
     manifest = read_manifest(path)
     profile = _profile(manifest)
     device = options.device or ("cuda" if manifest.runtime.cuda_arch else "cpu")
     if runner is None:
-        if profile is not None:
-            runner = runner_for(profile, device, agent=options.agent, progress=progress)
-        elif options.agent:
-            runner = runner_for(None, device, agent=options.agent)
-        else:
-            runner = LocalRunner()
+        runner = runner_for(profile, device, agent=options.agent, connect=connect, progress=progress)
     if runner.kind == "local":
         found = _host_problems(manifest, device)
         if found:
@@ -333,8 +283,6 @@ def bench_artifact(path: Path, options: BenchOptions, progress: Any = None,
                                      + "; ".join(found), hint="benchmark it on the device, or on a host that has it")
     if runner.kind == "agent" and options.baselines:
         raise UserError("baselines cannot run through the agent yet", hint="use --baseline none with --agent")
-    baseline_runner = baseline_runner or LocalRunner()
-
     mbatch = model_batch(manifest)
     if options.scenario == "offline":
         batch = options.batch or max(mbatch, DEFAULT_OFFLINE_SAMPLES)
@@ -345,8 +293,6 @@ def bench_artifact(path: Path, options: BenchOptions, progress: Any = None,
                             f"--batch {batch} needs --scenario offline or an artifact compiled for that batch")
     if batch % mbatch:
         raise UserError(f"--batch {batch} is not a multiple of the artifact's batch {mbatch}")
-    calls = batch // mbatch
-
     # The emulated board only proves correctness; the reference still runs on this host.
     wanted = list(options.baselines)
     if not runner.timings_meaningful:
@@ -354,119 +300,85 @@ def bench_artifact(path: Path, options: BenchOptions, progress: Any = None,
         wanted = [next((n for n in wanted if n in _REFERENCES), "onnxruntime")]
     for name in wanted:
         baseline_registry.check(name, device)
-    samples = make_samples(manifest, options.samples, options.seed)
+    return _Plan(manifest, profile, device, runner, wanted, mbatch, batch, batch // mbatch)
 
-    work = Path(tempfile.mkdtemp(prefix="edgekiln-bench-"))
-    subjects: list[_Subject] = []
-    source = None
-    try:
-        if wanted:
-            with progress.step(f"find the source model of {manifest.model.name} for the baselines"):
-                source = baseline_registry.source_model(manifest, work, options.baseline_model)
-        candidate_spec: dict[str, Any] = {"kind": "artifact", "path": str(path.resolve()), "device": device}
-        # Baselines keep their names (the gate's keys); an onnxruntime artifact benchmarked
-        # against ONNX Runtime on its source model is "onnxruntime-artifact".
-        name = manifest.backend if manifest.backend not in wanted else f"{manifest.backend}-artifact"
-        specs = [(name, "candidate", candidate_spec, runner, _size(path))]
-        specs += [(name, "baseline", baseline_registry.subject(name, source.path, device), baseline_runner,
-                   source.size_bytes) for name in wanted]
-        if options.threads:
-            for _, _, spec, _, _ in specs:
-                spec["threads"] = options.threads
-        for name, role, spec, where, size in specs:
-            with progress.step(f"load {name} ({where.describe()})"):
-                worker = where.start(name)
-                subjects.append(_Subject(name, role, spec, worker, size))
-                worker.load(spec, samples)
-        if runner.timings_meaningful:
-            with progress.step("first inference and warm-up"):
-                for s in subjects:
-                    s.first_s = s.worker.run(1, calls)[0]
-                    s.warm = s.worker.run(options.warmup, calls, start=calls) if options.warmup else []
-        correctness, correctness_note = _correctness(subjects, wanted, progress)
-        pairs = 0
-        if runner.timings_meaningful:
-            pairs = _measure(subjects, options, calls, manifest.model.name, progress)
-        exits = {}
-        with progress.step("stop the workers"):
-            for s in subjects:
-                exits[s.name] = s.worker.close()
-    except BaseException:
-        for s in subjects:
-            s.worker.abort()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
+def _subjects(path: Path, plan: _Plan, options: BenchOptions, source: Any) -> list[_Subject]:
+    """The candidate first, then the baselines, each with its worker subject (no worker yet)."""
+    backend = plan.manifest.backend
+    # Baselines keep their names (the gate's keys); an onnxruntime artifact benchmarked
+    # against ONNX Runtime on its source model is "onnxruntime-artifact".
+    name = backend if backend not in plan.baselines else f"{backend}-artifact"
+    found = [_Subject(name, None, role="candidate", model_bytes=_size(path),  # type: ignore[arg-type]
+                      spec={"kind": "artifact", "path": str(path.resolve()), "device": plan.device})]
+    found += [_Subject(b, None, role="baseline", model_bytes=source.size_bytes,  # type: ignore[arg-type]
+                       spec=baseline_registry.subject(b, source.path, plan.device)) for b in plan.baselines]
+    if options.threads:
+        for s in found:
+            s.spec["threads"] = options.threads
+    return found
+
+
+def _report(path: Path, plan: _Plan, options: BenchOptions, subjects: list[_Subject], exits: dict[str, Any],
+            source: Any, pairs: int, correctness: Correctness | None, correctness_note: str | None,
+            wall_s: float) -> ArtifactBench:
+    manifest, runner = plan.manifest, plan.runner
     macs = manifest.model.macs if manifest.model.macs else (source.macs if source else None)
-    flops_per_sample = 2.0 * macs / mbatch if macs else None
-    peak, peak_source = _peak(profile, device)
-    results = []
-    extra: dict[str, Any] = {"model_batch": mbatch, "interleaving": " ".join(s.name for s in subjects) + " …"}
-    for s in subjects:
-        latency = LatencyStats.from_seconds(s.times) if s.times else None
-        throughput = achieved = share = None
-        if latency is not None:
-            throughput = batch * len(s.times) / math.fsum(s.times)
-            if flops_per_sample:
-                achieved = flops_per_sample * batch / (latency.p50_ms / 1e3) / 1e9
-                share = achieved / peak if peak else None
-        info = s.worker.load_info
-        # qemu's own memory is not the board's: no RSS for an emulated candidate.
-        rss_known = not (runner.kind == "emulated" and s.role == "candidate")
-        timed = runner.timings_meaningful
-        if not timed and s.role == "candidate":
-            extra["emulated_load_s"] = round(info.load_s, 2) if info else None
-        results.append(SubjectResult(
-            name=s.name,
-            role=s.role,
-            version=info.version if info else "",
-            load_s=round(info.load_s, 4) if info and timed else None,
-            first_inference_ms=round(s.first_s * 1e3, 3) if s.first_s is not None and timed else None,
-            latency=latency,
-            throughput_samples_per_s=throughput,
-            achieved_gflops=achieved,
-            peak_share=share,
-            peak_rss_mb=_mb(exits[s.name].peak_rss_kb) if rss_known else None,
-            rss_before_load_mb=_mb(info.rss_before_load_kb) if info else None,
-            model_bytes=s.model_bytes,
-            times_ms=tuple(round(t * 1e3, 4) for t in (s.times or ())),
-            pair_ms=tuple(round(t * 1e3, 4) for t in (s.pairs or ())),
-            queries_per_pair=s.per_pair,
-        ))
+    flops_per_sample = 2.0 * macs / plan.model_batch if macs else None
+    peak, peak_source = _peak(plan.profile, plan.device)
+    extra: dict[str, Any] = {"model_batch": plan.model_batch,
+                             "interleaving": " ".join(s.name for s in subjects) + " …"}
+    results = [_subject_result(s, exits[s.name], runner, plan.batch, flops_per_sample, peak, extra)
+               for s in subjects]
     candidate = subjects[0]
     comparisons = tuple(
         Comparison(baseline=s.name, ratio=RatioStats.from_pairs(candidate.pairs, s.pairs))
         for s in subjects[1:] if runner.timings_meaningful and candidate.pairs and s.pairs
     )
     return ArtifactBench(
-        model=manifest.model.name,
-        profile=manifest.profile,
-        backend=manifest.backend,
-        precision=precision_of(manifest),
-        device=device,
-        scenario=options.scenario,
-        batch=batch,
-        calls_per_query=calls,
-        artifact=str(path),
-        artifact_bytes=_size(path) or 0,
-        runner=runner.kind,
-        runner_description=runner.describe(),
-        timings_meaningful=runner.timings_meaningful,
-        timings_note=runner.reason,
-        macs=macs,
-        flops_per_sample=flops_per_sample,
-        peak_gflops=peak,
-        peak_source=peak_source,
-        pairs=pairs,
-        warmup=options.warmup,
-        subjects=tuple(results),
-        comparisons=comparisons,
-        correctness=correctness,
-        correctness_note=correctness_note,
+        model=manifest.model.name, profile=manifest.profile, backend=manifest.backend,
+        precision=precision_of(manifest), device=plan.device, scenario=options.scenario, batch=plan.batch,
+        calls_per_query=plan.calls, artifact=str(path), artifact_bytes=_size(path) or 0,
+        runner=runner.kind, runner_description=runner.describe(), timings_meaningful=runner.timings_meaningful,
+        timings_note=runner.reason, macs=macs, flops_per_sample=flops_per_sample, peak_gflops=peak,
+        peak_source=peak_source, pairs=pairs, warmup=options.warmup, subjects=tuple(results),
+        comparisons=comparisons, correctness=correctness, correctness_note=correctness_note,
         baseline_source=f"{source.origin} (matched by {source.check})" if source else None,
-        wall_s=round(time.perf_counter() - started, 2),
-        extra=extra,
+        wall_s=wall_s, extra=extra,
+    )
+
+
+def _subject_result(s: _Subject, exit_info: Any, runner: Runner, batch: int, flops_per_sample: float | None,
+                    peak: float | None, extra: dict[str, Any]) -> SubjectResult:
+    latency = LatencyStats.from_seconds(s.times) if s.times else None
+    throughput = achieved = share = None
+    if latency is not None:
+        throughput = batch * len(s.times) / math.fsum(s.times)
+        if flops_per_sample:
+            achieved = flops_per_sample * batch / (latency.p50_ms / 1e3) / 1e9
+            share = achieved / peak if peak else None
+    info = s.worker.load_info
+    # qemu's own memory is not the board's: no RSS for an emulated candidate.
+    rss_known = not (runner.kind == "emulated" and s.role == "candidate")
+    timed = runner.timings_meaningful
+    if not timed and s.role == "candidate":
+        extra["emulated_load_s"] = round(info.load_s, 2) if info else None
+    return SubjectResult(
+        name=s.name,
+        role=s.role,
+        version=info.version if info else "",
+        load_s=round(info.load_s, 4) if info and timed else None,
+        first_inference_ms=round(s.first_s * 1e3, 3) if s.first_s is not None and timed else None,
+        latency=latency,
+        throughput_samples_per_s=throughput,
+        achieved_gflops=achieved,
+        peak_share=share,
+        peak_rss_mb=_mb(exit_info.peak_rss_kb) if rss_known else None,
+        rss_before_load_mb=_mb(info.rss_before_load_kb) if info else None,
+        model_bytes=s.model_bytes,
+        times_ms=tuple(round(t * 1e3, 4) for t in (s.times or ())),
+        pair_ms=tuple(round(t * 1e3, 4) for t in (s.pairs or ())),
+        queries_per_pair=s.per_pair,
     )
 
 
@@ -493,46 +405,7 @@ def _correctness(subjects: list[_Subject], wanted: list[str], progress: Any) -> 
     with progress.step(f"compare outputs with {reference.name}"):
         got = subjects[0].worker.outputs()
         ref = reference.worker.outputs()
-        worst, top1 = compare_outputs(ref, got)
+        diff = compare_outputs(ref, got)
     info = reference.worker.load_info
     return Correctness(reference=info.version if info else reference.name, samples=len(ref),
-                       max_abs_diff=worst, top1_agreement=top1), None
-
-
-def _balance(subjects: list[_Subject]) -> None:
-    """Queries per pair for each subject, from its warm-up (or first) query time."""
-    estimates = {}
-    for s in subjects:
-        seen = sorted(s.warm or []) or [s.first_s or 0.0]
-        estimates[s.name] = max(seen[len(seen) // 2], 1e-6)
-    window = min(BALANCE_S, max(estimates.values()))
-    for s in subjects:
-        s.per_pair = max(1, min(MAX_QUERIES_PER_PAIR, round(window / estimates[s.name])))
-
-
-def _measure(subjects: list[_Subject], options: BenchOptions, calls: int, model: str, progress: Any) -> int:
-    _balance(subjects)
-    for s in subjects:
-        s.times, s.pairs = [], []
-    total = options.runs
-    deadline = None if total else time.monotonic() + (options.duration_s or DEFAULT_DURATION_S)
-    pairs = 0
-    # Queries continue through the inputs where the warm-up left off.
-    position = {s.name: calls * (1 + options.warmup) for s in subjects}
-    while True:
-        if total is not None and pairs >= total:
-            break
-        if total is None and pairs >= MIN_PAIRS and (time.monotonic() >= deadline or pairs >= MAX_PAIRS):
-            break
-        for s in subjects:
-            times = s.worker.run(s.per_pair, calls, start=position[s.name])
-            position[s.name] += s.per_pair * calls
-            s.times.extend(times)
-            ordered = sorted(times)
-            s.pairs.append(ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else
-                           (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2)
-        pairs += 1
-        note = "  ".join(f"{s.name} {s.pairs[-1] * 1e3:.1f} ms" + (f" (x{s.per_pair})" if s.per_pair > 1 else "")
-                         for s in subjects)
-        progress.advance(pairs, total, f"{model}: {note}")
-    return pairs
+                       max_abs_diff=diff.worst, top1_agreement=diff.top1_agreement), None

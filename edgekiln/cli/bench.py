@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekiln.bench.harness import BenchOptions, BenchProgress, bench
+    from edgekiln.bench.harness import BenchOptions, bench
+    from edgekiln.execute.progress import ConsoleProgress
 
     names = [n.strip() for value in (args.baseline or ["onnxruntime"]) for n in value.split(",") if n.strip()]
     options = BenchOptions(
@@ -66,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     command = "edgekiln bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
-    report = bench(args.artifacts, options, progress=BenchProgress(), command=command)
+    connect = None
+    if args.agent:
+        from edgekiln.agents.bench_client import connect
+    report = bench(args.artifacts, options, progress=ConsoleProgress(), command=command, connect=connect)
     to_stdout = args.json == "-"
     if args.json and not to_stdout:
         report.save(args.json)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
     from edgekiln.compile.frontends import model_stem, parse_input_config
-    from edgekiln.compile.progress import ConsoleProgress
+    from edgekiln.execute.progress import ConsoleProgress
     from edgekiln.compile.quantize import QuantizeOptions
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.device_profiles import get_profile

@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekiln.compile.progress import ConsoleProgress
     from edgekiln.emulation import ensure_sysroot, find_qemu
     from edgekiln.emulation import run as run_emulated
     from edgekiln.emulation.sysroot import resolve_profile
+    from edgekiln.execute.progress import ConsoleProgress
 
     command = _own_options(args)
     profile = resolve_profile(args.profile)

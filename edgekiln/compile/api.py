@@ -24,10 +24,12 @@ from edgekiln.compile import auto, validate
 from edgekiln.compile.backends import registry
 from edgekiln.compile.frontends import import_model
 from edgekiln.compile.frontends.onnx import InputShapes, SourceModel
-from edgekiln.compile.progress import NullProgress, Progress
 from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, gate_artifact, load_data, quantize_onnx
 from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import UserError
+from edgekiln.execute.host import cannot_execute
+from edgekiln.execute.progress import NullProgress, Progress
+from edgekiln.execute.runners import EmulatedRunner, LocalRunner, Runner, emulated_board_problem
 from edgekiln.runtime import compat
 
 LABELS_FILE = "labels.txt"
@@ -85,30 +87,9 @@ class CompiledArtifact:
 
 def host_can_execute(profile: DeviceProfile) -> str | None:
     """None when this machine can run artifacts for ``profile``, else why not."""
-    host = compat.host_info()
-    if profile.cpu.arch != host.arch:
-        return f"this host is {host.arch}; the profile's CPU is {profile.cpu.arch}"
     from edgekiln.compile.backends.tvm.backend import required_cpu_features
 
-    missing = [f for f in required_cpu_features(profile) if host.cpu_features and f not in host.cpu_features]
-    if missing:
-        return f"this host's CPU lacks {', '.join(missing)}"
-    if profile.is_cuda and not _gpu_present():
-        return "no NVIDIA GPU is attached to this host"
-    return None
-
-
-def _gpu_present() -> bool:
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-        cu_init, cu_count = lib.cuInit, lib.cuDeviceGetCount
-    except (OSError, AttributeError):
-        # AttributeError: the build-time driver stub (backends/tvm/cuda.py) answered, no driver.
-        return False
-    count = ctypes.c_int(0)
-    return cu_init(0) == 0 and cu_count(ctypes.byref(count)) == 0 and count.value > 0
+    return cannot_execute(profile, required_cpu_features(profile))
 
 
 def compile_model(
@@ -235,19 +216,18 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
               options: CompileOptions, progress: Progress, int8: bool) -> Validation:
     if not options.validate:
         return validate.skipped("disabled with --no-validate")
-    python: list[str] | None = None
-    env: dict[str, str] | None = None
+    runner: Runner = LocalRunner()
     executed_on = f"host {compat.host_info().arch}"
     why_not = host_can_execute(profile)
     if why_not:
         board = _emulated_board(profile, manifest.backend)
         if isinstance(board, str):
             return validate.skipped(f"this machine cannot execute the target ({why_not}) and {board}")
-        python, env = board
+        runner = board
         executed_on = f"emulated {profile.id} (qemu {profile.emulation.cpu})"  # type: ignore[union-attr]
     device = "cuda" if profile.is_cuda else "cpu"
     settings = options.validation
-    where = " on the emulated board" if python else ""
+    where = " on the emulated board" if runner.kind == "emulated" else ""
     with progress.step(f"validate against ONNX Runtime ({settings.samples} samples{where})"):
         batches = validate.make_inputs(source, settings)
         reference = validate.reference_outputs(source, batches)
@@ -259,7 +239,7 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
             floor = validate.INT8_RELATIVE_TOLERANCE * spread
             if settings.tolerance_abs < floor:
                 settings = replace(settings, tolerance_abs=round(floor, 6))
-        candidate = validate.run_artifact(root, batches, device, python, env)
+        candidate = validate.run_artifact(root, batches, device, runner)
         return validate.compare(reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})")
 
 
@@ -267,30 +247,14 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
 _EMULATED_BACKENDS = ("tvm",)
 
 
-def _emulated_board(profile: DeviceProfile, backend: str) -> tuple[list[str], dict[str, str]] | str:
-    """The emulated board's Python for validation, or why there is none to use.
-
-    Only a board already built is used (``make emulators`` or ``edgekiln emulate PROFILE``):
-    building one is a download and half a minute that a compile should not start unasked.
-    """
+def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | str:
+    """The emulated board to validate on, or why there is none to use (only a board
+    already built is used; see :func:`edgekiln.execute.runners.emulated_board_problem`)."""
     if profile.emulation is None:
         return "the profile has no emulated board"
     if backend not in _EMULATED_BACKENDS:
         return f"the emulated board carries no {backend} runtime"
-    from edgekiln import emulation
-    from edgekiln.errors import DependencyError as _Missing
-
-    try:
-        emulation.find_qemu(profile)
-    except _Missing as exc:
-        return f"no emulator: {exc.one_line()}"
-    sysroot = emulation.find_sysroot(profile)
-    if sysroot is None:
-        return (f"its emulated board is not built (run `edgekiln emulate {profile.aliases[0] if profile.aliases else profile.id} "
-                f"--info` or `make emulators` once)")
-    if sysroot.missing:
-        return "the emulated board lacks " + "; ".join(sysroot.missing)
-    return emulation.python_prefix(profile)
+    return emulated_board_problem(profile) or EmulatedRunner(profile)
 
 
 def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: Any,

@@ -1,7 +1,7 @@
 """``--backend auto``: build every backend the profile allows and keep the best one.
 
 When this machine can execute the target (the host CPU, or a GPU that is attached), every
-eligible backend is compiled and validated, then timed with the benchmark harness, each
+eligible backend is compiled and validated, then timed (:mod:`edgekiln.execute.timing`), each
 interleaved with ONNX Runtime on the source model in the same run; the candidate with the
 lowest median time ratio to that common baseline wins, so load on a shared machine cancels
 out.  When the target cannot run here, the profile's preference order decides: the first
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,9 @@ from edgekiln.artifact.package import pack, unpack
 from edgekiln.compile.backends import registry
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
+from edgekiln.execute import timing
+from edgekiln.execute.inputs import make_inputs
+from edgekiln.execute.runners import LocalRunner
 
 AUTO = "auto"
 # Measured pairs per candidate: enough for a median on this kind of gap (ONNX Runtime and
@@ -90,30 +94,73 @@ def compile_auto(compile_one: Callable[[str, Path], Any], profile: DeviceProfile
     return CompiledArtifact(path=output, manifest=manifest, size=os.path.getsize(output))
 
 
-def _measure(built: dict[str, Any], records: list[dict[str, Any]], baseline_model: str | None,
+def _measure(built: dict[str, Any], records: list[dict[str, Any]], baseline_model: Any,
              progress: Any) -> tuple[str, str]:
-    from edgekiln.bench.harness import BenchOptions, bench_artifact
+    """Time each built candidate against ONNX Runtime on the source model, interleaved in
+    pairs on this host (:mod:`edgekiln.execute.timing`); the lowest median ratio wins.
 
-    options = BenchOptions(runs=BENCH_PAIRS, warmup=1, baselines=("onnxruntime",), baseline_model=baseline_model)
-    ratios: dict[str, float] = {}
-    for backend, artifact in built.items():
-        record = next(r for r in records if r["backend"] == backend)
-        with progress.step(f"time candidate {backend} against ONNX Runtime"):
-            try:
-                result = bench_artifact(Path(artifact.path), options)
-            except (BackendError, DependencyError, UserError) as exc:
-                record.update(status="not measured", reason=exc.one_line())
-                continue
-        candidate = next(s for s in result.subjects if s.role == "candidate")
-        comparison = next((c for c in result.comparisons if c.baseline == "onnxruntime"), None)
-        record["p50_ms"] = candidate.latency.p50_ms if candidate.latency else None
-        if comparison is not None:
-            ratios[backend] = comparison.ratio.median
-            record["ratio_to_onnxruntime"] = round(comparison.ratio.median, 4)
-        record["pairs"] = result.pairs
+    ``baseline_model`` is the imported source model (anything with an ONNX ``path``), the
+    user's model file, or None for a zoo model (rebuilt by name)."""
+    with tempfile.TemporaryDirectory(prefix="edgekiln-auto-time-") as tmp:
+        manifest = next(iter(built.values())).manifest
+        try:
+            with progress.step("prepare ONNX Runtime on the source model as the common baseline"):
+                onnx_path = _baseline_onnx(baseline_model, manifest, Path(tmp))
+        except (BackendError, DependencyError, UserError) as exc:
+            return next(iter(built)), f"no candidate could be timed ({exc.one_line()}); kept the profile's first choice"
+        ratios: dict[str, float] = {}
+        for backend, artifact in built.items():
+            record = next(r for r in records if r["backend"] == backend)
+            with progress.step(f"time candidate {backend} against ONNX Runtime"):
+                try:
+                    candidate, ratio = _time_pair(artifact, onnx_path, backend)
+                except (BackendError, DependencyError, UserError) as exc:
+                    record.update(status="not measured", reason=exc.one_line())
+                    continue
+            ratios[backend] = ratio
+            record["p50_ms"] = round(statistics.median(candidate.times or [0.0]) * 1e3, 4)
+            record["ratio_to_onnxruntime"] = round(ratio, 4)
+            record["pairs"] = len(candidate.pairs or ())
     if not ratios:
         first = next(iter(built))
         return first, "no candidate could be timed; kept the profile's first choice"
     best = min(ratios, key=ratios.get)  # type: ignore[arg-type]
     return best, (f"fastest of {len(ratios)} timed candidates: median time {ratios[best]:.3f} x ONNX Runtime's "
                   f"on the source model, {BENCH_PAIRS} interleaved pairs each")
+
+
+def _baseline_onnx(baseline_model: Any, manifest: Any, workdir: Path) -> Path:
+    """The source model as ONNX with the artifact's input shapes: the imported one when
+    given, else imported once here (from the user's file, or the zoo by the model's name)."""
+    path = getattr(baseline_model, "path", None)
+    if path is not None:
+        return Path(path)
+    from edgekiln.compile.frontends import FRAMEWORKS, import_model
+
+    shapes = {t.name: list(t.shape) for t in manifest.inputs}
+    model = str(baseline_model) if baseline_model is not None else f"zoo:{manifest.model.name}"
+    framework = manifest.model.source_format if manifest.model.source_format in FRAMEWORKS else None
+    return import_model(model, workdir / "baseline", framework=framework, input_shape=shapes).path
+
+
+def _time_pair(artifact: Any, onnx_path: Path, backend: str) -> tuple[timing.Timed, float]:
+    """BENCH_PAIRS interleaved pairs of the artifact and ONNX Runtime on ``onnx_path``."""
+    manifest = artifact.manifest
+    samples = make_inputs(manifest.inputs, 3, 0)
+    runner = LocalRunner()
+    subjects: list[timing.Timed] = []
+    try:
+        for name, subject in ((backend, {"kind": "artifact", "path": str(artifact.path), "device": "cpu"}),
+                              ("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path), "device": "cpu"})):
+            timed = timing.Timed(name, runner.start(name))
+            subjects.append(timed)
+            timed.worker.load(subject, samples)
+        timing.warm_up(subjects, 1, 1)
+        timing.measure_pairs(subjects, 1, runs=BENCH_PAIRS, start=2)
+    except BaseException:
+        for s in subjects:
+            s.worker.abort()
+        raise
+    for s in subjects:
+        s.worker.close()
+    return subjects[0], timing.median_ratio(subjects[0], subjects[1])

@@ -1,26 +1,24 @@
 """Numerical validation of a lowered model against ONNX Runtime on the source model.
 
-The artifact is run through the device runtime (``edgekiln.runtime.Model``) in a child
-process: that is the code path a device takes, and it keeps the bundled runtime library
-apart from the compiler's own copy loaded in this process.
+The artifact runs through the device runtime in a worker process
+(:mod:`edgekiln.execute.worker`, on this host or an emulated board): that is the code path a
+device takes, and it keeps the bundled runtime library apart from the compiler's own copy
+loaded in this process. Inputs and the comparison are :mod:`edgekiln.execute.inputs`, the
+same as the benchmark harness's.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgekiln.artifact.manifest import TensorSpec, Validation
-from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.errors import BackendError, InternalError
-
+from edgekiln.errors import BackendError
+from edgekiln.execute.inputs import Samples, compare_outputs, make_inputs as _make_inputs
+from edgekiln.execute.runners import LocalRunner, Runner, outputs_of
 
 # Validation tolerance of int8 artifacts against the int8 model that passed the accuracy
 # gate, as a share of the reference outputs' range. Engines round at each of the dozens of
@@ -44,31 +42,15 @@ class ValidationOptions:
     seed: int = 0
 
 
-def make_inputs(model: SourceModel, options: ValidationOptions) -> list[list[np.ndarray]]:
-    rng = np.random.default_rng(options.seed)
-    batches: list[list[np.ndarray]] = []
-    if model.preprocessing and len(model.inputs) == 1 and options.samples > 0:
-        from importlib.resources import as_file
+def make_inputs(model: Any, options: ValidationOptions) -> Samples:
+    """The validation inputs of a source model (its ``inputs`` and ``preprocessing``)."""
+    from edgekiln import zoo
 
-        from edgekiln import zoo
-        from edgekiln.runtime.preprocess import preprocess
-
-        with as_file(zoo.sample_image_path()) as path:
-            batches.append([preprocess(path, model.preprocessing, model.inputs[0].shape)])
-    while len(batches) < options.samples:
-        batches.append([_random(spec, rng) for spec in model.inputs])
-    return batches
+    return _make_inputs(model.inputs, options.samples, options.seed, model.preprocessing, zoo.sample_image_path())
 
 
-def _random(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
-    if spec.dtype.startswith("float"):
-        return rng.standard_normal(spec.shape).astype(spec.dtype)
-    info = np.iinfo(spec.dtype)
-    return rng.integers(max(info.min, -128), min(info.max, 127), size=spec.shape, dtype=spec.dtype)
-
-
-def reference_outputs(model: SourceModel, batches: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Outputs of ONNX Runtime (CPU) on the canonical source model."""
+def reference_outputs(model: Any, batches: Sequence[Sequence[np.ndarray]]) -> Samples:
+    """Outputs of ONNX Runtime (CPU) on the canonical source model (its ``path``)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
@@ -77,25 +59,11 @@ def reference_outputs(model: SourceModel, batches: Sequence[Sequence[np.ndarray]
 
 
 def run_artifact(root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu",
-                 python: Sequence[str] | None = None, env: dict[str, str] | None = None) -> list[list[np.ndarray]]:
-    """Run an extracted artifact on ``batches`` through the runtime, in a child process:
-    this interpreter, or ``python`` (e.g. an emulated board's, with its ``env``)."""
-    with tempfile.TemporaryDirectory(prefix="edgekiln-validate-") as tmp:
-        inputs = Path(tmp) / "inputs.npz"
-        outputs = Path(tmp) / "outputs.npz"
-        np.savez(inputs, **{f"{b}_{i}": a for b, batch in enumerate(batches) for i, a in enumerate(batch)})
-        cmd = [*(python or [sys.executable]), "-m", "edgekiln.compile.validate_worker", str(root), str(inputs),
-               str(outputs), device]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode < 0:
-            raise BackendError(f"the compiled artifact crashed on this host (signal {-proc.returncode}) "
-                               "while running the validation inputs")
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise BackendError(f"the compiled artifact failed to run on this host: {tail}")
-        meta = json.loads(proc.stdout.strip().splitlines()[-1])
-        with np.load(outputs) as data:
-            return [[data[f"{b}_{o}"] for o in range(meta["outputs"])] for b in range(len(batches))]
+                 runner: Runner | None = None) -> Samples:
+    """Run an extracted artifact on ``batches`` through the runtime, in a worker process of
+    ``runner`` (default: this host)."""
+    subject = {"kind": "artifact", "path": str(root), "device": device}
+    return outputs_of(runner or LocalRunner(), "the compiled artifact", subject, [list(b) for b in batches])
 
 
 def compare(
@@ -106,41 +74,26 @@ def compare(
     executed_on: str,
 ) -> Validation:
     """Compare every output of every sample; raise one error listing all that fail."""
-    if len(reference) != len(candidate):
-        raise InternalError("validation ran a different number of samples")
-    worst = [0.0] * len(outputs)
-    agree = 0
-    for ref, got in zip(reference, candidate):
-        for i, spec in enumerate(outputs):
-            if ref[i].shape != got[i].shape:
-                raise BackendError(
-                    f"output {spec.name!r} has shape {list(got[i].shape)}; the reference gives {list(ref[i].shape)}"
-                )
-            diff = float(np.max(np.abs(ref[i].astype(np.float64) - got[i].astype(np.float64)))) if ref[i].size else 0.0
-            if not np.isfinite(diff):
-                diff = float("inf")
-            worst[i] = max(worst[i], diff)
-        agree += int(np.argmax(ref[0].reshape(-1)) == np.argmax(got[0].reshape(-1)))
+    diff = compare_outputs(reference, candidate, [spec.name for spec in outputs])
     failing = [
-        f"{spec.name}: max abs diff {worst[i]:.3g}"
-        for i, spec in enumerate(outputs)
-        if not worst[i] <= options.tolerance_abs
+        f"{spec.name}: max abs diff {worst:.3g}"
+        for spec, worst in zip(outputs, diff.max_abs_diff)
+        if not worst <= options.tolerance_abs
     ]
-    top1 = agree / len(reference) if reference else 0.0
     if failing:
         raise BackendError(
-            f"validation against ONNX Runtime failed on {len(reference)} sample(s) with tolerance "
-            f"{options.tolerance_abs:g} (abs): " + "; ".join(failing) + f"; top-1 agreement {top1:.2f}",
+            f"validation against ONNX Runtime failed on {diff.samples} sample(s) with tolerance "
+            f"{options.tolerance_abs:g} (abs): " + "; ".join(failing) + f"; top-1 agreement {diff.top1_agreement:.2f}",
             hint="raise --tolerance if this precision is acceptable",
         )
     return Validation(
         status="passed",
         reference=f"onnxruntime {_ort_version()} (CPUExecutionProvider)",
         executed_on=executed_on,
-        samples=len(reference),
+        samples=diff.samples,
         tolerance_abs=options.tolerance_abs,
-        max_abs_diff=max(worst) if worst else 0.0,
-        top1_agreement=top1,
+        max_abs_diff=diff.worst,
+        top1_agreement=diff.top1_agreement,
     )
 
 

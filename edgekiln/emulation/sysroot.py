@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterator
 
 from edgekiln.emulation.assemble import compile_and_check, install_wheels, prepare_tree, tree_size
@@ -60,7 +61,7 @@ from edgekiln.emulation.recipe import (
 from edgekiln.errors import IntegrityError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgekiln.compile.progress import Progress
+    from edgekiln.execute.progress import Progress
     from edgekiln.device_profiles import DeviceProfile
 
 # Re-exported: callers import the whole sysroot vocabulary from this module.
@@ -72,7 +73,7 @@ __all__ = [
 
 
 def emulation_root() -> Path:
-    from edgekiln.compile.backends.tvm.runtime_libs import cache_root
+    from edgekiln.runtime.compat import cache_root
 
     return cache_root() / "emulation"
 
@@ -113,10 +114,9 @@ def ensure_sysroot(profile: DeviceProfile | str, *, rebuild: bool = False,
         DependencyError: qemu-user is missing or too old, a host tool is missing, or a
             download failed.
     """
-    from edgekiln.compile.progress import NullProgress
-
     profile = resolve_profile(profile)
-    progress = progress or NullProgress()
+    # Any object with step(description) -> context manager; by default one that says nothing.
+    progress = progress or SimpleNamespace(step=lambda _description: contextlib.nullcontext())
     qemu = find_qemu(profile)  # before any download: without it the sysroot is useless
     if not rebuild:
         found = find_sysroot(profile)

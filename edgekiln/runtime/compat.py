@@ -7,8 +7,10 @@ what the device has, not as an obscure loader error from dlopen.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgekiln.artifact.manifest import Manifest
 from edgekiln.errors import CompatibilityError, UserError
@@ -48,10 +50,14 @@ def host_info() -> HostInfo:
     )
 
 
+def cache_root() -> Path:
+    """Where edgekiln keeps what it builds or fetches once per machine (runtime libraries,
+    emulated boards): ``$EDGEKILN_CACHE``, else ``~/.cache/edgekiln``."""
+    return Path(os.environ.get("EDGEKILN_CACHE", Path.home() / ".cache" / "edgekiln"))
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, not the machine's count)."""
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping
 
 from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.compile.progress import Progress
+from edgekiln.execute.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.compile.progress import NullProgress, Progress
+from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.compile.quantize.data import Dataset, load_dataset, split
 from edgekiln.errors import BackendError, UserError
 

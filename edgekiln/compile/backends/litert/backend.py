@@ -20,7 +20,7 @@ from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, LoweredFiles
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.compile.progress import Progress
+from edgekiln.execute.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import DependencyError, UserError
 

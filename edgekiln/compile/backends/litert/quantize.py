@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekiln.compile.backends.litert.graph import Graph, Op, QuantParams, Tensor
-from edgekiln.compile.progress import NullProgress, Progress
+from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.errors import BackendError
 
 METHODS = ("minmax", "percentile")

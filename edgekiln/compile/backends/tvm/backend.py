@@ -14,7 +14,8 @@ from edgekiln.compile.backends.base import Backend, LoweredFiles
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import runtime_libs
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.compile.progress import Progress
+from edgekiln.execute.progress import Progress
+from edgekiln.execute.host import host_info
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError, first_line
 
@@ -135,7 +136,7 @@ class TVMBackend(Backend):
 
                 assert libs is not None and libs.cuda is not None and profile.accelerator is not None
                 # The build host's own CUDA module makes TVM emit device code (see cuda.py).
-                host_libs = runtime_libs.find(runtime_libs._host_arch())
+                host_libs = runtime_libs.find(host_info().arch)
                 assert host_libs is not None and host_libs.cuda is not None
                 with cuda.ahead_of_time(profile.accelerator.cuda_arch, host_libs.cuda, options.embed_ptx) as fatbins:
                     executable = self._build(tvm, mod, target)

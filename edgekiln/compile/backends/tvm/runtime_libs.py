@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgekiln.errors import DependencyError, UserError
+from edgekiln.execute.host import cache_root, host_info
 
 # Wheel platform tag per device arch.  apache-tvm publishes manylinux_2_28 wheels for
 # x86_64 and aarch64 and none for 32-bit ARM.
@@ -42,17 +42,8 @@ def tvm_version() -> str:
     return metadata.version("apache-tvm")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEKILN_CACHE", Path.home() / ".cache" / "edgekiln"))
-
-
 def _cache_dir(arch: str, version: str) -> Path:
     return cache_root() / "tvm-runtime" / version / arch
-
-
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def unavailable_reason(arch: str) -> str | None:
@@ -71,7 +62,7 @@ def find(arch: str) -> RuntimeLibs | None:
     if unavailable_reason(arch):
         return None
     version = tvm_version()
-    if arch == _host_arch():
+    if arch == host_info().arch:
         import tvm
 
         lib = Path(tvm.__file__).parent / "lib"

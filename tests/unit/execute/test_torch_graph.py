@@ -15,7 +15,7 @@ def test_zoo_mobilenet_v3_small_matches_onnxruntime():
     # MobileNetV3 covers every op the zoo uses but MaxPool: Conv (grouped), BatchNorm,
     # HardSwish, HardSigmoid, Relu, Mul, Add, GlobalAveragePool, Flatten, Gemm.
     from edgekiln import zoo
-    from edgekiln.bench.torch_graph import convert
+    from edgekiln.execute.torch_graph import convert
 
     model = zoo.build("mobilenet_v3_small")
     module = convert(model)
@@ -32,7 +32,7 @@ def test_small_graph_with_pooling_clip_and_asymmetric_pads():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekiln.bench.torch_graph import convert
+    from edgekiln.execute.torch_graph import convert
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
@@ -62,7 +62,7 @@ def test_small_graph_with_pooling_clip_and_asymmetric_pads():
 def test_unsupported_operators_are_named():
     from onnx import TensorProto, helper
 
-    from edgekiln.bench.torch_graph import convert
+    from edgekiln.execute.torch_graph import convert
 
     graph = helper.make_graph([helper.make_node("LSTM", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],

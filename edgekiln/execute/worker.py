@@ -1,23 +1,27 @@
-"""The process that runs one measured model: an artifact through the device runtime, or a
-baseline runtime (ONNX Runtime, OpenVINO, PyTorch) on the source model.
+"""The worker process: one model, run on request, over JSON lines on stdin/stdout.
 
-The harness starts one worker per subject and drives them in turn (A B A B …) with JSON
-lines on stdin/stdout — the *worker protocol*, which is also what a device agent relays for a
-remote benchmark (see :mod:`edgekiln.bench.runners`). Each worker holds one model, so the
-peak RSS of its process is the model's footprint and not the harness's. Timing happens in
-here, around the call alone, so the pipe's latency is never part of a measurement.
+``python -m edgekiln.execute.worker`` holds one *subject*: an artifact through the device
+runtime, or a baseline runtime (ONNX Runtime, OpenVINO, PyTorch) on the source model. Every
+place that runs a model somewhere speaks to one of these: compile's validation (outputs),
+auto's timing and the benchmark harness (interleaved timings, outputs), and a device agent,
+which relays the lines of a remote benchmark to a worker of its own (see
+:mod:`edgekiln.execute.runners`). Each worker holds one model, so the peak RSS of its
+process is the model's footprint and not its caller's, and a crash takes only the worker.
+Timing happens in here, around the call alone, so the pipe's latency is never measured.
 
 Requests and replies, one JSON object per line (replies carry ``"ok": true`` or
 ``"ok": false, "error": "one line", "kind": "UserError"``):
 
 - ``{"op": "load", "subject": {...}, "inputs_npz": BASE64}`` → ``load_s``, ``version``,
-  ``rss_before_load_kb``, ``rss_after_load_kb``, ``pid``
-- ``{"op": "run", "queries": K, "calls_per_query": C}`` → ``seconds``: K query times; each
-  query calls the model C times, cycling through the inputs
+  ``rss_before_load_kb``, ``rss_after_load_kb``, ``pid``, ``compiler_loaded`` (whether the
+  TVM compiler got imported: an artifact must run without it)
+- ``{"op": "run", "queries": K, "calls_per_query": C, "start": I}`` → ``seconds``: K query
+  times; each query calls the model C times, cycling through the inputs from input I
 - ``{"op": "outputs"}`` → ``outputs_npz``: BASE64 of the outputs for every input
 - ``{"op": "exit"}`` → ``vm_hwm_kb``, then the process exits 0
 
-A subject is ``{"kind": "artifact", "path": P, "device": "cpu"|"cuda"}`` or
+A subject is ``{"kind": "artifact", "path": P, "device": "cpu"|"cuda"}`` (P a packed or
+extracted artifact) or
 ``{"kind": "onnxruntime"|"openvino"|"torch"|"torch-compile", "model": ONNX_PATH, "device": D}``,
 each with an optional ``"threads": N``: the worker then runs on the first N CPUs it may use
 and tells its runtime to use N threads (default: the runtime's own choice).
@@ -151,7 +155,7 @@ def _open_torch(subject: dict[str, Any], compiled: bool) -> tuple[RunFn, str]:
     import onnx
     import torch
 
-    from edgekiln.bench.torch_graph import convert
+    from edgekiln.execute.torch_graph import convert
 
     device = torch.device("cuda" if subject.get("device") == "cuda" else "cpu")
     if subject.get("threads"):
@@ -221,7 +225,8 @@ def handle(request: dict[str, Any], state: _State) -> dict[str, Any]:
         state.run, version = open_subject(request["subject"])
         load_s = time.perf_counter() - start
         return {"ok": True, "load_s": load_s, "version": version, "pid": os.getpid(),
-                "rss_before_load_kb": before, "rss_after_load_kb": _status_kb("VmRSS")}
+                "rss_before_load_kb": before, "rss_after_load_kb": _status_kb("VmRSS"),
+                "compiler_loaded": "tvm" in sys.modules}
     if op == "run":
         if state.run is None:
             raise RuntimeError("run before load")

@@ -1,12 +1,12 @@
-"""Where a measured model runs: a local process, an emulated board, or a device's agent.
+"""Where a worker runs: a local process, an emulated board, or a device's agent.
 
-Every runner hands the harness a :class:`Worker` that speaks the worker protocol of
-:mod:`edgekiln.bench.worker` (JSON lines: load, run, outputs, exit), so the harness's
-interleaving, statistics and correctness checks are the same whatever carries the lines:
+Every runner hands its caller a :class:`Worker` that speaks the worker protocol of
+:mod:`edgekiln.execute.worker` (JSON lines: load, run, outputs, exit), so validation, timing
+and correctness checks are the same whatever carries the lines:
 
-- :class:`LocalRunner` — ``python -m edgekiln.bench.worker`` as a child process of this one;
+- :class:`LocalRunner` — ``python -m edgekiln.execute.worker`` as a child process of this one;
   its peak RSS is the child's own high-water mark (``VmHWM`` in ``/proc/PID/status``), read
-  by the harness just before the child exits, apart from the harness's own memory.
+  just before the child exits, apart from the caller's own memory.
 
   Not ``ru_maxrss`` from ``wait4()``/``RUSAGE_CHILDREN``: on Linux, exec() folds the
   high-water mark of the memory the child had *before* exec — the parent's, copied by fork or
@@ -16,7 +16,7 @@ interleaving, statistics and correctness checks are the same whatever carries th
   (:func:`edgekiln.emulation.python_prefix`). Emulated time says nothing about the board, so
   its reports carry outputs (correctness) and say that timings are not meaningful.
 - :class:`AgentRunner` — the worker on a device, reached through the edgekiln agent's Bench
-  call (see the class; served by :mod:`edgekiln.agents.service`).
+  call; the agent's side of that call is :func:`relay`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from edgekiln.bench import worker as protocol
 from edgekiln.errors import BackendError, DependencyError, EdgekilnError, InternalError, UserError
+from edgekiln.execute import worker as protocol
 
-
+# The worker's module: the local and emulated runners start it, and so does a device agent
+# for a remote benchmark.
+WORKER_MODULE = "edgekiln.execute.worker"
 @dataclass(frozen=True)
 class LoadInfo:
     """What a worker reported after loading its subject."""
@@ -45,6 +48,7 @@ class LoadInfo:
     version: str
     rss_before_load_kb: int | None
     rss_after_load_kb: int | None
+    compiler_loaded: bool | None = None  # whether the TVM compiler got imported in the worker
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class LineChannel(Protocol):
 
 
 class Worker:
-    """The harness's side of the worker protocol over any :class:`LineChannel`."""
+    """The caller's side of the worker protocol over any :class:`LineChannel`."""
 
     def __init__(self, channel: LineChannel, label: str) -> None:
         self._channel = channel
@@ -89,7 +93,8 @@ class Worker:
         reply = self._call({"op": "load", "subject": subject,
                             "inputs_npz": protocol.encode_arrays(protocol.pack_samples(samples))})
         self.load_info = LoadInfo(float(reply["load_s"]), reply.get("version", ""),
-                                  reply.get("rss_before_load_kb"), reply.get("rss_after_load_kb"))
+                                  reply.get("rss_before_load_kb"), reply.get("rss_after_load_kb"),
+                                  reply.get("compiler_loaded"))
         return self.load_info
 
     def run(self, queries: int, calls_per_query: int = 1, start: int = 0) -> list[float]:
@@ -123,22 +128,44 @@ class Worker:
             pass
 
 
-class ProcessChannel:
-    """Lines over the stdin/stdout of a child process; its stderr goes to a temporary file."""
+def outputs_of(runner: "Runner", label: str, subject: dict[str, Any],
+               samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Load ``subject`` in a worker of ``runner``, run it on ``samples``, stop it; its outputs."""
+    worker = runner.start(label)
+    try:
+        worker.load(subject, samples)
+        outputs = worker.outputs()
+    except BaseException:
+        worker.abort()
+        raise
+    worker.close()
+    return outputs
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None, label: str) -> None:
+
+class ProcessChannel:
+    """Lines over the stdin/stdout of a child process; its stderr goes to a temporary file,
+    whose last line explains a death."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None, label: str,
+                 cwd: str | os.PathLike[str] | None = None) -> None:
         self._label = label
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=self._stderr, env=env, text=True, bufsize=1)
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                          env=env, cwd=cwd, text=True, encoding="utf-8", bufsize=1)
         except OSError as exc:
+            self._stderr.close()
             raise DependencyError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
         self._rusage: Any = None
 
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: the signal that ended it)."""
+        return self._proc.returncode
 
     def peak_rss_kb(self) -> int | None:
         """The child's VmHWM from /proc, while it runs."""
@@ -153,9 +180,9 @@ class ProcessChannel:
 
     def send(self, line: str) -> None:
         try:
-            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.write(line.rstrip("\n") + "\n")
             self._proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
+        except (BrokenPipeError, ValueError, OSError):
             raise self._died() from None
 
     def receive(self) -> str:
@@ -164,6 +191,34 @@ class ProcessChannel:
             raise self._died()
         return line
 
+    def replies(self) -> Iterator[str]:
+        """Every line the worker writes, until it closes its stdout (then it is reaped)."""
+        for line in self._proc.stdout:
+            yield line.rstrip("\n")
+        self._reap()
+
+    def end_input(self) -> None:
+        """Close the worker's stdin: the end of its requests."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """Stop the worker now (its caller is gone); safe to call more than once."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
+    def failure(self) -> str | None:
+        """Why the reaped worker failed (its signal, or its exit code and last stderr line);
+        None when it exited 0."""
+        code = self._proc.returncode
+        if code == 0:
+            return None
+        if code is not None and code < 0:
+            return f"the worker process died with signal {-code}"
+        return f"the worker process ended (exit {code}): {self._stderr_tail()}"
+
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
         lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
@@ -171,10 +226,7 @@ class ProcessChannel:
 
     def _died(self) -> EdgekilnError:
         self._reap()
-        code = self._proc.returncode
-        if code is not None and code < 0:
-            return BackendError(f"{self._label}: the worker process died with signal {-code}")
-        return BackendError(f"{self._label}: the worker process ended (exit {code}): {self._stderr_tail()}")
+        return BackendError(f"{self._label}: {self.failure() or 'the worker process ended without an answer'}")
 
     def _reap(self, timeout: float = 30.0) -> None:
         if self._proc.returncode is not None:
@@ -191,10 +243,7 @@ class ProcessChannel:
         self._proc.returncode = os.waitstatus_to_exitcode(status)
 
     def close(self) -> ExitInfo:
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            pass
+        self.end_input()
         self._reap()
         for stream in (self._proc.stdout, self._stderr):
             try:
@@ -216,6 +265,48 @@ def _wait4(pid: int, timeout: float) -> tuple[int, Any]:
         time.sleep(0.01)
 
 
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a local worker, with this edgekiln importable (also
+    from a checkout that is not installed)."""
+    import edgekiln
+
+    env = dict(os.environ)
+    root = str(Path(edgekiln.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.update(extra or {})
+    return env
+
+
+def start_local_worker(label: str, *, python: str | None = None, env: dict[str, str] | None = None,
+                       cwd: str | os.PathLike[str] | None = None) -> ProcessChannel:
+    """A worker process of this Python (or ``python``) on this machine."""
+    return ProcessChannel([python or sys.executable, "-m", WORKER_MODULE], worker_env(env), label, cwd=cwd)
+
+
+def relay(channel: ProcessChannel, requests: Iterable[str]) -> Iterator[str]:
+    """Feed ``requests`` to a worker and yield its replies, unchanged, until it exits.
+
+    The agent's half of a remote benchmark: lines go to the worker's stdin as they come (on a
+    thread, so a slow client never blocks the replies) and the end of ``requests`` closes it.
+    When the iteration of ``requests`` itself fails (the client went away), the worker is
+    killed. Afterwards ``channel.returncode`` and ``channel.failure()`` say how it ended.
+    """
+
+    def feed() -> None:
+        try:
+            for line in requests:
+                channel.send(line)
+        except EdgekilnError:
+            pass  # the worker is gone; its end reaches the client through the replies
+        except Exception:  # noqa: BLE001 - the request stream failed: the client is gone
+            channel.kill()
+        finally:
+            channel.end_input()
+
+    threading.Thread(target=feed, name=f"worker-feed-{channel.pid}", daemon=True).start()
+    yield from channel.replies()
+
+
 class Runner(Protocol):
     """Starts workers somewhere; says whether times measured there mean anything."""
 
@@ -228,15 +319,6 @@ class Runner(Protocol):
     def start(self, label: str) -> Worker: ...
 
 
-def _worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    # The worker must import this edgekiln, also from a checkout that is not installed.
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env.update(extra or {})
-    return env
-
-
 class LocalRunner:
     """Workers as child processes of this one, on this machine."""
 
@@ -245,15 +327,14 @@ class LocalRunner:
     reason = None
 
     def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
-        self._python = python or sys.executable
+        self._python = python
         self._env = env
 
     def describe(self) -> str:
         return "local process on this host"
 
     def start(self, label: str) -> Worker:
-        channel = ProcessChannel([self._python, "-m", "edgekiln.bench.worker"], _worker_env(self._env), label)
-        return Worker(channel, label)
+        return Worker(start_local_worker(label, python=self._python, env=self._env), label)
 
 
 class EmulatedRunner:
@@ -263,53 +344,78 @@ class EmulatedRunner:
     timings_meaningful = False
 
     def __init__(self, profile: Any, progress: Any = None) -> None:
+        from edgekiln.execute.host import host_info
+
         self._profile = profile
         self._progress = progress
-        self.reason = (f"emulated {profile.id} under qemu-user on a {os.uname().machine} host: "
+        self.reason = (f"emulated {profile.id} under qemu-user on a {host_info().arch} host: "
                        "times measure the emulator, not the board")
 
     def describe(self) -> str:
         return f"emulated {self._profile.id} (qemu-user)"
 
     def start(self, label: str) -> Worker:
-        try:
-            from edgekiln.emulation import python_prefix
-        except ImportError:
-            raise DependencyError("this edgekiln has no emulated boards (edgekiln.emulation)") from None
+        from edgekiln.emulation import python_prefix
+
         prefix, env = python_prefix(self._profile, progress=self._progress)
-        channel = ProcessChannel([*prefix, "-m", "edgekiln.bench.worker"], env, label)
-        return Worker(channel, label)
+        return Worker(ProcessChannel([*prefix, "-m", WORKER_MODULE], env, label), label)
+
+
+def emulated_board_problem(profile: Any) -> str | None:
+    """Why ``profile``'s emulated board cannot run a worker now, or None when it can.
+
+    Only a board already built counts (``make emulators`` or ``edgekiln emulate PROFILE``):
+    building one is a download and half a minute that nobody should get unasked.
+    """
+    if profile.emulation is None:
+        return "the profile has no emulated board"
+    from edgekiln import emulation
+
+    try:
+        emulation.find_qemu(profile)
+    except DependencyError as exc:
+        return f"no emulator: {exc.one_line()}"
+    sysroot = emulation.find_sysroot(profile)
+    if sysroot is None:
+        name = profile.aliases[0] if profile.aliases else profile.id
+        return f"its emulated board is not built (run `edgekiln emulate {name} --info` or `make emulators` once)"
+    if sysroot.missing:
+        return "the emulated board lacks " + "; ".join(sysroot.missing)
+    return None
+
+
+Connect = Callable[[str, str], LineChannel]
 
 
 class AgentRunner:
     """Workers on a device, through the edgekiln agent running there.
 
-    What the agent must expose (one call; the harness needs nothing else from it):
+    What the agent must expose (one call; nothing else is needed from it):
 
     ``rpc Bench(stream BenchLine) returns (stream BenchLine)`` with
     ``message BenchLine { string json = 1; }``. On the stream's first message the agent
-    starts ``python -m edgekiln.bench.worker`` on the device as a child process of its own
+    starts ``python -m edgekiln.execute.worker`` on the device as a child process of its own
     (not inside the agent, so that the model's peak RSS is its own and a crash takes only
     the worker), then relays each line to the worker's stdin and each line of its stdout
-    back, unchanged. The worker's reply to ``exit`` carries its own peak RSS (``vm_hwm_kb``),
-    which is what the harness reports for a remote run; the agent then reaps the worker and
+    back, unchanged (:func:`relay`). The worker's reply to ``exit`` carries its own peak RSS
+    (``vm_hwm_kb``), which is what a remote run reports; the agent then reaps the worker and
     ends the stream. The subject's ``path`` names an artifact on the device (in the agent's
     model directory); baselines run there only when the device has their runtime installed.
     The replies are the same JSON as a local worker's, so a remote report has the same
     schema as a local one.
 
     ``connect`` is that call's client: a function from (address, label) to a
-    :class:`LineChannel`; by default ``edgekiln.agents.bench_client.connect`` (without the
-    agent package this runner raises a DependencyError that says what is missing).
+    :class:`LineChannel`, such as ``edgekiln.agents.bench_client.connect``, given by the
+    caller (this layer does not import the agent package).
     """
 
     kind = "agent"
     timings_meaningful = True
     reason = None
 
-    def __init__(self, address: str, connect: Callable[[str, str], LineChannel] | None = None) -> None:
+    def __init__(self, address: str, connect: Connect) -> None:
         self._address = address
-        self._connect = connect or _agent_connect()
+        self._connect = connect
 
     def describe(self) -> str:
         return f"device behind the agent at {self._address}"
@@ -318,31 +424,19 @@ class AgentRunner:
         return Worker(self._connect(self._address, label), label)
 
 
-def _agent_connect() -> Callable[[str, str], LineChannel]:
-    try:
-        from edgekiln.agents import bench_client  # type: ignore[attr-defined]
-    except ImportError:
-        bench_client = None
-    connect = getattr(bench_client, "connect", None)
-    if connect is None:
-        raise DependencyError(
-            "this edgekiln has no agent client (edgekiln.agents.bench_client), so a device cannot be "
-            "benchmarked through its agent",
-            hint="run `edgekiln bench` on the device itself; edgekiln.bench.runners.AgentRunner "
-                 "documents the call the agent must expose",
-        )
-    return connect
-
-
-def runner_for(profile: Any, device: str, *, agent: str | None = None, progress: Any = None) -> Runner:
+def runner_for(profile: Any, device: str, *, agent: str | None = None, connect: Connect | None = None,
+               progress: Any = None) -> Runner:
     """The runner for an artifact built for ``profile``: the agent when an address is given,
     this host when its CPU architecture matches, else the profile's emulated board."""
     if agent:
-        return AgentRunner(agent)
-    from edgekiln.runtime import compat
+        if connect is None:
+            raise DependencyError(f"no agent client to reach {agent}",
+                                  hint="benchmark through the edgekiln command line, which brings the agent client")
+        return AgentRunner(agent, connect)
+    from edgekiln.execute.host import host_info
 
-    host = compat.host_info()
-    if profile.cpu.arch == host.arch:
+    host = host_info()
+    if profile is None or profile.cpu.arch == host.arch:
         return LocalRunner()
     if getattr(profile, "emulation", None) is not None:
         return EmulatedRunner(profile, progress=progress)

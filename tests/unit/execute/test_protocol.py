@@ -1,0 +1,149 @@
+"""The worker protocol over a channel, runners, and interleaved pair timing (no processes)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgekiln.errors import BackendError, DependencyError
+from edgekiln.execute import timing, worker
+from edgekiln.execute.progress import ConsoleProgress
+from edgekiln.execute.runners import AgentRunner, ExitInfo, LocalRunner, Worker, runner_for
+
+
+class InProcessChannel:
+    """A LineChannel that answers with the worker's own request handler, no process."""
+
+    def __init__(self, run):
+        self.state = worker._State()
+        self.replies: list[str] = []
+        self._run = run
+
+    def send(self, line):
+        request = json.loads(line)
+        if request["op"] == "load":
+            self.state.inputs = worker.unpack_samples(worker.decode_arrays(request["inputs_npz"]))
+            self.state.run = self._run
+            self.replies.append(json.dumps({"ok": True, "load_s": 0.25, "version": "fake 1"}))
+        elif request["op"] == "boom":
+            self.replies.append(json.dumps({"ok": False, "error": "it broke", "kind": "RuntimeError"}))
+        else:
+            self.replies.append(json.dumps(worker.handle(request, self.state)))
+
+    def receive(self):
+        return self.replies.pop(0)
+
+    def close(self):
+        return ExitInfo(peak_rss_kb=2048)
+
+
+def test_worker_protocol_over_any_channel():
+    seen = []
+
+    def run(inputs):
+        seen.append(float(inputs[0][0, 0]))
+        return [inputs[0] * 2]
+
+    w = Worker(InProcessChannel(run), "fake")
+    samples = [[np.full((1, 4), float(i), np.float32)] for i in range(3)]
+    assert w.load({"kind": "fake"}, samples).version == "fake 1"
+    times = w.run(4, calls_per_query=2)
+    assert len(times) == 4 and all(t >= 0 for t in times)
+    assert seen == [0, 1, 2, 0, 1, 2, 0, 1]  # queries cycle through the samples
+    outputs = w.outputs()
+    assert [o[0][0, 0] for o in outputs] == [0.0, 2.0, 4.0]
+    assert w.close().peak_rss_kb == 2048
+    with pytest.raises(BackendError, match="fake: it broke"):
+        Worker(InProcessChannel(run), "fake")._call({"op": "boom"})
+
+
+def test_unknown_subject_and_op_are_errors_of_the_worker():
+    state = worker._State()
+    with pytest.raises(ValueError, match="unknown op"):
+        worker.handle({"op": "dance"}, state)
+    with pytest.raises(RuntimeError, match="run before load"):
+        worker.handle({"op": "run"}, state)
+    with pytest.raises(ValueError, match="unknown subject kind 'tensorrt'"):
+        worker.open_subject({"kind": "tensorrt"})
+
+
+def test_agent_runner_uses_the_connect_function_it_is_given():
+    runner = AgentRunner("addr", connect=lambda address, label: InProcessChannel(lambda x: x))
+    assert runner.kind == "agent" and runner.timings_meaningful
+    assert isinstance(runner.start("tvm"), Worker)
+    assert runner_for(None, "cpu", agent="addr", connect=lambda a, label: InProcessChannel(lambda x: x)).kind == "agent"
+    with pytest.raises(DependencyError, match="no agent client"):
+        runner_for(None, "cpu", agent="addr")
+
+
+def test_runner_for_picks_this_host_or_the_emulated_board():
+    from edgekiln.execute.host import host_info
+
+    here = SimpleNamespace(id="here", cpu=SimpleNamespace(arch=host_info().arch), emulation=None)
+    assert isinstance(runner_for(here, "cpu"), LocalRunner)
+    other = "aarch64" if host_info().arch != "aarch64" else "x86_64"
+    board = SimpleNamespace(id="board", cpu=SimpleNamespace(arch=other), emulation=SimpleNamespace(cpu="x"))
+    runner = runner_for(board, "cpu")
+    assert runner.kind == "emulated" and not runner.timings_meaningful and "emulator" in runner.reason
+    from edgekiln.errors import UserError
+
+    with pytest.raises(UserError, match="no emulated board"):
+        runner_for(SimpleNamespace(id="far", cpu=SimpleNamespace(arch=other), emulation=None), "cpu")
+
+
+def _slow(factor):
+    def run(inputs):
+        import time
+
+        time.sleep(0.001 * factor)
+        return [inputs[0]]
+
+    return run
+
+
+def test_pairs_interleave_and_balance_and_report_progress(capsys):
+    import io
+
+    subjects = [timing.Timed("slow", Worker(InProcessChannel(_slow(8)), "slow")),
+                timing.Timed("fast", Worker(InProcessChannel(_slow(1)), "fast"))]
+    for s in subjects:
+        s.worker.load({"kind": "fake"}, [[np.zeros((1, 2), np.float32)]])
+    timing.warm_up(subjects, 2, 1)
+    assert all(s.first_s > 0 and len(s.warm) == 2 for s in subjects)
+    stream = io.StringIO()
+    pairs = timing.measure_pairs(subjects, 1, runs=4, label="m", progress=ConsoleProgress(stream))
+    assert pairs == 4 and all(len(s.pairs) == 4 for s in subjects)
+    slow, fast = subjects
+    # The faster one runs several queries in its half of a pair, the slower one.
+    assert slow.per_pair == 1 and fast.per_pair >= 3 and len(fast.times) == 4 * fast.per_pair
+    assert timing.median_ratio(slow, fast) > 2
+    assert "pair 1/4  m: slow" in stream.getvalue() and "pair 4/4" in stream.getvalue()
+
+
+def test_local_worker_runs_an_onnx_model_and_reports_a_child_death(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, str(path))
+    from edgekiln.execute.runners import outputs_of
+
+    samples = [[np.array([[-1, 2, -3], [4, -5, 6]], np.float32)], [np.ones((2, 3), np.float32)]]
+    outputs = outputs_of(LocalRunner(), "ort", {"kind": "onnxruntime", "model": str(path)}, samples)
+    assert np.array_equal(outputs[0][0], [[0, 2, 0], [4, 0, 6]]) and np.array_equal(outputs[1][0], samples[1][0])
+    w = LocalRunner().start("ort")
+    info = w.load({"kind": "onnxruntime", "model": str(path), "threads": 1}, samples)
+    assert info.version.startswith("onnxruntime") and info.compiler_loaded is False
+    assert len(w.run(3)) == 3
+    assert w.close().peak_rss_kb > 0
+    with pytest.raises(BackendError, match="ort: .*no_such.onnx|ort: .*NO_SUCHFILE|ort: .*No such file|ort: .*not exist"):
+        outputs_of(LocalRunner(), "ort", {"kind": "onnxruntime", "model": str(tmp_path / "no_such.onnx")}, samples)
