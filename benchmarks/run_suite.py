@@ -39,10 +39,10 @@ except ImportError:  # Python 3.10
 from edgekiln.bench import gate as gate_module
 from edgekiln.bench import report as report_module
 from edgekiln.bench.harness import BenchOptions, bench_artifact
-from edgekiln.execute.host import machine_description
-from edgekiln.execute.progress import ConsoleProgress
 from edgekiln.bench.results import BenchReport, Skipped
 from edgekiln.errors import EdgekilnError, UserError
+from edgekiln.execute.host import machine_description
+from edgekiln.execute.progress import ConsoleProgress
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SUITE_FILE = HERE / "suite.toml"

@@ -17,7 +17,8 @@ import numpy as np
 
 from edgekiln.artifact.manifest import TensorSpec, Validation
 from edgekiln.errors import BackendError
-from edgekiln.execute.inputs import Samples, compare_outputs, make_inputs as _make_inputs
+from edgekiln.execute.inputs import Samples, compare_outputs
+from edgekiln.execute.inputs import make_inputs as _make_inputs
 from edgekiln.execute.runners import LocalRunner, Runner, outputs_of
 
 # Validation tolerance of int8 artifacts against the int8 model that passed the accuracy

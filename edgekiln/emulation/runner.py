@@ -36,8 +36,8 @@ from edgekiln.emulation.sysroot import (
 from edgekiln.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgekiln.execute.progress import Progress
     from edgekiln.device_profiles import DeviceProfile
+    from edgekiln.execute.progress import Progress
 
 # Names that mean the board's interpreter.
 PYTHON_NAMES = ("python", "python3", f"python{PYTHON_VERSION}")
@@ -57,8 +57,8 @@ def python_prefix(profile: DeviceProfile | str, *, progress: Progress | None = N
     delta) to :mod:`subprocess`; host paths in the arguments are seen as they are::
 
         prefix, env = python_prefix("rasp4b")
-        subprocess.Popen([*prefix, "-m", "edgekiln.execute.worker"], env=env, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.run([*prefix, "-c", "import numpy; print(numpy.__version__)"], env=env,
+                       capture_output=True, text=True)
 
     Builds the sysroot first when it is not cached (a minute or so; see :func:`ensure_sysroot`).
 

@@ -61,8 +61,8 @@ from edgekiln.emulation.recipe import (
 from edgekiln.errors import IntegrityError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgekiln.execute.progress import Progress
     from edgekiln.device_profiles import DeviceProfile
+    from edgekiln.execute.progress import Progress
 
 # Re-exported: callers import the whole sysroot vocabulary from this module.
 __all__ = [

@@ -20,13 +20,14 @@ def _shape(value):
 
 
 def test_bench_through_the_agent(agent_factory, mobilenet, capsys):
+    from edgekiln.agents.bench_client import connect
     from edgekiln.bench import BenchOptions, bench
     from edgekiln.cli.main import main
 
     agent = agent_factory()
     socket = str(agent.config.agent.socket)
     options = BenchOptions(runs=3, warmup=1, baselines=("none",), agent=socket)
-    remote = bench([mobilenet], options).to_dict()
+    remote = bench([mobilenet], options, connect=connect).to_dict()
     local = bench([mobilenet], BenchOptions(runs=3, warmup=1, baselines=("none",))).to_dict()
 
     (r,) = remote["results"]
@@ -50,7 +51,7 @@ def test_agent_worker_outputs_match_the_local_runtime(agent_factory, mobilenet):
     """Correctness through the relay: the device's outputs are the runtime's, bit for bit."""
     from edgekiln.agents.bench_client import connect
     from edgekiln.bench.harness import make_samples, read_manifest
-    from edgekiln.bench.runners import AgentRunner, LocalRunner
+    from edgekiln.execute.runners import AgentRunner, LocalRunner
 
     agent = agent_factory()
     samples = make_samples(read_manifest(mobilenet), 2, 0)
@@ -93,7 +94,7 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
     # Find the worker (a child of this process, where the agent runs) and drop the client.
     tasks = os.listdir(f"/proc/{os.getpid()}/task")  # children of every thread: a gRPC thread started it
     children = {int(p) for t in tasks for p in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
-    workers = [p for p in children if "edgekiln.bench.worker" in open(f"/proc/{p}/cmdline").read()]
+    workers = [p for p in children if "edgekiln.execute.worker" in open(f"/proc/{p}/cmdline").read()]
     assert len(workers) == 1
     first._call.cancel()
     first.close()

@@ -11,9 +11,9 @@ import statistics
 import pytest
 
 from edgekiln.bench.harness import BenchOptions, bench, bench_artifact
-from edgekiln.bench.runners import AgentRunner, ProcessChannel, _worker_env
-from edgekiln.errors import UserError
 from edgekiln.compile.api import CompileOptions
+from edgekiln.errors import UserError
+from edgekiln.execute.runners import AgentRunner, start_local_worker
 from edgekiln.runtime.compat import host_info
 
 # The tvm backend, explicitly: compile now picks a backend by itself ("auto").
@@ -164,13 +164,11 @@ def test_agent_runner_with_a_stand_in_agent(mobilenet):
 
     A stand-in "agent" that starts the worker locally gives the same report as a local run.
     """
-    import sys
-
     connections = []
 
     def connect(address, label):
         connections.append((address, label))
-        return ProcessChannel([sys.executable, "-m", "edgekiln.bench.worker"], _worker_env(), label)
+        return start_local_worker(label)
 
     runner = AgentRunner("unix:///tmp/agent.sock", connect=connect)
     r = bench_artifact(mobilenet, BenchOptions(runs=2, warmup=0, baselines=("none",), agent="unused"),

@@ -145,22 +145,24 @@ def test_arm_artifact_matches_onnxruntime_on_the_emulated_board(name, count, ras
     print(f"{name} on emulated rasp4b: {elapsed:.1f} s for {len(inputs)} inputs (with start-up)")
 
 
-def test_validate_worker_runs_through_python_prefix(rasp4b, compiled, tmp_path):
-    # How compile-time validation runs an ARM artifact: the worker module, host paths.
+def test_the_worker_runs_through_python_prefix(rasp4b, compiled, tmp_path):
+    # How compile-time validation and the harness run an ARM artifact: the worker module of
+    # edgekiln.execute under the board's Python, with host paths.
+    from edgekiln.execute.runners import EmulatedRunner
+
     root = tmp_path / "artifact"
     unpack(compiled("zoo:mobilenet_v2", "rasp4b").path, root)
     x = np.random.default_rng(7).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    np.savez(tmp_path / "in.npz", **{"0_0": x})
-    prefix, env = python_prefix("rasp4b")
-    proc = subprocess.run([*prefix, "-m", "edgekiln.compile.validate_worker", str(root), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npz"), "cpu"], env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"outputs": 1, "compiler_loaded": False}
+    worker = EmulatedRunner(get_profile("rasp4b")).start("tvm")
+    try:
+        info = worker.load({"kind": "artifact", "path": str(root), "device": "cpu"}, [[x]])
+        ((out,),) = worker.outputs()
+    finally:
+        worker.close()
+    assert info.compiler_loaded is False and info.version.startswith("tvm")
     session = ort.InferenceSession(zoo.build("mobilenet_v2").SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: x})[0]
-    with np.load(tmp_path / "out.npz") as out:
-        assert float(np.abs(out["0_0"] - expected).max()) <= 1e-4
+    assert float(np.abs(out - expected).max()) <= 1e-4
 
 
 def test_rasp3b_board_runs_python_and_numpy_without_the_tvm_runtime():
