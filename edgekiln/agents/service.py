@@ -346,10 +346,9 @@ def _relay_bench(requests: Any, context: Any, model_dir: Path, line_type: Any,
         for line in relay(channel, (m.json for m in _chain(first, requests))):
             yield line_type(json=line)
         info = channel.close()
-        code = channel.returncode
+        code, failure = channel.returncode, channel.failure()
         log.info("bench: worker %d exited with %s", channel.pid, code)
         context.set_trailing_metadata((("exit-code", str(code)), ("ru-maxrss-kb", str(info.ru_maxrss_kb or 0))))
-        failure = channel.failure()
         if failure:
             abort(context, "INTERNAL", f"the benchmark worker failed: {failure}")
     finally:

@@ -149,6 +149,7 @@ class ProcessChannel:
     def __init__(self, argv: list[str], env: dict[str, str] | None, label: str,
                  cwd: str | os.PathLike[str] | None = None) -> None:
         self._label = label
+        self._tail = "no message"
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
@@ -179,11 +180,18 @@ class ProcessChannel:
         return None
 
     def send(self, line: str) -> None:
+        if not self._write(line):
+            raise self._died()
+
+    def _write(self, line: str) -> bool:
+        """Write one line to the worker; False when it is gone (nothing else is done here,
+        so that a feeding thread never reaps the process under its reader)."""
         try:
             self._proc.stdin.write(line.rstrip("\n") + "\n")
             self._proc.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
-            raise self._died() from None
+            return False
+        return True
 
     def receive(self) -> str:
         line = self._proc.stdout.readline()
@@ -220,6 +228,8 @@ class ProcessChannel:
         return f"the worker process ended (exit {code}): {self._stderr_tail()}"
 
     def _stderr_tail(self) -> str:
+        if self._stderr.closed:
+            return self._tail
         self._stderr.seek(0)
         lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
         return lines[-1].strip() if lines else "no message"
@@ -245,6 +255,8 @@ class ProcessChannel:
     def close(self) -> ExitInfo:
         self.end_input()
         self._reap()
+        if not self._stderr.closed:
+            self._tail = self._stderr_tail()  # what failure() says after the file is gone
         for stream in (self._proc.stdout, self._stderr):
             try:
                 stream.close()
@@ -295,9 +307,8 @@ def relay(channel: ProcessChannel, requests: Iterable[str]) -> Iterator[str]:
     def feed() -> None:
         try:
             for line in requests:
-                channel.send(line)
-        except EdgekilnError:
-            pass  # the worker is gone; its end reaches the client through the replies
+                if not channel._write(line):
+                    break  # the worker is gone; its end reaches the client through the replies
         except Exception:  # noqa: BLE001 - the request stream failed: the client is gone
             channel.kill()
         finally:
