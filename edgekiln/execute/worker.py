@@ -25,7 +25,7 @@ extracted artifact) or
 ``{"kind": "onnxruntime"|"openvino"|"torch"|"torch-compile", "model": ONNX_PATH, "device": D}``,
 each with an optional ``"threads": N``: the worker then runs on the first N CPUs it may use
 and tells its runtime to use N threads (default: the runtime's own choice).
-This module imports only the standard library and numpy at the top; each runtime is
+This module imports only the standard library, numpy and edgekiln.errors at the top; each runtime is
 imported when its subject loads, so an artifact's worker never loads the TVM compiler.
 """
 
@@ -40,6 +40,8 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from edgekiln.errors import EdgekilnError, first_line
 
 RunFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
@@ -265,11 +267,9 @@ def main() -> int:
         try:
             request = json.loads(line)
             reply = handle(request, state)
-        except Exception as exc:  # every failure goes back as one line; the harness decides
+        except Exception as exc:  # every failure goes back as one line; the caller decides
             # One line: the first of the message (torch.compile appends pages of context).
-            text = exc.one_line() if hasattr(exc, "one_line") else next(
-                (ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-            message = text[:400]
+            message = exc.one_line()[:400] if isinstance(exc, EdgekilnError) else first_line(exc)
             reply = {"ok": False, "error": message or type(exc).__name__, "kind": type(exc).__name__}
             request = {}
         channel.write(json.dumps(reply) + "\n")
