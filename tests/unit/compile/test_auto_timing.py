@@ -1,0 +1,70 @@
+"""auto's timing: candidates interleaved with ONNX Runtime on the source model, no bench."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from edgekiln.compile import auto
+from edgekiln.execute.progress import NullProgress
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekiln.compile.api import CompileOptions, compile_model
+    from edgekiln.execute.host import host_info
+
+    if host_info().arch != "x86_64":
+        pytest.skip("x86_64 artifacts")  # the only host this profile runs on
+    tmp = tmp_path_factory.mktemp("auto")
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 10)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    source = tmp / "tiny.onnx"
+    onnx.save(model, str(source))
+    artifacts = {name: compile_model(source, "x86_64", tmp / f"{name}.tar.gz",
+                                     options=CompileOptions(backend="onnxruntime", validate=False))
+                 for name in ("a", "b")}
+    return source, artifacts
+
+
+def test_every_candidate_is_timed_against_onnxruntime_and_the_fastest_wins(built):
+    source, artifacts = built
+    records = [{"backend": name, "status": "built"} for name in artifacts]
+    choice, why = auto._measure(artifacts, records, str(source), NullProgress())
+    assert choice in artifacts and f"{auto.BENCH_PAIRS} interleaved pairs each" in why
+    for record in records:
+        assert record["pairs"] == auto.BENCH_PAIRS and record["p50_ms"] > 0
+        # The same runtime on the same graph: the ratio is about 1.
+        assert 0.05 < record["ratio_to_onnxruntime"] < 20
+    assert choice == min(records, key=lambda r: r["ratio_to_onnxruntime"])["backend"]
+    # An imported source model is used as it is, nothing re-imported.
+    again = [{"backend": name, "status": "built"} for name in artifacts]
+    auto._measure(artifacts, again, SimpleNamespace(path=source), NullProgress())
+    assert all("ratio_to_onnxruntime" in r for r in again)
+
+
+def test_a_candidate_that_cannot_run_is_recorded_and_the_others_decide(built, tmp_path):
+    source, artifacts = built
+    broken = SimpleNamespace(path=tmp_path / "missing.tar.gz", manifest=artifacts["a"].manifest)
+    records = [{"backend": "broken", "status": "built"}, {"backend": "b", "status": "built"}]
+    choice, _ = auto._measure({"broken": broken, "b": artifacts["b"]}, records, str(source), NullProgress())
+    assert choice == "b" and records[0]["status"] == "not measured" and "missing.tar.gz" in records[0]["reason"]
+
+
+def test_no_source_model_means_no_timing_and_the_first_choice(built, tmp_path):
+    _, artifacts = built
+    records = [{"backend": name, "status": "built"} for name in artifacts]
+    choice, why = auto._measure(artifacts, records, str(tmp_path / "gone.onnx"), NullProgress())
+    assert choice == "a" and "no candidate could be timed" in why
