@@ -1,9 +1,10 @@
 """Benchmarks of compiled artifacts against baseline runtimes, interleaved in one run.
 
 ``bench(artifacts, BenchOptions(...)) -> BenchReport`` (:mod:`.harness`); statistics in
-:mod:`.statistics`, baselines in :mod:`.baselines`, where a model runs in :mod:`.runners`,
-Markdown and plots in :mod:`.report`, the regression gate in :mod:`.gate`. Importing this
-package loads nothing heavy; each name is imported on first use.
+:mod:`.statistics`, baselines in :mod:`.baselines`, Markdown and plots in :mod:`.report`,
+the regression gate in :mod:`.gate`. Where a model runs and how pairs are timed is
+:mod:`edgekiln.execute`. Importing this package loads nothing heavy; each name is imported
+on first use.
 """
 
 from __future__ import annotations
