@@ -97,7 +97,8 @@ class BenchOptions:
         names = tuple(dict.fromkeys(self.baselines))
         for name in names:
             if name not in baseline_registry.CHOICES:
-                raise UserError(f"unknown baseline {name!r}", hint=f"choose from {', '.join(baseline_registry.CHOICES)}")
+                raise UserError(f"unknown baseline {name!r}",
+                                hint=f"choose from {', '.join(baseline_registry.CHOICES)}")
         if baseline_registry.NONE in names and len(names) > 1:
             raise UserError("--baseline none cannot be combined with other baselines")
         object.__setattr__(self, "baselines", tuple(n for n in names if n != baseline_registry.NONE))
@@ -108,7 +109,7 @@ class BenchOptions:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BenchOptions":
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchOptions:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -71,12 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
     from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
     from edgekiln.compile.frontends import model_stem, parse_input_config
-    from edgekiln.execute.progress import ConsoleProgress
     from edgekiln.compile.quantize import QuantizeOptions
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.device_profiles import get_profile
-
     from edgekiln.errors import UserError
+    from edgekiln.execute.progress import ConsoleProgress
 
     if args.input_config and args.input_shape:
         raise UserError("give the input shapes either with --input-config or with --input-shape, not both")

@@ -128,7 +128,7 @@ class Worker:
             pass
 
 
-def outputs_of(runner: "Runner", label: str, subject: dict[str, Any],
+def outputs_of(runner: Runner, label: str, subject: dict[str, Any],
                samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
     """Load ``subject`` in a worker of ``runner``, run it on ``samples``, stop it; its outputs."""
     worker = runner.start(label)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Mapping
 
 from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.execute.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
+from edgekiln.execute.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.compile.quantize.data import Dataset, load_dataset, split
 from edgekiln.errors import BackendError, UserError
+from edgekiln.execute.progress import NullProgress, Progress
 
 MODES = ("int8", "int8-auto")
 DEFAULT_CALIBRATION_SAMPLES = 100

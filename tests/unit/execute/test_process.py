@@ -10,12 +10,14 @@ from edgekiln.errors import BackendError, DependencyError
 from edgekiln.execute.runners import ProcessChannel, Worker, relay, worker_env
 
 ECHO = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n"
-DIE = "import sys\nsys.stdin.readline()\nprint('first line', file=sys.stderr)\nprint('RuntimeError: the model is gone', file=sys.stderr)\nsys.exit(3)\n"
+DIE = ("import sys\nsys.stdin.readline()\nprint('first line', file=sys.stderr)\n"
+       "print('RuntimeError: the model is gone', file=sys.stderr)\nsys.exit(3)\n")
 
 
 def test_a_worker_that_dies_is_a_backend_error_with_its_last_stderr_line():
     channel = ProcessChannel([sys.executable, "-c", DIE], None, "tvm")
-    with pytest.raises(BackendError, match=r"tvm: the worker process ended \(exit 3\): RuntimeError: the model is gone"):
+    gone = r"tvm: the worker process ended \(exit 3\): RuntimeError: the model is gone"
+    with pytest.raises(BackendError, match=gone):
         Worker(channel, "tvm").run(1)
     assert channel.returncode == 3
     channel.close()

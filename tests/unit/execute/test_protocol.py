@@ -145,5 +145,5 @@ def test_local_worker_runs_an_onnx_model_and_reports_a_child_death(tmp_path):
     assert info.version.startswith("onnxruntime") and info.compiler_loaded is False
     assert len(w.run(3)) == 3
     assert w.close().peak_rss_kb > 0
-    with pytest.raises(BackendError, match="ort: .*no_such.onnx|ort: .*NO_SUCHFILE|ort: .*No such file|ort: .*not exist"):
+    with pytest.raises(BackendError, match="ort: .*(no_such.onnx|NO_SUCHFILE|No such file|not exist)"):
         outputs_of(LocalRunner(), "ort", {"kind": "onnxruntime", "model": str(tmp_path / "no_such.onnx")}, samples)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from edgekiln.errors import UserError
-
-import torch
-import onnxruntime as ort
 
 
 def test_zoo_mobilenet_v3_small_matches_onnxruntime():

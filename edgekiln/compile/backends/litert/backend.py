@@ -20,9 +20,9 @@ from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, LoweredFiles
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.execute.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import DependencyError, UserError
+from edgekiln.execute.progress import Progress
 
 MODEL_FILE = "model.tflite"
 # The ai-edge-litert release artifacts are made for and validated with; a device installs it.

@@ -30,8 +30,8 @@ from typing import Sequence
 import numpy as np
 
 from edgekiln.compile.backends.litert.graph import Graph, Op, QuantParams, Tensor
-from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.errors import BackendError
+from edgekiln.execute.progress import NullProgress, Progress
 
 METHODS = ("minmax", "percentile")
 PERCENTILE = 99.99

@@ -13,9 +13,9 @@ from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, LoweredFiles
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.execute.progress import Progress
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
+from edgekiln.execute.progress import Progress
 
 MODEL_FILE = "model.onnx"
 # onnxruntime publishes wheels for these device architectures (PyPI, 1.2x/1.3x).

@@ -14,10 +14,10 @@ from edgekiln.compile.backends.base import Backend, LoweredFiles
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import runtime_libs
 from edgekiln.compile.frontends.onnx import SourceModel
-from edgekiln.execute.progress import Progress
-from edgekiln.execute.host import host_info
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError, first_line
+from edgekiln.execute.host import host_info
+from edgekiln.execute.progress import Progress
 
 MODEL_LIBRARY = "lib/model.so"
 RUNTIME_LIBRARY = "lib/libtvm_runtime.so"
