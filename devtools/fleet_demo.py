@@ -114,7 +114,7 @@ def start_agent(procs: Processes, endpoint: str, admin: FleetAdmin, artifact: Pa
 
 def predict_and_capture(procs: Processes, artifact: Path, image: Path, predictions: int) -> None:
     """Load the model, predict ``predictions`` times with capture, wait until all is in S3."""
-    from edgekiln.agents.service import AgentClient
+    from edgekiln.agents.client import AgentClient
 
     socket = procs.work / "agent" / "agent.sock"
     with AgentClient(socket) as client:

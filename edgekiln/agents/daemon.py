@@ -80,7 +80,9 @@ class Agent:
         from edgekiln.agents.capture import CaptureService
         from edgekiln.agents.outbox import Outbox
         from edgekiln.agents.reporter import CloudSink, DiskSink, FleetClient, ProcessMetrics
-        from edgekiln.agents.service import ModelLoadError, ModelRegistry, make_servicer, serve
+        from edgekiln.agents.registry import ModelLoadError, ModelRegistry
+        from edgekiln.agents.server import serve
+        from edgekiln.agents.servicer import AgentServicer
 
         cfg = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ class Agent:
                 self.outbox.faults.append({"kind": "model-reload", "model": saved["name"], "error": exc.message,
                                            "time": now()})
                 log.error("could not reload model %s: %s", saved["name"], exc.message)
-        self._server = serve(cfg.agent.socket, make_servicer(self.registry, self.capture),
+        self._server = serve(cfg.agent.socket, AgentServicer(self.registry, self.capture),
                              max_workers=cfg.agent.max_workers)
         self.started = True
         log.info("agent %s/%s serving on %s", cfg.device.fleet, cfg.device.name, cfg.agent.socket)

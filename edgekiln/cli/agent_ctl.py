@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekiln.agents.service import AgentClient
+    from edgekiln.agents.client import AgentClient
 
     socket = args.socket
     if args.config:

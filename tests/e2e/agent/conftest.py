@@ -29,7 +29,7 @@ class AgentProcess:
         return str(load_config(config).agent.socket)
 
     def start(self, timeout: float = 30.0) -> "AgentProcess":
-        from edgekiln.agents.service import AgentClient
+        from edgekiln.agents.client import AgentClient
 
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

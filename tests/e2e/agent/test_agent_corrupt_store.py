@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from edgekiln.agents.service import AgentClient
+from edgekiln.agents.client import AgentClient
 
 
 def wait_for(what, check, timeout=30.0):

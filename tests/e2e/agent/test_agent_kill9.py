@@ -12,7 +12,7 @@ import uuid
 
 import numpy as np
 
-from edgekiln.agents.service import AgentCallError, AgentClient
+from edgekiln.agents.client import AgentCallError, AgentClient
 
 KILLS = 32
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekiln.agents.service import AgentCallError, AgentClient
+from edgekiln.agents.client import AgentCallError, AgentClient
 
 
 def test_local_api_with_a_compiled_model(agent_factory, fleet_server, mobilenet, s3_records, wait, capsys):

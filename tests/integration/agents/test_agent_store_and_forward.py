@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from edgekiln.agents.service import AgentCallError, AgentClient
 from devtools.servers import free_ports
+from edgekiln.agents.client import AgentCallError, AgentClient
 
 
 def heartbeat_recorder(agent) -> list[str]:

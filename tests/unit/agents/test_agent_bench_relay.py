@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgekiln.agents.service import _relay_bench
+from edgekiln.agents.bench_relay import _relay_bench
 from edgekiln.execute import runners
 
 

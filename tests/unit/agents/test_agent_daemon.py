@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from edgekiln.agents.daemon import Agent
-from edgekiln.agents.service import AgentClient
 from devtools.servers import free_ports
+from edgekiln.agents.client import AgentClient
+from edgekiln.agents.daemon import Agent
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ import pytest
 
 from edgekiln.agents import outbox as ob
 from edgekiln.agents.capture import CaptureService
-from edgekiln.agents.service import AgentCallError, AgentClient, ModelRegistry, make_servicer, serve
+from edgekiln.agents.client import AgentCallError, AgentClient
+from edgekiln.agents.registry import ModelRegistry
+from edgekiln.agents.server import serve
+from edgekiln.agents.servicer import AgentServicer
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ def api(short_dir, fake_loader, fake_clock):
     registry = ModelRegistry(short_dir / "models", short_dir / "models.json", max_models=3, clock=fake_clock,
                              loader=fake_loader)
     capture = CaptureService(box, clock=fake_clock, on_sample=registry.note_sample)
-    server = serve(short_dir / "agent.sock", make_servicer(registry, capture), max_workers=8)
+    server = serve(short_dir / "agent.sock", AgentServicer(registry, capture), max_workers=8)
     client = AgentClient(short_dir / "agent.sock", timeout=10)
     client.wait_ready(5)
     yield client, registry, box, short_dir
@@ -157,4 +160,4 @@ def test_second_agent_on_the_same_socket_is_refused(api):
 
     _, registry, box, root = api
     with pytest.raises(UserError, match="another agent"):
-        serve(root / "agent.sock", make_servicer(registry, CaptureService(box)))
+        serve(root / "agent.sock", AgentServicer(registry, CaptureService(box)))

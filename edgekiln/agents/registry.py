@@ -1,0 +1,182 @@
+"""The models the agent has loaded: load, unload, predict, and the list kept across restarts.
+
+Each loaded model has its own lock, so that Predict calls on different models run at the
+same time while calls on one model take turns (the TVM executor of one model is not
+shared between threads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekiln.agents.reporter import ModelMetrics
+from edgekiln.artifact.names import check_name
+from edgekiln.errors import CompatibilityError, DependencyError, EdgekilnError, IntegrityError, UserError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(UserError):
+    """LoadModel failed; ``code`` is the gRPC status code name to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    url: str
+    model: Any  # edgekiln.runtime.Model
+    loaded_at: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    metrics: ModelMetrics = field(default_factory=ModelMetrics)
+
+    @property
+    def version(self) -> str:
+        return str(self.model.manifest.model.version)
+
+
+class ModelRegistry:
+    """The models the agent has loaded; the list survives restarts (``models.json``)."""
+
+    def __init__(self, model_dir: Path, state_file: Path | None, *, max_models: int = 8,
+                 clock: Callable[[], float] = time.time, loader: Callable[[str], Any] | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.state_file = state_file
+        self.max_models = max_models
+        self.clock = clock
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
+        self._loading: set[str] = set()
+        self._samples: dict[str, ModelMetrics] = {}
+        self.running = 0
+        self.max_running = 0
+
+    def resolve(self, url: str) -> Path:
+        path = Path(url).expanduser()
+        return path if path.is_absolute() else self.model_dir / path
+
+    def load(self, name: str, url: str) -> LoadedModel:
+        try:
+            check_name(name, "model name")
+        except UserError as exc:
+            raise ModelLoadError("INVALID_ARGUMENT", exc.one_line()) from None
+        if not url:
+            raise ModelLoadError("INVALID_ARGUMENT", "url is empty: give the artifact's path")
+        path = self.resolve(url)
+        with self._lock:
+            if name in self._models or name in self._loading:
+                raise ModelLoadError("ALREADY_EXISTS", f"a model named {name!r} is already loaded")
+            if len(self._models) + len(self._loading) >= self.max_models:
+                raise ModelLoadError("RESOURCE_EXHAUSTED", f"{self.max_models} models are loaded (agent.max_models); "
+                                     "unload one first")
+            self._loading.add(name)
+        try:
+            if not path.exists():
+                raise ModelLoadError("NOT_FOUND", f"no model artifact at {path}")
+            model = self._open(path)
+            entry = LoadedModel(name=name, url=str(path), model=model, loaded_at=self.clock())
+            with self._lock:
+                entry.metrics = self._samples.pop(name, entry.metrics)
+                self._models[name] = entry
+            self._save()
+            return entry
+        finally:
+            with self._lock:
+                self._loading.discard(name)
+
+    def _open(self, path: Path) -> Any:
+        try:
+            if self._loader is not None:
+                return self._loader(str(path))
+            from edgekiln.runtime import Model
+
+            return Model(path)
+        except CompatibilityError as exc:
+            raise ModelLoadError("FAILED_PRECONDITION", exc.one_line()) from None
+        except DependencyError as exc:
+            raise ModelLoadError("FAILED_PRECONDITION", exc.one_line()) from None
+        except (IntegrityError, UserError) as exc:
+            raise ModelLoadError("INVALID_ARGUMENT", exc.one_line()) from None
+        except EdgekilnError as exc:
+            raise ModelLoadError("INTERNAL", exc.one_line()) from None
+        except MemoryError:
+            raise ModelLoadError("RESOURCE_EXHAUSTED", f"not enough memory to load {path}") from None
+        except OSError as exc:
+            raise ModelLoadError("INVALID_ARGUMENT", f"{path} cannot be read as an artifact: {exc}") from None
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._models.pop(name, None)
+            if entry is None:
+                raise ModelLoadError("NOT_FOUND", f"no model named {name!r} is loaded")
+        with entry.lock:  # let a running Predict finish before the executor goes
+            pass
+        self._save()
+
+    def get(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def list(self) -> list[LoadedModel]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.name)
+
+    def note_sample(self, name: str, now: float) -> None:
+        with self._lock:
+            entry = self._models.get(name)
+            metrics = entry.metrics if entry else self._samples.setdefault(name, ModelMetrics())
+        metrics.sample(now)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Per-model metrics for heartbeats (models captured for but not loaded included)."""
+        with self._lock:
+            loaded = [(m.name, m.version, m.metrics) for m in self._models.values()]
+            sampled = [(n, "", m) for n, m in self._samples.items() if n not in self._models]
+        return [{"model_name": n, "model_version": v, "metrics": m.snapshot()} for n, v, m in sorted(loaded + sampled)]
+
+    def predict(self, entry: LoadedModel, arrays: list[Any]) -> list[Any]:
+        with entry.lock:
+            with self._lock:
+                self.running += 1
+                self.max_running = max(self.max_running, self.running)
+            start = time.perf_counter()
+            ok = False
+            try:
+                outputs = entry.model.run(arrays)
+                ok = True
+                return outputs
+            finally:
+                entry.metrics.record(time.perf_counter() - start, ok, self.clock())
+                with self._lock:
+                    self.running -= 1
+
+    # -- persistence of the loaded list ---------------------------------------------
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        with self._lock:
+            data = [{"name": m.name, "url": m.url} for m in self._models.values()]
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps({"models": data}, indent=1))
+        os.replace(tmp, self.state_file)
+
+    def saved(self) -> list[dict[str, str]]:
+        if self.state_file is None or not self.state_file.is_file():
+            return []
+        try:
+            data = json.loads(self.state_file.read_text())
+            return [{"name": str(m["name"]), "url": str(m["url"])} for m in data.get("models", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring unreadable %s", self.state_file)
+            return []
