@@ -13,15 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgekiln.agents import outbox as ob
+from edgekiln.artifact.names import check_name
 from edgekiln.errors import UserError
 
-MODEL_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 # How far an inference timestamp may lie ahead of the agent's clock (clock skew between
 # the application and the agent) before CaptureData answers OUT_OF_RANGE.
 FUTURE_SKEW_SECONDS = 5.0
@@ -51,11 +50,14 @@ class CaptureService:
         Raises InvalidCapture, FutureTimestamp, NotImplementedError (shared memory),
         outbox.CaptureExists or outbox.StoreFull.
         """
-        if not ob.RECORD_ID_RE.match(request.capture_id):
+        if not ob.RECORD_ID_RE.fullmatch(request.capture_id):
             raise InvalidCapture(f"capture_id {request.capture_id!r} is not of the expected format "
                                  "(1-128 letters, digits, '_', '.', ':', '-'; a UUID works)")
-        if not MODEL_NAME_RE.match(request.model_name):
-            raise InvalidCapture(f"model_name {request.model_name!r} must match ^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+        # The fleet's rule: a name it refuses would make a batch that can never be delivered.
+        try:
+            check_name(request.model_name, "model_name")
+        except UserError as exc:
+            raise InvalidCapture(exc.one_line()) from None
         items = list(request.input_tensors) + list(request.output_tensors) + list(request.inputs) + list(request.outputs)
         if not items:
             raise InvalidCapture("a capture needs at least one tensor or auxiliary data item")

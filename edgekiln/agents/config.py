@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgekiln.artifact.names import MAX_NAME_LENGTH, is_valid_name
 from edgekiln.errors import UserError
 
 DESTINATIONS = ("Disk", "Cloud")
 FULL_POLICIES = ("RejectNewData", "OverwriteOldest")
-NAME_RE = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9])*$")
 # The capture store needs room for its SQLite database and write-ahead log besides records.
 MIN_STORAGE_LIMIT = 1024 * 1024
 
@@ -232,8 +232,8 @@ def _check(config: AgentConfig, where: str) -> None:
         raise UserError(f"{where}: {key} {what}")
 
     for key, value in (("device.name", config.device.name), ("device.fleet", config.device.fleet)):
-        if not NAME_RE.match(value) or len(value) > 63:
-            fail(key, f"must be 1-63 letters, digits and inner dashes, not {value!r}")
+        if not is_valid_name(value):
+            fail(key, f"must be 1-{MAX_NAME_LENGTH} letters, digits and inner dashes, not {value!r}")
     fleet, capture, agent = config.fleet, config.capture, config.agent
     if fleet.endpoint and not re.match(r"^https?://[^/\s]+(/.*)?$", fleet.endpoint):
         fail("fleet.endpoint", f"must be an http:// or https:// URL, not {fleet.endpoint!r}")

@@ -58,7 +58,8 @@ SHM_RESERVE = 32 * 1024
 # Tombstones of delivered and dropped records are kept this long for status queries and
 # duplicate detection, then pruned.
 TOMBSTONE_SECONDS = 24 * 3600.0
-RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+RECORD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 KEEP_QUARANTINED = 5
 
 _SCHEMA = """
@@ -329,7 +330,7 @@ class Outbox:
     # -- capture records -------------------------------------------------------------
     def add_record(self, record_id: str, model: str, payload: bytes) -> None:
         """Store one capture record; it is durable when this returns."""
-        if not RECORD_ID_RE.match(record_id):
+        if not isinstance(record_id, str) or not RECORD_ID_RE.fullmatch(record_id):
             raise UserError(f"record id {record_id!r} is not of the expected format")
         self._guard(lambda: self._add_record(record_id, model, payload))
 

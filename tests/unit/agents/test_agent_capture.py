@@ -51,6 +51,21 @@ def test_validation(service, fake_clock):
     assert capture.status("c1") == "IN_PROGRESS" and capture.status("zz") is None
 
 
+@pytest.mark.parametrize("model", ["m" * 64, "m" * 200, "m\n", "-m", "m-", ""])
+def test_names_the_fleet_refuses_are_refused_at_capture(service, model):
+    # A name the fleet refuses (longer than its key segment limit, a trailing newline that
+    # "$" let through) would make a batch that can never be delivered.
+    capture, box = service
+    capture_id = "ok-1"
+    with pytest.raises(InvalidCapture, match="model_name"):
+        capture.capture(request(capture_id=capture_id, model=model))
+    assert box.status(capture_id) is None
+    with pytest.raises(InvalidCapture, match="capture_id"):
+        capture.capture(request(capture_id="c1\n"))
+    capture.capture(request(capture_id=capture_id, model="m" * 63))
+    assert box.status(capture_id) == ob.READY
+
+
 def test_batches_embed_small_items_and_split_large_ones(service, fake_clock):
     capture, box = service
     big = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
