@@ -12,42 +12,47 @@ the previous run stopped:
 * batches: formed in one transaction from ready records with a key that is a function of
   their record ids, so a batch that was in flight when the agent died is delivered again
   under the same key (an idempotent overwrite, never a second copy);
-* messages (heartbeats, faults): ``ready`` → ``in-flight`` → ``acked``; the fleet
-  de-duplicates by the id inside each message.  Messages are never evicted.
+* a batch the fleet refuses for good (a 4xx answer) goes with its records to
+  ``dead-letter``: the payloads move to ``dead-letter/<batch>/`` (kept, not charged to the
+  budget), the batch is counted, and the queue moves on;
+* messages (heartbeats): a bounded queue per kind (:mod:`edgekiln.agents.messages`).
 
 The store keeps to a disk budget (records, database and a reserve for the write-ahead
 log) and a record count (the capture buffer size); when full it rejects new records or
 overwrites the oldest ready ones, and counts either.  A database that SQLite finds
 corrupt is moved aside (never deleted) with the payload files, and a fresh one replaces
-it; the fault is kept for the next heartbeat.
+it.  A payload file that no row accounts for (its row was lost with a damaged or deleted
+write-ahead log, or its capture was never acknowledged) is moved to the quarantine
+directory, never deleted.  Both raise a fault, kept for the next heartbeat, and are
+counted; nothing in the quarantine directory is ever deleted by the agent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from edgekiln.agents.messages import DEFAULT_MAX_MESSAGES, MessageQueue
+from edgekiln.agents.salvage import Salvage, is_corruption
 from edgekiln.errors import UserError
 
 log = logging.getLogger(__name__)
 
-READY, IN_FLIGHT, ACKED, DROPPED = "ready", "in-flight", "acked", "dropped"
+READY, IN_FLIGHT, ACKED, DROPPED, DEAD_LETTER = "ready", "in-flight", "acked", "dropped", "dead-letter"
 LIVE = (READY, IN_FLIGHT)
 REJECT_NEW, OVERWRITE_OLDEST = "RejectNewData", "OverwriteOldest"
 
 DB_NAME = "outbox.db"
 RECORDS_DIR = "records"
+DEAD_LETTER_DIR = "dead-letter"
 # Checkpoints keep the write-ahead log, and so the store's disk use, bounded: the WAL is
 # checkpointed at about 1/64 of the budget (16 to 1024 pages). The budget reserves the
 # WAL's ceiling and as much again for the database file, which grows by at most the pages
@@ -60,7 +65,6 @@ SHM_RESERVE = 32 * 1024
 TOMBSTONE_SECONDS = 24 * 3600.0
 # fullmatch, not match with "$": "$" also matches before a trailing newline.
 RECORD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-KEEP_QUARANTINED = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -122,21 +126,13 @@ class Batch:
     record_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Message:
-    id: int
-    kind: str
-    body: dict[str, Any]
-    created_at: float
-
-
 def batch_key(model: str, day: str, record_ids: Iterable[str]) -> tuple[str, str]:
     """(batch id, key) for records of one model and day: a function of the record ids."""
     digest = hashlib.sha256("\n".join(record_ids).encode()).hexdigest()[:20]
     return digest, f"{model}/{day}/{digest}.jsonl"
 
 
-class Outbox:
+class Outbox(MessageQueue, Salvage):
     """The store; thread-safe (one connection behind one lock, network I/O stays outside)."""
 
     def __init__(
@@ -150,6 +146,7 @@ class Outbox:
         quarantine_dir: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.time,
         durable: bool = True,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
     ) -> None:
         if full_policy not in (REJECT_NEW, OVERWRITE_OLDEST):
             raise UserError(f"full policy must be {REJECT_NEW} or {OVERWRITE_OLDEST}, not {full_policy!r}")
@@ -162,6 +159,9 @@ class Outbox:
         self.clock = clock
         self.durable = durable
         self.faults: list[dict[str, Any]] = []
+        # Queued heartbeats may use an eighth of the budget; the rest is the captures'.
+        self.max_messages = int(max_messages)
+        self.message_budget_bytes = self.storage_limit // 8
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._live_bytes = 0
@@ -178,6 +178,10 @@ class Outbox:
     @property
     def records_dir(self) -> Path:
         return self.root / RECORDS_DIR
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        return self.root / DEAD_LETTER_DIR
 
     def open(self) -> None:
         """Open (or create) the store, moving a corrupt database aside, and recover."""
@@ -223,14 +227,22 @@ class Outbox:
     def _recover(self) -> None:
         """Make the files and the rows agree after an unclean stop."""
         db = self._conn()
-        live = {rid: size for rid, size in db.execute(
-            "SELECT record_id, size FROM records WHERE state IN (?, ?)", LIVE)}
-        # A payload without a live row was never acknowledged to the client (the row is
-        # committed after the file is in place) or was delivered or dropped already.
+        states = dict(db.execute("SELECT record_id, state FROM records"))
+        unmatched: list[Path] = []
         for path in self.records_dir.iterdir():
-            name = path.name
-            if name.endswith(".tmp") or name not in live:
+            state = states.get(path.name)
+            if path.name.endswith(".tmp") or state in (ACKED, DROPPED):
+                # A .tmp was never renamed into place, so never acknowledged; an acked or
+                # dropped record's file was about to be deleted when the agent stopped.
                 path.unlink(missing_ok=True)
+            elif state == DEAD_LETTER:
+                self._move_dead_letter(db.execute("SELECT batch_id FROM records WHERE record_id=?",
+                                                  (path.name,)).fetchone()[0] or "unknown", [path.name])
+            elif state not in LIVE:
+                unmatched.append(path)
+        if unmatched:
+            self._quarantine_payloads(unmatched)
+        live = [rid for rid, state in states.items() if state in LIVE]
         missing = [rid for rid in live if not (self.records_dir / rid).is_file()]
         if missing:
             now = self.clock()
@@ -255,35 +267,7 @@ class Outbox:
     def _tx(self) -> "_Transaction":
         return _Transaction(self._conn())
 
-    # -- corruption ------------------------------------------------------------------
-    def _quarantine(self, exc: BaseException) -> None:
-        """Move the database, its WAL and the payloads aside and note the fault."""
-        if self._db is not None:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
-        target = self.quarantine_dir / f"outbox-{stamp}-{os.getpid()}"
-        n = 0
-        while target.exists():
-            n += 1
-            target = self.quarantine_dir / f"outbox-{stamp}-{os.getpid()}-{n}"
-        target.mkdir(parents=True)
-        moved = []
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", RECORDS_DIR):
-            source = self.root / name
-            if source.exists():
-                shutil.move(str(source), str(target / name))
-                moved.append(name)
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self._prune_quarantine()
-        fault = {"kind": "store-corrupt", "error": " ".join(str(exc).split()), "moved_to": str(target),
-                 "time": self.clock()}
-        self.faults.append(fault)
-        log.error("capture store %s is corrupt (%s); moved it to %s and started a new one", self.db_path, exc, target)
-
+    # -- corruption (moving things aside: salvage.py) ----------------------------------
     def check(self) -> bool:
         """Read the database from disk, past this connection's page cache; a corrupt one is
         moved aside and replaced. Returns whether it was sound."""
@@ -298,7 +282,7 @@ class Outbox:
                     return True
                 problem = sqlite3.DatabaseError(f"database disk image is malformed ({result})")
             except sqlite3.DatabaseError as exc:
-                if not _is_corruption(exc):
+                if not is_corruption(exc):
                     return True
                 problem = exc
             self._quarantine(problem)
@@ -306,18 +290,13 @@ class Outbox:
             self._recover()
             return False
 
-    def _prune_quarantine(self) -> None:
-        old = sorted(p for p in self.quarantine_dir.iterdir() if p.name.startswith("outbox-"))
-        for path in old[:-KEEP_QUARANTINED]:
-            shutil.rmtree(path, ignore_errors=True)
-
     def _guard(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; on a corrupt database move it aside, reopen and run once more."""
         with self._lock:
             try:
                 return fn()
             except sqlite3.DatabaseError as exc:
-                if not _is_corruption(exc):
+                if not is_corruption(exc):
                     raise StoreUnavailable(f"capture store error: {exc}") from exc
                 self._quarantine(exc)
                 try:
@@ -507,47 +486,24 @@ class Outbox:
             self._refresh_totals()
         self._guard(ack)
 
-    # -- messages --------------------------------------------------------------------
-    def put_message(self, kind: str, body: dict[str, Any]) -> int:
-        """Queue a message for the fleet; never evicted."""
-        blob = zlib.compress(json.dumps(body, separators=(",", ":")).encode())
-
-        def put() -> int:
+    def dead_letter_batch(self, batch_id: str, reason: str) -> None:
+        """The fleet refused the batch for good: keep its payloads aside, out of the queue."""
+        def dead() -> None:
             now = self.clock()
-            cur = self._conn().execute(
-                "INSERT INTO messages(kind, body, state, created_at, updated_at) VALUES (?,?,?,?,?)",
-                (kind, blob, READY, now, now))
-            return int(cur.lastrowid)
-        return self._guard(put)
-
-    def take_messages(self, kind: str, limit: int = 50) -> list[Message]:
-        """The oldest undelivered messages of ``kind`` (ready or in-flight), now in-flight."""
-        def take() -> list[Message]:
-            now = self.clock()
-            rows = self._conn().execute(
-                "SELECT id, body, created_at FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id LIMIT ?",
-                (kind, READY, IN_FLIGHT, limit)).fetchall()
+            ids = [r[0] for r in self._conn().execute(
+                "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT))]
             with self._tx() as tx:
-                tx.executemany("UPDATE messages SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
-                               [(IN_FLIGHT, now, r[0]) for r in rows])
-            return [Message(r[0], kind, json.loads(zlib.decompress(r[1])), r[2]) for r in rows]
-        return self._guard(take)
-
-    def ack_messages(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-
-        def ack() -> None:
-            now = self.clock()
-            with self._tx() as tx:
-                tx.executemany("UPDATE messages SET state=?, updated_at=? WHERE id=?", [(ACKED, now, i) for i in ids])
-        if ids:
-            self._guard(ack)
-
-    def message_counts(self) -> dict[str, int]:
-        def query() -> dict[str, int]:
-            return {state: n for state, n in self._conn().execute(
-                "SELECT state, COUNT(*) FROM messages GROUP BY state")}
-        return self._guard(query)
+                tx.execute("UPDATE records SET state=?, reason=?, updated_at=? WHERE batch_id=? AND state=?",
+                           (DEAD_LETTER, reason[:500], now, batch_id, IN_FLIGHT))
+                tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (DEAD_LETTER, now, batch_id))
+                self._bump(tx, "dead_letter_batches")
+                self._bump(tx, "dead_letter_records", len(ids))
+            # Moved after the commit: a crash in between leaves files that open() moves.
+            self._move_dead_letter(batch_id, ids, reason)
+            self._refresh_totals()
+        self._guard(dead)
+        log.error("capture batch %s refused by the fleet (%s): kept in %s", batch_id, reason,
+                  self.dead_letter_dir / batch_id)
 
     # -- maintenance -----------------------------------------------------------------
     def expire(self) -> int:
@@ -624,7 +580,3 @@ class _Transaction:
             except sqlite3.Error:
                 pass
 
-
-def _is_corruption(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(word in text for word in ("malformed", "not a database", "corrupt", "disk image"))

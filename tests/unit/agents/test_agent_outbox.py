@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -70,17 +72,26 @@ def test_in_flight_batch_resumes_after_restart_with_the_same_key(tmp_path, fake_
     assert again.backlog()["records_in_flight"] == 0
 
 
-def test_orphan_payloads_are_removed_and_rows_without_payload_are_counted_lost(tmp_path, fake_clock):
+def test_orphan_payloads_are_quarantined_and_rows_without_payload_are_counted_lost(tmp_path, fake_clock):
     box = make(tmp_path, fake_clock)
+    box.add_record("sent", "m", b"3")
+    (batch,) = box.form_batches(1, flush_after=None, max_batches=1)
+    box.ack_batch(batch.batch_id)
     box.add_record("kept", "m", b"1")
     box.add_record("gone", "m", b"2")
     box.close()
-    (box.records_dir / "orphan").write_bytes(b"never acknowledged")
+    (box.records_dir / "orphan").write_bytes(b"no row: perhaps lost with the write-ahead log")
     (box.records_dir / "half.tmp").write_bytes(b"torn write")
+    (box.records_dir / batch.record_ids[0]).write_bytes(b"delivered, deletion interrupted")
     (box.records_dir / "gone").unlink()
     again = make(tmp_path, fake_clock)
     assert sorted(p.name for p in again.records_dir.iterdir()) == ["kept"]
     assert again.status("gone") == ob.DROPPED and again.counters()["lost"] == 1
+    # The payload no row accounts for is kept, reported and counted: never deleted.
+    (fault,) = again.faults
+    assert fault["kind"] == "store-orphans" and fault["count"] == 1
+    assert (Path(fault["moved_to"]) / "orphan").read_bytes().startswith(b"no row")
+    assert again.counters()["quarantined"] == 1 and again.quarantine_bytes() > 0
 
 
 def test_overwrite_oldest_keeps_to_the_budget_and_counts(tmp_path, fake_clock):
@@ -94,7 +105,7 @@ def test_overwrite_oldest_keeps_to_the_budget_and_counts(tmp_path, fake_clock):
     assert overwritten > 150
     assert box.status("r0") == ob.DROPPED and box.status("r299") == ob.READY
     assert box.backlog()["records_ready"] == 300 - overwritten
-    assert box.message_counts() == {"ready": 1}  # messages are never evicted
+    assert box.message_counts() == {"ready": 1}  # the newest heartbeat is never evicted by captures
 
 
 def test_reject_new_data_and_buffer_size(tmp_path, fake_clock):
@@ -190,3 +201,82 @@ def test_corruption_while_running_is_recovered(tmp_path, fake_clock):
 
 def _disk_use(root) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_a_batch_the_fleet_refuses_is_dead_lettered_kept_and_does_not_block(tmp_path, fake_clock):
+    box = make(tmp_path, fake_clock)
+    box.add_record("bad-1", "m", b"refused")
+    box.add_record("bad-2", "m", b"refused too")
+    (batch,) = box.form_batches(2, flush_after=None)
+    box.dead_letter_batch(batch.batch_id, "POST /v1/agent/uploads: 400 key segment too long")
+    assert box.pending_batches() == [] and box.backlog()["records_in_flight"] == 0
+    assert box.status("bad-1") == ob.DEAD_LETTER and not (box.records_dir / "bad-1").exists()
+    kept = box.dead_letter_dir / batch.batch_id
+    assert (kept / "bad-2").read_bytes() == b"refused too" and "400" in (kept / "reason.txt").read_text()
+    assert box.counters()["dead_letter_batches"] == 1 and box.counters()["dead_letter_records"] == 2
+    box.add_record("good", "m", b"ok")  # the queue moves on
+    (after,) = box.form_batches(1, flush_after=None)
+    assert after.record_ids == ("good",)
+    box.close()
+    again = make(tmp_path, fake_clock)  # and stays moved on after a restart
+    assert [b.record_ids for b in again.pending_batches()] == [("good",)]
+    assert again.status("bad-2") == ob.DEAD_LETTER and (kept / "bad-2").is_file()
+
+
+def test_a_crash_between_dead_letter_commit_and_move_is_finished_at_open(tmp_path, fake_clock):
+    box = make(tmp_path, fake_clock)
+    box.add_record("bad", "m", b"refused")
+    (batch,) = box.form_batches(1, flush_after=None)
+    box._move_dead_letter = lambda *a, **k: None  # the agent died right after the commit
+    box.dead_letter_batch(batch.batch_id, "400")
+    box.close()
+    again = make(tmp_path, fake_clock)
+    assert (again.dead_letter_dir / batch.batch_id / "bad").read_bytes() == b"refused" and not again.faults
+
+
+@pytest.mark.parametrize("damage", ["wal-header", "wal-frame", "wal-deleted"])
+def test_a_damaged_wal_loses_no_acknowledged_capture(tmp_path, fake_clock, damage):
+    # The image of a store at kill -9: the database with its write-ahead log, uncheckpointed.
+    box = make(tmp_path / "live", fake_clock, storage_limit_bytes=64 * 1024 * 1024)
+    box._conn().execute("PRAGMA wal_autocheckpoint=0")
+    acknowledged = [f"cap-{i}" for i in range(50)]
+    for n, rid in enumerate(acknowledged):
+        box.add_record(rid, "m", rid.encode() * 10)
+        if n == 29:  # the first 30 reach the database file, the rest only the log
+            box._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+    image = tmp_path / "image"
+    shutil.copytree(box.root, image / "outbox")
+    box.close()
+    wal = image / "outbox" / (ob.DB_NAME + "-wal")
+    assert wal.stat().st_size > 32 + 24
+    if damage == "wal-deleted":
+        wal.unlink()
+    else:
+        with open(wal, "r+b") as fh:  # header: first 32 bytes; first frame's header after it
+            fh.seek(8 if damage == "wal-header" else 32 + 24 + 100)
+            fh.write(os.urandom(16))
+    again = make(image, fake_clock)
+    quarantined = {p.name for p in (image / "corrupt").rglob("cap-*")} if (image / "corrupt").exists() else set()
+    found = {rid for rid in acknowledged if again.status(rid) in (ob.READY, ob.IN_FLIGHT)}
+    assert found | quarantined == set(acknowledged)
+    assert not found & quarantined and len(found) >= 30
+    for rid in quarantined:
+        assert next((image / "corrupt").rglob(rid)).read_bytes() == rid.encode() * 10
+    if quarantined:
+        assert again.faults[-1]["kind"] == "store-orphans" and again.counters()["quarantined"] == len(quarantined)
+
+
+def test_queued_heartbeats_are_bounded_and_never_starve_captures(tmp_path, fake_clock):
+    limit = 1024 * 1024
+    box = make(tmp_path, fake_clock, storage_limit_bytes=limit, full_policy=ob.REJECT_NEW, max_messages=100)
+    noise = os.urandom(600).hex()  # heartbeats that do not compress to nothing
+    for i in range(400):  # offline for hours of heartbeats
+        box.put_message("heartbeat", {"n": i, "noise": noise})
+        fake_clock.advance(30)
+    counts = box.message_counts()
+    assert counts["ready"] <= 100
+    assert box.counters()["heartbeats_dropped"] == 400 - counts["ready"]
+    assert [m.body["n"] for m in box.take_messages("heartbeat", limit=1)][0] == 400 - counts["ready"]
+    for i in range(40):  # captures still fit: half the budget is theirs
+        box.add_record(f"r{i}", "m", os.urandom(8 * 1024))
+    assert _disk_use(box.root) <= limit and box.backlog()["records_ready"] == 40
