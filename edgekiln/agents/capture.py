@@ -77,12 +77,13 @@ class CaptureService:
             self.on_sample(request.model_name, now)
 
     def status(self, capture_id: str) -> str | None:
-        """ready/in-flight → IN_PROGRESS, acked → SUCCESS, dropped → FAILURE, None → unknown."""
+        """ready/in-flight → IN_PROGRESS, acked → SUCCESS, dropped or dead-letter → FAILURE,
+        None → unknown."""
         state = self.outbox.status(capture_id)
         if state is None:
             return None
         return {ob.READY: "IN_PROGRESS", ob.IN_FLIGHT: "IN_PROGRESS", ob.ACKED: "SUCCESS",
-                ob.DROPPED: "FAILURE"}[state]
+                ob.DROPPED: "FAILURE", ob.DEAD_LETTER: "FAILURE"}[state]
 
 
 @dataclass(frozen=True)

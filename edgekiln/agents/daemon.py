@@ -6,7 +6,10 @@ tasks that are due — queue a heartbeat, send queued messages, form and deliver
 batches, expire records past their TTL.  Each task is supervised: an exception is logged,
 counted and retried later with back-off; it never stops the loop or the API.  Signal
 handlers only set flags (SIGTERM/SIGINT: stop; SIGUSR1: deliver now); the loop notices
-them within ``POLL_SECONDS``.  Every time the loop reads comes from an injectable clock.
+them within ``POLL_SECONDS``.  Every time the loop reads comes from an injectable clock:
+tasks are scheduled on its monotonic time, because a board without a real-time clock
+jumps its wall clock at boot (a jump back would stall every task until the wall clock
+caught up); wall time only stamps what is sent and stored.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ MIN_BACKOFF = 0.5
 
 
 class Clock:
-    """Wall-clock time for records and heartbeats; replace in tests."""
+    """Wall time for what is stamped and stored, monotonic time for scheduling; replace in tests."""
 
     def time(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 @dataclass
@@ -174,10 +180,6 @@ class Agent:
     def request_flush(self, *_: Any) -> None:
         self._flush_flag = True
 
-    def wake(self) -> None:
-        """Run due tasks now (from another thread, not from a signal handler)."""
-        self._wake.set()
-
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -198,7 +200,7 @@ class Agent:
 
     def step(self) -> float:
         """Run every due task once; returns seconds until the next one is due."""
-        now = self.clock.time()
+        now = self.clock.monotonic()
         cfg = self.config
         if self._flush_flag:
             self._flush_flag = False
@@ -212,13 +214,13 @@ class Agent:
         if "messages" in self._tasks:
             self._run_task("messages", self._send_messages, period=cfg.fleet.heartbeat_period_seconds)
         self._run_task("batches", self._deliver_batches, period=cfg.capture.push_period_seconds)
-        now = self.clock.time()
+        now = self.clock.monotonic()
         return max(0.0, min(t.due for t in self._tasks.values()) - now)
 
     def _run_task(self, name: str, fn: Callable[[], bool | None], *, period: float = 0.0,
                   force: bool = False) -> None:
         task = self._tasks[name]
-        now = self.clock.time()
+        now = self.clock.monotonic()
         if not force and task.due > now:
             return
         from edgekiln.agents.reporter import FleetRejected, FleetUnavailable
@@ -228,13 +230,13 @@ class Agent:
         except (FleetUnavailable, FleetRejected) as exc:
             task.failures += 1
             backoff = min(self.config.fleet.retry_max_seconds, MIN_BACKOFF * 2 ** min(task.failures - 1, 16))
-            task.due = self.clock.time() + backoff
+            task.due = self.clock.monotonic() + backoff
             log.info("%s: %s (retry in %.1f s)", name, exc.message, backoff)
             return
         except Exception:  # supervised: log, count, back off, carry on
             self.task_errors += 1
             task.failures += 1
-            task.due = self.clock.time() + min(self.config.fleet.retry_max_seconds,
+            task.due = self.clock.monotonic() + min(self.config.fleet.retry_max_seconds,
                                                MIN_BACKOFF * 2 ** min(task.failures - 1, 16))
             log.exception("agent task %s failed", name)
             return
@@ -248,6 +250,15 @@ class Agent:
         from edgekiln.agents.reporter import build_heartbeat
 
         now = self.clock.time()
+        faults = list(self.outbox.faults[self._reported_faults:])
+        heartbeat = build_heartbeat(device=self.config.device.name, fleet=self.config.device.fleet,
+                                    agent_version=__version__, now=now, agent=self._agent_metrics(),
+                                    models=self.registry.snapshots(now), faults=faults)
+        self.outbox.put_message("heartbeat", heartbeat.to_json())
+        self._reported_faults += len(faults)
+        return False
+
+    def _agent_metrics(self) -> dict[str, Any]:
         backlog = self.outbox.backlog()
         counters = self.outbox.counters()
         agent = dict(self.process.snapshot())
@@ -264,30 +275,41 @@ class Agent:
             "captures_overwritten": counters.get("overwritten", 0),
             "captures_expired": counters.get("expired", 0),
             "captures_lost": counters.get("lost", 0),
+            "captures_quarantined": counters.get("quarantined", 0),
+            "quarantine_bytes": self.outbox.quarantine_bytes(),
+            "dead_letter_batches": counters.get("dead_letter_batches", 0),
+            "dead_letter_records": counters.get("dead_letter_records", 0),
+            "heartbeats_dropped": counters.get("heartbeats_dropped", 0),
+            "heartbeats_refused": counters.get("heartbeats_refused", 0),
             "models_loaded": len(self.registry.list()),
             "predict_concurrency_max": self.registry.max_running,
             "task_errors": self.task_errors,
         })
-        faults = list(self.outbox.faults[self._reported_faults:])
-        body = build_heartbeat(device=self.config.device.name, fleet=self.config.device.fleet,
-                               agent_version=__version__, now=now, agent=agent,
-                               models=self.registry.snapshots(), faults=faults)
-        self.outbox.put_message("heartbeat", body)
-        self._reported_faults += len(faults)
-        return False
+        return agent
 
     def _send_messages(self) -> bool:
+        from edgekiln.agents.reporter import FleetRejected
+
         if self.client is None:
             return False
         batch = self.outbox.take_messages("heartbeat", limit=50)
         if not batch:
             return False
-        self.client.post("/v1/agent/heartbeats", {"heartbeats": [m.body for m in batch]})
+        try:
+            self.client.post("/v1/agent/heartbeats", {"heartbeats": [m.body for m in batch]})
+        except FleetRejected as exc:
+            if not _refused_for_good(exc):
+                raise
+            # Sending them again would be refused again and hold back every later heartbeat.
+            log.error("the fleet refused %d heartbeats (%s); dropped", len(batch), exc.message)
+            self.outbox.drop_messages((m.id for m in batch), "heartbeat")
+            return True
         self.outbox.ack_messages(m.id for m in batch)
         return len(batch) == 50
 
     def _deliver_batches(self) -> bool:
         from edgekiln.agents.capture import encode_batch
+        from edgekiln.agents.reporter import FleetRejected
 
         cfg = self.config.capture
         flush_after = cfg.periodic_upload_period_seconds if cfg.periodic_upload else None
@@ -305,8 +327,14 @@ class Agent:
             if encoded.missing:
                 self.outbox.drop_records(encoded.missing, "missing")
             if encoded.record_ids:
-                models = {rid: batch.model for rid in encoded.record_ids}
-                self.sink.deliver(encoded, models)
+                try:
+                    self.sink.deliver(encoded, {rid: batch.model for rid in encoded.record_ids})
+                except FleetRejected as exc:
+                    if not _refused_for_good(exc):
+                        raise
+                    # Retrying would be refused again and hold back every later capture.
+                    self.outbox.dead_letter_batch(batch.batch_id, exc.message)
+                    continue
             self.outbox.ack_batch(batch.batch_id)
         return bool(pending)
 
@@ -318,6 +346,11 @@ class Agent:
 
     def _on_sample(self, model: str, now: float) -> None:
         self.registry.note_sample(model, now)
+
+
+def _refused_for_good(exc: Any) -> bool:
+    """A 4xx that the same request will get again; 401 waits for a rotated token."""
+    return exc.status not in (401, 408, 429)
 
 
 def run_agent(config: AgentConfig) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekiln.agents.reporter import ModelMetrics
+from edgekiln.agents.reporter import ModelMetrics, ModelReport, model_report
 from edgekiln.artifact.names import check_name
 from edgekiln.errors import CompatibilityError, DependencyError, EdgekilnError, IntegrityError, UserError
 
@@ -138,12 +138,12 @@ class ModelRegistry:
             metrics = entry.metrics if entry else self._samples.setdefault(name, ModelMetrics())
         metrics.sample(now)
 
-    def snapshots(self) -> list[dict[str, Any]]:
+    def snapshots(self, now: float) -> list[ModelReport]:
         """Per-model metrics for heartbeats (models captured for but not loaded included)."""
         with self._lock:
             loaded = [(m.name, m.version, m.metrics) for m in self._models.values()]
             sampled = [(n, "", m) for n, m in self._samples.items() if n not in self._models]
-        return [{"model_name": n, "model_version": v, "metrics": m.snapshot()} for n, v, m in sorted(loaded + sampled)]
+        return [model_report(n, v, m.snapshot(), now) for n, v, m in sorted(loaded + sampled, key=lambda t: t[0])]
 
     def predict(self, entry: LoadedModel, arrays: list[Any]) -> list[Any]:
         with entry.lock:

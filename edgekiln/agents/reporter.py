@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -116,30 +117,63 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_heartbeat(*, device: str, fleet: str, agent_version: str, now: float, agent: dict[str, Any],
-                    models: Iterable[dict[str, Any]], faults: list[dict[str, Any]]) -> dict[str, Any]:
-    """A heartbeat with the fields of Edge Manager's SendHeartbeat (snake_case).
+@dataclass(frozen=True)
+class Metric:
+    """One metric of a heartbeat (Edge Manager's EdgeMetric)."""
 
-    ``agent`` maps metric names to values (dimension "agent"); each of ``models`` has
-    model_name, model_version, latest_sample_time, latest_inference and its metrics.
-    """
-    metrics = [{"dimension": "agent", "metric_name": k, "value": v, "timestamp": now}
-               for k, v in sorted(agent.items()) if v is not None]
-    model_entries = []
-    for m in models:
-        snap = m["metrics"]
-        model_entries.append({
-            "model_name": m["model_name"],
-            "model_version": m.get("model_version", ""),
-            "latest_sample_time": snap.get("latest_sample"),
-            "latest_inference": snap.get("latest_inference"),
-            "model_metrics": [{"dimension": "model", "metric_name": k, "value": snap[k], "timestamp": now}
-                              for k in ("inference_count", "error_count", "latency_p50_ms", "latency_p99_ms")
-                              if snap.get(k) is not None],
-        })
-    return {"heartbeat_id": uuid.uuid4().hex, "device_name": device, "device_fleet_name": fleet,
-            "agent_version": agent_version, "timestamp": now, "agent_metrics": metrics,
-            "models": model_entries, "faults": faults}
+    dimension: str
+    metric_name: str
+    value: float
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One loaded (or captured-for) model's part of a heartbeat."""
+
+    model_name: str
+    model_version: str
+    latest_sample_time: float | None
+    latest_inference: float | None
+    model_metrics: tuple[Metric, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A heartbeat with the fields of Edge Manager's SendHeartbeat (snake_case)."""
+
+    heartbeat_id: str
+    device_name: str
+    device_fleet_name: str
+    agent_version: str
+    timestamp: float
+    agent_metrics: tuple[Metric, ...]
+    models: tuple[ModelReport, ...]
+    faults: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body the fleet reads (lists where the dataclass holds tuples)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+MODEL_METRICS = ("inference_count", "error_count", "latency_p50_ms", "latency_p99_ms")
+
+
+def model_report(name: str, version: str, snapshot: dict[str, Any], now: float) -> ModelReport:
+    """A model's part of a heartbeat from its :meth:`ModelMetrics.snapshot`."""
+    return ModelReport(model_name=name, model_version=version, latest_sample_time=snapshot.get("latest_sample"),
+                       latest_inference=snapshot.get("latest_inference"),
+                       model_metrics=tuple(Metric("model", k, snapshot[k], now) for k in MODEL_METRICS
+                                           if snapshot.get(k) is not None))
+
+
+def build_heartbeat(*, device: str, fleet: str, agent_version: str, now: float, agent: dict[str, Any],
+                    models: Iterable[ModelReport], faults: list[dict[str, Any]]) -> Heartbeat:
+    """A heartbeat stamped ``now`` (wall time); ``agent`` maps metric names to values."""
+    metrics = tuple(Metric("agent", k, v, now) for k, v in sorted(agent.items()) if v is not None)
+    return Heartbeat(heartbeat_id=uuid.uuid4().hex, device_name=device, device_fleet_name=fleet,
+                     agent_version=agent_version, timestamp=now, agent_metrics=metrics, models=tuple(models),
+                     faults=tuple(faults))
 
 
 # -- HTTP to the fleet ---------------------------------------------------------------

@@ -18,18 +18,26 @@ from edgekiln.artifact.manifest import TensorSpec
 
 
 class FakeClock:
-    """A clock that moves only when told to."""
+    """Wall and monotonic time that move only when told to (``jump_wall`` moves only the wall)."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start
+        self.mono = 1000.0
 
     def time(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+    def jump_wall(self, seconds: float) -> None:
         self.now += seconds
 
 

@@ -56,7 +56,7 @@ def test_offline_fleet_queues_heartbeats_and_backs_off(started, fake_clock, shor
     delays = []
     for _ in range(6):
         agent.step()
-        delays.append(agent._tasks["messages"].due - fake_clock.now)
+        delays.append(agent._tasks["messages"].due - fake_clock.mono)
         fake_clock.advance(10)
     assert agent.outbox.message_counts().get("in-flight", 0) + agent.outbox.message_counts().get("ready", 0) == 6
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]  # exponential back-off while offline
@@ -143,7 +143,7 @@ def test_stop_flag_ends_the_loop(started):
 def test_flush_flag_makes_tasks_due(started, fake_clock):
     agent = started()
     agent.step()
-    assert agent._tasks["heartbeat"].due > fake_clock.now
+    assert agent._tasks["heartbeat"].due > fake_clock.mono
     agent.request_flush()
     agent.step()
     assert agent.outbox.message_counts()["ready"] == 2
@@ -178,3 +178,81 @@ def test_the_loop_sleeps_between_tasks(started, fake_clock):
     agent = started()  # Disk destination, no fleet: nothing to send
     agent.step()
     assert agent.step() > 0  # the loop waits for the next task instead of spinning
+
+
+@pytest.mark.parametrize("jump", [-365 * 86400.0, +30 * 365 * 86400.0])
+def test_a_wall_clock_jump_does_not_stall_or_flood_heartbeats(started, fake_clock, jump):
+    # A board without a real-time clock boots in 1970 (or at its build date) and jumps when
+    # it learns the time: scheduling follows the monotonic clock, stamps the wall clock.
+    agent = started(fleet={"heartbeat_period_seconds": 10})
+    agent.step()
+    fake_clock.jump_wall(jump)
+    counts = []
+    for _ in range(6):
+        fake_clock.advance(5)
+        agent.step()
+        counts.append(agent.outbox.message_counts()["ready"])
+    assert counts == [1, 2, 2, 3, 3, 4]  # one heartbeat per 10 s, before and after the jump
+    bodies = [m.body for m in agent.outbox.take_messages("heartbeat")]
+    assert bodies[-1]["timestamp"] == fake_clock.now  # what is sent carries the wall time
+
+
+def _legacy_capture(agent, capture_id: str, model: str) -> None:
+    """A record stored before names were checked at CaptureData (straight into the outbox)."""
+    from edgekiln.agents import agent_pb2 as pb
+    from edgekiln.agents.tensors import to_proto
+
+    request = pb.CaptureDataRequest(model_name=model, capture_id=capture_id,
+                                    input_tensors=[to_proto(np.zeros(2, np.float32), "x")])
+    request.inference_timestamp.seconds = 1_800_000_000
+    agent.outbox.add_record(capture_id, model, request.SerializeToString())
+
+
+def _refusing_sink(agent, status: int):
+    """The fleet's answer to a key segment over its limit, around the real (Disk) sink."""
+    from edgekiln.agents.reporter import FleetRejected
+
+    real = agent.sink.deliver
+    refused = []
+
+    def deliver(encoded, models):
+        if any(len(m) > 63 for m in models.values()):
+            refused.append(encoded.key)
+            raise FleetRejected(f"POST /v1/agent/uploads: {status} key segment too long", status)
+        return real(encoded, models)
+
+    agent.sink.deliver = deliver
+    return refused
+
+
+def test_a_batch_the_fleet_refuses_is_dead_lettered_and_later_captures_flow(started, fake_clock):
+    agent = started(capture={"batch_size": 1, "push_period_seconds": 1})
+    _legacy_capture(agent, "legacy", "m" * 200)
+    refused = _refusing_sink(agent, 400)
+    with AgentClient(agent.config.agent.socket) as client:
+        ids = [client.capture("m", input_tensors=[np.ones(2, np.float32)], inference_time=fake_clock.now)
+               for _ in range(10)]
+        for _ in range(15):
+            agent.step()
+            fake_clock.advance(1)
+        assert [client.capture_status(i) for i in ids] == ["SUCCESS"] * 10
+        assert client.capture_status("legacy") == "FAILURE"
+    assert len(refused) == 1  # refused once, never retried
+    assert (agent.outbox.dead_letter_dir / agent.outbox._conn().execute(
+        "SELECT batch_id FROM records WHERE record_id='legacy'").fetchone()[0] / "legacy").is_file()
+    agent.queue_heartbeat()
+    body = agent.outbox.take_messages("heartbeat")[-1].body
+    metrics = {m["metric_name"]: m["value"] for m in body["agent_metrics"]}
+    assert metrics["dead_letter_batches"] == 1 and metrics["dead_letter_records"] == 1
+    assert type(metrics["dead_letter_batches"]) is int
+
+
+def test_an_unauthorised_batch_is_retried_not_dead_lettered(started, fake_clock):
+    agent = started(capture={"batch_size": 1, "push_period_seconds": 1})
+    _legacy_capture(agent, "legacy", "m" * 200)
+    refused = _refusing_sink(agent, 401)  # a token being rotated: try again later
+    for _ in range(5):
+        agent.step()
+        fake_clock.advance(5)
+    assert len(refused) >= 2 and agent.outbox.status("legacy") == "in-flight"
+    assert agent.outbox.counters().get("dead_letter_batches", 0) == 0

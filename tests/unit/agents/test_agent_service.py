@@ -119,7 +119,7 @@ def test_capture_and_status_codes(api, fake_clock):
     cid = client.capture("m1", capture_id="cap-1", input_tensors={"x": x}, output_tensors={"y": x * 2},
                          inputs={"meta": ("JSON", b'{"a": 1}')}, inference_time=fake_clock.now)
     assert cid == "cap-1" and client.capture_status("cap-1") == "IN_PROGRESS"
-    assert registry.snapshots()[0]["metrics"]["latest_sample"] == fake_clock.now
+    assert registry.snapshots(fake_clock.now)[0].latest_sample_time == fake_clock.now
     assert code_of(client.capture, "m1", capture_id="cap-1", input_tensors=[x],
                    inference_time=fake_clock.now) == "ALREADY_EXISTS"
     assert code_of(client.capture, "m1", capture_id="bad id/..", input_tensors=[x]) == "INVALID_ARGUMENT"
