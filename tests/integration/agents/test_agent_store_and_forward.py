@@ -116,11 +116,15 @@ def test_ten_times_the_budget_offline_keeps_to_it(agent_factory, fleet_server, s
         heartbeats_queued = len(queued)
         stored = queued_heartbeat_ids(agent)
         print(f"\nbudget: {len(sent)} captures of {payload.nbytes} B against {limit} B; peak store size {peak} B; "
-              f"{counters.get('overwritten', 0)} overwritten; {heartbeats_queued} heartbeats queued, all kept")
+              f"{counters.get('overwritten', 0)} overwritten; {heartbeats_queued} heartbeats queued, "
+              f"{len(stored)} kept, {counters.get('heartbeats_dropped', 0)} oldest dropped")
         assert peak <= limit
         assert counters["overwritten"] == len(sent) - live["records_ready"] - live["records_in_flight"]
         assert counters["overwritten"] > 8 * len(sent) // 10
-        assert set(queued) <= set(stored) and heartbeats_queued >= 5  # heartbeats are never evicted
+        # Heartbeats are a bounded queue of their own: the newest are kept, the oldest counted.
+        assert heartbeats_queued >= 5 and set(stored) <= set(queued)
+        assert queued[-len(stored):] == stored
+        assert len(stored) + counters.get("heartbeats_dropped", 0) == heartbeats_queued
         agent._tasks["heartbeat"].due = 0
         statuses = collections.Counter(client.capture_status(c) for c in sent)
         assert statuses == {"FAILURE": counters["overwritten"], "IN_PROGRESS": len(sent) - counters["overwritten"]}
@@ -136,7 +140,7 @@ def test_ten_times_the_budget_offline_keeps_to_it(agent_factory, fleet_server, s
         "captures_overwritten") == counters["overwritten"] else None)(
         fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]), 30)
     assert metrics["capture_store_limit_bytes"] == limit
-    assert len(fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]) >= heartbeats_queued
+    assert len(fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]) >= len(stored)
 
 
 def test_reject_new_data_refuses_and_counts(agent_factory):
@@ -163,3 +167,39 @@ def test_reject_new_data_refuses_and_counts(agent_factory):
     body = agent.outbox.take_messages("heartbeat", limit=1000)[-1].body
     metrics = {m["metric_name"]: m["value"] for m in body["agent_metrics"]}
     assert metrics["captures_rejected"] == codes["RESOURCE_EXHAUSTED"]
+
+
+def test_a_long_name_and_a_refused_batch_do_not_stop_delivery(agent_factory, fleet_server, s3_records, wait):
+    fleet = fleet_server()
+    agent = agent_factory(endpoint=fleet.endpoint, token=fleet.register("plant", "dev-1"))
+    x = np.arange(8, dtype=np.float32)
+    with AgentClient(agent.config.agent.socket) as client:
+        with pytest.raises(AgentCallError) as info:  # the fleet would refuse it as a key segment
+            client.capture("m" * 200, capture_id="too-long", input_tensors={"x": x})
+        assert info.value.code == "INVALID_ARGUMENT" and "1-63" in info.value.details
+        # A record an older agent stored with such a name: the fleet answers 400 to its batch.
+        legacy = _capture_request("legacy-1", "n" * 200, x)
+        agent.outbox.add_record("legacy-1", "n" * 200, legacy.SerializeToString())
+        started = time.monotonic()
+        sent = [client.capture("cam", input_tensors={"x": x}) for _ in range(10)]
+        wait("10 captures delivered", lambda: all(client.capture_status(c) == "SUCCESS" for c in sent), 30)
+        elapsed = time.monotonic() - started
+        wait("the refused batch in dead-letter", lambda: client.capture_status("legacy-1") == "FAILURE", 10)
+        with pytest.raises(AgentCallError):
+            client.capture_status("too-long")
+    print(f"\ndead-letter: 10 captures delivered {elapsed:.1f} s after a refused batch")
+    assert sorted(s3_records(fleet.bucket, "plant/dev-1/")) == sorted(sent)
+    kept = list((agent.outbox.dead_letter_dir).rglob("legacy-1"))
+    assert len(kept) == 1 and kept[0].read_bytes() == legacy.SerializeToString()
+    metrics = wait("a heartbeat that reports the dead letter", lambda: (lambda m: m if m.get(
+        "dead_letter_batches") == 1 else None)(fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]), 30)
+    assert metrics["dead_letter_records"] == 1
+
+
+def _capture_request(capture_id: str, model: str, x):
+    from edgekiln.agents import agent_pb2 as pb
+    from edgekiln.agents.tensors import to_proto
+
+    request = pb.CaptureDataRequest(model_name=model, capture_id=capture_id, input_tensors=[to_proto(x, "x")])
+    request.inference_timestamp.seconds = int(time.time())
+    return request
