@@ -17,6 +17,8 @@ brackets), grouped in sections::
     [agent]
     socket = "/run/edgekiln/agent.sock"   # gRPC on a Unix socket, mode 0660
     model_dir = "/var/lib/edgekiln/models"  # (the models path) relative LoadModel urls
+    model_dirs = ["/var/lib/edgekiln/models"]  # LoadModel loads only from inside these
+                                       # (default: model_dir alone)
     state_dir = "/var/lib/edgekiln/agent"   # capture store, outbox, loaded models
     max_models = 8
     max_workers = 8                    # gRPC worker threads
@@ -92,6 +94,12 @@ class AgentSection:
     state_dir: Path
     max_models: int = 8
     max_workers: int = 8
+    model_dirs: tuple[Path, ...] = ()
+
+    @property
+    def allowed_model_dirs(self) -> tuple[Path, ...]:
+        """Where LoadModel may load from: ``model_dirs``, or else ``model_dir`` alone."""
+        return self.model_dirs or (self.model_dir,)
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class AgentConfig:
     source: str = "<dict>"
 
 
-# section -> key -> (kind, required); kinds: str, path, int, float, bool
+# section -> key -> (kind, required); kinds: str, path, paths (a list), int, float, bool
 _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "device": {"name": ("str", True), "fleet": ("str", True)},
     "fleet": {
@@ -137,6 +145,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "state_dir": ("path", True),
         "max_models": ("int", False),
         "max_workers": ("int", False),
+        "model_dirs": ("paths", False),
     },
     "capture": {
         "destination": ("str", False),
@@ -217,6 +226,10 @@ def _convert(value: Any, kind: str, name: str, where: str, base_dir: Path) -> An
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: {name} must be a number, not {value!r}")
         return float(value)
+    if kind == "paths":
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where}: {name} must be a non-empty list of paths, not {value!r}")
+        return tuple(_convert(v, "path", name, where, base_dir) for v in value)
     if not isinstance(value, str):
         raise UserError(f"{where}: {name} must be a string, not {value!r}")
     if kind == "path":
@@ -273,8 +286,14 @@ def to_dict(config: AgentConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section in _SCHEMA:
         values = dataclasses.asdict(getattr(config, section))
-        out[section] = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
+        out[section] = {k: _plain(v) for k, v in values.items() if v is not None and v != ()}
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 def dump_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
@@ -283,12 +302,18 @@ def dump_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
     for section, values in data.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, (int, float)):
-                text = repr(value)
+            if isinstance(value, (list, tuple)):
+                text = "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
             else:
-                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                text = _toml_scalar(value)
             lines.append(f"{key} = {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

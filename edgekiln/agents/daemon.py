@@ -101,7 +101,8 @@ class Agent:
                              clock=now, durable=cfg.capture.sync_writes)
         self.outbox.open()
         self.registry = ModelRegistry(cfg.agent.model_dir, self.state_dir / "models.json",
-                                      max_models=cfg.agent.max_models, clock=now, loader=self._model_loader)
+                                      max_models=cfg.agent.max_models, clock=now, loader=self._model_loader,
+                                      work_dir=self._fresh_work_dir(), model_dirs=cfg.agent.allowed_model_dirs)
         self.capture = CaptureService(self.outbox, clock=now, on_sample=self._on_sample)
         if cfg.fleet.endpoint:
             self.client = FleetClient(cfg.fleet.endpoint, cfg.fleet.token, cfg.fleet.request_timeout_seconds)
@@ -152,6 +153,16 @@ class Agent:
         self.restarts = state["starts"] - 1
         self.unclean_restarts = int(state.get("unclean_stops", 0))
 
+    def _fresh_work_dir(self) -> Path:
+        """The model workers' directory (artifacts extract there), emptied at start: a
+        killed agent or worker leaves its extracted models behind."""
+        import shutil
+
+        work = self.state_dir / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        return work
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving and close the store (run() made the last delivery attempt)."""
         self.started = False
@@ -163,6 +174,8 @@ class Agent:
             except OSError:
                 pass
         try:
+            if self.registry is not None:
+                self.registry.close()
             if self.outbox is not None:
                 self.outbox.close()
         finally:

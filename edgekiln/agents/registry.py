@@ -1,8 +1,8 @@
 """The models the agent has loaded: load, unload, predict, and the list kept across restarts.
 
-Each loaded model has its own lock, so that Predict calls on different models run at the
-same time while calls on one model take turns (the TVM executor of one model is not
-shared between threads).
+Each loaded model has its own worker process and lock, so that Predict calls on different
+models run at the same time while calls on one model take turns (the TVM executor of one
+model is not shared between threads).
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from edgekiln.agents.model_worker import ModelProcess, WorkerError, load_error
 from edgekiln.agents.reporter import ModelMetrics, ModelReport, model_report
 from edgekiln.artifact.names import check_name
-from edgekiln.errors import CompatibilityError, DependencyError, EdgekilnError, IntegrityError, UserError
+from edgekiln.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class ModelLoadError(UserError):
 class LoadedModel:
     name: str
     url: str
-    model: Any  # edgekiln.runtime.Model
+    model: Any  # a ModelProcess (or, with an injected loader, anything with its methods)
     loaded_at: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: ModelMetrics = field(default_factory=ModelMetrics)
@@ -46,16 +48,26 @@ class LoadedModel:
 
 
 class ModelRegistry:
-    """The models the agent has loaded; the list survives restarts (``models.json``)."""
+    """The models the agent has loaded; the list survives restarts (``models.json``).
+
+    Each model runs in a worker process of its own (:mod:`edgekiln.agents.model_worker`)
+    under ``work_dir``; ``loader`` replaces that with an in-process loader (tests).
+    LoadModel takes artifacts only from inside ``model_dirs`` (default: ``model_dir``).
+    """
 
     def __init__(self, model_dir: Path, state_file: Path | None, *, max_models: int = 8,
-                 clock: Callable[[], float] = time.time, loader: Callable[[str], Any] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, loader: Callable[[str], Any] | None = None,
+                 work_dir: Path | None = None, model_dirs: Sequence[Path] = (), factory: str | None = None) -> None:
         self.model_dir = Path(model_dir)
+        self.model_dirs = tuple(Path(d) for d in model_dirs) or (self.model_dir,)
         self.state_file = state_file
+        self.work_dir = Path(work_dir) if work_dir else None
         self.max_models = max_models
         self.clock = clock
         self._loader = loader
+        self._factory = factory
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
         self._samples: dict[str, ModelMetrics] = {}
@@ -63,16 +75,23 @@ class ModelRegistry:
         self.max_running = 0
 
     def resolve(self, url: str) -> Path:
+        """The artifact ``url`` names, if it lies inside one of the allowed model directories."""
         path = Path(url).expanduser()
-        return path if path.is_absolute() else self.model_dir / path
+        path = path if path.is_absolute() else self.model_dir / path
+        real = Path(os.path.realpath(path))  # symlinks and ".." resolved before the check
+        for allowed in self.model_dirs:
+            if real.is_relative_to(os.path.realpath(allowed)):
+                return path
+        raise ModelLoadError("INVALID_ARGUMENT", f"{url} is outside the agent's model directories "
+                             f"({', '.join(str(d) for d in self.model_dirs)}; agent.model_dirs)")
 
     def load(self, name: str, url: str) -> LoadedModel:
         try:
             check_name(name, "model name")
         except UserError as exc:
             raise ModelLoadError("INVALID_ARGUMENT", exc.one_line()) from None
-        if not url:
-            raise ModelLoadError("INVALID_ARGUMENT", "url is empty: give the artifact's path")
+        if not url or "\0" in url:
+            raise ModelLoadError("INVALID_ARGUMENT", "url must be the artifact's path")
         path = self.resolve(url)
         with self._lock:
             if name in self._models or name in self._loading:
@@ -84,7 +103,7 @@ class ModelRegistry:
         try:
             if not path.exists():
                 raise ModelLoadError("NOT_FOUND", f"no model artifact at {path}")
-            model = self._open(path)
+            model = self._open(name, path)
             entry = LoadedModel(name=name, url=str(path), model=model, loaded_at=self.clock())
             with self._lock:
                 entry.metrics = self._samples.pop(name, entry.metrics)
@@ -95,34 +114,40 @@ class ModelRegistry:
             with self._lock:
                 self._loading.discard(name)
 
-    def _open(self, path: Path) -> Any:
+    def _open(self, name: str, path: Path) -> Any:
+        if self._loader is None:
+            if self.work_dir is None:
+                raise ModelLoadError("FAILED_PRECONDITION", "this registry has no work directory for model workers")
+            try:
+                return ModelProcess(str(path), self.work_dir / f"{name}-{uuid.uuid4().hex[:8]}",
+                                    factory=self._factory)
+            except WorkerError as exc:
+                raise ModelLoadError(exc.code, exc.message) from None
+            except OSError as exc:
+                raise ModelLoadError("UNAVAILABLE", f"cannot start a model worker: {exc.strerror}") from None
         try:
-            if self._loader is not None:
-                return self._loader(str(path))
-            from edgekiln.runtime import Model
-
-            return Model(path)
-        except CompatibilityError as exc:
-            raise ModelLoadError("FAILED_PRECONDITION", exc.one_line()) from None
-        except DependencyError as exc:
-            raise ModelLoadError("FAILED_PRECONDITION", exc.one_line()) from None
-        except (IntegrityError, UserError) as exc:
-            raise ModelLoadError("INVALID_ARGUMENT", exc.one_line()) from None
-        except EdgekilnError as exc:
-            raise ModelLoadError("INTERNAL", exc.one_line()) from None
-        except MemoryError:
-            raise ModelLoadError("RESOURCE_EXHAUSTED", f"not enough memory to load {path}") from None
-        except OSError as exc:
-            raise ModelLoadError("INVALID_ARGUMENT", f"{path} cannot be read as an artifact: {exc}") from None
+            return self._loader(str(path))
+        except Exception as exc:  # noqa: BLE001 - every load failure is a status, never UNKNOWN
+            code, message = load_error(exc, str(path))
+            raise ModelLoadError(code, message) from None
 
     def unload(self, name: str) -> None:
         with self._lock:
             entry = self._models.pop(name, None)
             if entry is None:
-                raise ModelLoadError("NOT_FOUND", f"no model named {name!r} is loaded")
-        with entry.lock:  # let a running Predict finish before the executor goes
-            pass
+                raise ModelLoadError("NOT_FOUND", f"no model named {name[:80]!r} is loaded")
+        with entry.lock:  # let a running Predict finish before the worker goes
+            _close(entry.model)
         self._save()
+
+    def close(self) -> None:
+        """End every model's worker (the agent stops; the list in models.json stays)."""
+        with self._lock:
+            entries = list(self._models.values())
+            self._models.clear()
+        for entry in entries:
+            with entry.lock:
+                _close(entry.model)
 
     def get(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -163,13 +188,19 @@ class ModelRegistry:
 
     # -- persistence of the loaded list ---------------------------------------------
     def _save(self) -> None:
+        """Write the loaded list: one writer at a time (the last to write saw every change
+        before it), each through a temporary file of its own, synced, then renamed."""
         if self.state_file is None:
             return
-        with self._lock:
-            data = [{"name": m.name, "url": m.url} for m in self._models.values()]
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps({"models": data}, indent=1))
-        os.replace(tmp, self.state_file)
+        with self._save_lock:
+            with self._lock:
+                data = [{"name": m.name, "url": m.url} for m in sorted(self._models.values(), key=lambda m: m.name)]
+            tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"models": data}, indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.state_file)
 
     def saved(self) -> list[dict[str, str]]:
         if self.state_file is None or not self.state_file.is_file():
@@ -180,3 +211,9 @@ class ModelRegistry:
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignoring unreadable %s", self.state_file)
             return []
+
+
+def _close(model: Any) -> None:
+    close = getattr(model, "close", None)
+    if close is not None:
+        close()

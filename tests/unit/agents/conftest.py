@@ -1,20 +1,14 @@
 """Fixtures for the agent's unit tests: configs in short temp dirs, a fake clock, fake models.
 
-Unit tests use a stand-in for ``edgekiln.runtime.Model`` (same attributes the agent reads)
+Unit tests use a stand-in for ``edgekiln.runtime.Model`` (:mod:`tests.unit.agents.fakes`)
 so that they run in milliseconds; the integration tests load real compiled artifacts.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
 
-from edgekiln.artifact.manifest import TensorSpec
+from tests.unit.agents.fakes import FakeModel, load_fake
 
 
 class FakeClock:
@@ -39,38 +33,6 @@ class FakeClock:
 
     def jump_wall(self, seconds: float) -> None:
         self.now += seconds
-
-
-class FakeModel:
-    """What the agent uses of runtime.Model: manifest inputs/outputs/version, run()."""
-
-    active = 0
-    max_active = 0
-    _lock = threading.Lock()
-
-    def __init__(self, path: str, delay: float = 0.0) -> None:
-        self.path = path
-        self.delay = delay
-        self.manifest = SimpleNamespace(
-            inputs=(TensorSpec("x", "float32", (1, 4)),), outputs=(TensorSpec("y", "float32", (1, 4)),),
-            model=SimpleNamespace(version="7"))
-
-    def get_output_names(self) -> list[str]:
-        return ["y"]
-
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        with FakeModel._lock:
-            FakeModel.active += 1
-            FakeModel.max_active = max(FakeModel.max_active, FakeModel.active)
-        try:
-            if self.delay:
-                time.sleep(self.delay)
-            if float(arrays[0].reshape(-1)[0]) == -999.0:
-                raise RuntimeError("kernel failure")
-            return [arrays[0] * 2]
-        finally:
-            with FakeModel._lock:
-                FakeModel.active -= 1
 
 
 @pytest.fixture
@@ -100,13 +62,6 @@ def agent_config(short_dir):
 
 @pytest.fixture
 def fake_loader():
-    """A model loader for the agent: file name decides the delay ('slow' → 0.3 s)."""
-    def load(path: str) -> FakeModel:
-        from edgekiln.errors import CompatibilityError
-
-        if "rasp4b" in Path(path).name:
-            raise CompatibilityError("this artifact needs an aarch64 CPU; this device is x86_64")
-        return FakeModel(path, delay=0.3 if "slow" in Path(path).name else 0.0)
-
+    """A model loader for the agent, in process: file name decides ('slow' → 0.3 s a run)."""
     FakeModel.active = FakeModel.max_active = 0
-    return load
+    return load_fake

@@ -256,3 +256,17 @@ def test_an_unauthorised_batch_is_retried_not_dead_lettered(started, fake_clock)
         fake_clock.advance(5)
     assert len(refused) >= 2 and agent.outbox.status("legacy") == "in-flight"
     assert agent.outbox.counters().get("dead_letter_batches", 0) == 0
+
+
+def test_start_empties_the_model_work_directory(agent_config, fake_clock, fake_loader):
+    config = agent_config()
+    left = config.agent.state_dir / "work" / "m1-0123abcd" / "edgekiln-model-x"
+    left.mkdir(parents=True)  # what a kill -9 left of an extracted artifact
+    (left / "model.so").write_bytes(b"\x7fELF")
+    agent = Agent(config, clock=fake_clock, model_loader=fake_loader)
+    agent.start()
+    try:
+        assert list((config.agent.state_dir / "work").iterdir()) == []
+        assert (config.agent.state_dir / "work").stat().st_mode & 0o777 == 0o700
+    finally:
+        agent.stop(grace=0)
