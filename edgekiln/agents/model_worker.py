@@ -85,13 +85,22 @@ def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], list[Any]] | None:
     header = json.loads(raw)
     arrays = []
     for spec in header.get("arrays", []):
-        dtype, shape = np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"])
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        data = _read_exactly(stream, size) if size else b""
-        if data is None:
+        # Read straight into a writable array: no extra copy, and executors may write to it.
+        array = np.empty(tuple(int(n) for n in spec["shape"]), dtype=np.dtype(spec["dtype"]))
+        if array.size and not _read_into(stream, memoryview(array.reshape(-1)).cast("B")):
             return None
-        arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+        arrays.append(array)
     return header, arrays
+
+
+def _read_into(stream: BinaryIO, view: memoryview) -> bool:
+    done = 0
+    while done < len(view):
+        n = stream.readinto(view[done:])
+        if not n:
+            return False
+        done += n
+    return True
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:

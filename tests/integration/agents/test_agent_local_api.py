@@ -18,7 +18,8 @@ def test_local_api_with_a_compiled_model(agent_factory, fleet_server, mobilenet,
     from edgekiln.zoo import sample_image_path
 
     fleet = fleet_server()
-    agent = agent_factory(endpoint=fleet.endpoint, token=fleet.register("plant", "dev-1"))
+    agent = agent_factory(endpoint=fleet.endpoint, token=fleet.register("plant", "dev-1"),
+                          agent={"model_dirs": [str(Path(mobilenet).parent)]})
     image = Path(str(sample_image_path()))
     with AgentClient(agent.config.agent.socket) as client:
         model = client.load_model(mobilenet, "mnv2")
@@ -65,7 +66,7 @@ def test_artifact_for_another_target_is_failed_precondition(agent_factory, compi
     rasp4b = compiled("zoo:mobilenet_v2", "rasp4b").path
     with pytest.raises(CompatibilityError) as expected:
         Model(rasp4b)
-    agent = agent_factory()
+    agent = agent_factory(agent={"model_dirs": [str(Path(rasp4b).parent)]})
     with AgentClient(agent.config.agent.socket) as client:
         with pytest.raises(AgentCallError) as info:
             client.load_model(rasp4b, "pi")
@@ -75,7 +76,7 @@ def test_artifact_for_another_target_is_failed_precondition(agent_factory, compi
 
 
 def test_predict_on_different_models_runs_concurrently(agent_factory, mobilenet):
-    agent = agent_factory()
+    agent = agent_factory(agent={"model_dirs": [str(Path(mobilenet).parent)]})
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     errors: list[BaseException] = []
     with AgentClient(agent.config.agent.socket) as client:

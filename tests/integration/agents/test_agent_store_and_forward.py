@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_offline_then_online_delivers_every_record_exactly_once(agent_factory, f
     fleet = fleet_server()
     token = fleet.register("plant", "dev-1")
     fleet.kill()
-    agent = agent_factory(endpoint=fleet.endpoint, token=token)
+    agent = agent_factory(endpoint=fleet.endpoint, token=token, agent={"model_dirs": [str(Path(mobilenet).parent)]})
     queued = heartbeat_recorder(agent)
     sent: list[str] = []
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)

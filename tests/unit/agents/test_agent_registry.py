@@ -131,3 +131,12 @@ def test_a_worker_ends_when_its_agent_is_gone(short_dir, models):
     process._proc.wait(10)
     assert not _alive(pid)
     process.close()
+
+
+def test_arrays_from_a_frame_are_writable(tmp_path):
+    with open(tmp_path / "f", "wb") as fh:
+        write_frame(fh, {}, [np.ones(3, np.float32)])
+    with open(tmp_path / "f", "rb") as fh:
+        _, (array,) = read_frame(fh)
+    array[0] = 5  # DLPack refuses to export read-only buffers to the TVM runtime
+    assert array.tolist() == [5, 1, 1]
