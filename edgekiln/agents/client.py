@@ -177,24 +177,48 @@ def model_dict(model: Any) -> dict[str, Any]:
             "outputs": tensors(model.output_tensor_metadatas)}
 
 
-def read_artifact_info(url: str) -> tuple[Any, list[str] | None]:
-    """The manifest and labels of an artifact file or directory on this device."""
-    import tarfile
+MAX_LABELS_BYTES = 16 * 1024 * 1024
 
-    from edgekiln.artifact import MANIFEST_NAME, Manifest, read_manifest
+
+def read_artifact_info(url: str) -> tuple[Any, list[str] | None]:
+    """The manifest and labels of an artifact file or directory on this device.
+
+    Read through the artifact layer's checks: a packed artifact is verified and unpacked
+    (every member listed, inside it, of the listed size and sha256); the labels must be
+    one of the files the manifest lists, inside the artifact, and match its sha256.
+    """
+    import tempfile
+
+    from edgekiln.artifact import MANIFEST_NAME, Manifest
+    from edgekiln.artifact.package import unpack
+    from edgekiln.errors import IntegrityError
 
     path = Path(url)
     if path.is_dir():
-        manifest = Manifest.from_json((path / MANIFEST_NAME).read_bytes())
-        text = (path / manifest.labels).read_text(encoding="utf-8") if manifest.labels else None
-    else:
-        manifest = read_manifest(path)
-        text = None
-        if manifest.labels:
-            with tarfile.open(path, "r:*") as tar:
-                member = tar.getmember(manifest.labels)
-                if member.isfile():
-                    fh = tar.extractfile(member)
-                    text = fh.read().decode("utf-8") if fh else None
-    labels = [line for line in text.splitlines() if line and not line.startswith("#")] if text else None
-    return manifest, labels
+        try:
+            manifest = Manifest.from_json((path / MANIFEST_NAME).read_bytes())
+        except OSError as exc:
+            raise IntegrityError(f"{path} holds no readable {MANIFEST_NAME}: {exc.strerror}") from None
+        return manifest, _labels(manifest, path)
+    with tempfile.TemporaryDirectory(prefix="edgekiln-info-") as tmp:
+        manifest = unpack(path, Path(tmp) / "a")
+        return manifest, _labels(manifest, Path(tmp) / "a")
+
+
+def _labels(manifest: Any, root: Path) -> list[str] | None:
+    from edgekiln.artifact.package import sha256_file
+    from edgekiln.errors import IntegrityError
+
+    if not manifest.labels:
+        return None
+    entry = next((f for f in manifest.files if f.path == manifest.labels), None)
+    if entry is None:
+        raise IntegrityError(f"the manifest's labels {manifest.labels[:200]!r} are not one of its listed files")
+    file = root / entry.path
+    real_root = os.path.realpath(root)
+    if not os.path.realpath(file).startswith(real_root + os.sep) or not file.is_file():
+        raise IntegrityError(f"the labels file {entry.path[:200]!r} is not a regular file inside {root}")
+    if entry.size > MAX_LABELS_BYTES or file.stat().st_size != entry.size or sha256_file(file) != entry.sha256:
+        raise IntegrityError(f"the labels file {entry.path[:200]!r} differs from the manifest or is too large")
+    text = file.read_text(encoding="utf-8", errors="replace")
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
