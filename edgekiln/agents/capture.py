@@ -31,7 +31,11 @@ class InvalidCapture(UserError):
     """A CaptureData request that is malformed (bad id or model name, no data)."""
 
 
-class FutureTimestamp(UserError):
+class TimestampOutOfRange(UserError):
+    """The inference timestamp lies before 1970 or past what a batch can carry."""
+
+
+class FutureTimestamp(TimestampOutOfRange):
     """The inference timestamp lies in the future."""
 
 
@@ -66,7 +70,12 @@ class CaptureService:
                 raise NotImplementedError("shared memory handles are not supported; send byte_data")
         now = self.clock()
         if request.HasField("inference_timestamp"):
-            ts = request.inference_timestamp.seconds + request.inference_timestamp.nanos / 1e9
+            stamp = request.inference_timestamp
+            if stamp.seconds < 0 or not 0 <= stamp.nanos < 1_000_000_000:
+                # A batch must be able to write it as a date (and the fleet to read it).
+                raise TimestampOutOfRange(f"inference_timestamp {stamp.seconds}.{stamp.nanos} must lie between "
+                                          "1970 and now (seconds >= 0, 0 <= nanos < 1e9)")
+            ts = stamp.seconds + stamp.nanos / 1e9
             if ts > now + FUTURE_SKEW_SECONDS:
                 raise FutureTimestamp(f"inference_timestamp {ts:.3f} is in the future (agent clock {now:.3f})")
         else:

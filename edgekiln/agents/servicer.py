@@ -160,9 +160,9 @@ class AgentServicer:
     def CaptureData(self, request: Any, context: Any) -> Any:
         from edgekiln.agents import agent_pb2 as pb
         from edgekiln.agents import outbox as ob
-        from edgekiln.agents.capture import FutureTimestamp, InvalidCapture
+        from edgekiln.agents.capture import InvalidCapture, TimestampOutOfRange
 
-        refusals = ((InvalidCapture, "INVALID_ARGUMENT"), (FutureTimestamp, "OUT_OF_RANGE"),
+        refusals = ((InvalidCapture, "INVALID_ARGUMENT"), (TimestampOutOfRange, "OUT_OF_RANGE"),
                     (ob.CaptureExists, "ALREADY_EXISTS"), (ob.StoreFull, "RESOURCE_EXHAUSTED"),
                     (ob.StoreUnavailable, "UNAVAILABLE"))
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from edgekiln.errors import UserError
@@ -78,7 +79,7 @@ def from_proto(tensor: Any, *, name: str | None = None, dtype: str | None = None
     if any(d < 0 for d in got_shape):
         raise TensorError(f"tensor {label!r} has a negative dimension in {list(got_shape)}")
     itemsize = np.dtype(got_dtype).itemsize
-    expected = int(np.prod(got_shape, dtype=np.int64)) * itemsize
+    expected = math.prod(got_shape) * itemsize  # Python ints: no int64 wrap-around to a match
     if len(tensor.byte_data) != expected:
         raise TensorError(f"tensor {label!r}: {len(tensor.byte_data)} bytes of data for {got_dtype} "
                           f"{list(got_shape)}, which needs {expected}")
