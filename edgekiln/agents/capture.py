@@ -62,7 +62,7 @@ class CaptureService:
             check_name(request.model_name, "model_name")
         except UserError as exc:
             raise InvalidCapture(exc.one_line()) from None
-        items = list(request.input_tensors) + list(request.output_tensors) + list(request.inputs) + list(request.outputs)
+        items = [*request.input_tensors, *request.output_tensors, *request.inputs, *request.outputs]
         if not items:
             raise InvalidCapture("a capture needs at least one tensor or auxiliary data item")
         for item in items:
