@@ -43,7 +43,8 @@ def test_fleet_uses_nothing_of_runtime_compile_or_agents():
 
 def test_importing_the_agent_loads_no_server_side_packages():
     code = ("import sys, edgekiln.agents, edgekiln.agents.daemon, edgekiln.agents.registry, "
-            "edgekiln.agents.servicer, edgekiln.agents.server, edgekiln.agents.client, edgekiln.agents.bench_relay, edgekiln.agents.capture, "
+            "edgekiln.agents.servicer, edgekiln.agents.server, edgekiln.agents.client, edgekiln.agents.bench_relay, "
+            "edgekiln.agents.model_worker, edgekiln.agents.messages, edgekiln.agents.salvage, edgekiln.agents.capture, "
             "edgekiln.agents.outbox, edgekiln.agents.reporter, edgekiln.agents.config, edgekiln.cli.agent, "
             "edgekiln.cli.agent_ctl; "
             "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'boto3', 'botocore', 'uvicorn', 'httpx', 'grpc', "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekiln.agents.config import dump_toml, from_dict, load_config
+from edgekiln.agents.config import dump_toml, from_dict, load_config, to_dict
 from edgekiln.errors import UserError
 
 VALID = """
@@ -80,6 +80,10 @@ def _with(text: str, old: str, new: str) -> str:
     ('token_file = "token"', "", "fleet.token_file"),
     ('socket = "run/agent.sock"', "", "agent.socket"),
     ("heartbeat_period_seconds = 5", "heartbeat_period_seconds = 0", "fleet.heartbeat_period_seconds"),
+    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = "models"', "agent.model_dirs"),
+    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = []', "agent.model_dirs"),
+    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = ["a", 3]', "agent.model_dirs"),
+    ('name = "pi-0001"', 'name = "%s"' % ("p" * 64), "device.name"),
 ])
 def test_invalid_config_names_the_key(tmp_path, old, new, key):
     path = tmp_path / "agent.toml"
@@ -132,3 +136,15 @@ def test_dump_toml_round_trips(tmp_path):
     config = load_config(path)
     assert config.agent.socket == Path(tmp_path / "a b.sock")
     assert config.capture.disk_path == tmp_path / 'x"y' and config.capture.batch_size == 3
+
+
+def test_model_dirs_default_to_the_model_dir_and_round_trip(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(VALID)
+    assert load_config(path).agent.allowed_model_dirs == (tmp_path / "models",)
+    path.write_text(_with(VALID, 'state_dir = "state"', 'state_dir = "state"\nmodel_dirs = ["models", "/opt/m"]'))
+    config = load_config(path)
+    assert config.agent.allowed_model_dirs == (tmp_path / "models", Path("/opt/m"))
+    again = tmp_path / "again.toml"
+    again.write_text(dump_toml(to_dict(config)))
+    assert load_config(again).agent.model_dirs == config.agent.model_dirs
