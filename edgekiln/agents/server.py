@@ -18,8 +18,6 @@ def serve(socket_path: Path, servicer: Any, *, max_workers: int = 8) -> Any:
 
     import grpc
 
-    from edgekiln.agents import agent_pb2_grpc as pb_grpc
-
     socket_path = Path(socket_path)
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     if socket_path.exists() or socket_path.is_symlink():
@@ -34,9 +32,9 @@ def serve(socket_path: Path, servicer: Any, *, max_workers: int = 8) -> Any:
         finally:
             probe.close()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="agent-rpc"),
+                         handlers=[_handlers(servicer)],
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_AgentServicer_to_server(servicer, server)
     # The umask decides the mode at bind(); tighten it so the socket is never world-writable.
     old = os.umask(0o117)
     try:
@@ -47,3 +45,43 @@ def serve(socket_path: Path, servicer: Any, *, max_workers: int = 8) -> Any:
         os.umask(old)
     os.chmod(socket_path, 0o660)
     return server
+
+
+def _handlers(servicer: Any) -> Any:
+    """The Agent service's handlers, from the proto's descriptor.
+
+    Unary requests arrive as bytes and are parsed here, so that bytes that are not the
+    method's message (another message, or none at all) answer INVALID_ARGUMENT; grpc's own
+    deserialisation would answer INTERNAL.
+    """
+    import grpc
+
+    from edgekiln.agents import agent_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name["Agent"]
+    handlers = {}
+    for method in service.methods:
+        request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        if method.client_streaming or method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                getattr(servicer, method.name), request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(getattr(servicer, method.name), request), response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _parsing(method: Any, request_type: Any) -> Any:
+    def handle(raw: bytes, context: Any) -> Any:
+        from google.protobuf.message import DecodeError
+
+        from edgekiln.agents.servicer import abort
+
+        try:
+            request = request_type.FromString(raw)
+        except (DecodeError, ValueError):
+            abort(context, "INVALID_ARGUMENT", f"the request is not a valid {request_type.DESCRIPTOR.name}")
+        return method(request, context)
+
+    return handle
