@@ -280,3 +280,18 @@ def test_queued_heartbeats_are_bounded_and_never_starve_captures(tmp_path, fake_
     for i in range(40):  # captures still fit: half the budget is theirs
         box.add_record(f"r{i}", "m", os.urandom(8 * 1024))
     assert _disk_use(box.root) <= limit and box.backlog()["records_ready"] == 40
+
+
+def test_quarantine_is_never_pruned_and_its_size_is_reported(tmp_path, fake_clock):
+    box = make(tmp_path, fake_clock)
+    for i in range(7):  # more than the five the store used to keep
+        box.add_record(f"r{i}", "m", b"data" * 100)
+        box.close()
+        with open(box.db_path, "r+b") as fh:
+            fh.write(os.urandom(8192))
+        box = make(tmp_path, fake_clock)
+        fake_clock.advance(1)
+    aside = sorted(p for p in (tmp_path / "corrupt").iterdir() if p.name.startswith("outbox-"))
+    assert len(aside) == 7 and len(box.faults) == 1  # each start reports its own
+    assert all((p / "records").is_dir() for p in aside)
+    assert box.quarantine_bytes() >= 7 * 400
