@@ -101,8 +101,13 @@ class ModelRegistry:
                                      "unload one first")
             self._loading.add(name)
         try:
-            if not path.exists():
-                raise ModelLoadError("NOT_FOUND", f"no model artifact at {path}")
+            try:
+                found = path.exists()
+            except OSError as exc:  # a name too long for the file system, say
+                raise ModelLoadError("INVALID_ARGUMENT",
+                                     f"{str(path)[:200]} cannot be a file: {exc.strerror}") from None
+            if not found:
+                raise ModelLoadError("NOT_FOUND", f"no model artifact at {str(path)[:200]}")
             model = self._open(name, path)
             entry = LoadedModel(name=name, url=str(path), model=model, loaded_at=self.clock())
             with self._lock:

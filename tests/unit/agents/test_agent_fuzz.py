@@ -94,6 +94,7 @@ HOSTILE = [
     ("LoadModel", pb.LoadModelRequest(url="../../etc/passwd", name="m")),
     ("LoadModel", pb.LoadModelRequest(url="m.tar.gz", name="m" * 200)),
     ("LoadModel", pb.LoadModelRequest(url="m.tar.gz\0", name="m")),
+    ("LoadModel", pb.LoadModelRequest(url="a" * 5000, name="m")),  # longer than a file name may be
     ("Predict", pb.PredictRequest(name="loaded", tensors=[pb.Tensor(  # int64 wrap-around of the size
         tensor_metadata=pb.TensorMetadata(name="x", data_type=5, shape=[2**31 - 1] * 4), byte_data=b"")])),
 ]
