@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.required = True
     commands.add_parser("list", help="list loaded models")
     load = commands.add_parser("load", help="load a model artifact")
-    load.add_argument("url", metavar="ARTIFACT", help="artifact path (relative: in the agent's model_dir)")
-    load.add_argument("name", metavar="NAME")
+    load.add_argument("url", metavar="ARTIFACT", help="artifact path on the device (relative: in the agent's "
+                      "model_dir); it must lie inside the agent's model_dirs")
+    load.add_argument("name", metavar="NAME", help="1-63 letters, digits and inner dashes")
     unload = commands.add_parser("unload", help="unload a model")
     unload.add_argument("name", metavar="NAME")
     describe = commands.add_parser("describe", help="describe a loaded model")
