@@ -45,7 +45,7 @@ class AgentClient:
             ("grpc.max_reconnect_backoff_ms", 1000)])
         self._stub = pb_grpc.AgentStub(self._channel)
 
-    def __enter__(self) -> "AgentClient":
+    def __enter__(self) -> AgentClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -85,8 +85,8 @@ class Agent:
         """Open the store, reload the models loaded before, and serve the local API."""
         from edgekiln.agents.capture import CaptureService
         from edgekiln.agents.outbox import Outbox
-        from edgekiln.agents.reporter import CloudSink, DiskSink, FleetClient, ProcessMetrics
         from edgekiln.agents.registry import ModelLoadError, ModelRegistry
+        from edgekiln.agents.reporter import CloudSink, DiskSink, FleetClient, ProcessMetrics
         from edgekiln.agents.server import serve
         from edgekiln.agents.servicer import AgentServicer
 

@@ -264,7 +264,7 @@ class Outbox(MessageQueue, Salvage):
             raise StoreUnavailable("the capture store is not open")
         return self._db
 
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self._conn())
 
     # -- corruption (moving things aside: salvage.py) ----------------------------------

@@ -39,7 +39,7 @@ def _answers(method: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a Refusal into its status and any other exception into INTERNAL."""
 
     @functools.wraps(method)
-    def call(self: "AgentServicer", request: Any, context: Any) -> Any:
+    def call(self: AgentServicer, request: Any, context: Any) -> Any:
         try:
             return method(self, request, context)
         except Refusal as refusal:

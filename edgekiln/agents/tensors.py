@@ -49,7 +49,7 @@ def to_proto(array: Any, name: str = "") -> Any:
 
 
 def from_proto(tensor: Any, *, name: str | None = None, dtype: str | None = None,
-               shape: tuple[int, ...] | None = None) -> "np.ndarray":
+               shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Decode a ``Tensor``; ``name``/``dtype``/``shape`` are what the model expects and
     fill in what the request leaves out (metadata is optional in a predict request)."""
     import numpy as np

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 
-
 class AgentProcess:
     """``edgekiln agent --config`` as a child process."""
 
@@ -28,7 +27,7 @@ class AgentProcess:
 
         return str(load_config(config).agent.socket)
 
-    def start(self, timeout: float = 30.0) -> "AgentProcess":
+    def start(self, timeout: float = 30.0) -> AgentProcess:
         from edgekiln.agents.client import AgentClient
 
         with open(self.log, "ab") as log:

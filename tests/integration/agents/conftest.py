@@ -9,7 +9,6 @@ import time
 import pytest
 
 
-
 @pytest.fixture(scope="session")
 def mobilenet(compiled):
     """zoo:mobilenet_v2 compiled for this x86-64 host (once per session)."""

@@ -23,7 +23,8 @@ def service(tmp_path, fake_clock):
     box.close()
 
 
-def request(capture_id="c1", model="m", small=np.arange(3, dtype=np.int32), big=None, ts=None):
+def request(capture_id="c1", model="m", small=None, big=None, ts=None):
+    small = np.arange(3, dtype=np.int32) if small is None else small
     req = pb.CaptureDataRequest(model_name=model, capture_id=capture_id, input_tensors=[to_proto(small, "in")],
                                 outputs=[pb.AuxilaryData(name="label", encoding=pb.JSON, byte_data=b'{"c": 3}')])
     if big is not None:

@@ -12,8 +12,8 @@ REPO = PROTO.parents[2]
 
 
 def test_generated_modules_match_the_proto(tmp_path):
-    from grpc_tools import protoc
     from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
 
     out = tmp_path / "set.pb"
     rc = protoc.main(["protoc", f"-I{REPO}", f"--descriptor_set_out={out}", str(PROTO.relative_to(REPO))])
