@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 MAINTENANCE_SECONDS = 60.0
 MIN_BACKOFF = 0.5
+# Heartbeats per POST; halved while the fleet answers 413 (its limit per request).
+HEARTBEATS_PER_POST = 50
 
 
 class Clock:
@@ -77,6 +79,8 @@ class Agent:
         self.unclean_restarts = 0
         self._reported_faults = 0
         self.task_errors = 0
+        self._heartbeats_per_post = HEARTBEATS_PER_POST
+        self._one_by_one_until: int | None = None  # after a refused POST: find the refused one
         self.started = False
         self._lock_file: Any = None
 
@@ -305,20 +309,29 @@ class Agent:
 
         if self.client is None:
             return False
-        batch = self.outbox.take_messages("heartbeat", limit=50)
+        limit = 1 if self._one_by_one_until is not None else self._heartbeats_per_post
+        batch = self.outbox.take_messages("heartbeat", limit=limit)
         if not batch:
             return False
+        if self._one_by_one_until is not None and batch[-1].id >= self._one_by_one_until:
+            self._one_by_one_until = None
         try:
             self.client.post("/v1/agent/heartbeats", {"heartbeats": [m.body for m in batch]})
         except FleetRejected as exc:
             if not _refused_for_good(exc):
                 raise
-            # Sending them again would be refused again and hold back every later heartbeat.
-            log.error("the fleet refused %d heartbeats (%s); dropped", len(batch), exc.message)
-            self.outbox.drop_messages((m.id for m in batch), "heartbeat")
+            if len(batch) > 1:
+                if exc.status == 413:  # too many for one request: fewer at a time
+                    self._heartbeats_per_post = max(1, len(batch) // 2)
+                else:  # one of them is refused: send these one by one to find it
+                    self._one_by_one_until = batch[-1].id
+                return True
+            # Sending it again would be refused again and hold back every later heartbeat.
+            log.error("the fleet refused a heartbeat (%s); dropped", exc.message)
+            self.outbox.drop_messages([batch[0].id], "heartbeat")
             return True
         self.outbox.ack_messages(m.id for m in batch)
-        return len(batch) == 50
+        return True
 
     def _deliver_batches(self) -> bool:
         from edgekiln.agents.capture import encode_batch

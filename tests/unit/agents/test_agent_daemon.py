@@ -295,3 +295,34 @@ def test_offline_heartbeats_stay_bounded_and_captures_keep_their_room(started, f
     agent.queue_heartbeat()
     body = agent.outbox.take_messages("heartbeat", limit=1000)[-1].body
     assert {m["metric_name"]: m["value"] for m in body["agent_metrics"]}["heartbeats_dropped"] == dropped
+
+
+class _Fleet:
+    """A fleet client that takes at most ``per_post`` heartbeats (413 above) and refuses
+    those whose id is in ``refused`` (422)."""
+
+    def __init__(self, per_post: int, refused=()) -> None:
+        self.per_post, self.refused, self.received = per_post, set(refused), []
+
+    def post(self, path, body):
+        from edgekiln.agents.reporter import FleetRejected
+
+        beats = body["heartbeats"]
+        if len(beats) > self.per_post:
+            raise FleetRejected(f"POST {path}: 413 too many heartbeats", 413)
+        if any(b["n"] in self.refused for b in beats):
+            raise FleetRejected(f"POST {path}: 422 bad heartbeat", 422)
+        self.received += [b["n"] for b in beats]
+        return {}
+
+
+def test_heartbeats_go_in_smaller_posts_after_413_and_refused_ones_are_dropped(started, fake_clock):
+    agent = started()
+    agent.client = _Fleet(per_post=7, refused={30})
+    for n in range(60):
+        agent.outbox.put_message("heartbeat", {"n": n})
+    for _ in range(40):
+        agent._send_messages()
+    assert sorted(agent.client.received) == [n for n in range(60) if n != 30]  # none lost to the 413s
+    assert agent._heartbeats_per_post <= 7
+    assert agent.outbox.counters()["heartbeats_refused"] == 1 and agent.outbox.message_counts() == {"acked": 59}
