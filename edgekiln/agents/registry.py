@@ -51,8 +51,9 @@ class ModelRegistry:
     """The models the agent has loaded; the list survives restarts (``models.json``).
 
     Each model runs in a worker process of its own (:mod:`edgekiln.agents.model_worker`)
-    under ``work_dir``; ``loader`` replaces that with an in-process loader (tests).
-    LoadModel takes artifacts only from inside ``model_dirs`` (default: ``model_dir``).
+    under ``work_dir``; ``factory`` (``module:callable``) replaces ``runtime.Model`` inside
+    the workers, and ``loader`` replaces the workers with an in-process loader (both for
+    tests). LoadModel takes artifacts only from inside ``model_dirs`` (default: ``model_dir``).
     """
 
     def __init__(self, model_dir: Path, state_file: Path | None, *, max_models: int = 8,
