@@ -120,16 +120,13 @@ class ModelProcess:
 
     def __init__(self, path: str, work_dir: Path, *, factory: str | None = None) -> None:
         from edgekiln.artifact.manifest import Manifest
+        from edgekiln.execute.runners import worker_env
 
         self.path = path
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, TMPDIR=str(self.work_dir))  # extracted artifacts go where the agent cleans
-        # The worker imports the edgekiln this agent runs (also from a checkout: its cwd differs).
-        import edgekiln
-
-        package_root = str(Path(edgekiln.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # This edgekiln importable in the worker; extracted artifacts where the agent cleans.
+        env = worker_env({"TMPDIR": str(self.work_dir)})
         command = [sys.executable, "-m", "edgekiln.agents.model_worker", path]
         if factory:
             command += ["--factory", factory]

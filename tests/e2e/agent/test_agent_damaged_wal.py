@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from devtools.servers import free_ports
 from edgekiln.agents.client import AgentCallError, AgentClient
-from edgekiln.fleet.devservers import free_ports
 
 
 def _damage(wal, how: str) -> None:

@@ -289,7 +289,7 @@ def test_offline_heartbeats_stay_bounded_and_captures_keep_their_room(started, f
     dropped = agent.outbox.counters()["heartbeats_dropped"]
     assert counts["ready"] == 256 and counts["ready"] + dropped == 600
     with AgentClient(agent.config.agent.socket) as client:
-        for i in range(20):
+        for _ in range(20):
             client.capture("m", input_tensors=[np.zeros(4096, np.float32)], inference_time=fake_clock.now)
     assert agent.outbox.backlog()["records_ready"] == 20
     agent.queue_heartbeat()
