@@ -207,7 +207,8 @@ def _baselines(suite: Suite) -> tuple[tuple[str, ...], list[str]]:
 def _compile(combo: Combination, suite: Suite, profile: Any, directory: Path, reuse: bool,
              progress: ConsoleProgress) -> tuple[Path, str | None]:
     """Compile one combination; returns the artifact and the baseline model file (batch > 1)."""
-    from edgekiln.compile.api import CompileOptions, CompiledArtifact, compile_model
+    from edgekiln.compile.api import CompileOptions, compile_model
+    from edgekiln.compile.stages import CompiledArtifact
 
     out = directory / f"{combo.file_stem()}.tar.gz"
     source: str = combo.model if combo.model.endswith(".onnx") else f"zoo:{combo.model}"

@@ -90,6 +90,57 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class CandidateRecord:
+    """One backend that ``--backend auto`` tried: built, failed (with the reason), timed."""
+
+    backend: str
+    status: str  # "built" | "failed" | "not measured"
+    reason: str | None = None
+    p50_ms: float | None = None
+    ratio_to_onnxruntime: float | None = None
+    pairs: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendSelection:
+    """How ``--backend auto`` chose the artifact's backend, and every candidate's record."""
+
+    mode: str
+    chosen: str
+    reason: str
+    candidates: tuple[CandidateRecord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        # A candidate lists only the figures it has, as manifests always wrote them.
+        return {"mode": self.mode, "chosen": self.chosen, "reason": self.reason,
+                "candidates": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None}
+                               for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BackendSelection":
+        if not isinstance(data, Mapping):
+            raise TypeError(f"BackendSelection must be an object, got {type(data).__name__}")
+        candidates = tuple(_build(CandidateRecord, c) for c in data.get("candidates") or ())
+        return _build(cls, {**data, "candidates": candidates})
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    """Size of the source graph: parameters, multiply-accumulates, nodes, operators."""
+
+    params: int | None = None
+    macs: int | None = None
+    nodes: int | None = None
+    op_counts: Mapping[str, int] = field(default_factory=dict)
+    opset: int | None = None
+
+
+# Typed fields that manifest.json carries inside "extra", where manifests have always had
+# them: tools and earlier runtimes read the same JSON.
+_EXTRA_FIELDS = ("backend_selection", "compile_seconds", "graph")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to know about one artifact."""
 
@@ -111,14 +162,26 @@ class Manifest:
     quantization: Mapping[str, Any] | None = None
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this edgekiln does not know
+    backend_selection: BackendSelection | None = None
+    compile_seconds: float | None = None
+    graph: GraphStats | None = None
 
     def file(self, role: str) -> FileEntry | None:
         """The first file with ``role``, or None."""
         return next((f for f in self.files if f.role == role), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        data = _plain(dataclasses.asdict(self))
+        extra = data.pop("extra")
+        for key in _EXTRA_FIELDS:
+            value = data.pop(key)
+            if value is not None:
+                extra[key] = value
+        if self.backend_selection is not None:
+            extra["backend_selection"] = self.backend_selection.to_dict()
+        data["extra"] = extra
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -135,7 +198,10 @@ class Manifest:
                 f"(it reads version {SCHEMA_VERSION})",
                 hint="rebuild the artifact with a matching edgekiln, or upgrade edgekiln",
             )
+        extra = dict(data.get("extra") or {})
         try:
+            selection, graph = extra.pop("backend_selection", None), extra.pop("graph", None)
+            seconds = extra.pop("compile_seconds", None)
             return cls(
                 model=_build(ModelInfo, data["model"]),
                 profile=str(data["profile"]),
@@ -154,7 +220,10 @@ class Manifest:
                 quantization=data.get("quantization"),
                 created_utc=str(data.get("created_utc", "")),
                 schema_version=int(version),
-                extra=dict(data.get("extra") or {}),
+                extra=extra,
+                backend_selection=None if selection is None else BackendSelection.from_dict(selection),
+                compile_seconds=None if seconds is None else float(seconds),
+                graph=None if graph is None else _build(GraphStats, graph),
             )
         except KeyError as exc:
             raise IntegrityError(f"manifest.json lacks the field {exc.args[0]!r}") from None

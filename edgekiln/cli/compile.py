@@ -50,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
     parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
     parser.add_argument("--no-ptx", action="store_true",
-                        help="CUDA profiles: embed only SASS for the profile's GPU, no PTX")
+                        help="CUDA profiles: embed only SASS for the profile's GPU, no PTX "
+                             "(the tvm option embed_ptx=false)")
+    parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE",
+                        help="an option of the backend named with --backend, e.g. num_threads=2 for litert or "
+                             "optimization=basic for onnxruntime; repeat per option (an unknown key lists "
+                             "the valid ones)")
     parser.add_argument("--quantize", choices=("int8", "int8-auto"),
                         help="post-training int8 quantization with an accuracy gate; int8-auto keeps the most "
                              "sensitive layers in fp32 until the gate passes")
@@ -69,24 +74,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edgekiln.compile.api import CompileOptions, compile_model, parse_input_shape
-    from edgekiln.compile.frontends import model_stem, parse_input_config
+    from edgekiln.compile.api import CompileOptions, compile_model
+    from edgekiln.compile.frontends import model_stem, parse_input_shapes
     from edgekiln.compile.quantize import QuantizeOptions
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.device_profiles import get_profile
     from edgekiln.errors import UserError
     from edgekiln.execute.progress import ConsoleProgress
 
-    if args.input_config and args.input_shape:
-        raise UserError("give the input shapes either with --input-config or with --input-shape, not both")
-    input_shape = parse_input_config(args.input_config) if args.input_config else parse_input_shape(args.input_shape)
+    input_shape = parse_input_shapes(args.input_config, args.input_shape)
     profile = get_profile(args.target)
     output = args.output
     if output is None:
         stem = args.name or (args.model.split(":", 1)[-1] if args.model.startswith("zoo:")
                              else model_stem(Path(args.model.rstrip("/"))))
         output = f"{stem}-{profile.aliases[0] if profile.aliases else profile.id.replace('/', '-')}.tar.gz"
-    backend_options = {"embed_ptx": False} if args.no_ptx else {}
+    backend_options = _backend_options(args)
     options = CompileOptions(
         backend=args.backend,
         backend_options=backend_options,
@@ -127,3 +130,23 @@ def run(args: argparse.Namespace) -> int:
                   f"agreement {g['top1_agreement']:.4f} on {g['samples']} inputs"
                   + (f"; {len(g['fp32_layers'])} layers kept in fp32" if g["fp32_layers"] else ""))
     return 0
+
+
+def _backend_options(args: argparse.Namespace) -> tuple:
+    """--backend-option and --no-ptx, read through the backend's own option type."""
+    from edgekiln.compile.backends import registry
+    from edgekiln.errors import UserError
+
+    items = list(args.backend_option or ())
+    if args.no_ptx:
+        if args.backend not in ("tvm", "auto"):
+            raise UserError(f"--no-ptx applies to the tvm backend, not {args.backend}")
+        if args.backend == "auto":
+            return (registry.get("tvm").options_type.from_strings(["embed_ptx=false"]),)
+        items.append("embed_ptx=false")
+    if not items:
+        return ()
+    if args.backend == "auto":
+        raise UserError("--backend-option needs the backend it is for",
+                        hint="name it with --backend tvm|onnxruntime|litert")
+    return (registry.get(args.backend).options_type.from_strings(items),)

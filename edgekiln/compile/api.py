@@ -1,16 +1,19 @@
-"""``compile_model``: model file → artifact for one device profile.
+"""``compile_model``: model file → artifact for one device profile, as a pipeline.
 
-Stages, each with its own type: ``SourceModel`` (import) → ``LoweredFiles`` (backend) →
-``CompiledArtifact`` (validated, packed).  Work happens in a private temporary directory;
-the output path only ever receives a complete, validated artifact.
+import (``SourceModel``) → optimize/quantize (``QuantizedModel``, or calibration data for a
+backend that quantizes by itself) → lower per backend (``LoweredFiles``) → validate
+(``StagedArtifact``) → package (``CompiledArtifact``); the types are in stages.py.  Work
+happens in a private temporary directory; the output path only ever receives a complete,
+validated artifact.  ``--backend auto`` runs lower-and-validate once per candidate backend
+over the one imported model (auto.py).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,71 +21,69 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edgekiln import __version__
-from edgekiln.artifact.manifest import Manifest, ModelInfo, Validation
-from edgekiln.artifact.package import file_entry, pack, read_manifest
+from edgekiln.artifact.manifest import BackendSelection, GraphStats, Manifest, ModelInfo, Validation
+from edgekiln.artifact.package import file_entry, pack
 from edgekiln.compile import auto, validate
 from edgekiln.compile.backends import registry
+from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.frontends import import_model
-from edgekiln.compile.frontends.onnx import InputShapes, SourceModel
-from edgekiln.compile.quantize import QuantizedModel, QuantizeOptions, gate_artifact, load_data, quantize_onnx
+from edgekiln.compile.quantize import QuantizeOptions, gate_artifact, load_data, quantize_onnx
+from edgekiln.compile.quantize.data import Dataset
+from edgekiln.compile.stages import (
+    CompiledArtifact,
+    InputShapes,
+    LoweredFiles,
+    QuantizedModel,
+    SourceModel,
+    StagedArtifact,
+)
 from edgekiln.device_profiles import DeviceProfile, get_profile
-from edgekiln.errors import UserError
+from edgekiln.errors import BackendError, DependencyError, EdgekilnError, UserError
 from edgekiln.execute.host import cannot_execute
 from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.execute.runners import EmulatedRunner, LocalRunner, Runner, emulated_board_problem
 from edgekiln.runtime import compat
 
 LABELS_FILE = "labels.txt"
-# Backends whose artifacts run the QDQ int8 ONNX model from quantize/, and backends that
-# quantize by themselves from calibration data (LiteRT writes its own int8 flatbuffer).
-QDQ_BACKENDS = ("onnxruntime", "tvm")
-SELF_QUANTIZING_BACKENDS = ("litert",)
-QUANTIZING_BACKENDS = QDQ_BACKENDS + SELF_QUANTIZING_BACKENDS
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """Typed options of one compile; ``backend="auto"`` picks one (see compile/auto.py)."""
+    """Typed options of one compile; ``backend="auto"`` picks one (see compile/auto.py).
 
-    backend: str = "auto"
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    ``backend_options`` holds typed options per backend (``TVMOptions(embed_ptx=False)``,
+    ``LiteRTOptions(num_threads=2)``...): each backend takes the one of its own type, or its
+    defaults.  A plain mapping is read through the option type of the named backend.
+    """
+
+    backend: str = auto.AUTO
+    backend_options: BackendOptions | Sequence[BackendOptions] | Mapping[str, Any] = ()
     validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
     validate: bool = True
     quantize: QuantizeOptions | None = None
 
+    def __post_init__(self) -> None:
+        given = self.backend_options
+        if isinstance(given, Mapping):
+            if given and self.backend == auto.AUTO:
+                raise UserError("backend options as a mapping need a named backend, not auto",
+                                hint="give typed options such as TVMOptions(embed_ptx=False), one per backend")
+            given = (registry.get(self.backend).options_type.from_dict(given),) if given else ()
+        elif isinstance(given, BackendOptions):
+            given = (given,)
+        typed = tuple(given)
+        for item in typed:
+            if not isinstance(item, BackendOptions):
+                raise UserError(f"backend options must be a backend's option type, got {type(item).__name__}")
+        kinds = [type(item) for item in typed]
+        if len(set(kinds)) != len(kinds):
+            raise UserError("backend options give the same backend's options twice")
+        object.__setattr__(self, "backend_options", typed)
 
-@dataclass(frozen=True)
-class CompiledArtifact:
-    """The result of a compile: where the artifact is and what its manifest says."""
-
-    path: Path
-    manifest: Manifest
-    size: int
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CompiledArtifact":
-        path = Path(path)
-        return cls(path=path, manifest=read_manifest(path), size=path.stat().st_size)
-
-    def summary(self) -> dict[str, Any]:
-        """The figures a CI job reads (``edgekiln compile --json``)."""
-        m = self.manifest
-        return {
-            "artifact": str(self.path),
-            "size_bytes": self.size,
-            "model": m.model.name,
-            "version": m.model.version,
-            "profile": m.profile,
-            "backend": m.backend,
-            "backend_selection": m.extra.get("backend_selection"),
-            "target_triple": m.target_triple,
-            "cuda_arch": m.runtime.cuda_arch,
-            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.inputs],
-            "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in m.outputs],
-            "validation": m.to_dict()["validation"],
-            "compile_seconds": m.extra.get("compile_seconds"),
-            "quantization": m.quantization,
-        }
+    def options_for(self, backend: Backend) -> BackendOptions:
+        """This backend's options: the ones of its type given here, else its defaults."""
+        typed: tuple[BackendOptions, ...] = self.backend_options  # type: ignore[assignment]
+        return next((o for o in typed if isinstance(o, backend.options_type)), backend.options_type())
 
 
 def host_can_execute(profile: DeviceProfile) -> str | None:
@@ -113,103 +114,168 @@ def compile_model(
     Writes the artifact to ``output`` (a ``.tar.gz``) only after it was built and, where this
     machine can run the target, validated against ONNX Runtime.
     """
-    import time
-
     started = time.perf_counter()
     options = options or CompileOptions()
     progress = progress or NullProgress()
+    output = _output_path(output)
+    profile = get_profile(target)
+    backends = _backends(profile, options)
+    # Nothing is written next to the output until the final rename in pack().
+    with tempfile.TemporaryDirectory(prefix="edgekiln-compile-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        source = import_source(model, work / "source", framework=framework, input_shape=input_shape,
+                               name=name, progress=progress)
+        int8 = optimize(source, options.quantize, backends, work / "quantize", progress)
+
+        def lower_one(source: SourceModel, backend: Backend) -> StagedArtifact:
+            return lower_and_validate(source, int8, backend, profile, version, options, work / backend.id, progress)
+
+        selection: BackendSelection | None = None
+        if options.backend == auto.AUTO:
+            staged, selection = auto.compile_auto(source, backends, lower_one, profile, work / "auto",
+                                                  host_can_execute(profile), progress)
+        else:
+            staged = lower_one(source, backends[0])
+        return package(staged, output, selection, time.perf_counter() - started, progress)
+
+
+def _output_path(output: str | os.PathLike[str]) -> Path:
     output = Path(output)
     if output.is_dir():
         raise UserError(f"output path {output} is a directory", hint="give a file name such as model.tar.gz")
     if not output.parent.exists():
-        raise UserError(f"the directory of the output path {output} does not exist")
-    profile = get_profile(target)
+        raise UserError(f"the directory of the output path {output} does not exist",
+                        hint="create it first, or give another output path")
+    return output
+
+
+def _backends(profile: DeviceProfile, options: CompileOptions) -> list[Backend]:
+    """The backends to try, in order; every reason that rules out a named one fails here,
+    before any work."""
+    if options.validation.tolerance_abs < 0 or options.validation.samples < 1:
+        raise UserError("the validation tolerance must be >= 0 and the sample count >= 1")
+    q = options.quantize
     if options.backend == auto.AUTO:
-        def compile_one(backend: str, path: Path) -> CompiledArtifact:
-            return compile_model(model, target, path, input_shape=input_shape, name=name, version=version,
-                                 options=replace(options, backend=backend), progress=progress, framework=framework)
-
-        from edgekiln import zoo
-        from edgekiln.zoo import pretrained
-
-        with tempfile.TemporaryDirectory(prefix="edgekiln-auto-source-") as tmp:
-            baseline_model = None if zoo.is_zoo_ref(str(model)) else str(model)
-            if pretrained.is_pretrained_ref(str(model)):
-                # The harness rebuilds seeded zoo models itself; a pretrained one it is given.
-                baseline_model = str(Path(tmp) / "source.onnx")
-                Path(baseline_model).write_bytes(pretrained.build(str(model)).SerializeToString())
-            return auto.compile_auto(compile_one, profile, output, options.quantize, baseline_model,
-                                     host_can_execute(profile), progress)
+        candidates = auto.eligible(profile, q)
+        if not candidates:
+            raise UserError(f"profile {profile.id} has no backend that can build this model here "
+                            f"(it lists {', '.join(profile.backends)})")
+        return [registry.get(name) for name in candidates]
     backend = registry.get(options.backend)
     reason = backend.supports(profile)
     if reason:
         raise UserError(f"backend {backend.id} cannot build for {profile.id}: {reason}")
-    backend_options_dict = dict(options.backend_options)
-    if options.validation.tolerance_abs < 0 or options.validation.samples < 1:
-        raise UserError("the validation tolerance must be >= 0 and the sample count >= 1")
-    # Nothing is written next to the output until the final rename in pack().
-    work = Path(tempfile.mkdtemp(prefix="edgekiln-compile-"))
-    try:
-        with progress.step(f"import {model}"):
-            source = import_model(model, work / "source", framework=framework, input_shape=input_shape, name=name)
-        quantized: QuantizedModel | None = None
-        reference = source
-        gate_data = None
-        q = options.quantize
-        if q is not None and source.prequantized:
-            raise UserError(f"{model} is already an int8 model; compile it without --quantize")
-        if q is not None and backend.id not in QUANTIZING_BACKENDS:
-            raise UserError(f"backend {backend.id} cannot build int8 models; use one of {', '.join(QUANTIZING_BACKENDS)}")
-        if q is not None and backend.id in QDQ_BACKENDS:
-            quantized = quantize_onnx(source, q, work / "quantize", progress)
-            # The artifact must reproduce the int8 model that passed the gate, so that model
-            # is the reference of the numerical validation below.
-            source = reference = quantized.source
-        elif q is not None:
-            if q.auto:
-                raise UserError(f"backend {backend.id} has no int8-auto mode; use --quantize int8")
-            calibration, gate_data = load_data(source, q, progress)
-            # The backend calibrates on the calibration part only; the held-out part judges it.
-            np.savez(work / "calibration.npz", x=np.stack(calibration.inputs))
-            backend_options_dict.update(quantize="int8", calibration=str(work / "calibration.npz"),
-                                        calibration_samples=len(calibration))
-        backend_options = backend.options_type.from_dict(backend_options_dict)
-        root = work / "artifact"
-        root.mkdir()
-        lowered = backend.lower(source, profile, backend_options, root, progress)
-        files = dict(lowered.files)
-        if source.labels:
-            (root / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
-            files[LABELS_FILE] = "labels"
-        manifest = _manifest(source, version, profile, backend.id, lowered, files, root,
-                             validate.skipped("not run yet"), quantized)
-        (root / "manifest.json").write_text(manifest.to_json())
-        if gate_data is not None:
-            assert q is not None
-            details = dict(lowered.options.get("quantization") or {})
-            gate_result = gate_artifact(
-                source, q, gate_data, lambda _path, inputs: [o[0] for o in validate.run_artifact(root, [[x] for x in inputs])],
-                int(details.get("calibration_samples", 0)) or q.calibration_samples,
-                f"{backend.id} {details.get('scheme', 'int8')}", progress)
-            method = f"{backend.id} {details.get('scheme', 'full-integer int8')}, {details.get('calibration_method', '')}"
-            quantized = QuantizedModel(source=source, gate=gate_result,
-                                       calibration_samples=int(details.get("calibration_samples", 0)),
-                                       method=method.rstrip(", "), details=details)
-            # The gate ran the artifact itself; there is no int8 ONNX model to compare it with.
-            validation = Validation(status="passed", reference="int8 accuracy gate on the artifact",
-                                    executed_on=f"host {compat.host_info().arch} (cpu)", samples=gate_result.samples,
-                                    top1_agreement=gate_result.agreement, reason=None)
-        else:
-            validation = _validate(reference, profile, root, manifest, options, progress,
-                                   quantized is not None or source.prequantized)
-        elapsed = time.perf_counter() - started
-        manifest = _manifest(source, version, profile, backend.id, lowered, files, root, validation, quantized,
-                             extra={"compile_seconds": round(elapsed, 2), "graph": dict(source.stats)})
-        with progress.step(f"write {output}"):
-            pack(manifest, root, output)
-        return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    foreign = [type(o).__name__ for o in options.backend_options if not isinstance(o, backend.options_type)]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} do not apply to the {backend.id} backend",
+                        hint=f"its options are {backend.options_type.__name__}")
+    if q is not None and not backend.can_quantize(q.auto):
+        able = [n for n in registry.names() if registry.get(n).can_quantize(q.auto)]
+        raise UserError(f"backend {backend.id} cannot build {q.mode} models; use one of {', '.join(able)}")
+    return [backend]
+
+
+def import_source(model: str | os.PathLike[str], workdir: Path, *, framework: str | None, input_shape: InputShapes,
+                  name: str | None, progress: Progress) -> SourceModel:
+    """Stage 1: the model, of any framework, as a canonical ONNX ``SourceModel``."""
+    with progress.step(f"import {model}"):
+        return import_model(model, workdir, framework=framework, input_shape=input_shape, name=name)
+
+
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What the quantize stage hands on: the gated int8 QDQ model for "qdq" backends (or
+    why it failed, for auto to record), and the data of backends that quantize by themselves."""
+
+    options: QuantizeOptions
+    qdq: QuantizedModel | None = None
+    qdq_error: EdgekilnError | None = None
+    calibration: Dataset | None = None
+    gate_data: Dataset | None = None
+
+
+def optimize(source: SourceModel, quantize: QuantizeOptions | None, backends: Sequence[Backend], workdir: Path,
+             progress: Progress) -> Int8Inputs | None:
+    """Stage 2: quantize once for every candidate that needs it (None: an fp32 compile)."""
+    if quantize is None:
+        return None
+    if source.prequantized:
+        raise UserError(f"{source.source_ref} is already an int8 model; compile it without --quantize")
+    qdq = error = None
+    if any(b.quantization == "qdq" for b in backends):
+        try:
+            qdq = quantize_onnx(source, quantize, workdir, progress)
+        except (BackendError, DependencyError) as exc:
+            if not any(b.needs_calibration() for b in backends):
+                raise
+            error = exc  # the backends that quantize by themselves still get their chance
+    calibration = gate_data = None
+    if any(b.needs_calibration() for b in backends):
+        # The backend calibrates on the calibration part only; the held-out part judges it.
+        calibration, gate_data = load_data(source, quantize, progress)
+    return Int8Inputs(quantize, qdq, error, calibration, gate_data)
+
+
+def lower_and_validate(source: SourceModel, int8: Int8Inputs | None, backend: Backend, profile: DeviceProfile,
+                       version: str, options: CompileOptions, root: Path, progress: Progress) -> StagedArtifact:
+    """Stages 3 and 4 for one backend: lower into ``root``, write the manifest the runtime
+    needs to load it, and validate it there."""
+    model, quantized, calibration = source, None, None
+    if int8 is not None and backend.quantization == "qdq":
+        if int8.qdq is None:
+            assert int8.qdq_error is not None
+            raise int8.qdq_error
+        # The artifact must reproduce the int8 model that passed the gate, so that model
+        # is also the reference of the numerical validation below.
+        model, quantized = int8.qdq.source, int8.qdq
+    elif int8 is not None:
+        calibration = int8.calibration
+    root.mkdir(parents=True)
+    lowered = backend.lower(model, profile, options.options_for(backend), root, progress, calibration=calibration)
+    files = dict(lowered.files)
+    if source.labels:
+        (root / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
+        files[LABELS_FILE] = "labels"
+    manifest = _manifest(model, version, profile, backend.id, lowered, files, root)
+    (root / "manifest.json").write_text(manifest.to_json())
+    if calibration is not None:
+        assert int8 is not None and int8.gate_data is not None
+        quantized, validation = _gate_self_quantized(model, int8, backend, lowered, root, progress)
+    else:
+        validation = _validate(model, profile, root, manifest, options, progress,
+                               quantized is not None or source.prequantized)
+    manifest = replace(manifest, validation=validation,
+                       quantization=None if quantized is None else quantized.manifest_entry())
+    return StagedArtifact(backend=backend.id, root=root, manifest=manifest)
+
+
+def _gate_self_quantized(source: SourceModel, int8: Int8Inputs, backend: Backend, lowered: LoweredFiles, root: Path,
+                         progress: Progress) -> tuple[QuantizedModel, Validation]:
+    """The accuracy gate on the int8 artifact a backend made by itself; it stands in for
+    the numerical validation, as there is no int8 ONNX model to compare it with."""
+    assert int8.gate_data is not None
+    details = dict(lowered.options.get("quantization") or {})
+    samples = int(details.get("calibration_samples", 0))
+    gate = gate_artifact(
+        source, int8.options, int8.gate_data,
+        lambda _path, inputs: [o[0] for o in validate.run_artifact(root, [[x] for x in inputs])],
+        samples or int8.options.calibration_samples, f"{backend.id} {details.get('scheme', 'int8')}", progress)
+    method = f"{backend.id} {details.get('scheme', 'full-integer int8')}, {details.get('calibration_method', '')}"
+    quantized = QuantizedModel(source=source, gate=gate, calibration_samples=samples, method=method.rstrip(", "),
+                               details=details)
+    validation = Validation(status="passed", reference="int8 accuracy gate on the artifact",
+                            executed_on=f"host {compat.host_info().arch} (cpu)", samples=gate.samples,
+                            top1_agreement=gate.agreement, reason=None)
+    return quantized, validation
+
+
+def package(staged: StagedArtifact, output: Path, selection: BackendSelection | None, seconds: float,
+            progress: Progress) -> CompiledArtifact:
+    """Stage 5: the validated build, with how it was chosen and how long it took, packed to ``output``."""
+    manifest = replace(staged.manifest, backend_selection=selection, compile_seconds=round(seconds, 2))
+    with progress.step(f"write {output}"):
+        pack(manifest, staged.root, output)
+    return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
 
 
 def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,
@@ -243,23 +309,19 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
         return validate.compare(reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})")
 
 
-# Backends whose device runtime the emulated boards carry (numpy and apache-tvm-ffi).
-_EMULATED_BACKENDS = ("tvm",)
-
-
 def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | str:
     """The emulated board to validate on, or why there is none to use (only a board
     already built is used; see :func:`edgekiln.execute.runners.emulated_board_problem`)."""
     if profile.emulation is None:
         return "the profile has no emulated board"
-    if backend not in _EMULATED_BACKENDS:
+    if not registry.get(backend).runs_on_emulated_board:
         return f"the emulated board carries no {backend} runtime"
     return emulated_board_problem(profile) or EmulatedRunner(profile)
 
 
-def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: Any,
-              files: Mapping[str, str], root: Path, validation: Validation, quantized: QuantizedModel | None,
-              extra: Mapping[str, Any] | None = None) -> Manifest:
+def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: LoweredFiles,
+              files: Mapping[str, str], root: Path) -> Manifest:
+    """The manifest of a lowered build; validation fills in ``validation`` and ``quantization``."""
     return Manifest(
         model=ModelInfo(
             name=source.name,
@@ -279,38 +341,9 @@ def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend
         inputs=source.inputs,
         outputs=source.outputs,
         files=tuple(file_entry(root, path, role) for path, role in sorted(files.items())),
-        validation=validation,
+        validation=validate.skipped("not run yet"),
         preprocessing=source.preprocessing,
         labels=LABELS_FILE if LABELS_FILE in files else None,
-        quantization=None if quantized is None else {
-            "mode": "int8",
-            "method": quantized.method,
-            "calibration_samples": quantized.calibration_samples,
-            "accuracy_gate": quantized.gate.to_dict(),
-        },
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        extra=dict(extra or {}),
+        graph=GraphStats(**source.stats) if source.stats else None,
     )
-
-
-def parse_input_shape(values: Sequence[str] | None) -> InputShapes:
-    """``--input-shape`` values: ``1,3,224,224`` for a single input or ``NAME:1,3,224,224``."""
-    if not values:
-        return None
-    named: dict[str, list[int]] = {}
-    plain: list[int] | None = None
-    for value in values:
-        name, sep, dims = value.rpartition(":")
-        try:
-            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
-        except ValueError:
-            raise UserError(f"--input-shape {value!r} is not a list of integers such as 1,3,224,224") from None
-        if not shape:
-            raise UserError(f"--input-shape {value!r} gives no dimensions")
-        if sep:
-            named[name] = shape
-        else:
-            plain = shape
-    if plain is not None and named:
-        raise UserError("give --input-shape either once without a name or as NAME:DIMS for each input")
-    return plain if plain is not None else named

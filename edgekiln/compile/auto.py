@@ -6,20 +6,21 @@ interleaved with ONNX Runtime on the source model in the same run; the candidate
 lowest median time ratio to that common baseline wins, so load on a shared machine cancels
 out.  When the target cannot run here, the profile's preference order decides: the first
 backend that builds and validates is kept.  Either way the manifest records every candidate,
-its figures or why it dropped out, and the reason for the choice (``extra.backend_selection``).
+its figures or why it dropped out, and the reason for the choice (``Manifest.backend_selection``,
+``extra.backend_selection`` in manifest.json).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from edgekiln.artifact.package import pack, unpack
+from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
+from edgekiln.artifact.package import pack
 from edgekiln.compile.backends import registry
+from edgekiln.compile.stages import CompiledArtifact, SourceModel, StagedArtifact
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute import timing
@@ -39,59 +40,59 @@ def eligible(profile: DeviceProfile, quantize: Any = None) -> list[str]:
     for name in profile.backends:
         if name not in registry.names():
             continue
-        if registry.get(name).supports(profile) is None:
+        backend = registry.get(name)
+        if backend.supports(profile) is None and (quantize is None or backend.can_quantize(quantize.auto)):
             names.append(name)
-    if quantize is not None:
-        from edgekiln.compile.api import QDQ_BACKENDS, QUANTIZING_BACKENDS
-
-        names = [n for n in names if n in (QDQ_BACKENDS if quantize.auto else QUANTIZING_BACKENDS)]
     return names
 
 
-def compile_auto(compile_one: Callable[[str, Path], Any], profile: DeviceProfile, output: Path,
-                 quantize: Any, baseline_model: str | None, cannot_run: str | None, progress: Any) -> Any:
-    """Run ``compile_one(backend, path)`` per candidate and pack the chosen one to ``output``.
+LowerAndValidate = Callable[[SourceModel, Any], StagedArtifact]
 
-    ``cannot_run`` is why this machine cannot execute the target, or None when it can.
+
+def compile_auto(source: SourceModel, candidates: Sequence[Any], lower_and_validate: LowerAndValidate,
+                 profile: DeviceProfile, workdir: Path, cannot_run: str | None,
+                 progress: Any) -> tuple[StagedArtifact, BackendSelection]:
+    """Lower and validate the one imported ``source`` for each candidate backend, in order,
+    and choose one; returns the chosen build and the record of every candidate.
+
+    ``cannot_run`` is why this machine cannot execute the target, or None when it can: then
+    every candidate is built and the fastest wins, else the first that builds is kept.
     """
-    from edgekiln.compile.api import CompiledArtifact
-
-    candidates = eligible(profile, quantize)
-    if not candidates:
-        raise UserError(f"profile {profile.id} has no backend that can build this model here "
-                        f"(it lists {', '.join(profile.backends)})")
     records: list[dict[str, Any]] = []
-    built: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="edgekiln-auto-") as tmp:
-        for backend in candidates:
-            try:
-                with progress.step(f"candidate backend {backend}"):
-                    built[backend] = compile_one(backend, Path(tmp) / f"{backend}.tar.gz")
-                records.append({"backend": backend, "status": "built"})
-            except (BackendError, DependencyError) as exc:
-                # A UserError (bad model file, bad shape) is the same for every backend: it
-                # propagates instead of being retried.
-                records.append({"backend": backend, "status": "failed", "reason": exc.one_line()})
-                if cannot_run is not None:
-                    continue  # the next one in preference order gets its chance
-            if cannot_run is not None and backend in built:
-                break
-        if not built:
-            reasons = "; ".join(f"{r['backend']}: {r.get('reason')}" for r in records)
-            raise BackendError(f"no backend could build the model for {profile.id}: {reasons}")
-        if cannot_run is None and len(built) > 1:
-            choice, why = _measure(built, records, baseline_model, progress)
-        else:
-            choice = next(iter(built))
-            why = ("the only backend that built" if cannot_run is None else
-                   f"first in the profile's preference order that built and validated ({cannot_run})")
-        chosen = built[choice]
-        selection = {"mode": AUTO, "chosen": choice, "reason": why, "candidates": records}
-        root = Path(tmp) / "chosen"
-        manifest = unpack(chosen.path, root)
-        manifest = dataclasses.replace(manifest, extra={**manifest.extra, "backend_selection": selection})
-        pack(manifest, root, output)
-    return CompiledArtifact(path=output, manifest=manifest, size=os.path.getsize(output))
+    staged: dict[str, StagedArtifact] = {}
+    for backend in candidates:
+        try:
+            with progress.step(f"candidate backend {backend.id}"):
+                staged[backend.id] = lower_and_validate(source, backend)
+            records.append({"backend": backend.id, "status": "built"})
+        except (BackendError, DependencyError) as exc:
+            # A UserError (bad model file, bad shape) is the same for every backend: it
+            # propagates instead of being retried.
+            records.append({"backend": backend.id, "status": "failed", "reason": exc.one_line()})
+            continue  # the next one in preference order gets its chance
+        if cannot_run is not None:
+            break
+    if not staged:
+        reasons = "; ".join(f"{r['backend']}: {r.get('reason')}" for r in records)
+        raise BackendError(f"no backend could build the model for {profile.id}: {reasons}")
+    if cannot_run is None and len(staged) > 1:
+        workdir.mkdir(parents=True, exist_ok=True)
+        # The harness times packed artifacts, as a device would receive them.
+        built = {name: _pack(build, workdir / f"{name}.tar.gz") for name, build in staged.items()}
+        # ONNX Runtime on the imported source is the common baseline: nothing is imported again.
+        choice, why = _measure(built, records, source, progress)
+    else:
+        choice = next(iter(staged))
+        why = ("the only backend that built" if cannot_run is None else
+               f"first in the profile's preference order that built and validated ({cannot_run})")
+    selection = BackendSelection(mode=AUTO, chosen=choice, reason=why,
+                                 candidates=tuple(CandidateRecord(**r) for r in records))
+    return staged[choice], selection
+
+
+def _pack(build: StagedArtifact, path: Path) -> CompiledArtifact:
+    pack(build.manifest, build.root, path)
+    return CompiledArtifact(path=path, manifest=build.manifest, size=path.stat().st_size)
 
 
 def _measure(built: dict[str, Any], records: list[dict[str, Any]], baseline_model: Any,

@@ -14,25 +14,87 @@ MXNet files are read without MXNet.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import tarfile
 import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from edgekiln.compile.frontends.onnx import InputShapes, SourceModel
+from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import UserError
 
-FRAMEWORKS = ("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow")
 
-# File name endings that name a framework by themselves.
-_SUFFIXES = {
-    ".onnx": "onnx",
-    ".tflite": "tflite",
-    ".pt": "pytorch", ".pth": "pytorch", ".pt2": "pytorch", ".ts": "pytorch",
-    ".h5": "keras", ".hdf5": "keras", ".keras": "keras",
-}
+@dataclass(frozen=True)
+class Frontend:
+    """One framework's importer: its name, how its files are recognised, and the import.
+
+    ``detect`` sees a file's path and first bytes; ``suffixes`` are the file name endings
+    that name the framework by themselves.  The import is the ``import_model`` function of
+    the module ``edgekiln.compile.frontends.<module>``, loaded only when it is used (each
+    brings its framework's libraries), with keyword arguments ``path, workdir, input_shape,
+    name, sha256`` (and ``options``).
+    """
+
+    name: str
+    module: str
+    detect: Callable[[Path, bytes], bool]
+    suffixes: tuple[str, ...] = ()
+    # MXNet names the model after its file prefix, which may sit inside a folder or tarball.
+    names_itself: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def import_model(self, path: Path, workdir: Path, *, input_shape: InputShapes, name: str | None,
+                     sha256: str) -> SourceModel:
+        module = importlib.import_module(f"edgekiln.compile.frontends.{self.module}")
+        return module.import_model(path, workdir, input_shape=input_shape, name=name, sha256=sha256, **self.options)
+
+
+def _named(*endings: str) -> Callable[[Path, bytes], bool]:
+    return lambda path, head: path.name.lower().endswith(endings)
+
+
+def _zip_holds(test: Callable[[list[str]], bool], *endings: str) -> Callable[[Path, bytes], bool]:
+    def detect(path: Path, head: bytes) -> bool:
+        if path.name.lower().endswith(endings):
+            return True
+        return head[:2] == b"PK" and zipfile.is_zipfile(path) and test(zipfile.ZipFile(path).namelist())
+    return detect
+
+
+_KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+_TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts")
+
+# In the order detection asks them: names and magic numbers that cannot mislead come first.
+# ONNX files have no magic number; a file no frontend claims is tried as ONNX, whose parser
+# then says whether it is one.
+FRONTENDS: tuple[Frontend, ...] = (
+    Frontend("mxnet", "mxnet", _named("-symbol.json", ".params"), names_itself=True),
+    Frontend("tensorflow", "tensorflow", lambda p, h: p.name in ("saved_model.pb", "saved_model.pbtxt"),
+             options={"framework": "tensorflow"}),
+    Frontend("tflite", "tensorflow", lambda p, h: h[4:8] == b"TFL3" or p.suffix.lower() == ".tflite",
+             (".tflite",), options={"framework": "tflite"}),
+    Frontend("keras", "tensorflow",
+             lambda p, h: h[:8] == b"\x89HDF\r\n\x1a\n" or _zip_holds(
+                 lambda m: "config.json" in m and "model.weights.h5" in m, *_KERAS_SUFFIXES)(p, h),
+             _KERAS_SUFFIXES, options={"framework": "keras"}),
+    Frontend("pytorch", "pytorch",
+             _zip_holds(lambda m: any(x.endswith("data.pkl") or "/models/" in x for x in m), *_TORCH_SUFFIXES),
+             _TORCH_SUFFIXES),
+    Frontend("onnx", "onnx", _named(".onnx"), (".onnx",)),
+)
+FRAMEWORKS = tuple(f.name for f in FRONTENDS)
+_SUFFIXES = tuple(s for f in FRONTENDS for s in f.suffixes)
 _TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def frontend(name: str) -> Frontend:
+    """The frontend called ``name``; an unknown name is an error that lists the known ones."""
+    for candidate in FRONTENDS:
+        if candidate.name == name:
+            return candidate
+    raise UserError(f"unknown framework {name!r}; choose one of {', '.join(FRAMEWORKS)}")
 
 
 def parse_input_config(text: str | Mapping[str, Any] | Sequence[Any] | None) -> InputShapes:
@@ -68,32 +130,42 @@ def parse_input_config(text: str | Mapping[str, Any] | Sequence[Any] | None) -> 
     raise UserError("--input-config must be a JSON object of input shapes such as {\"data\": [1, 3, 224, 224]}")
 
 
+def parse_input_shape(values: Sequence[str] | None) -> InputShapes:
+    """``--input-shape`` values: ``1,3,224,224`` for a single input or ``NAME:1,3,224,224``."""
+    if not values:
+        return None
+    named: dict[str, list[int]] = {}
+    plain: list[int] | None = None
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            raise UserError(f"--input-shape {value!r} is not a list of integers such as 1,3,224,224") from None
+        if not shape:
+            raise UserError(f"--input-shape {value!r} gives no dimensions")
+        if sep:
+            named[name] = shape
+        else:
+            plain = shape
+    if plain is not None and named:
+        raise UserError("give --input-shape either once without a name or as NAME:DIMS for each input")
+    return plain if plain is not None else named
+
+
+def parse_input_shapes(config: str | None, shapes: Sequence[str] | None) -> InputShapes:
+    """The input shapes of the command line: ``--input-config`` or ``--input-shape``, not both."""
+    if config and shapes:
+        raise UserError("give the input shapes either with --input-config or with --input-shape, not both")
+    return parse_input_config(config) if config else parse_input_shape(shapes)
+
+
 def detect_framework(path: Path) -> str:
     """The framework of the model file or folder ``path``, from its names and first bytes."""
     if path.is_dir():
         return _detect_dir(path)
-    name = path.name.lower()
-    if name.endswith("-symbol.json") or name.endswith(".params"):
-        return "mxnet"
-    if name == "saved_model.pb" or name == "saved_model.pbtxt":
-        return "tensorflow"
     head = _head(path, 8)
-    if head[4:8] == b"TFL3":
-        return "tflite"
-    if head[:8] == b"\x89HDF\r\n\x1a\n":
-        return "keras"
-    suffix = path.suffix.lower()
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
-    if head[:2] == b"PK" and zipfile.is_zipfile(path):
-        members = zipfile.ZipFile(path).namelist()
-        if any(m.endswith("data.pkl") or "/models/" in m for m in members):
-            return "pytorch"
-        if "config.json" in members and "model.weights.h5" in members:
-            return "keras"
-    # ONNX files have no magic number; an unknown name is tried as ONNX, whose parser then
-    # says whether it is one.
-    return "onnx"
+    return next((f.name for f in FRONTENDS if f.detect(path, head)), "onnx")
 
 
 def _detect_dir(path: Path) -> str:
@@ -174,13 +246,13 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
     from edgekiln import zoo
     from edgekiln.compile.frontends import onnx as onnx_frontend
 
-    if framework is not None and framework not in FRAMEWORKS:
-        raise UserError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+    if framework is not None:
+        frontend(framework)  # an unknown name fails before any work
     ref_text = str(ref)
     if zoo.is_zoo_ref(ref_text):
         if framework not in (None, "onnx"):
             raise UserError(f"{ref_text} is a built-in model; --framework does not apply to it")
-        return onnx_frontend.import_model(ref_text, workdir, input_shape=input_shape, name=name)
+        return onnx_frontend.import_model(ref_text, workdir, input_shape=input_shape, name=name, sha256=None)
     path = Path(ref_text)
     if not path.exists():
         raise UserError(
@@ -194,29 +266,9 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
         path = _unpack(path, workdir / "unpacked")
         if path.is_file():
             default_name = model_stem(path)
-    found = framework or detect_framework(path)
-    if found == "onnx":
-        if path.is_dir():
-            onnx_files = sorted(path.glob("*.onnx"))
-            if len(onnx_files) != 1:
-                raise UserError(f"{path} holds {len(onnx_files)} .onnx files; expected one")
-            path = onnx_files[0]
-        source = onnx_frontend.import_model(path, workdir, input_shape=input_shape, name=name or default_name)
-    elif found == "pytorch":
-        from edgekiln.compile.frontends import pytorch
-
-        source = pytorch.import_model(path, workdir, input_shape=input_shape, name=name or default_name, sha256=sha)
-    elif found == "mxnet":
-        from edgekiln.compile.frontends import mxnet
-
-        source = mxnet.import_model(path, workdir, input_shape=input_shape, name=name, sha256=sha)
-    else:
-        from edgekiln.compile.frontends import tensorflow
-
-        source = tensorflow.import_model(path, workdir, framework=found, input_shape=input_shape,
-                                         name=name or default_name, sha256=sha)
-    from dataclasses import replace
-
+    chosen = frontend(framework or detect_framework(path))
+    source = chosen.import_model(path, workdir, input_shape=input_shape, sha256=sha,
+                                 name=name if chosen.names_itself else name or default_name)
     # The reference the user gave (a tarball, a folder), not the file found inside it.
     return replace(source, source_ref=ref_text, source_sha256=sha)
 

@@ -1,5 +1,5 @@
 """ONNX import and the stage every frontend ends in: a canonical ONNX graph with fixed input
-shapes, plus the input/output spec every later stage works from (``SourceModel``).
+shapes, plus the input/output spec every later stage works from (``stages.SourceModel``).
 
 The other frameworks' frontends (pytorch.py, tensorflow.py, mxnet.py) produce an ONNX
 ``ModelProto`` and hand it to :func:`finish`; ``frontends.import_model`` picks the frontend."""
@@ -7,54 +7,23 @@ The other frameworks' frontends (pytorch.py, tensorflow.py, mxnet.py) produce an
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edgekiln.artifact.manifest import TensorSpec
+from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import UserError
 
 # ONNX TensorProto element types edgekiln artifacts carry.
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
-InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
 
+def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None,
+                 sha256: str | None = None) -> SourceModel:
+    """Import ``ref`` (``zoo:NAME``, an ONNX file or a folder holding one) into ``workdir/model.onnx``.
 
-@dataclass(frozen=True)
-class SourceModel:
-    """The first stage: a canonical ONNX file on disk with fixed shapes, and what it is."""
-
-    name: str
-    path: Path
-    source_format: str  # "zoo", or the framework: "onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"
-    source_ref: str
-    source_sha256: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    opset: int
-    preprocessing: Mapping[str, Any] | None = None
-    labels: tuple[str, ...] | None = None
-    stats: Mapping[str, Any] = field(default_factory=dict)
-    # The framework's own model file when a backend can use it as it is (a .tflite for the
-    # LiteRT backend), and how the canonical inputs relate to its inputs ("same" or "NHWC":
-    # the canonical input is NCHW, the original's NHWC).
-    original: Path | None = None
-    original_input_layouts: tuple[str, ...] = ()
-    # The source graph is already quantized (QDQ int8 from a quantized .tflite): validation
-    # compares in quantization steps, and --quantize does not apply.
-    prequantized: bool = False
-
-    def load_onnx(self) -> Any:
-        import onnx
-
-        return onnx.load(str(self.path))
-
-
-def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None) -> SourceModel:
-    """Import ``ref`` (``zoo:NAME`` or an existing ONNX file) into ``workdir/model.onnx``.
-
-    Called by ``frontends.import_model``, which resolves folders and tarballs and reports
-    missing files for every framework.
+    Called by ``frontends.import_model``, which unpacks tarballs, reports missing files for
+    every framework and records the sha256 of what the user gave (``sha256`` is unused here).
     """
     from edgekiln import zoo
     from edgekiln.zoo import pretrained
@@ -70,8 +39,14 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
         return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
                       name=name or zoo.info(ref_text).name, input_shape=input_shape,
                       preprocessing=dict(zoo.preprocessing(ref_text)), labels=tuple(zoo.imagenet_labels()))
-    # frontends.import_model found the file: it exists and is not a folder.
+    # frontends.import_model found the file or folder: it exists.
     path = Path(ref_text)
+    if path.is_dir():
+        onnx_files = sorted(path.glob("*.onnx"))
+        if len(onnx_files) != 1:
+            raise UserError(f"{path} holds {len(onnx_files)} .onnx files; expected one")
+        path = onnx_files[0]
+        ref_text = str(path)
     raw = path.read_bytes()
     return finish(_parse(raw, path), workdir, ref=ref_text, source_format="onnx", raw_sha256=_sha(raw),
                   name=name or path.stem, input_shape=input_shape)
@@ -170,19 +145,36 @@ def positional(spec: Mapping[str, Sequence[int]], names: Sequence[str]) -> Mappi
     return spec
 
 
-def _requested_shapes(spec: InputShapes, names: list[str]) -> dict[str, list[int]]:
+def requested_shapes(spec: InputShapes, names: Sequence[str], what: str = "model") -> dict[str, list[int]]:
+    """The input shapes the user gave (``--input-config``/``--input-shape``), by input name.
+
+    A bare shape is the single input's; Neo's list form (``input0``, ``input1``...) goes to
+    ``names`` in order.  Every frontend reads the user's shapes through this function.
+    """
+    names = list(names)
     if spec is None:
         return {}
     if isinstance(spec, Mapping):
         spec = positional(spec, names)
         unknown = sorted(set(spec) - set(names))
         if unknown:
-            raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {names}")
-        return {k: [int(d) for d in v] for k, v in spec.items()}
+            raise UserError(f"the input shapes name unknown inputs {unknown}; the {what}'s inputs are {names}")
+        return {k: _dims(v, k) for k, v in spec.items()}
     if len(names) != 1:
-        raise UserError(f"the model has {len(names)} inputs {names}; give a shape for each by name "
+        raise UserError(f"the {what} has {len(names)} inputs {names}; give a shape for each by name "
                         f"(--input-config '{{\"NAME\": [DIMS]}}' or --input-shape NAME:DIMS)")
-    return {names[0]: [int(d) for d in spec]}
+    return {names[0]: _dims(spec, names[0])}
+
+
+def _dims(shape: Any, name: str) -> list[int]:
+    try:
+        dims = [int(d) for d in shape]
+    except (TypeError, ValueError):
+        dims = []
+    if not dims or any(d <= 0 for d in dims):
+        shown = list(shape) if isinstance(shape, (list, tuple)) else repr(shape)
+        raise UserError(f"the input shape for {name!r} must be positive integers, got {shown}")
+    return dims
 
 
 def _fix_shapes(model: Any, spec: InputShapes, ref: str,
@@ -191,7 +183,7 @@ def _fix_shapes(model: Any, spec: InputShapes, ref: str,
 
     inputs = _graph_inputs(model)
     names = [v.name for v in inputs]
-    requested = _requested_shapes(spec, names)
+    requested = requested_shapes(spec, names)
     fixed: list[TensorSpec] = []
     for value in inputs:
         ttype = value.type.tensor_type
@@ -201,8 +193,6 @@ def _fix_shapes(model: Any, spec: InputShapes, ref: str,
         declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in ttype.shape.dim]
         want = requested.get(value.name)
         if want is not None:
-            if any(d <= 0 for d in want):
-                raise UserError(f"the input shape for {value.name!r} must be positive integers, got {want}")
             if ttype.HasField("shape") and len(declared) != len(want):
                 raise UserError(
                     f"input shape mismatch for {value.name!r}: the model declares rank {len(declared)} "

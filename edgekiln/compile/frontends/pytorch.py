@@ -24,7 +24,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.compile.frontends.onnx import finish, requested_shapes
+from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import DependencyError, UserError, first_line
 
 OPSET = 17
@@ -95,9 +96,9 @@ def _named_shapes(input_shape: InputShapes, path: Path) -> dict[str, list[int]]:
             f"{path} is TorchScript, which records no input shapes",
             hint='give them as Neo did, with --input-config \'{"input0": [1, 3, 224, 224]}\'',
         )
-    if isinstance(input_shape, Mapping):
-        return {k: list(v) for k, v in input_shape.items()}
-    return {"input0": list(input_shape)}
+    # TorchScript names no inputs: the user's names (Neo's input0, input1...) become the graph's.
+    names = list(input_shape) if isinstance(input_shape, Mapping) else ["input0"]
+    return requested_shapes(input_shape, names, "TorchScript model")
 
 
 def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[int]], out: Path) -> None:
@@ -146,18 +147,8 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
             raise UserError(f"input {name!r} of the torch.export program {path} is not a tensor")
         dims = [int(d) if isinstance(d, int) else None for d in value.shape]
         declared[name] = (dims, value.dtype)
-    if input_shape is None:
-        wanted = {k: v[0] for k, v in declared.items()}
-    elif isinstance(input_shape, Mapping):
-        given = positional(input_shape, user_inputs)
-        unknown = sorted(set(given) - set(user_inputs))
-        if unknown:
-            raise UserError(f"the input shapes name unknown inputs {unknown}; the program's inputs are {user_inputs}")
-        wanted = {k: list(given.get(k, declared[k][0])) for k in user_inputs}
-    else:
-        if len(user_inputs) != 1:
-            raise UserError(f"the program has {len(user_inputs)} inputs {user_inputs}; give a shape for each by name")
-        wanted = {user_inputs[0]: list(input_shape)}
+    given = requested_shapes(input_shape, user_inputs, "program")
+    wanted = {k: list(given.get(k, declared[k][0])) for k in user_inputs}
     open_dims = [k for k, v in wanted.items() if any(d is None for d in v)]
     if open_dims:
         raise UserError(f"inputs {open_dims} of {path} have dynamic dimensions",

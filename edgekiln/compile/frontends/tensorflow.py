@@ -26,7 +26,8 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from edgekiln.compile.frontends.onnx import InputShapes, SourceModel, finish, positional
+from edgekiln.compile.frontends.onnx import finish, requested_shapes
+from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import DependencyError, UserError, first_line
 
 OPSET = 17
@@ -171,18 +172,7 @@ def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
 def _layouts(declared: Mapping[str, Sequence[int]], input_shape: InputShapes, path: Path,
              framework: str) -> tuple[dict[str, list[int]], list[str]]:
     """The shape of each input and the inputs the artifact takes in NCHW instead of NHWC."""
-    names = list(declared)
-    if input_shape is None:
-        requested: dict[str, list[int]] = {}
-    elif isinstance(input_shape, Mapping):
-        requested = {k: list(v) for k, v in positional(input_shape, names).items()}
-        unknown = sorted(set(requested) - set(names))
-        if unknown:
-            raise UserError(f"the input shapes name unknown inputs {unknown}; the {framework} model's inputs are {names}")
-    else:
-        if len(names) != 1:
-            raise UserError(f"the {framework} model has {len(names)} inputs {names}; give a shape for each by name")
-        requested = {names[0]: list(input_shape)}
+    requested = requested_shapes(input_shape, list(declared), f"{framework} model")
     shapes: dict[str, list[int]] = {}
     nchw: list[str] = []
     for input_name, dims in declared.items():

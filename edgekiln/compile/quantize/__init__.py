@@ -15,14 +15,14 @@ becomes "int8 agrees with fp32 on at least 99 % of the validation inputs".
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from edgekiln.compile.frontends.onnx import SourceModel
 from edgekiln.compile.quantize.data import Dataset, load_dataset, split
+from edgekiln.compile.stages import GateResult, QuantizedModel, SourceModel
 from edgekiln.errors import BackendError, UserError
 from edgekiln.execute.progress import NullProgress, Progress
 
@@ -59,56 +59,6 @@ class QuantizeOptions:
     @property
     def auto(self) -> bool:
         return self.mode == "int8-auto"
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """fp32 against int8 on the validation set, and the verdict."""
-
-    samples: int
-    labelled: bool
-    fp32_top1: float
-    int8_top1: float
-    agreement: float
-    tolerance: float
-    passed: bool
-    excluded_nodes: tuple[str, ...] = ()
-    sensitive_layers: tuple[tuple[str, float], ...] = ()
-    attempts: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "labelled": self.labelled,
-            "fp32_top1": round(self.fp32_top1, 6),
-            "int8_top1": round(self.int8_top1, 6),
-            "top1_agreement": round(self.agreement, 6),
-            "accuracy_tolerance": self.tolerance,
-            "rule": f"int8 top-1 >= {1 - self.tolerance:g} x fp32 top-1"
-            + ("" if self.labelled else " (no labels: top-1 is agreement with fp32)"),
-            "passed": self.passed,
-            "fp32_layers": list(self.excluded_nodes),
-            "most_sensitive_layers": [{"layer": n, "sqnr_db": round(v, 2)} for n, v in self.sensitive_layers],
-            "attempts": self.attempts,
-        }
-
-    def summary(self) -> str:
-        layers = ", ".join(f"{n} ({v:.1f} dB)" for n, v in self.sensitive_layers) or "n/a"
-        what = "top-1" if self.labelled else "top-1 agreement with fp32"
-        return (f"int8 {what} {self.int8_top1:.4f} vs fp32 {self.fp32_top1:.4f} on {self.samples} inputs "
-                f"(needs >= {(1 - self.tolerance) * self.fp32_top1:.4f}); agreement {self.agreement:.4f}; "
-                f"most sensitive layers: {layers}")
-
-
-@dataclass(frozen=True)
-class QuantizedModel:
-    """The int8 model and how it was made."""
-
-    source: SourceModel
-    gate: GateResult
-    calibration_samples: int
-    method: str = "onnxruntime static QDQ, per-channel int8 weights, uint8 activations, MinMax"
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 Evaluator = Callable[[Path, Sequence[np.ndarray]], list[np.ndarray]]

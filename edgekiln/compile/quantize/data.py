@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.stages import SourceModel
 from edgekiln.errors import UserError
 from edgekiln.runtime.preprocess import IMAGE_SUFFIXES, preprocess
 

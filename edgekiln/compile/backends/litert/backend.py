@@ -9,36 +9,37 @@ builtins, ``quantize.py`` calibrates and quantizes, ``writer.py`` serializes wit
 from __future__ import annotations
 
 import collections
-import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from edgekiln import __version__
 from edgekiln.artifact.manifest import RuntimeRequirements
-from edgekiln.compile.backends.base import Backend, LoweredFiles
+from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
-from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import DependencyError, UserError
 from edgekiln.execute.progress import Progress
+
+if TYPE_CHECKING:
+    from edgekiln.compile.quantize.data import Dataset
 
 MODEL_FILE = "model.tflite"
 # The ai-edge-litert release artifacts are made for and validated with; a device installs it.
 LITERT_VERSION = "2.3.0"
 # ai-edge-litert publishes Linux wheels for these architectures (manylinux_2_27).
 _WHEEL_ARCHES = ("x86_64", "aarch64")
-_QUANTIZE = ("int8",)
-_METHODS = ("minmax", "percentile")
 
 
 @dataclass(frozen=True)
-class LiteRTOptions:
+class LiteRTOptions(BackendOptions):
     """Options of the LiteRT backend.
 
     quantize: None for an fp32 model, "int8" for full-integer int8 (int8 input and output
-    too; the runtime quantizes and dequantizes at the boundary).
+    too; the runtime quantizes and dequantizes at the boundary).  ``--quantize int8`` asks
+    for the same with an accuracy gate, and hands the calibration inputs to lower() itself.
     calibration: int8 only: a folder of images (preprocessed as the model records) or a
     .npy/.npz file of input tensors.
     calibration_samples: at most this many calibration inputs are used (default 100).
@@ -46,43 +47,23 @@ class LiteRTOptions:
     num_threads: interpreter threads on the device (default: the profile's cores).
     """
 
-    quantize: str | None = None
+    backend: ClassVar[str] = "litert"
+    quantize: Literal["int8"] | None = None
     calibration: str | None = None
     calibration_samples: int = 100
-    calibration_method: str = "minmax"
+    calibration_method: Literal["minmax", "percentile"] = "minmax"
     num_threads: int | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "LiteRTOptions":
-        data = dict(data or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown litert backend options {unknown}; valid: {sorted(known)}")
-        quantize = data.get("quantize")
-        if quantize is not None and quantize not in _QUANTIZE:
-            raise UserError(f"litert option quantize must be one of {', '.join(_QUANTIZE)} (or absent), "
-                            f"got {quantize!r}")
-        calibration = data.get("calibration")
-        if calibration is not None:
-            if not isinstance(calibration, (str, os.PathLike)):
-                raise UserError(f"litert option calibration must be a path, got {calibration!r}")
-            data["calibration"] = os.fspath(calibration)
-        if quantize and calibration is None:
+    def check(self) -> None:
+        if self.quantize and self.calibration is None:
             raise UserError("int8 quantization needs calibration data",
                             hint="give a folder of images or a .npy/.npz file (litert option calibration)")
-        if calibration is not None and not quantize:
+        if self.calibration is not None and not self.quantize:
             raise UserError("litert option calibration only applies with quantize='int8'")
         for key in ("calibration_samples", "num_threads"):
-            value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            value = getattr(self, key)
+            if value is not None and value < 1:
                 raise UserError(f"litert option {key} must be a positive integer, got {value!r}")
-        if data.get("calibration_samples", 1) is None:
-            raise UserError("litert option calibration_samples must be a positive integer, got None")
-        method = data.get("calibration_method", "minmax")
-        if method not in _METHODS:
-            raise UserError(f"litert option calibration_method must be one of {', '.join(_METHODS)}, got {method!r}")
-        return cls(**data)
 
 
 def litert_version() -> str:
@@ -99,6 +80,7 @@ class LiteRTBackend(Backend):
 
     id = "litert"
     options_type = LiteRTOptions
+    quantization = "self"
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "litert" not in profile.backends:
@@ -108,7 +90,7 @@ class LiteRTBackend(Backend):
         return None
 
     def lower(self, model: SourceModel, profile: DeviceProfile, options: LiteRTOptions, root: Path,
-              progress: Progress) -> LoweredFiles:
+              progress: Progress, calibration: Dataset | None = None) -> LoweredFiles:
         try:
             import flatbuffers  # noqa: F401
             import tflite
@@ -120,7 +102,8 @@ class LiteRTBackend(Backend):
         threads = options.num_threads or profile.cpu.cores
         compiler = {"edgekiln-tflite-writer": __version__, "tflite-schema": tflite.__version__}
         quantization = None
-        if model.original is not None and model.original.suffix == ".tflite" and options.quantize is None:
+        int8 = calibration is not None or options.quantize == "int8"
+        if model.original is not None and model.original.suffix == ".tflite" and not int8:
             # A TFLite source is already what this backend builds: the artifact carries the
             # file itself, bit for bit, rather than a rewrite of its ONNX translation.
             with progress.step(f"use the source .tflite as {MODEL_FILE}"):
@@ -133,9 +116,10 @@ class LiteRTBackend(Backend):
         else:
             with progress.step("convert ONNX to TFLite operators"):
                 graph = convert.convert(model.load_onnx(), model.source_ref)
-            if options.quantize == "int8":
+            if int8:
                 _need_runtime()
-                inputs = _calibration_inputs(model, options, progress)
+                inputs = (_calibration_inputs(model, options, progress) if calibration is None
+                          else [[x] for x in calibration.inputs])
                 graph = quantize.prepare(graph)
                 ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
                 graph = quantize.quantize(graph, ranges)
@@ -173,10 +157,12 @@ class LiteRTBackend(Backend):
         )
         manifest_options = {
             **asdict(options),
+            "quantize": "int8" if int8 else None,
+            "calibration_samples": quantization["calibration_samples"] if quantization else options.calibration_samples,
             # The name only: a build host's directory layout does not belong in the artifact.
             "calibration": Path(options.calibration).name if options.calibration else None,
             "num_threads": threads,
-            "precision": options.quantize or "float32",
+            "precision": "int8" if int8 else "float32",
             "delegate": "xnnpack",
             # How each .tflite input/output relates to the manifest's (the source's) tensor.
             "input_layouts": input_layouts,

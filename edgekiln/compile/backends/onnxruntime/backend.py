@@ -7,12 +7,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from edgekiln.artifact.manifest import RuntimeRequirements
-from edgekiln.compile.backends.base import Backend, LoweredFiles
+from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
-from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute.progress import Progress
@@ -20,11 +20,10 @@ from edgekiln.execute.progress import Progress
 MODEL_FILE = "model.onnx"
 # onnxruntime publishes wheels for these device architectures (PyPI, 1.2x/1.3x).
 _WHEEL_ARCHES = ("x86_64", "aarch64")
-_LEVELS = ("basic", "extended", "all")
 
 
 @dataclass(frozen=True)
-class ONNXRuntimeOptions:
+class ONNXRuntimeOptions(BackendOptions):
     """Options of the ONNX Runtime backend.
 
     optimization: graph optimizations applied offline. "basic" only does rewrites that
@@ -34,23 +33,14 @@ class ONNXRuntimeOptions:
     intra_op_threads: threads per operator on the device (default: the profile's cores).
     """
 
-    optimization: str | None = None
+    backend: ClassVar[str] = "onnxruntime"
+    optimization: Literal["basic", "extended", "all"] | None = None
     intra_op_threads: int | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "ONNXRuntimeOptions":
-        data = dict(data or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown onnxruntime backend options {unknown}; valid: {sorted(known)}")
-        level = data.get("optimization")
-        if level is not None and level not in _LEVELS:
-            raise UserError(f"onnxruntime option optimization must be one of {', '.join(_LEVELS)}, got {level!r}")
-        threads = data.get("intra_op_threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UserError(f"onnxruntime option intra_op_threads must be a positive integer, got {threads!r}")
-        return cls(**data)
+    def check(self) -> None:
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise UserError("onnxruntime option intra_op_threads must be a positive integer, "
+                            f"got {self.intra_op_threads!r}")
 
 
 def providers_for(profile: DeviceProfile) -> list[str]:
@@ -69,6 +59,7 @@ class ONNXRuntimeBackend(Backend):
 
     id = "onnxruntime"
     options_type = ONNXRuntimeOptions
+    quantization = "qdq"
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "onnxruntime" not in profile.backends:
@@ -78,7 +69,7 @@ class ONNXRuntimeBackend(Backend):
         return None
 
     def lower(self, model: SourceModel, profile: DeviceProfile, options: ONNXRuntimeOptions, root: Path,
-              progress: Progress) -> LoweredFiles:
+              progress: Progress, calibration: Any = None) -> LoweredFiles:
         try:
             import onnxruntime as ort
         except ImportError as exc:

@@ -7,15 +7,15 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edgekiln.artifact.manifest import RuntimeRequirements
-from edgekiln.compile.backends.base import Backend, LoweredFiles
+from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import runtime_libs
-from edgekiln.compile.frontends.onnx import SourceModel
+from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.device_profiles import DeviceProfile
-from edgekiln.errors import BackendError, DependencyError, UserError, first_line
+from edgekiln.errors import BackendError, DependencyError, first_line
 from edgekiln.execute.host import host_info
 from edgekiln.execute.progress import Progress
 
@@ -35,7 +35,7 @@ _MATTR_FLAGS = {"vfp4": "vfpv4", "avx512f": "avx512f", "neon": "neon"}
 
 
 @dataclass(frozen=True)
-class TVMOptions:
+class TVMOptions(BackendOptions):
     """Options of the TVM backend.
 
     embed_ptx: for CUDA profiles, also embed PTX beside the SASS so that GPUs newer than
@@ -43,20 +43,9 @@ class TVMOptions:
     strip: drop debug information from the model library (it is 30–60 % of its size).
     """
 
+    backend: ClassVar[str] = "tvm"
     embed_ptx: bool = True
     strip: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "TVMOptions":
-        data = dict(data or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown TVM backend options {unknown}; valid: {sorted(known)}")
-        for key, value in data.items():
-            if not isinstance(value, bool):
-                raise UserError(f"TVM backend option {key!r} must be true or false, got {value!r}")
-        return cls(**data)
 
 
 def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
@@ -92,6 +81,8 @@ class TVMBackend(Backend):
 
     id = "tvm"
     options_type = TVMOptions
+    quantization = "qdq"
+    runs_on_emulated_board = True  # the boards carry numpy and apache-tvm-ffi
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "tvm" not in profile.backends:
@@ -99,7 +90,7 @@ class TVMBackend(Backend):
         return None
 
     def lower(self, model: SourceModel, profile: DeviceProfile, options: TVMOptions, root: Path,
-              progress: Progress) -> LoweredFiles:
+              progress: Progress, calibration: Any = None) -> LoweredFiles:
         try:
             import tvm
             from tvm.relax.frontend.onnx import from_onnx

@@ -26,7 +26,7 @@ from edgekiln.compile.frontends.mxnet.params import read_params
 from edgekiln.errors import UserError
 
 if TYPE_CHECKING:
-    from edgekiln.compile.frontends.onnx import SourceModel
+    from edgekiln.compile.stages import SourceModel
 
 __all__ = ["OPSET", "find_files", "import_model", "read_params", "supported_operators", "to_onnx"]
 
