@@ -44,7 +44,7 @@ class BackendOptions:
                 object.__setattr__(self, f.name, value)
             if not _matches(hints[f.name], value):
                 raise UserError(f"{self.backend} backend option {f.name} must be {_describe(hints[f.name])}, "
-                                f"got {value!r}", hint=f"valid options: {', '.join(self.keys())}")
+                                f"got {value!r}; valid options: {', '.join(self.keys())}")
         self.check()
 
     def check(self) -> None:
@@ -60,8 +60,8 @@ class BackendOptions:
         data = dict(data or {})
         unknown = sorted(set(data) - set(cls.keys()))
         if unknown:
-            raise UserError(f"unknown {cls.backend} backend option(s) {', '.join(unknown)}",
-                            hint=f"valid options: {', '.join(cls.keys())}")
+            raise UserError(f"unknown {cls.backend} backend option(s) {', '.join(unknown)}; "
+                            f"valid options: {', '.join(cls.keys())}")
         return cls(**data)
 
     @classmethod
@@ -74,8 +74,8 @@ class BackendOptions:
             key, sep, text = item.partition("=")
             key = key.strip().replace("-", "_")
             if not sep or not key:
-                raise UserError(f"--backend-option {item!r} is not KEY=VALUE",
-                                hint=f"valid {cls.backend} options: {', '.join(cls.keys())}")
+                raise UserError(f"--backend-option {item!r} is not KEY=VALUE; "
+                                f"valid {cls.backend} options: {', '.join(cls.keys())}")
             data[key] = _parse(text.strip(), hints.get(key))
         return cls.from_dict(data)
 

@@ -109,7 +109,7 @@ def test_auto_times_every_backend_on_a_pretrained_zoo_model(tmp_path):
     """--backend auto needs the source model as ONNX Runtime baseline; for zoo:efficientnet_lite0
     (real weights) it is built for the harness, so every candidate gets timed."""
     artifact = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "auto.tar.gz")
-    selection = artifact.manifest.extra["backend_selection"]
+    selection = artifact.manifest.backend_selection.to_dict()
     assert selection["reason"].startswith("fastest of 3 timed candidates"), selection
     assert all("ratio_to_onnxruntime" in c for c in selection["candidates"]), selection
     assert artifact.manifest.backend == selection["chosen"]

@@ -133,3 +133,65 @@ def test_source_hash_of_a_folder_covers_names_and_bytes(tmp_path):
     (tmp_path / "a" / "x-0000.params").rename(tmp_path / "a" / "y-0000.params")
     (tmp_path / "a" / "y-0000.params").write_bytes(b"2")
     assert len({first, second, frontends.source_sha256(tmp_path / "a")}) == 3
+
+
+def test_frontends_are_one_table_with_one_interface():
+    assert frontends.FRAMEWORKS == ("mxnet", "tensorflow", "tflite", "keras", "pytorch", "onnx")
+    assert [f.options.get("framework") for f in frontends.FRONTENDS if f.module == "tensorflow"] == [
+        "tensorflow", "tflite", "keras"]
+    assert frontends.frontend("keras").suffixes == (".h5", ".hdf5", ".keras")
+    with pytest.raises(UserError, match="unknown framework 'caffe'; choose one of mxnet, tensorflow"):
+        frontends.frontend("caffe")
+
+
+def test_the_chosen_frontend_imports_with_the_default_name(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(self, path, workdir, *, input_shape, name, sha256):
+        calls.append((self.name, path.name, input_shape, name, len(sha256)))
+        raise UserError("stop here")
+
+    monkeypatch.setattr(frontends.Frontend, "import_model", fake)
+    (tmp_path / "net.pt").write_bytes(b"PK\x03\x04")
+    (tmp_path / "r-symbol.json").write_text("{}")
+    for path in ("net.pt", "r-symbol.json"):
+        with pytest.raises(UserError, match="stop here"):
+            frontends.import_model(tmp_path / path, tmp_path / "w", input_shape=[1, 3])
+    # MXNet names the model after its PREFIX itself; the others get the file stem.
+    assert calls == [("pytorch", "net.pt", [1, 3], "net", 64), ("mxnet", "r-symbol.json", [1, 3], None, 64)]
+
+
+@pytest.mark.parametrize(("spec", "names", "expected"), [
+    (None, ["x"], {}),
+    ([1, 3], ["x"], {"x": [1, 3]}),
+    ({"x": (1, 3)}, ["x", "y"], {"x": [1, 3]}),
+    ({"input0": [1], "input1": [2]}, ["a", "b"], {"a": [1], "b": [2]}),  # Neo's list form, in order
+])
+def test_one_function_reads_the_users_input_shapes(spec, names, expected):
+    from edgekiln.compile.frontends.onnx import requested_shapes
+
+    assert requested_shapes(spec, names) == expected
+
+
+@pytest.mark.parametrize(("spec", "names", "message"), [
+    ({"z": [1]}, ["x"], r"the input shapes name unknown inputs \['z'\]; the TFLite model's inputs are \['x'\]"),
+    ([1, 3], ["x", "y"], "the TFLite model has 2 inputs"),
+    ([1, 0], ["x"], "must be positive integers, got \\[1, 0\\]"),
+    ({"x": "abc"}, ["x"], "must be positive integers"),
+])
+def test_input_shape_mistakes_are_user_errors(spec, names, message):
+    from edgekiln.compile.frontends.onnx import requested_shapes
+
+    with pytest.raises(UserError, match=message):
+        requested_shapes(spec, names, "TFLite model")
+
+
+def test_command_line_shapes_come_from_one_place():
+    assert frontends.parse_input_shapes(None, ["1,3,4,4"]) == [1, 3, 4, 4]
+    assert frontends.parse_input_shapes(None, ["a:1,3", "b:1x4"]) == {"a": [1, 3], "b": [1, 4]}
+    assert frontends.parse_input_shapes('{"a": [1, 2]}', None) == {"a": [1, 2]}
+    assert frontends.parse_input_shapes(None, None) is None
+    with pytest.raises(UserError, match="either with --input-config or with --input-shape"):
+        frontends.parse_input_shapes('{"a": [1]}', ["1"])
+    with pytest.raises(UserError, match="either once without a name"):
+        frontends.parse_input_shapes(None, ["1,2", "a:1"])

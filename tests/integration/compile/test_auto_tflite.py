@@ -1,0 +1,62 @@
+"""--backend auto on a .tflite source imports it once: one TensorFlow child process for
+every candidate backend (each used to re-import the source, starting TensorFlow again)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekiln.compile import auto
+from edgekiln.compile.api import compile_model
+from edgekiln.compile.frontends import tensorflow
+from edgekiln.runtime.compat import host_info
+
+pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="the x86_64 profile runs on x86-64 hosts only")
+
+
+def _tflite(tmp_path) -> tuple:
+    """A small classifier head as .tflite, written by the LiteRT backend's own writer
+    (no TensorFlow in the test process)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekiln.compile.backends.litert import convert, writer
+
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "head.tflite"
+    path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
+    x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    e = np.exp(x @ weights - (x @ weights).max())
+    return path, x, e / e.sum()
+
+
+def test_auto_starts_tensorflow_once_for_every_candidate(tmp_path, monkeypatch):
+    path, x, expected = _tflite(tmp_path)
+    starts = []
+    real = tensorflow._convert_in_child
+    monkeypatch.setattr(tensorflow, "_convert_in_child", lambda *a: starts.append(a[1]) or real(*a))
+    built = {}
+
+    def measure(candidates, records, baseline_model, progress):
+        # The harness's timing is its own (and re-reads the source for its baseline): here
+        # only what compile itself does is counted.
+        built.update({name: artifact.manifest.validation.status for name, artifact in candidates.items()})
+        return "onnxruntime", "stubbed timing"
+
+    monkeypatch.setattr(auto, "_measure", measure)
+    artifact = compile_model(path, "x86_64", tmp_path / "head.tar.gz")
+    assert starts == [path]
+    assert built == {"tvm": "passed", "onnxruntime": "passed", "litert": "passed"}
+    selection = artifact.manifest.backend_selection
+    assert [(c.backend, c.status) for c in selection.candidates] == [
+        ("tvm", "built"), ("onnxruntime", "built"), ("litert", "built")]
+    import edgekiln
+
+    out = edgekiln.load(str(artifact.path)).run([x])[0]
+    assert np.abs(out - expected).max() < 1e-5

@@ -1,0 +1,136 @@
+"""--backend auto: one import, a loop of lower-and-validate over it, and the record of
+every candidate (onnxruntime and litert on tiny models; the timing harness is stubbed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
+from edgekiln.compile import api, auto
+from edgekiln.compile.api import compile_model
+from edgekiln.compile.quantize import QuantizeOptions
+from edgekiln.compile.stages import StagedArtifact
+from edgekiln.device_profiles import get_profile
+from edgekiln.errors import BackendError, DependencyError, UserError
+from tests.unit.compile.conftest import RecordingProgress, write_model
+
+
+class _Fake:
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+
+def _loop(outcomes: dict[str, object], cannot_run: str | None, monkeypatch=None):
+    """Run compile_auto over fake candidates whose lower-and-validate raises or builds."""
+    tried = []
+
+    def lower(source, backend):
+        tried.append((source, backend.id))
+        outcome = outcomes[backend.id]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return StagedArtifact(backend=backend.id, root=Path("/nonexistent"), manifest=None)  # type: ignore[arg-type]
+
+    staged, selection = auto.compile_auto("the source", [_Fake(b) for b in outcomes], lower, get_profile("rasp4b"),
+                                          Path("/nonexistent"), None, cannot_run, RecordingProgress())
+    return staged, selection, tried
+
+
+def test_when_the_target_cannot_run_here_the_first_that_builds_wins():
+    staged, selection, tried = _loop({"tvm": BackendError("tvm broke"), "onnxruntime": None, "litert": None},
+                                     cannot_run="this host is x86_64")
+    assert staged.backend == "onnxruntime"
+    # One source for every candidate, and litert never tried after onnxruntime built.
+    assert tried == [("the source", "tvm"), ("the source", "onnxruntime")]
+    assert selection == BackendSelection(
+        mode="auto", chosen="onnxruntime",
+        reason="first in the profile's preference order that built and validated (this host is x86_64)",
+        candidates=(CandidateRecord("tvm", "failed", reason="tvm broke"), CandidateRecord("onnxruntime", "built")))
+
+
+def test_every_failure_is_recorded_and_all_failing_raises_with_the_reasons():
+    with pytest.raises(BackendError, match="no backend could build the model for raspberry-pi/4b-aarch64: "
+                                           "tvm: tvm broke; litert: no ai-edge-litert"):
+        _loop({"tvm": BackendError("tvm broke"), "litert": DependencyError("no ai-edge-litert")}, cannot_run="x")
+
+
+def test_a_user_error_stops_the_loop_at_once():
+    with pytest.raises(UserError, match="bad shape"):
+        _loop({"tvm": UserError("bad shape"), "litert": None}, cannot_run=None)
+
+
+def test_candidates_follow_the_profile_and_the_quantization_asked():
+    profile = get_profile("x86_64")
+    assert auto.eligible(profile) == ["tvm", "onnxruntime", "litert"]
+    assert auto.eligible(profile, QuantizeOptions(mode="int8", calibration="c")) == ["tvm", "onnxruntime", "litert"]
+    assert auto.eligible(profile, QuantizeOptions(mode="int8-auto", calibration="c")) == ["tvm", "onnxruntime"]
+    assert auto.eligible(get_profile("h200")) == ["tvm", "onnxruntime"]  # litert runs on CPUs only
+
+
+def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch, fast_profile):
+    fast_profile("onnxruntime", "litert")
+    imports = []
+    real_import = api.import_model
+    monkeypatch.setattr(api, "import_model", lambda *a, **k: imports.append(a[0]) or real_import(*a, **k))
+    timed = {}
+
+    def measure(built, records, baseline_model, progress):
+        timed.update({name: artifact.path.is_file() for name, artifact in built.items()})
+        for record in records:
+            record.update(p50_ms=1.0 if record["backend"] == "litert" else 2.0, pairs=3)
+        return "litert", "fastest of 2 timed candidates"
+
+    monkeypatch.setattr(auto, "_measure", measure)
+    model = write_model(tmp_path / "tiny.onnx")
+    artifact = compile_model(model, "x86_64", tmp_path / "auto.tar.gz")
+    assert imports == [model]
+    assert timed == {"onnxruntime": True, "litert": True}  # packed, as the harness times them
+    m = artifact.manifest
+    assert m.backend == "litert" and m.validation.status == "passed"
+    assert m.backend_selection == BackendSelection(
+        mode="auto", chosen="litert", reason="fastest of 2 timed candidates",
+        candidates=(CandidateRecord("onnxruntime", "built", p50_ms=2.0, pairs=3),
+                    CandidateRecord("litert", "built", p50_ms=1.0, pairs=3)))
+    # The JSON CI reads keeps its layout: only the figures a candidate has.
+    assert artifact.summary()["backend_selection"]["candidates"] == [
+        {"backend": "onnxruntime", "status": "built", "p50_ms": 2.0, "pairs": 3},
+        {"backend": "litert", "status": "built", "p50_ms": 1.0, "pairs": 3}]
+
+
+def test_auto_records_a_failing_candidate_and_keeps_the_one_that_built(tmp_path, monkeypatch, fast_profile):
+    fast_profile("litert", "onnxruntime")
+    monkeypatch.setattr(auto, "_measure", lambda *a: pytest.fail("only one candidate built"))
+    model = write_model(tmp_path / "cos.onnx", op="Cos")  # LiteRT has no Cos builtin
+    artifact = compile_model(model, "x86_64", tmp_path / "auto.tar.gz")
+    selection = artifact.manifest.backend_selection
+    assert artifact.manifest.backend == "onnxruntime" and selection.chosen == "onnxruntime"
+    assert selection.reason == "the only backend that built"
+    failed, built = selection.candidates
+    assert (failed.backend, failed.status, built) == ("litert", "failed", CandidateRecord("onnxruntime", "built"))
+    assert "Cos" in failed.reason
+
+
+def test_auto_with_int8_quantizes_once_for_the_qdq_candidates(tmp_path, monkeypatch, fast_profile):
+    fast_profile("onnxruntime")
+    calls = []
+    real = api.quantize_onnx
+
+    def counting(source, options, workdir, progress):
+        calls.append(source.path)
+        return real(source, options, workdir, progress)
+
+    monkeypatch.setattr(api, "quantize_onnx", counting)
+    import numpy as np
+
+    np.save(tmp_path / "cal.npy", np.random.default_rng(1).normal(size=(10, 8)).astype(np.float32))
+    model = write_model(tmp_path / "tiny.onnx")
+    options = api.CompileOptions(quantize=QuantizeOptions(calibration=str(tmp_path / "cal.npy"),
+                                                          accuracy_tolerance=0.5))
+    artifact = compile_model(model, "x86_64", tmp_path / "q.tar.gz", options=options)
+    assert len(calls) == 1
+    q = artifact.manifest.quantization
+    assert q["mode"] == "int8" and q["calibration_samples"] == 8 and q["accuracy_gate"]["passed"] is True
+    assert dataclasses.asdict(artifact.manifest.backend_selection)["chosen"] == "onnxruntime"
