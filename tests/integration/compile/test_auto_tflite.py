@@ -17,7 +17,6 @@ pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="the x86_64
 def _tflite(tmp_path) -> tuple:
     """A small classifier head as .tflite, written by the LiteRT backend's own writer
     (no TensorFlow in the test process)."""
-    import onnx
     from onnx import TensorProto, helper
 
     from edgekiln.compile.backends.litert import convert, writer
