@@ -71,7 +71,7 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts")
 # then says whether it is one.
 FRONTENDS: tuple[Frontend, ...] = (
     Frontend("mxnet", "mxnet", _named("-symbol.json", ".params"), names_itself=True),
-    Frontend("tensorflow", "tensorflow", lambda p, h: p.name in ("saved_model.pb", "saved_model.pbtxt"),
+    Frontend("tensorflow", "tensorflow", lambda p, h: p.name.lower() in ("saved_model.pb", "saved_model.pbtxt"),
              options={"framework": "tensorflow"}),
     Frontend("tflite", "tensorflow", lambda p, h: h[4:8] == b"TFL3" or p.suffix.lower() == ".tflite",
              (".tflite",), options={"framework": "tflite"}),
