@@ -117,7 +117,7 @@ class BackendSelection:
                                for c in self.candidates]}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "BackendSelection":
+    def from_dict(cls, data: Any) -> BackendSelection:
         if not isinstance(data, Mapping):
             raise TypeError(f"BackendSelection must be an object, got {type(data).__name__}")
         candidates = tuple(_build(CandidateRecord, c) for c in data.get("candidates") or ())

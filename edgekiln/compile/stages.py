@@ -65,7 +65,7 @@ class SourceModel:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "SourceModel":
+    def load(cls, path: str | os.PathLike[str]) -> SourceModel:
         """Read what :meth:`save` wrote; the ONNX file it names must still exist."""
         path = Path(path)
         try:
@@ -177,7 +177,7 @@ class CompiledArtifact:
     size: int
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CompiledArtifact":
+    def load(cls, path: str | os.PathLike[str]) -> CompiledArtifact:
         from edgekiln.artifact.package import read_manifest
 
         path = Path(path)

@@ -55,7 +55,7 @@ class BackendOptions:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "BackendOptions":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> BackendOptions:
         """Options from a mapping; an unknown key or a wrong type is a UserError."""
         data = dict(data or {})
         unknown = sorted(set(data) - set(cls.keys()))
@@ -65,7 +65,7 @@ class BackendOptions:
         return cls(**data)
 
     @classmethod
-    def from_strings(cls, items: Sequence[str]) -> "BackendOptions":
+    def from_strings(cls, items: Sequence[str]) -> BackendOptions:
         """Options from ``KEY=VALUE`` strings (``--backend-option``), each value read as
         its field's type: ``true``/``false``, an integer, ``none``, or text."""
         hints = typing.get_type_hints(cls)
@@ -164,7 +164,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def lower(self, model: SourceModel, profile: DeviceProfile, options: Any, root: Path, progress: Progress,
-              calibration: "Dataset | None" = None) -> LoweredFiles:
+              calibration: Dataset | None = None) -> LoweredFiles:
         """Build ``model`` for ``profile`` into ``root``; raise BackendError on failure.
 
         ``calibration`` is given to backends that quantize by themselves when an int8
