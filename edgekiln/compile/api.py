@@ -28,17 +28,17 @@ from edgekiln.compile.backends import registry
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.frontends import import_model
 from edgekiln.compile.quantize import QuantizeOptions, gate_artifact, load_data, quantize_onnx
-from edgekiln.compile.quantize.data import Dataset
 from edgekiln.compile.stages import (
     CompiledArtifact,
     InputShapes,
+    Int8Inputs,
     LoweredFiles,
     QuantizedModel,
     SourceModel,
     StagedArtifact,
 )
 from edgekiln.device_profiles import DeviceProfile, get_profile
-from edgekiln.errors import BackendError, DependencyError, EdgekilnError, UserError
+from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute.host import cannot_execute
 from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.execute.runners import EmulatedRunner, LocalRunner, Runner, emulated_board_problem
@@ -180,18 +180,6 @@ def import_source(model: str | os.PathLike[str], workdir: Path, *, framework: st
     """Stage 1: the model, of any framework, as a canonical ONNX ``SourceModel``."""
     with progress.step(f"import {model}"):
         return import_model(model, workdir, framework=framework, input_shape=input_shape, name=name)
-
-
-@dataclass(frozen=True)
-class Int8Inputs:
-    """What the quantize stage hands on: the gated int8 QDQ model for "qdq" backends (or
-    why it failed, for auto to record), and the data of backends that quantize by themselves."""
-
-    options: QuantizeOptions
-    qdq: QuantizedModel | None = None
-    qdq_error: EdgekilnError | None = None
-    calibration: Dataset | None = None
-    gate_data: Dataset | None = None
 
 
 def optimize(source: SourceModel, quantize: QuantizeOptions | None, backends: Sequence[Backend], workdir: Path,

@@ -1,7 +1,8 @@
 """The types compile hands from stage to stage, in pipeline order.
 
-``SourceModel`` (import: a canonical ONNX file with fixed shapes) → ``QuantizedModel``
-(optional: the int8 model that passed the accuracy gate) → ``LoweredFiles`` (one backend's
+``SourceModel`` (import: a canonical ONNX file with fixed shapes) → ``Int8Inputs``
+(optional: what quantizing gave the backends: the ``QuantizedModel`` that passed the
+accuracy gate, or calibration data) → ``LoweredFiles`` (one backend's
 files in a staging directory) → ``StagedArtifact`` (lowered and validated, manifest
 written, not yet packed) → ``CompiledArtifact`` (the packed ``.tar.gz``).
 
@@ -15,10 +16,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from edgekiln.artifact.manifest import Manifest, RuntimeRequirements, TensorSpec
-from edgekiln.errors import UserError
+from edgekiln.errors import EdgekilnError, UserError
+
+if TYPE_CHECKING:  # quantize/ imports this module
+    from edgekiln.compile.quantize import QuantizeOptions
+    from edgekiln.compile.quantize.data import Dataset
 
 InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
 
@@ -145,6 +150,18 @@ class QuantizedModel:
             "calibration_samples": self.calibration_samples,
             "accuracy_gate": self.gate.to_dict(),
         }
+
+
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What the quantize stage hands on: the gated int8 QDQ model for "qdq" backends (or
+    why it failed, for auto to record), and the data of backends that quantize by themselves."""
+
+    options: QuantizeOptions
+    qdq: QuantizedModel | None = None
+    qdq_error: EdgekilnError | None = None
+    calibration: Dataset | None = None
+    gate_data: Dataset | None = None
 
 
 @dataclass(frozen=True)
