@@ -35,7 +35,7 @@ def _loop(outcomes: dict[str, object], cannot_run: str | None, monkeypatch=None)
         return StagedArtifact(backend=backend.id, root=Path("/nonexistent"), manifest=None)  # type: ignore[arg-type]
 
     staged, selection = auto.compile_auto("the source", [_Fake(b) for b in outcomes], lower, get_profile("rasp4b"),
-                                          Path("/nonexistent"), None, cannot_run, RecordingProgress())
+                                          Path("/nonexistent"), cannot_run, RecordingProgress())
     return staged, selection, tried
 
 
@@ -77,7 +77,9 @@ def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch
     monkeypatch.setattr(api, "import_model", lambda *a, **k: imports.append(a[0]) or real_import(*a, **k))
     timed = {}
 
-    def measure(built, records, baseline_model, progress):
+    def measure(built, records, baseline, progress):
+        # The baseline is the one imported source, not a file to import again.
+        assert baseline.path.name == "model.onnx" and baseline.source_ref == str(model)
         timed.update({name: artifact.path.is_file() for name, artifact in built.items()})
         for record in records:
             record.update(p50_ms=1.0 if record["backend"] == "litert" else 2.0, pairs=3)
