@@ -108,10 +108,11 @@ def plot_accuracy_latency(report: BenchReport, path: str | os.PathLike[str]) -> 
     for precision, marker, color in (("fp32", "o", "tab:blue"), ("fp16", "s", "tab:green"), ("int8", "*", "tab:red")):
         chosen = [(lat, acc, r) for r, lat, acc in points if r.precision == precision]
         if chosen:
-            ax.scatter([c[0] for c in chosen], [c[1] for c in chosen], marker=marker, s=90 if precision == "int8" else 50,
-                       color=color, label=precision, zorder=3)
+            ax.scatter([c[0] for c in chosen], [c[1] for c in chosen], marker=marker,
+                       s=90 if precision == "int8" else 50, color=color, label=precision, zorder=3)
             for lat, acc, r in chosen:
-                ax.annotate(f"{r.model} ({r.backend})", (lat, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+                ax.annotate(f"{r.model} ({r.backend})", (lat, acc), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
     # The fp32 reference runtime sits at agreement 1 by definition: the point to beat.
     refs = {}
     for r in report.results:
@@ -165,6 +166,31 @@ def _f(value: float | None, fmt: str = ".1f") -> str:
 def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Sequence[str] = (),
              gate: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
     """The report as Markdown: host and load, one table per artifact, ratios, skips, gate."""
+    lines = _md_header(report, title, notes)
+    lines += _md_timings(report)
+    lines += _md_ratios(report)
+    lines += _md_correctness(report)
+    not_timed = [r for r in report.results if not r.timings_meaningful]
+    if not_timed:
+        lines += ["", "Timings not meaningful (correctness only):", ""]
+        lines += [f"- {r.key}: {r.timings_note}" for r in not_timed]
+    if report.skipped:
+        lines += ["", "## Not benchmarked", ""]
+        lines += [f"- `{s.key}` — {s.status}: {s.reason}" for s in report.skipped]
+    if gate is not None:
+        lines += _md_gate(gate)
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines += ["", "Definitions: a query is one call of the model (single-stream) or `batch` samples (offline), "
+              "timed from host arrays in to host arrays out; percentiles are nearest-rank (an observed query); "
+              "GFLOP/s counts 2 FLOPs per multiply-accumulate of the model graph at p50; % of peak is against "
+              "the profile's peak FP32 figure; peak RSS is that of the process that ran the model "
+              "(Python interpreter included)."]
+    return "\n".join(lines) + "\n"
+
+
+def _md_header(report: BenchReport, title: str, notes: Sequence[str]) -> list[str]:
+    """Title, command, host and load, the measurement settings and the caller's notes."""
     host = report.host
     lines = [f"# {title}", ""]
     if report.command:
@@ -178,13 +204,19 @@ def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Seq
         "",
     ]
     opts = report.options
-    settings = [f"{k} {opts[k]}" for k in ("runs", "warmup", "scenario", "device", "threads") if opts.get(k) is not None]
+    keys = ("runs", "warmup", "scenario", "device", "threads")
+    settings = [f"{k} {opts[k]}" for k in keys if opts.get(k) is not None]
     if "baselines" in opts:
         settings.append("baselines " + ", ".join(opts["baselines"]))
     if settings:
         lines += ["Settings: " + "; ".join(settings) + ".", ""]
     lines += [f"{n}" for n in notes] + ([""] if notes else [])
-    lines += [
+    return lines
+
+
+def _md_timings(report: BenchReport) -> list[str]:
+    """One row per timed runtime (candidate in bold) of every artifact."""
+    lines = [
         "| model | profile | backend | precision | scenario | batch | runtime | load s | first ms | p50 ms | p90 ms "
         "| p99 ms | mean ms | samples/s | GFLOP/s | % of peak | peak RSS MB |",
         "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -200,21 +232,31 @@ def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Seq
                 f"{_f(lat and lat.p99_ms)} | {_f(lat and lat.mean_ms)} | {_f(s.throughput_samples_per_s, '.2f')} | "
                 f"{_f(s.achieved_gflops)} | {_f(share)} | {_f(s.peak_rss_mb, '.0f')} |"
             )
+    return lines
+
+
+def _md_ratios(report: BenchReport) -> list[str]:
+    """The interleaved pairs' ratio statistics; nothing when no baseline was timed."""
     comparisons = [(r, c) for r in report.results for c in r.comparisons]
-    if comparisons:
-        lines += ["", "## Ratios of interleaved pairs (candidate time / baseline time; above 1: the baseline is faster)", "",
-                  "| model | precision | scenario | candidate / baseline | pairs | median | 95% CI of median | p10–p90 "
-                  "| spread | geomean |",
-                  "|---|---|---|---|---:|---:|---|---|---:|---:|"]
-        for r, c in comparisons:
-            q = c.ratio
-            lines.append(f"| {r.model} | {r.precision} | {r.scenario} | {r.candidate.name} / {c.baseline} | {q.n} | "
-                         f"{q.median:.3f} | {q.ci95_low:.3f}–{q.ci95_high:.3f} | {q.p10:.3f}–{q.p90:.3f} | "
-                         f"{q.spread:.0%} | {q.geomean:.3f} |")
-    lines += ["", "## Correctness and cost", "",
-              "| model | backend | precision | runner | outputs against | max abs diff | top-1 agreement | artifact MB "
-              "| GFLOP per sample | profile peak GFLOP/s |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    if not comparisons:
+        return []
+    lines = ["", "## Ratios of interleaved pairs (candidate time / baseline time; above 1: the baseline is faster)", "",
+             "| model | precision | scenario | candidate / baseline | pairs | median | 95% CI of median | p10–p90 "
+             "| spread | geomean |",
+             "|---|---|---|---|---:|---:|---|---|---:|---:|"]
+    for r, c in comparisons:
+        q = c.ratio
+        lines.append(f"| {r.model} | {r.precision} | {r.scenario} | {r.candidate.name} / {c.baseline} | {q.n} | "
+                     f"{q.median:.3f} | {q.ci95_low:.3f}–{q.ci95_high:.3f} | {q.p10:.3f}–{q.p90:.3f} | "
+                     f"{q.spread:.0%} | {q.geomean:.3f} |")
+    return lines
+
+
+def _md_correctness(report: BenchReport) -> list[str]:
+    lines = ["", "## Correctness and cost", "",
+             "| model | backend | precision | runner | outputs against | max abs diff | top-1 agreement | artifact MB "
+             "| GFLOP per sample | profile peak GFLOP/s |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in report.results:
         k = r.correctness
         lines.append(
@@ -224,24 +266,13 @@ def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Seq
             f"{r.artifact_bytes / 1e6:.1f} | {_f(r.flops_per_sample / 1e9 if r.flops_per_sample else None, '.2f')} | "
             f"{_f(r.peak_gflops, '.0f')} |"
         )
-    not_timed = [r for r in report.results if not r.timings_meaningful]
-    if not_timed:
-        lines += ["", "Timings not meaningful (correctness only):", ""]
-        lines += [f"- {r.key}: {r.timings_note}" for r in not_timed]
-    if report.skipped:
-        lines += ["", "## Not benchmarked", ""]
-        lines += [f"- `{s.key}` — {s.status}: {s.reason}" for s in report.skipped]
-    if gate is not None:
-        lines += ["", "## Regression gate", "", f"Against `{gate.get('baseline')}`: "
-                  + ("**passed**" if gate["passed"] else f"**failed** ({len(gate['regressions'])} regressions)"), ""]
-        lines += [f"- REGRESSED {f['key']} {f['metric']}: {f['message']}" for f in gate["regressions"]]
-        lines += [f"- ok {f['key']} {f['metric']}: {f['message']}" for f in gate["checked"] if not f["regressed"]]
-        lines += [f"- not compared: {m}" for m in gate.get("not_compared", ())]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    lines += ["", "Definitions: a query is one call of the model (single-stream) or `batch` samples (offline), "
-              "timed from host arrays in to host arrays out; percentiles are nearest-rank (an observed query); "
-              "GFLOP/s counts 2 FLOPs per multiply-accumulate of the model graph at p50; % of peak is against "
-              "the profile's peak FP32 figure; peak RSS is that of the process that ran the model "
-              "(Python interpreter included)."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _md_gate(gate: Mapping[str, Any]) -> list[str]:
+    lines = ["", "## Regression gate", "", f"Against `{gate.get('baseline')}`: "
+             + ("**passed**" if gate["passed"] else f"**failed** ({len(gate['regressions'])} regressions)"), ""]
+    lines += [f"- REGRESSED {f['key']} {f['metric']}: {f['message']}" for f in gate["regressions"]]
+    lines += [f"- ok {f['key']} {f['metric']}: {f['message']}" for f in gate["checked"] if not f["regressed"]]
+    lines += [f"- not compared: {m}" for m in gate.get("not_compared", ())]
+    return lines

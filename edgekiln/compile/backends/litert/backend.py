@@ -24,6 +24,7 @@ from edgekiln.errors import DependencyError, UserError
 from edgekiln.execute.progress import Progress
 
 if TYPE_CHECKING:
+    from edgekiln.compile.backends.litert.graph import Graph
     from edgekiln.compile.quantize.data import Dataset
 
 MODEL_FILE = "model.tflite"
@@ -93,87 +94,136 @@ class LiteRTBackend(Backend):
               progress: Progress, calibration: Dataset | None = None) -> LoweredFiles:
         try:
             import flatbuffers  # noqa: F401
-            import tflite
+            import tflite  # noqa: F401
         except ImportError as exc:
             raise DependencyError(f"the LiteRT backend needs the tflite schema package ({exc})",
                                   hint="pip install 'edgekiln[compile]'") from None
-        from edgekiln.compile.backends.litert import convert, quantize, writer
-
         threads = options.num_threads or profile.cpu.cores
-        compiler = {"edgekiln-tflite-writer": __version__, "tflite-schema": tflite.__version__}
-        quantization = None
         int8 = calibration is not None or options.quantize == "int8"
         if model.original is not None and model.original.suffix == ".tflite" and not int8:
-            # A TFLite source is already what this backend builds: the artifact carries the
-            # file itself, bit for bit, rather than a rewrite of its ONNX translation.
-            with progress.step(f"use the source .tflite as {MODEL_FILE}"):
-                content = model.original.read_bytes()
-                (root / MODEL_FILE).write_bytes(content)
-            compiler = {"source-tflite": "unchanged", "tflite-schema": tflite.__version__}
-            input_layouts = list(model.original_input_layouts) or ["same"] * len(model.inputs)
-            output_layouts = ["same"] * len(model.outputs)
-            operators = _tflite_operators(content)
+            written = _copy_source(model, root, progress)
         else:
-            with progress.step("convert ONNX to TFLite operators"):
-                graph = convert.convert(model.load_onnx(), model.source_ref)
-            if int8:
-                _need_runtime()
-                inputs = (_calibration_inputs(model, options, progress) if calibration is None
-                          else [[x] for x in calibration.inputs])
-                graph = quantize.prepare(graph)
-                ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
-                graph = quantize.quantize(graph, ranges)
-                compiler["ai-edge-litert"] = litert_version()
-
-                def params(name: str) -> dict[str, Any]:
-                    q = graph.tensors[name].quant
-                    return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
-
-                quantization = {
-                    "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
-                              "int32 biases",
-                    "calibration_method": ranges.method,
-                    "calibration_samples": ranges.samples,
-                    "inputs": [params(n) for n in graph.inputs],
-                    "outputs": [params(n) for n in graph.outputs],
-                }
-            with progress.step(f"write {MODEL_FILE}"):
-                content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
-                                       description=f"edgekiln {__version__}: {model.name}")
-                (root / MODEL_FILE).write_bytes(content)
-            input_layouts, output_layouts = list(graph.input_layouts), list(graph.output_layouts)
-            operators = dict(sorted(collections.Counter(op.kind for op in graph.ops).items()))
-        notes = []
-        if profile.cpu.arch not in _WHEEL_ARCHES:
-            notes.append(f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
-                         "Python runtime built for it (ai_edge_litert or tflite_runtime, with XNNPACK)")
-        runtime = RuntimeRequirements(
-            arch=profile.cpu.arch,
-            glibc=_wheel_glibc() if profile.cpu.arch in _WHEEL_ARCHES else None,
-            python_packages=(f"ai-edge-litert=={litert_version()}", "numpy"),
-            library=None,
-            library_version=litert_version(),
-            notes=tuple(notes),
-        )
-        manifest_options = {
-            **asdict(options),
-            "quantize": "int8" if int8 else None,
-            "calibration_samples": quantization["calibration_samples"] if quantization else options.calibration_samples,
-            # The name only: a build host's directory layout does not belong in the artifact.
-            "calibration": Path(options.calibration).name if options.calibration else None,
-            "num_threads": threads,
-            "precision": "int8" if int8 else "float32",
-            "delegate": "xnnpack",
-            # How each .tflite input/output relates to the manifest's (the source's) tensor.
-            "input_layouts": input_layouts,
-            "output_layouts": output_layouts,
-            "operators": operators,
-        }
-        if quantization:
-            manifest_options["quantization"] = quantization
+            written = _convert(model, options, root, progress, calibration, int8)
         target = {"kind": "litert", "arch": profile.cpu.arch, "delegate": "xnnpack", "num_threads": threads}
-        return LoweredFiles(files={MODEL_FILE: "model"}, runtime=runtime, compiler=compiler, target=target,
-                            options=manifest_options)
+        return LoweredFiles(files={MODEL_FILE: "model"}, runtime=_runtime(profile), compiler=written.compiler,
+                            target=target, options=_manifest_options(options, written, int8, threads))
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What lower() records in the manifest about the .tflite it wrote."""
+
+    compiler: dict[str, str]
+    input_layouts: list[str]
+    output_layouts: list[str]
+    operators: dict[str, int]
+    quantization: dict[str, Any] | None = None
+
+
+def _copy_source(model: SourceModel, root: Path, progress: Progress) -> _Written:
+    """A TFLite source is already what this backend builds: the artifact carries the file
+    itself, bit for bit, rather than a rewrite of its ONNX translation."""
+    import tflite
+
+    assert model.original is not None
+    with progress.step(f"use the source .tflite as {MODEL_FILE}"):
+        content = model.original.read_bytes()
+        (root / MODEL_FILE).write_bytes(content)
+    return _Written(
+        compiler={"source-tflite": "unchanged", "tflite-schema": tflite.__version__},
+        input_layouts=list(model.original_input_layouts) or ["same"] * len(model.inputs),
+        output_layouts=["same"] * len(model.outputs),
+        operators=_tflite_operators(content),
+    )
+
+
+def _convert(model: SourceModel, options: LiteRTOptions, root: Path, progress: Progress,
+             calibration: Dataset | None, int8: bool) -> _Written:
+    """Convert the ONNX model, quantize it for int8, and write the .tflite."""
+    import tflite
+
+    from edgekiln.compile.backends.litert import convert, writer
+
+    compiler = {"edgekiln-tflite-writer": __version__, "tflite-schema": tflite.__version__}
+    quantization = None
+    with progress.step("convert ONNX to TFLite operators"):
+        graph = convert.convert(model.load_onnx(), model.source_ref)
+    if int8:
+        graph, quantization = _quantize(graph, model, options, progress, calibration)
+        compiler["ai-edge-litert"] = litert_version()
+    with progress.step(f"write {MODEL_FILE}"):
+        content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
+                               description=f"edgekiln {__version__}: {model.name}")
+        (root / MODEL_FILE).write_bytes(content)
+    return _Written(
+        compiler=compiler,
+        input_layouts=list(graph.input_layouts),
+        output_layouts=list(graph.output_layouts),
+        operators=dict(sorted(collections.Counter(op.kind for op in graph.ops).items())),
+        quantization=quantization,
+    )
+
+
+def _quantize(graph: Graph, model: SourceModel, options: LiteRTOptions, progress: Progress,
+              calibration: Dataset | None) -> tuple[Graph, dict[str, Any]]:
+    """``graph`` calibrated and quantized to full-integer int8, and the manifest's record of it."""
+    from edgekiln.compile.backends.litert import quantize
+
+    _need_runtime()
+    inputs = (_calibration_inputs(model, options, progress) if calibration is None
+              else [[x] for x in calibration.inputs])
+    graph = quantize.prepare(graph)
+    ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
+    graph = quantize.quantize(graph, ranges)
+
+    def params(name: str) -> dict[str, Any]:
+        q = graph.tensors[name].quant
+        return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
+
+    return graph, {
+        "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
+                  "int32 biases",
+        "calibration_method": ranges.method,
+        "calibration_samples": ranges.samples,
+        "inputs": [params(n) for n in graph.inputs],
+        "outputs": [params(n) for n in graph.outputs],
+    }
+
+
+def _runtime(profile: DeviceProfile) -> RuntimeRequirements:
+    notes = []
+    if profile.cpu.arch not in _WHEEL_ARCHES:
+        notes.append(f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
+                     "Python runtime built for it (ai_edge_litert or tflite_runtime, with XNNPACK)")
+    return RuntimeRequirements(
+        arch=profile.cpu.arch,
+        glibc=_wheel_glibc() if profile.cpu.arch in _WHEEL_ARCHES else None,
+        python_packages=(f"ai-edge-litert=={litert_version()}", "numpy"),
+        library=None,
+        library_version=litert_version(),
+        notes=tuple(notes),
+    )
+
+
+def _manifest_options(options: LiteRTOptions, written: _Written, int8: bool, threads: int) -> dict[str, Any]:
+    quantization = written.quantization
+    manifest_options = {
+        **asdict(options),
+        "quantize": "int8" if int8 else None,
+        "calibration_samples": quantization["calibration_samples"] if quantization else options.calibration_samples,
+        # The name only: a build host's directory layout does not belong in the artifact.
+        "calibration": Path(options.calibration).name if options.calibration else None,
+        "num_threads": threads,
+        "precision": "int8" if int8 else "float32",
+        "delegate": "xnnpack",
+        # How each .tflite input/output relates to the manifest's (the source's) tensor.
+        "input_layouts": written.input_layouts,
+        "output_layouts": written.output_layouts,
+        "operators": written.operators,
+    }
+    if quantization:
+        manifest_options["quantization"] = quantization
+    return manifest_options
 
 
 def _tflite_operators(content: bytes) -> dict[str, int]:
