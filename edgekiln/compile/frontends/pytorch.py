@@ -134,8 +134,13 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
 
 
 def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path) -> InputShapes:
+    from edgekiln.compile.frontends import pt2_archive
+
+    # torch.export.load unpickles and executes parts of an archive; refuse those first.
+    pt2_archive.check(path)
     try:
-        program = torch.export.load(str(path))
+        with pt2_archive.safe_torch_load(torch), _quiet():
+            program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a broken archive
         raise UserError(f"{path} cannot be loaded as a torch.export program: {first_line(exc)}") from None
     user_inputs = list(program.graph_signature.user_inputs)

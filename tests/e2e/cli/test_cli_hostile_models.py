@@ -1,0 +1,28 @@
+"""`edgekiln compile` on hostile model files: whatever a file asks the framework loader to
+unpickle or execute is refused before it runs, with one line and exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.data.hostile import pt2
+from tests.e2e.cli.test_cli_compile import assert_clean_failure, edgekiln
+
+
+@pytest.mark.parametrize("attack", sorted(pt2.ATTACKS))
+def test_a_pt2_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path, attack):
+    canary = tmp_path / "canary"
+    model = pt2.ATTACKS[attack](tmp_path / "evil.pt2", canary)
+    out = tmp_path / "out.tar.gz"
+    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime", "-o", str(out))
+    assert_clean_failure(proc, 2, "evil.pt2")
+    assert not canary.exists(), f"the {attack} payload ran"
+    assert not out.exists()
+
+
+def test_a_plain_pt2_still_compiles(tmp_path):
+    model = pt2.saved_program(tmp_path / "net.pt2")
+    out = tmp_path / "out.tar.gz"
+    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
