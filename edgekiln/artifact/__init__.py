@@ -14,7 +14,8 @@ from edgekiln.artifact.manifest import (
     TensorSpec,
     Validation,
 )
-from edgekiln.artifact.package import file_entry, member_sizes, pack, read_manifest, sha256_file, unpack
+from edgekiln.artifact.package import UnpackLimits, file_entry, member_sizes, pack, read_manifest, sha256_file, unpack
+from edgekiln.artifact.paths import check_member_path, read_labels, resolve_member
 
 __all__ = [
     "MANIFEST_NAME",
@@ -24,11 +25,15 @@ __all__ = [
     "ModelInfo",
     "RuntimeRequirements",
     "TensorSpec",
+    "UnpackLimits",
     "Validation",
+    "check_member_path",
     "file_entry",
     "member_sizes",
     "pack",
+    "read_labels",
     "read_manifest",
+    "resolve_member",
     "sha256_file",
     "unpack",
 ]

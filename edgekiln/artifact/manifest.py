@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from edgekiln.artifact.paths import check_member_path
 from edgekiln.errors import IntegrityError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A manifest is a few kB; the bound keeps a hostile one from taking memory before it is parsed.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILES = 10_000
+# Elements of one tensor: 2^31 float32 values are 8 GiB, far beyond an edge model's input.
+MAX_TENSOR_ELEMENTS = 1 << 31
 
 _DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
 
@@ -32,7 +39,15 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise IntegrityError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}")
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        shape = tuple(self.shape)
+        if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise IntegrityError(f"tensor {self.name!r}: shape {list(shape)[:9]} is not a list of up to 8 sizes")
+        elements = 1
+        for d in shape:
+            elements *= d
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise IntegrityError(f"tensor {self.name!r}: shape {list(shape)} has over 2^31 elements")
+        object.__setattr__(self, "shape", shape)
 
 
 @dataclass(frozen=True)
@@ -192,33 +207,33 @@ class Manifest:
         if not isinstance(data, Mapping):
             raise IntegrityError("manifest.json is not a JSON object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise IntegrityError(
                 f"manifest schema version {version!r} is not supported by this edgekiln "
                 f"(it reads version {SCHEMA_VERSION})",
                 hint="rebuild the artifact with a matching edgekiln, or upgrade edgekiln",
             )
-        extra = dict(data.get("extra") or {})
         try:
+            extra = _mapping(data.get("extra"), "extra")
             selection, graph = extra.pop("backend_selection", None), extra.pop("graph", None)
             seconds = extra.pop("compile_seconds", None)
-            return cls(
+            manifest = cls(
                 model=_build(ModelInfo, data["model"]),
-                profile=str(data["profile"]),
-                backend=str(data["backend"]),
-                backend_options=dict(data.get("backend_options") or {}),
-                target_triple=str(data["target_triple"]),
-                edgekiln_version=str(data["edgekiln_version"]),
-                compiler=dict(data.get("compiler") or {}),
+                profile=_text(data["profile"], "profile"),
+                backend=_text(data["backend"], "backend"),
+                backend_options=_mapping(data.get("backend_options"), "backend_options"),
+                target_triple=_text(data["target_triple"], "target_triple"),
+                edgekiln_version=_text(data["edgekiln_version"], "edgekiln_version"),
+                compiler=_mapping(data.get("compiler"), "compiler"),
                 runtime=_build(RuntimeRequirements, data["runtime"]),
-                inputs=tuple(_build(TensorSpec, t) for t in data["inputs"]),
-                outputs=tuple(_build(TensorSpec, t) for t in data["outputs"]),
-                files=tuple(_build(FileEntry, f) for f in data["files"]),
+                inputs=tuple(_build(TensorSpec, t) for t in _array(data["inputs"], "inputs", 1000)),
+                outputs=tuple(_build(TensorSpec, t) for t in _array(data["outputs"], "outputs", 1000)),
+                files=tuple(_build(FileEntry, f) for f in _array(data["files"], "files", MAX_FILES)),
                 validation=_build(Validation, data["validation"]),
-                preprocessing=data.get("preprocessing"),
-                labels=data.get("labels"),
-                quantization=data.get("quantization"),
-                created_utc=str(data.get("created_utc", "")),
+                preprocessing=_mapping(data.get("preprocessing"), "preprocessing") or None,
+                labels=_optional_text(data.get("labels"), "labels"),
+                quantization=_mapping(data.get("quantization"), "quantization") or None,
+                created_utc=_text(data.get("created_utc", ""), "created_utc"),
                 schema_version=int(version),
                 extra=extra,
                 backend_selection=None if selection is None else BackendSelection.from_dict(selection),
@@ -228,15 +243,47 @@ class Manifest:
         except KeyError as exc:
             raise IntegrityError(f"manifest.json lacks the field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
-            raise IntegrityError(f"manifest.json has a malformed field: {exc}") from None
+            raise IntegrityError(f"manifest.json has a malformed field: {str(exc)[:300]}") from None
+        _check_paths(manifest)
+        return manifest
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"manifest.json is {len(text)} bytes, over the limit of {MAX_MANIFEST_BYTES}",
+                                 hint="this is not a manifest edgekiln wrote")
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"manifest.json is not valid JSON: {exc}") from None
+        # ValueError covers Python's limit on digits in an integer, RecursionError deep nesting.
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise IntegrityError(f"manifest.json is not valid JSON: {str(exc)[:200]}") from None
         return cls.from_dict(data)
+
+
+def _check_paths(manifest: Manifest) -> None:
+    """Every path the manifest names stays inside the artifact, and labels is one of its files
+    (so that its size and sha256 are checked like the others')."""
+    paths = [check_member_path(f.path) for f in manifest.files]
+    for entry in manifest.files:
+        if entry.size < 0:
+            raise IntegrityError(f"manifest.json gives {entry.path!r} a negative size")
+        if not _SHA256.fullmatch(entry.sha256):
+            raise IntegrityError(f"manifest.json gives {entry.path!r} a sha256 that is not 64 hex digits")
+    if MANIFEST_NAME in paths:
+        raise IntegrityError(f"manifest.json lists {MANIFEST_NAME} among its files")
+    if len(set(paths)) != len(paths):
+        raise IntegrityError("manifest.json lists a file twice")
+    if manifest.labels is not None and check_member_path(manifest.labels, "labels file") not in paths:
+        raise IntegrityError(f"the labels file {manifest.labels!r} is not one of the artifact's files")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# The JSON types each annotation of the dataclasses above accepts (int for float: JSON has 1, not 1.0).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (float, int), "bool": (bool,),
+    "tuple[str, ...]": (str,), "tuple[int, ...]": (int,),
+}
 
 
 def _build(cls: type, data: Any) -> Any:
@@ -245,12 +292,60 @@ def _build(cls: type, data: Any) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
-        raise ValueError(f"{cls.__name__} has unknown fields {sorted(unknown)}")
+        raise ValueError(f"{cls.__name__} has unknown fields {sorted(map(str, unknown))[:10]}")
     kwargs = {}
     for key, value in data.items():
-        # JSON has no tuples: turn lists back into tuples for the frozen dataclasses.
-        kwargs[key] = tuple(value) if isinstance(value, list) else value
+        kwargs[key] = _typed(value, str(names[key].type), f"{cls.__name__}.{key}")
     return cls(**kwargs)
+
+
+def _typed(value: Any, annotation: str, where: str) -> Any:
+    """``value`` checked against a field's annotation; JSON lists become the tuples the
+    frozen dataclasses hold."""
+    kind, optional = annotation, False
+    if kind.endswith(" | None"):
+        kind, optional = kind[: -len(" | None")], True
+    if value is None and optional:
+        return None
+    accepted = _TYPES.get(kind)
+    if accepted is None:  # a field this check does not know (added later): the constructor checks it
+        return tuple(value) if isinstance(value, list) else value
+    if kind.startswith("tuple"):
+        if not isinstance(value, list) or len(value) > 1000:
+            raise TypeError(f"{where} must be a list of up to 1000 items, got {type(value).__name__}")
+        items = value
+    else:
+        items = [value]
+    for item in items:
+        if not isinstance(item, accepted) or (isinstance(item, bool) and bool not in accepted):
+            raise TypeError(f"{where} must be {annotation}, got {type(item).__name__}")
+    return tuple(value) if kind.startswith("tuple") else value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: Any, where: str) -> str | None:
+    return None if value is None else _text(value, where)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _array(value: Any, where: str, limit: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"{where} must be a list, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ValueError(f"{where} has {len(value)} entries, over the limit of {limit}")
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -3,27 +3,61 @@
 Packing writes to a temporary file beside the destination and renames it into place, so a
 failed or interrupted compile never leaves a half-written artifact at the output path.
 
-Unpacking trusts nothing in the archive: the manifest is read first, every other member
-must be a regular file listed in it with the same size and sha256, and paths that are
-absolute, contain ``..`` or are links or devices are refused before anything is written.
+Unpacking trusts nothing in the archive and reads it once, as a stream: the manifest must be
+the first member (bounded in size), every other member must be a regular, non-sparse file
+listed in it with the same size and sha256, the manifest's sizes must add up to no more than
+:class:`UnpackLimits` allows, and paths that are absolute, contain ``..`` or are links or
+devices are refused before anything is written. The decompressed stream itself is bounded,
+so that headers cannot grow without limit either.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
-import posixpath
 import shutil
 import tarfile
 import tempfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
-from edgekiln.artifact.manifest import MANIFEST_NAME, FileEntry, Manifest
+from edgekiln.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest
+from edgekiln.artifact.paths import check_member_path
 from edgekiln.errors import IntegrityError, UserError
 
 _CHUNK = 1 << 20
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# Headers, padding and the end-of-archive blocks around the members' data: per member a
+# header block and padding, plus PAX headers, which tarfile reads into memory.
+_HEADER_ALLOWANCE = 64 << 10
+MAX_UNPACKED_ENV = "EDGEKILN_MAX_UNPACKED_BYTES"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much an artifact may unpack to. ``max_unpacked_bytes`` bounds the sum of the sizes
+    the manifest lists (default 1 GiB; ``EDGEKILN_MAX_UNPACKED_BYTES`` raises it for a
+    larger model); ``max_manifest_bytes`` bounds the manifest before it is parsed."""
+
+    max_unpacked_bytes: int = 1 << 30
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES
+
+    @classmethod
+    def from_env(cls) -> "UnpackLimits":
+        text = os.environ.get(MAX_UNPACKED_ENV)
+        if not text:
+            return cls()
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise UserError(f"{MAX_UNPACKED_ENV}={text[:40]!r} is not a positive number of bytes")
+        return cls(max_unpacked_bytes=value)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -91,107 +125,158 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, fh)
 
 
-def _open(path: str | os.PathLike[str]) -> tarfile.TarFile:
+def _open(path: str | os.PathLike[str], limit: int) -> tuple[tarfile.TarFile, "_Bounded"]:
+    """The artifact as a tar stream over its decompressed bytes, which stop at ``limit``
+    (raised once the manifest says how much the members hold)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"artifact {path} does not exist")
     if not path.is_file():
         raise UserError(f"artifact {path} is not a file")
+    bounded = _Bounded(gzip.open(path, "rb"), limit, path)
     try:
-        return tarfile.open(path, mode="r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        return tarfile.open(fileobj=bounded, mode="r|"), bounded
+    except _TAR_ERRORS as exc:
+        bounded.close()
         raise IntegrityError(f"{path} is not an edgekiln artifact (.tar.gz): {exc}") from None
 
 
-def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate the manifest of an artifact without extracting anything else."""
-    with _open(path) as tar:
-        return _read_manifest(tar, path)
+class _Bounded(io.RawIOBase):
+    """A reader that refuses to go past ``limit`` decompressed bytes."""
+
+    def __init__(self, raw: Any, limit: int, path: Path) -> None:
+        super().__init__()
+        self.raw, self.limit, self.path, self.count = raw, limit, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = self.limit - self.count + 1
+        data = self.raw.read(min(size, self.limit - self.count + 1))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise IntegrityError(f"{self.path} unpacks to more than its manifest lists ({self.limit} bytes "
+                                 "with headers)", hint="the artifact was altered or is not one edgekiln wrote")
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
-def _read_manifest(tar: tarfile.TarFile, path: str | os.PathLike[str]) -> Manifest:
-    try:
-        member = tar.getmember(MANIFEST_NAME)
-    except KeyError:
-        raise IntegrityError(f"{path} has no {MANIFEST_NAME}; it is not an edgekiln artifact") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise IntegrityError(f"{path} is damaged: {exc}") from None
-    if not member.isreg():
+def read_manifest(path: str | os.PathLike[str], limits: UnpackLimits | None = None) -> Manifest:
+    """Read and validate the manifest of an artifact; only the first member is decompressed."""
+    limits = limits or UnpackLimits.from_env()
+    tar, bounded = _open(path, limits.max_manifest_bytes + _HEADER_ALLOWANCE)
+    with tar, bounded:
+        return _first_manifest(tar, path, limits)[0]
+
+
+def _first_manifest(tar: tarfile.TarFile, path: str | os.PathLike[str], limits: UnpackLimits) -> tuple[Manifest, bytes]:
+    member = _next(tar, path)
+    if member is None or member.name != MANIFEST_NAME:
+        raise IntegrityError(f"{path} does not start with {MANIFEST_NAME}; it is not an edgekiln artifact")
+    if not member.isreg() or member.issparse():
         raise IntegrityError(f"{MANIFEST_NAME} in {path} is not a regular file")
-    fh = tar.extractfile(member)
-    assert fh is not None
-    return Manifest.from_json(fh.read())
+    if member.size > limits.max_manifest_bytes:
+        raise IntegrityError(f"{MANIFEST_NAME} in {path} is {member.size} bytes, over the limit of "
+                             f"{limits.max_manifest_bytes}")
+    data = _read_member(tar, member, path)
+    return Manifest.from_json(data), data
 
 
-def _check_member_name(name: str) -> None:
-    if name.startswith("/") or "\\" in name:
-        raise IntegrityError(f"artifact member {name!r} has an absolute or non-POSIX path")
-    norm = posixpath.normpath(name)
-    if norm != name or norm == ".." or norm.startswith("../") or "/../" in f"/{name}/":
-        raise IntegrityError(f"artifact member {name!r} has a path that escapes the artifact")
+def _next(tar: tarfile.TarFile, path: str | os.PathLike[str]) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except _TAR_ERRORS as exc:
+        raise IntegrityError(f"{path} is damaged: {str(exc)[:200]}") from None
 
 
-def unpack(path: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Manifest:
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str | os.PathLike[str]) -> bytes:
+    try:
+        fh = tar.extractfile(member)
+        assert fh is not None
+        return fh.read()
+    except _TAR_ERRORS as exc:
+        raise IntegrityError(f"{path} is damaged: {str(exc)[:200]}") from None
+
+
+def unpack(path: str | os.PathLike[str], destination: str | os.PathLike[str],
+           limits: UnpackLimits | None = None) -> Manifest:
     """Verify and extract an artifact into ``destination``, which must not exist yet.
 
-    Every member is checked against the manifest before it is kept; on any failure the
-    destination is removed again, so a bad artifact leaves nothing behind.
+    The archive is decompressed once. Every member is checked against the manifest before it
+    is kept; on any failure the destination is removed again, so a bad artifact leaves
+    nothing behind. ``limits`` defaults to :meth:`UnpackLimits.from_env`.
     """
+    limits = limits or UnpackLimits.from_env()
     destination = Path(destination)
     if destination.exists():
         raise UserError(f"extraction directory {destination} already exists")
-    with _open(path) as tar:
-        manifest = _read_manifest(tar, path)
+    tar, bounded = _open(path, limits.max_manifest_bytes + _HEADER_ALLOWANCE)
+    with tar, bounded:
+        manifest, raw_manifest = _first_manifest(tar, path, limits)
         expected = {f.path: f for f in manifest.files}
-        for entry in manifest.files:
-            _check_member_name(entry.path)
+        total = sum(f.size for f in manifest.files)
+        if total > limits.max_unpacked_bytes:
+            raise IntegrityError(
+                f"{path} lists {total} bytes of files, over the limit of {limits.max_unpacked_bytes}",
+                hint=f"for a model this large, set {MAX_UNPACKED_ENV} to a higher byte count")
+        bounded.limit += total + 2048 * (len(expected) + 2)
         destination.mkdir(parents=True)
         try:
             seen: set[str] = set()
-            for member in _members(tar, path):
-                if member.name == MANIFEST_NAME:
-                    continue
-                _check_member_name(member.name)
-                if not member.isreg():
-                    raise IntegrityError(f"artifact member {member.name!r} is not a regular file")
-                entry = expected.get(member.name)
-                if entry is None:
-                    raise IntegrityError(f"artifact member {member.name!r} is not listed in the manifest")
-                if member.name in seen:
-                    raise IntegrityError(f"artifact member {member.name!r} appears twice")
-                seen.add(member.name)
-                _extract_verified(tar, member, entry, destination)
+            while (member := _next(tar, path)) is not None:
+                entry = _check_member(member, expected, seen)
+                _extract_verified(tar, member, entry, destination, path)
             missing = sorted(set(expected) - seen)
             if missing:
-                raise IntegrityError(f"artifact lacks files its manifest lists: {', '.join(missing)}")
-            (destination / MANIFEST_NAME).write_text(manifest.to_json())
+                raise IntegrityError(f"artifact lacks files its manifest lists: {', '.join(missing[:10])}")
+            # The bytes that were read and validated, so that inspect shows the member's own size.
+            (destination / MANIFEST_NAME).write_bytes(raw_manifest)
         except BaseException:
             shutil.rmtree(destination, ignore_errors=True)
             raise
     return manifest
 
 
-def _members(tar: tarfile.TarFile, path: str | os.PathLike[str]) -> Iterable[tarfile.TarInfo]:
-    try:
-        yield from tar
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise IntegrityError(f"{path} is damaged: {exc}") from None
-
-
-def _extract_verified(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, root: Path) -> None:
+def _check_member(member: tarfile.TarInfo, expected: dict[str, FileEntry], seen: set[str]) -> FileEntry:
+    if member.name == MANIFEST_NAME:
+        raise IntegrityError(f"artifact holds {MANIFEST_NAME} twice")
+    check_member_path(member.name)
+    if not member.isreg() or member.issparse():
+        raise IntegrityError(f"artifact member {member.name!r} is not a regular file")
+    entry = expected.get(member.name)
+    if entry is None:
+        raise IntegrityError(f"artifact member {member.name!r} is not listed in the manifest")
+    if member.name in seen:
+        raise IntegrityError(f"artifact member {member.name!r} appears twice")
     if member.size != entry.size:
         raise IntegrityError(
             f"artifact member {member.name!r} is {member.size} bytes; the manifest says {entry.size}"
         )
+    seen.add(member.name)
+    return entry
+
+
+def _extract_verified(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, root: Path,
+                      path: str | os.PathLike[str]) -> None:
     target = root / member.name
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    src = tar.extractfile(member)
-    assert src is not None
-    with open(target, "wb") as out:
-        for block in iter(lambda: src.read(_CHUNK), b""):
-            digest.update(block)
-            out.write(block)
+    try:
+        src = tar.extractfile(member)
+        assert src is not None
+        with open(target, "wb") as out:
+            for block in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(block)
+                out.write(block)
+    except _TAR_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the destination's own failure (disk full), not the archive's
+        raise IntegrityError(f"{path} is damaged: {str(exc)[:200]}") from None
     if digest.hexdigest() != entry.sha256:
         raise IntegrityError(
             f"artifact member {member.name!r} has sha256 {digest.hexdigest()[:16]}…; "
@@ -202,6 +287,8 @@ def _extract_verified(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: File
 
 
 def member_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Size of each member, for ``inspect``."""
-    with _open(path) as tar:
-        return {m.name: m.size for m in _members(tar, path)}
+    """Size of each member of a verified artifact (one pass: it is unpacked and checked)."""
+    with tempfile.TemporaryDirectory(prefix="edgekiln-sizes-") as tmp:
+        manifest = unpack(path, Path(tmp) / "a")
+        return {MANIFEST_NAME: (Path(tmp) / "a" / MANIFEST_NAME).stat().st_size,
+                **{f.path: f.size for f in manifest.files}}

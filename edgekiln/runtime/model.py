@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgekiln.artifact.manifest import MANIFEST_NAME, Manifest, TensorSpec
+from edgekiln.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, TensorSpec
 from edgekiln.artifact.package import sha256_file, unpack
+from edgekiln.artifact.paths import read_labels, resolve_member
 from edgekiln.errors import IntegrityError, UserError
 from edgekiln.runtime import compat
 from edgekiln.runtime.preprocess import preprocess, softmax
@@ -113,8 +114,7 @@ class Model:
     def _read_labels(self) -> list[str] | None:
         if not self._manifest.labels:
             return None
-        text = (self._root / self._manifest.labels).read_text(encoding="utf-8")
-        return [line for line in text.splitlines() if line and not line.startswith("#")]
+        return read_labels(self._root, self._manifest.labels)
 
 
 def _conform(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -145,12 +145,15 @@ def top_classes(logits: np.ndarray, labels: list[str] | None, top_k: int) -> lis
 
 def _verify_directory(root: Path) -> Manifest:
     manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
+    if not manifest_path.is_file() or manifest_path.is_symlink():
         raise UserError(f"{root} holds no {MANIFEST_NAME}; give an artifact .tar.gz or its extracted directory")
-    manifest = Manifest.from_json(manifest_path.read_bytes())
+    with open(manifest_path, "rb") as handle:
+        manifest = Manifest.from_json(handle.read(MAX_MANIFEST_BYTES + 1))
+    # The same path checks as for a packed artifact (the manifest's parser refuses absolute
+    # and ../ paths), and no symlink on the way: the directory may come from anywhere.
     for entry in manifest.files:
-        path = root / entry.path
-        if not path.is_file() or path.is_symlink():
+        path = resolve_member(root, entry.path)
+        if not path.is_file():
             raise IntegrityError(f"{entry.path} is missing or not a regular file in {root}")
         if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise IntegrityError(f"{entry.path} in {root} differs from the manifest (changed after the build)")

@@ -225,7 +225,9 @@ def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str,
     import tensorflow as tf
 
     try:
-        model = keras.models.load_model(str(path), compile=False)
+        # safe_mode refuses Lambda layers (marshalled Python bytecode) and classes from outside
+        # Keras; explicit, so that a global enable_unsafe_deserialization() cannot turn it off.
+        model = keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a file it cannot read
         raise UserError(f"{path} cannot be loaded as a Keras model: {first_line(exc)}") from None
     declared = {}

@@ -26,3 +26,15 @@ def test_a_plain_pt2_still_compiles(tmp_path):
     proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras_lambda_layer_is_refused_and_never_runs(tmp_path, suffix):
+    from tests.data.hostile.keras import lambda_model
+
+    canary = tmp_path / "canary"
+    model = lambda_model(tmp_path / f"evil{suffix}", canary)
+    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
+                    "-o", str(tmp_path / "out.tar.gz"))
+    assert_clean_failure(proc, 2, f"evil{suffix}", "Lambda")
+    assert not canary.exists()
