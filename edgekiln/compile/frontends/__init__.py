@@ -112,6 +112,9 @@ def parse_input_config(text: str | Mapping[str, Any] | Sequence[Any] | None) -> 
         except json.JSONDecodeError as exc:
             raise UserError(f"--input-config is not JSON ({exc.msg} at column {exc.colno})",
                             hint='give e.g. \'{"data": [1, 3, 224, 224]}\'') from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit integer, deep nesting
+            raise UserError(f"--input-config is not a usable JSON value ({str(exc)[:80]})",
+                            hint='give e.g. \'{"data": [1, 3, 224, 224]}\'') from None
 
     def shape(dims: Any, where: str) -> list[int]:
         if (not isinstance(dims, list) or not dims
@@ -160,6 +163,27 @@ def parse_input_shapes(config: str | None, shapes: Sequence[str] | None) -> Inpu
     return parse_input_config(config) if config else parse_input_shape(shapes)
 
 
+# Elements of one input: 2^28 float32 values are 1 GiB, and compile makes several such
+# tensors (samples, reference outputs); far beyond an image classifier's input.
+MAX_INPUT_ELEMENTS = 1 << 28
+
+
+def check_input_sizes(input_shape: InputShapes) -> None:
+    """Refuse up front an input shape (from --input-config, --input-shape or the API) whose
+    tensor would have over 2^28 elements, instead of a MemoryError when compile makes inputs."""
+    if input_shape is None:
+        return
+    shapes = input_shape.items() if isinstance(input_shape, Mapping) else [("the input", input_shape)]
+    for name, dims in shapes:
+        elements = 1
+        for d in dims:
+            elements *= int(d)
+        if len(dims) > 8 or elements > MAX_INPUT_ELEMENTS:
+            raise UserError(f"input shape {list(dims)[:9]} of {str(name)[:80]!r} has {elements:.3g} elements in "
+                            f"{len(dims)} dimensions, over the limit of 2^28 elements and 8 dimensions",
+                            hint="give the shape of one input batch, e.g. [1, 3, 224, 224]")
+
+
 def detect_framework(path: Path) -> str:
     """The framework of the model file or folder ``path``, from its names and first bytes."""
     if path.is_dir():
@@ -199,14 +223,11 @@ def is_tarball(path: Path) -> bool:
 
 def _unpack(path: Path, dest: Path) -> Path:
     """Extract a Neo-style model tarball into ``dest``; what to import inside it."""
+    from edgekiln.compile.frontends import neo_tarball
+
     dest.mkdir(parents=True)
-    try:
-        with tarfile.open(path) as tar:
-            # The "data" filter refuses absolute paths, "..", links that leave dest, devices
-            # and setuid bits: a tarball from elsewhere cannot write outside dest.
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"{path} cannot be unpacked as a model tarball ({exc})") from None
+    # Bounded in size and member count, and kept inside dest (see neo_tarball).
+    neo_tarball.extract(path, dest)
     entries = [p for p in dest.iterdir() if not p.name.startswith(".")]
     # Neo tarballs hold the files at the top; some hold one folder with them.
     if len(entries) == 1 and entries[0].is_dir() and not _is_saved_model(entries[0]):
@@ -248,6 +269,7 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
 
     if framework is not None:
         frontend(framework)  # an unknown name fails before any work
+    check_input_sizes(input_shape)
     ref_text = str(ref)
     if zoo.is_zoo_ref(ref_text):
         if framework not in (None, "onnx"):

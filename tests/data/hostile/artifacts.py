@@ -94,3 +94,26 @@ def deep_json(depth: int = 100_000) -> bytes:
 def long_integer(digits: int = 100_000) -> bytes:
     text = json.dumps(manifest({}))
     return text.replace('"schema_version": 1', '"schema_version": ' + "9" * digits).encode()
+
+
+def neo_claimed(path: Path, size: int = 3 << 30) -> Path:
+    """A model tarball whose one member claims 3 GiB (the data never comes)."""
+    info = tarfile.TarInfo("model.onnx")
+    info.size = size
+    with gzip.open(path, "wb") as gz:
+        gz.write(info.tobuf(tarfile.PAX_FORMAT))
+        gz.write(b"\0" * 4096)
+    return path
+
+
+def neo_many(path: Path, count: int = 10_001) -> Path:
+    """A model tarball of ``count`` empty members."""
+    return archive(path, [regular(f"f{i}", b"") for i in range(count)])
+
+
+def neo_sparse(path: Path) -> Path:
+    info = tarfile.TarInfo("GNUSparseFile.0/model.onnx")
+    info.size = 6
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "model.onnx",
+                        "GNU.sparse.realsize": str(4 << 30)}
+    return archive(path, [(info, b"1\n0\n0\n")])
