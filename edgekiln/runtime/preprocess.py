@@ -11,9 +11,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgekiln.errors import UserError
+from edgekiln.errors import IntegrityError, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Sides of the resized image: far above any classifier's input, far below what exhausts memory.
+MAX_SIDE = 8192
 
 
 def load_image(source: Any) -> Any:
@@ -44,11 +46,14 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
     """
     from PIL import Image
 
-    image = load_image(source)
     layout = spec.get("layout", "NCHW")
     if layout not in ("NCHW", "NHWC"):
         raise UserError(f"unsupported preprocessing layout {layout!r}")
+    if len(shape) != 4:
+        raise UserError(f"preprocessing makes a 4-d image tensor; the model's input has shape {list(shape)}")
     height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    _check_spec(spec, height, width)
+    image = load_image(source)
     resize = spec.get("resize")
     if resize:
         # Resize the shorter side to `resize`, as torchvision's Resize(int) does.
@@ -70,6 +75,29 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
     if layout == "NCHW":
         array = array.transpose(2, 0, 1)
     return np.ascontiguousarray(array[np.newaxis], dtype=np.float32)
+
+
+def _check_spec(spec: Mapping[str, Any], height: int, width: int) -> None:
+    """The manifest's preprocessing values have the types and ranges preprocess() uses: a
+    foreign or altered manifest fails here with the field's name, not in numpy or Pillow."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+    resize = spec.get("resize")
+    if resize is not None and not (isinstance(resize, int) and not isinstance(resize, bool) and 0 < resize <= MAX_SIDE):
+        raise IntegrityError(f"preprocessing resize {resize!r} is not a size from 1 to {MAX_SIDE}")
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise IntegrityError(f"the image input is {height}x{width}; preprocessing makes images up to {MAX_SIDE}")
+    if spec.get("color", "RGB") not in ("RGB", "BGR"):
+        raise IntegrityError(f"preprocessing color {spec.get('color')!r} is not RGB or BGR")
+    if "scale" in spec and not number(spec["scale"]):
+        raise IntegrityError(f"preprocessing scale {spec['scale']!r} is not a number")
+    for key in ("mean", "std"):
+        value = spec.get(key, [1.0, 1.0, 1.0])
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(number(v) for v in value)):
+            raise IntegrityError(f"preprocessing {key} {value!r} is not three numbers")
+    if any(v == 0 for v in spec.get("std", [1.0])):
+        raise IntegrityError("preprocessing std has a zero")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

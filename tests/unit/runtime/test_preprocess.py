@@ -50,3 +50,24 @@ def test_top_classes_orders_by_probability():
     top = top_classes(logits, ["a", "b", "c", "d"], 2)
     assert [t["label"] for t in top] == ["b", "d"]
     assert top[0]["probability"] == pytest.approx(np.exp(3) / np.exp([0, 3, 1, 2]).sum())
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"resize": "256"}, "resize"), ({"resize": 10**9}, "resize"), ({"resize": True}, "resize"),
+    ({"mean": "imagenet"}, "mean"), ({"std": [0.2, 0.2]}, "std"), ({"std": [0, 1, 1]}, "zero"),
+    ({"scale": [1]}, "scale"), ({"scale": float("nan")}, "scale"), ({"color": 3}, "color"),
+])
+def test_malformed_preprocessing_from_a_manifest_names_the_field(change, needle):
+    from edgekiln.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match=needle):
+        preprocess(np.zeros((8, 8, 3), np.uint8), {**SPEC, **change}, (1, 3, 224, 224))
+
+
+def test_a_huge_image_input_is_refused_before_pillow_allocates_it():
+    from edgekiln.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="up to 8192"):
+        preprocess(np.zeros((8, 8, 3), np.uint8), SPEC, (1, 3, 100000, 100000))
+    with pytest.raises(UserError, match="4-d image tensor"):
+        preprocess(np.zeros((8, 8, 3), np.uint8), SPEC, (1, 3, 224))
