@@ -50,7 +50,8 @@ def extract(path: Path, dest: Path, limits: TarballLimits | None = None) -> None
         # Stream mode: the archive is read once, front to back, and stops at the first refusal.
         with tarfile.open(path, mode="r|*") as tar:
             tar.extractall(dest, members=_bounded(tar, path, limits), filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    # KeyError: tarfile's answer to a hard link whose target is not in the archive.
+    except (tarfile.TarError, OSError, EOFError, zlib.error, KeyError) as exc:
         raise UserError(f"{path} cannot be unpacked as a model tarball ({str(exc)[:200]})") from None
 
 
