@@ -259,6 +259,7 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
     tf2onnx = _tf2onnx()
     import tensorflow as tf
 
+    _check_saved_model_ops(path)
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
@@ -285,6 +286,43 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
                                                       inputs_as_nchw=nchw or None)
     _unsupported(onnx_model, path, "TensorFlow")
     return onnx_model, _canonical(shapes, nchw), nchw, False
+
+
+# Operators that reach the build host's files or Python. A SavedModel's functions run when it
+# loads (resource initializers) and when tf2onnx folds constants, so a graph that holds them
+# could write or read files there (ReadFile of a constant path would bake that file into the
+# artifact). The checkpoint ops of the SavedModel's own saver (SaveV2, RestoreV2) stay allowed.
+_HOST_OPS = frozenset({
+    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "Save", "SaveSlices", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteRawProtoSummary", "DebugIdentityV2",
+    "DebugIdentityV3", "TFRecordReader", "TFRecordReaderV2", "WholeFileReader", "WholeFileReaderV2",
+})
+_MAX_SAVED_MODEL_PB = 1 << 30
+
+
+def _check_saved_model_ops(path: Path) -> None:
+    """Refuse a SavedModel whose graph holds an operator of :data:`_HOST_OPS`, or that prints
+    to a file, before TensorFlow loads it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = path / "saved_model.pb"
+    if pb.stat().st_size > _MAX_SAVED_MODEL_PB:
+        raise UserError(f"{pb} is over 1 GiB; a SavedModel keeps its weights in variables/")
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(pb.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise UserError(f"{pb} is not a SavedModel protobuf: {_first_line(exc)}") from None
+    for meta in saved.meta_graphs:
+        nodes = [*meta.graph_def.node, *(n for f in meta.graph_def.library.function for n in f.node_def)]
+        for node in nodes:
+            to_file = node.op == "PrintV2" and node.attr["output_stream"].s.decode(errors="replace").startswith("file://")
+            if node.op in _HOST_OPS or to_file:
+                raise UserError(f"the SavedModel {path} holds operator {node.op} (node {node.name[:80]!r}), which "
+                                "reads or writes the build host's files; edgekiln does not load it",
+                                hint="export the model's inference function alone (tf.saved_model.save of the "
+                                     "model with a serving signature)")
 
 
 def _unsupported(model: Any, path: Path, framework: str) -> None:

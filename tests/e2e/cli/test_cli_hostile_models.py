@@ -38,3 +38,14 @@ def test_a_keras_lambda_layer_is_refused_and_never_runs(tmp_path, suffix):
                     "-o", str(tmp_path / "out.tar.gz"))
     assert_clean_failure(proc, 2, f"evil{suffix}", "Lambda")
     assert not canary.exists()
+
+
+def test_a_saved_model_that_writes_files_when_loaded_is_refused_first(tmp_path):
+    from tests.data.hostile.saved_model import writes_on_load
+
+    canary = tmp_path / "canary"
+    model = writes_on_load(tmp_path / "evil", canary)
+    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
+                    "-o", str(tmp_path / "out.tar.gz"))
+    assert_clean_failure(proc, 2, "operator WriteFile")
+    assert not canary.exists()
