@@ -47,7 +47,7 @@ class UnpackLimits:
     max_manifest_bytes: int = MAX_MANIFEST_BYTES
 
     @classmethod
-    def from_env(cls) -> "UnpackLimits":
+    def from_env(cls) -> UnpackLimits:
         text = os.environ.get(MAX_UNPACKED_ENV)
         if not text:
             return cls()
@@ -125,7 +125,7 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, fh)
 
 
-def _open(path: str | os.PathLike[str], limit: int) -> tuple[tarfile.TarFile, "_Bounded"]:
+def _open(path: str | os.PathLike[str], limit: int) -> tuple[tarfile.TarFile, _Bounded]:
     """The artifact as a tar stream over its decompressed bytes, which stop at ``limit``
     (raised once the manifest says how much the members hold)."""
     path = Path(path)

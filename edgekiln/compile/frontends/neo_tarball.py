@@ -29,7 +29,7 @@ class TarballLimits:
     max_members: int = 10_000
 
     @classmethod
-    def from_env(cls) -> "TarballLimits":
+    def from_env(cls) -> TarballLimits:
         text = os.environ.get(MAX_BYTES_ENV)
         if not text:
             return cls()

@@ -103,7 +103,8 @@ def _check_payload_config(path: Path, name: str, config: Any) -> None:
                             "which edgekiln does not unpickle", hint=_HINT)
         where = str(meta.get("path_name", ""))
         if not where.startswith(("weight_", "tensor_")):
-            raise UserError(f"{path} stores {str(fqn)[:80]!r} as an object ({where[:80]}), which edgekiln does not load",
+            raise UserError(f"{path} stores {str(fqn)[:80]!r} as an object ({where[:80]}), "
+                            "which edgekiln does not load",
                             hint=_HINT)
 
 
@@ -112,7 +113,8 @@ def _check_program(path: Path, name: str, program: Any) -> None:
         raise UserError(f"{name} in {path} is not a torch.export program")
     for guard in program.get("guards_code") or []:
         if not isinstance(guard, str) or len(guard) > 2000 or not _GUARD.fullmatch(guard):
-            raise UserError(f"{path} carries guard code that is not a plain size check: {str(guard)[:80]!r}", hint=_HINT)
+            raise UserError(f"{path} carries guard code that is not a plain size check: {str(guard)[:80]!r}",
+                            hint=_HINT)
     for key, value in _strings(program):
         if key in ("target", "as_operator") and not _TARGET.fullmatch(value):
             raise UserError(f"{path} calls {value[:120]!r}, which is not a torch operator", hint=_HINT)

@@ -313,7 +313,7 @@ def _check_saved_model_ops(path: Path) -> None:
     try:
         saved.ParseFromString(pb.read_bytes())
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise UserError(f"{pb} is not a SavedModel protobuf: {_first_line(exc)}") from None
+        raise UserError(f"{pb} is not a SavedModel protobuf: {first_line(exc)}") from None
     for meta in saved.meta_graphs:
         nodes = [*meta.graph_def.node, *(n for f in meta.graph_def.library.function for n in f.node_def)]
         for node in nodes:

@@ -4,7 +4,6 @@ artifact leaves nothing behind. Each test has a small, fixed budget for CI."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -16,7 +15,8 @@ from edgekiln.artifact import Manifest, UnpackLimits, check_member_path, read_ma
 from edgekiln.errors import EdgekilnError, IntegrityError
 from tests.data.hostile import artifacts as hostile
 
-BUDGET = settings(max_examples=60, deadline=2000, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+BUDGET = settings(max_examples=60, deadline=2000, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 LIMITS = UnpackLimits(max_unpacked_bytes=1 << 20)
 
 json_values = st.recursive(
@@ -26,8 +26,8 @@ json_values = st.recursive(
 )
 FIELDS = ["schema_version", "model", "profile", "backend", "backend_options", "target_triple", "runtime", "inputs",
           "outputs", "files", "validation", "preprocessing", "labels", "quantization", "created_utc", "extra"]
-hostile_names = st.sampled_from(["/etc/passwd", "/dev/zero", "../x", "a/../../x", "a//b", "./a", "a\\b", "", "manifest.json",
-                                 "x" * 300, "lib/model.so", "labels.txt", "a\0b"]) | st.text(
+hostile_names = st.sampled_from(["/etc/passwd", "/dev/zero", "../x", "a/../../x", "a//b", "./a", "a\\b", "",
+                                 "manifest.json", "x" * 300, "lib/model.so", "labels.txt", "a\0b"]) | st.text(
     st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 

@@ -71,7 +71,8 @@ def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_a_member_larger_than_listed_is_refused_before_it_is_written(tmp_path):
     listed = hostile.manifest({"w.bin": b"abc"})
-    path = hostile.archive(tmp_path / "a.tar.gz", [hostile.manifest_member(listed), hostile.regular("w.bin", b"abcd" * 1000)])
+    path = hostile.archive(tmp_path / "a.tar.gz",
+                           [hostile.manifest_member(listed), hostile.regular("w.bin", b"abcd" * 1000)])
     _refused(path, tmp_path / "out", "4000 bytes; the manifest says 3")
 
 

@@ -127,5 +127,5 @@ def test_real_command_line_error_is_one_line_and_debug_shows_the_cause(tmp_path)
     debug = subprocess.run([sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
                            capture_output=True, text=True, env={**env, "EDGEKILN_DEBUG": "1"}, timeout=120)
     assert debug.returncode == 6
-    assert "tarfile.ReadError: not a gzip file" in debug.stderr
+    assert "gzip.BadGzipFile: Not a gzipped file" in debug.stderr  # the cause, from the gzip stream
     assert "edgekiln.errors.IntegrityError" in debug.stderr

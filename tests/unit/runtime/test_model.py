@@ -146,7 +146,7 @@ def test_symlinked_member_in_a_directory_is_refused(linear_dir, tmp_path):
     real = tmp_path / "elsewhere.onnx"
     shutil.move(linear_dir / "model.onnx", real)
     (linear_dir / "model.onnx").symlink_to(real)
-    with pytest.raises(IntegrityError, match="model.onnx is missing or not a regular file"):
+    with pytest.raises(IntegrityError, match="model.onnx in .* passes through a symlink"):
         Model(linear_dir)
 
 
