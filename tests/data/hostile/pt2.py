@@ -142,3 +142,13 @@ ATTACKS = {
     "guard code": guard_code,
     "aoti library": aoti_library,
 }
+
+
+def torchscript_pickle(path: Path, canary: Path) -> Path:
+    """A real TorchScript archive whose data.pkl is replaced by a Python pickle of ``_Touch``:
+    TorchScript's own unpickler resolves no Python globals, so it must not run."""
+    import torch
+
+    torch.jit.trace(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8)).save(str(path))
+    return _rewrite(path, lambda name, data: [(name, pickle.dumps(_Touch(canary), protocol=2)
+                                               if name.endswith("/data.pkl") else data)])

@@ -49,3 +49,12 @@ def test_a_saved_model_that_writes_files_when_loaded_is_refused_first(tmp_path):
                     "-o", str(tmp_path / "out.tar.gz"))
     assert_clean_failure(proc, 2, "operator WriteFile")
     assert not canary.exists()
+
+
+def test_a_torchscript_archive_with_a_python_pickle_never_runs_it(tmp_path):
+    canary = tmp_path / "canary"
+    model = pt2.torchscript_pickle(tmp_path / "evil.pt", canary)
+    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
+                    "--input-config", "[[1, 3, 8, 8]]", "-o", str(tmp_path / "out.tar.gz"))
+    assert_clean_failure(proc, 2, "cannot be loaded as TorchScript")
+    assert not canary.exists()
