@@ -32,7 +32,7 @@ def check_member_path(name: object, what: str = "artifact path") -> str:
         raise IntegrityError(f"{what} {name!r} is absolute or not a POSIX path")
     parts = name.split("/")
     if posixpath.normpath(name) != name or any(part in ("", ".", "..") for part in parts):
-        raise IntegrityError(f"{what} {name!r} escapes the artifact or is not in normal form")
+        raise IntegrityError(f"{what} {name!r} escapes the artifact: it must be a normal relative path inside it")
     return name
 
 
