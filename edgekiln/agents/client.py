@@ -177,9 +177,6 @@ def model_dict(model: Any) -> dict[str, Any]:
             "outputs": tensors(model.output_tensor_metadatas)}
 
 
-MAX_LABELS_BYTES = 16 * 1024 * 1024
-
-
 def read_artifact_info(url: str) -> tuple[Any, list[str] | None]:
     """The manifest and labels of an artifact file or directory on this device.
 
@@ -207,6 +204,7 @@ def read_artifact_info(url: str) -> tuple[Any, list[str] | None]:
 
 def _labels(manifest: Any, root: Path) -> list[str] | None:
     from edgekiln.artifact.package import sha256_file
+    from edgekiln.artifact.paths import MAX_LABELS_BYTES, read_labels, resolve_member
     from edgekiln.errors import IntegrityError
 
     if not manifest.labels:
@@ -214,11 +212,10 @@ def _labels(manifest: Any, root: Path) -> list[str] | None:
     entry = next((f for f in manifest.files if f.path == manifest.labels), None)
     if entry is None:
         raise IntegrityError(f"the manifest's labels {manifest.labels[:200]!r} are not one of its listed files")
-    file = root / entry.path
-    real_root = os.path.realpath(root)
-    if not os.path.realpath(file).startswith(real_root + os.sep) or not file.is_file():
+    # The artifact layer's one path rule: inside the artifact, through no symlink.
+    file = resolve_member(root, entry.path)
+    if not file.is_file():
         raise IntegrityError(f"the labels file {entry.path[:200]!r} is not a regular file inside {root}")
     if entry.size > MAX_LABELS_BYTES or file.stat().st_size != entry.size or sha256_file(file) != entry.sha256:
         raise IntegrityError(f"the labels file {entry.path[:200]!r} differs from the manifest or is too large")
-    text = file.read_text(encoding="utf-8", errors="replace")
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
+    return read_labels(root, entry.path)
