@@ -36,7 +36,9 @@ class StepTimes:
     def step(self, description: str):
         start = time.perf_counter()
         yield
-        self.steps[description.split(" (")[0].split(" for ")[0].split(" with ")[0]] = round(time.perf_counter() - start, 2)
+        self.steps[description.split(" (")[0].split(" for ")[0].split(" with ")[0]] = round(
+            time.perf_counter() - start, 2
+        )
 
 
 def _cpu_model() -> str:
@@ -62,21 +64,38 @@ def main() -> int:
                 steps = StepTimes()
                 start = time.perf_counter()
                 try:
-                    artifact = compile_model(f"zoo:{model}", profile, Path(tmp) / f"{model}-{profile}.tar.gz",
-                                             options=CompileOptions(validate=False), progress=steps)
+                    artifact = compile_model(
+                        f"zoo:{model}",
+                        profile,
+                        Path(tmp) / f"{model}-{profile}.tar.gz",
+                        options=CompileOptions(validate=False),
+                        progress=steps,
+                    )
                     size, error = artifact.size, None
                 except Exception as exc:  # record and go on: one failing pair should not hide the rest
                     size, error = None, f"{type(exc).__name__}: {exc}"
                 seconds = round(time.perf_counter() - start, 2)
-                rows.append({"model": model, "profile": profile, "seconds": seconds, "steps": steps.steps,
-                             "artifact_bytes": size, "error": error})
+                rows.append(
+                    {
+                        "model": model,
+                        "profile": profile,
+                        "seconds": seconds,
+                        "steps": steps.steps,
+                        "artifact_bytes": size,
+                        "error": error,
+                    }
+                )
                 print(f"{model:<20} {profile:<12} {seconds:7.2f} s  {error or ''}", file=sys.stderr)
                 with contextlib.suppress(FileNotFoundError):
                     (Path(tmp) / f"{model}-{profile}.tar.gz").unlink()
     result = {
         "command": "python benchmarks/compile_time.py " + " ".join(sys.argv[1:]),
-        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_after": os.getloadavg()},
+        "host": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_after": os.getloadavg(),
+        },
         "results": rows,
     }
     out = Path(args.out)

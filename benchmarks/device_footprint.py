@@ -57,17 +57,20 @@ def main() -> int:
             from edgekiln.compile.api import CompileOptions, compile_model
 
             artifact = str(tmp_path / "mobilenet_v2.tar.gz")
-            compile_model("zoo:mobilenet_v2", "x86_64", artifact,
-                          options=CompileOptions(backend="tvm", validate=False))
+            compile_model("zoo:mobilenet_v2", "x86_64", artifact, options=CompileOptions(backend="tvm", validate=False))
         empty = tmp_path / "empty"
         venv.create(empty, with_pip=True)
         device = tmp_path / "device"
         venv.create(device, with_pip=True)
         python = device / "bin" / "python"
-        subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True,
-                       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-        freeze = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True,
-                                text=True, check=True).stdout
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", str(ROOT)],
+            check=True,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
+        freeze = subprocess.run(
+            [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+        ).stdout
         packages = {p["name"]: p["version"] for p in json.loads(freeze)}
         added = _size(device) - _size(empty)
         floor = int(subprocess.run([str(python), "-c", FLOOR], capture_output=True, text=True, check=True).stdout)

@@ -49,11 +49,19 @@ def main(argv: list[str]) -> int:
             x = preprocess(sample, zoo.preprocessing(args.model), (1, 3, 224, 224))
         rng = np.random.default_rng(0)
         np.save(work / "cal.npy", np.concatenate([x, rng.standard_normal((15, 3, 224, 224)).astype(np.float32)]))
-        fp32 = compile_model(f"zoo:{args.model}", args.target, work / "fp32.tar.gz",
-                             options=CompileOptions(backend="litert"))
-        int8 = compile_model(f"zoo:{args.model}", args.target, work / "int8.tar.gz", options=CompileOptions(
-            backend="litert", backend_options={"quantize": "int8", "calibration": str(work / "cal.npy")},
-            validate=False))
+        fp32 = compile_model(
+            f"zoo:{args.model}", args.target, work / "fp32.tar.gz", options=CompileOptions(backend="litert")
+        )
+        int8 = compile_model(
+            f"zoo:{args.model}",
+            args.target,
+            work / "int8.tar.gz",
+            options=CompileOptions(
+                backend="litert",
+                backend_options={"quantize": "int8", "calibration": str(work / "cal.npy")},
+                validate=False,
+            ),
+        )
         session = ort.InferenceSession(zoo.build(args.model).SerializeToString(), providers=["CPUExecutionProvider"])
         engines = {
             "litert_fp32": Model(fp32.path).run,
@@ -70,15 +78,20 @@ def main(argv: list[str]) -> int:
                 run([x])
                 times[name].append((time.perf_counter() - start) * 1e3)
         report = {
-            "model": args.model, "runs": args.runs, "cpus": len(os.sched_getaffinity(0)),
+            "model": args.model,
+            "runs": args.runs,
+            "cpus": len(os.sched_getaffinity(0)),
             # The profile's cores, capped at this machine's usable CPUs as the executor does.
             "litert_threads": _threads(fp32.manifest.backend_options["num_threads"]),
-            "ms": {name: {"median": round(float(np.median(t)), 3), "p90": round(float(np.percentile(t, 90)), 3)}
-                   for name, t in times.items()},
+            "ms": {
+                name: {"median": round(float(np.median(t)), 3), "p90": round(float(np.percentile(t, 90)), 3)}
+                for name, t in times.items()
+            },
         }
         base = report["ms"]["onnxruntime_fp32"]["median"]
-        report["relative_to_onnxruntime_fp32"] = {name: round(v["median"] / base, 3)
-                                                   for name, v in report["ms"].items()}
+        report["relative_to_onnxruntime_fp32"] = {
+            name: round(v["median"] / base, 3) for name, v in report["ms"].items()
+        }
         print(json.dumps(report, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

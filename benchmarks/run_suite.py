@@ -48,9 +48,21 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SUITE_FILE = HERE / "suite.toml"
 
 SUITE_KEYS = {
-    "description": str, "models": list, "profiles": list, "backends": list, "precisions": list, "batches": list,
-    "scenario": str, "device": str, "baselines": list, "optional_baselines": list, "runs": int, "warmup": int,
-    "calibration": str, "gate": dict, "threads": int,
+    "description": str,
+    "models": list,
+    "profiles": list,
+    "backends": list,
+    "precisions": list,
+    "batches": list,
+    "scenario": str,
+    "device": str,
+    "baselines": list,
+    "optional_baselines": list,
+    "runs": int,
+    "warmup": int,
+    "calibration": str,
+    "gate": dict,
+    "threads": int,
 }
 
 
@@ -120,8 +132,10 @@ class Combination:
 
     def key(self, profile_id: str, suite: Suite) -> str:
         """The same key the BenchReport entry will have (so the gate can line them up)."""
-        return (f"{Path(self.model).stem if self.model.endswith('.onnx') else self.model}/{profile_id}/"
-                f"{self.backend}/{self.precision}/{suite.device}/{suite.scenario}/b{self.batch}")
+        return (
+            f"{Path(self.model).stem if self.model.endswith('.onnx') else self.model}/{profile_id}/"
+            f"{self.backend}/{self.precision}/{suite.device}/{suite.scenario}/b{self.batch}"
+        )
 
     def file_stem(self) -> str:
         model = Path(self.model).stem if self.model.endswith(".onnx") else self.model
@@ -204,8 +218,9 @@ def _baselines(suite: Suite) -> tuple[tuple[str, ...], list[str]]:
     return tuple(dict.fromkeys(chosen)), notes
 
 
-def _compile(combo: Combination, suite: Suite, profile: Any, directory: Path, reuse: bool,
-             progress: ConsoleProgress) -> tuple[Path, str | None]:
+def _compile(
+    combo: Combination, suite: Suite, profile: Any, directory: Path, reuse: bool, progress: ConsoleProgress
+) -> tuple[Path, str | None]:
     """Compile one combination; returns the artifact and the baseline model file (batch > 1)."""
     from edgekiln.compile.api import CompileOptions, compile_model
     from edgekiln.compile.stages import CompiledArtifact
@@ -234,9 +249,16 @@ def _compile(combo: Combination, suite: Suite, profile: Any, directory: Path, re
     return out, baseline_model
 
 
-def run_suite(suite: Suite, out_dir: Path, *, runs: int | None = None, reuse_dir: Path | None = None,
-              stored: Path | None = None, command: str | None = None,
-              compile_all: bool = False) -> tuple[BenchReport, Any, int]:
+def run_suite(
+    suite: Suite,
+    out_dir: Path,
+    *,
+    runs: int | None = None,
+    reuse_dir: Path | None = None,
+    stored: Path | None = None,
+    command: str | None = None,
+    compile_all: bool = False,
+) -> tuple[BenchReport, Any, int]:
     """Run ``suite``; returns the report, the gate result (or None) and the exit status."""
     progress = ConsoleProgress()
     baselines, notes = _baselines(suite)
@@ -251,24 +273,45 @@ def run_suite(suite: Suite, out_dir: Path, *, runs: int | None = None, reuse_dir
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     results, skipped = [], []
     started = time.perf_counter()
-    combos = [Combination(*c) for c in itertools.product(suite.models, suite.profiles, suite.backends,
-                                                         suite.precisions, suite.batches)]
+    combos = [
+        Combination(*c)
+        for c in itertools.product(suite.models, suite.profiles, suite.backends, suite.precisions, suite.batches)
+    ]
     try:
         for index, combo in enumerate(combos, 1):
-            label = f"[{index}/{len(combos)}] {combo.model} · {combo.profile} · {combo.backend} · {combo.precision} · batch {combo.batch}"
+            what = f"{combo.model} · {combo.profile} · {combo.backend} · {combo.precision} · batch {combo.batch}"
+            label = f"[{index}/{len(combos)}] {what}"
             print(label, file=sys.stderr, flush=True)
-            key = f"{combo.model}/{combo.profile}/{combo.backend}/{combo.precision}/{suite.device}/{suite.scenario}/b{combo.batch}"
+            key = "/".join(
+                (
+                    combo.model,
+                    combo.profile,
+                    combo.backend,
+                    combo.precision,
+                    suite.device,
+                    suite.scenario,
+                    f"b{combo.batch}",
+                )
+            )
             try:
                 profile, how, not_here = _runnable(combo, suite)
                 key = combo.key(profile.id, suite)
                 if not_here and not compile_all:
                     raise NotRunnable(not_here)
-                artifact, baseline_model = _compile(combo, suite, profile, artifacts_dir, reuse_dir is not None, progress)
+                artifact, baseline_model = _compile(
+                    combo, suite, profile, artifacts_dir, reuse_dir is not None, progress
+                )
                 if not_here:
                     raise NotRunnable(f"compiled to {artifact.name}, not benchmarked here: {not_here}")
-                options = BenchOptions(scenario=suite.scenario, runs=runs or suite.runs, warmup=suite.warmup,
-                                       baselines=baselines or ("none",), baseline_model=baseline_model,
-                                       device=suite.device, threads=suite.threads)
+                options = BenchOptions(
+                    scenario=suite.scenario,
+                    runs=runs or suite.runs,
+                    warmup=suite.warmup,
+                    baselines=baselines or ("none",),
+                    baseline_model=baseline_model,
+                    device=suite.device,
+                    threads=suite.threads,
+                )
                 results.append(bench_artifact(artifact, options, progress))
                 if how:
                     print(f"  {how}", file=sys.stderr)
@@ -290,11 +333,18 @@ def run_suite(suite: Suite, out_dir: Path, *, runs: int | None = None, reuse_dir
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         edgekiln_version=__version__,
         host=host,
-        options={"suite": suite.name, "description": suite.description, "runs": runs or suite.runs,
-                 "warmup": suite.warmup, "scenario": suite.scenario, "device": suite.device,
-                 "threads": suite.threads,
-                 "baselines": list(baselines), "gate": suite.gate.to_dict(),
-                 "wall_s": round(time.perf_counter() - started, 1)},
+        options={
+            "suite": suite.name,
+            "description": suite.description,
+            "runs": runs or suite.runs,
+            "warmup": suite.warmup,
+            "scenario": suite.scenario,
+            "device": suite.device,
+            "threads": suite.threads,
+            "baselines": list(baselines),
+            "gate": suite.gate.to_dict(),
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
         results=tuple(results),
         skipped=tuple(skipped),
         command=command,
@@ -306,21 +356,32 @@ def run_suite(suite: Suite, out_dir: Path, *, runs: int | None = None, reuse_dir
     if stored is not None:
         gate_result = gate_module.check(report, BenchReport.load(stored), suite.gate, str(stored))
         (out_dir / "gate.json").write_text(__import__("json").dumps(gate_result.to_dict(), indent=2) + "\n")
-    (out_dir / "report.md").write_text(report_module.markdown(
-        report, title=f"Benchmark suite {suite.name}: {suite.description}", plots=plots,
-        gate=gate_result.to_dict() if gate_result else None, notes=notes))
+    (out_dir / "report.md").write_text(
+        report_module.markdown(
+            report,
+            title=f"Benchmark suite {suite.name}: {suite.description}",
+            plots=plots,
+            gate=gate_result.to_dict() if gate_result else None,
+            notes=notes,
+        )
+    )
     failed = [s for s in skipped if s.status == "failed"]
     status = 0
     if failed:
-        print(f"{len(failed)} combination(s) failed: " + "; ".join(f"{s.key}: {s.reason}" for s in failed),
-              file=sys.stderr)
+        print(
+            f"{len(failed)} combination(s) failed: " + "; ".join(f"{s.key}: {s.reason}" for s in failed),
+            file=sys.stderr,
+        )
         status = 1
     if gate_result is not None:
         print(gate_result.summary(), file=sys.stderr)
         if not gate_result.passed:
             status = 1
-    print(f"wrote {out_dir}/results.json, report.md and {', '.join(plots)} "
-          f"({len(results)} measured, {len(skipped) - len(failed)} skipped, {len(failed)} failed)", file=sys.stderr)
+    print(
+        f"wrote {out_dir}/results.json, report.md and {', '.join(plots)} "
+        f"({len(results)} measured, {len(skipped) - len(failed)} skipped, {len(failed)} failed)",
+        file=sys.stderr,
+    )
     return report, gate_result, status
 
 
@@ -331,19 +392,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/bench"), help="output directory (default: build/bench)")
     parser.add_argument("--gate", type=Path, metavar="STORED.json", help="stored results to gate against")
     parser.add_argument("--runs", type=int, help="measured pairs per combination (default: the suite's)")
-    parser.add_argument("--reuse-artifacts", type=Path, metavar="DIR",
-                        help="keep artifacts in DIR and reuse those already there (local iteration; CI compiles fresh)")
-    parser.add_argument("--compile-all", action="store_true",
-                        help="also compile what cannot run here (for a board's runner to benchmark; "
-                             "keep them with --reuse-artifacts)")
+    parser.add_argument(
+        "--reuse-artifacts",
+        type=Path,
+        metavar="DIR",
+        help="keep artifacts in DIR and reuse those already there (local iteration; CI compiles fresh)",
+    )
+    parser.add_argument(
+        "--compile-all",
+        action="store_true",
+        help="also compile what cannot run here (for a board's runner to benchmark; keep them with --reuse-artifacts)",
+    )
     args = parser.parse_args(argv)
-    command = "python benchmarks/run_suite.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/run_suite.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     try:
         suite = load_suite(args.suite_file, args.suite)
         if args.runs is not None and args.runs < 1:
             raise UserError("--runs must be at least 1")
-        _, _, status = run_suite(suite, args.out, runs=args.runs, reuse_dir=args.reuse_artifacts,
-                                 stored=args.gate, command=command, compile_all=args.compile_all)
+        _, _, status = run_suite(
+            suite,
+            args.out,
+            runs=args.runs,
+            reuse_dir=args.reuse_artifacts,
+            stored=args.gate,
+            command=command,
+            compile_all=args.compile_all,
+        )
     except EdgekilnError as exc:
         print(f"run_suite: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

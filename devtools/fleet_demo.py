@@ -38,9 +38,13 @@ class Processes:
 
     def spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.work / log_name, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "edgekiln.cli.main", *argv], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgekiln.cli.main", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
         self.children.append(proc)
         return proc
 
@@ -49,8 +53,10 @@ class Processes:
         while time.monotonic() < deadline:
             for proc in self.children:
                 if proc.poll() is not None:
-                    raise UserError(f"demo: a process exited with {proc.returncode} while waiting for {what}; "
-                                    f"see the logs in {self.work}")
+                    raise UserError(
+                        f"demo: a process exited with {proc.returncode} while waiting for {what}; "
+                        f"see the logs in {self.work}"
+                    )
             value = check()
             if value:
                 return value
@@ -83,9 +89,24 @@ def start_fleet(procs: Processes, s3: SeaweedS3) -> tuple[str, FleetAdmin]:
     work = procs.work
     endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
     print(f"== starting the fleet service on {endpoint} (SQLite in {work / 'fleet'})", flush=True)
-    procs.spawn(["fleet", "serve", "--port", endpoint.rsplit(":", 1)[1], "--data-dir", str(work / "fleet"),
-                 "--s3-endpoint", s3.endpoint, "--bucket", "edgekiln-demo", "--connected-seconds", "30"],
-                "fleet.log", s3.env())
+    procs.spawn(
+        [
+            "fleet",
+            "serve",
+            "--port",
+            endpoint.rsplit(":", 1)[1],
+            "--data-dir",
+            str(work / "fleet"),
+            "--s3-endpoint",
+            s3.endpoint,
+            "--bucket",
+            "edgekiln-demo",
+            "--connected-seconds",
+            "30",
+        ],
+        "fleet.log",
+        s3.env(),
+    )
     token_file = work / "fleet" / "admin-token"
     procs.wait_for("the fleet service", lambda: token_file.is_file() and _healthy(endpoint), 60)
     return endpoint, FleetAdmin(endpoint, token_file.read_text().strip())
@@ -100,12 +121,24 @@ def start_agent(procs: Processes, endpoint: str, admin: FleetAdmin, artifact: Pa
     write_secret(agent_dir / "device-token", registered["token"])
     config = {
         "device": {"name": DEVICE, "fleet": FLEET},
-        "fleet": {"endpoint": endpoint, "token_file": str(agent_dir / "device-token"),
-                  "heartbeat_period_seconds": 1.0, "retry_max_seconds": 2.0},
-        "agent": {"socket": str(agent_dir / "agent.sock"), "model_dir": str(artifact.parent),
-                  "state_dir": str(agent_dir / "state")},
-        "capture": {"destination": "Cloud", "batch_size": 5, "push_period_seconds": 0.5,
-                    "periodic_upload_period_seconds": 1.0, "base64_embed_limit": 4096},
+        "fleet": {
+            "endpoint": endpoint,
+            "token_file": str(agent_dir / "device-token"),
+            "heartbeat_period_seconds": 1.0,
+            "retry_max_seconds": 2.0,
+        },
+        "agent": {
+            "socket": str(agent_dir / "agent.sock"),
+            "model_dir": str(artifact.parent),
+            "state_dir": str(agent_dir / "state"),
+        },
+        "capture": {
+            "destination": "Cloud",
+            "batch_size": 5,
+            "push_period_seconds": 0.5,
+            "periodic_upload_period_seconds": 1.0,
+            "base64_embed_limit": 4096,
+        },
     }
     (agent_dir / "agent.toml").write_text(dump_toml(config))
     print(f"== starting the agent for {FLEET}/{DEVICE} ({agent_dir / 'agent.toml'})", flush=True)
@@ -121,18 +154,30 @@ def predict_and_capture(procs: Processes, artifact: Path, image: Path, predictio
         procs.wait_for("the agent's socket", socket.exists, 60)
         client.wait_ready(30)
         model = client.load_model(artifact, "demo-model")
-        print(f"== LoadModel {artifact.name} as demo-model: input {model['inputs'][0]['shape']}, "
-              f"output {model['outputs'][0]['shape']}", flush=True)
+        print(
+            f"== LoadModel {artifact.name} as demo-model: input {model['inputs'][0]['shape']}, "
+            f"output {model['outputs'][0]['shape']}",
+            flush=True,
+        )
         captures = []
         for _ in range(predictions):
             answer = client.predict_image("demo-model", image, top_k=3)
-            captures.append(client.capture("demo-model", input_tensors={model["inputs"][0]["name"]: answer["input"]},
-                                           output_tensors={model["outputs"][0]["name"]: answer["outputs"][0]}))
+            captures.append(
+                client.capture(
+                    "demo-model",
+                    input_tensors={model["inputs"][0]["name"]: answer["input"]},
+                    output_tensors={model["outputs"][0]["name"]: answer["outputs"][0]},
+                )
+            )
         top = answer["top"][0]
-        print(f"== {predictions} predictions on {image.name}, each captured; top-1: {top['label']} "
-              f"(class {top['index']}, p={top['probability']:.4f})", flush=True)
-        procs.wait_for("captured data to reach S3",
-                       lambda: all(client.capture_status(c) == "SUCCESS" for c in captures), 90)
+        print(
+            f"== {predictions} predictions on {image.name}, each captured; top-1: {top['label']} "
+            f"(class {top['index']}, p={top['probability']:.4f})",
+            flush=True,
+        )
+        procs.wait_for(
+            "captured data to reach S3", lambda: all(client.capture_status(c) == "SUCCESS" for c in captures), 90
+        )
 
 
 def show_fleet(procs: Processes, admin: FleetAdmin, predictions: int) -> None:
@@ -142,7 +187,8 @@ def show_fleet(procs: Processes, admin: FleetAdmin, predictions: int) -> None:
     def settled() -> bool:
         device = admin.call("GET", device_path)
         return device["agent_metrics"].get("captures_delivered") == predictions and any(
-            m["metrics"].get("inference_count") == predictions for m in device["models"])
+            m["metrics"].get("inference_count") == predictions for m in device["models"]
+        )
 
     procs.wait_for("a heartbeat with the model's metrics and the deliveries", settled, 60)
     print("\n== the fleet's devices\n" + render("devices", admin.call("GET", "/v1/devices")))
@@ -151,9 +197,12 @@ def show_fleet(procs: Processes, admin: FleetAdmin, predictions: int) -> None:
     listing = admin.call("GET", f"{device_path}/captures")
     shown = [o for o in listing["objects"] if o["key"].endswith(".jsonl")][:3]
     first = shown[0]["key"] if shown else ""
-    shown += [o for o in listing["objects"] if first and o["key"].startswith(first[:-len(".jsonl")] + "/")]
-    print("\n== captured objects as the fleet sees them (the first batches and the tensors of one)\n" +
-          render("captures", dict(listing, objects=shown)) + f"\n  ... {len(listing['objects'])} objects in all")
+    shown += [o for o in listing["objects"] if first and o["key"].startswith(first[: -len(".jsonl")] + "/")]
+    print(
+        "\n== captured objects as the fleet sees them (the first batches and the tensors of one)\n"
+        + render("captures", dict(listing, objects=shown))
+        + f"\n  ... {len(listing['objects'])} objects in all"
+    )
 
 
 def run_demo(artifact: Path, work: Path, image: Path | None, predictions: int) -> int:
@@ -197,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictions", type=int, default=20, help="predictions to run and capture (default: 20)")
     args = parser.parse_args(argv)
     try:
-        return run_demo(Path(args.artifact), Path(args.work), Path(args.image) if args.image else None,
-                        args.predictions)
+        return run_demo(
+            Path(args.artifact), Path(args.work), Path(args.image) if args.image else None, args.predictions
+        )
     except EdgekilnError as exc:
         print(f"fleet demo: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

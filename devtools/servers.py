@@ -54,8 +54,14 @@ def free_ports(n: int) -> list[int]:
 class SeaweedS3:
     """``with SeaweedS3(tmpdir) as s3: s3.endpoint, s3.access_key, s3.secret_key``."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, access_key: str = "edgekiln-dev",
-                 secret_key: str = "edgekiln-dev-secret-key", log_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        access_key: str = "edgekiln-dev",
+        secret_key: str = "edgekiln-dev-secret-key",
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.access_key = access_key
         self.secret_key = secret_key
@@ -67,18 +73,42 @@ class SeaweedS3:
         weed = find_weed()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3-identities.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "edgekiln", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "edgekiln",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         store = self.data_dir / "data"
         store.mkdir(exist_ok=True)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         command = [
-            weed, "server", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-            "-volume.max=256", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed,
+            "server",
+            f"-dir={store}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            "-volume.max=256",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3_grpc}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={config}",
         ]
         self.process = _spawn(command, self.log_file, start_new_session=True)
@@ -115,9 +145,19 @@ class SeaweedS3:
 class FleetServer:
     """``edgekiln fleet serve`` in a child process on 127.0.0.1, with its own admin token."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, db_url: str | None = None, s3: SeaweedS3 | None = None,
-                 bucket: str = "edgekiln-captures", port: int | None = None, connected_seconds: float = 120.0,
-                 presign_seconds: int = 300, admin_token: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        db_url: str | None = None,
+        s3: SeaweedS3 | None = None,
+        bucket: str = "edgekiln-captures",
+        port: int | None = None,
+        connected_seconds: float = 120.0,
+        presign_seconds: int = 300,
+        admin_token: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         import secrets
 
         self.data_dir = Path(data_dir)
@@ -139,9 +179,23 @@ class FleetServer:
     def start(self, timeout: float = 60.0) -> FleetServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_ports(1)[0]
-        argv = [sys.executable, "-m", "edgekiln.cli.main", "fleet", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--connected-seconds", str(self.connected_seconds), "--presign-seconds", str(self.presign_seconds)]
+        argv = [
+            sys.executable,
+            "-m",
+            "edgekiln.cli.main",
+            "fleet",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--connected-seconds",
+            str(self.connected_seconds),
+            "--presign-seconds",
+            str(self.presign_seconds),
+        ]
         argv += self.extra_args
         if self.db_url:
             argv += ["--db", self.db_url]
@@ -177,8 +231,12 @@ class FleetServer:
     def call(self, method: str, path: str, body: object = None, token: str | None = None) -> object:
         """A JSON call with the admin token (or ``token``); returns the decoded answer."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.endpoint + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {token or self.admin_token}", "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.endpoint + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {token or self.admin_token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"null")
 

@@ -14,7 +14,7 @@ __all__ = ["__version__", "compile_model", "load"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekiln.compile.api import compile_model
-    from edgekiln.runtime.model import Model
+    from edgekiln.runtime.model import load
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,6 @@ import pytest
 
 from edgekiln.errors import DependencyError
 
-
 # Tiers by folder: everything under these runs real compilers, servers or processes.
 _SLOW_DIRS = ("integration", "e2e")
 # Markers that follow from a fixture the test uses.
@@ -85,8 +84,13 @@ def s3_records(seaweed):
     (a list, duplicates kept: a record delivered twice shows)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-                      aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=seaweed.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=seaweed.access_key,
+        aws_secret_access_key=seaweed.secret_key,
+    )
 
     def read(bucket: str, prefix: str) -> list[str]:
         ids: list[str] = []

@@ -54,9 +54,13 @@ class BenchChannel:
         self._address = address
         self._outgoing: queue.Queue[Any] = queue.Queue()
         self._closed = False
-        self._channel = grpc.insecure_channel(target(address), options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._channel = grpc.insecure_channel(
+            target(address),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
         try:
             grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
@@ -74,8 +78,10 @@ class BenchChannel:
     def _failed(self, exc: Any) -> BackendError:
         code = exc.code().name if exc.code() else "UNKNOWN"
         if code == "UNIMPLEMENTED":
-            return BackendError(f"{self._label}: the agent on {self._address} has no Bench call (an older agent): "
-                                "update edgekiln on the device")
+            return BackendError(
+                f"{self._label}: the agent on {self._address} has no Bench call (an older agent): "
+                "update edgekiln on the device"
+            )
         return BackendError(f"{self._label}: agent Bench call: {code}: {exc.details() or ''}")
 
     def send(self, line: str) -> None:
@@ -87,8 +93,7 @@ class BenchChannel:
         try:
             return next(self._call).json + "\n"
         except StopIteration:
-            raise BackendError(f"{self._label}: the worker on the device ended "
-                               f"(exit {self._exit_code()})") from None
+            raise BackendError(f"{self._label}: the worker on the device ended (exit {self._exit_code()})") from None
         except self._grpc.RpcError as exc:
             raise self._failed(exc) from None
 

@@ -11,8 +11,9 @@ from edgekiln.errors import DependencyError
 log = logging.getLogger(__name__)
 
 
-def _relay_bench(requests: Any, context: Any, model_dir: Path, line_type: Any,
-                 abort: Callable[[Any, str, str], None]) -> Any:
+def _relay_bench(
+    requests: Any, context: Any, model_dir: Path, line_type: Any, abort: Callable[[Any, str, str], None]
+) -> Any:
     """Relay one Bench stream to a worker process (:mod:`edgekiln.execute.worker`).
 
     The worker is a process of its own (not a thread of the agent) so that its peak RSS is

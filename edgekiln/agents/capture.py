@@ -42,8 +42,13 @@ class FutureTimestamp(TimestampOutOfRange):
 class CaptureService:
     """Accepts captures into the outbox and answers status queries."""
 
-    def __init__(self, outbox: ob.Outbox, *, clock: Callable[[], float] = time.time,
-                 on_sample: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        outbox: ob.Outbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_sample: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.outbox = outbox
         self.clock = clock
         self.on_sample = on_sample
@@ -55,8 +60,10 @@ class CaptureService:
         outbox.CaptureExists or outbox.StoreFull.
         """
         if not ob.RECORD_ID_RE.fullmatch(request.capture_id):
-            raise InvalidCapture(f"capture_id {request.capture_id!r} is not of the expected format "
-                                 "(1-128 letters, digits, '_', '.', ':', '-'; a UUID works)")
+            raise InvalidCapture(
+                f"capture_id {request.capture_id!r} is not of the expected format "
+                "(1-128 letters, digits, '_', '.', ':', '-'; a UUID works)"
+            )
         # The fleet's rule: a name it refuses would make a batch that can never be delivered.
         try:
             check_name(request.model_name, "model_name")
@@ -73,8 +80,10 @@ class CaptureService:
             stamp = request.inference_timestamp
             if stamp.seconds < 0 or not 0 <= stamp.nanos < 1_000_000_000:
                 # A batch must be able to write it as a date (and the fleet to read it).
-                raise TimestampOutOfRange(f"inference_timestamp {stamp.seconds}.{stamp.nanos} must lie between "
-                                          "1970 and now (seconds >= 0, 0 <= nanos < 1e9)")
+                raise TimestampOutOfRange(
+                    f"inference_timestamp {stamp.seconds}.{stamp.nanos} must lie between "
+                    "1970 and now (seconds >= 0, 0 <= nanos < 1e9)"
+                )
             ts = stamp.seconds + stamp.nanos / 1e9
             if ts > now + FUTURE_SKEW_SECONDS:
                 raise FutureTimestamp(f"inference_timestamp {ts:.3f} is in the future (agent clock {now:.3f})")
@@ -91,8 +100,13 @@ class CaptureService:
         state = self.outbox.status(capture_id)
         if state is None:
             return None
-        return {ob.READY: "IN_PROGRESS", ob.IN_FLIGHT: "IN_PROGRESS", ob.ACKED: "SUCCESS",
-                ob.DROPPED: "FAILURE", ob.DEAD_LETTER: "FAILURE"}[state]
+        return {
+            ob.READY: "IN_PROGRESS",
+            ob.IN_FLIGHT: "IN_PROGRESS",
+            ob.ACKED: "SUCCESS",
+            ob.DROPPED: "FAILURE",
+            ob.DEAD_LETTER: "FAILURE",
+        }[state]
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,9 @@ class EncodedBatch:
     missing: tuple[str, ...]  # records whose payload could not be read
 
 
-def encode_batch(batch: ob.Batch, read: Callable[[str], bytes | None], *, fleet: str, device: str,
-                 embed_limit: int) -> EncodedBatch:
+def encode_batch(
+    batch: ob.Batch, read: Callable[[str], bytes | None], *, fleet: str, device: str, embed_limit: int
+) -> EncodedBatch:
     """Encode ``batch``; ``read(record_id)`` returns a record's payload (None if gone)."""
     from edgekiln.agents import agent_pb2 as pb
     from edgekiln.agents.tensors import ENUM_NAMES
@@ -144,15 +159,24 @@ def encode_batch(batch: ob.Batch, read: Callable[[str], bytes | None], *, fleet:
         }
         for field_name, kind in (("input_tensors", "input-tensor"), ("output_tensors", "output-tensor")):
             line[field_name] = [
-                item(kind, i, rid, t.byte_data, {
-                    "name": t.tensor_metadata.name,
-                    "data_type": ENUM_NAMES.get(t.tensor_metadata.data_type, str(t.tensor_metadata.data_type)),
-                    "shape": list(t.tensor_metadata.shape)})
-                for i, t in enumerate(getattr(request, field_name))]
+                item(
+                    kind,
+                    i,
+                    rid,
+                    t.byte_data,
+                    {
+                        "name": t.tensor_metadata.name,
+                        "data_type": ENUM_NAMES.get(t.tensor_metadata.data_type, str(t.tensor_metadata.data_type)),
+                        "shape": list(t.tensor_metadata.shape),
+                    },
+                )
+                for i, t in enumerate(getattr(request, field_name))
+            ]
         for field_name, kind in (("inputs", "input-aux"), ("outputs", "output-aux")):
             line[field_name] = [
                 item(kind, i, rid, a.byte_data, {"name": a.name, "encoding": ENCODINGS.get(a.encoding, "NONE")})
-                for i, a in enumerate(getattr(request, field_name))]
+                for i, a in enumerate(getattr(request, field_name))
+            ]
         lines.append(json.dumps(line, separators=(",", ":"), sort_keys=True).encode())
         present.append(rid)
     body = b"\n".join(lines) + (b"\n" if lines else b"")

@@ -35,14 +35,18 @@ class AgentClient:
 
         self.socket_path = str(socket_path)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(f"unix:{self.socket_path}", options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # A local socket is cheap to retry: find a restarted agent within a fraction of a
-            # second, not after gRPC's default back-off of up to two minutes.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000)])
+        self._channel = grpc.insecure_channel(
+            f"unix:{self.socket_path}",
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # A local socket is cheap to retry: find a restarted agent within a fraction of a
+                # second, not after gRPC's default back-off of up to two minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
         self._stub = pb_grpc.AgentStub(self._channel)
 
     def __enter__(self) -> AgentClient:
@@ -61,8 +65,9 @@ class AgentClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise AgentCallError("connect", "UNAVAILABLE", f"no agent answered on {self.socket_path} "
-                                 f"within {timeout:g} s") from None
+            raise AgentCallError(
+                "connect", "UNAVAILABLE", f"no agent answered on {self.socket_path} within {timeout:g} s"
+            ) from None
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         import grpc
@@ -126,16 +131,20 @@ class AgentClient:
             raise UserError(f"model {name} records no image preprocessing; send tensors with predict()")
         tensor = preprocess(image, manifest.preprocessing, manifest.inputs[0].shape)
         outputs = self.predict(name, {manifest.inputs[0].name: tensor})
-        return {"input": tensor, "outputs": outputs,
-                "top": top_classes(outputs[0].reshape(-1), labels, top_k)}
+        return {"input": tensor, "outputs": outputs, "top": top_classes(outputs[0].reshape(-1), labels, top_k)}
 
     # -- capture ---------------------------------------------------------------------
-    def capture(self, model_name: str, *, capture_id: str | None = None,
-                input_tensors: Sequence[Any] | Mapping[str, Any] = (),
-                output_tensors: Sequence[Any] | Mapping[str, Any] = (),
-                inputs: Mapping[str, tuple[str, bytes]] | None = None,
-                outputs: Mapping[str, tuple[str, bytes]] | None = None,
-                inference_time: float | None = None) -> str:
+    def capture(
+        self,
+        model_name: str,
+        *,
+        capture_id: str | None = None,
+        input_tensors: Sequence[Any] | Mapping[str, Any] = (),
+        output_tensors: Sequence[Any] | Mapping[str, Any] = (),
+        inputs: Mapping[str, tuple[str, bytes]] | None = None,
+        outputs: Mapping[str, tuple[str, bytes]] | None = None,
+        inference_time: float | None = None,
+    ) -> str:
         """Capture tensors and auxiliary data (name → (encoding, bytes)); returns the id."""
         from edgekiln.agents import agent_pb2 as pb
         from edgekiln.agents.tensors import to_proto
@@ -145,13 +154,20 @@ class AgentClient:
             return [to_proto(v, k) for k, v in items]
 
         def aux(value: Mapping[str, tuple[str, bytes]] | None) -> list[Any]:
-            return [pb.AuxilaryData(name=k, encoding=pb.Encoding.Value(enc), byte_data=data)
-                    for k, (enc, data) in (value or {}).items()]
+            return [
+                pb.AuxilaryData(name=k, encoding=pb.Encoding.Value(enc), byte_data=data)
+                for k, (enc, data) in (value or {}).items()
+            ]
 
         capture_id = capture_id or str(uuid.uuid4())
-        request = pb.CaptureDataRequest(model_name=model_name, capture_id=capture_id,
-                                        input_tensors=tensors(input_tensors), output_tensors=tensors(output_tensors),
-                                        inputs=aux(inputs), outputs=aux(outputs))
+        request = pb.CaptureDataRequest(
+            model_name=model_name,
+            capture_id=capture_id,
+            input_tensors=tensors(input_tensors),
+            output_tensors=tensors(output_tensors),
+            inputs=aux(inputs),
+            outputs=aux(outputs),
+        )
         when = time.time() if inference_time is None else inference_time
         request.inference_timestamp.seconds = int(when)
         request.inference_timestamp.nanos = int((when - int(when)) * 1e9)
@@ -170,11 +186,17 @@ def model_dict(model: Any) -> dict[str, Any]:
     from edgekiln.agents.tensors import DTYPE_NAMES
 
     def tensors(items: Any) -> list[dict[str, Any]]:
-        return [{"name": t.name, "dtype": DTYPE_NAMES.get(t.data_type, str(t.data_type)), "shape": list(t.shape)}
-                for t in items]
+        return [
+            {"name": t.name, "dtype": DTYPE_NAMES.get(t.data_type, str(t.data_type)), "shape": list(t.shape)}
+            for t in items
+        ]
 
-    return {"name": model.name, "url": model.url, "inputs": tensors(model.input_tensor_metadatas),
-            "outputs": tensors(model.output_tensor_metadatas)}
+    return {
+        "name": model.name,
+        "url": model.url,
+        "inputs": tensors(model.input_tensor_metadatas),
+        "outputs": tensors(model.output_tensor_metadatas),
+    }
 
 
 def read_artifact_info(url: str) -> tuple[Any, list[str] | None]:

@@ -278,8 +278,9 @@ def _check(config: AgentConfig, where: str) -> None:
         if getattr(capture, key) <= 0:
             fail(f"capture.{key}", "must be greater than 0")
     if capture.storage_limit_bytes < MIN_STORAGE_LIMIT:
-        fail("capture.storage_limit_bytes",
-             f"must be at least {MIN_STORAGE_LIMIT} bytes (room for the store's database)")
+        fail(
+            "capture.storage_limit_bytes", f"must be at least {MIN_STORAGE_LIMIT} bytes (room for the store's database)"
+        )
 
 
 def to_dict(config: AgentConfig) -> dict[str, Any]:

@@ -58,8 +58,9 @@ class _Task:
 class Agent:
     """One agent: build it from a config, ``start()``, then ``run()`` (or ``step()``)."""
 
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
-                 model_loader: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, clock: Clock | None = None, model_loader: Callable[[str], Any] | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or Clock()
         self._model_loader = model_loader
@@ -99,14 +100,26 @@ class Agent:
         self._note_start()
         now = self.clock.time
         self.process = ProcessMetrics()
-        self.outbox = Outbox(self.state_dir / "outbox", storage_limit_bytes=cfg.capture.storage_limit_bytes,
-                             max_records=cfg.capture.buffer_size, full_policy=cfg.capture.full_policy,
-                             ttl_seconds=cfg.capture.ttl_seconds, quarantine_dir=self.state_dir / "corrupt",
-                             clock=now, durable=cfg.capture.sync_writes)
+        self.outbox = Outbox(
+            self.state_dir / "outbox",
+            storage_limit_bytes=cfg.capture.storage_limit_bytes,
+            max_records=cfg.capture.buffer_size,
+            full_policy=cfg.capture.full_policy,
+            ttl_seconds=cfg.capture.ttl_seconds,
+            quarantine_dir=self.state_dir / "corrupt",
+            clock=now,
+            durable=cfg.capture.sync_writes,
+        )
         self.outbox.open()
-        self.registry = ModelRegistry(cfg.agent.model_dir, self.state_dir / "models.json",
-                                      max_models=cfg.agent.max_models, clock=now, loader=self._model_loader,
-                                      work_dir=self._fresh_work_dir(), model_dirs=cfg.agent.allowed_model_dirs)
+        self.registry = ModelRegistry(
+            cfg.agent.model_dir,
+            self.state_dir / "models.json",
+            max_models=cfg.agent.max_models,
+            clock=now,
+            loader=self._model_loader,
+            work_dir=self._fresh_work_dir(),
+            model_dirs=cfg.agent.allowed_model_dirs,
+        )
         self.capture = CaptureService(self.outbox, clock=now, on_sample=self._on_sample)
         if cfg.fleet.endpoint:
             self.client = FleetClient(cfg.fleet.endpoint, cfg.fleet.token, cfg.fleet.request_timeout_seconds)
@@ -121,11 +134,13 @@ class Agent:
                 self.registry.load(saved["name"], saved["url"])
             except ModelLoadError as exc:
                 # A model that loaded before and does not now is a fault to report, not a reason to stop.
-                self.outbox.faults.append({"kind": "model-reload", "model": saved["name"], "error": exc.message,
-                                           "time": now()})
+                self.outbox.faults.append(
+                    {"kind": "model-reload", "model": saved["name"], "error": exc.message, "time": now()}
+                )
                 log.error("could not reload model %s: %s", saved["name"], exc.message)
-        self._server = serve(cfg.agent.socket, AgentServicer(self.registry, self.capture),
-                             max_workers=cfg.agent.max_workers)
+        self._server = serve(
+            cfg.agent.socket, AgentServicer(self.registry, self.capture), max_workers=cfg.agent.max_workers
+        )
         self.started = True
         log.info("agent %s/%s serving on %s", cfg.device.fleet, cfg.device.name, cfg.agent.socket)
 
@@ -225,17 +240,15 @@ class Agent:
                 task.due = min(task.due, now)
         # Often enough that records expire within a quarter of their TTL.
         self._run_task("maintenance", self._maintain, period=min(MAINTENANCE_SECONDS, cfg.capture.ttl_seconds / 4))
-        if self._tasks["heartbeat"].due <= now or self.outbox.faults[self._reported_faults:]:
-            self._run_task("heartbeat", self.queue_heartbeat, period=cfg.fleet.heartbeat_period_seconds,
-                           force=True)
+        if self._tasks["heartbeat"].due <= now or self.outbox.faults[self._reported_faults :]:
+            self._run_task("heartbeat", self.queue_heartbeat, period=cfg.fleet.heartbeat_period_seconds, force=True)
         if "messages" in self._tasks:
             self._run_task("messages", self._send_messages, period=cfg.fleet.heartbeat_period_seconds)
         self._run_task("batches", self._deliver_batches, period=cfg.capture.push_period_seconds)
         now = self.clock.monotonic()
         return max(0.0, min(t.due for t in self._tasks.values()) - now)
 
-    def _run_task(self, name: str, fn: Callable[[], bool | None], *, period: float = 0.0,
-                  force: bool = False) -> None:
+    def _run_task(self, name: str, fn: Callable[[], bool | None], *, period: float = 0.0, force: bool = False) -> None:
         task = self._tasks[name]
         now = self.clock.monotonic()
         if not force and task.due > now:
@@ -253,8 +266,9 @@ class Agent:
         except Exception:  # supervised: log, count, back off, carry on
             self.task_errors += 1
             task.failures += 1
-            task.due = self.clock.monotonic() + min(self.config.fleet.retry_max_seconds,
-                                               MIN_BACKOFF * 2 ** min(task.failures - 1, 16))
+            task.due = self.clock.monotonic() + min(
+                self.config.fleet.retry_max_seconds, MIN_BACKOFF * 2 ** min(task.failures - 1, 16)
+            )
             log.exception("agent task %s failed", name)
             return
         task.failures = 0
@@ -267,10 +281,16 @@ class Agent:
         from edgekiln.agents.reporter import build_heartbeat
 
         now = self.clock.time()
-        faults = list(self.outbox.faults[self._reported_faults:])
-        heartbeat = build_heartbeat(device=self.config.device.name, fleet=self.config.device.fleet,
-                                    agent_version=__version__, now=now, agent=self._agent_metrics(),
-                                    models=self.registry.snapshots(now), faults=faults)
+        faults = list(self.outbox.faults[self._reported_faults :])
+        heartbeat = build_heartbeat(
+            device=self.config.device.name,
+            fleet=self.config.device.fleet,
+            agent_version=__version__,
+            now=now,
+            agent=self._agent_metrics(),
+            models=self.registry.snapshots(now),
+            faults=faults,
+        )
         self.outbox.put_message("heartbeat", heartbeat.to_json())
         self._reported_faults += len(faults)
         return False
@@ -279,29 +299,31 @@ class Agent:
         backlog = self.outbox.backlog()
         counters = self.outbox.counters()
         agent = dict(self.process.snapshot())
-        agent.update({
-            "restarts": self.restarts,
-            "unclean_restarts": self.unclean_restarts,
-            "capture_backlog_records": backlog["records_ready"] + backlog["records_in_flight"],
-            "capture_backlog_bytes": backlog["bytes"],
-            "capture_store_bytes": backlog["usage_bytes"],
-            "capture_store_limit_bytes": backlog["limit_bytes"],
-            "queued_messages": backlog["messages"],
-            "captures_delivered": counters.get("delivered", 0),
-            "captures_rejected": counters.get("rejected", 0),
-            "captures_overwritten": counters.get("overwritten", 0),
-            "captures_expired": counters.get("expired", 0),
-            "captures_lost": counters.get("lost", 0),
-            "captures_quarantined": counters.get("quarantined", 0),
-            "quarantine_bytes": self.outbox.quarantine_bytes(),
-            "dead_letter_batches": counters.get("dead_letter_batches", 0),
-            "dead_letter_records": counters.get("dead_letter_records", 0),
-            "heartbeats_dropped": counters.get("heartbeats_dropped", 0),
-            "heartbeats_refused": counters.get("heartbeats_refused", 0),
-            "models_loaded": len(self.registry.list()),
-            "predict_concurrency_max": self.registry.max_running,
-            "task_errors": self.task_errors,
-        })
+        agent.update(
+            {
+                "restarts": self.restarts,
+                "unclean_restarts": self.unclean_restarts,
+                "capture_backlog_records": backlog["records_ready"] + backlog["records_in_flight"],
+                "capture_backlog_bytes": backlog["bytes"],
+                "capture_store_bytes": backlog["usage_bytes"],
+                "capture_store_limit_bytes": backlog["limit_bytes"],
+                "queued_messages": backlog["messages"],
+                "captures_delivered": counters.get("delivered", 0),
+                "captures_rejected": counters.get("rejected", 0),
+                "captures_overwritten": counters.get("overwritten", 0),
+                "captures_expired": counters.get("expired", 0),
+                "captures_lost": counters.get("lost", 0),
+                "captures_quarantined": counters.get("quarantined", 0),
+                "quarantine_bytes": self.outbox.quarantine_bytes(),
+                "dead_letter_batches": counters.get("dead_letter_batches", 0),
+                "dead_letter_records": counters.get("dead_letter_records", 0),
+                "heartbeats_dropped": counters.get("heartbeats_dropped", 0),
+                "heartbeats_refused": counters.get("heartbeats_refused", 0),
+                "models_loaded": len(self.registry.list()),
+                "predict_concurrency_max": self.registry.max_running,
+                "task_errors": self.task_errors,
+            }
+        )
         return agent
 
     def _send_messages(self) -> bool:
@@ -348,8 +370,13 @@ class Agent:
             self.outbox.form_batches(cfg.batch_size, flush_after=flush_after, max_batches=1)
             pending = self.outbox.pending_batches(limit=1)
         for batch in pending:
-            encoded = encode_batch(batch, self.outbox.read_record, fleet=self.config.device.fleet,
-                                   device=self.config.device.name, embed_limit=cfg.base64_embed_limit)
+            encoded = encode_batch(
+                batch,
+                self.outbox.read_record,
+                fleet=self.config.device.fleet,
+                device=self.config.device.name,
+                embed_limit=cfg.base64_embed_limit,
+            )
             if encoded.missing:
                 self.outbox.drop_records(encoded.missing, "missing")
             if encoded.record_ids:

@@ -43,15 +43,20 @@ class MessageQueue:
         def put() -> int:
             now = self.clock()
             with self._tx() as tx:
-                cur = tx.execute("INSERT INTO messages(kind, body, state, created_at, updated_at) "
-                                 "VALUES (?,?,?,?,?)", (kind, blob, READY, now, now))
+                cur = tx.execute(
+                    "INSERT INTO messages(kind, body, state, created_at, updated_at) VALUES (?,?,?,?,?)",
+                    (kind, blob, READY, now, now),
+                )
                 self._bound(tx, kind)
             return int(cur.lastrowid)
+
         return self._guard(put)
 
     def _bound(self, tx: Any, kind: str) -> None:
-        rows = tx.execute("SELECT id, LENGTH(body) FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id DESC",
-                          (kind, READY, IN_FLIGHT)).fetchall()
+        rows = tx.execute(
+            "SELECT id, LENGTH(body) FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id DESC",
+            (kind, READY, IN_FLIGHT),
+        ).fetchall()
         kept = total = 0
         drop: list[tuple[int]] = []
         for message_id, size in rows:  # newest first: keep the newest that fit, drop all older
@@ -66,15 +71,24 @@ class MessageQueue:
 
     def take_messages(self, kind: str, limit: int = 50) -> list[Message]:
         """The oldest undelivered messages of ``kind`` (ready or in-flight), now in-flight."""
+
         def take() -> list[Message]:
             now = self.clock()
-            rows = self._conn().execute(
-                "SELECT id, body, created_at FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id LIMIT ?",
-                (kind, READY, IN_FLIGHT, limit)).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT id, body, created_at FROM messages WHERE kind=? AND state IN (?, ?) ORDER BY id LIMIT ?",
+                    (kind, READY, IN_FLIGHT, limit),
+                )
+                .fetchall()
+            )
             with self._tx() as tx:
-                tx.executemany("UPDATE messages SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
-                               [(IN_FLIGHT, now, r[0]) for r in rows])
+                tx.executemany(
+                    "UPDATE messages SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
+                    [(IN_FLIGHT, now, r[0]) for r in rows],
+                )
             return [Message(r[0], kind, json.loads(zlib.decompress(r[1])), r[2]) for r in rows]
+
         return self._guard(take)
 
     def ack_messages(self, ids: Iterable[int]) -> None:
@@ -84,6 +98,7 @@ class MessageQueue:
             now = self.clock()
             with self._tx() as tx:
                 tx.executemany("UPDATE messages SET state=?, updated_at=? WHERE id=?", [(ACKED, now, i) for i in ids])
+
         if ids:
             self._guard(ack)
 
@@ -95,11 +110,14 @@ class MessageQueue:
             with self._tx() as tx:
                 tx.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
                 self._bump(tx, f"{kind}s_refused", len(ids))
+
         if ids:
             self._guard(drop)
 
     def message_counts(self) -> dict[str, int]:
         def query() -> dict[str, int]:
-            return {state: n for state, n in self._conn().execute(
-                "SELECT state, COUNT(*) FROM messages GROUP BY state")}
+            return {
+                state: n for state, n in self._conn().execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+            }
+
         return self._guard(query)

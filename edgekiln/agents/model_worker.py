@@ -28,9 +28,15 @@ from edgekiln.errors import CompatibilityError, DependencyError, EdgekilnError, 
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Error kinds a worker reports, and the gRPC status each becomes (first match wins).
-_LOAD_CODES = ((CompatibilityError, "FAILED_PRECONDITION"), (DependencyError, "FAILED_PRECONDITION"),
-               (IntegrityError, "INVALID_ARGUMENT"), (UserError, "INVALID_ARGUMENT"), (EdgekilnError, "INTERNAL"),
-               (MemoryError, "RESOURCE_EXHAUSTED"), (OSError, "INVALID_ARGUMENT"))
+_LOAD_CODES = (
+    (CompatibilityError, "FAILED_PRECONDITION"),
+    (DependencyError, "FAILED_PRECONDITION"),
+    (IntegrityError, "INVALID_ARGUMENT"),
+    (UserError, "INVALID_ARGUMENT"),
+    (EdgekilnError, "INTERNAL"),
+    (MemoryError, "RESOURCE_EXHAUSTED"),
+    (OSError, "INVALID_ARGUMENT"),
+)
 
 
 class WorkerError(EdgekilnError):
@@ -131,13 +137,16 @@ class ModelProcess:
         if factory:
             command += ["--factory", factory]
         self._lock = threading.Lock()
-        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                      cwd=str(self.work_dir))
+        self._proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(self.work_dir)
+        )
         try:
             hello = read_frame(self._proc.stdout)
             if hello is None:
-                raise WorkerError("INTERNAL", f"the model worker for {path} exited with {self._proc.wait()} "
-                                  "before it loaded the model")
+                raise WorkerError(
+                    "INTERNAL",
+                    f"the model worker for {path} exited with {self._proc.wait()} before it loaded the model",
+                )
             header, _ = hello
             if not header.get("ok"):
                 raise WorkerError(header.get("code", "INTERNAL"), header.get("message", "load failed"))

@@ -166,8 +166,9 @@ class Outbox(MessageQueue, Salvage):
         self._db: sqlite3.Connection | None = None
         self._live_bytes = 0
         self._live_count = 0
-        self.checkpoint_pages = max(MIN_CHECKPOINT_PAGES,
-                                    min(MAX_CHECKPOINT_PAGES, self.storage_limit // 64 // PAGE_SIZE))
+        self.checkpoint_pages = max(
+            MIN_CHECKPOINT_PAGES, min(MAX_CHECKPOINT_PAGES, self.storage_limit // 64 // PAGE_SIZE)
+        )
         self.wal_reserve = (self.checkpoint_pages + 16) * PAGE_SIZE
 
     # -- lifecycle -------------------------------------------------------------------
@@ -236,8 +237,11 @@ class Outbox(MessageQueue, Salvage):
                 # dropped record's file was about to be deleted when the agent stopped.
                 path.unlink(missing_ok=True)
             elif state == DEAD_LETTER:
-                self._move_dead_letter(db.execute("SELECT batch_id FROM records WHERE record_id=?",
-                                                  (path.name,)).fetchone()[0] or "unknown", [path.name])
+                self._move_dead_letter(
+                    db.execute("SELECT batch_id FROM records WHERE record_id=?", (path.name,)).fetchone()[0]
+                    or "unknown",
+                    [path.name],
+                )
             elif state not in LIVE:
                 unmatched.append(path)
         if unmatched:
@@ -248,15 +252,20 @@ class Outbox(MessageQueue, Salvage):
             now = self.clock()
             with self._tx() as tx:
                 for rid in missing:
-                    tx.execute("UPDATE records SET state=?, reason='missing', updated_at=? WHERE record_id=?",
-                               (DROPPED, now, rid))
+                    tx.execute(
+                        "UPDATE records SET state=?, reason='missing', updated_at=? WHERE record_id=?",
+                        (DROPPED, now, rid),
+                    )
                 self._bump(tx, "lost", len(missing))
             log.warning("capture store: %d record payloads were missing after restart", len(missing))
         self._refresh_totals()
 
     def _refresh_totals(self) -> None:
-        count, total = self._conn().execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE state IN (?, ?)", LIVE).fetchone()
+        count, total = (
+            self._conn()
+            .execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE state IN (?, ?)", LIVE)
+            .fetchone()
+        )
         self._live_count, self._live_bytes = int(count), int(total)
 
     def _conn(self) -> sqlite3.Connection:
@@ -339,7 +348,8 @@ class Outbox(MessageQueue, Salvage):
         with self._tx() as tx:
             tx.execute(
                 "INSERT INTO records(record_id, model, created_at, size, state, updated_at) VALUES (?,?,?,?,?,?)",
-                (record_id, model, now, need, READY, now))
+                (record_id, model, now, need, READY, now),
+            )
         self._live_bytes += need
         self._live_count += 1
 
@@ -348,22 +358,25 @@ class Outbox(MessageQueue, Salvage):
         victims: list[str] = []
         if need + self._fixed_bytes() > self.storage_limit:
             self._bump(tx, "rejected")
-            return victims, (f"a capture of {need} bytes does not fit the store's budget of "
-                             f"{self.storage_limit} bytes")
+            return victims, (f"a capture of {need} bytes does not fit the store's budget of {self.storage_limit} bytes")
         for _ in range(self._live_count + 1):
             if self.usage_bytes() + need <= self.storage_limit and self._live_count < self.max_records:
                 return victims, None
             victim = None
             if self.full_policy == OVERWRITE_OLDEST:
-                victim = tx.execute("SELECT record_id, size FROM records WHERE state=? ORDER BY seq LIMIT 1",
-                                    (READY,)).fetchone()
+                victim = tx.execute(
+                    "SELECT record_id, size FROM records WHERE state=? ORDER BY seq LIMIT 1", (READY,)
+                ).fetchone()
             if victim is None:
                 self._bump(tx, "rejected")
-                return victims, (f"the capture buffer is full ({self._live_count} records, "
-                                 f"{self.usage_bytes()} of {self.storage_limit} bytes, policy {self.full_policy})")
+                return victims, (
+                    f"the capture buffer is full ({self._live_count} records, "
+                    f"{self.usage_bytes()} of {self.storage_limit} bytes, policy {self.full_policy})"
+                )
             rid, size = victim
-            tx.execute("UPDATE records SET state=?, reason='overwritten', updated_at=? WHERE record_id=?",
-                       (DROPPED, now, rid))
+            tx.execute(
+                "UPDATE records SET state=?, reason='overwritten', updated_at=? WHERE record_id=?", (DROPPED, now, rid)
+            )
             victims.append(rid)
             self._live_bytes -= size
             self._live_count -= 1
@@ -389,9 +402,11 @@ class Outbox(MessageQueue, Salvage):
 
     def status(self, record_id: str) -> str | None:
         """The record's state (ready, in-flight, acked, dropped), or None if unknown."""
+
         def query() -> str | None:
             row = self._conn().execute("SELECT state FROM records WHERE record_id=?", (record_id,)).fetchone()
             return row[0] if row else None
+
         return self._guard(query)
 
     def read_record(self, record_id: str) -> bytes | None:
@@ -410,12 +425,15 @@ class Outbox(MessageQueue, Salvage):
             now = self.clock()
             with self._tx() as tx:
                 for rid in ids:
-                    tx.execute("UPDATE records SET state=?, reason=?, updated_at=? WHERE record_id=?",
-                               (DROPPED, reason, now, rid))
+                    tx.execute(
+                        "UPDATE records SET state=?, reason=?, updated_at=? WHERE record_id=?",
+                        (DROPPED, reason, now, rid),
+                    )
                 self._bump(tx, "lost", len(ids))
             for rid in ids:
                 (self.records_dir / rid).unlink(missing_ok=True)
             self._refresh_totals()
+
         self._guard(drop)
 
     # -- batches ---------------------------------------------------------------------
@@ -430,8 +448,9 @@ class Outbox(MessageQueue, Salvage):
     def _form_batches(self, batch_size: int, flush_after: float | None, max_batches: int) -> list[Batch]:
         db = self._conn()
         now = self.clock()
-        rows = db.execute("SELECT record_id, model, created_at FROM records WHERE state=? ORDER BY seq",
-                          (READY,)).fetchall()
+        rows = db.execute(
+            "SELECT record_id, model, created_at FROM records WHERE state=? ORDER BY seq", (READY,)
+        ).fetchall()
         groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for rid, model, created in rows:
             day = time.strftime("%Y-%m-%d", time.gmtime(created))
@@ -442,108 +461,150 @@ class Outbox(MessageQueue, Salvage):
                 for start in range(0, len(members), batch_size):
                     if len(batches) >= max_batches:
                         break
-                    chunk = members[start:start + batch_size]
+                    chunk = members[start : start + batch_size]
                     if len(chunk) < batch_size:
                         if flush_after is None or now - chunk[0][1] < flush_after:
                             continue
                     ids = tuple(rid for rid, _ in chunk)
                     batch_id, key = batch_key(model, day, ids)
-                    tx.execute("INSERT OR REPLACE INTO batches(batch_id, model, day, key, state, created_at, "
-                               "updated_at) VALUES (?,?,?,?,?,?,?)", (batch_id, model, day, key, IN_FLIGHT, now, now))
-                    tx.executemany("UPDATE records SET state=?, batch_id=?, updated_at=? WHERE record_id=?",
-                                   [(IN_FLIGHT, batch_id, now, rid) for rid in ids])
+                    tx.execute(
+                        "INSERT OR REPLACE INTO batches(batch_id, model, day, key, state, created_at, "
+                        "updated_at) VALUES (?,?,?,?,?,?,?)",
+                        (batch_id, model, day, key, IN_FLIGHT, now, now),
+                    )
+                    tx.executemany(
+                        "UPDATE records SET state=?, batch_id=?, updated_at=? WHERE record_id=?",
+                        [(IN_FLIGHT, batch_id, now, rid) for rid in ids],
+                    )
                     batches.append(Batch(batch_id, model, day, key, ids))
         return batches
 
     def pending_batches(self, limit: int = 64) -> list[Batch]:
         """Batches in flight (formed earlier, perhaps before a restart), oldest first."""
+
         def query() -> list[Batch]:
             db = self._conn()
             out = []
             for batch_id, model, day, key in db.execute(
-                    "SELECT batch_id, model, day, key FROM batches WHERE state=? ORDER BY created_at, "
-                    "batch_id LIMIT ?", (IN_FLIGHT, limit)).fetchall():
-                ids = tuple(r[0] for r in db.execute(
-                    "SELECT record_id FROM records WHERE batch_id=? AND state=? ORDER BY seq", (batch_id, IN_FLIGHT)))
+                "SELECT batch_id, model, day, key FROM batches WHERE state=? ORDER BY created_at, batch_id LIMIT ?",
+                (IN_FLIGHT, limit),
+            ).fetchall():
+                ids = tuple(
+                    r[0]
+                    for r in db.execute(
+                        "SELECT record_id FROM records WHERE batch_id=? AND state=? ORDER BY seq", (batch_id, IN_FLIGHT)
+                    )
+                )
                 out.append(Batch(batch_id, model, day, key, ids))
             return out
+
         return self._guard(query)
 
     def ack_batch(self, batch_id: str) -> None:
         """The batch reached its destination: its records become acked (in-flight → acked)."""
+
         def ack() -> None:
             now = self.clock()
-            ids = [r[0] for r in self._conn().execute(
-                "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT))]
+            ids = [
+                r[0]
+                for r in self._conn().execute(
+                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
+                )
+            ]
             with self._tx() as tx:
-                tx.execute("UPDATE records SET state=?, updated_at=? WHERE batch_id=? AND state=?",
-                           (ACKED, now, batch_id, IN_FLIGHT))
+                tx.execute(
+                    "UPDATE records SET state=?, updated_at=? WHERE batch_id=? AND state=?",
+                    (ACKED, now, batch_id, IN_FLIGHT),
+                )
                 tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (ACKED, now, batch_id))
                 self._bump(tx, "delivered", len(ids))
             # Files go after the commit: a crash in between leaves orphans that open() removes.
             for rid in ids:
                 (self.records_dir / rid).unlink(missing_ok=True)
             self._refresh_totals()
+
         self._guard(ack)
 
     def dead_letter_batch(self, batch_id: str, reason: str) -> None:
         """The fleet refused the batch for good: keep its payloads aside, out of the queue."""
+
         def dead() -> None:
             now = self.clock()
-            ids = [r[0] for r in self._conn().execute(
-                "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT))]
+            ids = [
+                r[0]
+                for r in self._conn().execute(
+                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
+                )
+            ]
             with self._tx() as tx:
-                tx.execute("UPDATE records SET state=?, reason=?, updated_at=? WHERE batch_id=? AND state=?",
-                           (DEAD_LETTER, reason[:500], now, batch_id, IN_FLIGHT))
+                tx.execute(
+                    "UPDATE records SET state=?, reason=?, updated_at=? WHERE batch_id=? AND state=?",
+                    (DEAD_LETTER, reason[:500], now, batch_id, IN_FLIGHT),
+                )
                 tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (DEAD_LETTER, now, batch_id))
                 self._bump(tx, "dead_letter_batches")
                 self._bump(tx, "dead_letter_records", len(ids))
             # Moved after the commit: a crash in between leaves files that open() moves.
             self._move_dead_letter(batch_id, ids, reason)
             self._refresh_totals()
+
         self._guard(dead)
-        log.error("capture batch %s refused by the fleet (%s): kept in %s", batch_id, reason,
-                  self.dead_letter_dir / batch_id)
+        log.error(
+            "capture batch %s refused by the fleet (%s): kept in %s", batch_id, reason, self.dead_letter_dir / batch_id
+        )
 
     # -- maintenance -----------------------------------------------------------------
     def expire(self) -> int:
         """Drop ready records older than the TTL; returns how many."""
+
         def sweep() -> int:
             now = self.clock()
-            rows = self._conn().execute("SELECT record_id FROM records WHERE state=? AND created_at < ?",
-                                        (READY, now - self.ttl)).fetchall()
+            rows = (
+                self._conn()
+                .execute("SELECT record_id FROM records WHERE state=? AND created_at < ?", (READY, now - self.ttl))
+                .fetchall()
+            )
             if not rows:
                 return 0
             with self._tx() as tx:
-                tx.executemany("UPDATE records SET state=?, reason='expired', updated_at=? WHERE record_id=?",
-                               [(DROPPED, now, r[0]) for r in rows])
+                tx.executemany(
+                    "UPDATE records SET state=?, reason='expired', updated_at=? WHERE record_id=?",
+                    [(DROPPED, now, r[0]) for r in rows],
+                )
                 self._bump(tx, "expired", len(rows))
             for (rid,) in rows:
                 (self.records_dir / rid).unlink(missing_ok=True)
             self._refresh_totals()
             return len(rows)
+
         return self._guard(sweep)
 
     def prune(self, keep_seconds: float = TOMBSTONE_SECONDS) -> None:
         """Forget delivered messages and old tombstones."""
+
         def prune() -> None:
             cutoff = self.clock() - keep_seconds
             with self._tx() as tx:
                 tx.execute("DELETE FROM messages WHERE state=?", (ACKED,))
                 tx.execute("DELETE FROM records WHERE state IN (?, ?) AND updated_at < ?", (ACKED, DROPPED, cutoff))
                 tx.execute("DELETE FROM batches WHERE state=? AND updated_at < ?", (ACKED, cutoff))
+
         self._guard(prune)
 
     # -- counters and figures --------------------------------------------------------
     @staticmethod
     def _bump(tx: sqlite3.Connection, name: str, n: int = 1) -> None:
-        tx.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
-                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+        tx.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
 
     def bump(self, name: str, n: int = 1) -> None:
         def bump() -> None:
             with self._tx() as tx:
                 self._bump(tx, name, n)
+
         self._guard(bump)
 
     def counters(self) -> dict[str, int]:
@@ -551,13 +612,20 @@ class Outbox(MessageQueue, Salvage):
 
     def backlog(self) -> dict[str, int]:
         """Records waiting for delivery and queued messages."""
+
         def query() -> dict[str, int]:
             db = self._conn()
             states = dict(db.execute("SELECT state, COUNT(*) FROM records WHERE state IN (?, ?) GROUP BY state", LIVE))
             messages = db.execute("SELECT COUNT(*) FROM messages WHERE state IN (?, ?)", LIVE).fetchone()[0]
-            return {"records_ready": states.get(READY, 0), "records_in_flight": states.get(IN_FLIGHT, 0),
-                    "bytes": self._live_bytes, "messages": messages, "usage_bytes": self.usage_bytes(),
-                    "limit_bytes": self.storage_limit}
+            return {
+                "records_ready": states.get(READY, 0),
+                "records_in_flight": states.get(IN_FLIGHT, 0),
+                "bytes": self._live_bytes,
+                "messages": messages,
+                "usage_bytes": self.usage_bytes(),
+                "limit_bytes": self.storage_limit,
+            }
+
         return self._guard(query)
 
 
@@ -579,4 +647,3 @@ class _Transaction:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-

@@ -56,9 +56,18 @@ class ModelRegistry:
     tests). LoadModel takes artifacts only from inside ``model_dirs`` (default: ``model_dir``).
     """
 
-    def __init__(self, model_dir: Path, state_file: Path | None, *, max_models: int = 8,
-                 clock: Callable[[], float] = time.time, loader: Callable[[str], Any] | None = None,
-                 work_dir: Path | None = None, model_dirs: Sequence[Path] = (), factory: str | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        state_file: Path | None,
+        *,
+        max_models: int = 8,
+        clock: Callable[[], float] = time.time,
+        loader: Callable[[str], Any] | None = None,
+        work_dir: Path | None = None,
+        model_dirs: Sequence[Path] = (),
+        factory: str | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.model_dirs = tuple(Path(d) for d in model_dirs) or (self.model_dir,)
         self.state_file = state_file
@@ -83,8 +92,11 @@ class ModelRegistry:
         for allowed in self.model_dirs:
             if real.is_relative_to(os.path.realpath(allowed)):
                 return path
-        raise ModelLoadError("INVALID_ARGUMENT", f"{url} is outside the agent's model directories "
-                             f"({', '.join(str(d) for d in self.model_dirs)}; agent.model_dirs)")
+        raise ModelLoadError(
+            "INVALID_ARGUMENT",
+            f"{url} is outside the agent's model directories "
+            f"({', '.join(str(d) for d in self.model_dirs)}; agent.model_dirs)",
+        )
 
     def load(self, name: str, url: str) -> LoadedModel:
         try:
@@ -98,15 +110,17 @@ class ModelRegistry:
             if name in self._models or name in self._loading:
                 raise ModelLoadError("ALREADY_EXISTS", f"a model named {name!r} is already loaded")
             if len(self._models) + len(self._loading) >= self.max_models:
-                raise ModelLoadError("RESOURCE_EXHAUSTED", f"{self.max_models} models are loaded (agent.max_models); "
-                                     "unload one first")
+                raise ModelLoadError(
+                    "RESOURCE_EXHAUSTED", f"{self.max_models} models are loaded (agent.max_models); unload one first"
+                )
             self._loading.add(name)
         try:
             try:
                 found = path.exists()
             except OSError as exc:  # a name too long for the file system, say
-                raise ModelLoadError("INVALID_ARGUMENT",
-                                     f"{str(path)[:200]} cannot be a file: {exc.strerror}") from None
+                raise ModelLoadError(
+                    "INVALID_ARGUMENT", f"{str(path)[:200]} cannot be a file: {exc.strerror}"
+                ) from None
             if not found:
                 raise ModelLoadError("NOT_FOUND", f"no model artifact at {str(path)[:200]}")
             model = self._open(name, path)
@@ -125,8 +139,7 @@ class ModelRegistry:
             if self.work_dir is None:
                 raise ModelLoadError("FAILED_PRECONDITION", "this registry has no work directory for model workers")
             try:
-                return ModelProcess(str(path), self.work_dir / f"{name}-{uuid.uuid4().hex[:8]}",
-                                    factory=self._factory)
+                return ModelProcess(str(path), self.work_dir / f"{name}-{uuid.uuid4().hex[:8]}", factory=self._factory)
             except WorkerError as exc:
                 raise ModelLoadError(exc.code, exc.message) from None
             except OSError as exc:

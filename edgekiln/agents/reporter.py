@@ -98,8 +98,11 @@ class ProcessMetrics:
         wall = now - self._last[0]
         percent = 100.0 * (cpu - self._last[1]) / wall if wall > 0 else 0.0
         self._last = (now, cpu)
-        return {"cpu_percent": round(percent, 2), "memory_rss_bytes": _rss_bytes(),
-                "uptime_seconds": round(now - self.started, 3)}
+        return {
+            "cpu_percent": round(percent, 2),
+            "memory_rss_bytes": _rss_bytes(),
+            "uptime_seconds": round(now - self.started, 3),
+        }
 
 
 def _cpu_seconds() -> float:
@@ -161,19 +164,37 @@ MODEL_METRICS = ("inference_count", "error_count", "latency_p50_ms", "latency_p9
 
 def model_report(name: str, version: str, snapshot: dict[str, Any], now: float) -> ModelReport:
     """A model's part of a heartbeat from its :meth:`ModelMetrics.snapshot`."""
-    return ModelReport(model_name=name, model_version=version, latest_sample_time=snapshot.get("latest_sample"),
-                       latest_inference=snapshot.get("latest_inference"),
-                       model_metrics=tuple(Metric("model", k, snapshot[k], now) for k in MODEL_METRICS
-                                           if snapshot.get(k) is not None))
+    return ModelReport(
+        model_name=name,
+        model_version=version,
+        latest_sample_time=snapshot.get("latest_sample"),
+        latest_inference=snapshot.get("latest_inference"),
+        model_metrics=tuple(Metric("model", k, snapshot[k], now) for k in MODEL_METRICS if snapshot.get(k) is not None),
+    )
 
 
-def build_heartbeat(*, device: str, fleet: str, agent_version: str, now: float, agent: dict[str, Any],
-                    models: Iterable[ModelReport], faults: list[dict[str, Any]]) -> Heartbeat:
+def build_heartbeat(
+    *,
+    device: str,
+    fleet: str,
+    agent_version: str,
+    now: float,
+    agent: dict[str, Any],
+    models: Iterable[ModelReport],
+    faults: list[dict[str, Any]],
+) -> Heartbeat:
     """A heartbeat stamped ``now`` (wall time); ``agent`` maps metric names to values."""
     metrics = tuple(Metric("agent", k, v, now) for k, v in sorted(agent.items()) if v is not None)
-    return Heartbeat(heartbeat_id=uuid.uuid4().hex, device_name=device, device_fleet_name=fleet,
-                     agent_version=agent_version, timestamp=now, agent_metrics=metrics, models=tuple(models),
-                     faults=tuple(faults))
+    return Heartbeat(
+        heartbeat_id=uuid.uuid4().hex,
+        device_name=device,
+        device_fleet_name=fleet,
+        agent_version=agent_version,
+        timestamp=now,
+        agent_metrics=metrics,
+        models=tuple(models),
+        faults=tuple(faults),
+    )
 
 
 # -- HTTP to the fleet ---------------------------------------------------------------
@@ -187,15 +208,20 @@ class FleetClient:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body, separators=(",", ":")).encode()
-        request = urllib.request.Request(self.endpoint + path, data=data, method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"})
+        request = urllib.request.Request(
+            self.endpoint + path,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"},
+        )
         raw = self._send(request, f"POST {path}")
         return json.loads(raw or b"{}")
 
     def put(self, url: str, data: bytes) -> None:
         """PUT to a presigned URL (no credentials of ours: the URL carries them)."""
-        request = urllib.request.Request(url, data=data, method="PUT",
-                                         headers={"Content-Type": "application/octet-stream"})
+        request = urllib.request.Request(
+            url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream"}
+        )
         self._send(request, "PUT object")
 
     def _send(self, request: urllib.request.Request, what: str) -> bytes:
@@ -235,12 +261,15 @@ class CloudSink:
         for key, data in encoded.objects.items():
             self.client.put(urls[key], data)
         self.client.put(urls[encoded.key], encoded.body)
-        self.client.post("/v1/agent/captures", {
-            "key": encoded.key,
-            "objects": list(encoded.objects),
-            "bytes": len(encoded.body) + sum(len(v) for v in encoded.objects.values()),
-            "records": [{"record_id": rid, "model_name": models.get(rid, "")} for rid in encoded.record_ids],
-        })
+        self.client.post(
+            "/v1/agent/captures",
+            {
+                "key": encoded.key,
+                "objects": list(encoded.objects),
+                "bytes": len(encoded.body) + sum(len(v) for v in encoded.objects.values()),
+                "records": [{"record_id": rid, "model_name": models.get(rid, "")} for rid in encoded.record_ids],
+            },
+        )
 
 
 class DiskSink:

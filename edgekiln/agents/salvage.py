@@ -35,10 +35,14 @@ class Salvage:
             shutil.move(str(path), str(target / path.name))
         with self._tx() as tx:
             self._bump(tx, "quarantined", len(paths))
-        self.faults.append({"kind": "store-orphans", "count": len(paths), "moved_to": str(target),
-                            "time": self.clock()})
-        log.error("capture store: %d payloads without a record (a damaged or lost write-ahead log?) "
-                  "moved to %s", len(paths), target)
+        self.faults.append(
+            {"kind": "store-orphans", "count": len(paths), "moved_to": str(target), "time": self.clock()}
+        )
+        log.error(
+            "capture store: %d payloads without a record (a damaged or lost write-ahead log?) moved to %s",
+            len(paths),
+            target,
+        )
 
     def _new_quarantine_dir(self, what: str) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
@@ -63,8 +67,12 @@ class Salvage:
             if source.exists():
                 shutil.move(str(source), str(target / source.name))
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        fault = {"kind": "store-corrupt", "error": " ".join(str(exc).split()), "moved_to": str(target),
-                 "time": self.clock()}
+        fault = {
+            "kind": "store-corrupt",
+            "error": " ".join(str(exc).split()),
+            "moved_to": str(target),
+            "time": self.clock(),
+        }
         self.faults.append(fault)
         log.error("capture store %s is corrupt (%s); moved it to %s and started a new one", self.db_path, exc, target)
 

@@ -31,10 +31,14 @@ def serve(socket_path: Path, servicer: Any, *, max_workers: int = 8) -> Any:
             raise UserError(f"another agent is serving on {socket_path}")
         finally:
             probe.close()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="agent-rpc"),
-                         handlers=[_handlers(servicer)],
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="agent-rpc"),
+        handlers=[_handlers(servicer)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
     # The umask decides the mode at bind(); tighten it so the socket is never world-writable.
     old = os.umask(0o117)
     try:
@@ -64,11 +68,14 @@ def _handlers(servicer: Any) -> Any:
         request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
         if method.client_streaming or method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                getattr(servicer, method.name), request_deserializer=request.FromString,
-                response_serializer=response.SerializeToString)
+                getattr(servicer, method.name),
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _parsing(getattr(servicer, method.name), request), response_serializer=response.SerializeToString)
+                _parsing(getattr(servicer, method.name), request), response_serializer=response.SerializeToString
+            )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 

@@ -57,9 +57,11 @@ def _model_message(entry: LoadedModel) -> Any:
 
     manifest = entry.model.manifest
     return pb.Model(
-        url=entry.url, name=entry.name,
+        url=entry.url,
+        name=entry.name,
         input_tensor_metadatas=[metadata(t.name, t.dtype, t.shape) for t in manifest.inputs],
-        output_tensor_metadatas=[metadata(t.name, t.dtype, t.shape) for t in manifest.outputs])
+        output_tensor_metadatas=[metadata(t.name, t.dtype, t.shape) for t in manifest.outputs],
+    )
 
 
 def _input_arrays(entry: LoadedModel, request: Any) -> list[Any]:
@@ -68,16 +70,19 @@ def _input_arrays(entry: LoadedModel, request: Any) -> list[Any]:
 
     specs = entry.model.manifest.inputs
     if len(request.tensors) != len(specs):
-        raise Refusal("INVALID_ARGUMENT",
-                      f"model {entry.name} takes {len(specs)} input tensor(s), got {len(request.tensors)}")
+        raise Refusal(
+            "INVALID_ARGUMENT", f"model {entry.name} takes {len(specs)} input tensor(s), got {len(request.tensors)}"
+        )
     by_name = {t.tensor_metadata.name: t for t in request.tensors if t.tensor_metadata.name}
     try:
         if len(by_name) == len(specs):
             missing = [s.name for s in specs if s.name not in by_name]
             if missing:
-                raise TensorError(f"model {entry.name} has no input named "
-                                  f"{sorted(set(by_name) - {s.name for s in specs})}; "
-                                  f"its inputs are {[s.name for s in specs]}")
+                raise TensorError(
+                    f"model {entry.name} has no input named "
+                    f"{sorted(set(by_name) - {s.name for s in specs})}; "
+                    f"its inputs are {[s.name for s in specs]}"
+                )
             tensors = [by_name[s.name] for s in specs]
         else:
             tensors = list(request.tensors)
@@ -162,9 +167,13 @@ class AgentServicer:
         from edgekiln.agents import outbox as ob
         from edgekiln.agents.capture import InvalidCapture, TimestampOutOfRange
 
-        refusals = ((InvalidCapture, "INVALID_ARGUMENT"), (TimestampOutOfRange, "OUT_OF_RANGE"),
-                    (ob.CaptureExists, "ALREADY_EXISTS"), (ob.StoreFull, "RESOURCE_EXHAUSTED"),
-                    (ob.StoreUnavailable, "UNAVAILABLE"))
+        refusals = (
+            (InvalidCapture, "INVALID_ARGUMENT"),
+            (TimestampOutOfRange, "OUT_OF_RANGE"),
+            (ob.CaptureExists, "ALREADY_EXISTS"),
+            (ob.StoreFull, "RESOURCE_EXHAUSTED"),
+            (ob.StoreUnavailable, "UNAVAILABLE"),
+        )
         try:
             self.capture.capture(request)
         except NotImplementedError as exc:
@@ -195,8 +204,11 @@ class AgentServicer:
         from edgekiln.agents.bench_relay import _relay_bench
 
         if not self._bench_slot.acquire(blocking=False):
-            abort(context, "RESOURCE_EXHAUSTED", "a benchmark is already running on this agent; "
-                  "one runs at a time so that it has the device to itself")
+            abort(
+                context,
+                "RESOURCE_EXHAUSTED",
+                "a benchmark is already running on this agent; one runs at a time so that it has the device to itself",
+            )
         released = threading.Lock()
 
         def release() -> None:

@@ -44,12 +44,14 @@ def to_proto(array: Any, name: str = "") -> Any:
 
     array = np.asarray(array)
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return pb.Tensor(tensor_metadata=metadata(name, array.dtype, array.shape),
-                     byte_data=np.ascontiguousarray(little).tobytes())
+    return pb.Tensor(
+        tensor_metadata=metadata(name, array.dtype, array.shape), byte_data=np.ascontiguousarray(little).tobytes()
+    )
 
 
-def from_proto(tensor: Any, *, name: str | None = None, dtype: str | None = None,
-               shape: tuple[int, ...] | None = None) -> np.ndarray:
+def from_proto(
+    tensor: Any, *, name: str | None = None, dtype: str | None = None, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Decode a ``Tensor``; ``name``/``dtype``/``shape`` are what the model expects and
     fill in what the request leaves out (metadata is optional in a predict request)."""
     import numpy as np
@@ -81,8 +83,10 @@ def from_proto(tensor: Any, *, name: str | None = None, dtype: str | None = None
     itemsize = np.dtype(got_dtype).itemsize
     expected = math.prod(got_shape) * itemsize  # Python ints: no int64 wrap-around to a match
     if len(tensor.byte_data) != expected:
-        raise TensorError(f"tensor {label!r}: {len(tensor.byte_data)} bytes of data for {got_dtype} "
-                          f"{list(got_shape)}, which needs {expected}")
+        raise TensorError(
+            f"tensor {label!r}: {len(tensor.byte_data)} bytes of data for {got_dtype} "
+            f"{list(got_shape)}, which needs {expected}"
+        )
     # A writable, native-order copy: the message's buffer is read-only, and DLPack (the
     # runtime's way into TVM) refuses read-only arrays.
     array = np.frombuffer(tensor.byte_data, dtype=np.dtype(got_dtype).newbyteorder("<")).reshape(got_shape)

@@ -127,9 +127,12 @@ class BackendSelection:
 
     def to_dict(self) -> dict[str, Any]:
         # A candidate lists only the figures it has, as manifests always wrote them.
-        return {"mode": self.mode, "chosen": self.chosen, "reason": self.reason,
-                "candidates": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None}
-                               for c in self.candidates]}
+        return {
+            "mode": self.mode,
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "candidates": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.candidates],
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> BackendSelection:
@@ -202,7 +205,7 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         """Validate and build a manifest; any problem raises IntegrityError naming the field."""
         if not isinstance(data, Mapping):
             raise IntegrityError("manifest.json is not a JSON object")
@@ -248,10 +251,12 @@ class Manifest:
         return manifest
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Manifest":
+    def from_json(cls, text: str | bytes) -> Manifest:
         if len(text) > MAX_MANIFEST_BYTES:
-            raise IntegrityError(f"manifest.json is {len(text)} bytes, over the limit of {MAX_MANIFEST_BYTES}",
-                                 hint="this is not a manifest edgekiln wrote")
+            raise IntegrityError(
+                f"manifest.json is {len(text)} bytes, over the limit of {MAX_MANIFEST_BYTES}",
+                hint="this is not a manifest edgekiln wrote",
+            )
         try:
             data = json.loads(text)
         # ValueError covers Python's limit on digits in an integer, RecursionError deep nesting.
@@ -281,8 +286,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # The JSON types each annotation of the dataclasses above accepts (int for float: JSON has 1, not 1.0).
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float": (float, int), "bool": (bool,),
-    "tuple[str, ...]": (str,), "tuple[int, ...]": (int,),
+    "str": (str,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "tuple[str, ...]": (str,),
+    "tuple[int, ...]": (int,),
 }
 
 

@@ -21,14 +21,14 @@ MAX_NAME_LENGTH = 63
 def is_valid_name(value: object) -> bool:
     """True when ``value`` is a string the fleet accepts as a name segment."""
     # fullmatch, not match with "$": "$" also matches before a trailing newline.
-    return (isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH
-            and NAME_PATTERN.fullmatch(value) is not None)
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME_LENGTH and NAME_PATTERN.fullmatch(value) is not None
 
 
 def check_name(value: object, what: str) -> str:
     """``value`` when it is a valid name, else a UserError that says the rule."""
     if not is_valid_name(value):
         shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80] + "…")
-        raise UserError(f"{what} {shown} is not a valid name",
-                        hint=f"use 1-{MAX_NAME_LENGTH} letters, digits and inner dashes")
+        raise UserError(
+            f"{what} {shown} is not a valid name", hint=f"use 1-{MAX_NAME_LENGTH} letters, digits and inner dashes"
+        )
     return value  # type: ignore[return-value]

@@ -157,8 +157,10 @@ class _Bounded(io.RawIOBase):
         data = self.raw.read(min(size, self.limit - self.count + 1))
         self.count += len(data)
         if self.count > self.limit:
-            raise IntegrityError(f"{self.path} unpacks to more than its manifest lists ({self.limit} bytes "
-                                 "with headers)", hint="the artifact was altered or is not one edgekiln wrote")
+            raise IntegrityError(
+                f"{self.path} unpacks to more than its manifest lists ({self.limit} bytes with headers)",
+                hint="the artifact was altered or is not one edgekiln wrote",
+            )
         return data
 
     def close(self) -> None:
@@ -181,8 +183,9 @@ def _first_manifest(tar: tarfile.TarFile, path: str | os.PathLike[str], limits: 
     if not member.isreg() or member.issparse():
         raise IntegrityError(f"{MANIFEST_NAME} in {path} is not a regular file")
     if member.size > limits.max_manifest_bytes:
-        raise IntegrityError(f"{MANIFEST_NAME} in {path} is {member.size} bytes, over the limit of "
-                             f"{limits.max_manifest_bytes}")
+        raise IntegrityError(
+            f"{MANIFEST_NAME} in {path} is {member.size} bytes, over the limit of {limits.max_manifest_bytes}"
+        )
     data = _read_member(tar, member, path)
     return Manifest.from_json(data), data
 
@@ -203,8 +206,9 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str | os.P
         raise IntegrityError(f"{path} is damaged: {str(exc)[:200]}") from None
 
 
-def unpack(path: str | os.PathLike[str], destination: str | os.PathLike[str],
-           limits: UnpackLimits | None = None) -> Manifest:
+def unpack(
+    path: str | os.PathLike[str], destination: str | os.PathLike[str], limits: UnpackLimits | None = None
+) -> Manifest:
     """Verify and extract an artifact into ``destination``, which must not exist yet.
 
     The archive is decompressed once. Every member is checked against the manifest before it
@@ -223,7 +227,8 @@ def unpack(path: str | os.PathLike[str], destination: str | os.PathLike[str],
         if total > limits.max_unpacked_bytes:
             raise IntegrityError(
                 f"{path} lists {total} bytes of files, over the limit of {limits.max_unpacked_bytes}",
-                hint=f"for a model this large, set {MAX_UNPACKED_ENV} to a higher byte count")
+                hint=f"for a model this large, set {MAX_UNPACKED_ENV} to a higher byte count",
+            )
         bounded.limit += total + 2048 * (len(expected) + 2)
         destination.mkdir(parents=True)
         try:
@@ -254,15 +259,14 @@ def _check_member(member: tarfile.TarInfo, expected: dict[str, FileEntry], seen:
     if member.name in seen:
         raise IntegrityError(f"artifact member {member.name!r} appears twice")
     if member.size != entry.size:
-        raise IntegrityError(
-            f"artifact member {member.name!r} is {member.size} bytes; the manifest says {entry.size}"
-        )
+        raise IntegrityError(f"artifact member {member.name!r} is {member.size} bytes; the manifest says {entry.size}")
     seen.add(member.name)
     return entry
 
 
-def _extract_verified(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, root: Path,
-                      path: str | os.PathLike[str]) -> None:
+def _extract_verified(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, root: Path, path: str | os.PathLike[str]
+) -> None:
     target = root / member.name
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -290,5 +294,7 @@ def member_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
     """Size of each member of a verified artifact (one pass: it is unpacked and checked)."""
     with tempfile.TemporaryDirectory(prefix="edgekiln-sizes-") as tmp:
         manifest = unpack(path, Path(tmp) / "a")
-        return {MANIFEST_NAME: (Path(tmp) / "a" / MANIFEST_NAME).stat().st_size,
-                **{f.path: f.size for f in manifest.files}}
+        return {
+            MANIFEST_NAME: (Path(tmp) / "a" / MANIFEST_NAME).stat().st_size,
+            **{f.path: f.size for f in manifest.files},
+        }

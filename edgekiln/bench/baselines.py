@@ -41,14 +41,34 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     b.id: b
     for b in (
-        Baseline("onnxruntime", "onnxruntime", "pip install onnxruntime (onnxruntime-gpu for CUDA)",
-                 ("cpu", "cuda"), "ONNX Runtime, default session options"),
-        Baseline("openvino", "openvino", "pip install 'edgekiln[bench]' (or pip install openvino)",
-                 ("cpu",), "OpenVINO on the CPU, fp32 inference precision"),
-        Baseline("torch", "torch", "pip install torch (CPU build: pip install torch==2.13.0)",
-                 ("cpu", "cuda"), "PyTorch eager, the same graph op for op"),
-        Baseline("torch-compile", "torch", "pip install torch (CPU build: pip install torch==2.13.0)",
-                 ("cpu", "cuda"), "torch.compile of the same graph (GPU: fp16 with CUDA graphs)"),
+        Baseline(
+            "onnxruntime",
+            "onnxruntime",
+            "pip install onnxruntime (onnxruntime-gpu for CUDA)",
+            ("cpu", "cuda"),
+            "ONNX Runtime, default session options",
+        ),
+        Baseline(
+            "openvino",
+            "openvino",
+            "pip install 'edgekiln[bench]' (or pip install openvino)",
+            ("cpu",),
+            "OpenVINO on the CPU, fp32 inference precision",
+        ),
+        Baseline(
+            "torch",
+            "torch",
+            "pip install torch (CPU build: pip install torch==2.13.0)",
+            ("cpu", "cuda"),
+            "PyTorch eager, the same graph op for op",
+        ),
+        Baseline(
+            "torch-compile",
+            "torch",
+            "pip install torch (CPU build: pip install torch==2.13.0)",
+            ("cpu", "cuda"),
+            "torch.compile of the same graph (GPU: fp16 with CUDA graphs)",
+        ),
     )
 }
 NONE = "none"
@@ -61,11 +81,11 @@ def check(name: str, device: str) -> Baseline:
     if baseline is None:
         raise UserError(f"unknown baseline {name!r}", hint=f"choose from {', '.join(CHOICES)}")
     if device not in baseline.devices:
-        raise UserError(f"baseline {name} cannot run on {device}",
-                        hint=f"it runs on {', '.join(baseline.devices)}")
+        raise UserError(f"baseline {name} cannot run on {device}", hint=f"it runs on {', '.join(baseline.devices)}")
     if importlib.util.find_spec(baseline.module) is None:
-        raise DependencyError(f"baseline {name} needs the Python package {baseline.module}, which is not installed",
-                              hint=baseline.pip)
+        raise DependencyError(
+            f"baseline {name} needs the Python package {baseline.module}, which is not installed", hint=baseline.pip
+        )
     return baseline
 
 
@@ -109,12 +129,18 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
                 f"the manifest says {info.source_sha256[:12]}…)",
                 hint="give the model file (or tarball) that was compiled",
             )
-        return _fix_shapes(path, manifest, workdir, str(path), "sha256" if digest == info.source_sha256
-                           else "none (int8 artifact; the manifest's sha256 is of the quantized graph)")
+        return _fix_shapes(
+            path,
+            manifest,
+            workdir,
+            str(path),
+            "sha256"
+            if digest == info.source_sha256
+            else "none (int8 artifact; the manifest's sha256 is of the quantized graph)",
+        )
     if info.source_format != "zoo":
         raise UserError(
-            f"the artifact was compiled from a {info.source_format} model ({info.name}); "
-            "a baseline needs that model",
+            f"the artifact was compiled from a {info.source_format} model ({info.name}); a baseline needs that model",
             hint="give it with --baseline-model PATH, or use --baseline none",
         )
     from edgekiln import zoo
@@ -128,8 +154,13 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
         if digest == info.source_sha256 or (quantized and name == info.name):
             path = workdir / f"{name}.onnx"
             path.write_bytes(raw)
-            return _fix_shapes(path, manifest, workdir, f"zoo:{name}",
-                               "sha256" if digest == info.source_sha256 else "name (int8 artifact)")
+            return _fix_shapes(
+                path,
+                manifest,
+                workdir,
+                f"zoo:{name}",
+                "sha256" if digest == info.source_sha256 else "name (int8 artifact)",
+            )
     raise UserError(
         f"no zoo model rebuilds the source of this artifact (model {info.name}, sha256 {info.source_sha256[:12]}…): "
         "the zoo changed since it was compiled",
@@ -145,5 +176,10 @@ def _fix_shapes(path: Path, manifest: Manifest, workdir: Path, origin: str, chec
     shapes = {t.name: list(t.shape) for t in manifest.inputs}
     framework = manifest.model.source_format if manifest.model.source_format in FRAMEWORKS else None
     source = import_model(path, workdir / "baseline", framework=framework, input_shape=shapes)
-    return SourceModelFile(path=source.path, origin=origin, check=check, macs=source.stats.get("macs"),
-                           size_bytes=source.path.stat().st_size)
+    return SourceModelFile(
+        path=source.path,
+        origin=origin,
+        check=check,
+        macs=source.stats.get("macs"),
+        size_bytes=source.path.stat().st_size,
+    )

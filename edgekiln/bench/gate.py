@@ -47,7 +47,7 @@ class GateThresholds:
                 raise UserError(f"gate threshold {name} must be a number >= 0, got {value!r}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GateThresholds":
+    def from_dict(cls, data: Mapping[str, Any]) -> GateThresholds:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -90,9 +90,14 @@ class GateResult:
         return not self.regressions
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "passed": self.passed, "thresholds": self.thresholds.to_dict(),
-                "regressions": [f.to_dict() for f in self.regressions],
-                "checked": [f.to_dict() for f in self.checked], "not_compared": list(self.not_compared)}
+        return {
+            "baseline": self.baseline,
+            "passed": self.passed,
+            "thresholds": self.thresholds.to_dict(),
+            "regressions": [f.to_dict() for f in self.regressions],
+            "checked": [f.to_dict() for f in self.checked],
+            "not_compared": list(self.not_compared),
+        }
 
     def summary(self) -> str:
         """One line per regression (or one line saying it passed)."""
@@ -102,18 +107,25 @@ class GateResult:
         return "\n".join([head] + [f"  REGRESSED {f.key} {f.metric}: {f.message}" for f in self.regressions])
 
 
-def _worse_above(key: str, metric: str, stored: float, current: float, allowed: float, unit: str,
-                 note: str = "") -> Finding:
+def _worse_above(
+    key: str, metric: str, stored: float, current: float, allowed: float, unit: str, note: str = ""
+) -> Finding:
     limit = stored * (1 + allowed)
     change = current / stored - 1 if stored else float("inf")
     regressed = current > limit
-    message = (f"{current:.4g}{unit} against {stored:.4g}{unit} stored ({change:+.0%}; "
-               f"allowed +{allowed:.0%}, limit {limit:.4g}{unit}){note}")
+    message = (
+        f"{current:.4g}{unit} against {stored:.4g}{unit} stored ({change:+.0%}; "
+        f"allowed +{allowed:.0%}, limit {limit:.4g}{unit}){note}"
+    )
     return Finding(key, metric, stored, current, limit, regressed, message)
 
 
-def check(current: BenchReport, stored: BenchReport, thresholds: GateThresholds | None = None,
-          baseline_name: str = "stored report") -> GateResult:
+def check(
+    current: BenchReport,
+    stored: BenchReport,
+    thresholds: GateThresholds | None = None,
+    baseline_name: str = "stored report",
+) -> GateResult:
     """Compare ``current`` with ``stored``; see the module's docstring for the rules."""
     t = thresholds or GateThresholds()
     findings: list[Finding] = []
@@ -139,36 +151,67 @@ def check(current: BenchReport, stored: BenchReport, thresholds: GateThresholds 
                 if old_base and new_base and old_base.version != new_base.version:
                     versions = f"; note: {c_old.baseline} changed from {old_base.version} to {new_base.version}"
                 q = c_new.ratio
-                findings.append(_worse_above(
-                    old.key, f"ratio to {c_old.baseline}", c_old.ratio.median, q.median, t.ratio, "x",
-                    f"; new 95% CI {q.ci95_low:.4g}-{q.ci95_high:.4g} over {q.n} pairs{versions}"))
+                findings.append(
+                    _worse_above(
+                        old.key,
+                        f"ratio to {c_old.baseline}",
+                        c_old.ratio.median,
+                        q.median,
+                        t.ratio,
+                        "x",
+                        f"; new 95% CI {q.ci95_low:.4g}-{q.ci95_high:.4g} over {q.n} pairs{versions}",
+                    )
+                )
             old_c, new_c = old.candidate, new.candidate
             if old.scenario == "offline":
                 if old_c.throughput_samples_per_s and new_c.throughput_samples_per_s:
                     stored_tp, current_tp = old_c.throughput_samples_per_s, new_c.throughput_samples_per_s
                     limit = stored_tp * (1 - t.throughput)
-                    findings.append(Finding(
-                        old.key, "throughput", stored_tp, current_tp, limit, current_tp < limit,
-                        f"{current_tp:.4g} samples/s against {stored_tp:.4g} stored "
-                        f"({current_tp / stored_tp - 1:+.0%}; allowed -{t.throughput:.0%})"))
+                    findings.append(
+                        Finding(
+                            old.key,
+                            "throughput",
+                            stored_tp,
+                            current_tp,
+                            limit,
+                            current_tp < limit,
+                            f"{current_tp:.4g} samples/s against {stored_tp:.4g} stored "
+                            f"({current_tp / stored_tp - 1:+.0%}; allowed -{t.throughput:.0%})",
+                        )
+                    )
             elif old_c.latency and new_c.latency:
-                findings.append(_worse_above(old.key, "p50 latency", old_c.latency.p50_ms, new_c.latency.p50_ms,
-                                             t.latency, " ms"))
+                findings.append(
+                    _worse_above(old.key, "p50 latency", old_c.latency.p50_ms, new_c.latency.p50_ms, t.latency, " ms")
+                )
         else:
             not_compared.append(f"{old.key}: timings not meaningful (emulated); accuracy only")
         if old.correctness and new.correctness:
             drop = old.correctness.top1_agreement - new.correctness.top1_agreement
-            findings.append(Finding(
-                old.key, "top-1 agreement", old.correctness.top1_agreement, new.correctness.top1_agreement,
-                old.correctness.top1_agreement - t.top1_drop, drop > t.top1_drop + 1e-12,
-                f"{new.correctness.top1_agreement:.3f} against {old.correctness.top1_agreement:.3f} stored "
-                f"(allowed drop {t.top1_drop:.3f})"))
+            findings.append(
+                Finding(
+                    old.key,
+                    "top-1 agreement",
+                    old.correctness.top1_agreement,
+                    new.correctness.top1_agreement,
+                    old.correctness.top1_agreement - t.top1_drop,
+                    drop > t.top1_drop + 1e-12,
+                    f"{new.correctness.top1_agreement:.3f} against {old.correctness.top1_agreement:.3f} stored "
+                    f"(allowed drop {t.top1_drop:.3f})",
+                )
+            )
             limit = max(10 * old.correctness.max_abs_diff, 1e-4)
-            findings.append(Finding(
-                old.key, "max abs diff", old.correctness.max_abs_diff, new.correctness.max_abs_diff, limit,
-                new.correctness.max_abs_diff > limit,
-                f"{new.correctness.max_abs_diff:.3g} against {old.correctness.max_abs_diff:.3g} stored "
-                f"(limit {limit:.3g})"))
+            findings.append(
+                Finding(
+                    old.key,
+                    "max abs diff",
+                    old.correctness.max_abs_diff,
+                    new.correctness.max_abs_diff,
+                    limit,
+                    new.correctness.max_abs_diff > limit,
+                    f"{new.correctness.max_abs_diff:.3g} against {old.correctness.max_abs_diff:.3g} stored "
+                    f"(limit {limit:.3g})",
+                )
+            )
     for new in current.results:
         if stored.result(new.key) is None:
             not_compared.append(f"{new.key}: new, nothing stored to compare with")
@@ -176,20 +219,31 @@ def check(current: BenchReport, stored: BenchReport, thresholds: GateThresholds 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgekiln.bench.gate",
-                                     description="Compare a benchmark report with a stored one; exit 1 on a regression.")
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekiln.bench.gate",
+        description="Compare a benchmark report with a stored one; exit 1 on a regression.",
+    )
     parser.add_argument("current", help="the new report (edgekiln bench --json, or a suite's results.json)")
     parser.add_argument("stored", help="the stored baseline report")
     defaults = GateThresholds()
     for name in ("ratio", "latency", "throughput", "top1_drop"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name),
-                            help=f"allowed relative worsening (default {getattr(defaults, name)})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=getattr(defaults, name),
+            help=f"allowed relative worsening (default {getattr(defaults, name)})",
+        )
     parser.add_argument("--allow-missing", action="store_true", help="a stored measurement may be absent")
     parser.add_argument("--json", metavar="OUT", help="write the verdict as JSON")
     args = parser.parse_args(argv)
     try:
-        thresholds = GateThresholds(ratio=args.ratio, latency=args.latency, throughput=args.throughput,
-                                    top1_drop=args.top1_drop, allow_missing=args.allow_missing)
+        thresholds = GateThresholds(
+            ratio=args.ratio,
+            latency=args.latency,
+            throughput=args.throughput,
+            top1_drop=args.top1_drop,
+            allow_missing=args.allow_missing,
+        )
         result = check(BenchReport.load(args.current), BenchReport.load(args.stored), thresholds, args.stored)
     except EdgekilnError as exc:
         print(f"gate: error: {exc.one_line()}", file=sys.stderr)

@@ -97,8 +97,9 @@ class BenchOptions:
         names = tuple(dict.fromkeys(self.baselines))
         for name in names:
             if name not in baseline_registry.CHOICES:
-                raise UserError(f"unknown baseline {name!r}",
-                                hint=f"choose from {', '.join(baseline_registry.CHOICES)}")
+                raise UserError(
+                    f"unknown baseline {name!r}", hint=f"choose from {', '.join(baseline_registry.CHOICES)}"
+                )
         if baseline_registry.NONE in names and len(names) > 1:
             raise UserError("--baseline none cannot be combined with other baselines")
         object.__setattr__(self, "baselines", tuple(n for n in names if n != baseline_registry.NONE))
@@ -189,8 +190,13 @@ class _Subject(timing.Timed):
     model_bytes: int | None = None
 
 
-def bench(artifacts: Sequence[str | os.PathLike[str]], options: BenchOptions | None = None,
-          progress: Any = None, command: str | None = None, connect: Connect | None = None) -> BenchReport:
+def bench(
+    artifacts: Sequence[str | os.PathLike[str]],
+    options: BenchOptions | None = None,
+    progress: Any = None,
+    command: str | None = None,
+    connect: Connect | None = None,
+) -> BenchReport:
     """Benchmark each artifact against the options' baselines; one report for all.
 
     ``connect`` is the agent client that ``options.agent`` needs (the command line gives
@@ -227,8 +233,14 @@ class _Plan:
     calls: int
 
 
-def bench_artifact(path: Path, options: BenchOptions, progress: Any = None, runner: Runner | None = None,
-                   baseline_runner: Runner | None = None, connect: Connect | None = None) -> ArtifactBench:
+def bench_artifact(
+    path: Path,
+    options: BenchOptions,
+    progress: Any = None,
+    runner: Runner | None = None,
+    baseline_runner: Runner | None = None,
+    connect: Connect | None = None,
+) -> ArtifactBench:
     """Benchmark one artifact (see the module's docstring for the steps)."""
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -255,10 +267,15 @@ def bench_artifact(path: Path, options: BenchOptions, progress: Any = None, runn
         correctness, correctness_note = _correctness(subjects, plan.baselines, progress)
         pairs = 0
         if meaningful:
-            pairs = timing.measure_pairs(subjects, plan.calls, runs=options.runs,
-                                         duration_s=options.duration_s or DEFAULT_DURATION_S,
-                                         start=plan.calls * (1 + options.warmup), label=plan.manifest.model.name,
-                                         progress=progress)
+            pairs = timing.measure_pairs(
+                subjects,
+                plan.calls,
+                runs=options.runs,
+                duration_s=options.duration_s or DEFAULT_DURATION_S,
+                start=plan.calls * (1 + options.warmup),
+                label=plan.manifest.model.name,
+                progress=progress,
+            )
         with progress.step("stop the workers"):
             exits = {s.name: s.worker.close() for s in subjects}
     except BaseException:
@@ -267,8 +284,18 @@ def bench_artifact(path: Path, options: BenchOptions, progress: Any = None, runn
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _report(path, plan, options, subjects, exits, source, pairs, correctness, correctness_note,
-                   round(time.perf_counter() - started, 2))
+    return _report(
+        path,
+        plan,
+        options,
+        subjects,
+        exits,
+        source,
+        pairs,
+        correctness,
+        correctness_note,
+        round(time.perf_counter() - started, 2),
+    )
 
 
 def _plan(path: Path, options: BenchOptions, runner: Runner | None, connect: Connect | None, progress: Any) -> _Plan:
@@ -280,8 +307,10 @@ def _plan(path: Path, options: BenchOptions, runner: Runner | None, connect: Con
     if runner.kind == "local":
         found = _host_problems(manifest, device)
         if found:
-            raise CompatibilityError(f"cannot benchmark the {manifest.profile} artifact {path.name} here: "
-                                     + "; ".join(found), hint="benchmark it on the device, or on a host that has it")
+            raise CompatibilityError(
+                f"cannot benchmark the {manifest.profile} artifact {path.name} here: " + "; ".join(found),
+                hint="benchmark it on the device, or on a host that has it",
+            )
     if runner.kind == "agent" and options.baselines:
         raise UserError("baselines cannot run through the agent yet", hint="use --baseline none with --agent")
     mbatch = model_batch(manifest)
@@ -290,8 +319,10 @@ def _plan(path: Path, options: BenchOptions, runner: Runner | None, connect: Con
     else:
         batch = options.batch or mbatch
         if batch != mbatch:
-            raise UserError(f"single-stream queries are one call of the model's batch ({mbatch}); "
-                            f"--batch {batch} needs --scenario offline or an artifact compiled for that batch")
+            raise UserError(
+                f"single-stream queries are one call of the model's batch ({mbatch}); "
+                f"--batch {batch} needs --scenario offline or an artifact compiled for that batch"
+            )
     if batch % mbatch:
         raise UserError(f"--batch {batch} is not a multiple of the artifact's batch {mbatch}")
     # The emulated board only proves correctness; the reference still runs on this host.
@@ -310,47 +341,95 @@ def _subjects(path: Path, plan: _Plan, options: BenchOptions, source: Any) -> li
     # Baselines keep their names (the gate's keys); an onnxruntime artifact benchmarked
     # against ONNX Runtime on its source model is "onnxruntime-artifact".
     name = backend if backend not in plan.baselines else f"{backend}-artifact"
-    found = [_Subject(name, None, role="candidate", model_bytes=_size(path),  # type: ignore[arg-type]
-                      spec={"kind": "artifact", "path": str(path.resolve()), "device": plan.device})]
-    found += [_Subject(b, None, role="baseline", model_bytes=source.size_bytes,  # type: ignore[arg-type]
-                       spec=baseline_registry.subject(b, source.path, plan.device)) for b in plan.baselines]
+    found = [
+        _Subject(
+            name,
+            None,
+            role="candidate",
+            model_bytes=_size(path),  # type: ignore[arg-type]
+            spec={"kind": "artifact", "path": str(path.resolve()), "device": plan.device},
+        )
+    ]
+    found += [
+        _Subject(
+            b,
+            None,
+            role="baseline",
+            model_bytes=source.size_bytes,  # type: ignore[arg-type]
+            spec=baseline_registry.subject(b, source.path, plan.device),
+        )
+        for b in plan.baselines
+    ]
     if options.threads:
         for s in found:
             s.spec["threads"] = options.threads
     return found
 
 
-def _report(path: Path, plan: _Plan, options: BenchOptions, subjects: list[_Subject], exits: dict[str, Any],
-            source: Any, pairs: int, correctness: Correctness | None, correctness_note: str | None,
-            wall_s: float) -> ArtifactBench:
+def _report(
+    path: Path,
+    plan: _Plan,
+    options: BenchOptions,
+    subjects: list[_Subject],
+    exits: dict[str, Any],
+    source: Any,
+    pairs: int,
+    correctness: Correctness | None,
+    correctness_note: str | None,
+    wall_s: float,
+) -> ArtifactBench:
     manifest, runner = plan.manifest, plan.runner
     macs = manifest.model.macs if manifest.model.macs else (source.macs if source else None)
     flops_per_sample = 2.0 * macs / plan.model_batch if macs else None
     peak, peak_source = _peak(plan.profile, plan.device)
-    extra: dict[str, Any] = {"model_batch": plan.model_batch,
-                             "interleaving": " ".join(s.name for s in subjects) + " …"}
-    results = [_subject_result(s, exits[s.name], runner, plan.batch, flops_per_sample, peak, extra)
-               for s in subjects]
+    extra: dict[str, Any] = {"model_batch": plan.model_batch, "interleaving": " ".join(s.name for s in subjects) + " …"}
+    results = [_subject_result(s, exits[s.name], runner, plan.batch, flops_per_sample, peak, extra) for s in subjects]
     candidate = subjects[0]
     comparisons = tuple(
         Comparison(baseline=s.name, ratio=RatioStats.from_pairs(candidate.pairs, s.pairs))
-        for s in subjects[1:] if runner.timings_meaningful and candidate.pairs and s.pairs
+        for s in subjects[1:]
+        if runner.timings_meaningful and candidate.pairs and s.pairs
     )
     return ArtifactBench(
-        model=manifest.model.name, profile=manifest.profile, backend=manifest.backend,
-        precision=precision_of(manifest), device=plan.device, scenario=options.scenario, batch=plan.batch,
-        calls_per_query=plan.calls, artifact=str(path), artifact_bytes=_size(path) or 0,
-        runner=runner.kind, runner_description=runner.describe(), timings_meaningful=runner.timings_meaningful,
-        timings_note=runner.reason, macs=macs, flops_per_sample=flops_per_sample, peak_gflops=peak,
-        peak_source=peak_source, pairs=pairs, warmup=options.warmup, subjects=tuple(results),
-        comparisons=comparisons, correctness=correctness, correctness_note=correctness_note,
+        model=manifest.model.name,
+        profile=manifest.profile,
+        backend=manifest.backend,
+        precision=precision_of(manifest),
+        device=plan.device,
+        scenario=options.scenario,
+        batch=plan.batch,
+        calls_per_query=plan.calls,
+        artifact=str(path),
+        artifact_bytes=_size(path) or 0,
+        runner=runner.kind,
+        runner_description=runner.describe(),
+        timings_meaningful=runner.timings_meaningful,
+        timings_note=runner.reason,
+        macs=macs,
+        flops_per_sample=flops_per_sample,
+        peak_gflops=peak,
+        peak_source=peak_source,
+        pairs=pairs,
+        warmup=options.warmup,
+        subjects=tuple(results),
+        comparisons=comparisons,
+        correctness=correctness,
+        correctness_note=correctness_note,
         baseline_source=f"{source.origin} (matched by {source.check})" if source else None,
-        wall_s=wall_s, extra=extra,
+        wall_s=wall_s,
+        extra=extra,
     )
 
 
-def _subject_result(s: _Subject, exit_info: Any, runner: Runner, batch: int, flops_per_sample: float | None,
-                    peak: float | None, extra: dict[str, Any]) -> SubjectResult:
+def _subject_result(
+    s: _Subject,
+    exit_info: Any,
+    runner: Runner,
+    batch: int,
+    flops_per_sample: float | None,
+    peak: float | None,
+    extra: dict[str, Any],
+) -> SubjectResult:
     latency = LatencyStats.from_seconds(s.times) if s.times else None
     throughput = achieved = share = None
     if latency is not None:
@@ -401,12 +480,20 @@ def _correctness(subjects: list[_Subject], wanted: list[str], progress: Any) -> 
     # The fp32 baselines are references; torch-compile runs fp16 on GPUs.
     reference = next((s for s in subjects[1:] if s.name in _REFERENCES), None)
     if reference is None:
-        return None, "no reference runtime in this run (--baseline none)" if not wanted else \
-            "no fp32 reference among the baselines"
+        return (
+            None,
+            "no reference runtime in this run (--baseline none)"
+            if not wanted
+            else "no fp32 reference among the baselines",
+        )
     with progress.step(f"compare outputs with {reference.name}"):
         got = subjects[0].worker.outputs()
         ref = reference.worker.outputs()
         diff = compare_outputs(ref, got)
     info = reference.worker.load_info
-    return Correctness(reference=info.version if info else reference.name, samples=len(ref),
-                       max_abs_diff=diff.worst, top1_agreement=diff.top1_agreement), None
+    return Correctness(
+        reference=info.version if info else reference.name,
+        samples=len(ref),
+        max_abs_diff=diff.worst,
+        top1_agreement=diff.top1_agreement,
+    ), None

@@ -24,8 +24,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise DependencyError("plots need matplotlib, which is not installed",
-                              hint="pip install 'edgekiln[bench]'") from None
+        raise DependencyError(
+            "plots need matplotlib, which is not installed", hint="pip install 'edgekiln[bench]'"
+        ) from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -55,10 +56,24 @@ def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> Path:
         if s is None:
             continue
         lat = s.latency
-        ax.barh(y, lat.p50_ms, height=0.8, color=colors(names.index(s.name) % 10),
-                hatch="//" if candidate else None, edgecolor="black" if candidate else "none", linewidth=0.6)
-        ax.errorbar(lat.p50_ms, y, xerr=[[lat.p50_ms - lat.min_ms], [lat.p99_ms - lat.p50_ms]], fmt="none",
-                    ecolor="black", capsize=2, linewidth=0.8)
+        ax.barh(
+            y,
+            lat.p50_ms,
+            height=0.8,
+            color=colors(names.index(s.name) % 10),
+            hatch="//" if candidate else None,
+            edgecolor="black" if candidate else "none",
+            linewidth=0.6,
+        )
+        ax.errorbar(
+            lat.p50_ms,
+            y,
+            xerr=[[lat.p50_ms - lat.min_ms], [lat.p99_ms - lat.p50_ms]],
+            fmt="none",
+            ecolor="black",
+            capsize=2,
+            linewidth=0.8,
+        )
     ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
@@ -103,33 +118,57 @@ def plot_accuracy_latency(report: BenchReport, path: str | os.PathLike[str]) -> 
     """Top-1 agreement with the fp32 reference against p50 latency; int8 highlighted."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    points = [(r, r.candidate.latency.p50_ms, r.correctness.top1_agreement) for r in report.results
-              if r.correctness and r.candidate.latency]
+    points = [
+        (r, r.candidate.latency.p50_ms, r.correctness.top1_agreement)
+        for r in report.results
+        if r.correctness and r.candidate.latency
+    ]
     for precision, marker, color in (("fp32", "o", "tab:blue"), ("fp16", "s", "tab:green"), ("int8", "*", "tab:red")):
         chosen = [(lat, acc, r) for r, lat, acc in points if r.precision == precision]
         if chosen:
-            ax.scatter([c[0] for c in chosen], [c[1] for c in chosen], marker=marker,
-                       s=90 if precision == "int8" else 50, color=color, label=precision, zorder=3)
+            ax.scatter(
+                [c[0] for c in chosen],
+                [c[1] for c in chosen],
+                marker=marker,
+                s=90 if precision == "int8" else 50,
+                color=color,
+                label=precision,
+                zorder=3,
+            )
             for lat, acc, r in chosen:
-                ax.annotate(f"{r.model} ({r.backend})", (lat, acc), fontsize=7, xytext=(4, 4),
-                            textcoords="offset points")
+                ax.annotate(
+                    f"{r.model} ({r.backend})", (lat, acc), fontsize=7, xytext=(4, 4), textcoords="offset points"
+                )
     # The fp32 reference runtime sits at agreement 1 by definition: the point to beat.
     refs = {}
     for r in report.results:
         if r.correctness:
-            ref = next((s for s in r.subjects if s.role == "baseline" and s.latency
-                        and r.correctness.reference.startswith(s.name)), None)
+            ref = next(
+                (
+                    s
+                    for s in r.subjects
+                    if s.role == "baseline" and s.latency and r.correctness.reference.startswith(s.name)
+                ),
+                None,
+            )
             if ref is not None:
                 refs[(r.model, ref.name)] = ref.latency.p50_ms
     if refs:
         ax.scatter(list(refs.values()), [1.0] * len(refs), marker="x", color="gray", s=50, label="reference", zorder=2)
         # Staggered below the points: references of several models often sit close together.
         for i, ((model, name), lat) in enumerate(sorted(refs.items(), key=lambda kv: kv[1])):
-            ax.annotate(f"{model} ({name})", (lat, 1.0), fontsize=7, xytext=(4, -12 - 10 * (i % 4)),
-                        textcoords="offset points", color="gray")
+            ax.annotate(
+                f"{model} ({name})",
+                (lat, 1.0),
+                fontsize=7,
+                xytext=(4, -12 - 10 * (i % 4)),
+                textcoords="offset points",
+                color="gray",
+            )
     if not any(r.precision == "int8" for r, _, _ in points):
-        ax.text(0.5, 0.08, "no int8 artifacts in this run", ha="center", transform=ax.transAxes, fontsize=9,
-                color="tab:red")
+        ax.text(
+            0.5, 0.08, "no int8 artifacts in this run", ha="center", transform=ax.transAxes, fontsize=9, color="tab:red"
+        )
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("p50 latency, ms (log)")
@@ -154,8 +193,11 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
 def write_plots(report: BenchReport, directory: str | os.PathLike[str]) -> list[Path]:
     """All three plots into ``directory``; returns their paths."""
     directory = Path(directory)
-    return [plot_latency(report, directory / PLOTS[0]), plot_ratios(report, directory / PLOTS[1]),
-            plot_accuracy_latency(report, directory / PLOTS[2])]
+    return [
+        plot_latency(report, directory / PLOTS[0]),
+        plot_ratios(report, directory / PLOTS[1]),
+        plot_accuracy_latency(report, directory / PLOTS[2]),
+    ]
 
 
 # -- Markdown ----------------------------------------------------------------------------
@@ -163,8 +205,14 @@ def _f(value: float | None, fmt: str = ".1f") -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Sequence[str] = (),
-             gate: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
+def markdown(
+    report: BenchReport,
+    *,
+    title: str = "Benchmark report",
+    plots: Sequence[str] = (),
+    gate: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
     """The report as Markdown: host and load, one table per artifact, ratios, skips, gate."""
     lines = _md_header(report, title, notes)
     lines += _md_timings(report)
@@ -181,11 +229,14 @@ def markdown(report: BenchReport, *, title: str = "Benchmark report", plots: Seq
         lines += _md_gate(gate)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    lines += ["", "Definitions: a query is one call of the model (single-stream) or `batch` samples (offline), "
-              "timed from host arrays in to host arrays out; percentiles are nearest-rank (an observed query); "
-              "GFLOP/s counts 2 FLOPs per multiply-accumulate of the model graph at p50; % of peak is against "
-              "the profile's peak FP32 figure; peak RSS is that of the process that ran the model "
-              "(Python interpreter included)."]
+    lines += [
+        "",
+        "Definitions: a query is one call of the model (single-stream) or `batch` samples (offline), "
+        "timed from host arrays in to host arrays out; percentiles are nearest-rank (an observed query); "
+        "GFLOP/s counts 2 FLOPs per multiply-accumulate of the model graph at p50; % of peak is against "
+        "the profile's peak FP32 figure; peak RSS is that of the process that ran the model "
+        "(Python interpreter included).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -240,23 +291,33 @@ def _md_ratios(report: BenchReport) -> list[str]:
     comparisons = [(r, c) for r in report.results for c in r.comparisons]
     if not comparisons:
         return []
-    lines = ["", "## Ratios of interleaved pairs (candidate time / baseline time; above 1: the baseline is faster)", "",
-             "| model | precision | scenario | candidate / baseline | pairs | median | 95% CI of median | p10–p90 "
-             "| spread | geomean |",
-             "|---|---|---|---|---:|---:|---|---|---:|---:|"]
+    lines = [
+        "",
+        "## Ratios of interleaved pairs (candidate time / baseline time; above 1: the baseline is faster)",
+        "",
+        "| model | precision | scenario | candidate / baseline | pairs | median | 95% CI of median | p10–p90 "
+        "| spread | geomean |",
+        "|---|---|---|---|---:|---:|---|---|---:|---:|",
+    ]
     for r, c in comparisons:
         q = c.ratio
-        lines.append(f"| {r.model} | {r.precision} | {r.scenario} | {r.candidate.name} / {c.baseline} | {q.n} | "
-                     f"{q.median:.3f} | {q.ci95_low:.3f}–{q.ci95_high:.3f} | {q.p10:.3f}–{q.p90:.3f} | "
-                     f"{q.spread:.0%} | {q.geomean:.3f} |")
+        lines.append(
+            f"| {r.model} | {r.precision} | {r.scenario} | {r.candidate.name} / {c.baseline} | {q.n} | "
+            f"{q.median:.3f} | {q.ci95_low:.3f}–{q.ci95_high:.3f} | {q.p10:.3f}–{q.p90:.3f} | "
+            f"{q.spread:.0%} | {q.geomean:.3f} |"
+        )
     return lines
 
 
 def _md_correctness(report: BenchReport) -> list[str]:
-    lines = ["", "## Correctness and cost", "",
-             "| model | backend | precision | runner | outputs against | max abs diff | top-1 agreement | artifact MB "
-             "| GFLOP per sample | profile peak GFLOP/s |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Correctness and cost",
+        "",
+        "| model | backend | precision | runner | outputs against | max abs diff | top-1 agreement | artifact MB "
+        "| GFLOP per sample | profile peak GFLOP/s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in report.results:
         k = r.correctness
         lines.append(
@@ -270,8 +331,14 @@ def _md_correctness(report: BenchReport) -> list[str]:
 
 
 def _md_gate(gate: Mapping[str, Any]) -> list[str]:
-    lines = ["", "## Regression gate", "", f"Against `{gate.get('baseline')}`: "
-             + ("**passed**" if gate["passed"] else f"**failed** ({len(gate['regressions'])} regressions)"), ""]
+    lines = [
+        "",
+        "## Regression gate",
+        "",
+        f"Against `{gate.get('baseline')}`: "
+        + ("**passed**" if gate["passed"] else f"**failed** ({len(gate['regressions'])} regressions)"),
+        "",
+    ]
     lines += [f"- REGRESSED {f['key']} {f['metric']}: {f['message']}" for f in gate["regressions"]]
     lines += [f"- ok {f['key']} {f['metric']}: {f['message']}" for f in gate["checked"] if not f["regressed"]]
     lines += [f"- not compared: {m}" for m in gate.get("not_compared", ())]

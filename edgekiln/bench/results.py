@@ -56,7 +56,7 @@ class SubjectResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SubjectResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> SubjectResult:
         values = dict(data)
         values["latency"] = LatencyStats.from_dict(data["latency"]) if data.get("latency") else None
         values["times_ms"] = tuple(float(t) for t in data.get("times_ms", ()))
@@ -80,7 +80,7 @@ class Comparison:
         return {"baseline": self.baseline, "ratio": self.ratio.to_dict(), "speedup": self.speedup}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Comparison":
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
         return cls(baseline=data["baseline"], ratio=RatioStats.from_dict(data["ratio"]))
 
 
@@ -97,7 +97,7 @@ class Correctness:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Correctness":
+    def from_dict(cls, data: Mapping[str, Any]) -> Correctness:
         return cls(**data)
 
 
@@ -136,7 +136,9 @@ class ArtifactBench:
     @property
     def key(self) -> str:
         """What identifies this measurement across runs (the regression gate's key)."""
-        return f"{self.model}/{self.profile}/{self.backend}/{self.precision}/{self.device}/{self.scenario}/b{self.batch}"
+        return (
+            f"{self.model}/{self.profile}/{self.backend}/{self.precision}/{self.device}/{self.scenario}/b{self.batch}"
+        )
 
     @property
     def candidate(self) -> SubjectResult:
@@ -158,7 +160,7 @@ class ArtifactBench:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ArtifactBench":
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactBench:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["subjects"] = tuple(SubjectResult.from_dict(s) for s in data["subjects"])
         values["comparisons"] = tuple(Comparison.from_dict(c) for c in data["comparisons"])
@@ -179,7 +181,7 @@ class Skipped:
         return {"key": self.key, "status": self.status, "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Skipped":
+    def from_dict(cls, data: Mapping[str, Any]) -> Skipped:
         return cls(key=data["key"], status=data["status"], reason=data["reason"])
 
 
@@ -223,7 +225,7 @@ class BenchReport:
         return path
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BenchReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchReport:
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
             found = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
             raise UserError(f"not an edgekiln benchmark report (schema {found!r}; this edgekiln reads {SCHEMA})")
@@ -241,7 +243,7 @@ class BenchReport:
             raise UserError(f"a malformed benchmark report: {type(exc).__name__}: {exc}") from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "BenchReport":
+    def load(cls, path: str | os.PathLike[str]) -> BenchReport:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

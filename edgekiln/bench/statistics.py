@@ -74,7 +74,7 @@ class LatencyStats:
     max_ms: float
 
     @classmethod
-    def from_seconds(cls, seconds: Sequence[float]) -> "LatencyStats":
+    def from_seconds(cls, seconds: Sequence[float]) -> LatencyStats:
         if not seconds:
             raise UserError("no latency samples were measured")
         ms = [float(s) * 1e3 for s in seconds]
@@ -83,16 +83,26 @@ class LatencyStats:
         n = len(ms)
         mean = math.fsum(ms) / n
         stdev = math.sqrt(math.fsum((v - mean) ** 2 for v in ms) / (n - 1)) if n > 1 else 0.0
-        return cls(n=n, mean_ms=mean, stdev_ms=stdev, min_ms=min(ms), p50_ms=percentile(ms, 50),
-                   p90_ms=percentile(ms, 90), p99_ms=percentile(ms, 99), max_ms=max(ms))
+        return cls(
+            n=n,
+            mean_ms=mean,
+            stdev_ms=stdev,
+            min_ms=min(ms),
+            p50_ms=percentile(ms, 50),
+            p90_ms=percentile(ms, 90),
+            p99_ms=percentile(ms, 99),
+            max_ms=max(ms),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LatencyStats":
-        return cls(n=int(data["n"]), **{k: float(data[k]) for k in
-                                        ("mean_ms", "stdev_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")})
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyStats:
+        return cls(
+            n=int(data["n"]),
+            **{k: float(data[k]) for k in ("mean_ms", "stdev_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,7 @@ class RatioStats:
     spread: float
 
     @classmethod
-    def from_ratios(cls, ratios: Sequence[float]) -> "RatioStats":
+    def from_ratios(cls, ratios: Sequence[float]) -> RatioStats:
         if not ratios:
             raise UserError("no pairs were measured")
         if any(not math.isfinite(r) or r <= 0 for r in ratios):
@@ -138,7 +148,7 @@ class RatioStats:
         )
 
     @classmethod
-    def from_pairs(cls, candidate: Sequence[float], baseline: Sequence[float]) -> "RatioStats":
+    def from_pairs(cls, candidate: Sequence[float], baseline: Sequence[float]) -> RatioStats:
         """Ratios of the i-th candidate time to the i-th baseline time."""
         if len(candidate) != len(baseline):
             raise InternalError(f"{len(candidate)} candidate times but {len(baseline)} baseline times")
@@ -150,10 +160,14 @@ class RatioStats:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RatioStats":
-        return cls(n=int(data["n"]), **{f: float(data[f]) for f in
-                                        ("median", "geomean", "min", "p10", "p90", "max",
-                                         "ci95_low", "ci95_high", "spread")})
+    def from_dict(cls, data: Mapping[str, Any]) -> RatioStats:
+        return cls(
+            n=int(data["n"]),
+            **{
+                f: float(data[f])
+                for f in ("median", "geomean", "min", "p10", "p90", "max", "ci95_low", "ci95_high", "spread")
+            },
+        )
 
 
 def _nearest_rank_low(ordered: Sequence[float], p: float) -> float:

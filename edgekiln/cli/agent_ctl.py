@@ -19,8 +19,11 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("agent-ctl", help="call a running agent's local API",
-                                   description="Call the local gRPC API of a running edgekiln agent.")
+    parser = subparsers.add_parser(
+        "agent-ctl",
+        help="call a running agent's local API",
+        description="Call the local gRPC API of a running edgekiln agent.",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="the agent's Unix socket")
     where.add_argument("--config", metavar="AGENT.TOML", help="take the socket from this agent config")
@@ -30,8 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.required = True
     commands.add_parser("list", help="list loaded models")
     load = commands.add_parser("load", help="load a model artifact")
-    load.add_argument("url", metavar="ARTIFACT", help="artifact path on the device (relative: in the agent's "
-                      "model_dir); it must lie inside the agent's model_dirs")
+    load.add_argument(
+        "url",
+        metavar="ARTIFACT",
+        help="artifact path on the device (relative: in the agent's "
+        "model_dir); it must lie inside the agent's model_dirs",
+    )
     load.add_argument("name", metavar="NAME", help="1-63 letters, digits and inner dashes")
     unload = commands.add_parser("unload", help="unload a model")
     unload.add_argument("name", metavar="NAME")
@@ -104,9 +111,11 @@ def _predict(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.capture:
         described = client.describe_model(args.name)
         result["capture_id"] = client.capture(
-            args.name, input_tensors={described["inputs"][0]["name"]: tensor},
+            args.name,
+            input_tensors={described["inputs"][0]["name"]: tensor},
             output_tensors={o["name"]: v for o, v in zip(described["outputs"], outputs)},
-            inputs={"source": ("NONE", str(path).encode())})
+            inputs={"source": ("NONE", str(path).encode())},
+        )
     return result
 
 

@@ -23,50 +23,92 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and written to OUT only when everything succeeded."
         ),
     )
-    parser.add_argument("model", metavar="MODEL",
-                        help="model file, folder or .tar.gz, or zoo:NAME (see `edgekiln zoo list`)")
-    parser.add_argument("--target", "-t", required=True, metavar="PROFILE",
-                        help="device profile id or alias (see `edgekiln profiles list`)")
-    parser.add_argument("--output", "-o", metavar="OUT.tar.gz",
-                        help="artifact path (default: NAME-PROFILE.tar.gz in the current directory)")
-    parser.add_argument("--framework", choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
-                        help="the model's framework (default: found from the files)")
-    parser.add_argument("--input-config", metavar="JSON",
-                        help="input shapes as Neo's DataInputConfig, e.g. '{\"data\": [1, 3, 224, 224]}' "
-                             "(a list of shapes names them input0, input1...); needed for TorchScript and MXNet. "
-                             "TFLite/Keras/TensorFlow inputs keep their NHWC layout unless the shape is given in "
-                             "NCHW, which the artifact then takes")
-    parser.add_argument("--input-shape", action="append", metavar="[NAME:]DIMS",
-                        help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input "
-                             "(the same as --input-config in another form)")
+    parser.add_argument(
+        "model", metavar="MODEL", help="model file, folder or .tar.gz, or zoo:NAME (see `edgekiln zoo list`)"
+    )
+    parser.add_argument(
+        "--target",
+        "-t",
+        required=True,
+        metavar="PROFILE",
+        help="device profile id or alias (see `edgekiln profiles list`)",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        metavar="OUT.tar.gz",
+        help="artifact path (default: NAME-PROFILE.tar.gz in the current directory)",
+    )
+    parser.add_argument(
+        "--framework",
+        choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
+        help="the model's framework (default: found from the files)",
+    )
+    parser.add_argument(
+        "--input-config",
+        metavar="JSON",
+        help="input shapes as Neo's DataInputConfig, e.g. '{\"data\": [1, 3, 224, 224]}' "
+        "(a list of shapes names them input0, input1...); needed for TorchScript and MXNet. "
+        "TFLite/Keras/TensorFlow inputs keep their NHWC layout unless the shape is given in "
+        "NCHW, which the artifact then takes",
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="[NAME:]DIMS",
+        help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input "
+        "(the same as --input-config in another form)",
+    )
     parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
     parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
-    parser.add_argument("--backend", default="auto",
-                        help="tvm, onnxruntime, litert, or auto (default): when this machine can run the "
-                             "target, build every backend the profile allows and keep the fastest that "
-                             "validates; otherwise the first in the profile's preference order that builds")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="validation tolerance, max abs difference (default: 1e-4)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="tvm, onnxruntime, litert, or auto (default): when this machine can run the "
+        "target, build every backend the profile allows and keep the fastest that "
+        "validates; otherwise the first in the profile's preference order that builds",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=1e-4, help="validation tolerance, max abs difference (default: 1e-4)"
+    )
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
     parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
-    parser.add_argument("--no-ptx", action="store_true",
-                        help="CUDA profiles: embed only SASS for the profile's GPU, no PTX "
-                             "(the tvm option embed_ptx=false)")
-    parser.add_argument("--backend-option", action="append", metavar="KEY=VALUE",
-                        help="an option of the backend named with --backend, e.g. num_threads=2 for litert or "
-                             "optimization=basic for onnxruntime; repeat per option (an unknown key lists "
-                             "the valid ones)")
-    parser.add_argument("--quantize", choices=("int8", "int8-auto"),
-                        help="post-training int8 quantization with an accuracy gate; int8-auto keeps the most "
-                             "sensitive layers in fp32 until the gate passes")
-    parser.add_argument("--calibration", metavar="PATH",
-                        help="calibration data: a folder of images (labelled by sub-folder, optional) or .npy/.npz")
-    parser.add_argument("--validation", metavar="PATH",
-                        help="accuracy-gate data, same formats (default: every 5th calibration sample, held out)")
-    parser.add_argument("--calibration-samples", type=int, default=100,
-                        help="calibration inputs used (default: 100)")
-    parser.add_argument("--accuracy-tolerance", type=float, default=0.01,
-                        help="int8 top-1 must be >= (1 - this) x fp32 top-1 (default: 0.01, MLPerf's 99%% rule)")
+    parser.add_argument(
+        "--no-ptx",
+        action="store_true",
+        help="CUDA profiles: embed only SASS for the profile's GPU, no PTX (the tvm option embed_ptx=false)",
+    )
+    parser.add_argument(
+        "--backend-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the backend named with --backend, e.g. num_threads=2 for litert or "
+        "optimization=basic for onnxruntime; repeat per option (an unknown key lists "
+        "the valid ones)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int8-auto"),
+        help="post-training int8 quantization with an accuracy gate; int8-auto keeps the most "
+        "sensitive layers in fp32 until the gate passes",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help="calibration data: a folder of images (labelled by sub-folder, optional) or .npy/.npz",
+    )
+    parser.add_argument(
+        "--validation",
+        metavar="PATH",
+        help="accuracy-gate data, same formats (default: every 5th calibration sample, held out)",
+    )
+    parser.add_argument("--calibration-samples", type=int, default=100, help="calibration inputs used (default: 100)")
+    parser.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=0.01,
+        help="int8 top-1 must be >= (1 - this) x fp32 top-1 (default: 0.01, MLPerf's 99%% rule)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(func=run)
 
@@ -86,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     profile = get_profile(args.target)
     output = args.output
     if output is None:
-        stem = args.name or (args.model.split(":", 1)[-1] if args.model.startswith("zoo:")
-                             else model_stem(Path(args.model.rstrip("/"))))
+        stem = args.name or (
+            args.model.split(":", 1)[-1] if args.model.startswith("zoo:") else model_stem(Path(args.model.rstrip("/")))
+        )
         output = f"{stem}-{profile.aliases[0] if profile.aliases else profile.id.replace('/', '-')}.tar.gz"
     backend_options = _backend_options(args)
     options = CompileOptions(
@@ -95,9 +138,14 @@ def run(args: argparse.Namespace) -> int:
         backend_options=backend_options,
         validation=ValidationOptions(tolerance_abs=args.tolerance, samples=args.validation_samples),
         validate=not args.no_validate,
-        quantize=None if args.quantize is None else QuantizeOptions(
-            mode=args.quantize, calibration=args.calibration, validation=args.validation,
-            calibration_samples=args.calibration_samples, accuracy_tolerance=args.accuracy_tolerance,
+        quantize=None
+        if args.quantize is None
+        else QuantizeOptions(
+            mode=args.quantize,
+            calibration=args.calibration,
+            validation=args.validation,
+            calibration_samples=args.calibration_samples,
+            accuracy_tolerance=args.accuracy_tolerance,
         ),
     )
     if args.quantize is None and (args.calibration or args.validation):
@@ -118,17 +166,25 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         v = artifact.manifest.validation
-        check = (f"validated: max abs diff {v.max_abs_diff:.2e} (tolerance {v.tolerance_abs:g}), "
-                 f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
-                 if v.status == "passed" else f"not validated: {v.reason}")
-        print(f"{summary['artifact']}: {summary['model']} for {summary['profile']} "
-              f"({summary['backend']}, {summary['target_triple']}), {summary['size_bytes'] / 1e6:.1f} MB", file=sys.stdout)
+        check = (
+            f"validated: max abs diff {v.max_abs_diff:.2e} (tolerance {v.tolerance_abs:g}), "
+            f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
+            if v.status == "passed"
+            else f"not validated: {v.reason}"
+        )
+        print(
+            f"{summary['artifact']}: {summary['model']} for {summary['profile']} "
+            f"({summary['backend']}, {summary['target_triple']}), {summary['size_bytes'] / 1e6:.1f} MB",
+            file=sys.stdout,
+        )
         print(f"  {check}")
         if artifact.manifest.quantization:
             g = artifact.manifest.quantization["accuracy_gate"]
-            print(f"  int8 accuracy gate passed: top-1 {g['int8_top1']:.4f} vs fp32 {g['fp32_top1']:.4f}, "
-                  f"agreement {g['top1_agreement']:.4f} on {g['samples']} inputs"
-                  + (f"; {len(g['fp32_layers'])} layers kept in fp32" if g["fp32_layers"] else ""))
+            print(
+                f"  int8 accuracy gate passed: top-1 {g['int8_top1']:.4f} vs fp32 {g['fp32_top1']:.4f}, "
+                f"agreement {g['top1_agreement']:.4f} on {g['samples']} inputs"
+                + (f"; {len(g['fp32_layers'])} layers kept in fp32" if g["fp32_layers"] else "")
+            )
     return 0
 
 
@@ -147,6 +203,7 @@ def _backend_options(args: argparse.Namespace) -> tuple:
     if not items:
         return ()
     if args.backend == "auto":
-        raise UserError("--backend-option needs the backend it is for",
-                        hint="name it with --backend tvm|onnxruntime|litert")
+        raise UserError(
+            "--backend-option needs the backend it is for", hint="name it with --backend tvm|onnxruntime|litert"
+        )
     return (registry.get(args.backend).options_type.from_strings(items),)

@@ -9,28 +9,35 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "emulate", help="run a command on an emulated ARM board",
+        "emulate",
+        help="run a command on an emulated ARM board",
         usage="edgekiln emulate PROFILE [--rebuild] [--info] [--json] [-- COMMAND...]",
-        description=("Run COMMAND on PROFILE's board emulated with qemu-user: `python` is the board's "
-                     "Python 3.11 with numpy, apache-tvm-ffi and Pillow (and this edgekiln), `edgekiln` the "
-                     "edgekiln command there, other names are looked up in the board's /usr/bin, paths on this "
-                     "host are passed as they are. The board's userland (a Debian sysroot) is built on first "
-                     "use, in a minute or so, and cached in $EDGEKILN_CACHE/emulation (default "
-                     "~/.cache/edgekiln). Exits with COMMAND's exit status."),
+        description=(
+            "Run COMMAND on PROFILE's board emulated with qemu-user: `python` is the board's "
+            "Python 3.11 with numpy, apache-tvm-ffi and Pillow (and this edgekiln), `edgekiln` the "
+            "edgekiln command there, other names are looked up in the board's /usr/bin, paths on this "
+            "host are passed as they are. The board's userland (a Debian sysroot) is built on first "
+            "use, in a minute or so, and cached in $EDGEKILN_CACHE/emulation (default "
+            "~/.cache/edgekiln). Exits with COMMAND's exit status."
+        ),
         epilog="example: edgekiln emulate rasp4b -- python -c 'import platform; print(platform.machine())'",
     )
     parser.add_argument("profile", metavar="PROFILE", help="profile id or alias with an [emulation] table (rasp4b)")
     parser.add_argument("--rebuild", action="store_true", help="build the sysroot again even when cached")
-    parser.add_argument("--info", action="store_true",
-                        help="print what the sysroot holds (to stderr when a COMMAND follows)")
+    parser.add_argument(
+        "--info", action="store_true", help="print what the sysroot holds (to stderr when a COMMAND follows)"
+    )
     parser.add_argument("--json", action="store_true", help="print --info as JSON")
     # dest "argv": "command" is the subcommand's name in edgekiln.cli.main.  REMAINDER
     # keeps the command's own options away from argparse; it also takes this command's
     # options when they follow PROFILE, which run() picks out (argparse alone cannot
     # parse "PROFILE --info -- COMMAND").
-    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
-                        help="the program and its arguments, after -- (python, edgekiln, a name in the "
-                             "board's /usr/bin, or a path)")
+    parser.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND",
+        help="the program and its arguments, after -- (python, edgekiln, a name in the board's /usr/bin, or a path)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     sysroot = ensure_sysroot(profile, rebuild=args.rebuild, progress=ConsoleProgress())
     if args.info or not command:
         stream = sys.stderr if command else sys.stdout
-        data = {**sysroot.to_dict(), "qemu_path": qemu.path, "qemu_installed_version": qemu.version,
-                "python_packages": sysroot.python_packages()}
+        data = {
+            **sysroot.to_dict(),
+            "qemu_path": qemu.path,
+            "qemu_installed_version": qemu.version,
+            "python_packages": sysroot.python_packages(),
+        }
         if args.json:
             print(json.dumps(data, indent=2, sort_keys=True), file=stream)
         else:
@@ -73,8 +84,10 @@ def _own_options(args: argparse.Namespace) -> list[str]:
         if word == "--":
             break
         if word not in _FLAGS:
-            raise UserError(f"unknown option {word!r} for edgekiln emulate; put the command after --",
-                            hint="`edgekiln emulate --help`")
+            raise UserError(
+                f"unknown option {word!r} for edgekiln emulate; put the command after --",
+                hint="`edgekiln emulate --help`",
+            )
         setattr(args, _FLAGS[word], True)
     return rest
 
@@ -95,4 +108,3 @@ def _describe(sysroot, qemu) -> str:
     ]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
-

@@ -7,13 +7,21 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "fetch-runtime", help="download the TVM runtime library that artifacts for ARCH bundle",
-        description=("Download the apache-tvm wheel of the installed compiler's version for ARCH from PyPI "
-                     "and keep its runtime libraries in the cache ($EDGEKILN_CACHE, default "
-                     "~/.cache/edgekiln). Compiling for an ARCH other than the build host's needs this once."),
+        "fetch-runtime",
+        help="download the TVM runtime library that artifacts for ARCH bundle",
+        description=(
+            "Download the apache-tvm wheel of the installed compiler's version for ARCH from PyPI "
+            "and keep its runtime libraries in the cache ($EDGEKILN_CACHE, default "
+            "~/.cache/edgekiln). Compiling for an ARCH other than the build host's needs this once."
+        ),
     )
-    parser.add_argument("arch", nargs="+", choices=("aarch64", "x86_64"), metavar="ARCH",
-                        help="device CPU architecture: aarch64 or x86_64")
+    parser.add_argument(
+        "arch",
+        nargs="+",
+        choices=("aarch64", "x86_64"),
+        metavar="ARCH",
+        help="device CPU architecture: aarch64 or x86_64",
+    )
     parser.set_defaults(func=run)
 
 

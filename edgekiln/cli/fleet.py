@@ -31,8 +31,11 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("fleet", help="run the fleet service or query it",
-                                   description="The fleet service (devices, heartbeats, reports, capture uploads).")
+    parser = subparsers.add_parser(
+        "fleet",
+        help="run the fleet service or query it",
+        description="The fleet service (devices, heartbeats, reports, capture uploads).",
+    )
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND")
     commands.required = True
     _add_serve(commands)
@@ -40,8 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint", default=os.environ.get("EDGEKILN_FLEET_ENDPOINT", DEFAULT_ENDPOINT),
-                   help=f"fleet service URL (default: $EDGEKILN_FLEET_ENDPOINT or {DEFAULT_ENDPOINT})")
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("EDGEKILN_FLEET_ENDPOINT", DEFAULT_ENDPOINT),
+        help=f"fleet service URL (default: $EDGEKILN_FLEET_ENDPOINT or {DEFAULT_ENDPOINT})",
+    )
     p.add_argument("--admin-token-file", help="admin token file (default: $EDGEKILN_FLEET_ADMIN_TOKEN)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -50,24 +56,43 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the fleet service (FastAPI + SQLAlchemy)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    serve.add_argument("--data-dir", default="fleet-data", help="SQLite file, admin token and local objects "
-                                                                 "(default: ./fleet-data)")
-    serve.add_argument("--db", help="database URL: sqlite:///PATH (default: DATA_DIR/fleet.db) or "
-                                    "postgresql://user@host/db")
-    serve.add_argument("--s3-endpoint", help="S3 endpoint URL (credentials from AWS_ACCESS_KEY_ID/"
-                                             "AWS_SECRET_ACCESS_KEY); without it objects go to a local directory")
+    serve.add_argument(
+        "--data-dir", default="fleet-data", help="SQLite file, admin token and local objects (default: ./fleet-data)"
+    )
+    serve.add_argument(
+        "--db", help="database URL: sqlite:///PATH (default: DATA_DIR/fleet.db) or postgresql://user@host/db"
+    )
+    serve.add_argument(
+        "--s3-endpoint",
+        help="S3 endpoint URL (credentials from AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY); without it objects go to a local directory",
+    )
     serve.add_argument("--bucket", default="edgekiln-captures", help="S3 bucket (created if missing)")
     serve.add_argument("--region", default="us-east-1", help="S3 region (default: us-east-1)")
     serve.add_argument("--objects-dir", help="local object directory (default: DATA_DIR/objects)")
-    serve.add_argument("--admin-token-file", help="admin token file (default: DATA_DIR/admin-token, "
-                                                  "created with a new token if missing)")
+    serve.add_argument(
+        "--admin-token-file",
+        help="admin token file (default: DATA_DIR/admin-token, created with a new token if missing)",
+    )
     serve.add_argument("--presign-seconds", type=int, default=300, help="lifetime of upload URLs (default: 300)")
-    serve.add_argument("--connected-seconds", type=float, default=120.0,
-                       help="a device is connected if it sent a heartbeat this recently (default: 120)")
-    serve.add_argument("--max-body-bytes", type=int, default=4 << 20,
-                       help="largest JSON request body; larger ones get 413 unread (default: 4 MiB)")
-    serve.add_argument("--max-object-bytes", type=int, default=256 << 20,
-                       help="largest upload to the local object store (default: 256 MiB)")
+    serve.add_argument(
+        "--connected-seconds",
+        type=float,
+        default=120.0,
+        help="a device is connected if it sent a heartbeat this recently (default: 120)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 << 20,
+        help="largest JSON request body; larger ones get 413 unread (default: 4 MiB)",
+    )
+    serve.add_argument(
+        "--max-object-bytes",
+        type=int,
+        default=256 << 20,
+        help="largest upload to the local object store (default: 256 MiB)",
+    )
     serve.add_argument("--api-docs", action="store_true", help="serve /docs and /openapi.json (default: off)")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
@@ -80,8 +105,9 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     reg.add_argument("device", metavar="DEVICE")
     reg.add_argument("--description", default="")
     reg.add_argument("--token-out", metavar="FILE", help="write the device token here (mode 0600)")
-    reg.add_argument("--expires-in", type=int, metavar="SECONDS", help="the token expires after this long "
-                                                                       "(default: never)")
+    reg.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="the token expires after this long (default: never)"
+    )
     client_options(reg)
     reg.set_defaults(func=run_client)
 
@@ -110,8 +136,10 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     client_options(devices)
     devices.set_defaults(func=run_client)
 
-    for name, help_text in (("describe", "describe a device: metrics, models, captures, faults"),
-                            ("captures", "list a device's captured batches and objects")):
+    for name, help_text in (
+        ("describe", "describe a device: metrics, models, captures, faults"),
+        ("captures", "list a device's captured batches and objects"),
+    ):
         p = commands.add_parser(name, help=help_text)
         p.add_argument("fleet", metavar="FLEET")
         p.add_argument("device", metavar="DEVICE")
@@ -122,7 +150,6 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("fleet", metavar="FLEET")
     client_options(report)
     report.set_defaults(func=run_client)
-
 
 
 # -- serve ---------------------------------------------------------------------------
@@ -149,17 +176,30 @@ def run_serve(args: argparse.Namespace) -> int:
         admin_token=token,
         object_store="s3" if args.s3_endpoint else "local",
         objects_dir=Path(args.objects_dir) if args.objects_dir else data_dir / "objects",
-        s3_endpoint=args.s3_endpoint, s3_bucket=args.bucket, s3_region=args.region,
-        presign_seconds=args.presign_seconds, connected_seconds=args.connected_seconds,
-        max_body_bytes=args.max_body_bytes, max_object_bytes=args.max_object_bytes, api_docs=args.api_docs)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        s3_endpoint=args.s3_endpoint,
+        s3_bucket=args.bucket,
+        s3_region=args.region,
+        presign_seconds=args.presign_seconds,
+        connected_seconds=args.connected_seconds,
+        max_body_bytes=args.max_body_bytes,
+        max_object_bytes=args.max_object_bytes,
+        api_docs=args.api_docs,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     app = create_app(options)
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
     token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
-    print(f"fleet service on http://{args.host}:{args.port} (database {app.state.store.engine.url.render_as_string()}, "
-          f"admin token in {token_from})", file=sys.stderr, flush=True)
+    print(
+        f"fleet service on http://{args.host}:{args.port} (database {app.state.store.engine.url.render_as_string()}, "
+        f"admin token in {token_from})",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
@@ -196,8 +236,12 @@ class FleetAdmin:
         from edgekiln.errors import UserError
 
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.endpoint + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.endpoint + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
@@ -207,8 +251,11 @@ class FleetAdmin:
             except (ValueError, AttributeError):
                 detail = exc.reason
             if isinstance(detail, list):  # a 422: which fields, and why
-                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg', '')}"
-                                   for d in detail if isinstance(d, dict))
+                detail = "; ".join(
+                    f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg', '')}"
+                    for d in detail
+                    if isinstance(d, dict)
+                )
             raise UserError(f"fleet service: {method} {path}: {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise UserError(f"fleet service at {self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
@@ -281,42 +328,60 @@ def render(command: str, result: dict[str, Any]) -> str:
     if command == "revoke":
         return f"revoked the token of {result['fleet']}/{result['device']} (rotate issues a new one)"
     if command == "audit":
-        return "\n".join(f"{_when(e['at'])}  {e['action']:<12} {e['fleet']}/{e['device']:<24} by {e['actor']}"
-                         f"{'  ' + e['detail'] if e['detail'] else ''}" for e in result["entries"]) or "no entries"
+        return (
+            "\n".join(
+                f"{_when(e['at'])}  {e['action']:<12} {e['fleet']}/{e['device']:<24} by {e['actor']}"
+                f"{'  ' + e['detail'] if e['detail'] else ''}"
+                for e in result["entries"]
+            )
+            or "no entries"
+        )
     if command == "devices":
         rows = [f"{'fleet/device':<32} {'agent':<8} {'connected':<9} last heartbeat"]
         for d in result["devices"]:
-            rows.append(f"{d['fleet'] + '/' + d['device']:<32} {d['agent_version'] or '-':<8} "
-                        f"{'yes' if d['connected'] else 'no':<9} {_when(d['last_heartbeat_at'])}")
+            rows.append(
+                f"{d['fleet'] + '/' + d['device']:<32} {d['agent_version'] or '-':<8} "
+                f"{'yes' if d['connected'] else 'no':<9} {_when(d['last_heartbeat_at'])}"
+            )
         return "\n".join(rows)
     if command == "describe":
         m = result["agent_metrics"]
-        lines = [f"device {result['fleet']}/{result['device']}  agent {result['agent_version'] or '-'}  "
-                 f"{'connected' if result['connected'] else 'not connected'}, last heartbeat "
-                 f"{_when(result['last_heartbeat_at'])} ({result['heartbeats_received']} received)"]
+        lines = [
+            f"device {result['fleet']}/{result['device']}  agent {result['agent_version'] or '-'}  "
+            f"{'connected' if result['connected'] else 'not connected'}, last heartbeat "
+            f"{_when(result['last_heartbeat_at'])} ({result['heartbeats_received']} received)"
+        ]
         if result.get("revoked_at") is not None:
             lines.append(f"  token revoked {_when(result['revoked_at'])}")
         elif result.get("token_expires_at") is not None:
             lines.append(f"  token expires {_when(result['token_expires_at'])}")
         if result.get("dead_letter_batches"):
-            lines.append(f"  dead-lettered capture batches (refused by the fleet, kept on the device): "
-                         f"{result['dead_letter_batches']}")
+            lines.append(
+                f"  dead-lettered capture batches (refused by the fleet, kept on the device): "
+                f"{result['dead_letter_batches']}"
+            )
         if m:
-            lines.append(f"  cpu {m.get('cpu_percent', 0):.1f}%  rss {m.get('memory_rss_bytes', 0) / 2**20:.1f} MiB  "
-                         f"uptime {m.get('uptime_seconds', 0):.0f} s  restarts {m.get('restarts', 0):.0f}  "
-                         f"capture backlog {m.get('capture_backlog_records', 0):.0f}")
-            lines.append(f"  captures delivered {m.get('captures_delivered', 0):.0f}, rejected "
-                         f"{m.get('captures_rejected', 0):.0f}, overwritten {m.get('captures_overwritten', 0):.0f}, "
-                         f"expired {m.get('captures_expired', 0):.0f}")
+            lines.append(
+                f"  cpu {m.get('cpu_percent', 0):.1f}%  rss {m.get('memory_rss_bytes', 0) / 2**20:.1f} MiB  "
+                f"uptime {m.get('uptime_seconds', 0):.0f} s  restarts {m.get('restarts', 0):.0f}  "
+                f"capture backlog {m.get('capture_backlog_records', 0):.0f}"
+            )
+            lines.append(
+                f"  captures delivered {m.get('captures_delivered', 0):.0f}, rejected "
+                f"{m.get('captures_rejected', 0):.0f}, overwritten {m.get('captures_overwritten', 0):.0f}, "
+                f"expired {m.get('captures_expired', 0):.0f}"
+            )
         for model in result["models"]:
             mm = model["metrics"]
             p50, p99 = mm.get("latency_p50_ms"), mm.get("latency_p99_ms")
-            lines.append(f"  model {model['model_name']} {model['model_version']}: "
-                         f"{mm.get('inference_count', 0):.0f} inferences, {mm.get('error_count', 0):.0f} errors, "
-                         f"p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
-                         f"p99 {p99 if p99 is not None else float('nan'):.2f} ms, "
-                         f"last inference {_when(model['latest_inference'])}, "
-                         f"last sample {_when(model['latest_sample_time'])}")
+            lines.append(
+                f"  model {model['model_name']} {model['model_version']}: "
+                f"{mm.get('inference_count', 0):.0f} inferences, {mm.get('error_count', 0):.0f} errors, "
+                f"p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
+                f"p99 {p99 if p99 is not None else float('nan'):.2f} ms, "
+                f"last inference {_when(model['latest_inference'])}, "
+                f"last sample {_when(model['latest_sample_time'])}"
+            )
         c = result["captures"]
         lines.append(f"  captured records in the fleet: {c['records']} in {c['batches']} batches ({c['bytes']} bytes)")
         for fault in result["faults"]:
@@ -327,11 +392,15 @@ def render(command: str, result: dict[str, Any]) -> str:
         lines += [f"  {o['size']:>9}  {o['key']}" for o in result["objects"]]
         return "\n".join(lines)
     s = result["device_stats"]
-    lines = [f"fleet {result['device_fleet_name']}: {s['registered_device_count']} registered, "
-             f"{s['connected_device_count']} connected"]
+    lines = [
+        f"fleet {result['device_fleet_name']}: {s['registered_device_count']} registered, "
+        f"{s['connected_device_count']} connected"
+    ]
     lines += [f"  agent {v['version']}: {v['agent_count']} devices" for v in result["agent_versions"]]
     for m in result["model_stats"]:
-        lines.append(f"  model {m['model_name']} {m['model_version']}: connected {m['connected_device_count']}, "
-                     f"offline {m['offline_device_count']}, active {m['active_device_count']}, "
-                     f"sampling {m['sampling_device_count']}")
+        lines.append(
+            f"  model {m['model_name']} {m['model_version']}: connected {m['connected_device_count']}, "
+            f"offline {m['offline_device_count']}, active {m['active_device_count']}, "
+            f"sampling {m['sampling_device_count']}"
+        )
     return "\n".join(lines)

@@ -9,8 +9,11 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("inspect", help="show an artifact's manifest and file sizes",
-                                   description="Print the manifest of ARTIFACT and the size of every file in it.")
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show an artifact's manifest and file sizes",
+        description="Print the manifest of ARTIFACT and the size of every file in it.",
+    )
     parser.add_argument("artifact", metavar="ARTIFACT", help="artifact .tar.gz")
     parser.add_argument("--json", action="store_true", help="print the manifest and sizes as JSON")
     parser.set_defaults(func=run)
@@ -66,7 +69,8 @@ def render(data: dict) -> str:
         f"model      {m['name']} v{m['version']} ({m['source_format']}, sha256 {m['source_sha256'][:12]}…)",
         f"profile    {data['profile']}   backend {data['backend']}   target {data['target_triple']}"
         + (f"   CUDA {rt['cuda_arch']}" if rt.get("cuda_arch") else ""),
-        f"compiler   " + ", ".join(f"{k} {val}" for k, val in data["compiler"].items())
+        "compiler   "
+        + ", ".join(f"{k} {val}" for k, val in data["compiler"].items())
         + f"; edgekiln {data['edgekiln_version']}",
         f"needs      {rt['arch']} {rt['os']}"
         + (f", glibc >= {rt['glibc']}" if rt.get("glibc") else "")
@@ -80,8 +84,10 @@ def render(data: dict) -> str:
         for t in data[kind]:
             lines.append(f"{kind[:-1]:<10} {t['name']} {t['dtype']} {t['shape']}")
     if v["status"] == "passed":
-        lines.append(f"validation passed: max abs diff {v['max_abs_diff']:.2e} <= {v['tolerance_abs']:g}, "
-                     f"top-1 agreement {v['top1_agreement']:.2f} ({v['samples']} samples, {v['reference']})")
+        lines.append(
+            f"validation passed: max abs diff {v['max_abs_diff']:.2e} <= {v['tolerance_abs']:g}, "
+            f"top-1 agreement {v['top1_agreement']:.2f} ({v['samples']} samples, {v['reference']})"
+        )
     else:
         lines.append(f"validation {v['status']}: {v.get('reason')}")
     lines.append("files")

@@ -16,14 +16,26 @@ from edgekiln.errors import EdgekilnError, InternalError
 # ``func(args) -> int``. Imported on demand so that ``edgekiln run`` on a device never
 # imports the compiler.
 COMMANDS = (
-    "compile", "inspect", "run", "profiles", "zoo", "fetch-runtime", "emulate", "agent", "agent-ctl", "fleet", "bench",
+    "compile",
+    "inspect",
+    "run",
+    "profiles",
+    "zoo",
+    "fetch-runtime",
+    "emulate",
+    "agent",
+    "agent-ctl",
+    "fleet",
+    "bench",
 )
 
 
 # EDGEKILN_DEBUG=1 does what --debug does, for runs whose command line is not at hand (CI, services).
 DEBUG_ENV = "EDGEKILN_DEBUG"
-_DEBUG_HELP = (f"on an error, show the full traceback, including the original exceptions that the one-line "
-               f"message replaces (or set {DEBUG_ENV}=1)")
+_DEBUG_HELP = (
+    f"on an error, show the full traceback, including the original exceptions that the one-line "
+    f"message replaces (or set {DEBUG_ENV}=1)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

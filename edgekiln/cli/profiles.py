@@ -83,9 +83,7 @@ def _print_json(value: Any, out: TextIO | None = None) -> None:
     out.write("\n")
 
 
-def _print_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None
-) -> None:
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
     out = out or sys.stdout
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):

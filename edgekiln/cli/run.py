@@ -9,10 +9,13 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run", help="run an artifact on images or .npy inputs",
-        description=("Run ARTIFACT on each INPUT: an image (PNG/JPEG, preprocessed as the manifest says) "
-                     "is classified and its top-k classes printed; a .npy array is fed to the model as is "
-                     "and the output shapes and top-k indices printed."),
+        "run",
+        help="run an artifact on images or .npy inputs",
+        description=(
+            "Run ARTIFACT on each INPUT: an image (PNG/JPEG, preprocessed as the manifest says) "
+            "is classified and its top-k classes printed; a .npy array is fed to the model as is "
+            "and the output shapes and top-k indices printed."
+        ),
     )
     parser.add_argument("artifact", metavar="ARTIFACT", help="artifact .tar.gz or extracted directory")
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image file or .npy array")
@@ -46,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"{item} is not a readable .npy array: {exc}") from None
             outputs = model.run([array])
             labels = model._labels
-            entry = {"input": item, "outputs": [{"name": n, "shape": list(o.shape)}
-                                                for n, o in zip(model.get_output_names(), outputs)],
-                     "top": top_classes(outputs[0].reshape(-1), labels, args.top_k)}
+            entry = {
+                "input": item,
+                "outputs": [{"name": n, "shape": list(o.shape)} for n, o in zip(model.get_output_names(), outputs)],
+                "top": top_classes(outputs[0].reshape(-1), labels, args.top_k),
+            }
         else:
             entry = {"input": item, "top": model.predict(path, top_k=args.top_k)}
         results.append(entry)

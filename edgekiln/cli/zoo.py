@@ -16,12 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="zoo_action", metavar="ACTION")
     actions.required = True
-    list_parser = actions.add_parser(
-        "list", help="list the models with parameters, MACs and input shape"
-    )
-    list_parser.add_argument(
-        "--json", action="store_true", help="print a JSON list for scripts and CI"
-    )
+    list_parser = actions.add_parser("list", help="list the models with parameters, MACs and input shape")
+    list_parser.add_argument("--json", action="store_true", help="print a JSON list for scripts and CI")
     list_parser.set_defaults(func=run)
 
 
@@ -70,7 +66,5 @@ def run(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0

@@ -58,9 +58,7 @@ _NON_PARAMETER_INPUTS: dict[str, frozenset[int]] = {
 }
 # A one-element constant feeding only these ops is arithmetic glue (the 3 and 6 of an
 # exported hardswish, a 1/sqrt(d) scale), not a parameter a trainer would own.
-_ELEMENTWISE = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Clip", "Where", "Equal", "Less", "Greater"}
-)
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Clip", "Where", "Equal", "Less", "Greater"})
 # Integer tensors wider than 32 bits are shapes, axes or indices in practice; quantized
 # weights are 8-bit (or 4-bit) and their biases 32-bit, and those count.
 _NON_PARAMETER_DTYPES = frozenset({"INT64", "UINT64", "BOOL", "STRING"})
@@ -81,9 +79,7 @@ def _require_onnx():
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - the compile extra brings onnx
-        raise DependencyError(
-            "graph statistics need the onnx package", hint="pip install 'edgekiln[compile]'"
-        ) from exc
+        raise DependencyError("graph statistics need the onnx package", hint="pip install 'edgekiln[compile]'") from exc
     return onnx
 
 
@@ -145,9 +141,7 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def _shape_skeleton(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
-) -> onnx.ModelProto:
+def _shape_skeleton(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> onnx.ModelProto:
     """A copy of ``model`` without bulky weight data and with concrete input shapes."""
     onnx = _require_onnx()
     from onnx import helper
@@ -159,8 +153,7 @@ def _shape_skeleton(
     if unknown:
         raise UserError(
             f"input_shapes names {', '.join(unknown)}, which the model does not have as inputs",
-            hint="the inputs are: "
-            + ", ".join(i.name for i in graph.input if i.name not in initializer_names),
+            hint="the inputs are: " + ", ".join(i.name for i in graph.input if i.name not in initializer_names),
         )
 
     inputs = []
@@ -195,11 +188,7 @@ def _shape_skeleton(
         (small if keep else large).append(tensor)
     inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large]
     for sparse in graph.sparse_initializer:
-        inputs.append(
-            helper.make_tensor_value_info(
-                sparse.values.name, sparse.values.data_type, list(sparse.dims)
-            )
-        )
+        inputs.append(helper.make_tensor_value_info(sparse.values.name, sparse.values.data_type, list(sparse.dims)))
 
     skeleton_graph = helper.make_graph(
         list(graph.node), graph.name or "graph", inputs, list(graph.output), initializer=small
@@ -235,8 +224,7 @@ def _inferred_shapes(
         if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
             continue
         shapes[value.name] = [
-            d.dim_value if d.HasField("dim_value") else None
-            for d in value.type.tensor_type.shape.dim
+            d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
         ]
     for tensor in graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
@@ -281,9 +269,7 @@ def _node_macs(node: Any, shapes: Mapping[str, list[int | None]]) -> int:
     return 0
 
 
-def count_macs(
-    model: onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None
-) -> int:
+def count_macs(model: onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None) -> int:
     """Count the multiply-accumulates of one forward pass, as fvcore and torchvision do.
 
     Conv, ConvTranspose, Gemm and MatMul (and ConvInteger, QLinearConv, MatMulInteger,
@@ -306,9 +292,7 @@ def count_macs(
     return sum(_node_macs(node, shapes) for node in graph.node)
 
 
-def graph_stats(
-    model: onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None
-) -> dict:
+def graph_stats(model: onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict:
     """Parameters, MACs and op-type counts of an ONNX model, as one JSON-ready dict.
 
     Args:
@@ -325,8 +309,7 @@ def graph_stats(
     """
     graph, shapes = _inferred_shapes(model, input_shapes)
     counts = Counter(
-        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        for node in graph.node
+        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in graph.node
     )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return {

@@ -66,8 +66,10 @@ class CompileOptions:
         given = self.backend_options
         if isinstance(given, Mapping):
             if given and self.backend == auto.AUTO:
-                raise UserError("backend options as a mapping need a named backend, not auto",
-                                hint="give typed options such as TVMOptions(embed_ptx=False), one per backend")
+                raise UserError(
+                    "backend options as a mapping need a named backend, not auto",
+                    hint="give typed options such as TVMOptions(embed_ptx=False), one per backend",
+                )
             given = (registry.get(self.backend).options_type.from_dict(given),) if given else ()
         elif isinstance(given, BackendOptions):
             given = (given,)
@@ -123,8 +125,9 @@ def compile_model(
     # Nothing is written next to the output until the final rename in pack().
     with tempfile.TemporaryDirectory(prefix="edgekiln-compile-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
-        source = import_source(model, work / "source", framework=framework, input_shape=input_shape,
-                               name=name, progress=progress)
+        source = import_source(
+            model, work / "source", framework=framework, input_shape=input_shape, name=name, progress=progress
+        )
         int8 = optimize(source, options.quantize, backends, work / "quantize", progress)
 
         def lower_one(source: SourceModel, backend: Backend) -> StagedArtifact:
@@ -132,8 +135,9 @@ def compile_model(
 
         selection: BackendSelection | None = None
         if options.backend == auto.AUTO:
-            staged, selection = auto.compile_auto(source, backends, lower_one, profile, work / "auto",
-                                                  host_can_execute(profile), progress)
+            staged, selection = auto.compile_auto(
+                source, backends, lower_one, profile, work / "auto", host_can_execute(profile), progress
+            )
         else:
             staged = lower_one(source, backends[0])
         return package(staged, output, selection, time.perf_counter() - started, progress)
@@ -144,8 +148,10 @@ def _output_path(output: str | os.PathLike[str]) -> Path:
     if output.is_dir():
         raise UserError(f"output path {output} is a directory", hint="give a file name such as model.tar.gz")
     if not output.parent.exists():
-        raise UserError(f"the directory of the output path {output} does not exist",
-                        hint="create it first, or give another output path")
+        raise UserError(
+            f"the directory of the output path {output} does not exist",
+            hint="create it first, or give another output path",
+        )
     return output
 
 
@@ -158,8 +164,10 @@ def _backends(profile: DeviceProfile, options: CompileOptions) -> list[Backend]:
     if options.backend == auto.AUTO:
         candidates = auto.eligible(profile, q)
         if not candidates:
-            raise UserError(f"profile {profile.id} has no backend that can build this model here "
-                            f"(it lists {', '.join(profile.backends)})")
+            raise UserError(
+                f"profile {profile.id} has no backend that can build this model here "
+                f"(it lists {', '.join(profile.backends)})"
+            )
         return [registry.get(name) for name in candidates]
     backend = registry.get(options.backend)
     reason = backend.supports(profile)
@@ -167,23 +175,37 @@ def _backends(profile: DeviceProfile, options: CompileOptions) -> list[Backend]:
         raise UserError(f"backend {backend.id} cannot build for {profile.id}: {reason}")
     foreign = [type(o).__name__ for o in options.backend_options if not isinstance(o, backend.options_type)]
     if foreign:
-        raise UserError(f"{', '.join(foreign)} do not apply to the {backend.id} backend",
-                        hint=f"its options are {backend.options_type.__name__}")
+        raise UserError(
+            f"{', '.join(foreign)} do not apply to the {backend.id} backend",
+            hint=f"its options are {backend.options_type.__name__}",
+        )
     if q is not None and not backend.can_quantize(q.auto):
         able = [n for n in registry.names() if registry.get(n).can_quantize(q.auto)]
         raise UserError(f"backend {backend.id} cannot build {q.mode} models; use one of {', '.join(able)}")
     return [backend]
 
 
-def import_source(model: str | os.PathLike[str], workdir: Path, *, framework: str | None, input_shape: InputShapes,
-                  name: str | None, progress: Progress) -> SourceModel:
+def import_source(
+    model: str | os.PathLike[str],
+    workdir: Path,
+    *,
+    framework: str | None,
+    input_shape: InputShapes,
+    name: str | None,
+    progress: Progress,
+) -> SourceModel:
     """Stage 1: the model, of any framework, as a canonical ONNX ``SourceModel``."""
     with progress.step(f"import {model}"):
         return import_model(model, workdir, framework=framework, input_shape=input_shape, name=name)
 
 
-def optimize(source: SourceModel, quantize: QuantizeOptions | None, backends: Sequence[Backend], workdir: Path,
-             progress: Progress) -> Int8Inputs | None:
+def optimize(
+    source: SourceModel,
+    quantize: QuantizeOptions | None,
+    backends: Sequence[Backend],
+    workdir: Path,
+    progress: Progress,
+) -> Int8Inputs | None:
     """Stage 2: quantize once for every candidate that needs it (None: an fp32 compile)."""
     if quantize is None:
         return None
@@ -204,8 +226,16 @@ def optimize(source: SourceModel, quantize: QuantizeOptions | None, backends: Se
     return Int8Inputs(quantize, qdq, error, calibration, gate_data)
 
 
-def lower_and_validate(source: SourceModel, int8: Int8Inputs | None, backend: Backend, profile: DeviceProfile,
-                       version: str, options: CompileOptions, root: Path, progress: Progress) -> StagedArtifact:
+def lower_and_validate(
+    source: SourceModel,
+    int8: Int8Inputs | None,
+    backend: Backend,
+    profile: DeviceProfile,
+    version: str,
+    options: CompileOptions,
+    root: Path,
+    progress: Progress,
+) -> StagedArtifact:
     """Stages 3 and 4 for one backend: lower into ``root``, write the manifest the runtime
     needs to load it, and validate it there."""
     model, quantized, calibration = source, None, None
@@ -230,35 +260,50 @@ def lower_and_validate(source: SourceModel, int8: Int8Inputs | None, backend: Ba
         assert int8 is not None and int8.gate_data is not None
         quantized, validation = _gate_self_quantized(model, int8, backend, lowered, root, progress)
     else:
-        validation = _validate(model, profile, root, manifest, options, progress,
-                               quantized is not None or source.prequantized)
-    manifest = replace(manifest, validation=validation,
-                       quantization=None if quantized is None else quantized.manifest_entry())
+        validation = _validate(
+            model, profile, root, manifest, options, progress, quantized is not None or source.prequantized
+        )
+    manifest = replace(
+        manifest, validation=validation, quantization=None if quantized is None else quantized.manifest_entry()
+    )
     return StagedArtifact(backend=backend.id, root=root, manifest=manifest)
 
 
-def _gate_self_quantized(source: SourceModel, int8: Int8Inputs, backend: Backend, lowered: LoweredFiles, root: Path,
-                         progress: Progress) -> tuple[QuantizedModel, Validation]:
+def _gate_self_quantized(
+    source: SourceModel, int8: Int8Inputs, backend: Backend, lowered: LoweredFiles, root: Path, progress: Progress
+) -> tuple[QuantizedModel, Validation]:
     """The accuracy gate on the int8 artifact a backend made by itself; it stands in for
     the numerical validation, as there is no int8 ONNX model to compare it with."""
     assert int8.gate_data is not None
     details = dict(lowered.options.get("quantization") or {})
     samples = int(details.get("calibration_samples", 0))
     gate = gate_artifact(
-        source, int8.options, int8.gate_data,
+        source,
+        int8.options,
+        int8.gate_data,
         lambda _path, inputs: [o[0] for o in validate.run_artifact(root, [[x] for x in inputs])],
-        samples or int8.options.calibration_samples, f"{backend.id} {details.get('scheme', 'int8')}", progress)
+        samples or int8.options.calibration_samples,
+        f"{backend.id} {details.get('scheme', 'int8')}",
+        progress,
+    )
     method = f"{backend.id} {details.get('scheme', 'full-integer int8')}, {details.get('calibration_method', '')}"
-    quantized = QuantizedModel(source=source, gate=gate, calibration_samples=samples, method=method.rstrip(", "),
-                               details=details)
-    validation = Validation(status="passed", reference="int8 accuracy gate on the artifact",
-                            executed_on=f"host {compat.host_info().arch} (cpu)", samples=gate.samples,
-                            top1_agreement=gate.agreement, reason=None)
+    quantized = QuantizedModel(
+        source=source, gate=gate, calibration_samples=samples, method=method.rstrip(", "), details=details
+    )
+    validation = Validation(
+        status="passed",
+        reference="int8 accuracy gate on the artifact",
+        executed_on=f"host {compat.host_info().arch} (cpu)",
+        samples=gate.samples,
+        top1_agreement=gate.agreement,
+        reason=None,
+    )
     return quantized, validation
 
 
-def package(staged: StagedArtifact, output: Path, selection: BackendSelection | None, seconds: float,
-            progress: Progress) -> CompiledArtifact:
+def package(
+    staged: StagedArtifact, output: Path, selection: BackendSelection | None, seconds: float, progress: Progress
+) -> CompiledArtifact:
     """Stage 5: the validated build, with how it was chosen and how long it took, packed to ``output``."""
     manifest = replace(staged.manifest, backend_selection=selection, compile_seconds=round(seconds, 2))
     with progress.step(f"write {output}"):
@@ -266,8 +311,15 @@ def package(staged: StagedArtifact, output: Path, selection: BackendSelection | 
     return CompiledArtifact(path=output, manifest=manifest, size=output.stat().st_size)
 
 
-def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest: Manifest,
-              options: CompileOptions, progress: Progress, int8: bool) -> Validation:
+def _validate(
+    source: SourceModel,
+    profile: DeviceProfile,
+    root: Path,
+    manifest: Manifest,
+    options: CompileOptions,
+    progress: Progress,
+    int8: bool,
+) -> Validation:
     if not options.validate:
         return validate.skipped("disabled with --no-validate")
     runner: Runner = LocalRunner()
@@ -294,7 +346,9 @@ def _validate(source: SourceModel, profile: DeviceProfile, root: Path, manifest:
             if settings.tolerance_abs < floor:
                 settings = replace(settings, tolerance_abs=round(floor, 6))
         candidate = validate.run_artifact(root, batches, device, runner)
-        return validate.compare(reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})")
+        return validate.compare(
+            reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})"
+        )
 
 
 def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | str:
@@ -307,8 +361,15 @@ def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | st
     return emulated_board_problem(profile) or EmulatedRunner(profile)
 
 
-def _manifest(source: SourceModel, version: str, profile: DeviceProfile, backend: str, lowered: LoweredFiles,
-              files: Mapping[str, str], root: Path) -> Manifest:
+def _manifest(
+    source: SourceModel,
+    version: str,
+    profile: DeviceProfile,
+    backend: str,
+    lowered: LoweredFiles,
+    files: Mapping[str, str],
+    root: Path,
+) -> Manifest:
     """The manifest of a lowered build; validation fills in ``validation`` and ``quantization``."""
     return Manifest(
         model=ModelInfo(

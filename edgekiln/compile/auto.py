@@ -49,9 +49,15 @@ def eligible(profile: DeviceProfile, quantize: Any = None) -> list[str]:
 LowerAndValidate = Callable[[SourceModel, Any], StagedArtifact]
 
 
-def compile_auto(source: SourceModel, candidates: Sequence[Any], lower_and_validate: LowerAndValidate,
-                 profile: DeviceProfile, workdir: Path, cannot_run: str | None,
-                 progress: Any) -> tuple[StagedArtifact, BackendSelection]:
+def compile_auto(
+    source: SourceModel,
+    candidates: Sequence[Any],
+    lower_and_validate: LowerAndValidate,
+    profile: DeviceProfile,
+    workdir: Path,
+    cannot_run: str | None,
+    progress: Any,
+) -> tuple[StagedArtifact, BackendSelection]:
     """Lower and validate the one imported ``source`` for each candidate backend, in order,
     and choose one; returns the chosen build and the record of every candidate.
 
@@ -83,10 +89,14 @@ def compile_auto(source: SourceModel, candidates: Sequence[Any], lower_and_valid
         choice, why = _measure(built, records, source, progress)
     else:
         choice = next(iter(staged))
-        why = ("the only backend that built" if cannot_run is None else
-               f"first in the profile's preference order that built and validated ({cannot_run})")
-    selection = BackendSelection(mode=AUTO, chosen=choice, reason=why,
-                                 candidates=tuple(CandidateRecord(**r) for r in records))
+        why = (
+            "the only backend that built"
+            if cannot_run is None
+            else f"first in the profile's preference order that built and validated ({cannot_run})"
+        )
+    selection = BackendSelection(
+        mode=AUTO, chosen=choice, reason=why, candidates=tuple(CandidateRecord(**r) for r in records)
+    )
     return staged[choice], selection
 
 
@@ -95,8 +105,9 @@ def _pack(build: StagedArtifact, path: Path) -> CompiledArtifact:
     return CompiledArtifact(path=path, manifest=build.manifest, size=path.stat().st_size)
 
 
-def _measure(built: dict[str, Any], records: list[dict[str, Any]], baseline_model: Any,
-             progress: Any) -> tuple[str, str]:
+def _measure(
+    built: dict[str, Any], records: list[dict[str, Any]], baseline_model: Any, progress: Any
+) -> tuple[str, str]:
     """Time each built candidate against ONNX Runtime on the source model, interleaved in
     pairs on this host (:mod:`edgekiln.execute.timing`); the lowest median ratio wins.
 
@@ -126,8 +137,10 @@ def _measure(built: dict[str, Any], records: list[dict[str, Any]], baseline_mode
         first = next(iter(built))
         return first, "no candidate could be timed; kept the profile's first choice"
     best = min(ratios, key=ratios.get)  # type: ignore[arg-type]
-    return best, (f"fastest of {len(ratios)} timed candidates: median time {ratios[best]:.3f} x ONNX Runtime's "
-                  f"on the source model, {BENCH_PAIRS} interleaved pairs each")
+    return best, (
+        f"fastest of {len(ratios)} timed candidates: median time {ratios[best]:.3f} x ONNX Runtime's "
+        f"on the source model, {BENCH_PAIRS} interleaved pairs each"
+    )
 
 
 def _baseline_onnx(baseline_model: Any, manifest: Any, workdir: Path) -> Path:
@@ -151,8 +164,10 @@ def _time_pair(artifact: Any, onnx_path: Path, backend: str) -> tuple[timing.Tim
     runner = LocalRunner()
     subjects: list[timing.Timed] = []
     try:
-        for name, subject in ((backend, {"kind": "artifact", "path": str(artifact.path), "device": "cpu"}),
-                              ("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path), "device": "cpu"})):
+        for name, subject in (
+            (backend, {"kind": "artifact", "path": str(artifact.path), "device": "cpu"}),
+            ("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path), "device": "cpu"}),
+        ):
             timed = timing.Timed(name, runner.start(name))
             subjects.append(timed)
             timed.worker.load(subject, samples)

@@ -127,9 +127,11 @@ class GateResult:
     def summary(self) -> str:
         layers = ", ".join(f"{n} ({v:.1f} dB)" for n, v in self.sensitive_layers) or "n/a"
         what = "top-1" if self.labelled else "top-1 agreement with fp32"
-        return (f"int8 {what} {self.int8_top1:.4f} vs fp32 {self.fp32_top1:.4f} on {self.samples} inputs "
-                f"(needs >= {(1 - self.tolerance) * self.fp32_top1:.4f}); agreement {self.agreement:.4f}; "
-                f"most sensitive layers: {layers}")
+        return (
+            f"int8 {what} {self.int8_top1:.4f} vs fp32 {self.fp32_top1:.4f} on {self.samples} inputs "
+            f"(needs >= {(1 - self.tolerance) * self.fp32_top1:.4f}); agreement {self.agreement:.4f}; "
+            f"most sensitive layers: {layers}"
+        )
 
 
 @dataclass(frozen=True)

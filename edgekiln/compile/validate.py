@@ -59,8 +59,9 @@ def reference_outputs(model: Any, batches: Sequence[Sequence[np.ndarray]]) -> Sa
     return [list(session.run(None, dict(zip(names, batch)))) for batch in batches]
 
 
-def run_artifact(root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu",
-                 runner: Runner | None = None) -> Samples:
+def run_artifact(
+    root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu", runner: Runner | None = None
+) -> Samples:
     """Run an extracted artifact on ``batches`` through the runtime, in a worker process of
     ``runner`` (default: this host)."""
     subject = {"kind": "artifact", "path": str(root), "device": device}

@@ -20,11 +20,13 @@ from edgekiln.device_profiles.schema import DeviceProfile
 from edgekiln.errors import UserError
 
 if sys.version_info >= (3, 11):
-    import tomllib
     from importlib.resources.abc import Traversable
+
+    import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
     from importlib.abc import Traversable
+
+    import tomli as tomllib
 
 PathLike = Union[str, "os.PathLike[str]", Traversable]
 
@@ -79,9 +81,7 @@ def build_catalog(entries: Iterable[tuple[DeviceProfile, str]]) -> _Catalog:
             key = name.casefold()
             if key in by_name:
                 if by_name[key] is profile:
-                    raise UserError(
-                        f"device profile {source}: '{name}' is listed twice in one profile"
-                    )
+                    raise UserError(f"device profile {source}: '{name}' is listed twice in one profile")
                 raise UserError(
                     f"device profile name '{name}' is used by both {owner[key]} "
                     f"({by_name[key].id}) and {source} ({profile.id}); ids and aliases "
@@ -107,7 +107,7 @@ def _shipped_files() -> list[tuple[str, Traversable]]:
     return files
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _catalog() -> _Catalog:
     entries = []
     for vendor, file in _shipped_files():

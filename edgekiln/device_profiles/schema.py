@@ -313,9 +313,7 @@ class _Table:
             raise self._error(f"key '{self.key(name)}' must be > 0, not {value}")
         return float(value)
 
-    def str_list(
-        self, name: str, *, required: bool = True, non_empty: bool = True
-    ) -> tuple[str, ...]:
+    def str_list(self, name: str, *, required: bool = True, non_empty: bool = True) -> tuple[str, ...]:
         value = self._get(name, required)
         if value is None:
             return ()
@@ -327,9 +325,7 @@ class _Table:
             raise self._error(f"key '{self.key(name)}' lists a value twice: {list(value)}")
         return tuple(value)
 
-    def table(
-        self, name: str, allowed: tuple[str, ...], *, required: bool = True
-    ) -> _Table | None:
+    def table(self, name: str, allowed: tuple[str, ...], *, required: bool = True) -> _Table | None:
         value = self._get(name, required)
         if value is None:
             return None

@@ -29,21 +29,36 @@ _SHADOWED_DIRS = (
 _HOST_VISIBLE_DIRS = ("tmp", "var/tmp", "root", "home")
 
 
-def install_wheels(requirements: tuple[str, ...], platform_tags: tuple[str, ...], into: Path,
-                   site: Path) -> list[str]:
+def install_wheels(requirements: tuple[str, ...], platform_tags: tuple[str, ...], into: Path, site: Path) -> list[str]:
     """Download the wheels (with their dependencies) for the platform and unpack them."""
     into.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-           "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
-           "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON_VERSION,
+        "--abi",
+        "cp" + PYTHON_VERSION.replace(".", ""),
+        "-d",
+        str(into),
+    ]
     for tag in platform_tags:
         cmd += ["--platform", tag]
     proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True)
     wheels = sorted(into.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()
-        raise DependencyError(f"cannot download wheels for {platform_tags[0]}: {(lines or ['no wheel'])[-1]}",
-                              hint="check that PyPI is reachable")
+        raise DependencyError(
+            f"cannot download wheels for {platform_tags[0]}: {(lines or ['no wheel'])[-1]}",
+            hint="check that PyPI is reachable",
+        )
     site.mkdir(parents=True, exist_ok=True)
     for wheel in wheels:
         unpack_wheel(wheel, site)
@@ -104,16 +119,22 @@ def compile_and_check(qemu: Qemu, root: Path, recipe: Recipe) -> None:
         raise DependencyError(f"the Debian packages for {recipe.debian_arch} brought no {GUEST_PYTHON}")
     base = [qemu.path, "-cpu", qemu.cpu, "-L", str(root), str(python)]
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONNOUSERSITE": "1"}
-    dirs = [root / f"usr/lib/python{PYTHON_VERSION}", root / GUEST_SITE_PACKAGES.lstrip("/"),
-            root / "usr/lib/python3/dist-packages"]
+    dirs = [
+        root / f"usr/lib/python{PYTHON_VERSION}",
+        root / GUEST_SITE_PACKAGES.lstrip("/"),
+        root / "usr/lib/python3/dist-packages",
+    ]
     # Test suites and GUI/2to3 parts are never imported on a board; compiling them would
     # double the time (and lib2to3's test data is not valid Python 3).
     exclude = r"/(tests?|idlelib|lib2to3|tkinter|turtledemo|ensurepip)/"
     # compileall returns 1 when a file does not compile; that is the package's business.
     # Anything else means the emulated interpreter itself does not work.
-    proc = subprocess.run([*base, "-m", "compileall", "-q", "-j", "0", "-x", exclude,
-                           *(str(d) for d in dirs if d.is_dir())],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [*base, "-m", "compileall", "-q", "-j", "0", "-x", exclude, *(str(d) for d in dirs if d.is_dir())],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode not in (0, 1):
         raise DependencyError(_emulation_failure(qemu, proc, "compiling bytecode"), hint=QEMU_HINT)
     check = f"import {', '.join(recipe.imports)}" if recipe.imports else "pass"
@@ -121,8 +142,9 @@ def compile_and_check(qemu: Qemu, root: Path, recipe: Recipe) -> None:
     if proc.returncode != 0:
         # Killed by a signal (SIGILL, SIGSEGV) is the emulator's doing; an ImportError is
         # the recipe's (a library the packages did not bring).
-        raise DependencyError(_emulation_failure(qemu, proc, f"`{check}`"),
-                              hint=QEMU_HINT if proc.returncode < 0 else None)
+        raise DependencyError(
+            _emulation_failure(qemu, proc, f"`{check}`"), hint=QEMU_HINT if proc.returncode < 0 else None
+        )
 
 
 def _emulation_failure(qemu: Qemu, proc: subprocess.CompletedProcess, what: str) -> str:

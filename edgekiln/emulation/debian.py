@@ -79,16 +79,23 @@ class Apt:
 
     def _run(self, args: list[str], what: str, cwd: Path | None = None) -> str:
         cmd = ["apt-get", *self.options, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                              env={**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"})
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"},
+        )
         self.last_output = proc.stderr + proc.stdout
         if proc.returncode != 0:
             lines = [ln for ln in self.last_output.splitlines() if ln.strip()]
             # The first error names the cause; apt's last one is a summary ("Some index
             # files failed to download").
             errors = [ln for ln in lines if ln.startswith("E:")] or lines or ["no output"]
-            raise DependencyError(f"cannot {what} (apt-get {args[0]} exited {proc.returncode}): {errors[0]}",
-                                  hint=f"check that deb.debian.org (or ${DEBIAN_MIRROR_ENV}) is reachable")
+            raise DependencyError(
+                f"cannot {what} (apt-get {args[0]} exited {proc.returncode}): {errors[0]}",
+                hint=f"check that deb.debian.org (or ${DEBIAN_MIRROR_ENV}) is reachable",
+            )
         return proc.stdout
 
     def update(self) -> list[str]:
@@ -113,22 +120,27 @@ class Apt:
             if failed is not None and not failures:
                 raise failed
             cause = " ".join(" ".join(failures[0]).split()) if failures else "apt got no package list"
-            raise DependencyError(f"cannot {what}: {cause}",
-                                  hint=f"check that deb.debian.org (or ${DEBIAN_MIRROR_ENV}) is reachable")
+            raise DependencyError(
+                f"cannot {what}: {cause}", hint=f"check that deb.debian.org (or ${DEBIAN_MIRROR_ENV}) is reachable"
+            )
         if failed is not None and not suites:
             raise failed
         if not suites:
             return []
         cause = " ".join(" ".join(failures[0]).split())
-        return [f"{', '.join(suites)} {self.debian_arch} package lists unavailable at build time, their "
-                f"updates left out ({cause[:160]})"]
+        return [
+            f"{', '.join(suites)} {self.debian_arch} package lists unavailable at build time, their "
+            f"updates left out ({cause[:160]})"
+        ]
 
     def resolve(self, packages: tuple[str, ...]) -> list[tuple[str, str]]:
         """The packages and everything they depend on, as (name, version)."""
         # apt's own resolver on an empty status file: exactly what installing them on a
         # fresh board would unpack, with alternatives chosen as apt chooses them.
-        out = self._run(["install", "--simulate", "--no-install-recommends", "-qq", *packages],
-                        f"resolve {', '.join(packages)} for {self.debian_arch}")
+        out = self._run(
+            ["install", "--simulate", "--no-install-recommends", "-qq", *packages],
+            f"resolve {', '.join(packages)} for {self.debian_arch}",
+        )
         selected = []
         for line in out.splitlines():
             match = re.match(r"^Inst (\S+) \((\S+) ", line)
@@ -140,8 +152,11 @@ class Apt:
 
     def download(self, selected: list[tuple[str, str]], into: Path) -> list[Path]:
         into.mkdir(parents=True, exist_ok=True)
-        self._run(["download", "-qq", *(f"{name}={version}" for name, version in selected)],
-                  f"download {len(selected)} Debian {self.debian_arch} packages", cwd=into)
+        self._run(
+            ["download", "-qq", *(f"{name}={version}" for name, version in selected)],
+            f"download {len(selected)} Debian {self.debian_arch} packages",
+            cwd=into,
+        )
         debs = sorted(into.glob("*.deb"))
         if len(debs) != len(selected):
             raise DependencyError(f"apt downloaded {len(debs)} of {len(selected)} Debian packages")
@@ -158,11 +173,16 @@ def unpack_debs(debs: list[Path], root: Path) -> None:
     for link in ("lib", "bin", "sbin"):
         os.symlink(f"usr/{link}", root / link)
     for deb in debs:
-        unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+        unpack = subprocess.Popen(
+            ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert unpack.stdout is not None
-        tar = subprocess.run(["tar", "-x", "--keep-directory-symlink", "--no-same-owner", "-C", str(root)],
-                             stdin=unpack.stdout, capture_output=True, text=True)
+        tar = subprocess.run(
+            ["tar", "-x", "--keep-directory-symlink", "--no-same-owner", "-C", str(root)],
+            stdin=unpack.stdout,
+            capture_output=True,
+            text=True,
+        )
         unpack.stdout.close()
         err = unpack.stderr.read().decode(errors="replace") if unpack.stderr else ""
         if unpack.wait() != 0 or tar.returncode != 0:

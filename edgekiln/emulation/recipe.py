@@ -58,8 +58,12 @@ class Recipe:
 
     def digest(self, platform_tags: tuple[str, ...]) -> str:
         """Identifies the recipe, so that a cache entry built from another is rebuilt."""
-        data = {"schema": SCHEMA_VERSION, "suite": DEBIAN_SUITE, "platform_tags": list(platform_tags),
-                **dataclasses.asdict(self)}
+        data = {
+            "schema": SCHEMA_VERSION,
+            "suite": DEBIAN_SUITE,
+            "platform_tags": list(platform_tags),
+            **dataclasses.asdict(self),
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -165,18 +169,28 @@ class Sysroot:
             if data.get("schema") != SCHEMA_VERSION:
                 raise ValueError(f"schema {data.get('schema')!r}")
             return cls(
-                profile=data["profile"], path=path, arch=data["arch"], debian_arch=data["debian_arch"],
-                suite=data["suite"], qemu_binary=data["qemu_binary"], qemu_cpu=data["qemu_cpu"],
-                qemu_version=data["qemu_version"], python=data["python"],
+                profile=data["profile"],
+                path=path,
+                arch=data["arch"],
+                debian_arch=data["debian_arch"],
+                suite=data["suite"],
+                qemu_binary=data["qemu_binary"],
+                qemu_cpu=data["qemu_cpu"],
+                qemu_version=data["qemu_version"],
+                python=data["python"],
                 packages=tuple(sorted((str(k), str(v)) for k, v in data["packages"].items())),
-                wheels=tuple(data["wheels"]), missing=tuple(data["missing"]), notes=tuple(data["notes"]),
+                wheels=tuple(data["wheels"]),
+                missing=tuple(data["missing"]),
+                notes=tuple(data["notes"]),
                 recipe=data["recipe"],
-                size_bytes=int(data["size_bytes"]), build_seconds=float(data["build_seconds"]),
+                size_bytes=int(data["size_bytes"]),
+                build_seconds=float(data["build_seconds"]),
                 built_at=data["built_at"],
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IntegrityError(f"unreadable sysroot record {file}: {exc}",
-                                 hint="rebuild it with `edgekiln emulate PROFILE --rebuild`") from None
+            raise IntegrityError(
+                f"unreadable sysroot record {file}: {exc}", hint="rebuild it with `edgekiln emulate PROFILE --rebuild`"
+            ) from None
 
     def save(self) -> None:
         data = self.to_dict()

@@ -49,8 +49,9 @@ GUEST_PATH = ("/usr/local/bin", "/usr/bin", "/usr/sbin")
 _HOST_ONLY_PREFIXES = ("PYTHON", "LD_", "QEMU_")
 
 
-def python_prefix(profile: DeviceProfile | str, *, progress: Progress | None = None
-                  ) -> tuple[list[str], dict[str, str]]:
+def python_prefix(
+    profile: DeviceProfile | str, *, progress: Progress | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The command-line prefix and environment that run the board's Python.
 
     Append Python's own arguments to the list and pass the environment (complete, not a
@@ -70,9 +71,14 @@ def python_prefix(profile: DeviceProfile | str, *, progress: Progress | None = N
     return [*_qemu_args(qemu, sysroot), str(sysroot.python_path)], guest_env(sysroot)
 
 
-def command(profile: DeviceProfile | str, argv: Sequence[str], *, cwd: str | os.PathLike | None = None,
-            env: Mapping[str, str] | None = None, progress: Progress | None = None
-            ) -> tuple[list[str], dict[str, str]]:
+def command(
+    profile: DeviceProfile | str,
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[str], dict[str, str]]:
     """The host command line and environment that run ``argv`` on the emulated board.
 
     ``argv[0]`` is ``python`` (or ``python3``) for the board's Python, ``edgekiln`` for the
@@ -89,10 +95,18 @@ def command(profile: DeviceProfile | str, argv: Sequence[str], *, cwd: str | os.
     return [*_qemu_args(qemu, sysroot), *program, *map(str, argv[1:])], guest_env(sysroot, env)
 
 
-def run(profile: DeviceProfile | str, argv: Sequence[str], *, cwd: str | os.PathLike | None = None,
-        env: Mapping[str, str] | None = None, timeout: float | None = None, capture_output: bool = False,
-        text: bool = True, input: str | bytes | None = None, progress: Progress | None = None
-        ) -> subprocess.CompletedProcess:
+def run(
+    profile: DeviceProfile | str,
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    capture_output: bool = False,
+    text: bool = True,
+    input: str | bytes | None = None,
+    progress: Progress | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``argv`` on the emulated board and wait for it (see :func:`command` for ``argv[0]``).
 
     The exit status is the program's; a non-zero one is not an error here.  Building the
@@ -104,8 +118,9 @@ def run(profile: DeviceProfile | str, argv: Sequence[str], *, cwd: str | os.Path
         subprocess.TimeoutExpired: ``timeout`` seconds passed; the emulator was killed.
     """
     cmd, full_env = command(profile, argv, cwd=cwd, env=env, progress=progress)
-    return subprocess.run(cmd, cwd=cwd, env=full_env, timeout=timeout, capture_output=capture_output,
-                          text=text, input=input)
+    return subprocess.run(
+        cmd, cwd=cwd, env=full_env, timeout=timeout, capture_output=capture_output, text=text, input=input
+    )
 
 
 def guest_env(sysroot: Sysroot, extra: Mapping[str, str] | None = None) -> dict[str, str]:

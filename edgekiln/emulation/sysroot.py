@@ -66,9 +66,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Re-exported: callers import the whole sysroot vocabulary from this module.
 __all__ = [
-    "DEBIAN_ARCHES", "DEBIAN_SUITE", "DEVICE_REQUIREMENTS", "GUEST_PYTHON", "GUEST_SITE_PACKAGES", "MANIFEST_NAME",
-    "PYTHON_VERSION", "QEMU_HINT", "QEMU_MIN_MAJOR", "QEMU_PACKAGE", "SCHEMA_VERSION", "Qemu", "Recipe", "Sysroot",
-    "cache_dir", "emulation_root", "ensure_sysroot", "find_qemu", "find_sysroot", "recipe_for", "resolve_profile",
+    "DEBIAN_ARCHES",
+    "DEBIAN_SUITE",
+    "DEVICE_REQUIREMENTS",
+    "GUEST_PYTHON",
+    "GUEST_SITE_PACKAGES",
+    "MANIFEST_NAME",
+    "PYTHON_VERSION",
+    "QEMU_HINT",
+    "QEMU_MIN_MAJOR",
+    "QEMU_PACKAGE",
+    "SCHEMA_VERSION",
+    "Qemu",
+    "Recipe",
+    "Sysroot",
+    "cache_dir",
+    "emulation_root",
+    "ensure_sysroot",
+    "find_qemu",
+    "find_sysroot",
+    "recipe_for",
+    "resolve_profile",
 ]
 
 
@@ -101,8 +119,7 @@ def find_sysroot(profile: DeviceProfile | str) -> Sysroot | None:
     return sysroot
 
 
-def ensure_sysroot(profile: DeviceProfile | str, *, rebuild: bool = False,
-                   progress: Progress | None = None) -> Sysroot:
+def ensure_sysroot(profile: DeviceProfile | str, *, rebuild: bool = False, progress: Progress | None = None) -> Sysroot:
     """The profile's sysroot, built first when it is not cached (or ``rebuild`` is set).
 
     Building takes about half a minute on a 2-core host and downloads some 40 MB (Debian
@@ -163,20 +180,31 @@ def _build(profile: DeviceProfile, qemu: Qemu, target: Path, progress: Progress)
             unpack_debs(debs, root)
         wheels: list[str] = []
         if recipe.wheels:
-            with progress.step(f"download wheels for {profile.python.platform_tags[0]}: "
-                               f"{', '.join(recipe.wheels)}"):
-                wheels = install_wheels(recipe.wheels, profile.python.platform_tags, work / "wheels",
-                                         root / GUEST_SITE_PACKAGES.lstrip("/"))
+            with progress.step(f"download wheels for {profile.python.platform_tags[0]}: {', '.join(recipe.wheels)}"):
+                wheels = install_wheels(
+                    recipe.wheels, profile.python.platform_tags, work / "wheels", root / GUEST_SITE_PACKAGES.lstrip("/")
+                )
         prepare_tree(root, recipe)
         with progress.step("compile Python bytecode under emulation and check the imports"):
             compile_and_check(qemu, root, recipe)
         shutil.rmtree(work)
         sysroot = Sysroot(
-            profile=profile.id, path=staging, arch=recipe.arch, debian_arch=recipe.debian_arch,
-            suite=DEBIAN_SUITE, qemu_binary=qemu.binary, qemu_cpu=qemu.cpu, qemu_version=qemu.version,
-            python=GUEST_PYTHON, packages=tuple(sorted(selected)), wheels=tuple(sorted(wheels)),
-            missing=recipe.missing, notes=tuple(notes), recipe=recipe.digest(profile.python.platform_tags),
-            size_bytes=tree_size(root), build_seconds=round(time.monotonic() - started, 1),
+            profile=profile.id,
+            path=staging,
+            arch=recipe.arch,
+            debian_arch=recipe.debian_arch,
+            suite=DEBIAN_SUITE,
+            qemu_binary=qemu.binary,
+            qemu_cpu=qemu.cpu,
+            qemu_version=qemu.version,
+            python=GUEST_PYTHON,
+            packages=tuple(sorted(selected)),
+            wheels=tuple(sorted(wheels)),
+            missing=recipe.missing,
+            notes=tuple(notes),
+            recipe=recipe.digest(profile.python.platform_tags),
+            size_bytes=tree_size(root),
+            build_seconds=round(time.monotonic() - started, 1),
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         sysroot.save()

@@ -16,8 +16,16 @@ from typing import Any, Sequence
 
 from edgekiln.runtime.compat import HostInfo, cache_root, cuda_info, host_info, usable_cpus
 
-__all__ = ["HostInfo", "cache_root", "cannot_execute", "cuda_info", "gpu_present", "host_info",
-           "machine_description", "usable_cpus"]
+__all__ = [
+    "HostInfo",
+    "cache_root",
+    "cannot_execute",
+    "cuda_info",
+    "gpu_present",
+    "host_info",
+    "machine_description",
+    "usable_cpus",
+]
 
 
 def gpu_present() -> bool:
@@ -50,5 +58,10 @@ def machine_description() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": host_info().arch,
-            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "arch": host_info().arch,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }

@@ -19,8 +19,13 @@ from edgekiln.errors import BackendError, EdgekilnError
 Samples = list[list[np.ndarray]]  # per sample, one array per input (or output)
 
 
-def make_inputs(specs: Sequence[TensorSpec], count: int, seed: int = 0,
-                preprocessing: Mapping[str, Any] | None = None, image: Any = None) -> Samples:
+def make_inputs(
+    specs: Sequence[TensorSpec],
+    count: int,
+    seed: int = 0,
+    preprocessing: Mapping[str, Any] | None = None,
+    image: Any = None,
+) -> Samples:
     """``count`` input samples for a model with inputs ``specs``.
 
     With ``preprocessing`` and an ``image`` (a path or an importlib.resources file) and a
@@ -78,8 +83,11 @@ class OutputDiff:
         return max(self.max_abs_diff, default=0.0)
 
 
-def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]],
-                    names: Sequence[str] | None = None) -> OutputDiff:
+def compare_outputs(
+    reference: Sequence[Sequence[np.ndarray]],
+    candidate: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str] | None = None,
+) -> OutputDiff:
     """Max abs difference per output and top-1 agreement of the first output, row by row.
 
     Raises BackendError when the two disagree in sample count, output count or any shape

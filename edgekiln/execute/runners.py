@@ -40,6 +40,8 @@ from edgekiln.execute import worker as protocol
 # The worker's module: the local and emulated runners start it, and so does a device agent
 # for a remote benchmark.
 WORKER_MODULE = "edgekiln.execute.worker"
+
+
 @dataclass(frozen=True)
 class LoadInfo:
     """What a worker reported after loading its subject."""
@@ -90,11 +92,16 @@ class Worker:
         return reply
 
     def load(self, subject: dict[str, Any], samples: list[list[np.ndarray]]) -> LoadInfo:
-        reply = self._call({"op": "load", "subject": subject,
-                            "inputs_npz": protocol.encode_arrays(protocol.pack_samples(samples))})
-        self.load_info = LoadInfo(float(reply["load_s"]), reply.get("version", ""),
-                                  reply.get("rss_before_load_kb"), reply.get("rss_after_load_kb"),
-                                  reply.get("compiler_loaded"))
+        reply = self._call(
+            {"op": "load", "subject": subject, "inputs_npz": protocol.encode_arrays(protocol.pack_samples(samples))}
+        )
+        self.load_info = LoadInfo(
+            float(reply["load_s"]),
+            reply.get("version", ""),
+            reply.get("rss_before_load_kb"),
+            reply.get("rss_after_load_kb"),
+            reply.get("compiler_loaded"),
+        )
         return self.load_info
 
     def run(self, queries: int, calls_per_query: int = 1, start: int = 0) -> list[float]:
@@ -128,8 +135,9 @@ class Worker:
             pass
 
 
-def outputs_of(runner: Runner, label: str, subject: dict[str, Any],
-               samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+def outputs_of(
+    runner: Runner, label: str, subject: dict[str, Any], samples: list[list[np.ndarray]]
+) -> list[list[np.ndarray]]:
     """Load ``subject`` in a worker of ``runner``, run it on ``samples``, stop it; its outputs."""
     worker = runner.start(label)
     try:
@@ -146,14 +154,24 @@ class ProcessChannel:
     """Lines over the stdin/stdout of a child process; its stderr goes to a temporary file,
     whose last line explains a death."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None, label: str,
-                 cwd: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None, label: str, cwd: str | os.PathLike[str] | None = None
+    ) -> None:
         self._label = label
         self._tail = "no message"
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                          env=env, cwd=cwd, text=True, encoding="utf-8", bufsize=1)
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=env,
+                cwd=cwd,
+                text=True,
+                encoding="utf-8",
+                bufsize=1,
+            )
         except OSError as exc:
             self._stderr.close()
             raise DependencyError(f"{label}: cannot start {argv[0]}: {exc.strerror}") from None
@@ -262,8 +280,9 @@ class ProcessChannel:
                 stream.close()
             except OSError:
                 pass
-        return ExitInfo(peak_rss_kb=None,
-                        ru_maxrss_kb=int(self._rusage.ru_maxrss) if self._rusage is not None else None)
+        return ExitInfo(
+            peak_rss_kb=None, ru_maxrss_kb=int(self._rusage.ru_maxrss) if self._rusage is not None else None
+        )
 
 
 def _wait4(pid: int, timeout: float) -> tuple[int, Any]:
@@ -289,8 +308,13 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_local_worker(label: str, *, python: str | None = None, env: dict[str, str] | None = None,
-                       cwd: str | os.PathLike[str] | None = None) -> ProcessChannel:
+def start_local_worker(
+    label: str,
+    *,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> ProcessChannel:
     """A worker process of this Python (or ``python``) on this machine."""
     return ProcessChannel([python or sys.executable, "-m", WORKER_MODULE], worker_env(env), label, cwd=cwd)
 
@@ -359,8 +383,10 @@ class EmulatedRunner:
 
         self._profile = profile
         self._progress = progress
-        self.reason = (f"emulated {profile.id} under qemu-user on a {host_info().arch} host: "
-                       "times measure the emulator, not the board")
+        self.reason = (
+            f"emulated {profile.id} under qemu-user on a {host_info().arch} host: "
+            "times measure the emulator, not the board"
+        )
 
     def describe(self) -> str:
         return f"emulated {self._profile.id} (qemu-user)"
@@ -435,14 +461,17 @@ class AgentRunner:
         return Worker(self._connect(self._address, label), label)
 
 
-def runner_for(profile: Any, device: str, *, agent: str | None = None, connect: Connect | None = None,
-               progress: Any = None) -> Runner:
+def runner_for(
+    profile: Any, device: str, *, agent: str | None = None, connect: Connect | None = None, progress: Any = None
+) -> Runner:
     """The runner for an artifact built for ``profile``: the agent when an address is given,
     this host when its CPU architecture matches, else the profile's emulated board."""
     if agent:
         if connect is None:
-            raise DependencyError(f"no agent client to reach {agent}",
-                                  hint="benchmark through the edgekiln command line, which brings the agent client")
+            raise DependencyError(
+                f"no agent client to reach {agent}",
+                hint="benchmark through the edgekiln command line, which brings the agent client",
+            )
         return AgentRunner(agent, connect)
     from edgekiln.execute.host import host_info
 

@@ -58,8 +58,16 @@ def balance(subjects: Sequence[Timed]) -> None:
         s.per_pair = max(1, min(MAX_QUERIES_PER_PAIR, round(window / estimates[s.name])))
 
 
-def measure_pairs(subjects: Sequence[Timed], calls: int, *, runs: int | None = None, duration_s: float = 10.0,
-                  start: int = 0, label: str = "", progress: Any = None) -> int:
+def measure_pairs(
+    subjects: Sequence[Timed],
+    calls: int,
+    *,
+    runs: int | None = None,
+    duration_s: float = 10.0,
+    start: int = 0,
+    label: str = "",
+    progress: Any = None,
+) -> int:
     """Interleave the subjects for ``runs`` pairs (or for ``duration_s``, between
     ``MIN_PAIRS`` and ``MAX_PAIRS`` pairs); returns the number of pairs measured.
 
@@ -84,8 +92,9 @@ def measure_pairs(subjects: Sequence[Timed], calls: int, *, runs: int | None = N
             s.times.extend(times)
             s.pairs.append(statistics.median(times))
         pairs += 1
-        note = "  ".join(f"{s.name} {s.pairs[-1] * 1e3:.1f} ms" + (f" (x{s.per_pair})" if s.per_pair > 1 else "")
-                         for s in subjects)
+        note = "  ".join(
+            f"{s.name} {s.pairs[-1] * 1e3:.1f} ms" + (f" (x{s.per_pair})" if s.per_pair > 1 else "") for s in subjects
+        )
         progress.advance(pairs, runs, f"{label}: {note}" if label else note, unit="pair")
     return pairs
 

@@ -18,9 +18,28 @@ from typing import Any
 from edgekiln.errors import DependencyError, UserError
 
 SUPPORTED_OPS = (
-    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Dropout",
-    "Flatten", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "MatMul",
-    "MaxPool", "Mul", "Relu", "Reshape", "Sigmoid", "Softmax", "Sub",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Softmax",
+    "Sub",
 )
 
 
@@ -76,8 +95,7 @@ def convert(model: Any) -> Any:
                 self._names[name] = key
             # Constant operands (Clip bounds, Reshape shapes) are read here, once: forward()
             # then holds only tensor ops, which torch.compile traces without graph breaks.
-            self._nodes = [(n.op_type, list(n.input), list(n.output), _static(n, initializers))
-                           for n in graph.node]
+            self._nodes = [(n.op_type, list(n.input), list(n.output), _static(n, initializers)) for n in graph.node]
 
         def _get(self, env: dict[str, Any], name: str) -> Any:
             if name in env:
@@ -105,8 +123,9 @@ def _static(node: Any, initializers: dict[str, Any]) -> dict[str, Any]:
     def constant(index: int) -> Any:
         if index < len(names) and names[index]:
             if names[index] not in initializers:
-                raise UserError(f"the torch baseline needs {node.op_type} input {index} ({names[index]}) "
-                                "to be a constant")
+                raise UserError(
+                    f"the torch baseline needs {node.op_type} input {index} ({names[index]}) to be a constant"
+                )
             return initializers[names[index]]
         return None
 
@@ -132,8 +151,15 @@ def _apply(torch: Any, op: str, args: list[Any], attrs: dict[str, Any]) -> Any:
             flat = [p for d in reversed(range(rank)) for p in (full[d], full[d + rank])]
             x, pads = F.pad(x, flat), [0] * rank
         conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
-        return conv(x, w, b, stride=attrs.get("strides", 1), padding=pads,
-                    dilation=attrs.get("dilations", 1), groups=attrs.get("group", 1))
+        return conv(
+            x,
+            w,
+            b,
+            stride=attrs.get("strides", 1),
+            padding=pads,
+            dilation=attrs.get("dilations", 1),
+            groups=attrs.get("group", 1),
+        )
     if op == "BatchNormalization":
         x, scale, bias, mean, var = args[:5]
         return F.batch_norm(x, mean, var, scale, bias, training=False, eps=attrs.get("epsilon", 1e-5))
@@ -192,4 +218,3 @@ def _apply(torch: Any, op: str, args: list[Any], attrs: dict[str, Any]) -> Any:
     if op in ("Identity", "Dropout"):
         return args[0]
     raise UserError(f"the torch baseline cannot run operator {op}")  # pragma: no cover
-

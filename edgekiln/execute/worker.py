@@ -221,14 +221,20 @@ def handle(request: dict[str, Any], state: _State) -> dict[str, Any]:
             # The same CPUs for every runtime, and a cap for those that size their thread pool
             # from the CPUs they may use (the artifact executors of ONNX Runtime and LiteRT).
             allowed = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(0, allowed[:int(threads)])
+            os.sched_setaffinity(0, allowed[: int(threads)])
         before = _status_kb("VmRSS")
         start = time.perf_counter()
         state.run, version = open_subject(request["subject"])
         load_s = time.perf_counter() - start
-        return {"ok": True, "load_s": load_s, "version": version, "pid": os.getpid(),
-                "rss_before_load_kb": before, "rss_after_load_kb": _status_kb("VmRSS"),
-                "compiler_loaded": "tvm" in sys.modules}
+        return {
+            "ok": True,
+            "load_s": load_s,
+            "version": version,
+            "pid": os.getpid(),
+            "rss_before_load_kb": before,
+            "rss_after_load_kb": _status_kb("VmRSS"),
+            "compiler_loaded": "tvm" in sys.modules,
+        }
     if op == "run":
         if state.run is None:
             raise RuntimeError("run before load")

@@ -57,8 +57,12 @@ class BodyLimit:
         self.json_limit = json_limit
         self.object_limit = object_limit
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -87,9 +91,17 @@ class BodyLimit:
 
 async def _reply(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -97,13 +109,24 @@ async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
     """422 naming where and what, without echoing the input: FastAPI's default answer
     repeats it, which fails to encode for NaN (a 500) and sends a large body back."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    detail = [{"loc": [str(p)[:64] for p in e.get("loc", ())][:12], "msg": str(e.get("msg", ""))[:200],
-               "type": str(e.get("type", ""))} for e in errors[:20]]
+    detail = [
+        {
+            "loc": [str(p)[:64] for p in e.get("loc", ())][:12],
+            "msg": str(e.get("msg", ""))[:200],
+            "type": str(e.get("type", "")),
+        }
+        for e in errors[:20]
+    ]
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def create_app(options: FleetOptions, *, store: FleetStore | None = None, objects: Any = None,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+def create_app(
+    options: FleetOptions,
+    *,
+    store: FleetStore | None = None,
+    objects: Any = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
     """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
     from edgekiln.fleet import routes
 
@@ -113,8 +136,13 @@ def create_app(options: FleetOptions, *, store: FleetStore | None = None, object
     objects.ensure_ready()
 
     docs = options.api_docs
-    app = FastAPI(title="edgekiln fleet service", version=__version__, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        title="edgekiln fleet service",
+        version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.add_middleware(BodyLimit, json_limit=options.max_body_bytes, object_limit=options.max_object_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.state.store = store

@@ -52,7 +52,10 @@ class Auth:
             refusal = "expired"
         if refusal:
             self.store.record_refusal(device, refusal, now)
-            raise HTTPException(401, f"the token of {device.fleet}/{device.name} was {refusal}; "
-                                     "the operator can issue a new one (edgekiln fleet device rotate)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                f"the token of {device.fleet}/{device.name} was {refusal}; "
+                "the operator can issue a new one (edgekiln fleet device rotate)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return device

@@ -101,22 +101,34 @@ class Heartbeat(BaseModel):
     agent_metrics: list[Metric] = Field(default_factory=list)
     models: list[ModelStatus] = Field(default_factory=list)
     faults: list[FaultBody] = Field(default_factory=list)
-    dead_letter_batches: Annotated[int, Field(ge=0, le=2 ** 53)] | None = None
+    dead_letter_batches: Annotated[int, Field(ge=0, le=2**53)] | None = None
 
     def record(self) -> rec.HeartbeatRecord:
         agent = {m.metric_name: m.value for m in self.agent_metrics}
         dead = self.dead_letter_batches
         if dead is None and "dead_letter_batches" in agent and 0 <= agent["dead_letter_batches"] <= 2**53:
             dead = int(agent["dead_letter_batches"])  # an agent that reports it as a metric
-        models = tuple(rec.ModelState(
-            name=m.model_name, version=m.model_version, latest_inference=m.latest_inference,
-            latest_sample=m.latest_sample_time, metrics={x.metric_name: x.value for x in m.model_metrics})
-            for m in self.models)
+        models = tuple(
+            rec.ModelState(
+                name=m.model_name,
+                version=m.model_version,
+                latest_inference=m.latest_inference,
+                latest_sample=m.latest_sample_time,
+                metrics={x.metric_name: x.value for x in m.model_metrics},
+            )
+            for m in self.models
+        )
         faults = tuple(rec.Fault(kind=f.kind, detail=f.model_dump()) for f in self.faults)
         return rec.HeartbeatRecord(
-            heartbeat_id=self.heartbeat_id, sent_at=self.timestamp, agent_version=self.agent_version,
-            agent_metrics=agent, models=models, faults=faults, dead_letter_batches=dead,
-            body=json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"), allow_nan=False))
+            heartbeat_id=self.heartbeat_id,
+            sent_at=self.timestamp,
+            agent_version=self.agent_version,
+            agent_metrics=agent,
+            models=models,
+            faults=faults,
+            dead_letter_batches=dead,
+            body=json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"), allow_nan=False),
+        )
 
 
 class HeartbeatsBody(BaseModel):
@@ -148,9 +160,11 @@ def count_problem(body: HeartbeatsBody, options: FleetOptions) -> str | None:
         return f"{len(body.heartbeats)} heartbeats in one request (at most {options.max_heartbeats_per_request})"
     for hb in body.heartbeats:
         metrics = len(hb.agent_metrics) + sum(len(m.model_metrics) for m in hb.models)
-        for what, count, cap in (("metrics", metrics, options.max_metrics_per_heartbeat),
-                                 ("models", len(hb.models), options.max_models_per_heartbeat),
-                                 ("faults", len(hb.faults), options.max_faults_per_heartbeat)):
+        for what, count, cap in (
+            ("metrics", metrics, options.max_metrics_per_heartbeat),
+            ("models", len(hb.models), options.max_models_per_heartbeat),
+            ("faults", len(hb.faults), options.max_faults_per_heartbeat),
+        ):
             if count > cap:
                 return f"heartbeat {hb.heartbeat_id} has {count} {what} (at most {cap})"
     return None

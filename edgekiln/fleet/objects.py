@@ -36,18 +36,32 @@ def check_relative_key(key: str) -> str:
     """A device-relative key, ``<model name>/<segment>/…``: the model name follows the name
     rule the agent applies, every later segment is letters, digits and '_.:-' (no '..')."""
     parts = key.split("/")
-    if (not key or len(key) > 400 or len(parts) < 2 or not is_valid_name(parts[0])
-            or any(not _SEGMENT_RE.fullmatch(p) or p in (".", "..") for p in parts[1:])):
-        raise UserError(f"object key {key[:100]!r} is not a valid relative key",
-                        hint="<model name>/<segments of letters, digits and '_.:-'>")
+    if (
+        not key
+        or len(key) > 400
+        or len(parts) < 2
+        or not is_valid_name(parts[0])
+        or any(not _SEGMENT_RE.fullmatch(p) or p in (".", "..") for p in parts[1:])
+    ):
+        raise UserError(
+            f"object key {key[:100]!r} is not a valid relative key",
+            hint="<model name>/<segments of letters, digits and '_.:-'>",
+        )
     return key
 
 
 class S3Objects:
     """An S3 bucket: AWS, or any S3 API (SeaweedFS, MinIO) by endpoint URL."""
 
-    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str = "us-east-1",
-                 access_key: str | None = None, secret_key: str | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
         try:
             import boto3
             from botocore.config import Config
@@ -55,11 +69,19 @@ class S3Objects:
             raise DependencyError("boto3 is not installed", hint="pip install 'edgekiln[fleet]'") from None
         self.bucket = bucket
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
             aws_access_key_id=access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        )
 
     def ensure_ready(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -81,8 +103,9 @@ class S3Objects:
                 raise UserError(f"cannot create S3 bucket {self.bucket}: {exc}") from None
 
     def presign_put(self, key: str, expires_in: int, base_url: str) -> str:
-        return self.client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": key},
-                                                  ExpiresIn=expires_in)
+        return self.client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
 
     def head(self, key: str) -> int | None:
         from botocore.exceptions import ClientError

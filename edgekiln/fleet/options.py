@@ -56,8 +56,14 @@ class FleetOptions:
             raise UserError("fleet: presigned URL lifetime must be between 1 s and 7 days")
         if self.connected_seconds <= 0:
             raise UserError("fleet: the connected window must be positive")
-        for name in ("max_body_bytes", "max_object_bytes", "max_heartbeats_per_request",
-                     "max_metrics_per_heartbeat", "max_models_per_heartbeat", "max_faults_per_heartbeat"):
+        for name in (
+            "max_body_bytes",
+            "max_object_bytes",
+            "max_heartbeats_per_request",
+            "max_metrics_per_heartbeat",
+            "max_models_per_heartbeat",
+            "max_faults_per_heartbeat",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"fleet: {name} must be a positive integer, not {value!r}")

@@ -66,19 +66,29 @@ def operator_routes(service: Service) -> APIRouter:
 
     @router.get("/v1/status")
     def status() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "objects": objs.describe(service.objects),
-                "database": store.engine.url.render_as_string(hide_password=True)}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "objects": objs.describe(service.objects),
+            "database": store.engine.url.render_as_string(hide_password=True),
+        }
 
     @router.post("/v1/devices", status_code=201)
     def register(body: RegisterBody, request: Request) -> dict[str, Any]:
         expires_at = _expiry(service, body.expires_in_seconds)
         try:
-            token = store.register_device(body.fleet, body.device, body.description, service.clock(),
-                                          expires_at=expires_at, actor=_actor(request))
+            token = store.register_device(
+                body.fleet, body.device, body.description, service.clock(), expires_at=expires_at, actor=_actor(request)
+            )
         except Conflict as exc:
             raise _user_error(exc) from None
-        return {"fleet": body.fleet, "device": body.device, "token": token, "expires_at": expires_at,
-                "prefix": f"{body.fleet}/{body.device}/"}
+        return {
+            "fleet": body.fleet,
+            "device": body.device,
+            "token": token,
+            "expires_at": expires_at,
+            "prefix": f"{body.fleet}/{body.device}/",
+        }
 
     @router.get("/v1/devices")
     def list_devices(fleet: str | None = Query(default=None, max_length=63)) -> dict[str, Any]:
@@ -140,9 +150,11 @@ def credential_routes(service: Service) -> APIRouter:
         return {"fleet": fleet, "device": device, "revoked": True}
 
     @router.get("/v1/audit")
-    def audit(fleet: str | None = Query(default=None, max_length=63),
-              device: str | None = Query(default=None, max_length=63),
-              limit: int = Query(default=1000, ge=1, le=10000)) -> dict[str, Any]:
+    def audit(
+        fleet: str | None = Query(default=None, max_length=63),
+        device: str | None = Query(default=None, max_length=63),
+        limit: int = Query(default=1000, ge=1, le=10000),
+    ) -> dict[str, Any]:
         return {"entries": [asdict(e) for e in store.audit_entries(fleet, device, limit)]}
 
     return router
@@ -160,8 +172,9 @@ def device_routes(service: Service) -> APIRouter:
         for hb in body.heartbeats:
             named = (hb.device_fleet_name or device.fleet, hb.device_name or device.name)
             if named != (device.fleet, device.name):
-                raise HTTPException(403, f"this token belongs to {device.fleet}/{device.name}, "
-                                         f"not {named[0][:63]}/{named[1][:63]}")
+                raise HTTPException(
+                    403, f"this token belongs to {device.fleet}/{device.name}, not {named[0][:63]}/{named[1][:63]}"
+                )
         new, dup = store.add_heartbeats(device, [hb.record() for hb in body.heartbeats], service.clock())
         return {"accepted": new, "duplicates": dup}
 
@@ -184,8 +197,14 @@ def device_routes(service: Service) -> APIRouter:
         missing = [k for k in keys if objects.head(_prefix(device) + k) is None]
         if missing:
             raise HTTPException(409, f"not in the object store: {', '.join(missing[:5])}")
-        new, dup = store.record_batch(device, _prefix(device) + body.key, [_prefix(device) + k for k in body.objects],
-                                      [r.record() for r in body.records], body.bytes, service.clock())
+        new, dup = store.record_batch(
+            device,
+            _prefix(device) + body.key,
+            [_prefix(device) + k for k in body.objects],
+            [r.record() for r in body.records],
+            body.bytes,
+            service.clock(),
+        )
         return {"new": new, "duplicates": dup}
 
     return router
@@ -197,8 +216,9 @@ def object_routes(service: Service) -> APIRouter:
     router = APIRouter()
 
     @router.put("/v1/objects/{key:path}")
-    async def put_object(key: str, request: Request, expires: int = Query(...),
-                         signature: str = Query(..., max_length=128)) -> Response:
+    async def put_object(
+        key: str, request: Request, expires: int = Query(...), signature: str = Query(..., max_length=128)
+    ) -> Response:
         if not objects.verify(key, expires, signature, service.clock()):
             raise HTTPException(403, "signature does not match or the URL has expired")
         try:

@@ -64,6 +64,7 @@ class FleetStore:
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise UserError(f"database URL {url!r} is not usable: {exc}") from None
         if self.url.startswith("sqlite"):
+
             @sa.event.listens_for(self.engine, "connect")
             def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
                 cursor = dbapi_connection.cursor()
@@ -71,6 +72,7 @@ class FleetStore:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
+
         self._define()
 
     def _define(self) -> None:
@@ -78,7 +80,8 @@ class FleetStore:
 
         md = sa.MetaData()
         self.devices = sa.Table(
-            "devices", md,
+            "devices",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("fleet", sa.String(63), nullable=False),
             sa.Column("name", sa.String(63), nullable=False),
@@ -94,7 +97,8 @@ class FleetStore:
             sa.UniqueConstraint("fleet", "name", name="uq_device_fleet_name"),
         )
         self.heartbeats = sa.Table(
-            "heartbeats", md,
+            "heartbeats",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
             sa.Column("heartbeat_id", sa.String(64), nullable=False),
@@ -104,7 +108,8 @@ class FleetStore:
             sa.UniqueConstraint("device_id", "heartbeat_id", name="uq_heartbeat"),
         )
         self.device_models = sa.Table(
-            "device_models", md,
+            "device_models",
+            md,
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
             sa.Column("model_name", sa.String(128), primary_key=True),
             sa.Column("model_version", sa.String(64), nullable=False, default=""),
@@ -114,7 +119,8 @@ class FleetStore:
             sa.Column("reported_at", sa.Float, nullable=False),
         )
         self.batches = sa.Table(
-            "capture_batches", md,
+            "capture_batches",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
             sa.Column("key", sa.String(512), nullable=False),
@@ -125,7 +131,8 @@ class FleetStore:
             sa.UniqueConstraint("device_id", "key", name="uq_batch"),
         )
         self.captures = sa.Table(
-            "captures", md,
+            "captures",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
             sa.Column("record_id", sa.String(128), nullable=False),
@@ -135,7 +142,8 @@ class FleetStore:
             sa.UniqueConstraint("device_id", "record_id", name="uq_capture"),
         )
         self.faults = sa.Table(
-            "faults", md,
+            "faults",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
             sa.Column("kind", sa.String(64), nullable=False),
@@ -143,7 +151,8 @@ class FleetStore:
             sa.Column("reported_at", sa.Float, nullable=False),
         )
         self.audit = sa.Table(
-            "audit", md,
+            "audit",
+            md,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("at", sa.Float, nullable=False),
             sa.Column("actor", sa.String(160), nullable=False),
@@ -165,15 +174,25 @@ class FleetStore:
                     if column not in present:
                         conn.execute(sa.text(f"ALTER TABLE devices ADD COLUMN {column} {kind}"))
         except sa.exc.OperationalError as exc:
-            raise UserError(f"cannot open the fleet database {self.engine.url.render_as_string(hide_password=True)}: "
-                            f"{' '.join(str(exc.orig).split())}") from None
+            raise UserError(
+                f"cannot open the fleet database {self.engine.url.render_as_string(hide_password=True)}: "
+                f"{' '.join(str(exc.orig).split())}"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- devices and their credentials ----------------------------------------------
-    def register_device(self, fleet: str, name: str, description: str = "", now: float | None = None, *,
-                        expires_at: float | None = None, actor: str = "admin") -> str:
+    def register_device(
+        self,
+        fleet: str,
+        name: str,
+        description: str = "",
+        now: float | None = None,
+        *,
+        expires_at: float | None = None,
+        actor: str = "admin",
+    ) -> str:
         """Register a device; returns its new token (only its hash is stored)."""
         import sqlalchemy as sa
 
@@ -181,23 +200,34 @@ class FleetStore:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         try:
             with self.engine.begin() as conn:
-                conn.execute(self.devices.insert().values(
-                    fleet=fleet, name=name, description=description, token_hash=hash_token(token),
-                    registered_at=now, token_expires_at=expires_at))
+                conn.execute(
+                    self.devices.insert().values(
+                        fleet=fleet,
+                        name=name,
+                        description=description,
+                        token_hash=hash_token(token),
+                        registered_at=now,
+                        token_expires_at=expires_at,
+                    )
+                )
                 self._audit(conn, AuditEntry(now, actor, "register", fleet, name, _expiry(expires_at)))
         except sa.exc.IntegrityError:
             raise Conflict(f"device {fleet}/{name} is registered already") from None
         return token
 
-    def rotate_token(self, fleet: str, name: str, now: float, *, expires_at: float | None = None,
-                     actor: str = "admin") -> str:
+    def rotate_token(
+        self, fleet: str, name: str, now: float, *, expires_at: float | None = None, actor: str = "admin"
+    ) -> str:
         """A new token for the device; the old one stops working at once (and a revoked
         device is enabled again with the new one)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self.engine.begin() as conn:
             device = self._device(conn, fleet, name)
-            conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(
-                token_hash=hash_token(token), token_expires_at=expires_at, revoked_at=None))
+            conn.execute(
+                self.devices.update()
+                .where(self.devices.c.id == device.id)
+                .values(token_hash=hash_token(token), token_expires_at=expires_at, revoked_at=None)
+            )
             self._audit(conn, AuditEntry(now, actor, "rotate", fleet, name, _expiry(expires_at)))
         return token
 
@@ -206,16 +236,19 @@ class FleetStore:
         with self.engine.begin() as conn:
             device = self._device(conn, fleet, name)
             conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(revoked_at=now))
-            self._audit(conn, AuditEntry(now, actor, "revoke", fleet, name,
-                                         "" if device.revoked_at is None else "already revoked"))
+            self._audit(
+                conn,
+                AuditEntry(now, actor, "revoke", fleet, name, "" if device.revoked_at is None else "already revoked"),
+            )
 
     def authenticate(self, token: str) -> Device | None:
         """The device whose token this is — revoked or expired included: the caller decides."""
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(*self._device_columns()).where(
-                self.devices.c.token_hash == hash_token(token))).first()
+            row = conn.execute(
+                sa.select(*self._device_columns()).where(self.devices.c.token_hash == hash_token(token))
+            ).first()
         return Device(*row) if row else None
 
     def device(self, fleet: str, name: str) -> Device:
@@ -229,16 +262,25 @@ class FleetStore:
     def _device(self, conn: Any, fleet: str, name: str) -> Device:
         import sqlalchemy as sa
 
-        row = conn.execute(sa.select(*self._device_columns()).where(
-            self.devices.c.fleet == fleet, self.devices.c.name == name)).first()
+        row = conn.execute(
+            sa.select(*self._device_columns()).where(self.devices.c.fleet == fleet, self.devices.c.name == name)
+        ).first()
         if row is None:
             raise NotFound(f"no device {fleet}/{name}")
         return Device(*row)
 
     # -- audit -----------------------------------------------------------------------
     def _audit(self, conn: Any, entry: AuditEntry) -> None:
-        conn.execute(self.audit.insert().values(at=entry.at, actor=entry.actor[:160], action=entry.action,
-                                                fleet=entry.fleet, device=entry.device, detail=entry.detail[:512]))
+        conn.execute(
+            self.audit.insert().values(
+                at=entry.at,
+                actor=entry.actor[:160],
+                action=entry.action,
+                fleet=entry.fleet,
+                device=entry.device,
+                detail=entry.detail[:512],
+            )
+        )
 
     def record_refusal(self, device: Device, reason: str, now: float, *, every: float = 60.0) -> None:
         """Note a refused token of a known device, at most once per ``every`` seconds and
@@ -246,15 +288,25 @@ class FleetStore:
         import sqlalchemy as sa
 
         with self.engine.begin() as conn:
-            recent = conn.execute(sa.select(self.audit.c.id).where(
-                self.audit.c.fleet == device.fleet, self.audit.c.device == device.name,
-                self.audit.c.action == "auth-refused", self.audit.c.at > now - every).limit(1)).first()
+            recent = conn.execute(
+                sa.select(self.audit.c.id)
+                .where(
+                    self.audit.c.fleet == device.fleet,
+                    self.audit.c.device == device.name,
+                    self.audit.c.action == "auth-refused",
+                    self.audit.c.at > now - every,
+                )
+                .limit(1)
+            ).first()
             if recent is None:
-                self._audit(conn, AuditEntry(now, f"device {device.fleet}/{device.name}", "auth-refused",
-                                             device.fleet, device.name, reason))
+                self._audit(
+                    conn,
+                    AuditEntry(
+                        now, f"device {device.fleet}/{device.name}", "auth-refused", device.fleet, device.name, reason
+                    ),
+                )
 
-    def audit_entries(self, fleet: str | None = None, device: str | None = None,
-                      limit: int = 1000) -> list[AuditEntry]:
+    def audit_entries(self, fleet: str | None = None, device: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         """The newest ``limit`` entries, oldest first."""
         import sqlalchemy as sa
 
@@ -280,56 +332,94 @@ class FleetStore:
         new = dup = 0
         for hb in heartbeats:
             with self.engine.begin() as conn:
-                exists = conn.execute(sa.select(self.heartbeats.c.id).where(
-                    self.heartbeats.c.device_id == device.id,
-                    self.heartbeats.c.heartbeat_id == hb.heartbeat_id)).first()
+                exists = conn.execute(
+                    sa.select(self.heartbeats.c.id).where(
+                        self.heartbeats.c.device_id == device.id, self.heartbeats.c.heartbeat_id == hb.heartbeat_id
+                    )
+                ).first()
                 if exists:
                     dup += 1
                     continue
                 # A concurrent resend of the same heartbeat fails on the unique constraint and
                 # rolls back; the device retries and finds it stored.
-                conn.execute(self.heartbeats.insert().values(
-                    device_id=device.id, heartbeat_id=hb.heartbeat_id, sent_at=hb.sent_at, received_at=now,
-                    body=hb.body))
+                conn.execute(
+                    self.heartbeats.insert().values(
+                        device_id=device.id,
+                        heartbeat_id=hb.heartbeat_id,
+                        sent_at=hb.sent_at,
+                        received_at=now,
+                        body=hb.body,
+                    )
+                )
                 new += 1
-                values: dict[str, Any] = {"last_heartbeat_at": now, "agent_version": hb.agent_version,
-                                          "last_heartbeat": hb.body}
+                values: dict[str, Any] = {
+                    "last_heartbeat_at": now,
+                    "agent_version": hb.agent_version,
+                    "last_heartbeat": hb.body,
+                }
                 if hb.dead_letter_batches is not None:
                     values["dead_letter_batches"] = hb.dead_letter_batches
                 self._update_models(conn, device, hb, now)
                 conn.execute(self.devices.update().where(self.devices.c.id == device.id).values(**values))
                 for fault in hb.faults:
-                    conn.execute(self.faults.insert().values(
-                        device_id=device.id, kind=fault.kind, reported_at=now,
-                        detail=json.dumps(fault.detail, separators=(",", ":"), allow_nan=False)))
+                    conn.execute(
+                        self.faults.insert().values(
+                            device_id=device.id,
+                            kind=fault.kind,
+                            reported_at=now,
+                            detail=json.dumps(fault.detail, separators=(",", ":"), allow_nan=False),
+                        )
+                    )
         return new, dup
 
     def _update_models(self, conn: Any, device: Device, hb: HeartbeatRecord, now: float) -> None:
         conn.execute(self.device_models.delete().where(self.device_models.c.device_id == device.id))
         for model in {m.name: m for m in hb.models}.values():  # one row per name: the last one wins
-            conn.execute(self.device_models.insert().values(
-                device_id=device.id, model_name=model.name, model_version=model.version,
-                latest_inference=model.latest_inference, latest_sample=model.latest_sample,
-                metrics=json.dumps(model.metrics, allow_nan=False), reported_at=now))
+            conn.execute(
+                self.device_models.insert().values(
+                    device_id=device.id,
+                    model_name=model.name,
+                    model_version=model.version,
+                    latest_inference=model.latest_inference,
+                    latest_sample=model.latest_sample,
+                    metrics=json.dumps(model.metrics, allow_nan=False),
+                    reported_at=now,
+                )
+            )
 
     # -- captures --------------------------------------------------------------------
-    def record_batch(self, device: Device, key: str, objects: list[str], records: list[RecordRef],
-                     size: int, now: float) -> tuple[int, int]:
+    def record_batch(
+        self, device: Device, key: str, objects: list[str], records: list[RecordRef], size: int, now: float
+    ) -> tuple[int, int]:
         """Note a delivered batch and its records; returns (new records, duplicates)."""
         import sqlalchemy as sa
 
         ids = [r.record_id for r in records]
         with self.engine.begin() as conn:
-            if not conn.execute(sa.select(self.batches.c.id).where(
-                    self.batches.c.device_id == device.id, self.batches.c.key == key)).first():
-                conn.execute(self.batches.insert().values(
-                    device_id=device.id, key=key, objects=json.dumps(objects), record_count=len(ids), bytes=size,
-                    received_at=now))
+            if not conn.execute(
+                sa.select(self.batches.c.id).where(self.batches.c.device_id == device.id, self.batches.c.key == key)
+            ).first():
+                conn.execute(
+                    self.batches.insert().values(
+                        device_id=device.id,
+                        key=key,
+                        objects=json.dumps(objects),
+                        record_count=len(ids),
+                        bytes=size,
+                        received_at=now,
+                    )
+                )
             known: set[str] = set()
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                known.update(r[0] for r in conn.execute(sa.select(self.captures.c.record_id).where(
-                    self.captures.c.device_id == device.id, self.captures.c.record_id.in_(chunk))))
+                chunk = ids[start : start + 500]
+                known.update(
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(self.captures.c.record_id).where(
+                            self.captures.c.device_id == device.id, self.captures.c.record_id.in_(chunk)
+                        )
+                    )
+                )
             fresh = [r for r in records if r.record_id not in known]
             seen: set[str] = set()
             rows = []
@@ -338,8 +428,15 @@ class FleetStore:
                 if rid in seen:
                     continue
                 seen.add(rid)
-                rows.append({"device_id": device.id, "record_id": rid, "model_name": r.model_name,
-                             "batch_key": key, "received_at": now})
+                rows.append(
+                    {
+                        "device_id": device.id,
+                        "record_id": rid,
+                        "model_name": r.model_name,
+                        "batch_key": key,
+                        "received_at": now,
+                    }
+                )
             if rows:
                 conn.execute(self.captures.insert(), rows)
         return len(rows), len(ids) - len(rows)
@@ -358,10 +455,15 @@ class FleetStore:
     @staticmethod
     def _device_summary(row: Any, now: float, connected_seconds: float) -> dict[str, Any]:
         last = row["last_heartbeat_at"]
-        return {"fleet": row["fleet"], "device": row["name"], "description": row["description"],
-                "registered_at": row["registered_at"], "agent_version": row["agent_version"],
-                "last_heartbeat_at": last,
-                "connected": last is not None and now - last <= connected_seconds}
+        return {
+            "fleet": row["fleet"],
+            "device": row["name"],
+            "description": row["description"],
+            "registered_at": row["registered_at"],
+            "agent_version": row["agent_version"],
+            "last_heartbeat_at": last,
+            "connected": last is not None and now - last <= connected_seconds,
+        }
 
     def describe_device(self, fleet: str, name: str, *, now: float, connected_seconds: float) -> dict[str, Any]:
         import sqlalchemy as sa
@@ -369,32 +471,55 @@ class FleetStore:
         device = self.device(fleet, name)
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.devices).where(self.devices.c.id == device.id)).mappings().one()
-            models = conn.execute(sa.select(self.device_models).where(
-                self.device_models.c.device_id == device.id).order_by(self.device_models.c.model_name)).mappings().all()
-            heartbeat_count = conn.execute(sa.select(sa.func.count()).select_from(self.heartbeats).where(
-                self.heartbeats.c.device_id == device.id)).scalar()
-            capture_count = conn.execute(sa.select(sa.func.count()).select_from(self.captures).where(
-                self.captures.c.device_id == device.id)).scalar()
-            batch_count, batch_bytes = conn.execute(sa.select(
-                sa.func.count(), sa.func.coalesce(sa.func.sum(self.batches.c.bytes), 0)).where(
-                self.batches.c.device_id == device.id)).one()
-            faults = conn.execute(sa.select(self.faults.c.kind, self.faults.c.detail, self.faults.c.reported_at).where(
-                self.faults.c.device_id == device.id).order_by(self.faults.c.id)).all()
+            models = (
+                conn.execute(
+                    sa.select(self.device_models)
+                    .where(self.device_models.c.device_id == device.id)
+                    .order_by(self.device_models.c.model_name)
+                )
+                .mappings()
+                .all()
+            )
+            heartbeat_count = conn.execute(
+                sa.select(sa.func.count()).select_from(self.heartbeats).where(self.heartbeats.c.device_id == device.id)
+            ).scalar()
+            capture_count = conn.execute(
+                sa.select(sa.func.count()).select_from(self.captures).where(self.captures.c.device_id == device.id)
+            ).scalar()
+            batch_count, batch_bytes = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(self.batches.c.bytes), 0)).where(
+                    self.batches.c.device_id == device.id
+                )
+            ).one()
+            faults = conn.execute(
+                sa.select(self.faults.c.kind, self.faults.c.detail, self.faults.c.reported_at)
+                .where(self.faults.c.device_id == device.id)
+                .order_by(self.faults.c.id)
+            ).all()
         summary = self._device_summary(row, now, connected_seconds)
         last = json.loads(row["last_heartbeat"]) if row["last_heartbeat"] else None
-        summary.update({
-            "dead_letter_batches": row["dead_letter_batches"],
-            "token_expires_at": row["token_expires_at"],
-            "revoked_at": row["revoked_at"],
-            "agent_metrics": {m["metric_name"]: m["value"] for m in (last or {}).get("agent_metrics", [])},
-            "last_heartbeat_sent_at": (last or {}).get("timestamp"),
-            "heartbeats_received": int(heartbeat_count),
-            "models": [{"model_name": m["model_name"], "model_version": m["model_version"],
-                        "latest_inference": m["latest_inference"], "latest_sample_time": m["latest_sample"],
-                        "metrics": json.loads(m["metrics"])} for m in models],
-            "captures": {"records": int(capture_count), "batches": int(batch_count), "bytes": int(batch_bytes)},
-            "faults": [dict(json.loads(d), reported_at=t) for _, d, t in faults],
-        })
+        summary.update(
+            {
+                "dead_letter_batches": row["dead_letter_batches"],
+                "token_expires_at": row["token_expires_at"],
+                "revoked_at": row["revoked_at"],
+                "agent_metrics": {m["metric_name"]: m["value"] for m in (last or {}).get("agent_metrics", [])},
+                "last_heartbeat_sent_at": (last or {}).get("timestamp"),
+                "heartbeats_received": int(heartbeat_count),
+                "models": [
+                    {
+                        "model_name": m["model_name"],
+                        "model_version": m["model_version"],
+                        "latest_inference": m["latest_inference"],
+                        "latest_sample_time": m["latest_sample"],
+                        "metrics": json.loads(m["metrics"]),
+                    }
+                    for m in models
+                ],
+                "captures": {"records": int(capture_count), "batches": int(batch_count), "bytes": int(batch_bytes)},
+                "faults": [dict(json.loads(d), reported_at=t) for _, d, t in faults],
+            }
+        )
         return summary
 
     def heartbeat_ids(self, fleet: str, name: str) -> list[str]:
@@ -402,37 +527,66 @@ class FleetStore:
 
         device = self.device(fleet, name)
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(sa.select(self.heartbeats.c.heartbeat_id).where(
-                self.heartbeats.c.device_id == device.id).order_by(self.heartbeats.c.id))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    sa.select(self.heartbeats.c.heartbeat_id)
+                    .where(self.heartbeats.c.device_id == device.id)
+                    .order_by(self.heartbeats.c.id)
+                )
+            ]
 
     def list_captures(self, fleet: str, name: str) -> dict[str, Any]:
         import sqlalchemy as sa
 
         device = self.device(fleet, name)
         with self.engine.connect() as conn:
-            batches = conn.execute(sa.select(self.batches).where(self.batches.c.device_id == device.id)
-                                   .order_by(self.batches.c.id)).mappings().all()
-            records = conn.execute(sa.select(self.captures.c.record_id, self.captures.c.model_name,
-                                             self.captures.c.batch_key).where(
-                self.captures.c.device_id == device.id).order_by(self.captures.c.id)).all()
-        return {"fleet": fleet, "device": name,
-                "batches": [{"key": b["key"], "objects": json.loads(b["objects"]), "records": b["record_count"],
-                             "bytes": b["bytes"], "received_at": b["received_at"]} for b in batches],
-                "records": [{"record_id": r[0], "model_name": r[1], "key": r[2]} for r in records]}
+            batches = (
+                conn.execute(
+                    sa.select(self.batches).where(self.batches.c.device_id == device.id).order_by(self.batches.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            records = conn.execute(
+                sa.select(self.captures.c.record_id, self.captures.c.model_name, self.captures.c.batch_key)
+                .where(self.captures.c.device_id == device.id)
+                .order_by(self.captures.c.id)
+            ).all()
+        return {
+            "fleet": fleet,
+            "device": name,
+            "batches": [
+                {
+                    "key": b["key"],
+                    "objects": json.loads(b["objects"]),
+                    "records": b["record_count"],
+                    "bytes": b["bytes"],
+                    "received_at": b["received_at"],
+                }
+                for b in batches
+            ],
+            "records": [{"record_id": r[0], "model_name": r[1], "key": r[2]} for r in records],
+        }
 
     def fleet_report(self, fleet: str, *, now: float, connected_seconds: float) -> dict[str, Any]:
         """The fields of Edge Manager's GetDeviceFleetReport, for one fleet."""
         import sqlalchemy as sa
 
         with self.engine.connect() as conn:
-            devices = conn.execute(sa.select(self.devices.c.id, self.devices.c.agent_version,
-                                             self.devices.c.last_heartbeat_at).where(
-                self.devices.c.fleet == fleet)).all()
+            devices = conn.execute(
+                sa.select(self.devices.c.id, self.devices.c.agent_version, self.devices.c.last_heartbeat_at).where(
+                    self.devices.c.fleet == fleet
+                )
+            ).all()
             if not devices:
                 raise NotFound(f"no devices are registered in fleet {fleet}")
             ids = [d[0] for d in devices]
-            models = conn.execute(sa.select(self.device_models).where(
-                self.device_models.c.device_id.in_(ids))).mappings().all()
+            models = (
+                conn.execute(sa.select(self.device_models).where(self.device_models.c.device_id.in_(ids)))
+                .mappings()
+                .all()
+            )
         connected = {d[0] for d in devices if d[2] is not None and now - d[2] <= connected_seconds}
         versions: dict[str, int] = {}
         for _, version, _last in devices:
@@ -440,9 +594,15 @@ class FleetStore:
                 versions[version] = versions.get(version, 0) + 1
         stats: dict[tuple[str, str], dict[str, int]] = {}
         for m in models:
-            entry = stats.setdefault((m["model_name"], m["model_version"]), {
-                "offline_device_count": 0, "connected_device_count": 0, "active_device_count": 0,
-                "sampling_device_count": 0})
+            entry = stats.setdefault(
+                (m["model_name"], m["model_version"]),
+                {
+                    "offline_device_count": 0,
+                    "connected_device_count": 0,
+                    "active_device_count": 0,
+                    "sampling_device_count": 0,
+                },
+            )
             online = m["device_id"] in connected
             entry["connected_device_count" if online else "offline_device_count"] += 1
             if online and m["latest_inference"] is not None and now - m["latest_inference"] <= connected_seconds:
@@ -454,8 +614,10 @@ class FleetStore:
             "report_generated": now,
             "device_stats": {"connected_device_count": len(connected), "registered_device_count": len(devices)},
             "agent_versions": [{"version": v, "agent_count": n} for v, n in sorted(versions.items())],
-            "model_stats": [{"model_name": name, "model_version": version, **counts}
-                            for (name, version), counts in sorted(stats.items())],
+            "model_stats": [
+                {"model_name": name, "model_version": version, **counts}
+                for (name, version), counts in sorted(stats.items())
+            ],
         }
 
 

@@ -127,13 +127,16 @@ def _cuda_problems(manifest: Manifest, gpu: CudaInfo | None) -> list[str]:
     if req.cuda_runtime and req.cuda_runtime.startswith("libcudart.so."):
         major = req.cuda_runtime.rsplit(".", 1)[-1]
         if major.isdigit() and gpu.driver_version // 1000 < int(major):
-            found.append(f"the artifact needs a driver for CUDA {major}; this driver supports CUDA "
-                         f"{gpu.driver_version // 1000}.{gpu.driver_version % 1000 // 10}")
+            found.append(
+                f"the artifact needs a driver for CUDA {major}; this driver supports CUDA "
+                f"{gpu.driver_version // 1000}.{gpu.driver_version % 1000 // 10}"
+            )
     return found
 
 
-def problems(manifest: Manifest, device: str, host: HostInfo | None = None,
-             gpu: CudaInfo | None | bool = False) -> list[str]:
+def problems(
+    manifest: Manifest, device: str, host: HostInfo | None = None, gpu: CudaInfo | None | bool = False
+) -> list[str]:
     """Every reason this host cannot run the artifact on ``device`` (empty when it can).
 
     ``host`` and ``gpu`` default to this machine's; tests pass their own.
@@ -166,6 +169,4 @@ def check(manifest: Manifest, device: str) -> None:
         raise UserError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     found = problems(manifest, device)
     if found:
-        raise CompatibilityError(
-            f"artifact for profile {manifest.profile} cannot run here: " + "; ".join(found)
-        )
+        raise CompatibilityError(f"artifact for profile {manifest.profile} cannot run here: " + "; ".join(found))

@@ -80,6 +80,7 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
 def _check_spec(spec: Mapping[str, Any], height: int, width: int) -> None:
     """The manifest's preprocessing values have the types and ranges preprocess() uses: a
     foreign or altered manifest fails here with the field's name, not in numpy or Pillow."""
+
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 

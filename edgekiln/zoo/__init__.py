@@ -91,9 +91,7 @@ class ZooModel:
 
 
 def _entry(name: str, params: int, macs: int) -> ZooModel:
-    return ZooModel(
-        name=name, published_params=params, published_macs=macs, source=f"torchvision.models.{name}"
-    )
+    return ZooModel(name=name, published_params=params, published_macs=macs, source=f"torchvision.models.{name}")
 
 
 # Parameter counts: torchvision 0.29.1 weights metadata "num_params" (resnet.py,

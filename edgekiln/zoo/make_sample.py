@@ -35,10 +35,7 @@ def draw_sample(size: int = SIZE):
         (132, 22, 2.1, 0.4, (96, 130, 96)),
         (150, 14, 3.3, 1.7, (60, 110, 60)),
     ):
-        ridge = [
-            (i * s, (base + amp * np.sin(freq * np.pi * i / 224 + phase)) * s)
-            for i in range(0, 225, 4)
-        ]
+        ridge = [(i * s, (base + amp * np.sin(freq * np.pi * i / 224 + phase)) * s) for i in range(0, 225, 4)]
         draw.polygon([(0, size), *ridge, (size, size)], fill=colour)
     # A lake with a lighter band for the reflection of the sky.
     draw.ellipse([20 * s, 168 * s, 150 * s, 212 * s], fill=(70, 120, 170))

@@ -50,9 +50,7 @@ class _GraphBuilder:
     # -- tensors -------------------------------------------------------------------------
 
     def _add_init(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(
-            numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name)
-        )
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
         return name
 
     def _normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -61,9 +59,7 @@ class _GraphBuilder:
     def _scalar(self, value: float) -> str:
         # Clip's bounds are inputs since opset 11; one shared initializer per value.
         if value not in self._scalars:
-            self._scalars[value] = self._add_init(
-                f"const.{value:g}", np.array(value, dtype=np.float32)
-            )
+            self._scalars[value] = self._add_init(f"const.{value:g}", np.array(value, dtype=np.float32))
         return self._scalars[value]
 
     def _node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
@@ -109,9 +105,7 @@ class _GraphBuilder:
             dilations=[1, 1],
         )
 
-    def batchnorm(
-        self, x: str, prefix: str, channels: int, *, eps: float, gamma: float = 1.0
-    ) -> str:
+    def batchnorm(self, x: str, prefix: str, channels: int, *, eps: float, gamma: float = 1.0) -> str:
         """Inference-mode BatchNorm2d kept as a node, so its four tensors stay countable."""
         # Running statistics near (0, 1) with small seeded perturbations: BatchNorm stays
         # close to identity, yet folding it into the convolution is a real transformation
@@ -149,9 +143,7 @@ class _GraphBuilder:
 
     def maxpool(self, x: str, name: str) -> str:
         """ResNet's stem pool: MaxPool2d(kernel_size=3, stride=2, padding=1)."""
-        return self._node(
-            "MaxPool", [x], name, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
-        )
+        return self._node("MaxPool", [x], name, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
 
     def global_avgpool(self, x: str, name: str) -> str:
         return self._node("GlobalAveragePool", [x], name)
@@ -167,14 +159,10 @@ class _GraphBuilder:
         output: str | None = None,
     ) -> str:
         """torch.nn.Linear as Gemm with transB, weight stored (out, in) as torchvision does."""
-        weight = self._add_init(
-            f"{prefix}.weight", self._normal((fout, fin), gain / math.sqrt(fin))
-        )
+        weight = self._add_init(f"{prefix}.weight", self._normal((fout, fin), gain / math.sqrt(fin)))
         bias = self._add_init(f"{prefix}.bias", self._normal((fout,), 0.01))
         name = output or prefix
-        self.nodes.append(
-            helper.make_node("Gemm", [x, weight, bias], [name], name=prefix, transB=1)
-        )
+        self.nodes.append(helper.make_node("Gemm", [x, weight, bias], [name], name=prefix, transB=1))
         return name
 
     def conv_bn_act(
@@ -211,11 +199,7 @@ class _GraphBuilder:
             self.nodes,
             name,
             [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(INPUT_SHAPE))],
-            [
-                helper.make_tensor_value_info(
-                    OUTPUT_NAME, TensorProto.FLOAT, [INPUT_SHAPE[0], NUM_CLASSES]
-                )
-            ],
+            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [INPUT_SHAPE[0], NUM_CLASSES])],
             initializer=self.initializers,
         )
         model = helper.make_model(
@@ -230,9 +214,7 @@ class _GraphBuilder:
 
 
 def _with_props(model: onnx.ModelProto, name: str, seed: int, source: str) -> onnx.ModelProto:
-    helper.set_model_props(
-        model, {"edgekiln.zoo.name": name, "edgekiln.zoo.seed": str(seed), "source": source}
-    )
+    helper.set_model_props(model, {"edgekiln.zoo.name": name, "edgekiln.zoo.seed": str(seed), "source": source})
     return model
 
 
@@ -272,26 +254,20 @@ def _downsample(b: _GraphBuilder, x: str, prefix: str, cin: int, cout: int, stri
     return b.batchnorm(y, f"{prefix}.downsample.1", cout, eps=_RESNET_EPS)
 
 
-def _resnet(
-    name: str, seed: int, block: Callable, expansion: int, layers: tuple[int, ...], source: str
-):
+def _resnet(name: str, seed: int, block: Callable, expansion: int, layers: tuple[int, ...], source: str):
     b = _GraphBuilder(seed)
     x = b.conv(INPUT_NAME, "conv1", 3, 64, 7, stride=2)
     x = b.relu(b.batchnorm(x, "bn1", 64, eps=_RESNET_EPS), "relu")
     x = b.maxpool(x, "maxpool")
     cin = 64
-    for stage, (planes, blocks) in enumerate(
-        zip((64, 128, 256, 512), layers, strict=True), start=1
-    ):
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
         for i in range(blocks):
             stride = 2 if stage > 1 and i == 0 else 1
             x = block(b, x, f"layer{stage}.{i}", cin, planes, stride)
             cin = planes * expansion
     x = b.pool_flatten(x)
     b.linear(x, "fc", cin, NUM_CLASSES, output=OUTPUT_NAME)
-    return _with_props(
-        b.model(name, f"{name} (torchvision architecture), random weights"), name, seed, source
-    )
+    return _with_props(b.model(name, f"{name} (torchvision architecture), random weights"), name, seed, source)
 
 
 def resnet18(seed: int, source: str) -> onnx.ModelProto:
@@ -352,9 +328,7 @@ def mobilenet_v2(seed: int, source: str) -> onnx.ModelProto:
             # The linear bottleneck: conv and BN without activation, numbered like nn.Sequential.
             y = b.conv(y, f"{prefix}.{j + 1}", hidden, c, 1)
             residual = stride == 1 and cin == c
-            y = b.batchnorm(
-                y, f"{prefix}.{j + 2}", c, eps=eps, gamma=_RESIDUAL_GAMMA if residual else 1.0
-            )
+            y = b.batchnorm(y, f"{prefix}.{j + 2}", c, eps=eps, gamma=_RESIDUAL_GAMMA if residual else 1.0)
             x = b.add(x, y, f"features.{index}.add") if residual else y
             cin, index = c, index + 1
     x = b.conv_bn_act(x, f"features.{index}", cin, 1280, 1, eps=eps, act=b.relu6)
@@ -417,17 +391,11 @@ def _squeeze_excitation(b: _GraphBuilder, x: str, prefix: str, channels: int) ->
     return b.mul(x, b.hardsigmoid(s, f"{prefix}.scale_activation"), f"{prefix}.scale")
 
 
-def _mobilenet_v3(
-    name: str, seed: int, setting: tuple, last_channel: int, source: str
-) -> onnx.ModelProto:
+def _mobilenet_v3(name: str, seed: int, setting: tuple, last_channel: int, source: str) -> onnx.ModelProto:
     eps = 1e-3  # torchvision builds MobileNetV3's BatchNorm2d with eps=0.001
     b = _GraphBuilder(seed)
-    x = b.conv_bn_act(
-        INPUT_NAME, "features.0", 3, setting[0][0], 3, stride=2, eps=eps, act=b.hardswish
-    )
-    for index, (cin, kernel, expanded, cout, use_se, activation, stride) in enumerate(
-        setting, start=1
-    ):
+    x = b.conv_bn_act(INPUT_NAME, "features.0", 3, setting[0][0], 3, stride=2, eps=eps, act=b.hardswish)
+    for index, (cin, kernel, expanded, cout, use_se, activation, stride) in enumerate(setting, start=1):
         act = b.hardswish if activation == "HS" else b.relu
         prefix = f"features.{index}.block"
         y, j = x, 0
@@ -452,24 +420,16 @@ def _mobilenet_v3(
         residual = stride == 1 and cin == cout
         gain = _RELU_GAIN * (_SE_COMPENSATION if use_se else 1.0)
         y = b.conv(y, f"{prefix}.{j}.0", expanded, cout, 1, gain=gain)
-        y = b.batchnorm(
-            y, f"{prefix}.{j}.1", cout, eps=eps, gamma=_RESIDUAL_GAMMA if residual else 1.0
-        )
+        y = b.batchnorm(y, f"{prefix}.{j}.1", cout, eps=eps, gamma=_RESIDUAL_GAMMA if residual else 1.0)
         x = b.add(y, x, f"features.{index}.add") if residual else y
     cin = setting[-1][3]
     last_conv = 6 * cin
-    x = b.conv_bn_act(
-        x, f"features.{len(setting) + 1}", cin, last_conv, 1, eps=eps, act=b.hardswish
-    )
+    x = b.conv_bn_act(x, f"features.{len(setting) + 1}", cin, last_conv, 1, eps=eps, act=b.hardswish)
     x = b.pool_flatten(x)
-    x = b.hardswish(
-        b.linear(x, "classifier.0", last_conv, last_channel, gain=_RELU_GAIN), "classifier.1"
-    )
+    x = b.hardswish(b.linear(x, "classifier.0", last_conv, last_channel, gain=_RELU_GAIN), "classifier.1")
     # classifier.2 is Dropout(0.2): an identity at inference, so the graph leaves it out.
     b.linear(x, "classifier.3", last_channel, NUM_CLASSES, output=OUTPUT_NAME)
-    return _with_props(
-        b.model(name, f"{name} (torchvision architecture), random weights"), name, seed, source
-    )
+    return _with_props(b.model(name, f"{name} (torchvision architecture), random weights"), name, seed, source)
 
 
 def mobilenet_v3_large(seed: int, source: str) -> onnx.ModelProto:

@@ -20,12 +20,26 @@ PRETRAINED = ("efficientnet_lite0",)
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage: EfficientNet-B0's
 # stages (Tan & Le 2019, table 1), which Lite0 keeps.
-_LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+_LITE0_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
 # The port normalizes with mean 0.498 and std 0.502 ((x - 127) / 128 on 0–255 pixels), as the
 # TensorFlow EfficientNet-Lite models do, on 224 x 224 crops.
-LITE0_PREPROCESSING = {"layout": "NCHW", "color": "RGB", "resize": 256, "crop": 224,
-                       "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502], "scale": 1 / 255}
+LITE0_PREPROCESSING = {
+    "layout": "NCHW",
+    "color": "RGB",
+    "resize": 256,
+    "crop": 224,
+    "mean": [0.498, 0.498, 0.498],
+    "std": [0.502, 0.502, 0.502],
+    "scale": 1 / 255,
+}
 _BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, kept by the port
 
 
@@ -76,23 +90,46 @@ def _lite0_graph(w: dict[str, Any]) -> Any:
         k = w[key + ".weight"].shape[-1]
         pad = (k - 1) // 2
         out = key
-        nodes.append(helper.make_node("Conv", [x, param(key + ".weight")], [out], name=key,
-                                      kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=groups))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, param(key + ".weight")],
+                [out],
+                name=key,
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[pad] * 4,
+                group=groups,
+            )
+        )
         return out
 
     def bn(x: str, key: str, relu6: bool) -> str:
         out = key + ".out"
-        nodes.append(helper.make_node(
-            "BatchNormalization",
-            [x, param(key + ".weight"), param(key + ".bias"), param(key + ".running_mean"), param(key + ".running_var")],
-            [out], name=key, epsilon=_BN_EPS))
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization",
+                [
+                    x,
+                    param(key + ".weight"),
+                    param(key + ".bias"),
+                    param(key + ".running_mean"),
+                    param(key + ".running_var"),
+                ],
+                [out],
+                name=key,
+                epsilon=_BN_EPS,
+            )
+        )
         if not relu6:
             return out
         nodes.append(helper.make_node("Clip", [out, "relu6_min", "relu6_max"], [key + ".relu6"], name=key + ".relu6"))
         return key + ".relu6"
 
-    inits += [numpy_helper.from_array(np.array(0.0, np.float32), "relu6_min"),
-              numpy_helper.from_array(np.array(6.0, np.float32), "relu6_max")]
+    inits += [
+        numpy_helper.from_array(np.array(0.0, np.float32), "relu6_min"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "relu6_max"),
+    ]
     x = bn(conv("input", "_conv_stem", 2), "_bn0", True)
     channels, index = 32, 0
     for kernel, stride, expand, out_channels, repeats in _LITE0_STAGES:
@@ -114,11 +151,16 @@ def _lite0_graph(w: dict[str, Any]) -> Any:
     x = bn(conv(x, "_conv_head", 1), "_bn1", True)
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"))
     nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flatten", axis=1))
-    nodes.append(helper.make_node("Gemm", ["flat", param("_fc.weight"), param("_fc.bias")], ["logits"], name="_fc",
-                                  transB=1))
-    graph = helper.make_graph(nodes, "efficientnet_lite0",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], inits)
+    nodes.append(
+        helper.make_node("Gemm", ["flat", param("_fc.weight"), param("_fc.bias")], ["logits"], name="_fc", transB=1)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "efficientnet_lite0",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekiln")
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-
 # --- PyTorch ----------------------------------------------------------------------------
+
 
 def torch_resnet18(seed: int = 0, classes: int = 1000):
     """ResNet-18 as torchvision defines it (BasicBlock, [2, 2, 2, 2]), in eval mode."""
@@ -85,14 +85,19 @@ def torch_outputs(model, x: np.ndarray) -> np.ndarray:
 # Built in a child process (tests/frameworks/tf_models.py), as edgekiln's frontend runs
 # TensorFlow: loaded into the test process, its bundled protobuf crashes grpcio-tools there.
 
+
 def tf_models(kind: str, out_dir: Path) -> dict:
     """Build the TensorFlow-side models of ``kind`` into ``out_dir``; their files and outputs."""
     import subprocess
     import sys
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("tf_models.py")), kind, str(out_dir)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("tf_models.py")), kind, str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out_dir / "arrays.npz") as arrays:
         result: dict = {k: arrays[k] for k in arrays.files}

@@ -31,7 +31,7 @@ SCRIPT = Path(__file__).resolve()
 SKIP_REASON = "the MXNet reference environment .venv-mxnet is not built (make test builds it)"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mxnet_python() -> str | None:
     """The Python that has MXNet: ``$EDGEKILN_MXNET_PYTHON``, else ``.venv-mxnet``'s if MXNet
     imports there, else None."""
@@ -94,7 +94,9 @@ def export_gluon(name: str, out_dir: Path, seed: int = 0, *, batch: int = 1, siz
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1200, env=_env())
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"exporting {name} with MXNet failed (exit {exc.returncode}):\n{exc.stderr[-4000:]}") from exc
+        raise RuntimeError(
+            f"exporting {name} with MXNet failed (exit {exc.returncode}):\n{exc.stderr[-4000:]}"
+        ) from exc
     return {
         "symbol": out_dir / f"{name}-symbol.json",
         "params": out_dir / f"{name}-0000.params",
@@ -156,10 +158,15 @@ def _operator_cases(out_dir: Path) -> list[str]:
         exe = net.bind(mx.cpu(), {**args, **inputs}, aux_states=aux, grad_req="null")
         outs = exe.forward(is_train=False)
         net.save(str(out_dir / f"{name}-symbol.json"))
-        mx.nd.save(str(out_dir / f"{name}-0000.params"),
-                   {**{f"arg:{k}": v for k, v in args.items()}, **{f"aux:{k}": v for k, v in aux.items()}})
-        np.savez(out_dir / f"{name}-io.npz", **{f"in_{k}": v.asnumpy() for k, v in inputs.items()},
-                 **{f"out_{i}": o.asnumpy() for i, o in enumerate(outs)})
+        mx.nd.save(
+            str(out_dir / f"{name}-0000.params"),
+            {**{f"arg:{k}": v for k, v in args.items()}, **{f"aux:{k}": v for k, v in aux.items()}},
+        )
+        np.savez(
+            out_dir / f"{name}-io.npz",
+            **{f"in_{k}": v.asnumpy() for k, v in inputs.items()},
+            **{f"out_{i}": o.asnumpy() for i, o in enumerate(outs)},
+        )
         names.append(name)
 
     x = sym.var("data")
@@ -167,19 +174,38 @@ def _operator_cases(out_dir: Path) -> list[str]:
     # Defaults on purpose: the JSON then leaves eps (1e-3) and fix_gamma (True) out.
     case("batchnorm_defaults", sym.BatchNorm(x, name="bn"), img)
     case("batchnorm_eps_gamma", sym.BatchNorm(x, eps=2e-5, fix_gamma=False, name="bn"), img)
-    case("conv_dilate_group_bias", sym.Convolution(x, kernel=(3, 3), num_filter=6, num_group=2, dilate=(2, 2),
-                                                   pad=(2, 1), stride=(1, 2), name="conv"), img)
-    case("conv1d", sym.Convolution(x, kernel=(3,), num_filter=5, pad=(1,), no_bias=True, name="conv"),
-         {"data": (2, 3, 11)})
+    case(
+        "conv_dilate_group_bias",
+        sym.Convolution(
+            x, kernel=(3, 3), num_filter=6, num_group=2, dilate=(2, 2), pad=(2, 1), stride=(1, 2), name="conv"
+        ),
+        img,
+    )
+    case(
+        "conv1d",
+        sym.Convolution(x, kernel=(3,), num_filter=5, pad=(1,), no_bias=True, name="conv"),
+        {"data": (2, 3, 11)},
+    )
     pool = {"data": (1, 3, 8, 8)}
     for kind in ("max", "avg", "sum"):
-        case(f"pool_{kind}_valid", sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type=kind,
-                                              name="pool"), {"data": (1, 3, 9, 9)})
+        case(
+            f"pool_{kind}_valid",
+            sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type=kind, name="pool"),
+            {"data": (1, 3, 9, 9)},
+        )
     case("pool_max_full", sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pooling_convention="full", name="pool"), pool)
-    case("pool_avg_full", sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg",
-                                      pooling_convention="full", name="pool"), pool)
-    case("pool_avg_exclude_pad", sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg",
-                                             count_include_pad=False, name="pool"), {"data": (1, 3, 7, 7)})
+    case(
+        "pool_avg_full",
+        sym.Pooling(
+            x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg", pooling_convention="full", name="pool"
+        ),
+        pool,
+    )
+    case(
+        "pool_avg_exclude_pad",
+        sym.Pooling(x, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg", count_include_pad=False, name="pool"),
+        {"data": (1, 3, 7, 7)},
+    )
     case("pool_global_max", sym.Pooling(x, kernel=(1, 1), global_pool=True, name="pool"), img)
     case("pool_global_avg", sym.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg", name="pool"), img)
     for act in ("relu", "sigmoid", "tanh", "softrelu", "softsign"):
@@ -194,12 +220,19 @@ def _operator_cases(out_dir: Path) -> list[str]:
     case("fc_no_bias", sym.FullyConnected(x, num_hidden=7, no_bias=True, name="fc"), {"data": (2, 6)})
     scale = sym.var("scale", shape=(1, 4, 1, 1))
     y = sym.var("other")
-    case("binary", sym.elemwise_sub(sym.broadcast_mul(x, scale, name="mul"), y, name="sub") / 3.0 + 1.5,
-         {"data": (2, 4, 3, 3), "other": (2, 4, 3, 3)})
+    case(
+        "binary",
+        sym.elemwise_sub(sym.broadcast_mul(x, scale, name="mul"), y, name="sub") / 3.0 + 1.5,
+        {"data": (2, 4, 3, 3), "other": (2, 4, 3, 3)},
+    )
     # _mul_scalar, _rdiv_scalar, _plus_scalar, _rminus_scalar, elemwise_mul
     case("scalars", 2.0 - (0.5 * (1.0 / (x * x + 1.0))) - 0.25, img)
-    case("broadcast_div_add_n", sym.add_n(sym.broadcast_div(x, sym.var("d", shape=(1, 4, 1, 1))), x, x,
-                                          name="sum"), img, fixed={"d": rng.uniform(1, 2, (1, 4, 1, 1))})
+    case(
+        "broadcast_div_add_n",
+        sym.add_n(sym.broadcast_div(x, sym.var("d", shape=(1, 4, 1, 1))), x, x, name="sum"),
+        img,
+        fixed={"d": rng.uniform(1, 2, (1, 4, 1, 1))},
+    )
     case("concat", sym.concat(sym.relu(x), sym.sigmoid(x), dim=1, name="cat"), img)
     case("concat_last", sym.Concat(x, sym.tanh(x), dim=3, name="cat"), img)
     case("identity_ops", sym.BlockGrad(sym.Dropout(sym.identity(x), p=0.5), name="stop"), img)

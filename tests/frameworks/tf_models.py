@@ -22,8 +22,14 @@ def randomize_batchnorm(keras, model, seed: int) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.get_weights()[0].shape[0]
-            layer.set_weights([(0.5 + rng.random(n)).astype(np.float32), (0.2 * rng.standard_normal(n)).astype(np.float32),
-                               (0.2 * rng.standard_normal(n)).astype(np.float32), (0.5 + rng.random(n)).astype(np.float32)])
+            layer.set_weights(
+                [
+                    (0.5 + rng.random(n)).astype(np.float32),
+                    (0.2 * rng.standard_normal(n)).astype(np.float32),
+                    (0.2 * rng.standard_normal(n)).astype(np.float32),
+                    (0.5 + rng.random(n)).astype(np.float32),
+                ]
+            )
 
 
 def write_tflite(tf, model, path: Path, calibration: np.ndarray | None = None) -> Path:
@@ -31,6 +37,7 @@ def write_tflite(tf, model, path: Path, calibration: np.ndarray | None = None) -
     input and output."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if calibration is not None:
+
         def representative():
             for x in calibration:
                 yield [x[None].astype(np.float32)]
@@ -66,8 +73,12 @@ def mobilenet_v2(out: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5)
     x = rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
     fp32 = write_tflite(tf, model, out / "mobilenet_v2.tflite")
-    int8 = write_tflite(tf, model, out / "mobilenet_v2_int8.tflite",
-                        calibration=rng.uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32))
+    int8 = write_tflite(
+        tf,
+        model,
+        out / "mobilenet_v2_int8.tflite",
+        calibration=rng.uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32),
+    )
     # The int8 model takes uint8 pixels: its input scale maps 0..255 onto -1..1.
     xq = np.clip(np.round(x * 127.5 + 127.5), 0, 255).astype(np.uint8)
     return {"x": x, "y": litert(fp32, x), "xq": xq, "yq": litert(int8, xq)}
@@ -100,8 +111,10 @@ def bucketize(out: Path) -> dict[str, np.ndarray]:
     """A .tflite holding BUCKETIZE, an operator tf2onnx has no ONNX conversion for."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: tf.raw_ops.Bucketize(input=x, boundaries=[0.0, 1.0]),
-                     input_signature=[tf.TensorSpec([1, 8], tf.float32)])
+    fn = tf.function(
+        lambda x: tf.raw_ops.Bucketize(input=x, boundaries=[0.0, 1.0]),
+        input_signature=[tf.TensorSpec([1, 8], tf.float32)],
+    )
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     (out / "bucketize.tflite").write_bytes(converter.convert())
     return {}

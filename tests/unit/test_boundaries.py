@@ -104,15 +104,22 @@ def test_device_profiles_and_errors_are_light():
 
 
 def test_every_part_is_in_the_layer_table():
-    parts = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")
+    }
     assert parts == set(ALLOWED)
 
 
 def test_each_part_imports_only_what_the_layer_table_allows():
     graph = import_graph()
-    found = [f"{a} -> {b} ({sorted(files)[0]})" for a, targets in sorted(graph.items())
-             for b, files in sorted(targets.items()) if b not in ALLOWED[a]]
+    found = [
+        f"{a} -> {b} ({sorted(files)[0]})"
+        for a, targets in sorted(graph.items())
+        for b, files in sorted(targets.items())
+        if b not in ALLOWED[a]
+    ]
     assert found == []
 
 
@@ -139,6 +146,7 @@ def test_the_graph_reader_sees_lazy_imports_and_skips_type_checking(tmp_path, mo
     (fake / "runtime" / "__init__.py").write_text("")
     (fake / "runtime" / "m.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgekiln.fleet import x\n"
-        "def f():\n    from edgekiln.compile import api\n    from ..bench import harness\n")
+        "def f():\n    from edgekiln.compile import api\n    from ..bench import harness\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert import_graph() == {"runtime": {"compile": {"runtime/m.py"}, "bench": {"runtime/m.py"}}}

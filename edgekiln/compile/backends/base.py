@@ -43,8 +43,10 @@ class BackendOptions:
                 value = os.fspath(value)
                 object.__setattr__(self, f.name, value)
             if not _matches(hints[f.name], value):
-                raise UserError(f"{self.backend} backend option {f.name} must be {_describe(hints[f.name])}, "
-                                f"got {value!r}; valid options: {', '.join(self.keys())}")
+                raise UserError(
+                    f"{self.backend} backend option {f.name} must be {_describe(hints[f.name])}, "
+                    f"got {value!r}; valid options: {', '.join(self.keys())}"
+                )
         self.check()
 
     def check(self) -> None:
@@ -60,8 +62,9 @@ class BackendOptions:
         data = dict(data or {})
         unknown = sorted(set(data) - set(cls.keys()))
         if unknown:
-            raise UserError(f"unknown {cls.backend} backend option(s) {', '.join(unknown)}; "
-                            f"valid options: {', '.join(cls.keys())}")
+            raise UserError(
+                f"unknown {cls.backend} backend option(s) {', '.join(unknown)}; valid options: {', '.join(cls.keys())}"
+            )
         return cls(**data)
 
     @classmethod
@@ -74,8 +77,9 @@ class BackendOptions:
             key, sep, text = item.partition("=")
             key = key.strip().replace("-", "_")
             if not sep or not key:
-                raise UserError(f"--backend-option {item!r} is not KEY=VALUE; "
-                                f"valid {cls.backend} options: {', '.join(cls.keys())}")
+                raise UserError(
+                    f"--backend-option {item!r} is not KEY=VALUE; valid {cls.backend} options: {', '.join(cls.keys())}"
+                )
             data[key] = _parse(text.strip(), hints.get(key))
         return cls.from_dict(data)
 
@@ -163,8 +167,15 @@ class Backend(abc.ABC):
         """None when the backend can build for ``profile``, else the reason it cannot."""
 
     @abc.abstractmethod
-    def lower(self, model: SourceModel, profile: DeviceProfile, options: Any, root: Path, progress: Progress,
-              calibration: Dataset | None = None) -> LoweredFiles:
+    def lower(
+        self,
+        model: SourceModel,
+        profile: DeviceProfile,
+        options: Any,
+        root: Path,
+        progress: Progress,
+        calibration: Dataset | None = None,
+    ) -> LoweredFiles:
         """Build ``model`` for ``profile`` into ``root``; raise BackendError on failure.
 
         ``calibration`` is given to backends that quantize by themselves when an int8

@@ -45,8 +45,9 @@ class Frontend:
     names_itself: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def import_model(self, path: Path, workdir: Path, *, input_shape: InputShapes, name: str | None,
-                     sha256: str) -> SourceModel:
+    def import_model(
+        self, path: Path, workdir: Path, *, input_shape: InputShapes, name: str | None, sha256: str
+    ) -> SourceModel:
         module = importlib.import_module(f"edgekiln.compile.frontends.{self.module}")
         return module.import_model(path, workdir, input_shape=input_shape, name=name, sha256=sha256, **self.options)
 
@@ -60,6 +61,7 @@ def _zip_holds(test: Callable[[list[str]], bool], *endings: str) -> Callable[[Pa
         if path.name.lower().endswith(endings):
             return True
         return head[:2] == b"PK" and zipfile.is_zipfile(path) and test(zipfile.ZipFile(path).namelist())
+
     return detect
 
 
@@ -71,17 +73,35 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts")
 # then says whether it is one.
 FRONTENDS: tuple[Frontend, ...] = (
     Frontend("mxnet", "mxnet", _named("-symbol.json", ".params"), names_itself=True),
-    Frontend("tensorflow", "tensorflow", lambda p, h: p.name.lower() in ("saved_model.pb", "saved_model.pbtxt"),
-             options={"framework": "tensorflow"}),
-    Frontend("tflite", "tensorflow", lambda p, h: h[4:8] == b"TFL3" or p.suffix.lower() == ".tflite",
-             (".tflite",), options={"framework": "tflite"}),
-    Frontend("keras", "tensorflow",
-             lambda p, h: h[:8] == b"\x89HDF\r\n\x1a\n" or _zip_holds(
-                 lambda m: "config.json" in m and "model.weights.h5" in m, *_KERAS_SUFFIXES)(p, h),
-             _KERAS_SUFFIXES, options={"framework": "keras"}),
-    Frontend("pytorch", "pytorch",
-             _zip_holds(lambda m: any(x.endswith("data.pkl") or "/models/" in x for x in m), *_TORCH_SUFFIXES),
-             _TORCH_SUFFIXES),
+    Frontend(
+        "tensorflow",
+        "tensorflow",
+        lambda p, h: p.name.lower() in ("saved_model.pb", "saved_model.pbtxt"),
+        options={"framework": "tensorflow"},
+    ),
+    Frontend(
+        "tflite",
+        "tensorflow",
+        lambda p, h: h[4:8] == b"TFL3" or p.suffix.lower() == ".tflite",
+        (".tflite",),
+        options={"framework": "tflite"},
+    ),
+    Frontend(
+        "keras",
+        "tensorflow",
+        lambda p, h: (
+            h[:8] == b"\x89HDF\r\n\x1a\n"
+            or _zip_holds(lambda m: "config.json" in m and "model.weights.h5" in m, *_KERAS_SUFFIXES)(p, h)
+        ),
+        _KERAS_SUFFIXES,
+        options={"framework": "keras"},
+    ),
+    Frontend(
+        "pytorch",
+        "pytorch",
+        _zip_holds(lambda m: any(x.endswith("data.pkl") or "/models/" in x for x in m), *_TORCH_SUFFIXES),
+        _TORCH_SUFFIXES,
+    ),
     Frontend("onnx", "onnx", _named(".onnx"), (".onnx",)),
 )
 FRAMEWORKS = tuple(f.name for f in FRONTENDS)
@@ -110,15 +130,22 @@ def parse_input_config(text: str | Mapping[str, Any] | Sequence[Any] | None) -> 
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"--input-config is not JSON ({exc.msg} at column {exc.colno})",
-                            hint='give e.g. \'{"data": [1, 3, 224, 224]}\'') from None
+            raise UserError(
+                f"--input-config is not JSON ({exc.msg} at column {exc.colno})",
+                hint="give e.g. '{\"data\": [1, 3, 224, 224]}'",
+            ) from None
         except (ValueError, RecursionError) as exc:  # a 5000-digit integer, deep nesting
-            raise UserError(f"--input-config is not a usable JSON value ({str(exc)[:80]})",
-                            hint='give e.g. \'{"data": [1, 3, 224, 224]}\'') from None
+            raise UserError(
+                f"--input-config is not a usable JSON value ({str(exc)[:80]})",
+                hint="give e.g. '{\"data\": [1, 3, 224, 224]}'",
+            ) from None
 
     def shape(dims: Any, where: str) -> list[int]:
-        if (not isinstance(dims, list) or not dims
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+        if (
+            not isinstance(dims, list)
+            or not dims
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
+        ):
             raise UserError(f"--input-config: {where} must be a list of positive integers, got {json.dumps(dims)}")
         return list(dims)
 
@@ -130,7 +157,7 @@ def parse_input_config(text: str | Mapping[str, Any] | Sequence[Any] | None) -> 
         return {f"input{i}": shape(v, f"shape {i}") for i, v in enumerate(value)}
     if isinstance(value, list):
         return shape(value, "the shape")
-    raise UserError("--input-config must be a JSON object of input shapes such as {\"data\": [1, 3, 224, 224]}")
+    raise UserError('--input-config must be a JSON object of input shapes such as {"data": [1, 3, 224, 224]}')
 
 
 def parse_input_shape(values: Sequence[str] | None) -> InputShapes:
@@ -179,9 +206,11 @@ def check_input_sizes(input_shape: InputShapes) -> None:
         for d in dims:
             elements *= int(d)
         if len(dims) > 8 or elements > MAX_INPUT_ELEMENTS:
-            raise UserError(f"input shape {list(dims)[:9]} of {str(name)[:80]!r} has {elements:.3g} elements in "
-                            f"{len(dims)} dimensions, over the limit of 2^28 elements and 8 dimensions",
-                            hint="give the shape of one input batch, e.g. [1, 3, 224, 224]")
+            raise UserError(
+                f"input shape {list(dims)[:9]} of {str(name)[:80]!r} has {elements:.3g} elements in "
+                f"{len(dims)} dimensions, over the limit of 2^28 elements and 8 dimensions",
+                hint="give the shape of one input batch, e.g. [1, 3, 224, 224]",
+            )
 
 
 def detect_framework(path: Path) -> str:
@@ -201,11 +230,14 @@ def _detect_dir(path: Path) -> str:
     if len(files) == 1:
         return detect_framework(files[0])
     if not files:
-        raise UserError(f"{path} holds no model files",
-                        hint="expected an .onnx, .pt/.pt2, .tflite, .h5/.keras file, an MXNet "
-                             "PREFIX-symbol.json + PREFIX-NNNN.params pair, or a TensorFlow SavedModel")
-    raise UserError(f"{path} holds several model files ({', '.join(f.name for f in files)})",
-                    hint="give the one to compile")
+        raise UserError(
+            f"{path} holds no model files",
+            hint="expected an .onnx, .pt/.pt2, .tflite, .h5/.keras file, an MXNet "
+            "PREFIX-symbol.json + PREFIX-NNNN.params pair, or a TensorFlow SavedModel",
+        )
+    raise UserError(
+        f"{path} holds several model files ({', '.join(f.name for f in files)})", hint="give the one to compile"
+    )
 
 
 def _model_files(path: Path) -> list[Path]:
@@ -257,8 +289,14 @@ def source_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None, input_shape: InputShapes = None,
-                 name: str | None = None) -> SourceModel:
+def import_model(
+    ref: str | Path,
+    workdir: Path,
+    *,
+    framework: str | None = None,
+    input_shape: InputShapes = None,
+    name: str | None = None,
+) -> SourceModel:
     """Import ``ref`` (a model file, folder, Neo-style ``.tar.gz`` or ``zoo:NAME``) into ``workdir``.
 
     ``framework`` is one of :data:`FRAMEWORKS`; found from the files when None.
@@ -280,7 +318,7 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
         raise UserError(
             f"model file {path} does not exist",
             hint="give a model file (ONNX, PyTorch, TFLite, MXNet, Keras/TensorFlow) or a Neo-style .tar.gz "
-                 "of one, or a built-in model such as zoo:resnet18 (edgekiln zoo list)",
+            "of one, or a built-in model such as zoo:resnet18 (edgekiln zoo list)",
         )
     sha = source_sha256(path)
     default_name = model_stem(path)
@@ -289,8 +327,9 @@ def import_model(ref: str | Path, workdir: Path, *, framework: str | None = None
         if path.is_file():
             default_name = model_stem(path)
     chosen = frontend(framework or detect_framework(path))
-    source = chosen.import_model(path, workdir, input_shape=input_shape, sha256=sha,
-                                 name=name if chosen.names_itself else name or default_name)
+    source = chosen.import_model(
+        path, workdir, input_shape=input_shape, sha256=sha, name=name if chosen.names_itself else name or default_name
+    )
     # The reference the user gave (a tarball, a folder), not the file found inside it.
     return replace(source, source_ref=ref_text, source_sha256=sha)
 

@@ -59,13 +59,19 @@ def _bounded(tar: tarfile.TarFile, path: Path, limits: TarballLimits) -> Iterato
     total = 0
     for count, member in enumerate(tar, start=1):
         if count > limits.max_members:
-            raise UserError(f"the model tarball {path} holds over {limits.max_members} members",
-                            hint="a model tarball holds the model's files only")
+            raise UserError(
+                f"the model tarball {path} holds over {limits.max_members} members",
+                hint="a model tarball holds the model's files only",
+            )
         if member.issparse():
-            raise UserError(f"the model tarball {path} holds a sparse member ({member.name[:80]})",
-                            hint="pack the files with tar without --sparse")
+            raise UserError(
+                f"the model tarball {path} holds a sparse member ({member.name[:80]})",
+                hint="pack the files with tar without --sparse",
+            )
         total += member.size
         if total > limits.max_bytes:
-            raise UserError(f"the model tarball {path} unpacks to over {limits.max_bytes} bytes",
-                            hint=f"for a model this large, set {MAX_BYTES_ENV} to a higher byte count")
+            raise UserError(
+                f"the model tarball {path} unpacks to over {limits.max_bytes} bytes",
+                hint=f"for a model this large, set {MAX_BYTES_ENV} to a higher byte count",
+            )
         yield member

@@ -18,8 +18,14 @@ from edgekiln.errors import UserError
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
 
-def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = None, name: str | None = None,
-                 sha256: str | None = None) -> SourceModel:
+def import_model(
+    ref: str | Path,
+    workdir: Path,
+    *,
+    input_shape: InputShapes = None,
+    name: str | None = None,
+    sha256: str | None = None,
+) -> SourceModel:
     """Import ``ref`` (``zoo:NAME``, an ONNX file or a folder holding one) into ``workdir/model.onnx``.
 
     Called by ``frontends.import_model``, which unpacks tarballs, reports missing files for
@@ -31,14 +37,30 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
     ref_text = str(ref)
     if pretrained.is_pretrained_ref(ref_text):
         model = pretrained.build(ref_text)
-        return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
-                      name=name or ref_text.removeprefix("zoo:"), input_shape=input_shape,
-                      preprocessing=pretrained.preprocessing(ref_text), labels=tuple(zoo.imagenet_labels()))
+        return finish(
+            model,
+            workdir,
+            ref=ref_text,
+            source_format="zoo",
+            raw_sha256=_sha(model.SerializeToString()),
+            name=name or ref_text.removeprefix("zoo:"),
+            input_shape=input_shape,
+            preprocessing=pretrained.preprocessing(ref_text),
+            labels=tuple(zoo.imagenet_labels()),
+        )
     if zoo.is_zoo_ref(ref_text):
         model = zoo.build(ref_text)
-        return finish(model, workdir, ref=ref_text, source_format="zoo", raw_sha256=_sha(model.SerializeToString()),
-                      name=name or zoo.info(ref_text).name, input_shape=input_shape,
-                      preprocessing=dict(zoo.preprocessing(ref_text)), labels=tuple(zoo.imagenet_labels()))
+        return finish(
+            model,
+            workdir,
+            ref=ref_text,
+            source_format="zoo",
+            raw_sha256=_sha(model.SerializeToString()),
+            name=name or zoo.info(ref_text).name,
+            input_shape=input_shape,
+            preprocessing=dict(zoo.preprocessing(ref_text)),
+            labels=tuple(zoo.imagenet_labels()),
+        )
     # frontends.import_model found the file or folder: it exists.
     path = Path(ref_text)
     if path.is_dir():
@@ -48,15 +70,33 @@ def import_model(ref: str | Path, workdir: Path, *, input_shape: InputShapes = N
         path = onnx_files[0]
         ref_text = str(path)
     raw = path.read_bytes()
-    return finish(_parse(raw, path), workdir, ref=ref_text, source_format="onnx", raw_sha256=_sha(raw),
-                  name=name or path.stem, input_shape=input_shape)
+    return finish(
+        _parse(raw, path),
+        workdir,
+        ref=ref_text,
+        source_format="onnx",
+        raw_sha256=_sha(raw),
+        name=name or path.stem,
+        input_shape=input_shape,
+    )
 
 
-def finish(model: Any, workdir: Path, *, ref: str, source_format: str, raw_sha256: str, name: str,
-           input_shape: InputShapes = None, default_shapes: Mapping[str, Sequence[int]] | None = None,
-           preprocessing: Mapping[str, Any] | None = None, labels: tuple[str, ...] | None = None,
-           original: Path | None = None, original_input_layouts: Sequence[str] = (),
-           prequantized: bool = False) -> SourceModel:
+def finish(
+    model: Any,
+    workdir: Path,
+    *,
+    ref: str,
+    source_format: str,
+    raw_sha256: str,
+    name: str,
+    input_shape: InputShapes = None,
+    default_shapes: Mapping[str, Sequence[int]] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    labels: tuple[str, ...] | None = None,
+    original: Path | None = None,
+    original_input_layouts: Sequence[str] = (),
+    prequantized: bool = False,
+) -> SourceModel:
     """Check ``model`` (an ONNX ModelProto), fix its input shapes and write ``workdir/model.onnx``.
 
     ``input_shape`` is what the user asked for; ``default_shapes`` fill inputs the graph
@@ -97,7 +137,9 @@ def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-_OTHER_FRAMEWORKS = "if it is another framework's model, say which with --framework pytorch|tflite|mxnet|keras|tensorflow"
+_OTHER_FRAMEWORKS = (
+    "if it is another framework's model, say which with --framework pytorch|tflite|mxnet|keras|tensorflow"
+)
 
 
 def _parse(raw: bytes, path: Path) -> Any:
@@ -139,8 +181,7 @@ def positional(spec: Mapping[str, Sequence[int]], names: Sequence[str]) -> Mappi
     """Shapes given as a list (named ``input0``, ``input1``... by ``parse_input_config``, as
     Neo named PyTorch inputs) go to a model's own inputs in order when it names them otherwise."""
     keys = list(spec)
-    if (keys == [f"input{i}" for i in range(len(keys))] and len(keys) == len(names)
-            and not set(keys) & set(names)):
+    if keys == [f"input{i}" for i in range(len(keys))] and len(keys) == len(names) and not set(keys) & set(names):
         return dict(zip(names, spec.values()))
     return spec
 
@@ -161,8 +202,10 @@ def requested_shapes(spec: InputShapes, names: Sequence[str], what: str = "model
             raise UserError(f"the input shapes name unknown inputs {unknown}; the {what}'s inputs are {names}")
         return {k: _dims(v, k) for k, v in spec.items()}
     if len(names) != 1:
-        raise UserError(f"the {what} has {len(names)} inputs {names}; give a shape for each by name "
-                        f"(--input-config '{{\"NAME\": [DIMS]}}' or --input-shape NAME:DIMS)")
+        raise UserError(
+            f"the {what} has {len(names)} inputs {names}; give a shape for each by name "
+            f"(--input-config '{{\"NAME\": [DIMS]}}' or --input-shape NAME:DIMS)"
+        )
     return {names[0]: _dims(spec, names[0])}
 
 
@@ -177,8 +220,9 @@ def _dims(shape: Any, name: str) -> list[int]:
     return dims
 
 
-def _fix_shapes(model: Any, spec: InputShapes, ref: str,
-                defaults: Mapping[str, Sequence[int]]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Any]:
+def _fix_shapes(
+    model: Any, spec: InputShapes, ref: str, defaults: Mapping[str, Sequence[int]]
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Any]:
     import onnx
 
     inputs = _graph_inputs(model)
@@ -212,7 +256,7 @@ def _fix_shapes(model: Any, spec: InputShapes, ref: str,
                 raise UserError(
                     f"input {value.name!r} of {ref} has no fixed shape ({_show(declared)})",
                     hint=f"give one with --input-config '{{\"{value.name}\": [1, 3, 224, 224]}}' "
-                         f"(or --input-shape {value.name}:1,3,224,224)",
+                    f"(or --input-shape {value.name}:1,3,224,224)",
                 )
             dims = [int(d) for d in declared]
         del ttype.shape.dim[:]

@@ -24,8 +24,10 @@ from edgekiln.errors import UserError
 MAX_MEMBERS = 100_000
 MAX_JSON_BYTES = 64 << 20  # the program's graph JSON; a ResNet-50 is about 1 MB
 
-_HINT = ("export the model again with torch.export.save from plain tensors and standard operators; "
-         "edgekiln loads no pickled objects or code from a model file")
+_HINT = (
+    "export the model again with torch.export.save from plain tensors and standard operators; "
+    "edgekiln loads no pickled objects or code from a model file"
+)
 
 # What a graph node may call: registered operators of torch's own namespaces, Python's
 # arithmetic and torch's symbolic-int helpers. ``torch.ops.load_library`` and any other
@@ -46,12 +48,16 @@ _SYMPY_NAMES = frozenset(
     "CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift FloatTrueDiv IntTrueDiv TruncToFloat "
     "TruncToInt RoundToInt RoundDecimal ToFloat Identity oo".split()
 )
-_EXPR_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<str>'[A-Za-z_]\w{0,40}')|(?P<num>\d{1,12}(?:\.\d{1,12})?)"
-                         r"|(?P<op>==|!=|<=|>=|//|[-+*/%<>(),=]))")
+_EXPR_TOKEN = re.compile(
+    r"\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<str>'[A-Za-z_]\w{0,40}')|(?P<num>\d{1,12}(?:\.\d{1,12})?)"
+    r"|(?P<op>==|!=|<=|>=|//|[-+*/%<>(),=]))"
+)
 # Guard code is Python source that torch compiles into a function: only comparisons of
 # input sizes with integers.
-_GUARD = re.compile(r"(?:\s*(?:L\['[A-Za-z_]\w{0,80}'\](?:\.size\(\)|\.stride\(\))?(?:\[\d{1,4}\])*"
-                    r"|\d{1,12}|==|!=|<=|>=|<|>|\+|-|\*|//|%|\(|\)|and|or|not))*\s*")
+_GUARD = re.compile(
+    r"(?:\s*(?:L\['[A-Za-z_]\w{0,80}'\](?:\.size\(\)|\.stride\(\))?(?:\[\d{1,4}\])*"
+    r"|\d{1,12}|==|!=|<=|>=|<|>|\+|-|\*|//|%|\(|\)|and|or|not))*\s*"
+)
 
 
 def check(path: Path) -> None:
@@ -72,10 +78,15 @@ def _check_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
     rest = "/".join(parts[1:])
     if rest.startswith(("data/aotinductor/", "data/executorch/", "data/mtia/")):
         raise UserError(f"{path} holds compiled code ({info.filename}), which edgekiln does not load", hint=_HINT)
-    if re.fullmatch(r"data/(weights|constants)/[^/]*\.pt", rest) or rest.startswith("data/constants/custom_obj") \
-            or rest.startswith("data/constants/opaque_obj") or rest.endswith(".pkl"):
-        raise UserError(f"{path} holds a pickled payload ({info.filename}), which edgekiln does not unpickle",
-                        hint=_HINT)
+    if (
+        re.fullmatch(r"data/(weights|constants)/[^/]*\.pt", rest)
+        or rest.startswith("data/constants/custom_obj")
+        or rest.startswith("data/constants/opaque_obj")
+        or rest.endswith(".pkl")
+    ):
+        raise UserError(
+            f"{path} holds a pickled payload ({info.filename}), which edgekiln does not unpickle", hint=_HINT
+        )
     if re.fullmatch(r"data/(weights|constants)/[^/]*_config\.json", rest):
         _check_payload_config(path, info.filename, _read_json(path, archive, info))
     elif re.fullmatch(r"models/[^/]*\.json", rest):
@@ -99,13 +110,16 @@ def _check_payload_config(path: Path, name: str, config: Any) -> None:
         raise UserError(f"{name} in {path} is not a torch.export payload config")
     for fqn, meta in entries.items():
         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-            raise UserError(f"{path} stores {str(fqn)[:80]!r} as a pickle ({name} sets use_pickle), "
-                            "which edgekiln does not unpickle", hint=_HINT)
+            raise UserError(
+                f"{path} stores {str(fqn)[:80]!r} as a pickle ({name} sets use_pickle), "
+                "which edgekiln does not unpickle",
+                hint=_HINT,
+            )
         where = str(meta.get("path_name", ""))
         if not where.startswith(("weight_", "tensor_")):
-            raise UserError(f"{path} stores {str(fqn)[:80]!r} as an object ({where[:80]}), "
-                            "which edgekiln does not load",
-                            hint=_HINT)
+            raise UserError(
+                f"{path} stores {str(fqn)[:80]!r} as an object ({where[:80]}), which edgekiln does not load", hint=_HINT
+            )
 
 
 def _check_program(path: Path, name: str, program: Any) -> None:
@@ -113,8 +127,9 @@ def _check_program(path: Path, name: str, program: Any) -> None:
         raise UserError(f"{name} in {path} is not a torch.export program")
     for guard in program.get("guards_code") or []:
         if not isinstance(guard, str) or len(guard) > 2000 or not _GUARD.fullmatch(guard):
-            raise UserError(f"{path} carries guard code that is not a plain size check: {str(guard)[:80]!r}",
-                            hint=_HINT)
+            raise UserError(
+                f"{path} carries guard code that is not a plain size check: {str(guard)[:80]!r}", hint=_HINT
+            )
     for key, value in _strings(program):
         if key in ("target", "as_operator") and not _TARGET.fullmatch(value):
             raise UserError(f"{path} calls {value[:120]!r}, which is not a torch operator", hint=_HINT)
@@ -146,8 +161,11 @@ def _plain_expression(text: str) -> bool:
         match = _EXPR_TOKEN.match(text, position)
         if not match or match.end() == position:
             return False
-        if match.group("name") and match.group("name") not in _SYMPY_NAMES and not re.fullmatch(r"[a-z]{1,3}\d{1,6}",
-                                                                                                 match.group("name")):
+        if (
+            match.group("name")
+            and match.group("name") not in _SYMPY_NAMES
+            and not re.fullmatch(r"[a-z]{1,3}\d{1,6}", match.group("name"))
+        ):
             return False
         position = match.end()
     return True

@@ -29,8 +29,14 @@ from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import DependencyError, UserError, first_line
 
 OPSET = 17
-_TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.uint8": "uint8",
-                 "torch.int8": "int8", "torch.int32": "int32", "torch.int64": "int64"}
+_TORCH_DTYPES = {
+    "torch.float32": "float32",
+    "torch.float16": "float16",
+    "torch.uint8": "uint8",
+    "torch.int8": "int8",
+    "torch.int32": "int32",
+    "torch.int64": "int64",
+}
 
 
 def _torch() -> Any:
@@ -47,9 +53,11 @@ def _torch() -> Any:
 def archive_kind(path: Path) -> str:
     """``"torchscript"``, ``"export"`` or ``"pickle"`` for a torch archive; UserError otherwise."""
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a PyTorch archive (TorchScript or torch.export zip file)",
-                        hint="save the model with torch.jit.save(torch.jit.trace(model, example), PATH) "
-                             "or torch.export.save(torch.export.export(model, (example,)), PATH)")
+        raise UserError(
+            f"{path} is not a PyTorch archive (TorchScript or torch.export zip file)",
+            hint="save the model with torch.jit.save(torch.jit.trace(model, example), PATH) "
+            "or torch.export.save(torch.export.export(model, (example,)), PATH)",
+        )
     members = zipfile.ZipFile(path).namelist()
     if any("/models/" in m and m.endswith(".json") for m in members):
         return "export"
@@ -70,10 +78,9 @@ def import_model(path: Path, workdir: Path, *, input_shape: InputShapes, name: s
     kind = archive_kind(path)
     if kind == "pickle":
         raise UserError(
-            f"{path} holds a pickled module or state dict (torch.save), which cannot be loaded without its "
-            "Python code",
+            f"{path} holds a pickled module or state dict (torch.save), which cannot be loaded without its Python code",
             hint="save a TorchScript archive (torch.jit.save(torch.jit.trace(model, example), PATH)) or a "
-                 "torch.export program (torch.export.save(torch.export.export(model, (example,)), PATH))",
+            "torch.export program (torch.export.save(torch.export.export(model, (example,)), PATH))",
         )
     torch = _torch()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -86,15 +93,16 @@ def import_model(path: Path, workdir: Path, *, input_shape: InputShapes, name: s
     import onnx
 
     model = onnx.load(str(out))
-    return finish(model, workdir, ref=str(path), source_format="pytorch", raw_sha256=sha256, name=name,
-                  input_shape=shapes)
+    return finish(
+        model, workdir, ref=str(path), source_format="pytorch", raw_sha256=sha256, name=name, input_shape=shapes
+    )
 
 
 def _named_shapes(input_shape: InputShapes, path: Path) -> dict[str, list[int]]:
     if input_shape is None:
         raise UserError(
             f"{path} is TorchScript, which records no input shapes",
-            hint='give them as Neo did, with --input-config \'{"input0": [1, 3, 224, 224]}\'',
+            hint="give them as Neo did, with --input-config '{\"input0\": [1, 3, 224, 224]}'",
         )
     # TorchScript names no inputs: the user's names (Neo's input0, input1...) become the graph's.
     names = list(input_shape) if isinstance(input_shape, Mapping) else ["input0"]
@@ -113,14 +121,23 @@ def _export_torchscript(torch: Any, path: Path, shapes: Mapping[str, Sequence[in
         try:
             outputs = module(*args)
         except Exception as exc:  # noqa: BLE001 - whatever the model's own code raises
-            raise UserError(f"the input shapes {dict(shapes)} do not fit {path}: {first_line(exc)}",
-                            hint="give the shapes the model was traced for with --input-config") from None
+            raise UserError(
+                f"the input shapes {dict(shapes)} do not fit {path}: {first_line(exc)}",
+                hint="give the shapes the model was traced for with --input-config",
+            ) from None
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
     with _quiet():
         try:
-            torch.onnx.export(module, args, str(out), dynamo=False, opset_version=OPSET,
-                              input_names=list(shapes), output_names=[f"output{i}" for i in range(count)],
-                              do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                args,
+                str(out),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(shapes),
+                output_names=[f"output{i}" for i in range(count)],
+                do_constant_folding=True,
+            )
         except torch.onnx.errors.UnsupportedOperatorError as exc:
             op = re.search(r"'([\w.]+::[\w.]+)'", str(exc))
             where = _node_of(module, op.group(1)) if op else ""
@@ -156,8 +173,10 @@ def _export_program(torch: Any, path: Path, input_shape: InputShapes, out: Path)
     wanted = {k: list(given.get(k, declared[k][0])) for k in user_inputs}
     open_dims = [k for k, v in wanted.items() if any(d is None for d in v)]
     if open_dims:
-        raise UserError(f"inputs {open_dims} of {path} have dynamic dimensions",
-                        hint='fix them with --input-config \'{"NAME": [1, 3, 224, 224]}\'')
+        raise UserError(
+            f"inputs {open_dims} of {path} have dynamic dimensions",
+            hint="fix them with --input-config '{\"NAME\": [1, 3, 224, 224]}'",
+        )
     args = tuple(torch.zeros(*wanted[k], dtype=declared[k][1]) for k in user_inputs)
     with _quiet():
         try:
@@ -188,8 +207,7 @@ def _quiet() -> Iterator[None]:
     what ``--json`` owns), deprecation warnings, and what torch's C++ side writes straight
     to file descriptors 1 and 2 (its "Torch IR graph at exception" dump). A failure is
     reported as edgekiln's own one-line error instead."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            tempfile.TemporaryFile() as sink:
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryFile() as sink:
         warnings.simplefilter("ignore")
         sys.__stdout__.flush()
         sys.stderr.flush()

@@ -51,8 +51,9 @@ def _tf2onnx() -> Any:
     return tf2onnx
 
 
-def import_model(path: Path, workdir: Path, *, framework: str, input_shape: InputShapes, name: str,
-                 sha256: str) -> SourceModel:
+def import_model(
+    path: Path, workdir: Path, *, framework: str, input_shape: InputShapes, name: str, sha256: str
+) -> SourceModel:
     """Convert a .tflite, Keras or SavedModel ``path`` to ONNX and finish it as a ``SourceModel``."""
     import onnx
 
@@ -71,10 +72,21 @@ def import_model(path: Path, workdir: Path, *, framework: str, input_shape: Inpu
         # The LiteRT backend builds from the .tflite itself.
         original = workdir / "original.tflite"
         shutil.copyfile(path, original)
-        extra = {"original": original, "prequantized": result["prequantized"],
-                 "original_input_layouts": ["NHWC" if n in result["nchw"] else "same" for n in result["shapes"]]}
-    return finish(model, workdir, ref=str(path), source_format=framework, raw_sha256=sha256, name=name,
-                  input_shape=result["shapes"], **extra)
+        extra = {
+            "original": original,
+            "prequantized": result["prequantized"],
+            "original_input_layouts": ["NHWC" if n in result["nchw"] else "same" for n in result["shapes"]],
+        }
+    return finish(
+        model,
+        workdir,
+        ref=str(path),
+        source_format=framework,
+        raw_sha256=sha256,
+        name=name,
+        input_shape=result["shapes"],
+        **extra,
+    )
 
 
 def _convert_in_child(framework: str, path: Path, input_shape: InputShapes, out: Path) -> dict[str, Any]:
@@ -86,14 +98,25 @@ def _convert_in_child(framework: str, path: Path, input_shape: InputShapes, out:
 
     request = out.with_suffix(".request.json")
     answer = out.with_suffix(".answer.json")
-    request.write_text(json.dumps({"framework": framework, "path": str(path), "input_shape": input_shape,
-                                   "out": str(out), "answer": str(answer)}))
-    proc = subprocess.run([sys.executable, "-m", "edgekiln.compile.frontends.tensorflow", str(request)],
-                          capture_output=True, text=True)
+    request.write_text(
+        json.dumps(
+            {
+                "framework": framework,
+                "path": str(path),
+                "input_shape": input_shape,
+                "out": str(out),
+                "answer": str(answer),
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekiln.compile.frontends.tensorflow", str(request)], capture_output=True, text=True
+    )
     if not answer.exists():
         tail = " | ".join(line for line in (proc.stderr or "").strip().splitlines()[-3:])
-        raise errors.BackendError(f"TensorFlow stopped (exit {proc.returncode}) while converting {path}: "
-                                  f"{tail or 'no message'}")
+        raise errors.BackendError(
+            f"TensorFlow stopped (exit {proc.returncode}) while converting {path}: {tail or 'no message'}"
+        )
     result = json.loads(answer.read_text())
     if "error" in result:
         kind = getattr(errors, result["error"]["kind"], errors.EdgekilnError)
@@ -118,8 +141,9 @@ def _main(argv: Sequence[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     answer = Path(request["answer"])
     try:
-        model, shapes, nchw, prequantized = _convert(request["framework"], Path(request["path"]),
-                                                     request["input_shape"])
+        model, shapes, nchw, prequantized = _convert(
+            request["framework"], Path(request["path"]), request["input_shape"]
+        )
         import onnx
 
         onnx.save(model, request["out"])
@@ -143,6 +167,7 @@ def _single(path: Path, suffixes: Sequence[str], what: str) -> Path:
 
 # --- TFLite -----------------------------------------------------------------------------
 
+
 def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
     """(name, shape, dtype) of each input of subgraph 0, read with the tflite schema package."""
     raw = path.read_bytes()
@@ -151,8 +176,9 @@ def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
     try:
         import tflite
     except ImportError:
-        raise DependencyError("reading .tflite files needs the tflite schema package",
-                              hint="pip install 'edgekiln[compile]'") from None
+        raise DependencyError(
+            "reading .tflite files needs the tflite schema package", hint="pip install 'edgekiln[compile]'"
+        ) from None
     try:
         model = tflite.Model.GetRootAsModel(raw, 0)
         graph = model.Subgraphs(0)
@@ -161,7 +187,9 @@ def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
             tensor = graph.Tensors(graph.Inputs(i))
             dtype = _TFLITE_DTYPES.get(tensor.Type())
             if dtype is None:
-                raise UserError(f"input {tensor.Name().decode()!r} of {path} has an unsupported TFLite type {tensor.Type()}")
+                raise UserError(
+                    f"input {tensor.Name().decode()!r} of {path} has an unsupported TFLite type {tensor.Type()}"
+                )
             found.append((tensor.Name().decode(), [int(d) for d in tensor.ShapeAsNumpy()], dtype))
     except (IndexError, AttributeError, ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
         # A flatbuffer is read lazily: damage shows up as whatever the reader trips on.
@@ -169,8 +197,9 @@ def tflite_inputs(path: Path) -> list[tuple[str, list[int], str]]:
     return found
 
 
-def _layouts(declared: Mapping[str, Sequence[int]], input_shape: InputShapes, path: Path,
-             framework: str) -> tuple[dict[str, list[int]], list[str]]:
+def _layouts(
+    declared: Mapping[str, Sequence[int]], input_shape: InputShapes, path: Path, framework: str
+) -> tuple[dict[str, list[int]], list[str]]:
     """The shape of each input and the inputs the artifact takes in NCHW instead of NHWC."""
     requested = requested_shapes(input_shape, list(declared), f"{framework} model")
     shapes: dict[str, list[int]] = {}
@@ -187,8 +216,10 @@ def _layouts(declared: Mapping[str, Sequence[int]], input_shape: InputShapes, pa
             shapes[input_name] = [want[0], want[2], want[3], want[1]]
             nchw.append(input_name)
         else:
-            raise UserError(f"input shape mismatch for {input_name!r}: the {framework} model declares "
-                            f"{_show(dims)} (NHWC), the given shape is {want}")
+            raise UserError(
+                f"input shape mismatch for {input_name!r}: the {framework} model declares "
+                f"{_show(dims)} (NHWC), the given shape is {want}"
+            )
     return shapes, nchw
 
 
@@ -213,11 +244,13 @@ def _convert_tflite(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str
         model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, inputs_as_nchw=nchw or None)
     _unsupported(model, path, "TFLite")
     prequantized = any(dtype in ("uint8", "int8") for _, _, dtype in inputs) or any(
-        n.op_type == "QuantizeLinear" for n in model.graph.node)
+        n.op_type == "QuantizeLinear" for n in model.graph.node
+    )
     return model, _canonical(shapes, nchw), nchw, prequantized
 
 
 # --- Keras and SavedModel -------------------------------------------------------------------
+
 
 def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str, list[int]], list[str], bool]:
     tf2onnx = _tf2onnx()
@@ -239,8 +272,9 @@ def _convert_keras(path: Path, input_shape: InputShapes) -> tuple[Any, dict[str,
     shapes, nchw = _layouts(declared, input_shape, path, "Keras")
     signature = [tf.TensorSpec(shapes[k], dtypes[k], name=k) for k in declared]
     with _converting(path, "Keras"):
-        onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET,
-                                                   inputs_as_nchw=nchw or None)
+        onnx_model, _ = tf2onnx.convert.from_keras(
+            model, input_signature=signature, opset=OPSET, inputs_as_nchw=nchw or None
+        )
     _unsupported(onnx_model, path, "Keras")
     return onnx_model, _canonical(shapes, nchw), nchw, False
 
@@ -249,9 +283,10 @@ def _saved_model_dir(path: Path) -> Path:
     if path.is_file() and path.name.startswith("saved_model."):
         path = path.parent
     if not (path / "saved_model.pb").is_file():
-        raise UserError(f"{path} is not a TensorFlow SavedModel folder (no saved_model.pb)",
-                        hint="give the folder tf.saved_model.save or model.export wrote; frozen .pb graphs "
-                             "are not supported")
+        raise UserError(
+            f"{path} is not a TensorFlow SavedModel folder (no saved_model.pb)",
+            hint="give the folder tf.saved_model.save or model.export wrote; frozen .pb graphs are not supported",
+        )
     return path
 
 
@@ -266,8 +301,9 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
         raise UserError(f"{path} cannot be loaded as a SavedModel: {first_line(exc)}") from None
     signatures = dict(loaded.signatures)
     if "serving_default" not in signatures:
-        raise UserError(f"the SavedModel {path} has no serving_default signature "
-                        f"(it has {sorted(signatures) or 'none'})")
+        raise UserError(
+            f"the SavedModel {path} has no serving_default signature (it has {sorted(signatures) or 'none'})"
+        )
     function = signatures["serving_default"]
     specs = function.structured_input_signature[1]
     declared = {k: [None if d is None else int(d) for d in spec.shape] for k, spec in sorted(specs.items())}
@@ -282,8 +318,9 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
         return [outputs[k] for k in sorted(outputs)]
 
     with _converting(path, "TensorFlow"):
-        onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET,
-                                                      inputs_as_nchw=nchw or None)
+        onnx_model, _ = tf2onnx.convert.from_function(
+            serve, input_signature=signature, opset=OPSET, inputs_as_nchw=nchw or None
+        )
     _unsupported(onnx_model, path, "TensorFlow")
     return onnx_model, _canonical(shapes, nchw), nchw, False
 
@@ -292,12 +329,33 @@ def _convert_saved_model(path: Path, input_shape: InputShapes) -> tuple[Any, dic
 # loads (resource initializers) and when tf2onnx folds constants, so a graph that holds them
 # could write or read files there (ReadFile of a constant path would bake that file into the
 # artifact). The checkpoint ops of the SavedModel's own saver (SaveV2, RestoreV2) stay allowed.
-_HOST_OPS = frozenset({
-    "WriteFile", "ReadFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "Save", "SaveSlices", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2",
-    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteRawProtoSummary", "DebugIdentityV2",
-    "DebugIdentityV3", "TFRecordReader", "TFRecordReaderV2", "WholeFileReader", "WholeFileReaderV2",
-})
+_HOST_OPS = frozenset(
+    {
+        "WriteFile",
+        "ReadFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "Save",
+        "SaveSlices",
+        "DatasetToTFRecord",
+        "ExperimentalDatasetToTFRecord",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "CreateSummaryFileWriter",
+        "CreateSummaryDbWriter",
+        "WriteSummary",
+        "WriteRawProtoSummary",
+        "DebugIdentityV2",
+        "DebugIdentityV3",
+        "TFRecordReader",
+        "TFRecordReaderV2",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+    }
+)
 _MAX_SAVED_MODEL_PB = 1 << 30
 
 
@@ -317,12 +375,16 @@ def _check_saved_model_ops(path: Path) -> None:
     for meta in saved.meta_graphs:
         nodes = [*meta.graph_def.node, *(n for f in meta.graph_def.library.function for n in f.node_def)]
         for node in nodes:
-            to_file = node.op == "PrintV2" and node.attr["output_stream"].s.decode(errors="replace").startswith("file://")
+            to_file = node.op == "PrintV2" and node.attr["output_stream"].s.decode(errors="replace").startswith(
+                "file://"
+            )
             if node.op in _HOST_OPS or to_file:
-                raise UserError(f"the SavedModel {path} holds operator {node.op} (node {node.name[:80]!r}), which "
-                                "reads or writes the build host's files; edgekiln does not load it",
-                                hint="export the model's inference function alone (tf.saved_model.save of the "
-                                     "model with a serving signature)")
+                raise UserError(
+                    f"the SavedModel {path} holds operator {node.op} (node {node.name[:80]!r}), which "
+                    "reads or writes the build host's files; edgekiln does not load it",
+                    hint="export the model's inference function alone (tf.saved_model.save of the "
+                    "model with a serving signature)",
+                )
 
 
 def _unsupported(model: Any, path: Path, framework: str) -> None:
@@ -330,8 +392,9 @@ def _unsupported(model: Any, path: Path, framework: str) -> None:
     (``TFL_BUCKETIZE``); name the first such node and how many there are."""
     import onnx.defs
 
-    missing = [n for n in model.graph.node
-               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, n.domain or "")]
+    missing = [
+        n for n in model.graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type, n.domain or "")
+    ]
     if missing:
         ops = sorted({n.op_type.removeprefix("TFL_") for n in missing})
         first = missing[0]

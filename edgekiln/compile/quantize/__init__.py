@@ -72,8 +72,9 @@ def ort_logits(model_path: Path, inputs: Sequence[np.ndarray], input_name: str) 
     return [session.run(None, {input_name: x})[0] for x in inputs]
 
 
-def gate(fp32: Sequence[np.ndarray], int8: Sequence[np.ndarray], labels: np.ndarray | None,
-         tolerance: float) -> tuple[float, float, float, bool]:
+def gate(
+    fp32: Sequence[np.ndarray], int8: Sequence[np.ndarray], labels: np.ndarray | None, tolerance: float
+) -> tuple[float, float, float, bool]:
     """(fp32 top-1, int8 top-1, agreement, passed) for logits of the same inputs."""
     fp32_pred = np.array([int(np.argmax(o.reshape(-1))) for o in fp32])
     int8_pred = np.array([int(np.argmax(o.reshape(-1))) for o in int8])
@@ -84,8 +85,9 @@ def gate(fp32: Sequence[np.ndarray], int8: Sequence[np.ndarray], labels: np.ndar
     return fp32_top1, int8_top1, agreement, int8_top1 >= (1 - tolerance) * fp32_top1 - 1e-12
 
 
-def quantize_onnx(source: SourceModel, options: QuantizeOptions, workdir: Path,
-                  progress: Progress | None = None) -> QuantizedModel:
+def quantize_onnx(
+    source: SourceModel, options: QuantizeOptions, workdir: Path, progress: Progress | None = None
+) -> QuantizedModel:
     """Quantize ``source`` to int8 QDQ and run the accuracy gate; raise BackendError if it fails."""
     progress = progress or NullProgress()
     if len(source.inputs) != 1:
@@ -103,8 +105,10 @@ def quantize_onnx(source: SourceModel, options: QuantizeOptions, workdir: Path,
     while True:
         attempts += 1
         out = workdir / f"model.int8.{attempts}.onnx"
-        with progress.step(f"quantize to int8 ({len(calibration)} calibration inputs"
-                           + (f", {len(excluded)} layers kept in fp32)" if excluded else ")")):
+        with progress.step(
+            f"quantize to int8 ({len(calibration)} calibration inputs"
+            + (f", {len(excluded)} layers kept in fp32)" if excluded else ")")
+        ):
             _quantize_static(prepared, source, calibration, out, excluded)
         with progress.step("accuracy gate: evaluate int8"):
             int8 = ort_logits(out, validation.inputs, spec.name)
@@ -122,20 +126,36 @@ def quantize_onnx(source: SourceModel, options: QuantizeOptions, workdir: Path,
         excluded += candidates[:_AUTO_STEP]
     sensitive = [] if passed or ranking is None else [r for r in ranking if r[0] not in excluded]
     result = GateResult(
-        samples=len(validation), labelled=validation.labels is not None, fp32_top1=fp32_top1,
-        int8_top1=int8_top1, agreement=agreement, tolerance=options.accuracy_tolerance, passed=passed,
-        excluded_nodes=tuple(excluded), sensitive_layers=tuple(sensitive[:_REPORTED_LAYERS]), attempts=attempts,
+        samples=len(validation),
+        labelled=validation.labels is not None,
+        fp32_top1=fp32_top1,
+        int8_top1=int8_top1,
+        agreement=agreement,
+        tolerance=options.accuracy_tolerance,
+        passed=passed,
+        excluded_nodes=tuple(excluded),
+        sensitive_layers=tuple(sensitive[:_REPORTED_LAYERS]),
+        attempts=attempts,
     )
     if not passed:
-        hint = ("raise --accuracy-tolerance, give more representative --calibration data"
-                + ("" if options.auto else ", or use --quantize int8-auto to keep sensitive layers in fp32"))
+        hint = "raise --accuracy-tolerance, give more representative --calibration data" + (
+            "" if options.auto else ", or use --quantize int8-auto to keep sensitive layers in fp32"
+        )
         raise BackendError(f"int8 accuracy gate failed: {result.summary()}", hint=hint)
     final = workdir / "model.int8.onnx"
     shutil.copyfile(out, final)
     quantized = SourceModel(
-        name=source.name, path=final, source_format=source.source_format, source_ref=source.source_ref,
-        source_sha256=source.source_sha256, inputs=source.inputs, outputs=source.outputs, opset=max(source.opset, 13),
-        preprocessing=source.preprocessing, labels=source.labels, stats=source.stats,
+        name=source.name,
+        path=final,
+        source_format=source.source_format,
+        source_ref=source.source_ref,
+        source_sha256=source.source_sha256,
+        inputs=source.inputs,
+        outputs=source.outputs,
+        opset=max(source.opset, 13),
+        preprocessing=source.preprocessing,
+        labels=source.labels,
+        stats=source.stats,
     )
     return QuantizedModel(source=quantized, gate=result, calibration_samples=len(calibration))
 
@@ -152,8 +172,15 @@ def load_data(source: SourceModel, options: QuantizeOptions, progress: Progress)
         return calibration.head(options.calibration_samples), validation
 
 
-def gate_artifact(source: SourceModel, options: QuantizeOptions, validation: Dataset, run_int8: Evaluator,
-                  calibration_samples: int, method: str, progress: Progress) -> GateResult:
+def gate_artifact(
+    source: SourceModel,
+    options: QuantizeOptions,
+    validation: Dataset,
+    run_int8: Evaluator,
+    calibration_samples: int,
+    method: str,
+    progress: Progress,
+) -> GateResult:
     """The accuracy gate for a backend that quantizes by itself: fp32 source model on ONNX
     Runtime against the int8 artifact as the device runs it.  Layer sensitivity needs the
     int8 model as ONNX, which such a backend does not produce, so a failure reports figures only."""
@@ -162,12 +189,20 @@ def gate_artifact(source: SourceModel, options: QuantizeOptions, validation: Dat
         fp32 = ort_logits(source.path, validation.inputs, spec.name)
         int8 = run_int8(source.path, validation.inputs)
         fp32_top1, int8_top1, agreement, passed = gate(fp32, int8, validation.labels, options.accuracy_tolerance)
-    result = GateResult(samples=len(validation), labelled=validation.labels is not None, fp32_top1=fp32_top1,
-                        int8_top1=int8_top1, agreement=agreement, tolerance=options.accuracy_tolerance,
-                        passed=passed)
+    result = GateResult(
+        samples=len(validation),
+        labelled=validation.labels is not None,
+        fp32_top1=fp32_top1,
+        int8_top1=int8_top1,
+        agreement=agreement,
+        tolerance=options.accuracy_tolerance,
+        passed=passed,
+    )
     if not passed:
-        raise BackendError(f"int8 accuracy gate failed ({method}): {result.summary()}",
-                           hint="raise --accuracy-tolerance or give more representative --calibration data")
+        raise BackendError(
+            f"int8 accuracy gate failed ({method}): {result.summary()}",
+            hint="raise --accuracy-tolerance or give more representative --calibration data",
+        )
     return result
 
 
@@ -192,8 +227,9 @@ def _prepare(source: SourceModel, out: Path) -> None:
     try:
         quant_pre_process(str(source.path), str(out), skip_symbolic_shape=True)
     except Exception as exc:
-        raise BackendError(f"ONNX Runtime could not prepare {source.source_ref} for quantization: "
-                           f"{str(exc).strip()[:300]}") from None
+        raise BackendError(
+            f"ONNX Runtime could not prepare {source.source_ref} for quantization: {str(exc).strip()[:300]}"
+        ) from None
 
 
 def _quantize_static(prepared: Path, source: SourceModel, data: Dataset, out: Path, exclude: Sequence[str]) -> None:
@@ -201,20 +237,27 @@ def _quantize_static(prepared: Path, source: SourceModel, data: Dataset, out: Pa
 
     try:
         quantize_static(
-            str(prepared), str(out), _Reader(source.inputs[0].name, data.inputs),
+            str(prepared),
+            str(out),
+            _Reader(source.inputs[0].name, data.inputs),
             # uint8 activations with int8 weights (U8S8): ONNX Runtime's fast integer kernels on
             # x86-64 without VNNI; measured here on ResNet-18 at 0.41x fp32 time, where int8
             # activations (S8S8) ran at 0.97x. Saturation risks are what the gate is for.
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(exclude),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     except Exception as exc:
         raise BackendError(f"ONNX Runtime could not quantize {source.source_ref}: {str(exc).strip()[:300]}") from None
 
 
-def sensitivity(float_model: Path, qdq_model: Path, inputs: Sequence[np.ndarray], input_name: str) -> list[tuple[str, float]]:
+def sensitivity(
+    float_model: Path, qdq_model: Path, inputs: Sequence[np.ndarray], input_name: str
+) -> list[tuple[str, float]]:
     """Layers (node names) ordered from most to least damaged by quantization (SQNR in dB
     of each node's output in the int8 model against the fp32 model)."""
     import onnx

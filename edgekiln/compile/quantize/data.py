@@ -31,7 +31,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def head(self, n: int) -> "Dataset":
+    def head(self, n: int) -> Dataset:
         return Dataset(self.inputs[:n], None if self.labels is None else self.labels[:n])
 
 
@@ -75,20 +75,26 @@ def load_dataset(path: str | Path, model: SourceModel, limit: int | None = None)
 def _arrays(x: np.ndarray, y: np.ndarray | None, shape: tuple[int, ...], path: Path) -> Dataset:
     per_sample = tuple(shape[1:])
     if tuple(x.shape[1:]) == per_sample:
-        samples = [x[i:i + 1] for i in range(x.shape[0])]
+        samples = [x[i : i + 1] for i in range(x.shape[0])]
     elif tuple(x.shape[1:]) == tuple(shape):
         samples = list(x)
     else:
-        raise UserError(f"{path}: x has shape {list(x.shape)}; expected N x {list(per_sample)} for input shape {list(shape)}")
+        raise UserError(
+            f"{path}: x has shape {list(x.shape)}; expected N x {list(per_sample)} for input shape {list(shape)}"
+        )
     if y is not None and len(y) != len(samples):
         raise UserError(f"{path}: x has {len(samples)} samples but y has {len(y)} labels")
-    return Dataset(tuple(np.ascontiguousarray(s, dtype=np.float32) for s in samples),
-                   None if y is None else np.asarray(y, dtype=np.int64).reshape(-1))
+    return Dataset(
+        tuple(np.ascontiguousarray(s, dtype=np.float32) for s in samples),
+        None if y is None else np.asarray(y, dtype=np.int64).reshape(-1),
+    )
 
 
 def _images(folder: Path, model: SourceModel) -> Dataset:
     if not model.preprocessing:
-        raise UserError("image data needs a model with preprocessing (zoo models have it); give .npy/.npz arrays instead")
+        raise UserError(
+            "image data needs a model with preprocessing (zoo models have it); give .npy/.npz arrays instead"
+        )
     spec = model.inputs[0]
     label_index = {name: i for i, name in enumerate(model.labels or ())}
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -103,7 +109,9 @@ def _images(folder: Path, model: SourceModel) -> Dataset:
             elif cls.isdigit():
                 labels.append(int(cls))
             else:
-                raise UserError(f"sub-folder {cls!r} of {folder} is neither a class label of the model nor a class index")
+                raise UserError(
+                    f"sub-folder {cls!r} of {folder} is neither a class label of the model nor a class index"
+                )
         else:
             labels.append(None)
     if any(label is None for label in labels) and any(label is not None for label in labels):

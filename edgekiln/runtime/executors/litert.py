@@ -33,8 +33,10 @@ def _interpreter_class(manifest: Manifest) -> Any:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
             package = manifest.runtime.python_packages[0] if manifest.runtime.python_packages else "ai-edge-litert"
-            raise DependencyError("this artifact needs ai-edge-litert, which is not installed",
-                                  hint=f"pip install {package}  (or: pip install 'edgekiln[litert]')") from None
+            raise DependencyError(
+                "this artifact needs ai-edge-litert, which is not installed",
+                hint=f"pip install {package}  (or: pip install 'edgekiln[litert]')",
+            ) from None
     return Interpreter
 
 
@@ -56,8 +58,9 @@ class LiteRTExecutor:
             raise IntegrityError("the artifact has no model file")
         options = manifest.backend_options
         try:
-            interpreter = interpreter_class(model_path=str(root / model.path),
-                                            num_threads=_threads(options.get("num_threads")))
+            interpreter = interpreter_class(
+                model_path=str(root / model.path), num_threads=_threads(options.get("num_threads"))
+            )
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise CompatibilityError(f"LiteRT cannot load {model.path}: {str(exc).strip()[:300]}") from None

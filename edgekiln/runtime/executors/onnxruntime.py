@@ -32,7 +32,7 @@ class ONNXRuntimeExecutor:
         except ImportError:
             raise DependencyError(
                 "this artifact needs onnxruntime, which is not installed",
-                hint=f"pip install {manifest.runtime.python_packages[0] if manifest.runtime.python_packages else 'onnxruntime'}",
+                hint=f"pip install {(manifest.runtime.python_packages or ('onnxruntime',))[0]}",
             ) from None
         needed = manifest.runtime.library_version
         if needed and _version_tuple(ort.__version__) < _version_tuple(needed):

@@ -16,13 +16,19 @@ def manifest(listed: dict[str, bytes], /, **fields) -> dict:
     data = {
         "schema_version": 1,
         "model": {"name": "m", "version": "1", "source_format": "onnx", "source_sha256": "0" * 64},
-        "profile": "generic/x86-64-avx2", "backend": "onnxruntime", "backend_options": {},
-        "target_triple": "x86_64-linux-gnu", "edgekiln_version": "0", "compiler": {},
+        "profile": "generic/x86-64-avx2",
+        "backend": "onnxruntime",
+        "backend_options": {},
+        "target_triple": "x86_64-linux-gnu",
+        "edgekiln_version": "0",
+        "compiler": {},
         "runtime": {"arch": "x86_64"},
         "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3, 4, 4]}],
         "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 2]}],
-        "files": [{"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "role": "weights"}
-                  for name, data in listed.items()],
+        "files": [
+            {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "role": "weights"}
+            for name, data in listed.items()
+        ],
         "validation": {"status": "skipped", "reason": "test"},
     }
     data.update(fields)
@@ -57,8 +63,12 @@ def sparse_member(path: Path, realsize: int = 4 << 30) -> Path:
     sparse_map = b"1\n0\n0\n"
     info = tarfile.TarInfo("GNUSparseFile.0/model.so")
     info.size = len(sparse_map)
-    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "model.so",
-                        "GNU.sparse.realsize": str(realsize)}
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "model.so",
+        "GNU.sparse.realsize": str(realsize),
+    }
     listed = manifest({"model.so": b""})
     listed["files"][0]["size"] = realsize
     return archive(path, [manifest_member(listed), (info, sparse_map)])
@@ -114,6 +124,10 @@ def neo_many(path: Path, count: int = 10_001) -> Path:
 def neo_sparse(path: Path) -> Path:
     info = tarfile.TarInfo("GNUSparseFile.0/model.onnx")
     info.size = 6
-    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "model.onnx",
-                        "GNU.sparse.realsize": str(4 << 30)}
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "model.onnx",
+        "GNU.sparse.realsize": str(4 << 30),
+    }
     return archive(path, [(info, b"1\n0\n0\n")])

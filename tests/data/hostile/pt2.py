@@ -75,8 +75,12 @@ def _weight_file(path: Path) -> str:
 def pickled_sample_inputs(path: Path, canary: Path) -> Path:
     """No flag at all: torch unpickles sample inputs with weights_only=False when the safe loader refuses."""
     saved_program(path)
-    return _rewrite(path, lambda name, data: [(name, pickle.dumps(_Touch(canary), protocol=2)
-                                               if name.endswith("data/sample_inputs/model.pt") else data)])
+    return _rewrite(
+        path,
+        lambda name, data: [
+            (name, pickle.dumps(_Touch(canary), protocol=2) if name.endswith("data/sample_inputs/model.pt") else data)
+        ],
+    )
 
 
 def sympy_eval(path: Path, canary: Path) -> Path:
@@ -88,8 +92,11 @@ def sympy_eval(path: Path, canary: Path) -> Path:
         if name.endswith("models/model.json"):
             program = json.loads(data)
             program["range_constraints"] = {code: {"min_val": 0, "max_val": 4}}
-            data = json.dumps(program).replace('"as_int": 16', json.dumps({"expr_str": code, "hint": None}
-                                                                         ).join(['"as_expr": ', ""]), 1).encode()
+            data = (
+                json.dumps(program)
+                .replace('"as_int": 16', json.dumps({"expr_str": code, "hint": None}).join(['"as_expr": ', ""]), 1)
+                .encode()
+            )
         yield name, data
 
     return _rewrite(path, change)
@@ -150,5 +157,7 @@ def torchscript_pickle(path: Path, canary: Path) -> Path:
     import torch
 
     torch.jit.trace(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8)).save(str(path))
-    return _rewrite(path, lambda name, data: [(name, pickle.dumps(_Touch(canary), protocol=2)
-                                               if name.endswith("/data.pkl") else data)])
+    return _rewrite(
+        path,
+        lambda name, data: [(name, pickle.dumps(_Touch(canary), protocol=2) if name.endswith("/data.pkl") else data)],
+    )

@@ -13,8 +13,13 @@ import pytest
 
 
 def edgekiln(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "edgekiln.cli.main", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edgekiln.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_agent_and_fleet_commands(fleet_server, agent_process, short_dir, compiled):
@@ -34,10 +39,17 @@ def test_agent_and_fleet_commands(fleet_server, agent_process, short_dir, compil
 
     config = {
         "device": {"name": "cam-7", "fleet": "plant"},
-        "fleet": {"endpoint": fleet.endpoint, "token_file": str(short_dir / "token"),
-                  "heartbeat_period_seconds": 0.3, "retry_max_seconds": 0.5},
-        "agent": {"socket": str(short_dir / "cli.sock"), "model_dir": str(artifact.parent),
-                  "state_dir": str(short_dir / "state")},
+        "fleet": {
+            "endpoint": fleet.endpoint,
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 0.3,
+            "retry_max_seconds": 0.5,
+        },
+        "agent": {
+            "socket": str(short_dir / "cli.sock"),
+            "model_dir": str(artifact.parent),
+            "state_dir": str(short_dir / "state"),
+        },
         "capture": {"destination": "Cloud", "batch_size": 1, "push_period_seconds": 0.1},
     }
     agent = agent_process(config, name="cli")
@@ -93,11 +105,17 @@ def test_agent_and_fleet_commands(fleet_server, agent_process, short_dir, compil
     assert agent.stop() == 0
 
 
-@pytest.mark.parametrize("text,key", [
-    ('[device]\nname = "d"\nfleet = "f"\n[agent]\nsocket = "s"\nmodel_dir = "m"\nstate_dir = "x"\n'
-     '[capture]\ndestination = "Disk"\ndisk_path = "c"\nfull_policy = "Drop"\n', "capture.full_policy"),
-    ('[device]\nname = "d"\n', "device.fleet"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        (
+            '[device]\nname = "d"\nfleet = "f"\n[agent]\nsocket = "s"\nmodel_dir = "m"\nstate_dir = "x"\n'
+            '[capture]\ndestination = "Disk"\ndisk_path = "c"\nfull_policy = "Drop"\n',
+            "capture.full_policy",
+        ),
+        ('[device]\nname = "d"\n', "device.fleet"),
+    ],
+)
 def test_invalid_config_is_one_line_naming_the_key(short_dir, text, key):
     path = short_dir / "bad.toml"
     path.write_text(text)
@@ -116,13 +134,34 @@ def test_errors_without_servers_are_one_line(short_dir):
 def test_fleet_demo_shows_the_whole_loop(short_dir, compiled):
     artifact = compiled("zoo:mobilenet_v2", "x86_64").path
     root = Path(__file__).resolve().parents[3]  # make demo-fleet runs the source tree's devtools
-    result = subprocess.run([sys.executable, "-m", "devtools.fleet_demo", "--artifact", str(artifact), "--work",
-                             str(short_dir / "demo"), "--predictions", "3"], capture_output=True, text=True,
-                            timeout=300, cwd=root)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devtools.fleet_demo",
+            "--artifact",
+            str(artifact),
+            "--work",
+            str(short_dir / "demo"),
+            "--predictions",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for part in ("== LoadModel", "3 predictions", "demo-fleet/demo-device-1", "3 inferences, 0 errors",
-                 "captures delivered 3", "fleet demo-fleet: 1 registered, 1 connected", "3 records in",
-                 "input-tensor-0.bin"):
+    for part in (
+        "== LoadModel",
+        "3 predictions",
+        "demo-fleet/demo-device-1",
+        "3 inferences, 0 errors",
+        "captures delivered 3",
+        "fleet demo-fleet: 1 registered, 1 connected",
+        "3 records in",
+        "input-tensor-0.bin",
+    ):
         assert part in out, part
     assert not any(p.name.endswith(".sock") for p in (short_dir / "demo" / "agent").iterdir())  # all stopped

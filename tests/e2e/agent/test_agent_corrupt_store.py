@@ -37,11 +37,19 @@ def test_corrupt_database_is_moved_aside_and_reported(fleet_server, agent_proces
     db = state / "outbox" / "outbox.db"
     config = {
         "device": {"name": "dev-c", "fleet": "plant"},
-        "fleet": {"endpoint": fleet.endpoint, "token_file": str(short_dir / "token"),
-                  "heartbeat_period_seconds": 0.3, "retry_max_seconds": 0.3},
+        "fleet": {
+            "endpoint": fleet.endpoint,
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 0.3,
+            "retry_max_seconds": 0.3,
+        },
         "agent": {"socket": str(short_dir / "c.sock"), "model_dir": str(artifact.parent), "state_dir": str(state)},
-        "capture": {"destination": "Cloud", "batch_size": 2, "push_period_seconds": 0.1,
-                    "periodic_upload_period_seconds": 0.2},
+        "capture": {
+            "destination": "Cloud",
+            "batch_size": 2,
+            "push_period_seconds": 0.1,
+            "periodic_upload_period_seconds": 0.2,
+        },
     }
     agent = agent_process(config)
     x = np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -109,8 +117,10 @@ def test_corrupt_database_is_moved_aside_and_reported(fleet_server, agent_proces
     first, second = quarantined(state)
     assert second != aside and (second / "outbox.db").read_bytes() == garbage
     assert len(list((second / "records").iterdir())) == 3  # their payloads went aside with it
-    faults = wait_for("the second fault at the fleet", lambda: (lambda f: f if len(f) == 2 else None)(
-        fleet.call("GET", "/v1/devices/plant/dev-c")["faults"]))
+    faults = wait_for(
+        "the second fault at the fleet",
+        lambda: (lambda f: f if len(f) == 2 else None)(fleet.call("GET", "/v1/devices/plant/dev-c")["faults"]),
+    )
     assert faults[1]["moved_to"] == str(second)
     assert sorted(s3_records(fleet.bucket, "plant/dev-c/")) == sorted(delivered)
     assert agent.stop() == 0

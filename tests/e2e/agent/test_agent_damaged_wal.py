@@ -30,11 +30,20 @@ def test_a_damaged_wal_loses_no_acknowledged_capture(fleet_server, agent_process
     state = short_dir / "state"
     config = {
         "device": {"name": "dev-w", "fleet": "plant"},
-        "fleet": {"endpoint": f"http://127.0.0.1:{port}", "token_file": str(short_dir / "token"),
-                  "heartbeat_period_seconds": 0.3, "retry_max_seconds": 0.3},
+        "fleet": {
+            "endpoint": f"http://127.0.0.1:{port}",
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 0.3,
+            "retry_max_seconds": 0.3,
+        },
         "agent": {"socket": str(short_dir / "w.sock"), "model_dir": str(short_dir), "state_dir": str(state)},
-        "capture": {"destination": "Cloud", "batch_size": 8, "push_period_seconds": 0.05,
-                    "periodic_upload_period_seconds": 0.1, "sync_writes": True},
+        "capture": {
+            "destination": "Cloud",
+            "batch_size": 8,
+            "push_period_seconds": 0.05,
+            "periodic_upload_period_seconds": 0.1,
+            "sync_writes": True,
+        },
     }
     agent = agent_process(config)
     sent = []
@@ -64,8 +73,10 @@ def test_a_damaged_wal_loses_no_acknowledged_capture(fleet_server, agent_process
         assert all(client.capture_status(c) == "SUCCESS" for c in known)
     in_s3 = s3_records(fleet.bucket, "plant/dev-w/")
     quarantined = sorted(set(sent) & set(kept))
-    print(f"\ndamaged WAL ({how}): {len(sent)} acknowledged, {len(known)} known after restart and delivered, "
-          f"{len(quarantined)} kept in quarantine, {len(set(sent) - set(in_s3) - set(kept))} lost")
+    print(
+        f"\ndamaged WAL ({how}): {len(sent)} acknowledged, {len(known)} known after restart and delivered, "
+        f"{len(quarantined)} kept in quarantine, {len(set(sent) - set(in_s3) - set(kept))} lost"
+    )
     assert sorted(in_s3) == sorted(known)  # delivered once each
     assert set(in_s3) | set(kept) >= set(sent)  # nothing acknowledged is lost
     if quarantined:

@@ -42,8 +42,12 @@ class Sender(threading.Thread):
                     tensor = large if len(self.sent) % 5 == 0 else small
                     for _ in range(1500):  # bounded: 30 s of retries for one record
                         try:
-                            client.capture("cam", capture_id=cid, input_tensors={"x": tensor},
-                                           outputs={"meta": ("JSON", b'{"n": %d}' % len(self.sent))})
+                            client.capture(
+                                "cam",
+                                capture_id=cid,
+                                input_tensors={"x": tensor},
+                                outputs={"meta": ("JSON", b'{"n": %d}' % len(self.sent))},
+                            )
                             break
                         except AgentCallError as exc:
                             if exc.code == "ALREADY_EXISTS":
@@ -74,12 +78,26 @@ def test_kill9_loses_and_duplicates_nothing(fleet_server, agent_process, short_d
     (short_dir / "token").write_text(fleet.register("plant", "dev-k"))
     config = {
         "device": {"name": "dev-k", "fleet": "plant"},
-        "fleet": {"endpoint": fleet.endpoint, "token_file": str(short_dir / "token"),
-                  "heartbeat_period_seconds": 0.3, "retry_max_seconds": 0.3, "request_timeout_seconds": 5},
-        "agent": {"socket": str(short_dir / "a.sock"), "model_dir": str(short_dir),
-                  "state_dir": str(short_dir / "state")},
-        "capture": {"destination": "Cloud", "batch_size": 8, "push_period_seconds": 0.05,
-                    "periodic_upload_period_seconds": 0.1, "base64_embed_limit": 1024, "sync_writes": True},
+        "fleet": {
+            "endpoint": fleet.endpoint,
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 0.3,
+            "retry_max_seconds": 0.3,
+            "request_timeout_seconds": 5,
+        },
+        "agent": {
+            "socket": str(short_dir / "a.sock"),
+            "model_dir": str(short_dir),
+            "state_dir": str(short_dir / "state"),
+        },
+        "capture": {
+            "destination": "Cloud",
+            "batch_size": 8,
+            "push_period_seconds": 0.05,
+            "periodic_upload_period_seconds": 0.1,
+            "base64_embed_limit": 1024,
+            "sync_writes": True,
+        },
     }
     agent = agent_process(config)
     sender = Sender(agent.socket)
@@ -112,11 +130,13 @@ def test_kill9_loses_and_duplicates_nothing(fleet_server, agent_process, short_d
     duplicated = len(in_s3) - len(set(in_s3))
     unexpected = set(in_s3) - set(sent)
     heartbeats = fleet.call("GET", "/v1/devices/plant/dev-k/heartbeats")["heartbeat_ids"]
-    print(f"\nkill -9: {kills} kills in {time.monotonic() - started:.1f} s ({during_upload} with a batch in flight); "
-          f"records sent {len(sent)}, in S3 {len(set(in_s3))}, lost {len(lost)}, duplicated {duplicated}, "
-          f"unexpected {len(unexpected)}; in the fleet database {len(in_db)}; "
-          f"{sender.already_exists} retries answered ALREADY_EXISTS, {sender.retries} retried calls; "
-          f"{len(heartbeats)} heartbeats, {len(heartbeats) - len(set(heartbeats))} duplicated")
+    print(
+        f"\nkill -9: {kills} kills in {time.monotonic() - started:.1f} s ({during_upload} with a batch in flight); "
+        f"records sent {len(sent)}, in S3 {len(set(in_s3))}, lost {len(lost)}, duplicated {duplicated}, "
+        f"unexpected {len(unexpected)}; in the fleet database {len(in_db)}; "
+        f"{sender.already_exists} retries answered ALREADY_EXISTS, {sender.retries} retried calls; "
+        f"{len(heartbeats)} heartbeats, {len(heartbeats) - len(set(heartbeats))} duplicated"
+    )
     assert kills >= 30 and during_upload >= 3 and len(sent) > 300
     assert not lost and duplicated == 0 and not unexpected
     assert sorted(in_db) == sorted(sent)

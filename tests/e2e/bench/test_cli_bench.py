@@ -32,19 +32,69 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, needle: 
 
 
 NUMBER = (int, float)
-LATENCY_KEYS = {"n": int, "mean_ms": NUMBER, "stdev_ms": NUMBER, "min_ms": NUMBER, "p50_ms": NUMBER,
-                "p90_ms": NUMBER, "p99_ms": NUMBER, "max_ms": NUMBER}
-RATIO_KEYS = {"n": int, "median": NUMBER, "geomean": NUMBER, "min": NUMBER, "p10": NUMBER, "p90": NUMBER,
-              "max": NUMBER, "ci95_low": NUMBER, "ci95_high": NUMBER, "spread": NUMBER}
-SUBJECT_KEYS = {"name": str, "role": str, "version": str, "load_s": NUMBER, "first_inference_ms": NUMBER,
-                "latency": dict, "throughput_samples_per_s": NUMBER, "achieved_gflops": NUMBER,
-                "peak_share": NUMBER, "peak_rss_mb": NUMBER, "rss_before_load_mb": NUMBER, "model_bytes": int,
-                "times_ms": list, "pair_ms": list, "queries_per_pair": int}
-RESULT_KEYS = {"key": str, "model": str, "profile": str, "backend": str, "precision": str, "device": str,
-               "scenario": str, "batch": int, "calls_per_query": int, "artifact": str, "artifact_bytes": int,
-               "runner": str, "timings_meaningful": bool, "macs": int, "flops_per_sample": NUMBER,
-               "peak_gflops": NUMBER, "pairs": int, "warmup": int, "subjects": list, "comparisons": list,
-               "correctness": dict, "wall_s": NUMBER}
+LATENCY_KEYS = {
+    "n": int,
+    "mean_ms": NUMBER,
+    "stdev_ms": NUMBER,
+    "min_ms": NUMBER,
+    "p50_ms": NUMBER,
+    "p90_ms": NUMBER,
+    "p99_ms": NUMBER,
+    "max_ms": NUMBER,
+}
+RATIO_KEYS = {
+    "n": int,
+    "median": NUMBER,
+    "geomean": NUMBER,
+    "min": NUMBER,
+    "p10": NUMBER,
+    "p90": NUMBER,
+    "max": NUMBER,
+    "ci95_low": NUMBER,
+    "ci95_high": NUMBER,
+    "spread": NUMBER,
+}
+SUBJECT_KEYS = {
+    "name": str,
+    "role": str,
+    "version": str,
+    "load_s": NUMBER,
+    "first_inference_ms": NUMBER,
+    "latency": dict,
+    "throughput_samples_per_s": NUMBER,
+    "achieved_gflops": NUMBER,
+    "peak_share": NUMBER,
+    "peak_rss_mb": NUMBER,
+    "rss_before_load_mb": NUMBER,
+    "model_bytes": int,
+    "times_ms": list,
+    "pair_ms": list,
+    "queries_per_pair": int,
+}
+RESULT_KEYS = {
+    "key": str,
+    "model": str,
+    "profile": str,
+    "backend": str,
+    "precision": str,
+    "device": str,
+    "scenario": str,
+    "batch": int,
+    "calls_per_query": int,
+    "artifact": str,
+    "artifact_bytes": int,
+    "runner": str,
+    "timings_meaningful": bool,
+    "macs": int,
+    "flops_per_sample": NUMBER,
+    "peak_gflops": NUMBER,
+    "pairs": int,
+    "warmup": int,
+    "subjects": list,
+    "comparisons": list,
+    "correctness": dict,
+    "wall_s": NUMBER,
+}
 
 
 def assert_schema(data: dict, keys: dict) -> None:
@@ -99,7 +149,10 @@ def test_bench_usage_errors(compiled, tmp_path):
     assert_one_line_error(edgekiln("bench", artifact, "--baseline", "onnxruntime,tensorrt"), 2, "unknown baseline")
     assert_one_line_error(edgekiln("bench", artifact, "--batch", "4"), 2, "--scenario offline")
     # No agent listens there: the error says so instead of hanging.
-    assert_one_line_error(edgekiln("bench", artifact, "--agent", f"unix://{tmp_path}/agent.sock", "--baseline", "none"),
-                          4, "no agent answered")
+    assert_one_line_error(
+        edgekiln("bench", artifact, "--agent", f"unix://{tmp_path}/agent.sock", "--baseline", "none"),
+        4,
+        "no agent answered",
+    )
     proc = edgekiln("bench", artifact, "--runs", "2", "--duration", "1")
     assert proc.returncode == 2 and "not allowed with" in proc.stderr

@@ -41,8 +41,9 @@ runs = 5
 
 
 def run_suite(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUN_SUITE), *args], capture_output=True, text=True,
-                          env=dict(os.environ), cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(RUN_SUITE), *args], capture_output=True, text=True, env=dict(os.environ), cwd=ROOT
+    )
 
 
 def made_faster(data: dict, factor: float) -> dict:
@@ -56,8 +57,9 @@ def made_faster(data: dict, factor: float) -> dict:
             subject["pair_ms"] = [t * factor for t in subject["pair_ms"]]
             subject["throughput_samples_per_s"] /= factor
         for comparison in result["comparisons"]:
-            comparison["ratio"] = {k: (v if k in ("n", "spread") else v * factor)
-                                   for k, v in comparison["ratio"].items()}
+            comparison["ratio"] = {
+                k: (v if k in ("n", "spread") else v * factor) for k, v in comparison["ratio"].items()
+            }
             comparison["speedup"] /= factor
     return data
 
@@ -78,10 +80,13 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
     # The suite would compile the same artifact the fixture already has: hand it over.
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    shutil.copy(compiled("zoo:mobilenet_v2", "x86_64", options=TVM).path, artifacts / "mobilenet_v2-x86_64-tvm-fp32-b1.tar.gz")
+    shutil.copy(
+        compiled("zoo:mobilenet_v2", "x86_64", options=TVM).path, artifacts / "mobilenet_v2-x86_64-tvm-fp32-b1.tar.gz"
+    )
     first = tmp_path / "first"
-    proc = run_suite("--suite-file", str(suite), "--suite", "ci", "--out", str(first),
-                     "--reuse-artifacts", str(artifacts))
+    proc = run_suite(
+        "--suite-file", str(suite), "--suite", "ci", "--out", str(first), "--reuse-artifacts", str(artifacts)
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((first / "results.json").read_text())
     (result,) = results["results"]
@@ -96,8 +101,12 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
         assert_valid_png(first / name)
 
     # The report against itself passes the gate.
-    gate = subprocess.run([sys.executable, "-m", "edgekiln.bench.gate", str(first / "results.json"),
-                           str(first / "results.json")], capture_output=True, text=True, cwd=ROOT)
+    gate = subprocess.run(
+        [sys.executable, "-m", "edgekiln.bench.gate", str(first / "results.json"), str(first / "results.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert gate.returncode == 0, gate.stderr
     assert "passed" in gate.stdout
 
@@ -105,8 +114,18 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
     stored = tmp_path / "stored.json"
     stored.write_text(json.dumps(made_faster(results, 0.7), indent=2))
     second = tmp_path / "second"
-    proc = run_suite("--suite-file", str(suite), "--suite", "ci", "--out", str(second),
-                     "--reuse-artifacts", str(artifacts), "--gate", str(stored))
+    proc = run_suite(
+        "--suite-file",
+        str(suite),
+        "--suite",
+        "ci",
+        "--out",
+        str(second),
+        "--reuse-artifacts",
+        str(artifacts),
+        "--gate",
+        str(stored),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "regression gate FAILED" in proc.stderr
     assert "REGRESSED mobilenet_v2/generic/x86-64-avx2/tvm/fp32/cpu/single-stream/b1" in proc.stderr

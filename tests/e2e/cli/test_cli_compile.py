@@ -17,8 +17,9 @@ EDGEKILN = [sys.executable, "-m", "edgekiln.cli.main"]
 
 
 def edgekiln(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*EDGEKILN, *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*EDGEKILN, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}
+    )
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
@@ -88,8 +89,10 @@ def _custom_op_model(path: Path, op: str = "Celu", shape=(1, 3, 8, 8)) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["r"], name="first_relu"),
-         helper.make_node(op, ["r"], ["out"], name="the_odd_one")],
+        [
+            helper.make_node("Relu", ["input"], ["r"], name="first_relu"),
+            helper.make_node(op, ["r"], ["out"], name="the_odd_one"),
+        ],
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(shape))],
@@ -102,7 +105,8 @@ def _dynamic_model(path: Path) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["out"])], "g",
+        [helper.make_node("Relu", ["input"], ["out"])],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3, 8, 8])],
     )
@@ -189,14 +193,27 @@ def test_validation_error_reports_every_failing_output(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Sigmoid", ["input"], ["a"]), helper.make_node("Tanh", ["input"], ["b"])], "g",
+        [helper.make_node("Sigmoid", ["input"], ["a"]), helper.make_node("Tanh", ["input"], ["b"])],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 64]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 64])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 64]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 64]),
+        ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "two.onnx"))
-    proc = edgekiln("compile", str(tmp_path / "two.onnx"), "--target", "x86_64", "-o", str(tmp_path / "o.tar.gz"),
-                    "--tolerance", "0", "--backend", "tvm")
+    proc = edgekiln(
+        "compile",
+        str(tmp_path / "two.onnx"),
+        "--target",
+        "x86_64",
+        "-o",
+        str(tmp_path / "o.tar.gz"),
+        "--tolerance",
+        "0",
+        "--backend",
+        "tvm",
+    )
     if proc.returncode == 0:
         pytest.fail("TVM and ONNX Runtime agreed bit for bit on sigmoid and tanh")
     assert_clean_failure(proc, 4, "tolerance 0")
@@ -207,6 +224,7 @@ def test_run_and_inspect_errors(tmp_path):
     assert_clean_failure(edgekiln("inspect", str(tmp_path / "none.tar.gz")), 2, "does not exist")
     (tmp_path / "junk.tar.gz").write_bytes(b"junk")
     assert_clean_failure(edgekiln("inspect", str(tmp_path / "junk.tar.gz")), 6, "not an edgekiln artifact")
-    assert_clean_failure(edgekiln("run", str(tmp_path / "junk.tar.gz"), str(tmp_path / "missing.png")), 2,
-                         "does not exist")
+    assert_clean_failure(
+        edgekiln("run", str(tmp_path / "junk.tar.gz"), str(tmp_path / "missing.png")), 2, "does not exist"
+    )
     assert_clean_failure(edgekiln("profiles", "show", "jetson_nanoo"), 2, "jetson_nano")

@@ -47,8 +47,19 @@ def test_neo_tarball_of_a_torchscript_model(tmp_path):
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(model, arcname="model.pth")
     out = tmp_path / "out.tar.gz"
-    proc = edgekiln("compile", str(tarball), "--target", "x86_64", "--backend", "onnxruntime",
-                    "--input-config", '{"input0": [1, 3, 16, 16]}', "-o", str(out), "--json")
+    proc = edgekiln(
+        "compile",
+        str(tarball),
+        "--target",
+        "x86_64",
+        "--backend",
+        "onnxruntime",
+        "--input-config",
+        '{"input0": [1, 3, 16, 16]}',
+        "-o",
+        str(out),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # stdout holds the JSON only: the exporter's chatter is kept off it
     assert summary["inputs"] == [{"name": "input0", "dtype": "float32", "shape": [1, 3, 16, 16]}]
@@ -65,19 +76,25 @@ def test_neo_tarball_of_a_torchscript_model(tmp_path):
     assert np.abs(got - expected).max() <= 1e-4
 
 
-@pytest.mark.parametrize(("case", "needles"), [
-    ("pytorch unsupported operator", ["PyTorch operator aten::special_bessel_j0", "node %", "test_cli_frameworks.Net"]),
-    ("torchscript without shapes", ["records no input shapes", "--input-config"]),
-    ("pickled state dict", ["pickled module or state dict", "torch.jit.save"]),
-    ("bad input config", ["--input-config is not JSON"]),
-    ("both shape options", ["either with --input-config or with --input-shape"]),
-    ("corrupt tflite", ["TFLite"]),
-    ("wrong framework", ["is not a TFLite model"]),
-    ("tflite unsupported operator", ["TFLite operator BUCKETIZE", "node 'Identity'", "tf2onnx"]),
-    ("mxnet unsupported operator", ["MXNet", "ROIPooling", "roi0"]),
-    ("mxnet without params", ["params"]),
-    ("tarball escaping its folder", ["cannot be unpacked"]),
-])
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        (
+            "pytorch unsupported operator",
+            ["PyTorch operator aten::special_bessel_j0", "node %", "test_cli_frameworks.Net"],
+        ),
+        ("torchscript without shapes", ["records no input shapes", "--input-config"]),
+        ("pickled state dict", ["pickled module or state dict", "torch.jit.save"]),
+        ("bad input config", ["--input-config is not JSON"]),
+        ("both shape options", ["either with --input-config or with --input-shape"]),
+        ("corrupt tflite", ["TFLite"]),
+        ("wrong framework", ["is not a TFLite model"]),
+        ("tflite unsupported operator", ["TFLite operator BUCKETIZE", "node 'Identity'", "tf2onnx"]),
+        ("mxnet unsupported operator", ["MXNet", "ROIPooling", "roi0"]),
+        ("mxnet without params", ["params"]),
+        ("tarball escaping its folder", ["cannot be unpacked"]),
+    ],
+)
 def test_framework_import_failures_are_one_line_and_leave_nothing(tmp_path, case, needles):
     src = tmp_path / "src"
     src.mkdir()
@@ -106,9 +123,12 @@ def test_framework_import_failures_are_one_line_and_leave_nothing(tmp_path, case
         from onnx import TensorProto, helper
 
         model = src / "model.onnx"
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        )
         onnx.save(helper.make_model(graph), str(model))
         extra = ["--framework", "tflite"]
     elif case == "tflite unsupported operator":
@@ -118,12 +138,25 @@ def test_framework_import_failures_are_one_line_and_leave_nothing(tmp_path, case
         model = Path(shutil.copy(model, src / "bucketize.tflite"))
     elif case in ("mxnet unsupported operator", "mxnet without params"):
         model = src / "net-symbol.json"
-        model.write_text(json.dumps({
-            "nodes": [{"op": "null", "name": "data", "inputs": []},
-                      {"op": "null", "name": "rois", "inputs": []},
-                      {"op": "ROIPooling", "name": "roi0", "attrs": {"pooled_size": "(2, 2)", "spatial_scale": "1"},
-                       "inputs": [[0, 0, 0], [1, 0, 0]]}],
-            "arg_nodes": [0, 1], "heads": [[2, 0, 0]], "attrs": {"mxnet_version": ["int", 10901]}}))
+        model.write_text(
+            json.dumps(
+                {
+                    "nodes": [
+                        {"op": "null", "name": "data", "inputs": []},
+                        {"op": "null", "name": "rois", "inputs": []},
+                        {
+                            "op": "ROIPooling",
+                            "name": "roi0",
+                            "attrs": {"pooled_size": "(2, 2)", "spatial_scale": "1"},
+                            "inputs": [[0, 0, 0], [1, 0, 0]],
+                        },
+                    ],
+                    "arg_nodes": [0, 1],
+                    "heads": [[2, 0, 0]],
+                    "attrs": {"mxnet_version": ["int", 10901]},
+                }
+            )
+        )
         if case == "mxnet unsupported operator":
             _empty_params(src / "net-0000.params")
             extra = ["--input-config", '{"data": [1, 3, 8, 8], "rois": [1, 5]}']
@@ -140,8 +173,16 @@ def test_framework_import_failures_are_one_line_and_leave_nothing(tmp_path, case
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     before = sorted(p.name for p in src.iterdir())
-    proc = edgekiln("compile", str(model), "--target", "x86_64", "-o", str(out_dir / "a.tar.gz"), *extra,
-                    env={"TMPDIR": str(scratch)})
+    proc = edgekiln(
+        "compile",
+        str(model),
+        "--target",
+        "x86_64",
+        "-o",
+        str(out_dir / "a.tar.gz"),
+        *extra,
+        env={"TMPDIR": str(scratch)},
+    )
     assert_clean_failure(proc, 2, *needles)
     assert proc.stdout == ""  # nor anything a converter printed (torch dumps its graph from C++)
     assert list(out_dir.iterdir()) == []

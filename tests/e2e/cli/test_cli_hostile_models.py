@@ -34,8 +34,9 @@ def test_a_keras_lambda_layer_is_refused_and_never_runs(tmp_path, suffix):
 
     canary = tmp_path / "canary"
     model = lambda_model(tmp_path / f"evil{suffix}", canary)
-    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
-                    "-o", str(tmp_path / "out.tar.gz"))
+    proc = edgekiln(
+        "compile", str(model), "--target", "x86_64", "--backend", "onnxruntime", "-o", str(tmp_path / "out.tar.gz")
+    )
     assert_clean_failure(proc, 2, f"evil{suffix}", "Lambda")
     assert not canary.exists()
 
@@ -45,8 +46,9 @@ def test_a_saved_model_that_writes_files_when_loaded_is_refused_first(tmp_path):
 
     canary = tmp_path / "canary"
     model = writes_on_load(tmp_path / "evil", canary)
-    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
-                    "-o", str(tmp_path / "out.tar.gz"))
+    proc = edgekiln(
+        "compile", str(model), "--target", "x86_64", "--backend", "onnxruntime", "-o", str(tmp_path / "out.tar.gz")
+    )
     assert_clean_failure(proc, 2, "operator WriteFile")
     assert not canary.exists()
 
@@ -54,7 +56,17 @@ def test_a_saved_model_that_writes_files_when_loaded_is_refused_first(tmp_path):
 def test_a_torchscript_archive_with_a_python_pickle_never_runs_it(tmp_path):
     canary = tmp_path / "canary"
     model = pt2.torchscript_pickle(tmp_path / "evil.pt", canary)
-    proc = edgekiln("compile", str(model), "--target", "x86_64", "--backend", "onnxruntime",
-                    "--input-config", "[[1, 3, 8, 8]]", "-o", str(tmp_path / "out.tar.gz"))
+    proc = edgekiln(
+        "compile",
+        str(model),
+        "--target",
+        "x86_64",
+        "--backend",
+        "onnxruntime",
+        "--input-config",
+        "[[1, 3, 8, 8]]",
+        "-o",
+        str(tmp_path / "out.tar.gz"),
+    )
     assert_clean_failure(proc, 2, "cannot be loaded as TorchScript")
     assert not canary.exists()

@@ -10,13 +10,13 @@ import sys
 from importlib.resources import as_file
 from pathlib import Path
 
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 import numpy as np
 import pytest
 
 from edgekiln import zoo
 from edgekiln.runtime.compat import host_info
 
-import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="runs x86-64 artifacts")
 
 EDGEKILN = [sys.executable, "-m", "edgekiln.cli.main"]
@@ -34,8 +34,9 @@ def top1(artifact: Path, inputs: list[str]) -> list[int]:
 
 def test_compile_and_run_agree_with_tvm(tmp_path, compiled):
     out = tmp_path / "mv2-litert.tar.gz"
-    proc = edgekiln("compile", "zoo:mobilenet_v2", "--target", "x86_64", "--backend", "litert", "-o", str(out),
-                    "--json")
+    proc = edgekiln(
+        "compile", "zoo:mobilenet_v2", "--target", "x86_64", "--backend", "litert", "-o", str(out), "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["backend"] == "litert" and summary["size_bytes"] == out.stat().st_size
@@ -60,9 +61,12 @@ def test_unsupported_operator_fails_with_its_name(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"], name="gelu_erf")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    graph = helper.make_graph(
+        [helper.make_node("Erf", ["x"], ["y"], name="gelu_erf")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "erf.onnx")

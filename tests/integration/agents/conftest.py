@@ -27,19 +27,33 @@ def agent_factory(short_dir):
 
     agents: list[tuple[Agent, threading.Thread]] = []
 
-    def make(*, endpoint: str | None = None, token: str | None = None, name: str = "dev-1", fleet_name: str = "plant",
-             **sections) -> Agent:
+    def make(
+        *,
+        endpoint: str | None = None,
+        token: str | None = None,
+        name: str = "dev-1",
+        fleet_name: str = "plant",
+        **sections,
+    ) -> Agent:
         root = short_dir / name
         (root / "models").mkdir(parents=True, exist_ok=True)
         data = {
             "device": {"name": name, "fleet": fleet_name},
-            "agent": {"socket": str(root / "agent.sock"), "model_dir": str(root / "models"),
-                      "state_dir": str(root / "state")},
+            "agent": {
+                "socket": str(root / "agent.sock"),
+                "model_dir": str(root / "models"),
+                "state_dir": str(root / "state"),
+            },
             "fleet": {"heartbeat_period_seconds": 0.5, "retry_max_seconds": 0.5, "request_timeout_seconds": 5},
-            "capture": {"destination": "Cloud" if endpoint else "Disk", "disk_path": str(root / "captures"),
-                        "batch_size": 4, "push_period_seconds": 0.2, "periodic_upload_period_seconds": 0.5,
-                        # These agents die only by the test's hand, never by a power cut: skip the fsyncs.
-                        "sync_writes": False},
+            "capture": {
+                "destination": "Cloud" if endpoint else "Disk",
+                "disk_path": str(root / "captures"),
+                "batch_size": 4,
+                "push_period_seconds": 0.2,
+                "periodic_upload_period_seconds": 0.5,
+                # These agents die only by the test's hand, never by a power cut: skip the fsyncs.
+                "sync_writes": False,
+            },
         }
         if endpoint:
             (root / "token").write_text(token or "none")

@@ -41,8 +41,25 @@ def test_bench_through_the_agent(agent_factory, mobilenet, capsys):
     assert remote["results"][0]["runner"] != local["results"][0]["runner"]
 
     # The CLI's --agent, with the report as JSON.
-    assert main(["bench", str(mobilenet), "--agent", f"unix:{socket}", "--runs", "2", "--warmup", "0",
-                 "--baseline", "none", "--json", "-"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(mobilenet),
+                "--agent",
+                f"unix:{socket}",
+                "--runs",
+                "2",
+                "--warmup",
+                "0",
+                "--baseline",
+                "none",
+                "--json",
+                "-",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["results"][0]["runner"] == "agent" and report["results"][0]["subjects"][0]["latency"]["n"] >= 2
 
@@ -81,8 +98,9 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
     first.send(json.dumps({"op": "run"}))
     reply = json.loads(first.receive())  # run before load: the worker answers, so it is running
     assert reply["ok"] is False and "before load" in reply["error"]
-    first.send(json.dumps({"op": "load", "subject": {"kind": "artifact", "path": "/nonexistent.tar.gz"},
-                           "inputs_npz": ""}))
+    first.send(
+        json.dumps({"op": "load", "subject": {"kind": "artifact", "path": "/nonexistent.tar.gz"}, "inputs_npz": ""})
+    )
     assert json.loads(first.receive())["ok"] is False
 
     second = connect(socket, "second")
@@ -98,6 +116,7 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
     assert len(workers) == 1
     first._call.cancel()
     first.close()
+
     def gone(pid: int) -> bool:
         try:
             with open(f"/proc/{pid}/stat") as fh:

@@ -18,13 +18,17 @@ def test_local_api_with_a_compiled_model(agent_factory, fleet_server, mobilenet,
     from edgekiln.zoo import sample_image_path
 
     fleet = fleet_server()
-    agent = agent_factory(endpoint=fleet.endpoint, token=fleet.register("plant", "dev-1"),
-                          agent={"model_dirs": [str(Path(mobilenet).parent)]})
+    agent = agent_factory(
+        endpoint=fleet.endpoint,
+        token=fleet.register("plant", "dev-1"),
+        agent={"model_dirs": [str(Path(mobilenet).parent)]},
+    )
     image = Path(str(sample_image_path()))
     with AgentClient(agent.config.agent.socket) as client:
         model = client.load_model(mobilenet, "mnv2")
-        assert model["inputs"] == [{"name": Model(mobilenet).get_input_names()[0], "dtype": "float32",
-                                    "shape": [1, 3, 224, 224]}]
+        assert model["inputs"] == [
+            {"name": Model(mobilenet).get_input_names()[0], "dtype": "float32", "shape": [1, 3, 224, 224]}
+        ]
         assert model["outputs"][0]["shape"] == [1, 1000]
         assert [m["name"] for m in client.list_models()] == ["mnv2"]
         assert client.describe_model("mnv2") == model
@@ -40,20 +44,27 @@ def test_local_api_with_a_compiled_model(agent_factory, fleet_server, mobilenet,
         reference = Model(mobilenet).run([answer["input"]])[0]
         np.testing.assert_allclose(answer["outputs"][0], reference, rtol=1e-5, atol=1e-5)
 
-        capture_id = client.capture("mnv2", input_tensors={model["inputs"][0]["name"]: answer["input"]},
-                                    output_tensors={model["outputs"][0]["name"]: answer["outputs"][0]},
-                                    inputs={"source": ("NONE", image.name.encode())})
+        capture_id = client.capture(
+            "mnv2",
+            input_tensors={model["inputs"][0]["name"]: answer["input"]},
+            output_tensors={model["outputs"][0]["name"]: answer["outputs"][0]},
+            inputs={"source": ("NONE", image.name.encode())},
+        )
         assert client.capture_status(capture_id) in ("IN_PROGRESS", "SUCCESS")
         wait("the capture to reach S3", lambda: client.capture_status(capture_id) == "SUCCESS", 30)
         assert s3_records(fleet.bucket, "plant/dev-1/") == [capture_id]
         listing = fleet.call("GET", "/v1/devices/plant/dev-1/captures")
         assert [r["record_id"] for r in listing["records"]] == [capture_id]
         # The 600 KB input went to an object of its own next to the batch; the output is embedded.
-        assert any(o["key"].endswith("input-tensor-0.bin") and o["size"] == 3 * 224 * 224 * 4
-                   for o in listing["objects"])
+        assert any(
+            o["key"].endswith("input-tensor-0.bin") and o["size"] == 3 * 224 * 224 * 4 for o in listing["objects"]
+        )
 
-        described = wait("a heartbeat with the model's metrics", lambda: (lambda d: d if d["models"] else None)(
-            fleet.call("GET", "/v1/devices/plant/dev-1")), 20)
+        described = wait(
+            "a heartbeat with the model's metrics",
+            lambda: (lambda d: d if d["models"] else None)(fleet.call("GET", "/v1/devices/plant/dev-1")),
+            20,
+        )
         (m,) = described["models"]
         assert m["model_name"] == "mnv2" and m["metrics"]["inference_count"] >= 1
         assert m["latest_inference"] is not None and m["latest_sample_time"] is not None

@@ -44,8 +44,10 @@ def test_load_unload_cycles_do_not_grow_the_agent(agent_factory, mobilenet):
         elapsed = time.monotonic() - started
         after = _rss()
     work = agent.state_dir / "work"
-    print(f"\nload/unload: {CYCLES} cycles in {elapsed:.1f} s; agent RSS {before / 2**20:.0f} -> "
-          f"{after / 2**20:.0f} MiB ({(after - before) / 2**20:+.1f} MiB)")
+    print(
+        f"\nload/unload: {CYCLES} cycles in {elapsed:.1f} s; agent RSS {before / 2**20:.0f} -> "
+        f"{after / 2**20:.0f} MiB ({(after - before) / 2**20:+.1f} MiB)"
+    )
     assert after - before < 60 * 2**20
     # The agent (this process) never maps a model's code; other tests' Model() may have before.
     assert _mapped_model_libraries() == mapped
@@ -74,6 +76,8 @@ def test_predict_latency_through_the_worker(agent_factory, mobilenet):
             client.predict("m", [x])
             through.append(time.perf_counter() - start)
     d, t = statistics.median(direct) * 1e3, statistics.median(through) * 1e3
-    print(f"\nPredict mobilenet_v2 1x3x224x224: run() in process {d:.2f} ms, agent Predict (gRPC + worker) "
-          f"{t:.2f} ms median of 20")
+    print(
+        f"\nPredict mobilenet_v2 1x3x224x224: run() in process {d:.2f} ms, agent Predict (gRPC + worker) "
+        f"{t:.2f} ms median of 20"
+    )
     assert t < d + 50  # the worker adds copies of 600 KB in and 4 KB out, not a second run

@@ -34,14 +34,18 @@ def predict_and_capture(client, model, x, seconds: float, sent: list[str]) -> in
     deadline, n = time.monotonic() + seconds, 0
     while time.monotonic() < deadline and n < 500:
         (y,) = client.predict("mnv2", [x])
-        sent.append(client.capture("mnv2", input_tensors={model["inputs"][0]["name"]: x},
-                                   output_tensors={model["outputs"][0]["name"]: y}))
+        sent.append(
+            client.capture(
+                "mnv2", input_tensors={model["inputs"][0]["name"]: x}, output_tensors={model["outputs"][0]["name"]: y}
+            )
+        )
         n += 1
     return n
 
 
-def test_offline_then_online_delivers_every_record_exactly_once(agent_factory, fleet_server, mobilenet, s3_records,
-                                                                wait):
+def test_offline_then_online_delivers_every_record_exactly_once(
+    agent_factory, fleet_server, mobilenet, s3_records, wait
+):
     # The device is registered while the fleet is up, then the fleet goes away.
     fleet = fleet_server()
     token = fleet.register("plant", "dev-1")
@@ -64,14 +68,19 @@ def test_offline_then_online_delivers_every_record_exactly_once(agent_factory, f
             wait("every capture to be delivered", lambda: all(client.capture_status(c) == "SUCCESS" for c in sent), 90)
         agent._tasks["heartbeat"].due = float("inf")  # no new heartbeats from here on
         expected = list(queued)
-        wait("every queued heartbeat at the fleet", lambda: set(expected) <= set(
-            fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]), 60)
+        wait(
+            "every queued heartbeat at the fleet",
+            lambda: set(expected) <= set(fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]),
+            60,
+        )
         in_s3 = s3_records(fleet.bucket, "plant/dev-1/")
         in_db = [r["record_id"] for r in fleet.call("GET", "/v1/devices/plant/dev-1/captures")["records"]]
         at_fleet = fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]
-        print(f"\noffline/online: {predictions} predictions, {len(sent)} captures sent, {len(set(in_s3))} in S3 "
-              f"({len(in_s3) - len(set(in_s3))} duplicated), {len(in_db)} in the fleet database; "
-              f"{len(expected)} heartbeats queued ({offline_heartbeats} while offline), {len(at_fleet)} at the fleet")
+        print(
+            f"\noffline/online: {predictions} predictions, {len(sent)} captures sent, {len(set(in_s3))} in S3 "
+            f"({len(in_s3) - len(set(in_s3))} duplicated), {len(in_db)} in the fleet database; "
+            f"{len(expected)} heartbeats queued ({offline_heartbeats} while offline), {len(at_fleet)} at the fleet"
+        )
         assert offline_heartbeats >= 4 and len(sent) >= 6
         assert sorted(in_s3) == sorted(sent)  # every record, exactly once
         assert sorted(in_db) == sorted(sent)
@@ -98,10 +107,12 @@ def _disk_use(path) -> int:
 def test_ten_times_the_budget_offline_keeps_to_it(agent_factory, fleet_server, s3_records, wait):
     limit = 1024 * 1024
     port = free_ports(1)[0]
-    agent = agent_factory(endpoint=f"http://127.0.0.1:{port}", token="not-yet",
-                          capture={"storage_limit_bytes": limit, "full_policy": "OverwriteOldest",
-                                   "buffer_size": 100000},
-                          fleet={"heartbeat_period_seconds": 0.1})
+    agent = agent_factory(
+        endpoint=f"http://127.0.0.1:{port}",
+        token="not-yet",
+        capture={"storage_limit_bytes": limit, "full_policy": "OverwriteOldest", "buffer_size": 100000},
+        fleet={"heartbeat_period_seconds": 0.1},
+    )
     queued = heartbeat_recorder(agent)
     store = agent.config.agent.state_dir / "outbox"
     payload = np.random.default_rng(2).standard_normal(4096).astype(np.float32)  # 16 KiB a record
@@ -116,15 +127,17 @@ def test_ten_times_the_budget_offline_keeps_to_it(agent_factory, fleet_server, s
         live = agent.outbox.backlog()
         heartbeats_queued = len(queued)
         stored = queued_heartbeat_ids(agent)
-        print(f"\nbudget: {len(sent)} captures of {payload.nbytes} B against {limit} B; peak store size {peak} B; "
-              f"{counters.get('overwritten', 0)} overwritten; {heartbeats_queued} heartbeats queued, "
-              f"{len(stored)} kept, {counters.get('heartbeats_dropped', 0)} oldest dropped")
+        print(
+            f"\nbudget: {len(sent)} captures of {payload.nbytes} B against {limit} B; peak store size {peak} B; "
+            f"{counters.get('overwritten', 0)} overwritten; {heartbeats_queued} heartbeats queued, "
+            f"{len(stored)} kept, {counters.get('heartbeats_dropped', 0)} oldest dropped"
+        )
         assert peak <= limit
         assert counters["overwritten"] == len(sent) - live["records_ready"] - live["records_in_flight"]
         assert counters["overwritten"] > 8 * len(sent) // 10
         # Heartbeats are a bounded queue of their own: the newest are kept, the oldest counted.
         assert heartbeats_queued >= 5 and set(stored) <= set(queued)
-        assert queued[-len(stored):] == stored
+        assert queued[-len(stored) :] == stored
         assert len(stored) + counters.get("heartbeats_dropped", 0) == heartbeats_queued
         agent._tasks["heartbeat"].due = 0
         statuses = collections.Counter(client.capture_status(c) for c in sent)
@@ -132,22 +145,39 @@ def test_ten_times_the_budget_offline_keeps_to_it(agent_factory, fleet_server, s
         # Back online: what is left arrives, the overwritten records do not, and the fleet is told.
         fleet = fleet_server(port=port)
         (agent.config.fleet.token_file).write_text(fleet.register("plant", "dev-1"))
-        wait("the backlog to drain", lambda: all(client.capture_status(c) in ("SUCCESS", "FAILURE") for c in sent)
-             and agent.outbox.backlog()["messages"] == 0, 60)
+        wait(
+            "the backlog to drain",
+            lambda: (
+                all(client.capture_status(c) in ("SUCCESS", "FAILURE") for c in sent)
+                and agent.outbox.backlog()["messages"] == 0
+            ),
+            60,
+        )
     delivered = [c for c in sent if agent.outbox.status(c) == "acked"]
     assert sorted(s3_records(fleet.bucket, "plant/dev-1/")) == sorted(delivered)
     assert len(delivered) == live["records_ready"] + live["records_in_flight"]
-    metrics = wait("a heartbeat that reports the overwrites", lambda: (lambda m: m if m.get(
-        "captures_overwritten") == counters["overwritten"] else None)(
-        fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]), 30)
+    metrics = wait(
+        "a heartbeat that reports the overwrites",
+        lambda: (lambda m: m if m.get("captures_overwritten") == counters["overwritten"] else None)(
+            fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]
+        ),
+        30,
+    )
     assert metrics["capture_store_limit_bytes"] == limit
     assert len(fleet.call("GET", "/v1/devices/plant/dev-1/heartbeats")["heartbeat_ids"]) >= len(stored)
 
 
 def test_reject_new_data_refuses_and_counts(agent_factory):
     limit = 1024 * 1024
-    agent = agent_factory(capture={"storage_limit_bytes": limit, "full_policy": "RejectNewData",
-                                   "periodic_upload": False, "batch_size": 100000, "buffer_size": 100000})
+    agent = agent_factory(
+        capture={
+            "storage_limit_bytes": limit,
+            "full_policy": "RejectNewData",
+            "periodic_upload": False,
+            "batch_size": 100000,
+            "buffer_size": 100000,
+        }
+    )
     store = agent.config.agent.state_dir / "outbox"
     payload = np.zeros(4096, np.float32)
     codes = collections.Counter()
@@ -192,8 +222,13 @@ def test_a_long_name_and_a_refused_batch_do_not_stop_delivery(agent_factory, fle
     assert sorted(s3_records(fleet.bucket, "plant/dev-1/")) == sorted(sent)
     kept = list((agent.outbox.dead_letter_dir).rglob("legacy-1"))
     assert len(kept) == 1 and kept[0].read_bytes() == legacy.SerializeToString()
-    metrics = wait("a heartbeat that reports the dead letter", lambda: (lambda m: m if m.get(
-        "dead_letter_batches") == 1 else None)(fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]), 30)
+    metrics = wait(
+        "a heartbeat that reports the dead letter",
+        lambda: (lambda m: m if m.get("dead_letter_batches") == 1 else None)(
+            fleet.call("GET", "/v1/devices/plant/dev-1")["agent_metrics"]
+        ),
+        30,
+    )
     assert metrics["dead_letter_records"] == 1
 
 

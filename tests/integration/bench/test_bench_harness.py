@@ -30,7 +30,13 @@ def test_single_stream_against_onnxruntime(mobilenet):
     report = bench([mobilenet], BenchOptions(runs=4, baselines=("onnxruntime",)))
     (r,) = report.results
     assert (r.model, r.profile, r.backend, r.precision, r.scenario, r.batch) == (
-        "mobilenet_v2", "generic/x86-64-avx2", "tvm", "fp32", "single-stream", 1)
+        "mobilenet_v2",
+        "generic/x86-64-avx2",
+        "tvm",
+        "fp32",
+        "single-stream",
+        1,
+    )
     assert r.runner == "local" and r.timings_meaningful and r.pairs == 4
     tvm, ort = r.subjects
     assert (tvm.role, ort.role, ort.name) == ("candidate", "baseline", "onnxruntime")
@@ -87,7 +93,9 @@ def test_peak_rss_is_the_model_process_not_the_harness(mobilenet):
 
 
 def test_offline_throughput_with_several_calls_per_query(mobilenet):
-    r = bench_artifact(mobilenet, BenchOptions(scenario="offline", batch=2, runs=2, warmup=0, samples=2, baselines=("none",)))
+    r = bench_artifact(
+        mobilenet, BenchOptions(scenario="offline", batch=2, runs=2, warmup=0, samples=2, baselines=("none",))
+    )
     assert (r.scenario, r.batch, r.calls_per_query, r.pairs) == ("offline", 2, 2, 2)
     (tvm,) = r.subjects
     assert tvm.throughput_samples_per_s == pytest.approx(2 * 2 / (sum(tvm.times_ms) / 1e3), rel=1e-3)
@@ -125,16 +133,25 @@ def tiny_classifier(seed: int):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    weights = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
-               numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32), "fc"),
-               numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc", "b"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], weights)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32), "fc"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "b"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        weights,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -171,8 +188,7 @@ def test_agent_runner_with_a_stand_in_agent(mobilenet):
         return start_local_worker(label)
 
     runner = AgentRunner("unix:///tmp/agent.sock", connect=connect)
-    r = bench_artifact(mobilenet, BenchOptions(runs=2, warmup=0, baselines=("none",), agent="unused"),
-                       runner=runner)
+    r = bench_artifact(mobilenet, BenchOptions(runs=2, warmup=0, baselines=("none",), agent="unused"), runner=runner)
     assert connections == [("unix:///tmp/agent.sock", "tvm")]
     assert r.runner == "agent" and r.timings_meaningful and r.candidate.latency.n == 2
     assert r.candidate.peak_rss_mb > 100

@@ -23,9 +23,11 @@ def _tflite(tmp_path) -> tuple:
     weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
-        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())])
+        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "head.tflite"
     path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
@@ -44,7 +46,10 @@ def test_auto_starts_tensorflow_once_for_every_candidate_and_its_timing(tmp_path
     assert starts == [path]
     selection = artifact.manifest.backend_selection
     assert [(c.backend, c.status) for c in selection.candidates] == [
-        ("tvm", "built"), ("onnxruntime", "built"), ("litert", "built")]
+        ("tvm", "built"),
+        ("onnxruntime", "built"),
+        ("litert", "built"),
+    ]
     assert all(c.ratio_to_onnxruntime and c.ratio_to_onnxruntime > 0 and c.pairs == 3 for c in selection.candidates)
     assert selection.reason.startswith("fastest of 3 timed candidates")
     assert selection.chosen == artifact.manifest.backend

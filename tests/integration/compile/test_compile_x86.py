@@ -28,7 +28,8 @@ model = edgekiln.load(sys.argv[1])
 with np.load(sys.argv[2]) as data:
     outs = [model.run({"input": data[k]})[0] for k in sorted(data.files)]
 np.save(sys.argv[3], np.stack(outs))
-heavy = sorted(m for m in ("tvm", "onnx", "onnxruntime", "torch", "tensorflow", "edgekiln.compile") if sys.modules.get(m) is not None)
+names = ("tvm", "onnx", "onnxruntime", "torch", "tensorflow", "edgekiln.compile")
+heavy = sorted(m for m in names if sys.modules.get(m) is not None)
 print(json.dumps({"heavy": heavy, "inputs": model.get_input_names(), "outputs": model.get_output_names(),
                   "dtypes": model.get_input_dtypes(), "shapes": [list(s) for s in model.get_input_shapes()]}))
 """
@@ -36,8 +37,12 @@ print(json.dumps({"heavy": heavy, "inputs": model.get_input_names(), "outputs": 
 
 def run_on_device(artifact, inputs: list[np.ndarray], tmp_path) -> tuple[np.ndarray, dict]:
     np.savez(tmp_path / "in.npz", **{f"{i:02d}": x for i, x in enumerate(inputs)})
-    proc = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(artifact), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npy")], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT, str(artifact), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return np.load(tmp_path / "out.npy"), json.loads(proc.stdout)
 
 
@@ -102,13 +107,15 @@ def test_unaligned_small_inputs_run(tmp_path):
     from edgekiln.compile.api import CompileOptions, compile_model
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["r"]), helper.make_node("Sigmoid", ["r"], ["out"])], "g",
+        [helper.make_node("Relu", ["input"], ["r"]), helper.make_node("Sigmoid", ["r"], ["out"])],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "s.onnx"))
-    artifact = compile_model(tmp_path / "s.onnx", "x86_64", tmp_path / "s.tar.gz",
-                             options=CompileOptions(backend="tvm"))
+    artifact = compile_model(
+        tmp_path / "s.onnx", "x86_64", tmp_path / "s.tar.gz", options=CompileOptions(backend="tvm")
+    )
     code = (
         "import sys, numpy as np, edgekiln\n"
         "m = edgekiln.load(sys.argv[1])\n"

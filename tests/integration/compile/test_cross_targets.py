@@ -70,7 +70,9 @@ def test_cuda_artifact_holds_sass_for_the_profile(compiled, tmp_path, profile, a
 def test_cuda_without_ptx(compiled, tmp_path):
     from edgekiln.compile.api import CompileOptions
 
-    artifact = compiled("zoo:mobilenet_v3_small", "h100", options=CompileOptions(backend="tvm", backend_options={"embed_ptx": False}))
+    artifact = compiled(
+        "zoo:mobilenet_v3_small", "h100", options=CompileOptions(backend="tvm", backend_options={"embed_ptx": False})
+    )
     _, root = _extract(artifact, tmp_path)
     assert [(i.kind, i.arch) for i in cuda_images(root / "lib/model.so")] == [("sass", "sm_90")]
 
@@ -85,8 +87,9 @@ def test_gpu_this_nvcc_cannot_target_is_a_clear_error(tmp_path):
     if "sm_53" in codes:
         pytest.skip("this nvcc still supports sm_53")
     with pytest.raises(DependencyError, match="sm_53"):
-        compile_model("zoo:mobilenet_v3_small", "jetson_nano", tmp_path / "nano.tar.gz",
-                      options=CompileOptions(backend="tvm"))
+        compile_model(
+            "zoo:mobilenet_v3_small", "jetson_nano", tmp_path / "nano.tar.gz", options=CompileOptions(backend="tvm")
+        )
     assert not (tmp_path / "nano.tar.gz").exists()
 
 

@@ -10,16 +10,15 @@ import sys
 import tarfile
 
 import numpy as np
+import onnxruntime  # noqa: F401 - an installed extra: missing must fail, not skip
 import pytest
 
 import edgekiln
+from edgekiln.artifact import unpack
 from edgekiln.compile.api import CompileOptions, compile_model
 from edgekiln.compile.frontends import parse_input_config
 from edgekiln.compile.validate import ValidationOptions
-from edgekiln.artifact import unpack
 from tests.frameworks import models
-
-import onnxruntime  # noqa: F401 - an installed extra: missing must fail, not skip
 
 TOLERANCE = 1e-4
 
@@ -60,9 +59,13 @@ def tflite_mobilenet_v2(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["tvm", "onnxruntime"])
 def test_torchscript_resnet18_matches_torch(torchscript_resnet18, backend, tmp_path):
-    artifact = compile_model(torchscript_resnet18["path"], "x86_64", tmp_path / "a.tar.gz",
-                             input_shape=parse_input_config('{"input0": [1, 3, 224, 224]}'),
-                             options=CompileOptions(backend=backend))
+    artifact = compile_model(
+        torchscript_resnet18["path"],
+        "x86_64",
+        tmp_path / "a.tar.gz",
+        input_shape=parse_input_config('{"input0": [1, 3, 224, 224]}'),
+        options=CompileOptions(backend=backend),
+    )
     m = artifact.manifest
     assert m.model.source_format == "pytorch" and m.model.name == "resnet18"
     assert [(t.name, t.shape) for t in m.inputs] == [("input0", (1, 3, 224, 224))]
@@ -75,14 +78,20 @@ def test_torch_export_program_takes_its_example_shapes(tmp_path):
     import torch
 
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
     models.randomize_torch_batchnorm(model, 1)
     model.eval()
     x = np.random.default_rng(1).standard_normal((1, 3, 48, 48)).astype(np.float32)
     torch.export.save(torch.export.export(model, (torch.from_numpy(x),)), str(tmp_path / "small.pt2"))
-    artifact = compile_model(tmp_path / "small.pt2", "x86_64", tmp_path / "a.tar.gz",
-                             options=CompileOptions(backend="onnxruntime"))
+    artifact = compile_model(
+        tmp_path / "small.pt2", "x86_64", tmp_path / "a.tar.gz", options=CompileOptions(backend="onnxruntime")
+    )
     assert artifact.manifest.model.source_format == "pytorch"
     assert [t.shape for t in artifact.manifest.inputs] == [(1, 3, 48, 48)]
     close(run(artifact.path, x), models.torch_outputs(model, x))
@@ -90,8 +99,9 @@ def test_torch_export_program_takes_its_example_shapes(tmp_path):
 
 @pytest.mark.parametrize("backend", ["tvm", "onnxruntime", "litert"])
 def test_tflite_mobilenet_v2_matches_litert(tflite_mobilenet_v2, backend, tmp_path):
-    artifact = compile_model(tflite_mobilenet_v2["fp32"], "x86_64", tmp_path / "a.tar.gz",
-                             options=CompileOptions(backend=backend))
+    artifact = compile_model(
+        tflite_mobilenet_v2["fp32"], "x86_64", tmp_path / "a.tar.gz", options=CompileOptions(backend=backend)
+    )
     m = artifact.manifest
     assert m.model.source_format == "tflite"
     assert "tensorflow" not in sys.modules  # TensorFlow ran in a child process
@@ -106,8 +116,9 @@ def test_tflite_mobilenet_v2_matches_litert(tflite_mobilenet_v2, backend, tmp_pa
 
 @pytest.mark.parametrize("backend", ["tvm", "onnxruntime", "litert"])
 def test_int8_tflite_compiles_for_every_backend(tflite_mobilenet_v2, backend, tmp_path):
-    artifact = compile_model(tflite_mobilenet_v2["int8"], "x86_64", tmp_path / "a.tar.gz",
-                             options=CompileOptions(backend=backend))
+    artifact = compile_model(
+        tflite_mobilenet_v2["int8"], "x86_64", tmp_path / "a.tar.gz", options=CompileOptions(backend=backend)
+    )
     m = artifact.manifest
     assert [t.dtype for t in m.inputs] == ["uint8"] and [t.dtype for t in m.outputs] == ["uint8"]
     got = run(artifact.path, tflite_mobilenet_v2["xq"])
@@ -136,9 +147,13 @@ def test_tflite_given_nchw_shape_takes_nchw(tflite_mobilenet_v2, tmp_path):
     # Neo's Keras input shapes were NCHW: a shape given in NCHW makes the artifact take NCHW.
     nchw = tflite_mobilenet_v2["x"].transpose(0, 3, 1, 2).copy()
     for backend in ("onnxruntime", "litert"):
-        artifact = compile_model(tflite_mobilenet_v2["fp32"], "x86_64", tmp_path / f"{backend}.tar.gz",
-                                 input_shape=parse_input_config("[1, 3, 224, 224]"),
-                                 options=CompileOptions(backend=backend))
+        artifact = compile_model(
+            tflite_mobilenet_v2["fp32"],
+            "x86_64",
+            tmp_path / f"{backend}.tar.gz",
+            input_shape=parse_input_config("[1, 3, 224, 224]"),
+            options=CompileOptions(backend=backend),
+        )
         assert [t.shape for t in artifact.manifest.inputs] == [(1, 3, 224, 224)]
         close(run(artifact.path, nchw), tflite_mobilenet_v2["y"])
 
@@ -149,13 +164,19 @@ def test_int8_source_refuses_quantize(tflite_mobilenet_v2, tmp_path):
 
     np.save(tmp_path / "cal.npy", tflite_mobilenet_v2["xq"])
     with pytest.raises(UserError, match="already an int8 model"):
-        compile_model(tflite_mobilenet_v2["int8"], "x86_64", tmp_path / "a.tar.gz",
-                      options=CompileOptions(backend="onnxruntime",
-                                             quantize=QuantizeOptions(mode="int8", calibration=str(tmp_path / "cal.npy"))))
+        compile_model(
+            tflite_mobilenet_v2["int8"],
+            "x86_64",
+            tmp_path / "a.tar.gz",
+            options=CompileOptions(
+                backend="onnxruntime", quantize=QuantizeOptions(mode="int8", calibration=str(tmp_path / "cal.npy"))
+            ),
+        )
     assert not (tmp_path / "a.tar.gz").exists()
 
 
 # --- Keras and TensorFlow --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def keras_cnn(tmp_path_factory):
@@ -164,11 +185,13 @@ def keras_cnn(tmp_path_factory):
     return {"root": root, "x": built["x"], "y": built["y"]}
 
 
-@pytest.mark.parametrize(("file", "framework"), [("cnn.keras", "keras"), ("cnn.h5", "keras"),
-                                                  ("saved_model", "tensorflow")])
+@pytest.mark.parametrize(
+    ("file", "framework"), [("cnn.keras", "keras"), ("cnn.h5", "keras"), ("saved_model", "tensorflow")]
+)
 def test_keras_and_saved_model_match_keras(keras_cnn, file, framework, tmp_path):
-    artifact = compile_model(keras_cnn["root"] / file, "x86_64", tmp_path / "a.tar.gz",
-                             options=CompileOptions(backend="onnxruntime"))
+    artifact = compile_model(
+        keras_cnn["root"] / file, "x86_64", tmp_path / "a.tar.gz", options=CompileOptions(backend="onnxruntime")
+    )
     assert artifact.manifest.model.source_format == framework
     assert [t.shape for t in artifact.manifest.inputs] == [(1, 32, 32, 3)]
     diff = close(run(artifact.path, keras_cnn["x"]), keras_cnn["y"])
@@ -176,9 +199,13 @@ def test_keras_and_saved_model_match_keras(keras_cnn, file, framework, tmp_path)
 
 
 def test_keras_nchw_input_config_as_neo(keras_cnn, tmp_path):
-    artifact = compile_model(keras_cnn["root"] / "cnn.keras", "x86_64", tmp_path / "a.tar.gz",
-                             input_shape=parse_input_config('{"image": [1, 3, 32, 32]}'),
-                             options=CompileOptions(backend="tvm"))
+    artifact = compile_model(
+        keras_cnn["root"] / "cnn.keras",
+        "x86_64",
+        tmp_path / "a.tar.gz",
+        input_shape=parse_input_config('{"image": [1, 3, 32, 32]}'),
+        options=CompileOptions(backend="tvm"),
+    )
     assert [(t.name, t.shape) for t in artifact.manifest.inputs] == [("image", (1, 3, 32, 32))]
     close(run(artifact.path, keras_cnn["x"].transpose(0, 3, 1, 2).copy()), keras_cnn["y"])
 
@@ -197,22 +224,32 @@ np.save(sys.argv[3], model.run({model.get_input_names()[0]: np.load(sys.argv[2])
 @pytest.mark.emulation
 @pytest.mark.parametrize("source", ["torchscript_resnet18", "tflite_mobilenet_v2"])
 def test_rasp4b_artifact_matches_the_source_framework_on_the_emulated_board(source, request, tmp_path):
-    from edgekiln.emulation import ensure_sysroot, run as emulate
+    from edgekiln.emulation import ensure_sysroot
+    from edgekiln.emulation import run as emulate
 
     ensure_sysroot("rasp4b")
     data = request.getfixturevalue(source)
     if source == "torchscript_resnet18":
-        path, config, x, y = data["path"], '[[1, 3, 224, 224]]', data["x"], data["y"]
+        path, config, x, y = data["path"], "[[1, 3, 224, 224]]", data["x"], data["y"]
     else:
         path, config, x, y = data["fp32"], None, data["x"], data["y"]
     # One validation input: resnet18 takes some 20 s per input under qemu on 2 cores.
-    artifact = compile_model(path, "rasp4b", tmp_path / "a.tar.gz", input_shape=parse_input_config(config),
-                             options=CompileOptions(backend="tvm", validation=ValidationOptions(samples=1)))
+    artifact = compile_model(
+        path,
+        "rasp4b",
+        tmp_path / "a.tar.gz",
+        input_shape=parse_input_config(config),
+        options=CompileOptions(backend="tvm", validation=ValidationOptions(samples=1)),
+    )
     assert artifact.manifest.validation.status == "passed"
     assert artifact.manifest.validation.executed_on.startswith("emulated")
     np.save(tmp_path / "x.npy", x)
-    proc = emulate("rasp4b", ["python", "-c", DEVICE_SCRIPT, str(artifact.path), str(tmp_path / "x.npy"),
-                              str(tmp_path / "y.npy")], timeout=600, capture_output=True)
+    proc = emulate(
+        "rasp4b",
+        ["python", "-c", DEVICE_SCRIPT, str(artifact.path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        timeout=600,
+        capture_output=True,
+    )
     assert proc.returncode == 0, proc.stderr
     diff = close(np.load(tmp_path / "y.npy"), y)
     print(f"{source} -> rasp4b tvm on the emulated board: max abs diff vs source framework {diff:.2e}")
@@ -220,15 +257,20 @@ def test_rasp4b_artifact_matches_the_source_framework_on_the_emulated_board(sour
 
 # --- MXNet: exported by MXNet 1.9.1, imported without it ------------------------------------
 
+
 @pytest.mark.parametrize("name", ["mobilenetv2_1.0", "resnet18_v1"])
 def test_gluon_model_zoo_export_matches_mxnet(name, tmp_path):
     from tests.frameworks.mxnet_reference import export_gluon, require_mxnet_python
 
     require_mxnet_python()
     ref = export_gluon(name, tmp_path / "export")
-    artifact = compile_model(ref["symbol"], "x86_64", tmp_path / "a.tar.gz",
-                             input_shape=parse_input_config('{"data": [1, 3, 224, 224]}'),
-                             options=CompileOptions(backend="tvm"))
+    artifact = compile_model(
+        ref["symbol"],
+        "x86_64",
+        tmp_path / "a.tar.gz",
+        input_shape=parse_input_config('{"data": [1, 3, 224, 224]}'),
+        options=CompileOptions(backend="tvm"),
+    )
     assert artifact.manifest.model.source_format == "mxnet" and artifact.manifest.model.name == name
     diff = close(run(artifact.path, ref["input"]), ref["output"])
     print(f"MXNet {name} -> x86_64 tvm: max abs diff vs MXNet 1.9.1 {diff:.2e}")
@@ -243,9 +285,13 @@ def test_neo_style_tarball_of_mxnet_files(tmp_path):
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(ref["symbol"], arcname=ref["symbol"].name)
         tar.add(ref["params"], arcname=ref["params"].name)
-    artifact = compile_model(tarball, "x86_64", tmp_path / "a.tar.gz",
-                             input_shape=parse_input_config(json.dumps({"data": [1, 3, 224, 224]})),
-                             options=CompileOptions(backend="onnxruntime"))
+    artifact = compile_model(
+        tarball,
+        "x86_64",
+        tmp_path / "a.tar.gz",
+        input_shape=parse_input_config(json.dumps({"data": [1, 3, 224, 224]})),
+        options=CompileOptions(backend="onnxruntime"),
+    )
     m = artifact.manifest
     assert m.model.source_format == "mxnet" and m.model.name == "mobilenet0.25"
     import hashlib

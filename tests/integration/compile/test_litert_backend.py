@@ -9,10 +9,9 @@ import subprocess
 import sys
 from importlib.resources import as_file
 
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 import numpy as np
 import pytest
-
-import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
 
 from edgekiln import zoo  # noqa: E402
@@ -45,8 +44,9 @@ def fixed_inputs() -> list[np.ndarray]:
     rng = np.random.default_rng(2024)
     with as_file(zoo.sample_image_path()) as path:
         inputs = [preprocess(path, spec, (1, 3, 224, 224))]
-    inputs += [preprocess(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8), spec, (1, 3, 224, 224))
-               for _ in range(2)]
+    inputs += [
+        preprocess(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8), spec, (1, 3, 224, 224)) for _ in range(2)
+    ]
     inputs += [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(2)]
     return inputs
 
@@ -56,8 +56,10 @@ def smooth_noise_pictures(seed: int, count: int) -> list:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((256, 256), Image.BILINEAR)
-            for _ in range(count)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((256, 256), Image.BILINEAR)
+        for _ in range(count)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +105,11 @@ def fp32_artifacts(tmp_path_factory):
 
 def run_on_device(artifact, inputs, tmp_path):
     np.savez(tmp_path / "in.npz", **{f"{i:02d}": x for i, x in enumerate(inputs)})
-    proc = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(artifact), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npy")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT, str(artifact), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     return np.load(tmp_path / "out.npy"), json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -151,8 +156,15 @@ def test_fp32_manifest_records_what_the_device_needs(fp32_artifacts):
     opts = m.backend_options
     assert opts["precision"] == "float32" and opts["input_layouts"] == ["NHWC"] and opts["output_layouts"] == ["same"]
     assert opts["num_threads"] == 4 and opts["target"]["delegate"] == "xnnpack"
-    assert set(opts["operators"]) == {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "PAD", "MEAN", "RESHAPE",
-                                      "FULLY_CONNECTED"}
+    assert set(opts["operators"]) == {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "ADD",
+        "PAD",
+        "MEAN",
+        "RESHAPE",
+        "FULLY_CONNECTED",
+    }
     assert [t.shape for t in m.inputs] == [(1, 3, 224, 224)]  # the source's NCHW spec
 
 
@@ -160,10 +172,12 @@ def test_fp32_manifest_records_what_the_device_needs(fp32_artifacts):
 def test_int8_agrees_with_fp32(name, fp32_artifacts, calibration_dir, held_out_pictures, tmp_path):
     from edgekiln.runtime import Model
 
-    options = CompileOptions(backend="litert",
-                             backend_options={"quantize": "int8", "calibration": str(calibration_dir)},
-                             # int8 cannot meet the fp32 tolerance; agreement is checked below.
-                             validate=False)
+    options = CompileOptions(
+        backend="litert",
+        backend_options={"quantize": "int8", "calibration": str(calibration_dir)},
+        # int8 cannot meet the fp32 tolerance; agreement is checked below.
+        validate=False,
+    )
     artifact = compile_model(f"zoo:{name}", "x86_64", tmp_path / f"{name}-int8.tar.gz", options=options)
     fp32 = fp32_artifacts(name)
     q = artifact.manifest.backend_options["quantization"]
@@ -181,9 +195,11 @@ def test_int8_agrees_with_fp32(name, fp32_artifacts, calibration_dir, held_out_p
     # fp32 (its fp32 logit within a small fraction of the logits' spread of the winner).
     gaps = [float((r.max() - r.ravel()[g.argmax()]) / r.std()) for r, g in zip(ref, got)]
     corr = min(float(np.corrcoef(r.ravel(), g.ravel())[0, 1]) for r, g in zip(ref, got))
-    print(f"\n{name} int8: top-1 agreement with fp32 {agreement:.2f} on {len(held_out_pictures)} inputs, "
-          f"min logit correlation {corr:.4f}, largest fp32 gap of int8's choice {max(gaps):.3f} std, "
-          f"{artifact.size / 1e6:.1f} MB vs {fp32.size / 1e6:.1f} MB")
+    print(
+        f"\n{name} int8: top-1 agreement with fp32 {agreement:.2f} on {len(held_out_pictures)} inputs, "
+        f"min logit correlation {corr:.4f}, largest fp32 gap of int8's choice {max(gaps):.3f} std, "
+        f"{artifact.size / 1e6:.1f} MB vs {fp32.size / 1e6:.1f} MB"
+    )
     assert agreement >= 0.7 and corr > 0.99 and max(gaps) < 0.25
     with as_file(zoo.sample_image_path()) as path:
         top = b.predict(path, top_k=1)[0]
@@ -195,9 +211,9 @@ def test_int8_calibration_arrays_with_the_wrong_shape_are_a_user_error(tmp_path)
     from edgekiln.errors import UserError
 
     np.save(tmp_path / "cal.npy", np.zeros((4, 3, 32, 32), np.float32))
-    options = CompileOptions(backend="litert",
-                             backend_options={"quantize": "int8", "calibration": str(tmp_path / "cal.npy")},
-                             validate=False)
+    options = CompileOptions(
+        backend="litert", backend_options={"quantize": "int8", "calibration": str(tmp_path / "cal.npy")}, validate=False
+    )
     with pytest.raises(UserError, match=r"cal\.npy.*shape"):
         compile_model("zoo:mobilenet_v3_small", "x86_64", tmp_path / "x.tar.gz", options=options)
     assert not (tmp_path / "x.tar.gz").exists()
@@ -208,8 +224,11 @@ def test_int8_from_npy_calibration_arrays(tmp_path):
 
     rng = np.random.default_rng(3)
     np.save(tmp_path / "cal.npy", rng.standard_normal((4, 3, 224, 224)).astype(np.float32))
-    options = CompileOptions(backend="litert", backend_options={
-        "quantize": "int8", "calibration": str(tmp_path / "cal.npy"), "calibration_samples": 3}, validate=False)
+    options = CompileOptions(
+        backend="litert",
+        backend_options={"quantize": "int8", "calibration": str(tmp_path / "cal.npy"), "calibration_samples": 3},
+        validate=False,
+    )
     artifact = compile_model("zoo:mobilenet_v3_small", "x86_64", tmp_path / "x.tar.gz", options=options)
     assert artifact.manifest.backend_options["quantization"]["calibration_samples"] == 3
     out = Model(artifact.path).run([rng.standard_normal((1, 3, 224, 224)).astype(np.float32)])[0]

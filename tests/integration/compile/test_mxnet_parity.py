@@ -8,10 +8,9 @@ it unless EDGEKILN_REQUIRE_MXNET=1, when they fail.
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import onnx
 import onnxruntime as ort
+import pytest
 
 from edgekiln.compile.frontends import mxnet as mxf  # noqa: E402
 from tests.frameworks.mxnet_reference import export_gluon, export_operator_cases, require_mxnet_python  # noqa: E402
@@ -67,8 +66,10 @@ def test_gluon_model_matches_mxnet(gluon_export, name):
         assert got.shape == ref["output"].shape
         diff = float(np.abs(got - ref["output"]).max())
         if diff >= TOLERANCE or got.argmax() != ref["output"].argmax():
-            failures.append(f"{label}: max abs diff {diff:.3g} (tolerance {TOLERANCE}), "
-                            f"argmax {got.argmax()} vs MXNet's {ref['output'].argmax()}")
+            failures.append(
+                f"{label}: max abs diff {diff:.3g} (tolerance {TOLERANCE}), "
+                f"argmax {got.argmax()} vs MXNet's {ref['output'].argmax()}"
+            )
     assert not failures, f"{name} differs from MXNet: " + "; ".join(failures)
 
 

@@ -42,9 +42,9 @@ model = edgekiln.load(sys.argv[1])
 with np.load(sys.argv[2]) as data:
     outs = [model.run({model.get_input_names()[0]: data[k]})[0] for k in sorted(data.files)]
 np.save(sys.argv[3], np.stack(outs))
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r or m.startswith("edgekiln.compile"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_NAMES or m.startswith("edgekiln.compile"))
 print(json.dumps({"machine": platform.machine(), "heavy": heavy}))
-""" % (HEAVY,)
+""".replace("HEAVY_NAMES", repr(HEAVY))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,9 @@ def rasp4b() -> Sysroot:
 
 
 def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgekiln.cli.main", *argv], capture_output=True, text=True,
-                          env=env, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekiln.cli.main", *argv], capture_output=True, text=True, env=env, timeout=TIMEOUT
+    )
 
 
 def test_cli_runs_python_on_an_aarch64_board(rasp4b):
@@ -97,8 +98,13 @@ def test_device_requirements_are_setup_cfgs():
 def test_emulated_process_reads_and_writes_host_paths(rasp4b, tmp_path):
     (tmp_path / "in.txt").write_text("from the host")
     script = "import sys; open(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper())"
-    proc = run("rasp4b", ["python", "-c", script, str(tmp_path / "in.txt"), "out.txt"], cwd=tmp_path,
-               timeout=TIMEOUT, capture_output=True)
+    proc = run(
+        "rasp4b",
+        ["python", "-c", script, str(tmp_path / "in.txt"), "out.txt"],
+        cwd=tmp_path,
+        timeout=TIMEOUT,
+        capture_output=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out.txt").read_text() == "FROM THE HOST"
 
@@ -128,8 +134,12 @@ def test_arm_artifact_matches_onnxruntime_on_the_emulated_board(name, count, ras
     np.savez(tmp_path / "in.npz", **{f"{i:02d}": x for i, x in enumerate(inputs)})
 
     start = time.perf_counter()
-    proc = run("rasp4b", ["python", "-c", DEVICE_SCRIPT, str(artifact.path), str(tmp_path / "in.npz"),
-                          str(tmp_path / "out.npy")], timeout=TIMEOUT, capture_output=True)
+    proc = run(
+        "rasp4b",
+        ["python", "-c", DEVICE_SCRIPT, str(artifact.path), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
+        timeout=TIMEOUT,
+        capture_output=True,
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -170,9 +180,11 @@ def test_rasp3b_board_runs_python_and_numpy_without_the_tvm_runtime():
     assert (sysroot.arch, sysroot.debian_arch, sysroot.qemu_cpu) == ("armv7l", "armhf", "max")
     assert elf_machine(sysroot.python_path) == "arm"
     assert any("apache-tvm-ffi" in m for m in sysroot.missing)
-    script = ("import importlib.util, platform, numpy; "
-              "print(platform.machine(), int((numpy.arange(4.0) @ numpy.arange(4.0))), "
-              "importlib.util.find_spec('tvm_ffi') is None)")
+    script = (
+        "import importlib.util, platform, numpy; "
+        "print(platform.machine(), int((numpy.arange(4.0) @ numpy.arange(4.0))), "
+        "importlib.util.find_spec('tvm_ffi') is None)"
+    )
     proc = run("rasp3b", ["python", "-c", script], timeout=TIMEOUT, capture_output=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["armv7l", "14", "True"]

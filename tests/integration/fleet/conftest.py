@@ -55,8 +55,18 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"PostgreSQL did not start: {result.stderr.strip()[-200:]} {log[-300:]}")
     try:
-        created = run(["createdb" if not _pg_bin("createdb") else _pg_bin("createdb"), "-h", "127.0.0.1",
-                       "-p", str(port), "-U", "postgres", "fleet"])
+        created = run(
+            [
+                "createdb" if not _pg_bin("createdb") else _pg_bin("createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "fleet",
+            ]
+        )
         assert created.returncode == 0, created.stderr
         yield f"postgresql://postgres@127.0.0.1:{port}/fleet"
     finally:

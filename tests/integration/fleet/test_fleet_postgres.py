@@ -19,9 +19,22 @@ def test_store_on_postgresql(postgres):
         token = store.register_device(fleet, "d1", now=NOW)
         device = store.authenticate(token)
         assert (device.fleet, device.name) == (fleet, "d1")
-        hb = {"heartbeat_id": "h1", "timestamp": NOW, "agent_version": "0.1.0", "agent_metrics": [],
-              "models": [{"model_name": "cls", "model_version": "1", "latest_inference": NOW,
-                          "latest_sample_time": NOW, "model_metrics": []}], "faults": []}
+        hb = {
+            "heartbeat_id": "h1",
+            "timestamp": NOW,
+            "agent_version": "0.1.0",
+            "agent_metrics": [],
+            "models": [
+                {
+                    "model_name": "cls",
+                    "model_version": "1",
+                    "latest_inference": NOW,
+                    "latest_sample_time": NOW,
+                    "model_metrics": [],
+                }
+            ],
+            "faults": [],
+        }
         first, second = Heartbeat(**hb).record(), Heartbeat(**dict(hb, heartbeat_id="h2", timestamp=NOW + 1)).record()
         assert store.add_heartbeats(device, [first, second], NOW + 2) == (2, 0)
         assert store.add_heartbeats(device, [first], NOW + 3) == (0, 1)
@@ -45,11 +58,20 @@ def test_fleet_service_on_postgresql(fleet_server, postgres):
     fleet = fleet_server(db_url=postgres)
     name = f"pg-{uuid.uuid4().hex[:8]}"
     token = fleet.register(name, "cam-1")
-    hb = {"heartbeat_id": uuid.uuid4().hex, "timestamp": 1.0, "device_name": "cam-1", "device_fleet_name": name,
-          "agent_version": "0.1.0", "agent_metrics": [{"dimension": "agent", "metric_name": "restarts", "value": 2,
-                                                       "timestamp": 1.0}], "models": [], "faults": []}
+    hb = {
+        "heartbeat_id": uuid.uuid4().hex,
+        "timestamp": 1.0,
+        "device_name": "cam-1",
+        "device_fleet_name": name,
+        "agent_version": "0.1.0",
+        "agent_metrics": [{"dimension": "agent", "metric_name": "restarts", "value": 2, "timestamp": 1.0}],
+        "models": [],
+        "faults": [],
+    }
     assert fleet.call("POST", "/v1/agent/heartbeats", {"heartbeats": [hb, hb]}, token=token) == {
-        "accepted": 1, "duplicates": 1}
+        "accepted": 1,
+        "duplicates": 1,
+    }
     described = fleet.call("GET", f"/v1/devices/{name}/cam-1")
     assert described["agent_metrics"] == {"restarts": 2} and described["connected"] is True
     report = fleet.call("GET", f"/v1/fleets/{name}/report")

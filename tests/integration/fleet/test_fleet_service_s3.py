@@ -29,8 +29,13 @@ def put(url, data=b"x"):
 def s3_client(seaweed):
     import boto3
 
-    return boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-                        aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+    return boto3.client(
+        "s3",
+        endpoint_url=seaweed.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=seaweed.access_key,
+        aws_secret_access_key=seaweed.secret_key,
+    )
 
 
 def test_presigned_uploads_land_in_the_devices_prefix_only(fleet_server, seaweed):
@@ -58,14 +63,20 @@ def test_presigned_uploads_land_in_the_devices_prefix_only(fleet_server, seaweed
     # Keys are relative to the caller's own prefix; escaping it is refused.
     assert call(fleet, "POST", "/v1/agent/uploads", {"keys": ["../cam-1/x"]}, t2)[0] == 400
     # A batch notice is recorded only for objects that are in the store, under the caller's prefix.
-    notice = {"key": key, "objects": ["cls/2027-01-01/batch-1/r1/x.bin"], "bytes": 1020,
-              "records": [{"record_id": "r1", "model_name": "cls"}]}
+    notice = {
+        "key": key,
+        "objects": ["cls/2027-01-01/batch-1/r1/x.bin"],
+        "bytes": 1020,
+        "records": [{"record_id": "r1", "model_name": "cls"}],
+    }
     assert call(fleet, "POST", "/v1/agent/captures", notice, t2)[0] == 409
     assert call(fleet, "POST", "/v1/agent/captures", notice, t1) == (200, {"new": 1, "duplicates": 0})
     assert call(fleet, "POST", "/v1/agent/captures", notice, t1) == (200, {"new": 0, "duplicates": 1})
     listing = fleet.call("GET", "/v1/devices/plant/cam-1/captures")
-    assert [o["key"] for o in listing["objects"]] == ["plant/cam-1/" + key,
-                                                      "plant/cam-1/cls/2027-01-01/batch-1/r1/x.bin"]
+    assert [o["key"] for o in listing["objects"]] == [
+        "plant/cam-1/" + key,
+        "plant/cam-1/cls/2027-01-01/batch-1/r1/x.bin",
+    ]
     assert listing["records"] == [{"record_id": "r1", "model_name": "cls", "key": "plant/cam-1/" + key}]
     # Operator routes are closed to device tokens.
     assert call(fleet, "GET", "/v1/devices/plant/cam-1/captures", token=t1)[0] == 403

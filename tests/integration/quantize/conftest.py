@@ -10,8 +10,17 @@ import pytest
 # ImageNet classes (torchvision's category order) that the photos must land in.
 CAT_CLASSES = {281, 282, 283, 284, 285, 287}  # tabby … Egyptian cat, lynx
 COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
-_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field",
-           "colorwheel", "cat")
+_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "colorwheel",
+    "cat",
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +84,29 @@ def digits_model(tmp_path_factory) -> dict[str, Path]:
     class Block(nn.Module):
         def __init__(self, c: int) -> None:
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+            self.body = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+            )
 
         def forward(self, t):
             return torch.relu(t + self.body(t))
 
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), Block(16),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), Block(32),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        Block(16),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        Block(32),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
@@ -92,14 +114,21 @@ def digits_model(tmp_path_factory) -> dict[str, Path]:
     for _ in range(25):
         for i in range(0, len(xt), 64):
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(xt[i:i + 64]), yt[i:i + 64])
+            loss = nn.functional.cross_entropy(model(xt[i : i + 64]), yt[i : i + 64])
             loss.backward()
             optimizer.step()
     model.eval()
     root = tmp_path_factory.mktemp("digits")
     onnx_path = root / "digits.onnx"
-    torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], dynamo=False, opset_version=17)
+    torch.onnx.export(
+        model,
+        (torch.from_numpy(x[:1]),),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamo=False,
+        opset_version=17,
+    )
     np.savez(root / "calibration.npz", x=x[cal], y=y[cal])
     np.savez(root / "validation.npz", x=x[val], y=y[val])
     return {"model": onnx_path, "calibration": root / "calibration.npz", "validation": root / "validation.npz"}

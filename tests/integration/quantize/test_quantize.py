@@ -27,15 +27,20 @@ print(json.dumps({p: [t["index"] for t in model.predict(p, top_k=5)] for p in sy
 
 
 def top5(artifact, *images) -> dict[str, list[int]]:
-    proc = subprocess.run([sys.executable, "-c", PREDICT, str(artifact), *map(str, images)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", PREDICT, str(artifact), *map(str, images)], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
 def test_digits_int8_passes_the_gate_with_true_accuracy(digits_model, tmp_path, backend):
-    options = CompileOptions(backend=backend, quantize=QuantizeOptions(
-        calibration=str(digits_model["calibration"]), validation=str(digits_model["validation"])))
+    options = CompileOptions(
+        backend=backend,
+        quantize=QuantizeOptions(
+            calibration=str(digits_model["calibration"]), validation=str(digits_model["validation"])
+        ),
+    )
     artifact = compile_model(digits_model["model"], "x86_64", tmp_path / "d.tar.gz", options=options)
     gate = artifact.manifest.quantization["accuracy_gate"]
     assert gate["labelled"] is True and gate["samples"] == 297 and gate["passed"] is True
@@ -45,20 +50,25 @@ def test_digits_int8_passes_the_gate_with_true_accuracy(digits_model, tmp_path, 
     # The artifact is int8: QDQ nodes in the ONNX Runtime model.
     if backend == "onnxruntime":
         import onnx
+
         from edgekiln.artifact import unpack
 
         manifest = unpack(artifact.path, tmp_path / "x")
         ops = {n.op_type for n in onnx.load(str(tmp_path / "x" / manifest.file("model").path)).graph.node}
         assert "QuantizeLinear" in ops or "QLinearConv" in ops
-    print(f"\n{backend} digits: fp32 top-1 {gate['fp32_top1']:.4f}, int8 top-1 {gate['int8_top1']:.4f}, "
-          f"agreement {gate['top1_agreement']:.4f}")
+    print(
+        f"\n{backend} digits: fp32 top-1 {gate['fp32_top1']:.4f}, int8 top-1 {gate['int8_top1']:.4f}, "
+        f"agreement {gate['top1_agreement']:.4f}"
+    )
 
 
 def test_gate_fails_with_one_blank_calibration_image(digits_model, tmp_path):
     blank = tmp_path / "blank.npz"
     np.savez(blank, x=np.zeros((1, 1, 8, 8), np.float32))
-    options = CompileOptions(backend="onnxruntime", quantize=QuantizeOptions(
-        calibration=str(blank), validation=str(digits_model["validation"])))
+    options = CompileOptions(
+        backend="onnxruntime",
+        quantize=QuantizeOptions(calibration=str(blank), validation=str(digits_model["validation"])),
+    )
     with pytest.raises(BackendError) as err:
         compile_model(digits_model["model"], "x86_64", tmp_path / "d.tar.gz", options=options)
     message = err.value.one_line()
@@ -78,10 +88,17 @@ QUANT = {
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tvm", "litert"])
 def test_efficientnet_lite0_recognises_the_photographs(photos, calibration_folder, tmp_path, backend):
-    fp32 = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "fp32.tar.gz",
-                         options=CompileOptions(backend=backend))
-    int8 = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "int8.tar.gz", options=CompileOptions(
-        backend=backend, quantize=QuantizeOptions(calibration=str(calibration_folder), **QUANT[backend])))
+    fp32 = compile_model(
+        "zoo:efficientnet_lite0", "x86_64", tmp_path / "fp32.tar.gz", options=CompileOptions(backend=backend)
+    )
+    int8 = compile_model(
+        "zoo:efficientnet_lite0",
+        "x86_64",
+        tmp_path / "int8.tar.gz",
+        options=CompileOptions(
+            backend=backend, quantize=QuantizeOptions(calibration=str(calibration_folder), **QUANT[backend])
+        ),
+    )
     for artifact in (fp32, int8):
         result = top5(artifact.path, photos["chelsea"], photos["coffee"])
         assert CAT_CLASSES & set(result[str(photos["chelsea"])]), result
@@ -90,8 +107,11 @@ def test_efficientnet_lite0_recognises_the_photographs(photos, calibration_folde
     assert gate["passed"] and gate["top1_agreement"] >= 1 - QUANT[backend].get("accuracy_tolerance", 0.01)
     # int8-auto: every attempt after the first kept two more layers in fp32.
     assert len(gate["fp32_layers"]) == 2 * (gate["attempts"] - 1)
-    print(f"\n{backend} EfficientNet-Lite0 int8: agreement {gate['top1_agreement']:.3f} on {gate['samples']} held-out crops, "
-          f"{len(gate['fp32_layers'])} layers kept in fp32 after {gate['attempts']} attempts")
+    print(
+        f"\n{backend} EfficientNet-Lite0 int8: agreement {gate['top1_agreement']:.3f} "
+        f"on {gate['samples']} held-out crops, "
+        f"{len(gate['fp32_layers'])} layers kept in fp32 after {gate['attempts']} attempts"
+    )
 
 
 def test_efficientnet_lite0_reference_is_the_trained_model(photos):
@@ -99,8 +119,9 @@ def test_efficientnet_lite0_reference_is_the_trained_model(photos):
     from edgekiln.runtime.preprocess import preprocess
     from edgekiln.zoo import pretrained
 
-    session = ort.InferenceSession(pretrained.build("efficientnet_lite0").SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        pretrained.build("efficientnet_lite0").SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     x = preprocess(photos["coffee"], pretrained.LITE0_PREPROCESSING, (1, 3, 224, 224))
     assert int(np.argmax(session.run(None, {"input": x})[0])) == 967  # espresso
 

@@ -21,8 +21,12 @@ def test_base_install_requires_nothing_heavy():
 
 
 def test_importing_the_runtime_loads_nothing_heavy():
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edgekiln.runtime, edgekiln.runtime.model"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import edgekiln.runtime, edgekiln.runtime.model"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     loaded_heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY or m.startswith("edgekiln.compile"))
     assert loaded_heavy == []

@@ -91,6 +91,7 @@ def test_a_dotdot_member(artifact, tmp_path):
 
 def test_a_changed_manifest_requirement_is_caught_by_the_hash_of_nothing_else(artifact, tmp_path):
     """Editing manifest.json to claim another file hash makes the real file fail its check."""
+
     def lie(members):
         for member, data in members:
             if member.name == "manifest.json":
@@ -125,7 +126,10 @@ def test_gpu_artifact_on_a_host_without_gpu(compiled):
     if cuda_info() is not None:
         pytest.skip("this host has a GPU")
     path = compiled("zoo:mobilenet_v3_small", "h200").path
-    code = ("import sys, edgekiln\nfrom edgekiln.errors import CompatibilityError\n"
-            "try:\n    edgekiln.load(sys.argv[1], device='cuda')\nexcept CompatibilityError as e:\n    print(e.one_line())\n")
+    code = (
+        "import sys, edgekiln\nfrom edgekiln.errors import CompatibilityError\n"
+        "try:\n    edgekiln.load(sys.argv[1], device='cuda')\n"
+        "except CompatibilityError as e:\n    print(e.one_line())\n"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
     assert "needs an NVIDIA GPU (sm_90)" in out

@@ -49,8 +49,11 @@ def agent_config(short_dir):
         (short_dir / "models").mkdir(exist_ok=True)
         data = {
             "device": {"name": "dev-1", "fleet": "fleet-a"},
-            "agent": {"socket": str(short_dir / "agent.sock"), "model_dir": str(short_dir / "models"),
-                      "state_dir": str(short_dir / "state")},
+            "agent": {
+                "socket": str(short_dir / "agent.sock"),
+                "model_dir": str(short_dir / "models"),
+                "state_dir": str(short_dir / "state"),
+            },
             "capture": {"destination": "Disk", "disk_path": str(short_dir / "captures")},
         }
         for name, values in sections.items():

@@ -18,11 +18,20 @@ from edgekiln.errors import CompatibilityError
 
 
 def fake_manifest() -> Manifest:
-    return Manifest(model=ModelInfo("m", "7", "onnx", "0" * 64), profile="generic/x86-64", backend="tvm",
-                    backend_options={}, target_triple="x86_64-linux-gnu", edgekiln_version="0",
-                    compiler={}, runtime=RuntimeRequirements(arch="x86_64"),
-                    inputs=(TensorSpec("x", "float32", (1, 4)),), outputs=(TensorSpec("y", "float32", (1, 4)),),
-                    files=(), validation=Validation(status="skipped", reason="stand-in"))
+    return Manifest(
+        model=ModelInfo("m", "7", "onnx", "0" * 64),
+        profile="generic/x86-64",
+        backend="tvm",
+        backend_options={},
+        target_triple="x86_64-linux-gnu",
+        edgekiln_version="0",
+        compiler={},
+        runtime=RuntimeRequirements(arch="x86_64"),
+        inputs=(TensorSpec("x", "float32", (1, 4)),),
+        outputs=(TensorSpec("y", "float32", (1, 4)),),
+        files=(),
+        validation=Validation(status="skipped", reason="stand-in"),
+    )
 
 
 class FakeModel:

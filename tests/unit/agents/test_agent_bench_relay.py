@@ -38,8 +38,12 @@ def _lines(*requests):
 
 def test_the_relay_runs_a_real_worker_and_ends_with_its_exit_code(tmp_path):
     context = FakeContext()
-    replies = [json.loads(m.json) for m in _relay_bench(_lines({"op": "run"}, {"op": "exit"}), context, tmp_path,
-                                                        lambda json: SimpleNamespace(json=json), _abort)]
+    replies = [
+        json.loads(m.json)
+        for m in _relay_bench(
+            _lines({"op": "run"}, {"op": "exit"}), context, tmp_path, lambda json: SimpleNamespace(json=json), _abort
+        )
+    ]
     assert replies[0]["ok"] is False and "run before load" in replies[0]["error"]
     assert replies[1]["ok"] is True and replies[1]["vm_hwm_kb"] > 0
     assert context.trailing["exit-code"] == "0" and int(context.trailing["ru-maxrss-kb"]) > 0
@@ -48,8 +52,11 @@ def test_the_relay_runs_a_real_worker_and_ends_with_its_exit_code(tmp_path):
 
 def test_a_worker_that_fails_aborts_the_call_with_its_last_stderr_line(tmp_path, monkeypatch):
     die = "import sys\nsys.stdin.readline()\nprint('MemoryError: no room', file=sys.stderr)\nsys.exit(2)\n"
-    monkeypatch.setattr(runners, "start_local_worker",
-                        lambda label, cwd=None: runners.ProcessChannel([sys.executable, "-c", die], None, label))
+    monkeypatch.setattr(
+        runners,
+        "start_local_worker",
+        lambda label, cwd=None: runners.ProcessChannel([sys.executable, "-c", die], None, label),
+    )
     context = FakeContext()
     with pytest.raises(Aborted, match=r"INTERNAL: .*ended \(exit 2\): MemoryError: no room"):
         list(_relay_bench(_lines({"op": "exit"}), context, tmp_path, lambda json: SimpleNamespace(json=json), _abort))

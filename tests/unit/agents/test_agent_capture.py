@@ -25,8 +25,12 @@ def service(tmp_path, fake_clock):
 
 def request(capture_id="c1", model="m", small=None, big=None, ts=None):
     small = np.arange(3, dtype=np.int32) if small is None else small
-    req = pb.CaptureDataRequest(model_name=model, capture_id=capture_id, input_tensors=[to_proto(small, "in")],
-                                outputs=[pb.AuxilaryData(name="label", encoding=pb.JSON, byte_data=b'{"c": 3}')])
+    req = pb.CaptureDataRequest(
+        model_name=model,
+        capture_id=capture_id,
+        input_tensors=[to_proto(small, "in")],
+        outputs=[pb.AuxilaryData(name="label", encoding=pb.JSON, byte_data=b'{"c": 3}')],
+    )
     if big is not None:
         req.output_tensors.append(to_proto(big, "out"))
     if ts is not None:
@@ -87,7 +91,7 @@ def test_batches_embed_small_items_and_split_large_ones(service, fake_clock):
     data = encoded.objects[out["object"]]
     assert hashlib.sha256(data).hexdigest() == out["sha256"]
     assert np.array_equal(np.frombuffer(data, "<f4").reshape(16, 16), big)
-    assert out["object"].startswith(batch.key[:-len(".jsonl")] + "/large-1/")
+    assert out["object"].startswith(batch.key[: -len(".jsonl")] + "/large-1/")
     again = encode_batch(batch, box.read_record, fleet="f", device="d", embed_limit=256)
     assert again.body == encoded.body  # a resent batch is byte for byte the same object
 

@@ -20,8 +20,9 @@ def artifact(tmp_path, labels: str | None, files: dict[str, bytes]):
     for name, data in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
-    manifest = dataclasses.replace(fake_manifest(), labels=labels,
-                                   files=tuple(file_entry(src, n, "labels") for n in files))
+    manifest = dataclasses.replace(
+        fake_manifest(), labels=labels, files=tuple(file_entry(src, n, "labels") for n in files)
+    )
     return manifest, src
 
 

@@ -49,13 +49,22 @@ def test_valid_config_loads_with_paths_relative_to_the_file(tmp_path):
     c = config.capture
     assert (c.destination, c.buffer_size, c.batch_size, c.base64_embed_limit) == ("Cloud", 50, 5, 100)
     assert (c.periodic_upload, c.storage_limit_bytes, c.full_policy, c.ttl_seconds) == (
-        False, 2_000_000, "RejectNewData", 3600.0)
+        False,
+        2_000_000,
+        "RejectNewData",
+        3600.0,
+    )
 
 
 def test_defaults_mirror_edge_manager(tmp_path):
-    config = from_dict({"device": {"name": "d", "fleet": "f"},
-                        "agent": {"socket": "s.sock", "model_dir": "m", "state_dir": "st"},
-                        "capture": {"destination": "Disk", "disk_path": "cap"}}, base_dir=tmp_path)
+    config = from_dict(
+        {
+            "device": {"name": "d", "fleet": "f"},
+            "agent": {"socket": "s.sock", "model_dir": "m", "state_dir": "st"},
+            "capture": {"destination": "Disk", "disk_path": "cap"},
+        },
+        base_dir=tmp_path,
+    )
     assert config.capture.full_policy == "OverwriteOldest"
     assert config.capture.batch_size == 10 and config.capture.periodic_upload is True
     assert config.fleet.endpoint == ""
@@ -66,25 +75,28 @@ def _with(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-@pytest.mark.parametrize("old,new,key", [
-    ('full_policy = "RejectNewData"', 'full_policy = "DropEverything"', "capture.full_policy"),
-    ('destination = "Cloud"', 'destination = "S3"', "capture.destination"),
-    ("batch_size = 5", "batch_size = 0", "capture.batch_size"),
-    ("batch_size = 5", 'batch_size = "5"', "capture.batch_size"),
-    ("buffer_size = 50", "buffer_size = 50\nbufer_size = 3", "capture.bufer_size"),
-    ("periodic_upload = false", 'periodic_upload = "no"', "capture.periodic_upload"),
-    ("storage_limit_bytes = 2_000_000", "storage_limit_bytes = 1000", "capture.storage_limit_bytes"),
-    ("ttl_seconds = 3600", "ttl_seconds = -1", "capture.ttl_seconds"),
-    ('name = "pi-0001"', 'name = "pi_0001!"', "device.name"),
-    ('endpoint = "http://127.0.0.1:8080"', 'endpoint = "ftp://x"', "fleet.endpoint"),
-    ('token_file = "token"', "", "fleet.token_file"),
-    ('socket = "run/agent.sock"', "", "agent.socket"),
-    ("heartbeat_period_seconds = 5", "heartbeat_period_seconds = 0", "fleet.heartbeat_period_seconds"),
-    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = "models"', "agent.model_dirs"),
-    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = []', "agent.model_dirs"),
-    ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = ["a", 3]', "agent.model_dirs"),
-    ('name = "pi-0001"', 'name = "%s"' % ("p" * 64), "device.name"),
-])
+@pytest.mark.parametrize(
+    "old,new,key",
+    [
+        ('full_policy = "RejectNewData"', 'full_policy = "DropEverything"', "capture.full_policy"),
+        ('destination = "Cloud"', 'destination = "S3"', "capture.destination"),
+        ("batch_size = 5", "batch_size = 0", "capture.batch_size"),
+        ("batch_size = 5", 'batch_size = "5"', "capture.batch_size"),
+        ("buffer_size = 50", "buffer_size = 50\nbufer_size = 3", "capture.bufer_size"),
+        ("periodic_upload = false", 'periodic_upload = "no"', "capture.periodic_upload"),
+        ("storage_limit_bytes = 2_000_000", "storage_limit_bytes = 1000", "capture.storage_limit_bytes"),
+        ("ttl_seconds = 3600", "ttl_seconds = -1", "capture.ttl_seconds"),
+        ('name = "pi-0001"', 'name = "pi_0001!"', "device.name"),
+        ('endpoint = "http://127.0.0.1:8080"', 'endpoint = "ftp://x"', "fleet.endpoint"),
+        ('token_file = "token"', "", "fleet.token_file"),
+        ('socket = "run/agent.sock"', "", "agent.socket"),
+        ("heartbeat_period_seconds = 5", "heartbeat_period_seconds = 0", "fleet.heartbeat_period_seconds"),
+        ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = "models"', "agent.model_dirs"),
+        ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = []', "agent.model_dirs"),
+        ('state_dir = "state"', 'state_dir = "state"\nmodel_dirs = ["a", 3]', "agent.model_dirs"),
+        ('name = "pi-0001"', 'name = "%s"' % ("p" * 64), "device.name"),
+    ],
+)
 def test_invalid_config_names_the_key(tmp_path, old, new, key):
     path = tmp_path / "agent.toml"
     path.write_text(_with(VALID, old, new))
@@ -128,9 +140,11 @@ def test_token_file_errors_name_the_file(tmp_path):
 
 
 def test_dump_toml_round_trips(tmp_path):
-    data = {"device": {"name": "d", "fleet": "f"},
-            "agent": {"socket": str(tmp_path / "a b.sock"), "model_dir": "m", "state_dir": "s"},
-            "capture": {"destination": "Disk", "disk_path": 'x"y', "periodic_upload": False, "batch_size": 3}}
+    data = {
+        "device": {"name": "d", "fleet": "f"},
+        "agent": {"socket": str(tmp_path / "a b.sock"), "model_dir": "m", "state_dir": "s"},
+        "capture": {"destination": "Disk", "disk_path": 'x"y', "periodic_upload": False, "batch_size": 3},
+    }
     path = tmp_path / "agent.toml"
     path.write_text(dump_toml(data))
     config = load_config(path)

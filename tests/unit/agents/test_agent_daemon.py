@@ -33,8 +33,10 @@ def started(agent_config, fake_clock, fake_loader):
 def test_disk_destination_delivers_batches_as_files(started, fake_clock, short_dir):
     agent = started(capture={"batch_size": 2, "push_period_seconds": 1, "periodic_upload_period_seconds": 5})
     with AgentClient(agent.config.agent.socket) as client:
-        ids = [client.capture("m", input_tensors=[np.arange(4, dtype=np.float32)], inference_time=fake_clock.now)
-               for _ in range(3)]
+        ids = [
+            client.capture("m", input_tensors=[np.arange(4, dtype=np.float32)], inference_time=fake_clock.now)
+            for _ in range(3)
+        ]
         agent.step()
         assert [client.capture_status(i) for i in ids] == ["SUCCESS", "SUCCESS", "IN_PROGRESS"]
         fake_clock.advance(6)  # the partial batch goes after the periodic upload period
@@ -48,9 +50,16 @@ def test_disk_destination_delivers_batches_as_files(started, fake_clock, short_d
 def test_offline_fleet_queues_heartbeats_and_backs_off(started, fake_clock, short_dir):
     (short_dir / "token").write_text("t")
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    agent = started(fleet={"endpoint": dead, "token_file": str(short_dir / "token"), "heartbeat_period_seconds": 10,
-                           "retry_max_seconds": 30, "request_timeout_seconds": 1},
-                    capture={"destination": "Cloud"})
+    agent = started(
+        fleet={
+            "endpoint": dead,
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 10,
+            "retry_max_seconds": 30,
+            "request_timeout_seconds": 1,
+        },
+        capture={"destination": "Cloud"},
+    )
     with AgentClient(agent.config.agent.socket) as client:
         client.capture("m", capture_id="c1", input_tensors=[np.zeros(2, np.float32)], inference_time=fake_clock.now)
     delays = []
@@ -202,8 +211,9 @@ def _legacy_capture(agent, capture_id: str, model: str) -> None:
     from edgekiln.agents import agent_pb2 as pb
     from edgekiln.agents.tensors import to_proto
 
-    request = pb.CaptureDataRequest(model_name=model, capture_id=capture_id,
-                                    input_tensors=[to_proto(np.zeros(2, np.float32), "x")])
+    request = pb.CaptureDataRequest(
+        model_name=model, capture_id=capture_id, input_tensors=[to_proto(np.zeros(2, np.float32), "x")]
+    )
     request.inference_timestamp.seconds = 1_800_000_000
     agent.outbox.add_record(capture_id, model, request.SerializeToString())
 
@@ -230,16 +240,21 @@ def test_a_batch_the_fleet_refuses_is_dead_lettered_and_later_captures_flow(star
     _legacy_capture(agent, "legacy", "m" * 200)
     refused = _refusing_sink(agent, 400)
     with AgentClient(agent.config.agent.socket) as client:
-        ids = [client.capture("m", input_tensors=[np.ones(2, np.float32)], inference_time=fake_clock.now)
-               for _ in range(10)]
+        ids = [
+            client.capture("m", input_tensors=[np.ones(2, np.float32)], inference_time=fake_clock.now)
+            for _ in range(10)
+        ]
         for _ in range(15):
             agent.step()
             fake_clock.advance(1)
         assert [client.capture_status(i) for i in ids] == ["SUCCESS"] * 10
         assert client.capture_status("legacy") == "FAILURE"
     assert len(refused) == 1  # refused once, never retried
-    assert (agent.outbox.dead_letter_dir / agent.outbox._conn().execute(
-        "SELECT batch_id FROM records WHERE record_id='legacy'").fetchone()[0] / "legacy").is_file()
+    assert (
+        agent.outbox.dead_letter_dir
+        / agent.outbox._conn().execute("SELECT batch_id FROM records WHERE record_id='legacy'").fetchone()[0]
+        / "legacy"
+    ).is_file()
     agent.queue_heartbeat()
     body = agent.outbox.take_messages("heartbeat")[-1].body
     metrics = {m["metric_name"]: m["value"] for m in body["agent_metrics"]}
@@ -277,10 +292,21 @@ def test_offline_heartbeats_stay_bounded_and_captures_keep_their_room(started, f
     # answered RESOURCE_EXHAUSTED.
     (short_dir / "token").write_text("t")
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    agent = started(fleet={"endpoint": dead, "token_file": str(short_dir / "token"), "heartbeat_period_seconds": 30,
-                           "retry_max_seconds": 3600, "request_timeout_seconds": 0.2},
-                    capture={"destination": "Cloud", "storage_limit_bytes": 1024 * 1024,
-                             "full_policy": "RejectNewData", "push_period_seconds": 3600})
+    agent = started(
+        fleet={
+            "endpoint": dead,
+            "token_file": str(short_dir / "token"),
+            "heartbeat_period_seconds": 30,
+            "retry_max_seconds": 3600,
+            "request_timeout_seconds": 0.2,
+        },
+        capture={
+            "destination": "Cloud",
+            "storage_limit_bytes": 1024 * 1024,
+            "full_policy": "RejectNewData",
+            "push_period_seconds": 3600,
+        },
+    )
     for _ in range(600):  # a heartbeat every 30 s for five hours
         agent._tasks["messages"].due = agent._tasks["batches"].due = float("inf")  # no network in this test
         fake_clock.advance(30)

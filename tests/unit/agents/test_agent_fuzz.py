@@ -17,33 +17,58 @@ from edgekiln.agents.server import serve
 from edgekiln.agents.servicer import AgentServicer
 
 # What each method may answer; UNKNOWN (an exception that escaped) is never among them.
-DEFINED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
-           "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAVAILABLE", "INTERNAL"}
+DEFINED = {
+    "OK",
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "FAILED_PRECONDITION",
+    "RESOURCE_EXHAUSTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "UNAVAILABLE",
+    "INTERNAL",
+}
 BUDGET = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 names = st.one_of(st.sampled_from(["m", "m.tar.gz", "loaded", "a-b", ""]), st.text(max_size=300))
-ints32 = st.integers(min_value=-2**31, max_value=2**31 - 1)
-metadata = st.builds(pb.TensorMetadata, name=names, data_type=ints32,
-                     shape=st.lists(st.integers(min_value=-2**31, max_value=2**31 - 1), max_size=6))
+ints32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+metadata = st.builds(
+    pb.TensorMetadata,
+    name=names,
+    data_type=ints32,
+    shape=st.lists(st.integers(min_value=-(2**31), max_value=2**31 - 1), max_size=6),
+)
 tensors = st.one_of(
     st.builds(pb.Tensor, tensor_metadata=metadata, byte_data=st.binary(max_size=64)),
     st.builds(pb.Tensor, byte_data=st.binary(max_size=64)),
     st.builds(pb.Tensor, shared_memory_handle=st.builds(pb.SharedMemoryHandle, size=st.integers(0, 2**64 - 1))),
-    st.just(pb.Tensor()))
+    st.just(pb.Tensor()),
+)
 aux = st.builds(pb.AuxilaryData, name=names, encoding=ints32, byte_data=st.binary(max_size=64))
-timestamps = st.builds(pb.Timestamp, seconds=st.integers(-2**63, 2**63 - 1), nanos=ints32)
+timestamps = st.builds(pb.Timestamp, seconds=st.integers(-(2**63), 2**63 - 1), nanos=ints32)
 requests = st.one_of(
     st.tuples(st.just("LoadModel"), st.builds(pb.LoadModelRequest, url=names, name=names)),
     st.tuples(st.just("UnLoadModel"), st.builds(pb.UnLoadModelRequest, name=names)),
     st.tuples(st.just("DescribeModel"), st.builds(pb.DescribeModelRequest, name=names)),
     st.tuples(st.just("ListModels"), st.just(pb.ListModelsRequest())),
-    st.tuples(st.just("Predict"), st.builds(pb.PredictRequest, name=st.one_of(st.just("loaded"), names),
-                                            tensors=st.lists(tensors, max_size=3))),
-    st.tuples(st.just("CaptureData"), st.builds(
-        pb.CaptureDataRequest, model_name=st.one_of(st.just("m"), names),
-        capture_id=st.one_of(st.uuids().map(str), names), inference_timestamp=timestamps,
-        input_tensors=st.lists(tensors, max_size=2), inputs=st.lists(aux, max_size=2))),
-    st.tuples(st.just("GetCaptureDataStatus"), st.builds(pb.GetCaptureDataStatusRequest, capture_id=names)))
+    st.tuples(
+        st.just("Predict"),
+        st.builds(pb.PredictRequest, name=st.one_of(st.just("loaded"), names), tensors=st.lists(tensors, max_size=3)),
+    ),
+    st.tuples(
+        st.just("CaptureData"),
+        st.builds(
+            pb.CaptureDataRequest,
+            model_name=st.one_of(st.just("m"), names),
+            capture_id=st.one_of(st.uuids().map(str), names),
+            inference_timestamp=timestamps,
+            input_tensors=st.lists(tensors, max_size=2),
+            inputs=st.lists(aux, max_size=2),
+        ),
+    ),
+    st.tuples(st.just("GetCaptureDataStatus"), st.builds(pb.GetCaptureDataStatusRequest, capture_id=names)),
+)
 METHODS = ["LoadModel", "UnLoadModel", "ListModels", "DescribeModel", "Predict", "CaptureData", "GetCaptureDataStatus"]
 
 
@@ -51,11 +76,13 @@ METHODS = ["LoadModel", "UnLoadModel", "ListModels", "DescribeModel", "Predict",
 def channel(short_dir, fake_loader, fake_clock):
     (short_dir / "models").mkdir()
     (short_dir / "models" / "m.tar.gz").write_bytes(b"stand-in")
-    box = ob.Outbox(short_dir / "outbox", storage_limit_bytes=8 << 20, max_records=10_000, clock=fake_clock,
-                    durable=False)
+    box = ob.Outbox(
+        short_dir / "outbox", storage_limit_bytes=8 << 20, max_records=10_000, clock=fake_clock, durable=False
+    )
     box.open()
-    registry = ModelRegistry(short_dir / "models", short_dir / "models.json", max_models=4, clock=fake_clock,
-                             loader=fake_loader)
+    registry = ModelRegistry(
+        short_dir / "models", short_dir / "models.json", max_models=4, clock=fake_clock, loader=fake_loader
+    )
     registry.load("loaded", "m.tar.gz")
     server = serve(short_dir / "agent.sock", AgentServicer(registry, CaptureService(box, clock=fake_clock)))
     with grpc.insecure_channel(f"unix:{short_dir / 'agent.sock'}") as chan:
@@ -65,8 +92,7 @@ def channel(short_dir, fake_loader, fake_clock):
 
 
 def _call(chan, method: str, payload: bytes) -> str:
-    call = chan.unary_unary(f"/AWS.SageMaker.Edge.Agent/{method}", request_serializer=None,
-                            response_deserializer=None)
+    call = chan.unary_unary(f"/AWS.SageMaker.Edge.Agent/{method}", request_serializer=None, response_deserializer=None)
     try:
         call(payload, timeout=10)
     except grpc.RpcError as exc:
@@ -79,8 +105,12 @@ def test_the_service_name_is_the_one_fuzzed():
 
 
 def _capture(model: str, capture_id: str = "c-1", seconds: int = 0, nanos: int = 0) -> pb.CaptureDataRequest:
-    return pb.CaptureDataRequest(model_name=model, capture_id=capture_id, input_tensors=[pb.Tensor(byte_data=b"x")],
-                                 inference_timestamp=pb.Timestamp(seconds=seconds, nanos=nanos))
+    return pb.CaptureDataRequest(
+        model_name=model,
+        capture_id=capture_id,
+        input_tensors=[pb.Tensor(byte_data=b"x")],
+        inference_timestamp=pb.Timestamp(seconds=seconds, nanos=nanos),
+    )
 
 
 # The hostile inputs that broke the agent before, kept as a corpus.
@@ -88,15 +118,24 @@ HOSTILE = [
     ("CaptureData", _capture("m" * 200)),  # the fleet refuses key segments over 128 characters
     ("CaptureData", _capture("m\n")),  # "$" let a trailing newline through
     ("CaptureData", _capture("m", "c-1\n")),
-    ("CaptureData", _capture("m", seconds=-2**62)),  # no date for the batch to write
+    ("CaptureData", _capture("m", seconds=-(2**62))),  # no date for the batch to write
     ("CaptureData", _capture("m", nanos=-1)),
     ("LoadModel", pb.LoadModelRequest(url="/etc/passwd", name="m")),  # outside the model directories
     ("LoadModel", pb.LoadModelRequest(url="../../etc/passwd", name="m")),
     ("LoadModel", pb.LoadModelRequest(url="m.tar.gz", name="m" * 200)),
     ("LoadModel", pb.LoadModelRequest(url="m.tar.gz\0", name="m")),
     ("LoadModel", pb.LoadModelRequest(url="a" * 5000, name="m")),  # longer than a file name may be
-    ("Predict", pb.PredictRequest(name="loaded", tensors=[pb.Tensor(  # int64 wrap-around of the size
-        tensor_metadata=pb.TensorMetadata(name="x", data_type=5, shape=[2**31 - 1] * 4), byte_data=b"")])),
+    (
+        "Predict",
+        pb.PredictRequest(
+            name="loaded",
+            tensors=[
+                pb.Tensor(  # int64 wrap-around of the size
+                    tensor_metadata=pb.TensorMetadata(name="x", data_type=5, shape=[2**31 - 1] * 4), byte_data=b""
+                )
+            ],
+        ),
+    ),
 ]
 
 
@@ -131,15 +170,18 @@ def test_bytes_that_are_no_message_are_invalid_argument(channel, method):
 
 
 @BUDGET
-@given(seconds=st.integers(-2**63, 2**63 - 1), nanos=ints32)
+@given(seconds=st.integers(-(2**63), 2**63 - 1), nanos=ints32)
 def test_every_stored_capture_can_be_encoded_for_delivery(channel, fake_clock, seconds, nanos):
     # A timestamp CaptureData accepts must not break the batch that carries it later.
     from edgekiln.agents.capture import encode_batch
     from edgekiln.agents.tensors import to_proto
 
     chan, box = channel
-    request = pb.CaptureDataRequest(model_name="m", capture_id=f"c{seconds}-{nanos}"[:120].replace("-", "n"),
-                                    input_tensors=[to_proto(np.zeros(2, np.float32), "x")])
+    request = pb.CaptureDataRequest(
+        model_name="m",
+        capture_id=f"c{seconds}-{nanos}"[:120].replace("-", "n"),
+        input_tensors=[to_proto(np.zeros(2, np.float32), "x")],
+    )
     request.inference_timestamp.seconds, request.inference_timestamp.nanos = seconds, nanos
     if _call(chan, "CaptureData", request.SerializeToString()) != "OK":
         return

@@ -31,16 +31,40 @@ def test_service_and_messages_are_edge_managers():
     service = pb.DESCRIPTOR.services_by_name["Agent"]
     assert service.full_name == "AWS.SageMaker.Edge.Agent"
     assert {m.name for m in service.methods} == {
-        "Predict", "LoadModel", "UnLoadModel", "ListModels", "DescribeModel", "CaptureData", "GetCaptureDataStatus",
-        "Bench"}  # edgekiln: Bench, a new method, leaves Edge Manager's untouched
+        "Predict",
+        "LoadModel",
+        "UnLoadModel",
+        "ListModels",
+        "DescribeModel",
+        "CaptureData",
+        "GetCaptureDataStatus",
+        "Bench",
+    }  # edgekiln: Bench, a new method, leaves Edge Manager's untouched
     bench = service.methods_by_name["Bench"]
     assert bench.input_type is bench.output_type is pb.BenchLine.DESCRIPTOR
     assert {f.name: f.number for f in pb.BenchLine.DESCRIPTOR.fields} == {"json": 1}
     fields = {f.name: f.number for f in pb.CaptureDataRequest.DESCRIPTOR.fields}
-    assert fields == {"model_name": 1, "capture_id": 2, "inference_timestamp": 3, "input_tensors": 4,
-                      "output_tensors": 5, "inputs": 6, "outputs": 7}
+    assert fields == {
+        "model_name": 1,
+        "capture_id": 2,
+        "inference_timestamp": 3,
+        "input_tensors": 4,
+        "output_tensors": 5,
+        "inputs": 6,
+        "outputs": 7,
+    }
     assert {f.name: f.number for f in pb.Tensor.DESCRIPTOR.fields} == {
-        "tensor_metadata": 1, "byte_data": 4, "shared_memory_handle": 5}
-    assert [pb.DataType.Name(i) for i in range(7)] == ["UINT8", "INT16", "INT32", "INT64", "FLOAT16", "FLOAT32",
-                                                      "FLOAT64"]
+        "tensor_metadata": 1,
+        "byte_data": 4,
+        "shared_memory_handle": 5,
+    }
+    assert [pb.DataType.Name(i) for i in range(7)] == [
+        "UINT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FLOAT16",
+        "FLOAT32",
+        "FLOAT64",
+    ]
     assert [pb.CaptureDataStatus.Name(i) for i in range(4)] == ["FAILURE", "SUCCESS", "IN_PROGRESS", "NOT_FOUND"]

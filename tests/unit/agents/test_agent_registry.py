@@ -119,8 +119,11 @@ def test_concurrent_load_and_unload_keep_the_saved_list_consistent(short_dir, mo
         t.join(60)
     assert errors == [] and not any(t.is_alive() for t in threads)
     saved = json.loads((short_dir / "models.json").read_text())["models"]
-    assert sorted(m["name"] for m in saved) == sorted(m.name for m in registry.list()) == \
-        sorted(f"w{w}-{i}" for w in range(8) for i in range(0, 25, 5))
+    assert (
+        sorted(m["name"] for m in saved)
+        == sorted(m.name for m in registry.list())
+        == sorted(f"w{w}-{i}" for w in range(8) for i in range(0, 25, 5))
+    )
     assert [p.name for p in short_dir.iterdir() if p.name.endswith(".tmp")] == []
 
 

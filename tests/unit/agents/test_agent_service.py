@@ -22,11 +22,18 @@ def api(short_dir, fake_loader, fake_clock):
     (short_dir / "models").mkdir()
     for name in ("m.tar.gz", "slow-a.tar.gz", "slow-b.tar.gz", "m-rasp4b.tar.gz"):
         (short_dir / "models" / name).write_bytes(b"stand-in")
-    box = ob.Outbox(short_dir / "outbox", storage_limit_bytes=2 * 1024 * 1024, max_records=5,
-                    full_policy=ob.REJECT_NEW, clock=fake_clock, durable=False)
+    box = ob.Outbox(
+        short_dir / "outbox",
+        storage_limit_bytes=2 * 1024 * 1024,
+        max_records=5,
+        full_policy=ob.REJECT_NEW,
+        clock=fake_clock,
+        durable=False,
+    )
     box.open()
-    registry = ModelRegistry(short_dir / "models", short_dir / "models.json", max_models=3, clock=fake_clock,
-                             loader=fake_loader)
+    registry = ModelRegistry(
+        short_dir / "models", short_dir / "models.json", max_models=3, clock=fake_clock, loader=fake_loader
+    )
     capture = CaptureService(box, clock=fake_clock, on_sample=registry.note_sample)
     server = serve(short_dir / "agent.sock", AgentServicer(registry, capture), max_workers=8)
     client = AgentClient(short_dir / "agent.sock", timeout=10)
@@ -116,21 +123,33 @@ def test_predict_on_different_models_runs_concurrently(api):
 def test_capture_and_status_codes(api, fake_clock):
     client, registry, box, _ = api
     x = np.ones((1, 4), np.float32)
-    cid = client.capture("m1", capture_id="cap-1", input_tensors={"x": x}, output_tensors={"y": x * 2},
-                         inputs={"meta": ("JSON", b'{"a": 1}')}, inference_time=fake_clock.now)
+    cid = client.capture(
+        "m1",
+        capture_id="cap-1",
+        input_tensors={"x": x},
+        output_tensors={"y": x * 2},
+        inputs={"meta": ("JSON", b'{"a": 1}')},
+        inference_time=fake_clock.now,
+    )
     assert cid == "cap-1" and client.capture_status("cap-1") == "IN_PROGRESS"
     assert registry.snapshots(fake_clock.now)[0].latest_sample_time == fake_clock.now
-    assert code_of(client.capture, "m1", capture_id="cap-1", input_tensors=[x],
-                   inference_time=fake_clock.now) == "ALREADY_EXISTS"
+    assert (
+        code_of(client.capture, "m1", capture_id="cap-1", input_tensors=[x], inference_time=fake_clock.now)
+        == "ALREADY_EXISTS"
+    )
     assert code_of(client.capture, "m1", capture_id="bad id/..", input_tensors=[x]) == "INVALID_ARGUMENT"
     assert code_of(client.capture, "bad_model", capture_id="c2", input_tensors=[x]) == "INVALID_ARGUMENT"
-    assert code_of(client.capture, "m1", capture_id="c3", input_tensors=[x],
-                   inference_time=fake_clock.now + 3600) == "OUT_OF_RANGE"
+    assert (
+        code_of(client.capture, "m1", capture_id="c3", input_tensors=[x], inference_time=fake_clock.now + 3600)
+        == "OUT_OF_RANGE"
+    )
     assert code_of(client.capture_status, "unknown") == "NOT_FOUND"
     for i in range(4):
         client.capture("m1", capture_id=f"fill-{i}", input_tensors=[x], inference_time=fake_clock.now)
-    assert code_of(client.capture, "m1", capture_id="one-too-many", input_tensors=[x],
-                   inference_time=fake_clock.now) == "RESOURCE_EXHAUSTED"
+    assert (
+        code_of(client.capture, "m1", capture_id="one-too-many", input_tensors=[x], inference_time=fake_clock.now)
+        == "RESOURCE_EXHAUSTED"
+    )
     (batch,) = box.form_batches(5, flush_after=None)
     box.ack_batch(batch.batch_id)
     assert client.capture_status("cap-1") == "SUCCESS"
@@ -141,8 +160,9 @@ def test_shared_memory_is_unimplemented(api):
 
     client, _, _, _ = api
     client.load_model("m.tar.gz", "m1")
-    request = pb.PredictRequest(name="m1", tensors=[pb.Tensor(
-        shared_memory_handle=pb.SharedMemoryHandle(size=16, offset=0, segment_id=1))])
+    request = pb.PredictRequest(
+        name="m1", tensors=[pb.Tensor(shared_memory_handle=pb.SharedMemoryHandle(size=16, offset=0, segment_id=1))]
+    )
     with pytest.raises(AgentCallError) as info:
         client._call("Predict", request)
     assert info.value.code == "UNIMPLEMENTED"

@@ -15,8 +15,9 @@ from edgekiln.artifact import Manifest, UnpackLimits, check_member_path, read_ma
 from edgekiln.errors import EdgekilnError, IntegrityError
 from tests.data.hostile import artifacts as hostile
 
-BUDGET = settings(max_examples=60, deadline=2000, database=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+BUDGET = settings(
+    max_examples=60, deadline=2000, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 LIMITS = UnpackLimits(max_unpacked_bytes=1 << 20)
 
 json_values = st.recursive(
@@ -24,11 +25,41 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
-FIELDS = ["schema_version", "model", "profile", "backend", "backend_options", "target_triple", "runtime", "inputs",
-          "outputs", "files", "validation", "preprocessing", "labels", "quantization", "created_utc", "extra"]
-hostile_names = st.sampled_from(["/etc/passwd", "/dev/zero", "../x", "a/../../x", "a//b", "./a", "a\\b", "",
-                                 "manifest.json", "x" * 300, "lib/model.so", "labels.txt", "a\0b"]) | st.text(
-    st.characters(blacklist_categories=("Cs",)), max_size=30)
+FIELDS = [
+    "schema_version",
+    "model",
+    "profile",
+    "backend",
+    "backend_options",
+    "target_triple",
+    "runtime",
+    "inputs",
+    "outputs",
+    "files",
+    "validation",
+    "preprocessing",
+    "labels",
+    "quantization",
+    "created_utc",
+    "extra",
+]
+hostile_names = st.sampled_from(
+    [
+        "/etc/passwd",
+        "/dev/zero",
+        "../x",
+        "a/../../x",
+        "a//b",
+        "./a",
+        "a\\b",
+        "",
+        "manifest.json",
+        "x" * 300,
+        "lib/model.so",
+        "labels.txt",
+        "a\0b",
+    ]
+) | st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 
 @BUDGET
@@ -61,14 +92,24 @@ def test_the_path_check_accepts_only_plain_relative_paths(name):
     assert not checked.startswith("/") and ".." not in checked.split("/") and "\\" not in checked
 
 
-members = st.lists(st.tuples(hostile_names, st.sampled_from([tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
-                                                             tarfile.DIRTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]),
-                             st.binary(max_size=64)), max_size=5)
+members = st.lists(
+    st.tuples(
+        hostile_names,
+        st.sampled_from(
+            [tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]
+        ),
+        st.binary(max_size=64),
+    ),
+    max_size=5,
+)
 
 
 @BUDGET
-@given(members=members, listed=st.dictionaries(hostile_names, st.binary(max_size=64), max_size=4),
-       manifest_first=st.booleans())
+@given(
+    members=members,
+    listed=st.dictionaries(hostile_names, st.binary(max_size=64), max_size=4),
+    manifest_first=st.booleans(),
+)
 def test_any_archive_unpacks_verified_or_is_refused_leaving_nothing(tmp_path, members, listed, manifest_first):
     entries = []
     for name, kind, data in members:

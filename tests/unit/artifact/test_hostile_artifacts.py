@@ -45,8 +45,12 @@ def test_member_paths_outside_the_artifact_are_refused_by_the_one_check(name):
 def test_a_sparse_member_is_refused_before_it_is_written(tmp_path):
     _refused(hostile.sparse_member(tmp_path / "a.tar.gz"), tmp_path / "out", "not a regular file|over the limit")
     # Even with a limit that lets 4 GiB through, a sparse member is not a regular file.
-    _refused(hostile.sparse_member(tmp_path / "b.tar.gz"), tmp_path / "out", "not a regular file",
-             UnpackLimits(max_unpacked_bytes=8 << 30))
+    _refused(
+        hostile.sparse_member(tmp_path / "b.tar.gz"),
+        tmp_path / "out",
+        "not a regular file",
+        UnpackLimits(max_unpacked_bytes=8 << 30),
+    )
 
 
 def test_listed_sizes_over_the_limit_are_refused_before_extraction(tmp_path):
@@ -71,8 +75,9 @@ def test_the_limit_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_a_member_larger_than_listed_is_refused_before_it_is_written(tmp_path):
     listed = hostile.manifest({"w.bin": b"abc"})
-    path = hostile.archive(tmp_path / "a.tar.gz",
-                           [hostile.manifest_member(listed), hostile.regular("w.bin", b"abcd" * 1000)])
+    path = hostile.archive(
+        tmp_path / "a.tar.gz", [hostile.manifest_member(listed), hostile.regular("w.bin", b"abcd" * 1000)]
+    )
     _refused(path, tmp_path / "out", "4000 bytes; the manifest says 3")
 
 
@@ -93,39 +98,47 @@ def test_a_huge_header_stops_at_the_stream_bound(tmp_path):
 def test_duplicate_or_late_manifests_are_refused(tmp_path):
     files = {"w.bin": b"abc"}
     first, second = hostile.manifest(files), hostile.manifest(files, profile="other")
-    dup = hostile.archive(tmp_path / "a.tar.gz", [hostile.manifest_member(first), hostile.regular("w.bin", b"abc"),
-                                                  hostile.manifest_member(second)])
+    dup = hostile.archive(
+        tmp_path / "a.tar.gz",
+        [hostile.manifest_member(first), hostile.regular("w.bin", b"abc"), hostile.manifest_member(second)],
+    )
     _refused(dup, tmp_path / "out", "manifest.json twice")
     late = hostile.archive(tmp_path / "b.tar.gz", [hostile.regular("w.bin", b"abc"), hostile.manifest_member(first)])
     with pytest.raises(IntegrityError, match="does not start with manifest.json"):
         read_manifest(late)
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    (hostile.deep_json(), "not valid JSON"),
-    (hostile.long_integer(), "not valid JSON"),
-    (b'{"schema_version": true}', "schema version"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (hostile.deep_json(), "not valid JSON"),
+        (hostile.long_integer(), "not valid JSON"),
+        (b'{"schema_version": true}', "schema version"),
+    ],
+)
 def test_malformed_json_is_an_integrity_error(text, match):
     with pytest.raises(IntegrityError, match=match):
         Manifest.from_json(text)
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"inputs": 5}, "inputs must be a list"),
-    ({"inputs": [{"name": "x", "dtype": "float32", "shape": "1x3"}]}, "TensorSpec.shape"),
-    ({"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3, 100000, 100000]}]}, "2\\^31 elements"),
-    ({"inputs": [{"name": "x", "dtype": "float32", "shape": [1, True]}]}, "TensorSpec.shape"),
-    ({"files": [{"path": 1, "size": 1, "sha256": "0" * 64, "role": "w"}]}, "FileEntry.path"),
-    ({"files": [{"path": "w", "size": -1, "sha256": "0" * 64, "role": "w"}]}, "negative size"),
-    ({"files": [{"path": "w", "size": 1, "sha256": "zz", "role": "w"}]}, "64 hex digits"),
-    ({"model": []}, "ModelInfo must be an object"),
-    ({"profile": {"a": 1}}, "profile must be a string"),
-    ({"labels": 7}, "labels must be a string"),
-    ({"preprocessing": [1]}, "preprocessing must be an object"),
-    ({"runtime": {"arch": "x86_64", "python_packages": "numpy"}}, "python_packages"),
-    ({"validation": {"status": "passed", "samples": "3"}}, "Validation.samples"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"inputs": 5}, "inputs must be a list"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": "1x3"}]}, "TensorSpec.shape"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3, 100000, 100000]}]}, "2\\^31 elements"),
+        ({"inputs": [{"name": "x", "dtype": "float32", "shape": [1, True]}]}, "TensorSpec.shape"),
+        ({"files": [{"path": 1, "size": 1, "sha256": "0" * 64, "role": "w"}]}, "FileEntry.path"),
+        ({"files": [{"path": "w", "size": -1, "sha256": "0" * 64, "role": "w"}]}, "negative size"),
+        ({"files": [{"path": "w", "size": 1, "sha256": "zz", "role": "w"}]}, "64 hex digits"),
+        ({"model": []}, "ModelInfo must be an object"),
+        ({"profile": {"a": 1}}, "profile must be a string"),
+        ({"labels": 7}, "labels must be a string"),
+        ({"preprocessing": [1]}, "preprocessing must be an object"),
+        ({"runtime": {"arch": "x86_64", "python_packages": "numpy"}}, "python_packages"),
+        ({"validation": {"status": "passed", "samples": "3"}}, "Validation.samples"),
+    ],
+)
 def test_wrong_types_name_the_field(change, field):
     with pytest.raises(IntegrityError, match=field):
         Manifest.from_dict(hostile.manifest({}, **change))

@@ -13,30 +13,54 @@ from edgekiln.artifact.manifest import BackendSelection, CandidateRecord, GraphS
 from edgekiln.errors import IntegrityError
 
 SELECTION = BackendSelection(
-    mode="auto", chosen="litert", reason="fastest of 2 timed candidates",
-    candidates=(CandidateRecord("tvm", "failed", reason="no toolchain"),
-                CandidateRecord("litert", "built", p50_ms=1.5, ratio_to_onnxruntime=0.52, pairs=3)))
+    mode="auto",
+    chosen="litert",
+    reason="fastest of 2 timed candidates",
+    candidates=(
+        CandidateRecord("tvm", "failed", reason="no toolchain"),
+        CandidateRecord("litert", "built", p50_ms=1.5, ratio_to_onnxruntime=0.52, pairs=3),
+    ),
+)
 
 
 def _manifest(**fields) -> Manifest:
     return Manifest(
-        model=ModelInfo("m", "1", "onnx", "0" * 64), profile="generic/x86-64-avx2", backend="litert",
-        backend_options={}, target_triple="x86_64-linux-gnu", edgekiln_version="0", compiler={},
-        runtime=RuntimeRequirements(arch="x86_64"), inputs=(TensorSpec("x", "float32", (1, 8)),),
-        outputs=(TensorSpec("y", "float32", (1, 4)),), files=(), validation=Validation(status="skipped"), **fields)
+        model=ModelInfo("m", "1", "onnx", "0" * 64),
+        profile="generic/x86-64-avx2",
+        backend="litert",
+        backend_options={},
+        target_triple="x86_64-linux-gnu",
+        edgekiln_version="0",
+        compiler={},
+        runtime=RuntimeRequirements(arch="x86_64"),
+        inputs=(TensorSpec("x", "float32", (1, 8)),),
+        outputs=(TensorSpec("y", "float32", (1, 4)),),
+        files=(),
+        validation=Validation(status="skipped"),
+        **fields,
+    )
 
 
 def test_build_facts_travel_in_extra_and_come_back_typed():
-    manifest = _manifest(backend_selection=SELECTION, compile_seconds=3.25, extra={"note": "kept"},
-                         graph=GraphStats(params=32, macs=32, nodes=1, op_counts={"MatMul": 1}, opset=17))
+    manifest = _manifest(
+        backend_selection=SELECTION,
+        compile_seconds=3.25,
+        extra={"note": "kept"},
+        graph=GraphStats(params=32, macs=32, nodes=1, op_counts={"MatMul": 1}, opset=17),
+    )
     data = json.loads(manifest.to_json())
     assert list(data)[-1] == "extra" and not {"backend_selection", "compile_seconds", "graph"} & set(data)
     assert data["extra"] == {
         "note": "kept",
-        "backend_selection": {"mode": "auto", "chosen": "litert", "reason": "fastest of 2 timed candidates",
-                              "candidates": [{"backend": "tvm", "status": "failed", "reason": "no toolchain"},
-                                             {"backend": "litert", "status": "built", "p50_ms": 1.5,
-                                              "ratio_to_onnxruntime": 0.52, "pairs": 3}]},
+        "backend_selection": {
+            "mode": "auto",
+            "chosen": "litert",
+            "reason": "fastest of 2 timed candidates",
+            "candidates": [
+                {"backend": "tvm", "status": "failed", "reason": "no toolchain"},
+                {"backend": "litert", "status": "built", "p50_ms": 1.5, "ratio_to_onnxruntime": 0.52, "pairs": 3},
+            ],
+        },
         "compile_seconds": 3.25,
         "graph": {"params": 32, "macs": 32, "nodes": 1, "op_counts": {"MatMul": 1}, "opset": 17},
     }
@@ -53,22 +77,35 @@ def test_a_manifest_without_build_facts_writes_an_empty_extra():
 def test_an_earlier_manifest_with_a_grab_bag_extra_loads():
     # As compile wrote it before the facts were typed: an empty graph when stats failed.
     data = json.loads(_manifest().to_json())
-    data["extra"] = {"compile_seconds": 12, "graph": {},
-                     "backend_selection": {"mode": "auto", "chosen": "tvm", "reason": "the only backend that built",
-                                           "candidates": [{"backend": "tvm", "status": "built"}]}}
+    data["extra"] = {
+        "compile_seconds": 12,
+        "graph": {},
+        "backend_selection": {
+            "mode": "auto",
+            "chosen": "tvm",
+            "reason": "the only backend that built",
+            "candidates": [{"backend": "tvm", "status": "built"}],
+        },
+    }
     manifest = Manifest.from_dict(data)
     assert manifest.compile_seconds == 12.0 and manifest.graph == GraphStats()
-    assert manifest.backend_selection == BackendSelection("auto", "tvm", "the only backend that built",
-                                                          (CandidateRecord("tvm", "built"),))
+    assert manifest.backend_selection == BackendSelection(
+        "auto", "tvm", "the only backend that built", (CandidateRecord("tvm", "built"),)
+    )
     assert manifest.extra == {}
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ({"backend_selection": {"mode": "auto", "chosen": "tvm", "reason": "r", "candidates": [{"backend": "tvm"}]}},
-     "status"),
-    ({"backend_selection": "tvm"}, "BackendSelection must be an object"),
-    ({"graph": {"flops": 1}}, "unknown fields ['flops']"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (
+            {"backend_selection": {"mode": "auto", "chosen": "tvm", "reason": "r", "candidates": [{"backend": "tvm"}]}},
+            "status",
+        ),
+        ({"backend_selection": "tvm"}, "BackendSelection must be an object"),
+        ({"graph": {"flops": 1}}, "unknown fields ['flops']"),
+    ],
+)
 def test_malformed_build_facts_are_integrity_errors(extra, needle):
     data = {**json.loads(_manifest().to_json()), "extra": extra}
     with pytest.raises(IntegrityError) as info:

@@ -14,8 +14,9 @@ def test_valid_names(name):
     assert check_name(name, "model name") == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "a_b", "a/b", "../a", "a\n", "a" * (MAX_NAME_LENGTH + 1),
-                                  "a" * 200, None, 5, "é"])
+@pytest.mark.parametrize(
+    "name", ["", "-a", "a-", "a_b", "a/b", "../a", "a\n", "a" * (MAX_NAME_LENGTH + 1), "a" * 200, None, 5, "é"]
+)
 def test_invalid_names(name):
     assert not is_valid_name(name)
     with pytest.raises(UserError, match="model name"):

@@ -17,12 +17,22 @@ def faster(bench, factor):
     """``bench`` as if everything of the candidate had been ``factor`` times the time."""
     cand = bench.candidate
     lat = LatencyStats(**{k: (v * factor if k.endswith("_ms") else v) for k, v in cand.latency.to_dict().items()})
-    cand = dataclasses.replace(cand, latency=lat, times_ms=tuple(t * factor for t in cand.times_ms),
-                               pair_ms=tuple(t * factor for t in cand.pair_ms),
-                               throughput_samples_per_s=cand.throughput_samples_per_s / factor)
-    comparisons = tuple(dataclasses.replace(c, ratio=RatioStats(**{
-        k: (v * factor if k not in ("n", "spread") else v) for k, v in c.ratio.to_dict().items()}))
-        for c in bench.comparisons)
+    cand = dataclasses.replace(
+        cand,
+        latency=lat,
+        times_ms=tuple(t * factor for t in cand.times_ms),
+        pair_ms=tuple(t * factor for t in cand.pair_ms),
+        throughput_samples_per_s=cand.throughput_samples_per_s / factor,
+    )
+    comparisons = tuple(
+        dataclasses.replace(
+            c,
+            ratio=RatioStats(
+                **{k: (v * factor if k not in ("n", "spread") else v) for k, v in c.ratio.to_dict().items()}
+            ),
+        )
+        for c in bench.comparisons
+    )
     return dataclasses.replace(bench, subjects=(cand, *bench.subjects[1:]), comparisons=comparisons)
 
 
@@ -30,8 +40,12 @@ def test_identical_reports_pass(make_bench, make_report):
     report = make_report(make_bench())
     result = gate.check(report, report)
     assert result.passed
-    assert {f.metric for f in result.checked} == {"ratio to onnxruntime", "p50 latency", "top-1 agreement",
-                                                  "max abs diff"}
+    assert {f.metric for f in result.checked} == {
+        "ratio to onnxruntime",
+        "p50 latency",
+        "top-1 agreement",
+        "max abs diff",
+    }
     assert "passed" in result.summary()
 
 
@@ -77,8 +91,14 @@ def test_accuracy_regressions(make_bench, make_report):
 
 def test_offline_throughput(make_bench, make_report):
     stored = make_report(make_bench(scenario="offline", batch=8))
-    slower = make_report(make_bench(scenario="offline", batch=8, cand_ms=(140.0, 150.0, 160.0, 145.0, 155.0),
-                                    base_ms=(14.0, 15.0, 16.0, 14.5, 15.5)))
+    slower = make_report(
+        make_bench(
+            scenario="offline",
+            batch=8,
+            cand_ms=(140.0, 150.0, 160.0, 145.0, 155.0),
+            base_ms=(14.0, 15.0, 16.0, 14.5, 15.5),
+        )
+    )
     result = gate.check(slower, stored)
     assert [f.metric for f in result.regressions] == ["throughput"]  # ratio unchanged: both slowed down
 

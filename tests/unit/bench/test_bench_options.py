@@ -16,16 +16,19 @@ def test_defaults_and_round_trip():
     assert BenchOptions(baselines=("openvino", "openvino", "torch")).baselines == ("openvino", "torch")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"runs": 3, "duration_s": 2.0}, "not both"),
-    ({"runs": 0}, "--runs"),
-    ({"duration_s": -1.0}, "--duration"),
-    ({"scenario": "server"}, "scenario"),
-    ({"baselines": ("tensorrt",)}, "unknown baseline"),
-    ({"baselines": ("none", "onnxruntime")}, "cannot be combined"),
-    ({"batch": 0}, "--batch"),
-    ({"device": "tpu"}, "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"runs": 3, "duration_s": 2.0}, "not both"),
+        ({"runs": 0}, "--runs"),
+        ({"duration_s": -1.0}, "--duration"),
+        ({"scenario": "server"}, "scenario"),
+        ({"baselines": ("tensorrt",)}, "unknown baseline"),
+        ({"baselines": ("none", "onnxruntime")}, "cannot be combined"),
+        ({"batch": 0}, "--batch"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
 def test_bad_options_are_user_errors(kwargs, needle):
     with pytest.raises(UserError, match=needle):
         BenchOptions(**kwargs)

@@ -6,13 +6,12 @@ import json
 import struct
 import zlib
 
+import matplotlib  # noqa: F401 - an installed extra: missing must fail, not skip
 import pytest
 
 from edgekiln.bench import report
 from edgekiln.bench.results import SCHEMA, BenchReport, Skipped
 from edgekiln.errors import UserError
-
-import matplotlib  # noqa: F401 - an installed extra: missing must fail, not skip
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,8 +24,8 @@ def assert_valid_png(path, min_width=300, min_height=150):
     assert kind == b"IHDR" and length == 13
     width, height = struct.unpack(">II", data[16:24])
     assert width >= min_width and height >= min_height
-    (crc,) = struct.unpack(">I", data[16 + length:20 + length])
-    assert crc == zlib.crc32(data[12:16 + length])
+    (crc,) = struct.unpack(">I", data[16 + length : 20 + length])
+    assert crc == zlib.crc32(data[12 : 16 + length])
     assert b"IDAT" in data and data.endswith(b"IEND\xaeB`\x82")
     from PIL import Image
 
@@ -40,14 +39,19 @@ def assert_valid_png(path, min_width=300, min_height=150):
 
 
 def test_report_round_trips_through_json(tmp_path, make_bench, make_report):
-    original = make_report(make_bench(), make_bench(model="resnet18", precision="int8", top1=0.98),
-                           skipped=[Skipped("x/y", "skipped", "no GPU")])
+    original = make_report(
+        make_bench(),
+        make_bench(model="resnet18", precision="int8", top1=0.98),
+        skipped=[Skipped("x/y", "skipped", "no GPU")],
+    )
     path = original.save(tmp_path / "sub" / "results.json")
     data = json.loads(path.read_text())
     assert data["schema"] == SCHEMA
     loaded = BenchReport.load(path)
     assert loaded == original
-    assert loaded.results[0].comparison("onnxruntime").speedup == pytest.approx(1 / loaded.results[0].comparisons[0].ratio.median)
+    assert loaded.results[0].comparison("onnxruntime").speedup == pytest.approx(
+        1 / loaded.results[0].comparisons[0].ratio.median
+    )
 
 
 def test_foreign_or_broken_reports_are_user_errors(tmp_path):
@@ -59,10 +63,12 @@ def test_foreign_or_broken_reports_are_user_errors(tmp_path):
 
 
 def test_plots_are_valid_png_files(tmp_path, make_bench, make_report):
-    data = make_report(make_bench(), make_bench(model="resnet18", cand_ms=(1600.0, 1650.0, 1700.0),
-                                                base_ms=(25.0, 26.0, 24.0)),
-                       make_bench(model="mobilenet_v3_small", precision="int8", top1=0.95),
-                       make_bench(model="emulated", meaningful=False))
+    data = make_report(
+        make_bench(),
+        make_bench(model="resnet18", cand_ms=(1600.0, 1650.0, 1700.0), base_ms=(25.0, 26.0, 24.0)),
+        make_bench(model="mobilenet_v3_small", precision="int8", top1=0.95),
+        make_bench(model="emulated", meaningful=False),
+    )
     paths = report.write_plots(data, tmp_path / "plots")
     assert [p.name for p in paths] == list(report.PLOTS)
     for path in paths:
@@ -75,8 +81,12 @@ def test_plots_of_an_empty_run_are_still_valid(tmp_path, make_report):
 
 
 def test_markdown_names_every_figure(make_bench, make_report):
-    data = make_report(make_bench(), skipped=[Skipped("resnet18/nvidia/h200-sxm/tvm/fp32/cuda/single-stream/b1",
-                                                      "skipped", "no NVIDIA GPU is attached")])
+    data = make_report(
+        make_bench(),
+        skipped=[
+            Skipped("resnet18/nvidia/h200-sxm/tvm/fp32/cuda/single-stream/b1", "skipped", "no NVIDIA GPU is attached")
+        ],
+    )
     text = report.markdown(data, title="T", plots=report.PLOTS)
     assert text.startswith("# T\n")
     row = next(line for line in text.splitlines() if line.startswith("| mobilenet_v2 |") and "**tvm**" in line)

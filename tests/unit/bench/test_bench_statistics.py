@@ -44,7 +44,8 @@ def test_latency_stats_in_milliseconds():
     assert stats.mean_ms == pytest.approx(25.0)
     assert stats.stdev_ms == pytest.approx(math.sqrt(500 / 3))  # sample stdev of 10, 20, 30, 40
     assert (stats.min_ms, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.max_ms) == pytest.approx(
-        (10.0, 20.0, 40.0, 40.0, 40.0))
+        (10.0, 20.0, 40.0, 40.0, 40.0)
+    )
     assert LatencyStats.from_dict(stats.to_dict()) == stats
 
 

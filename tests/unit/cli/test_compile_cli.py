@@ -31,8 +31,17 @@ def run(capsys, *argv):
 def test_backend_options_go_through_the_backend_type(capsys, captured):
     from edgekiln.compile.backends.onnxruntime.backend import ONNXRuntimeOptions
 
-    code, err = run(capsys, "--backend", "onnxruntime", "--backend-option", "intra_op_threads=2",
-                    "--backend-option", "optimization=basic", "--input-shape", "1,3,224,224")
+    code, err = run(
+        capsys,
+        "--backend",
+        "onnxruntime",
+        "--backend-option",
+        "intra_op_threads=2",
+        "--backend-option",
+        "optimization=basic",
+        "--input-shape",
+        "1,3,224,224",
+    )
     assert code != 0 and "stopped before compiling" in err
     assert captured["options"].backend_options == (ONNXRuntimeOptions(optimization="basic", intra_op_threads=2),)
     assert captured["input_shape"] == [1, 3, 224, 224]
@@ -47,14 +56,19 @@ def test_no_ptx_is_the_tvm_option_also_under_auto(capsys, captured):
     assert captured["options"].backend_options == (TVMOptions(embed_ptx=False, strip=False),)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (("--backend", "litert", "--backend-option", "threads=2"),
-     "unknown litert backend option(s) threads; valid options: quantize, calibration"),
-    (("--backend", "tvm", "--backend-option", "strip=maybe"), "tvm backend option strip must be true or false"),
-    (("--backend-option", "strip=false"), "--backend-option needs the backend it is for"),
-    (("--backend", "onnxruntime", "--no-ptx"), "--no-ptx applies to the tvm backend, not onnxruntime"),
-    (("--input-config", '{"x": [1]}', "--input-shape", "1"), "either with --input-config or with --input-shape"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ("--backend", "litert", "--backend-option", "threads=2"),
+            "unknown litert backend option(s) threads; valid options: quantize, calibration",
+        ),
+        (("--backend", "tvm", "--backend-option", "strip=maybe"), "tvm backend option strip must be true or false"),
+        (("--backend-option", "strip=false"), "--backend-option needs the backend it is for"),
+        (("--backend", "onnxruntime", "--no-ptx"), "--no-ptx applies to the tvm backend, not onnxruntime"),
+        (("--input-config", '{"x": [1]}', "--input-shape", "1"), "either with --input-config or with --input-shape"),
+    ],
+)
 def test_option_mistakes_are_one_line_errors(capsys, captured, argv, message):
     code, err = run(capsys, *argv)
     assert code != 0 and message in err and "Traceback" not in err

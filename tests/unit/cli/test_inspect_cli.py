@@ -14,16 +14,18 @@ from tests.data.hostile import artifacts as hostile
 
 
 def test_inspect_decompresses_the_artifact_once(tmp_path, capsys, monkeypatch):
-    path = hostile.plain(tmp_path / "a.tar.gz", {"model.onnx": b"onnx" * 100, "labels.txt": b"cat\ndog\n"},
-                         labels="labels.txt")
+    path = hostile.plain(
+        tmp_path / "a.tar.gz", {"model.onnx": b"onnx" * 100, "labels.txt": b"cat\ndog\n"}, labels="labels.txt"
+    )
     opened, real_open = [], gzip.open
     monkeypatch.setattr(package.gzip, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     assert cli_main.main(["inspect", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert len(opened) == 1
     assert info["archive"]["members"]["model.onnx"] == 400
-    assert info["archive"]["members"]["manifest.json"] == len(json.dumps(hostile.manifest(
-        {"model.onnx": b"onnx" * 100, "labels.txt": b"cat\ndog\n"}, labels="labels.txt")))
+    assert info["archive"]["members"]["manifest.json"] == len(
+        json.dumps(hostile.manifest({"model.onnx": b"onnx" * 100, "labels.txt": b"cat\ndog\n"}, labels="labels.txt"))
+    )
 
 
 @pytest.mark.parametrize("make", [hostile.sparse_member, hostile.claimed_member, hostile.huge_pax_header])

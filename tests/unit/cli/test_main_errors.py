@@ -46,8 +46,11 @@ def boom(monkeypatch):
     def register(subparsers):
         parser = subparsers.add_parser("boom", help="fail on purpose")
         actions = parser.add_subparsers(dest="boom_action", required=True)
-        for name, func in (("user", _fail_quoting_a_foreign_error), ("internal", _fail_with_a_bug),
-                           ("unexpected", _fail_unexpectedly)):
+        for name, func in (
+            ("user", _fail_quoting_a_foreign_error),
+            ("internal", _fail_with_a_bug),
+            ("unexpected", _fail_unexpectedly),
+        ):
             actions.add_parser(name).set_defaults(func=func)
 
     module = types.ModuleType("edgekiln.cli.boom")
@@ -70,9 +73,14 @@ def test_user_error_is_one_line_with_its_exit_code(boom, capsys):
     assert err == "edgekiln boom: error: the model has no such input (check its name)\n"
 
 
-@pytest.mark.parametrize("argv", [
-    ("--debug", "boom", "user"), ("boom", "--debug", "user"), ("boom", "user", "--debug"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--debug", "boom", "user"),
+        ("boom", "--debug", "user"),
+        ("boom", "user", "--debug"),
+    ],
+)
 def test_debug_flag_anywhere_shows_the_hidden_original_traceback(boom, capsys, argv):
     code, _, err = _run(capsys, *argv)
     assert code == 2
@@ -119,13 +127,23 @@ def test_real_command_line_error_is_one_line_and_debug_shows_the_cause(tmp_path)
     not_an_artifact.write_text("not gzip")
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
     env.pop("EDGEKILN_DEBUG", None)
-    plain = subprocess.run([sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
-                           capture_output=True, text=True, env=env, timeout=120)
+    plain = subprocess.run(
+        [sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert plain.returncode == 6  # IntegrityError
     assert plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
     assert "is not an edgekiln artifact" in plain.stderr
-    debug = subprocess.run([sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
-                           capture_output=True, text=True, env={**env, "EDGEKILN_DEBUG": "1"}, timeout=120)
+    debug = subprocess.run(
+        [sys.executable, "-m", "edgekiln.cli.main", "inspect", str(not_an_artifact)],
+        capture_output=True,
+        text=True,
+        env={**env, "EDGEKILN_DEBUG": "1"},
+        timeout=120,
+    )
     assert debug.returncode == 6
     assert "gzip.BadGzipFile: Not a gzipped file" in debug.stderr  # the cause, from the gzip stream
     assert "edgekiln.errors.IntegrityError" in debug.stderr

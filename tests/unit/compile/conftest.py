@@ -20,7 +20,8 @@ def write_model(path: Path, op: str = "MatMul") -> Path:
     if op != "MatMul":
         nodes.append(helper.make_node(op, ["h"], ["y"]))
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor("w", TensorProto.FLOAT, [8, 4], weights.ravel())],

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-from edgekiln.errors import UserError
-
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgekiln.compile.analysis import count_macs, count_params, graph_stats  # noqa: E402
+from edgekiln.errors import UserError
 
 RNG = np.random.default_rng(0)
 
@@ -33,9 +31,7 @@ def _vi(name, shape, elem=TensorProto.FLOAT):
 def _small_cnn(batch=1, height=32, width=32) -> onnx.ModelProto:
     """conv 3->8 3x3 with bias, BN, ReLU6 (Clip), depthwise 3x3 s2, GAP, Flatten, Gemm 8->10."""
     nodes = [
-        helper.make_node(
-            "Conv", ["x", "c1.w", "c1.b"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
-        ),
+        helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c1", "bn.g", "bn.b", "bn.m", "bn.v"], ["bn"]),
         helper.make_node("Clip", ["bn", "lo", "hi"], ["act"]),
         helper.make_node(
@@ -136,9 +132,7 @@ def test_matmul_gemm_transposes_and_convtranspose():
     nodes = [
         helper.make_node("MatMul", ["a", "w"], ["m"]),  # (2,3,4) x (4,5)
         helper.make_node("Gemm", ["at", "g"], ["gm"], transA=1),  # (6,2)^T x (6,7)
-        helper.make_node(
-            "ConvTranspose", ["img", "ct"], ["up"], strides=[2, 2], kernel_shape=[2, 2]
-        ),
+        helper.make_node("ConvTranspose", ["img", "ct"], ["up"], strides=[2, 2], kernel_shape=[2, 2]),
     ]
     model = _model(
         nodes,
@@ -219,8 +213,6 @@ def test_zoo_model_bn_statistics_excluded():
     model = zoo.build("mobilenet_v3_small")
     all_float = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     bn_stats = sum(
-        int(np.prod(t.dims))
-        for t in model.graph.initializer
-        if t.name.endswith(("running_mean", "running_var"))
+        int(np.prod(t.dims)) for t in model.graph.initializer if t.name.endswith(("running_mean", "running_var"))
     )
     assert count_params(model) == all_float - bn_stats == 2_542_856

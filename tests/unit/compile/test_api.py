@@ -39,9 +39,22 @@ def test_pipeline_runs_import_lower_validate_package_in_order(tiny_model, tmp_pa
 
 def test_summary_keys_are_what_ci_reads(tiny_model, tmp_path):
     summary = compile_model(tiny_model, "x86_64", tmp_path / "t.tar.gz", options=ORT).summary()
-    assert list(summary) == ["artifact", "size_bytes", "model", "version", "profile", "backend",
-                             "backend_selection", "target_triple", "cuda_arch", "inputs", "outputs",
-                             "validation", "compile_seconds", "quantization"]
+    assert list(summary) == [
+        "artifact",
+        "size_bytes",
+        "model",
+        "version",
+        "profile",
+        "backend",
+        "backend_selection",
+        "target_triple",
+        "cuda_arch",
+        "inputs",
+        "outputs",
+        "validation",
+        "compile_seconds",
+        "quantization",
+    ]
     assert summary["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 8]}]
     assert summary["backend"] == "onnxruntime" and isinstance(summary["compile_seconds"], float)
     json.dumps(summary)
@@ -73,8 +86,7 @@ def test_missing_output_directory_fails_before_import(tiny_model, tmp_path, monk
 
 def test_quantize_on_an_int8_source_is_refused(tiny_model, tmp_path, monkeypatch):
     real = api.import_model
-    monkeypatch.setattr(api, "import_model",
-                        lambda *a, **k: dataclasses.replace(real(*a, **k), prequantized=True))
+    monkeypatch.setattr(api, "import_model", lambda *a, **k: dataclasses.replace(real(*a, **k), prequantized=True))
     monkeypatch.setattr(api, "quantize_onnx", lambda *a, **k: pytest.fail("quantized"))
     options = CompileOptions(backend="onnxruntime", quantize=QuantizeOptions(calibration=str(tmp_path)))
     with pytest.raises(UserError, match="already an int8 model; compile it without --quantize"):
@@ -82,14 +94,23 @@ def test_quantize_on_an_int8_source_is_refused(tiny_model, tmp_path, monkeypatch
     assert not (tmp_path / "q.tar.gz").exists()
 
 
-@pytest.mark.parametrize("target,options,message", [
-    ("h200", CompileOptions(backend="litert"), "backend litert cannot build for nvidia/h200-sxm"),
-    ("x86_64", CompileOptions(backend="litert", quantize=QuantizeOptions(mode="int8-auto", calibration="c")),
-     "backend litert cannot build int8-auto models; use one of onnxruntime, tvm"),
-    ("x86_64", CompileOptions(backend="onnxruntime", backend_options=TVMOptions(strip=False)),
-     "TVMOptions do not apply to the onnxruntime backend"),
-    ("x86_64", CompileOptions(backend="caffe2"), "unknown backend 'caffe2'"),
-])
+@pytest.mark.parametrize(
+    "target,options,message",
+    [
+        ("h200", CompileOptions(backend="litert"), "backend litert cannot build for nvidia/h200-sxm"),
+        (
+            "x86_64",
+            CompileOptions(backend="litert", quantize=QuantizeOptions(mode="int8-auto", calibration="c")),
+            "backend litert cannot build int8-auto models; use one of onnxruntime, tvm",
+        ),
+        (
+            "x86_64",
+            CompileOptions(backend="onnxruntime", backend_options=TVMOptions(strip=False)),
+            "TVMOptions do not apply to the onnxruntime backend",
+        ),
+        ("x86_64", CompileOptions(backend="caffe2"), "unknown backend 'caffe2'"),
+    ],
+)
 def test_a_backend_that_cannot_build_fails_before_import(tiny_model, tmp_path, monkeypatch, target, options, message):
     monkeypatch.setattr(api, "import_model", lambda *a, **k: pytest.fail("imported"))
     with pytest.raises(UserError, match=message):
@@ -106,11 +127,15 @@ def test_backend_lowering_failure_leaves_nothing(tmp_path):
 
 
 def test_typed_backend_options_reach_the_backend(tiny_model, tmp_path):
-    options = CompileOptions(backend="onnxruntime", backend_options=ONNXRuntimeOptions(optimization="basic",
-                                                                                      intra_op_threads=2))
+    options = CompileOptions(
+        backend="onnxruntime", backend_options=ONNXRuntimeOptions(optimization="basic", intra_op_threads=2)
+    )
     manifest = compile_model(tiny_model, "x86_64", tmp_path / "o.tar.gz", options=options).manifest
-    assert manifest.backend_options["session"] == {"providers": ["CPUExecutionProvider"],
-                                                   "intra_op_num_threads": 2, "optimization": "basic"}
+    assert manifest.backend_options["session"] == {
+        "providers": ["CPUExecutionProvider"],
+        "intra_op_num_threads": 2,
+        "optimization": "basic",
+    }
 
 
 def test_compile_options_read_a_mapping_through_the_backend_type():
@@ -141,8 +166,9 @@ def test_validation_settings_are_checked_before_import(tiny_model, tmp_path, mon
 
 def test_labels_travel_with_the_artifact(tiny_model, tmp_path, monkeypatch):
     real = api.import_model
-    monkeypatch.setattr(api, "import_model",
-                        lambda *a, **k: dataclasses.replace(real(*a, **k), labels=("a", "b", "c", "d")))
+    monkeypatch.setattr(
+        api, "import_model", lambda *a, **k: dataclasses.replace(real(*a, **k), labels=("a", "b", "c", "d"))
+    )
     artifact = compile_model(tiny_model, "x86_64", tmp_path / "l.tar.gz", options=ORT)
     assert artifact.manifest.labels == api.LABELS_FILE
     assert [f.role for f in artifact.manifest.files] == ["labels", "model"]

@@ -34,26 +34,38 @@ def _loop(outcomes: dict[str, object], cannot_run: str | None, monkeypatch=None)
             raise outcome
         return StagedArtifact(backend=backend.id, root=Path("/nonexistent"), manifest=None)  # type: ignore[arg-type]
 
-    staged, selection = auto.compile_auto("the source", [_Fake(b) for b in outcomes], lower, get_profile("rasp4b"),
-                                          Path("/nonexistent"), cannot_run, RecordingProgress())
+    staged, selection = auto.compile_auto(
+        "the source",
+        [_Fake(b) for b in outcomes],
+        lower,
+        get_profile("rasp4b"),
+        Path("/nonexistent"),
+        cannot_run,
+        RecordingProgress(),
+    )
     return staged, selection, tried
 
 
 def test_when_the_target_cannot_run_here_the_first_that_builds_wins():
-    staged, selection, tried = _loop({"tvm": BackendError("tvm broke"), "onnxruntime": None, "litert": None},
-                                     cannot_run="this host is x86_64")
+    staged, selection, tried = _loop(
+        {"tvm": BackendError("tvm broke"), "onnxruntime": None, "litert": None}, cannot_run="this host is x86_64"
+    )
     assert staged.backend == "onnxruntime"
     # One source for every candidate, and litert never tried after onnxruntime built.
     assert tried == [("the source", "tvm"), ("the source", "onnxruntime")]
     assert selection == BackendSelection(
-        mode="auto", chosen="onnxruntime",
+        mode="auto",
+        chosen="onnxruntime",
         reason="first in the profile's preference order that built and validated (this host is x86_64)",
-        candidates=(CandidateRecord("tvm", "failed", reason="tvm broke"), CandidateRecord("onnxruntime", "built")))
+        candidates=(CandidateRecord("tvm", "failed", reason="tvm broke"), CandidateRecord("onnxruntime", "built")),
+    )
 
 
 def test_every_failure_is_recorded_and_all_failing_raises_with_the_reasons():
-    with pytest.raises(BackendError, match="no backend could build the model for raspberry-pi/4b-aarch64: "
-                                           "tvm: tvm broke; litert: no ai-edge-litert"):
+    with pytest.raises(
+        BackendError,
+        match="no backend could build the model for raspberry-pi/4b-aarch64: tvm: tvm broke; litert: no ai-edge-litert",
+    ):
         _loop({"tvm": BackendError("tvm broke"), "litert": DependencyError("no ai-edge-litert")}, cannot_run="x")
 
 
@@ -93,13 +105,19 @@ def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch
     m = artifact.manifest
     assert m.backend == "litert" and m.validation.status == "passed"
     assert m.backend_selection == BackendSelection(
-        mode="auto", chosen="litert", reason="fastest of 2 timed candidates",
-        candidates=(CandidateRecord("onnxruntime", "built", p50_ms=2.0, pairs=3),
-                    CandidateRecord("litert", "built", p50_ms=1.0, pairs=3)))
+        mode="auto",
+        chosen="litert",
+        reason="fastest of 2 timed candidates",
+        candidates=(
+            CandidateRecord("onnxruntime", "built", p50_ms=2.0, pairs=3),
+            CandidateRecord("litert", "built", p50_ms=1.0, pairs=3),
+        ),
+    )
     # The JSON CI reads keeps its layout: only the figures a candidate has.
     assert artifact.summary()["backend_selection"]["candidates"] == [
         {"backend": "onnxruntime", "status": "built", "p50_ms": 2.0, "pairs": 3},
-        {"backend": "litert", "status": "built", "p50_ms": 1.0, "pairs": 3}]
+        {"backend": "litert", "status": "built", "p50_ms": 1.0, "pairs": 3},
+    ]
 
 
 def test_auto_records_a_failing_candidate_and_keeps_the_one_that_built(tmp_path, monkeypatch, fast_profile):
@@ -129,8 +147,9 @@ def test_auto_with_int8_quantizes_once_for_the_qdq_candidates(tmp_path, monkeypa
 
     np.save(tmp_path / "cal.npy", np.random.default_rng(1).normal(size=(10, 8)).astype(np.float32))
     model = write_model(tmp_path / "tiny.onnx")
-    options = api.CompileOptions(quantize=QuantizeOptions(calibration=str(tmp_path / "cal.npy"),
-                                                          accuracy_tolerance=0.5))
+    options = api.CompileOptions(
+        quantize=QuantizeOptions(calibration=str(tmp_path / "cal.npy"), accuracy_tolerance=0.5)
+    )
     artifact = compile_model(model, "x86_64", tmp_path / "q.tar.gz", options=options)
     assert len(calls) == 1
     q = artifact.manifest.quantization

@@ -26,16 +26,22 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auto")
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 10)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [weight])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     source = tmp / "tiny.onnx"
     onnx.save(model, str(source))
-    artifacts = {name: compile_model(source, "x86_64", tmp / f"{name}.tar.gz",
-                                     options=CompileOptions(backend="onnxruntime", validate=False))
-                 for name in ("a", "b")}
+    artifacts = {
+        name: compile_model(
+            source, "x86_64", tmp / f"{name}.tar.gz", options=CompileOptions(backend="onnxruntime", validate=False)
+        )
+        for name in ("a", "b")
+    }
     return source, artifacts
 
 

@@ -16,8 +16,14 @@ from edgekiln.errors import UserError
 
 
 def test_capabilities_are_class_attributes_the_driver_reads():
-    caps = {name: (registry.get(name).quantization, registry.get(name).runs_on_emulated_board,
-                   registry.get(name).needs_calibration()) for name in registry.names()}
+    caps = {
+        name: (
+            registry.get(name).quantization,
+            registry.get(name).runs_on_emulated_board,
+            registry.get(name).needs_calibration(),
+        )
+        for name in registry.names()
+    }
     assert caps == {"litert": ("self", False, True), "onnxruntime": ("qdq", False, False), "tvm": ("qdq", True, False)}
     # int8-auto edits the QDQ graph, which a self-quantizing backend does not make.
     assert [n for n in registry.names() if registry.get(n).can_quantize(auto=True)] == ["onnxruntime", "tvm"]
@@ -32,19 +38,36 @@ def test_every_backend_options_type_uses_the_shared_base():
         assert options_type.from_dict({}) == options_type()
 
 
-@pytest.mark.parametrize("options_type,data,message", [
-    (TVMOptions, {"ptx": True}, "unknown tvm backend option(s) ptx; valid options: embed_ptx, strip"),
-    (TVMOptions, {"strip": "yes"}, "tvm backend option strip must be true or false, got 'yes'; "
-                                   "valid options: embed_ptx, strip"),
-    (ONNXRuntimeOptions, {"optimization": "max"},
-     "onnxruntime backend option optimization must be one of 'basic', 'extended', 'all' or absent, got 'max'; "
-     "valid options: optimization, intra_op_threads"),
-    (ONNXRuntimeOptions, {"intra_op_threads": 1.5}, "intra_op_threads must be an integer or absent, got 1.5"),
-    (ONNXRuntimeOptions, {"intra_op_threads": 0}, "intra_op_threads must be a positive integer, got 0"),
-    (LiteRTOptions, {"num_threads": "4"}, "litert backend option num_threads must be an integer or absent, got '4'"),
-    (LiteRTOptions, {"a": 1, "b": 2}, "unknown litert backend option(s) a, b; valid options: quantize, calibration, "
-                                      "calibration_samples, calibration_method, num_threads"),
-])
+@pytest.mark.parametrize(
+    "options_type,data,message",
+    [
+        (TVMOptions, {"ptx": True}, "unknown tvm backend option(s) ptx; valid options: embed_ptx, strip"),
+        (
+            TVMOptions,
+            {"strip": "yes"},
+            "tvm backend option strip must be true or false, got 'yes'; valid options: embed_ptx, strip",
+        ),
+        (
+            ONNXRuntimeOptions,
+            {"optimization": "max"},
+            "onnxruntime backend option optimization must be one of 'basic', 'extended', 'all' or absent, got 'max'; "
+            "valid options: optimization, intra_op_threads",
+        ),
+        (ONNXRuntimeOptions, {"intra_op_threads": 1.5}, "intra_op_threads must be an integer or absent, got 1.5"),
+        (ONNXRuntimeOptions, {"intra_op_threads": 0}, "intra_op_threads must be a positive integer, got 0"),
+        (
+            LiteRTOptions,
+            {"num_threads": "4"},
+            "litert backend option num_threads must be an integer or absent, got '4'",
+        ),
+        (
+            LiteRTOptions,
+            {"a": 1, "b": 2},
+            "unknown litert backend option(s) a, b; valid options: quantize, calibration, "
+            "calibration_samples, calibration_method, num_threads",
+        ),
+    ],
+)
 def test_unknown_keys_and_wrong_types_name_the_valid_keys(options_type, data, message):
     with pytest.raises(UserError) as info:
         options_type.from_dict(data)
@@ -59,7 +82,8 @@ def test_options_made_directly_are_checked_the_same_way():
 def test_key_value_strings_are_read_as_each_field_type():
     assert TVMOptions.from_strings(["embed_ptx=false", "strip=true"]) == TVMOptions(embed_ptx=False, strip=True)
     assert ONNXRuntimeOptions.from_strings(["intra-op-threads=2", "optimization=basic"]) == ONNXRuntimeOptions(
-        optimization="basic", intra_op_threads=2)
+        optimization="basic", intra_op_threads=2
+    )
     assert LiteRTOptions.from_strings(["num_threads=none"]) == LiteRTOptions()
     with pytest.raises(UserError, match="num_threads must be an integer or absent, got 'many'"):
         LiteRTOptions.from_strings(["num_threads=many"])

@@ -14,25 +14,31 @@ from edgekiln.compile.frontends.onnx import positional
 from edgekiln.errors import UserError
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('{"data": [1, 3, 224, 224]}', {"data": [1, 3, 224, 224]}),
-    ('{"a": [1, 3], "b": [1, 4]}', {"a": [1, 3], "b": [1, 4]}),
-    ("[1, 3, 224, 224]", [1, 3, 224, 224]),
-    ("[[1, 3, 224, 224], [1, 10]]", {"input0": [1, 3, 224, 224], "input1": [1, 10]}),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"data": [1, 3, 224, 224]}', {"data": [1, 3, 224, 224]}),
+        ('{"a": [1, 3], "b": [1, 4]}', {"a": [1, 3], "b": [1, 4]}),
+        ("[1, 3, 224, 224]", [1, 3, 224, 224]),
+        ("[[1, 3, 224, 224], [1, 10]]", {"input0": [1, 3, 224, 224], "input1": [1, 10]}),
+    ],
+)
 def test_input_config_forms(text, expected):
     assert parse_input_config(text) == expected
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{data: [1]}", "not JSON"),
-    ('{"data": [1, 0, 3]}', "positive integers"),
-    ('{"data": [1, 2.5]}', "positive integers"),
-    ('{"data": "1,3"}', "positive integers"),
-    ("{}", "names no inputs"),
-    ("[]", "positive integers"),
-    ('"x"', "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{data: [1]}", "not JSON"),
+        ('{"data": [1, 0, 3]}', "positive integers"),
+        ('{"data": [1, 2.5]}', "positive integers"),
+        ('{"data": "1,3"}', "positive integers"),
+        ("{}", "names no inputs"),
+        ("[]", "positive integers"),
+        ('"x"', "JSON object"),
+    ],
+)
 def test_bad_input_configs_are_user_errors(text, message):
     with pytest.raises(UserError, match=message):
         parse_input_config(text)
@@ -85,10 +91,17 @@ def test_folder_with_several_model_files_is_ambiguous(tmp_path):
         detect_framework(tmp_path / "empty")
 
 
-@pytest.mark.parametrize(("name", "stem"), [
-    ("resnet18_v1-symbol.json", "resnet18_v1"), ("resnet18_v1-0012.params", "resnet18_v1"),
-    ("model.tar.gz", "model"), ("mobilenet.tflite", "mobilenet"), ("net.pt2", "net"), ("cnn.keras", "cnn"),
-])
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("resnet18_v1-symbol.json", "resnet18_v1"),
+        ("resnet18_v1-0012.params", "resnet18_v1"),
+        ("model.tar.gz", "model"),
+        ("mobilenet.tflite", "mobilenet"),
+        ("net.pt2", "net"),
+        ("cnn.keras", "cnn"),
+    ],
+)
 def test_model_names_come_from_file_names(tmp_path, name, stem):
     assert model_stem(tmp_path / name) == stem
 
@@ -138,7 +151,10 @@ def test_source_hash_of_a_folder_covers_names_and_bytes(tmp_path):
 def test_frontends_are_one_table_with_one_interface():
     assert frontends.FRAMEWORKS == ("mxnet", "tensorflow", "tflite", "keras", "pytorch", "onnx")
     assert [f.options.get("framework") for f in frontends.FRONTENDS if f.module == "tensorflow"] == [
-        "tensorflow", "tflite", "keras"]
+        "tensorflow",
+        "tflite",
+        "keras",
+    ]
     assert frontends.frontend("keras").suffixes == (".h5", ".hdf5", ".keras")
     with pytest.raises(UserError, match="unknown framework 'caffe'; choose one of mxnet, tensorflow"):
         frontends.frontend("caffe")
@@ -161,24 +177,30 @@ def test_the_chosen_frontend_imports_with_the_default_name(tmp_path, monkeypatch
     assert calls == [("pytorch", "net.pt", [1, 3], "net", 64), ("mxnet", "r-symbol.json", [1, 3], None, 64)]
 
 
-@pytest.mark.parametrize(("spec", "names", "expected"), [
-    (None, ["x"], {}),
-    ([1, 3], ["x"], {"x": [1, 3]}),
-    ({"x": (1, 3)}, ["x", "y"], {"x": [1, 3]}),
-    ({"input0": [1], "input1": [2]}, ["a", "b"], {"a": [1], "b": [2]}),  # Neo's list form, in order
-])
+@pytest.mark.parametrize(
+    ("spec", "names", "expected"),
+    [
+        (None, ["x"], {}),
+        ([1, 3], ["x"], {"x": [1, 3]}),
+        ({"x": (1, 3)}, ["x", "y"], {"x": [1, 3]}),
+        ({"input0": [1], "input1": [2]}, ["a", "b"], {"a": [1], "b": [2]}),  # Neo's list form, in order
+    ],
+)
 def test_one_function_reads_the_users_input_shapes(spec, names, expected):
     from edgekiln.compile.frontends.onnx import requested_shapes
 
     assert requested_shapes(spec, names) == expected
 
 
-@pytest.mark.parametrize(("spec", "names", "message"), [
-    ({"z": [1]}, ["x"], r"the input shapes name unknown inputs \['z'\]; the TFLite model's inputs are \['x'\]"),
-    ([1, 3], ["x", "y"], "the TFLite model has 2 inputs"),
-    ([1, 0], ["x"], "must be positive integers, got \\[1, 0\\]"),
-    ({"x": "abc"}, ["x"], "must be positive integers"),
-])
+@pytest.mark.parametrize(
+    ("spec", "names", "message"),
+    [
+        ({"z": [1]}, ["x"], r"the input shapes name unknown inputs \['z'\]; the TFLite model's inputs are \['x'\]"),
+        ([1, 3], ["x", "y"], "the TFLite model has 2 inputs"),
+        ([1, 0], ["x"], "must be positive integers, got \\[1, 0\\]"),
+        ({"x": "abc"}, ["x"], "must be positive integers"),
+    ],
+)
 def test_input_shape_mistakes_are_user_errors(spec, names, message):
     from edgekiln.compile.frontends.onnx import requested_shapes
 

@@ -15,14 +15,22 @@ from edgekiln.errors import UserError
 from tests.data.hostile import artifacts as hostile
 
 names = st.sampled_from(["/etc/x", "../x", "a/../../x", "model.onnx", "d/model.onnx", "d", "..", "."]) | st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=20)
-kinds = st.sampled_from([tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE,
-                         tarfile.FIFOTYPE])
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=20
+)
+kinds = st.sampled_from(
+    [tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE]
+)
 
 
 @settings(max_examples=60, deadline=2000, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(names, kinds, st.sampled_from(["../../x", "/etc/passwd", "model.onnx", "d"]),
-                          st.binary(max_size=300)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            names, kinds, st.sampled_from(["../../x", "/etc/passwd", "model.onnx", "d"]), st.binary(max_size=300)
+        ),
+        max_size=6,
+    )
+)
 def test_any_tarball_extracts_inside_its_folder_or_is_refused(tmp_path, members):
     entries = []
     for name, kind, link, data in members:
@@ -41,7 +49,8 @@ def test_any_tarball_extracts_inside_its_folder_or_is_refused(tmp_path, members)
         neo_tarball.extract(path, dest, TarballLimits(max_bytes=1000, max_members=5))
     except UserError:
         pass
-    outside = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                     if not str(p.relative_to(root)).startswith("a/b/dest"))
+    outside = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if not str(p.relative_to(root)).startswith("a/b/dest")
+    )
     assert outside == ["a", "a/b", "m.tar.gz"]
     assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file() and not p.is_symlink()) <= 1000

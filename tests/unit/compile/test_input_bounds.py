@@ -9,12 +9,15 @@ from edgekiln.compile.frontends import check_input_sizes, import_model, parse_in
 from edgekiln.errors import UserError
 
 
-@pytest.mark.parametrize("shape", [
-    parse_input_config("[1, 3, 100000, 100000]"),
-    parse_input_config('{"data": [1, 3, 100000, 100000]}'),
-    parse_input_shape(["1,3,100000,100000"]),
-    parse_input_shape(["x:1,1,1,1,1,1,1,1,1"]),
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        parse_input_config("[1, 3, 100000, 100000]"),
+        parse_input_config('{"data": [1, 3, 100000, 100000]}'),
+        parse_input_shape(["1,3,100000,100000"]),
+        parse_input_shape(["x:1,1,1,1,1,1,1,1,1"]),
+    ],
+)
 def test_a_huge_input_shape_is_refused_before_any_work(tmp_path, shape):
     with pytest.raises(UserError, match="over the limit of 2\\^28 elements"):
         import_model("zoo:resnet18", tmp_path / "work", input_shape=shape)

@@ -19,22 +19,32 @@ def test_registered_under_its_id():
 
 def test_options_defaults_and_valid_values(tmp_path):
     assert LiteRTOptions.from_dict({}) == LiteRTOptions()
-    opts = LiteRTOptions.from_dict({"quantize": "int8", "calibration": tmp_path, "calibration_samples": 8,
-                                    "calibration_method": "percentile", "num_threads": 2})
+    opts = LiteRTOptions.from_dict(
+        {
+            "quantize": "int8",
+            "calibration": tmp_path,
+            "calibration_samples": 8,
+            "calibration_method": "percentile",
+            "num_threads": 2,
+        }
+    )
     assert opts.calibration == str(tmp_path) and opts.calibration_samples == 8 and opts.num_threads == 2
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"threads": 2}, r"unknown litert backend option\(s\) threads"),
-    ({"quantize": "int4", "calibration": "x"}, "quantize must be one of 'int8' or absent"),
-    ({"quantize": "int8"}, "int8 quantization needs calibration data"),
-    ({"calibration": "imgs/"}, "calibration only applies with quantize='int8'"),
-    ({"quantize": "int8", "calibration": 3}, "calibration must be text or absent"),
-    ({"num_threads": 0}, "num_threads must be a positive integer"),
-    ({"num_threads": True}, "num_threads must be an integer or absent"),
-    ({"quantize": "int8", "calibration": "x", "calibration_samples": "10"}, "calibration_samples must be"),
-    ({"quantize": "int8", "calibration": "x", "calibration_method": "kl"}, "calibration_method must be one of"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"threads": 2}, r"unknown litert backend option\(s\) threads"),
+        ({"quantize": "int4", "calibration": "x"}, "quantize must be one of 'int8' or absent"),
+        ({"quantize": "int8"}, "int8 quantization needs calibration data"),
+        ({"calibration": "imgs/"}, "calibration only applies with quantize='int8'"),
+        ({"quantize": "int8", "calibration": 3}, "calibration must be text or absent"),
+        ({"num_threads": 0}, "num_threads must be a positive integer"),
+        ({"num_threads": True}, "num_threads must be an integer or absent"),
+        ({"quantize": "int8", "calibration": "x", "calibration_samples": "10"}, "calibration_samples must be"),
+        ({"quantize": "int8", "calibration": "x", "calibration_method": "kl"}, "calibration_method must be one of"),
+    ],
+)
 def test_options_are_validated_on_load(data, message):
     with pytest.raises(UserError, match=message):
         LiteRTOptions.from_dict(data)
@@ -79,8 +89,10 @@ def test_written_file_is_a_valid_tflite_flatbuffer():
             offset = buffer._tab.Vector(buffer._tab.Offset(4))
             assert offset % 16 == 0
             if tensor.Name() == b"fc/weights":
-                assert np.array_equal(np.frombuffer(buffer.DataAsNumpy().tobytes(), np.float32).reshape(3, 8),
-                                      np.arange(24, dtype=np.float32).reshape(3, 8))
+                assert np.array_equal(
+                    np.frombuffer(buffer.DataAsNumpy().tobytes(), np.float32).reshape(3, 8),
+                    np.arange(24, dtype=np.float32).reshape(3, 8),
+                )
     sig = model.SignatureDefs(0)
     assert sig.SignatureKey() == b"serving_default"
     assert sig.Inputs(0).Name() == b"features" and sig.Outputs(0).Name() == b"scores"

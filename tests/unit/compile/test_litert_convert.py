@@ -3,12 +3,10 @@ converted, written as a .tflite, run by LiteRT (XNNPACK) and compared with ONNX 
 
 from __future__ import annotations
 
+import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
 import numpy as np
 import pytest
-
 import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
-import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
-
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgekiln.compile.backends.litert.convert import convert  # noqa: E402
@@ -20,11 +18,13 @@ RNG = np.random.default_rng(7)
 
 def make_model(nodes, inputs, outputs, inits=(), opset=17):
     graph = helper.make_graph(
-        nodes, "t",
+        nodes,
+        "t",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype), n)
-                     for n, a in inits],
+        initializer=[
+            numpy_helper.from_array(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype), n) for n, a in inits
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -53,8 +53,11 @@ def check(model, atol=1e-5, inputs=None):
     graph = convert(model, "test")
     content = write(graph, [i.name for i in model.graph.input], [o.name for o in model.graph.output])
     if inputs is None:
-        inputs = [RNG.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-                  for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        inputs = [
+            RNG.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input
+            if i.name not in {t.name for t in model.graph.initializer}
+        ]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(None, {i.name: x for i, x in zip(model.graph.input, inputs)})
     got = run_tflite(content, graph, inputs)
@@ -73,20 +76,31 @@ def conv_weights(cout, cin, k):
     return RNG.standard_normal((cout, cin, k, k)).astype(np.float32) / np.sqrt(cin * k * k)
 
 
-@pytest.mark.parametrize("size,k,stride,pads,dilation", [
-    (9, 3, 1, [1, 1, 1, 1], 1),   # SAME
-    (8, 3, 2, [1, 1, 1, 1], 1),   # ONNX pads the top, TFLite SAME the bottom: explicit PAD
-    (9, 3, 2, [1, 1, 1, 1], 1),   # odd size: SAME agrees
-    (8, 7, 2, [3, 3, 3, 3], 1),   # ResNet stem
-    (8, 1, 2, [0, 0, 0, 0], 1),   # VALID
-    (9, 3, 1, [2, 2, 2, 2], 2),   # dilated
-    (8, 3, 1, [0, 1, 2, 0], 1),   # asymmetric explicit pads
-])
+@pytest.mark.parametrize(
+    "size,k,stride,pads,dilation",
+    [
+        (9, 3, 1, [1, 1, 1, 1], 1),  # SAME
+        (8, 3, 2, [1, 1, 1, 1], 1),  # ONNX pads the top, TFLite SAME the bottom: explicit PAD
+        (9, 3, 2, [1, 1, 1, 1], 1),  # odd size: SAME agrees
+        (8, 7, 2, [3, 3, 3, 3], 1),  # ResNet stem
+        (8, 1, 2, [0, 0, 0, 0], 1),  # VALID
+        (9, 3, 1, [2, 2, 2, 2], 2),  # dilated
+        (8, 3, 1, [0, 1, 2, 0], 1),  # asymmetric explicit pads
+    ],
+)
 def test_conv_padding_strides_dilation(size, k, stride, pads, dilation):
     w = conv_weights(6, 4, k)
     b = RNG.standard_normal(6).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=[k, k],
-                            strides=[stride, stride], pads=pads, dilations=[dilation, dilation])
+    node = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["y"],
+        name="conv",
+        kernel_shape=[k, k],
+        strides=[stride, stride],
+        pads=pads,
+        dilations=[dilation, dilation],
+    )
     graph = check(make_model([node], [("x", [1, 4, size, size])], ["y"], [("w", w), ("b", b)]))
     assert kinds(graph)[-1] == "CONV_2D"
 
@@ -94,16 +108,18 @@ def test_conv_padding_strides_dilation(size, k, stride, pads, dilation):
 def test_auto_pad_same_upper_and_lower():
     w = conv_weights(4, 4, 3)
     for mode in ("SAME_UPPER", "SAME_LOWER", "VALID"):
-        node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], strides=[2, 2],
-                                auto_pad=mode)
+        node = helper.make_node(
+            "Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], strides=[2, 2], auto_pad=mode
+        )
         check(make_model([node], [("x", [1, 4, 8, 8])], ["y"], [("w", w)]))
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_conv(multiplier):
     w = RNG.standard_normal((4 * multiplier, 1, 3, 3)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="dw", kernel_shape=[3, 3], strides=[2, 2],
-                            pads=[1, 1, 1, 1], group=4)
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], name="dw", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=4
+    )
     graph = check(make_model([node], [("x", [1, 4, 8, 8])], ["y"], [("w", w)]))
     assert "DEPTHWISE_CONV_2D" in kinds(graph)
     dw = next(op for op in graph.ops if op.kind == "DEPTHWISE_CONV_2D")
@@ -111,13 +127,22 @@ def test_depthwise_conv(multiplier):
 
 
 def bn_inits(prefix, c):
-    return [(f"{prefix}.g", 1 + 0.1 * RNG.standard_normal(c)), (f"{prefix}.b", 0.1 * RNG.standard_normal(c)),
-            (f"{prefix}.m", 0.1 * RNG.standard_normal(c)), (f"{prefix}.v", 1 + 0.2 * RNG.random(c))]
+    return [
+        (f"{prefix}.g", 1 + 0.1 * RNG.standard_normal(c)),
+        (f"{prefix}.b", 0.1 * RNG.standard_normal(c)),
+        (f"{prefix}.m", 0.1 * RNG.standard_normal(c)),
+        (f"{prefix}.v", 1 + 0.2 * RNG.random(c)),
+    ]
 
 
 def bn(x, y, prefix, eps=1e-3):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}.g", f"{prefix}.b", f"{prefix}.m", f"{prefix}.v"],
-                            [y], name=prefix, epsilon=eps)
+    return helper.make_node(
+        "BatchNormalization",
+        [x, f"{prefix}.g", f"{prefix}.b", f"{prefix}.m", f"{prefix}.v"],
+        [y],
+        name=prefix,
+        epsilon=eps,
+    )
 
 
 def clip(x, y, name):
@@ -128,17 +153,24 @@ SCALARS = [("zero", np.array(0.0, np.float32)), ("six", np.array(6.0, np.float32
 
 
 def test_conv_batchnorm_relu6_fuse_into_one_operator():
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             bn("c", "n", "bn"), clip("n", "y", "act")]
-    graph = check(make_model(nodes, [("x", [1, 3, 8, 8])], ["y"], [("w", conv_weights(8, 3, 3)), *bn_inits("bn", 8),
-                                                                      *SCALARS]))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        bn("c", "n", "bn"),
+        clip("n", "y", "act"),
+    ]
+    graph = check(
+        make_model(nodes, [("x", [1, 3, 8, 8])], ["y"], [("w", conv_weights(8, 3, 3)), *bn_inits("bn", 8), *SCALARS])
+    )
     assert kinds(graph) == ["CONV_2D"]
     assert graph.ops[0].options["activation"] == "RELU6"
 
 
 def test_batchnorm_not_fused_when_its_input_has_other_readers():
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
-             bn("c", "n", "bn"), helper.make_node("Add", ["n", "c"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+        bn("c", "n", "bn"),
+        helper.make_node("Add", ["n", "c"], ["y"], name="add"),
+    ]
     graph = check(make_model(nodes, [("x", [1, 3, 5, 5])], ["y"], [("w", conv_weights(3, 3, 1)), *bn_inits("bn", 3)]))
     assert kinds(graph) == ["CONV_2D", "MUL", "ADD", "ADD"]
 
@@ -156,12 +188,17 @@ def test_activations():
         helper.make_node("Tanh", ["x"], ["i"], name="tanh"),
         helper.make_node("LeakyRelu", ["x"], ["j"], name="leaky", alpha=0.1),
     ]
-    inits = [("m1", np.array(-1.0, np.float32)), ("p1", np.array(1.0, np.float32)),
-             ("lo", np.array(-0.5, np.float32)), ("hi", np.array(0.7, np.float32))]
+    inits = [
+        ("m1", np.array(-1.0, np.float32)),
+        ("p1", np.array(1.0, np.float32)),
+        ("lo", np.array(-0.5, np.float32)),
+        ("hi", np.array(0.7, np.float32)),
+    ]
     x = [3 * RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)]
     graph = check(make_model(nodes, [("x", [1, 4, 6, 6])], list("abcdefghij"), inits), atol=2e-6, inputs=x)
-    assert {"RELU", "RELU_N1_TO_1", "MAXIMUM", "MINIMUM", "HARD_SWISH", "LOGISTIC", "TANH",
-            "LEAKY_RELU"} <= set(kinds(graph))
+    assert {"RELU", "RELU_N1_TO_1", "MAXIMUM", "MINIMUM", "HARD_SWISH", "LOGISTIC", "TANH", "LEAKY_RELU"} <= set(
+        kinds(graph)
+    )
 
 
 def test_binary_operators_with_broadcast_constants():
@@ -176,8 +213,13 @@ def test_binary_operators_with_broadcast_constants():
         helper.make_node("Sub", ["q", "x"], ["r"], name="sub_computed"),
         helper.make_node("Div", ["r", "p"], ["y"], name="div_computed"),
     ]
-    inits = [("c", c), ("s", np.array(0.25, np.float32)), ("c4", RNG.standard_normal((1, 4, 1, 1))),
-             ("d", np.array([2.0, 4.0, 0.5, 1.5, 3.0, 1.0], np.float32)), ("one", np.array(1.0, np.float32))]
+    inits = [
+        ("c", c),
+        ("s", np.array(0.25, np.float32)),
+        ("c4", RNG.standard_normal((1, 4, 1, 1))),
+        ("d", np.array([2.0, 4.0, 0.5, 1.5, 3.0, 1.0], np.float32)),
+        ("one", np.array(1.0, np.float32)),
+    ]
     graph = check(make_model(nodes, [("x", [1, 4, 5, 6])], ["y"], inits), atol=1e-5)
     assert "DIV" in kinds(graph) and "SUB" in kinds(graph)
 
@@ -191,8 +233,12 @@ def test_squeeze_excitation_pattern():
         helper.make_node("HardSigmoid", ["f2"], ["g"], name="gate", alpha=1 / 6, beta=0.5),
         helper.make_node("Mul", ["x", "g"], ["y"], name="scale"),
     ]
-    inits = [("w1", conv_weights(2, 8, 1)), ("b1", RNG.standard_normal(2)), ("w2", conv_weights(8, 2, 1)),
-             ("b2", RNG.standard_normal(8))]
+    inits = [
+        ("w1", conv_weights(2, 8, 1)),
+        ("b1", RNG.standard_normal(2)),
+        ("w2", conv_weights(8, 2, 1)),
+        ("b2", RNG.standard_normal(8)),
+    ]
     graph = check(make_model(nodes, [("x", [1, 8, 5, 5])], ["y"], inits))
     assert kinds(graph).count("CONV_2D") == 2 and "RELU" not in kinds(graph)
 
@@ -211,8 +257,10 @@ def test_reduce_mean_opset18_axes_input():
 @pytest.mark.parametrize("trans_b,alpha,beta", [(1, 1.0, 1.0), (0, 0.5, 2.0)])
 def test_gemm_and_flatten(trans_b, alpha, beta):
     b = RNG.standard_normal((10, 48) if trans_b else (48, 10)).astype(np.float32)
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flatten", axis=1),
-             helper.make_node("Gemm", ["f", "b", "c"], ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "b", "c"], ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta),
+    ]
     # A 4x3x4 map: flattening must follow ONNX's NCHW order, not the model's NHWC.
     graph = check(make_model(nodes, [("x", [1, 4, 3, 4])], ["y"], [("b", b), ("c", RNG.standard_normal(10))]))
     assert kinds(graph) == ["TRANSPOSE", "RESHAPE", "FULLY_CONNECTED"]
@@ -228,24 +276,31 @@ def test_matmul_and_reshape_through_shape_arithmetic():
         helper.make_node("Reshape", ["x", "shape2"], ["f"], name="reshape"),
         helper.make_node("MatMul", ["f", "w"], ["y"], name="matmul"),
     ]
-    inits = [("zero_i", np.array(0, np.int64)), ("axes0", np.array([0], np.int64)),
-             ("minus1", np.array([-1], np.int64)), ("w", RNG.standard_normal((2 * 3 * 3, 5)))]
+    inits = [
+        ("zero_i", np.array(0, np.int64)),
+        ("axes0", np.array([0], np.int64)),
+        ("minus1", np.array([-1], np.int64)),
+        ("w", RNG.standard_normal((2 * 3 * 3, 5))),
+    ]
     graph = check(make_model(nodes, [("x", [1, 2, 3, 3])], ["y"], inits))
     assert kinds(graph) == ["TRANSPOSE", "RESHAPE", "FULLY_CONNECTED"]
 
 
 def test_reshape_to_4d_and_transpose():
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
-             helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[0, 2, 1, 3]),
-             helper.make_node("Relu", ["t"], ["y"], name="relu")]
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Relu", ["t"], ["y"], name="relu"),
+    ]
     check(make_model(nodes, [("x", [1, 4, 6, 2])], ["y"], [("shape", np.array([1, 8, 3, 2], np.int64))]))
 
 
 @pytest.mark.parametrize("after_relu", [True, False])
 def test_maxpool_with_onnx_padding(after_relu):
-    nodes = [helper.make_node("Relu" if after_relu else "Identity", ["x"], ["r"], name="pre"),
-             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
-                              pads=[1, 1, 1, 1])]
+    nodes = [
+        helper.make_node("Relu" if after_relu else "Identity", ["x"], ["r"], name="pre"),
+        helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    ]
     graph = check(make_model(nodes, [("x", [1, 4, 8, 8])], ["y"]))
     # After a ReLU zero padding equals -inf padding and stays inside XNNPACK (PADV2 does not).
     assert ("PAD" if after_relu else "PADV2") in kinds(graph)
@@ -253,8 +308,16 @@ def test_maxpool_with_onnx_padding(after_relu):
 
 @pytest.mark.parametrize("pads,include", [([0, 0, 0, 0], 0), ([1, 1, 1, 1], 1), ([1, 1, 1, 1], 0)])
 def test_average_pool(pads, include):
-    node = helper.make_node("AveragePool", ["x"], ["y"], name="avg", kernel_shape=[3, 3], strides=[1, 1],
-                            pads=pads, count_include_pad=include)
+    node = helper.make_node(
+        "AveragePool",
+        ["x"],
+        ["y"],
+        name="avg",
+        kernel_shape=[3, 3],
+        strides=[1, 1],
+        pads=pads,
+        count_include_pad=include,
+    )
     check(make_model([node], [("x", [1, 4, 7, 7])], ["y"]))
 
 
@@ -275,9 +338,11 @@ def test_pad_softmax_concat_dropout():
 
 
 def test_unsupported_operators_are_all_named():
-    nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf1"),
-             helper.make_node("Relu", ["a"], ["b"], name="ok"),
-             helper.make_node("LpNormalization", ["b"], ["y"], name="lpnorm")]
+    nodes = [
+        helper.make_node("Erf", ["x"], ["a"], name="erf1"),
+        helper.make_node("Relu", ["a"], ["b"], name="ok"),
+        helper.make_node("LpNormalization", ["b"], ["y"], name="lpnorm"),
+    ]
     with pytest.raises(BackendError) as err:
         convert(make_model(nodes, [("x", [1, 4])], ["y"]), "zoo:custom")
     message = str(err.value)

@@ -3,13 +3,11 @@ model against the fp32 one on small convolutional networks."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
-import onnx  # noqa: F401 - an installed extra: missing must fail, not skip
-import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
 import ai_edge_litert  # noqa: F401 - an installed extra: missing must fail, not skip
-
+import numpy as np
+import onnx  # noqa: F401 - an installed extra: missing must fail, not skip
+import pytest
+import tflite  # noqa: F401 - an installed extra: missing must fail, not skip
 from onnx import helper  # noqa: E402
 
 from edgekiln.compile.backends.litert import quantize as q  # noqa: E402
@@ -42,8 +40,9 @@ def test_quantize_values_round_half_away_from_zero_and_saturate():
 def small_net():
     """conv+BN+ReLU6 → depthwise → HardSwish → SE-style gate → pool → FC: the zoo's int8 ops."""
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], strides=[2, 2],
-                         pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         bn("c1", "n1", "bn1"),
         helper.make_node("Clip", ["n1", "zero", "six"], ["a1"], name="relu6"),
         helper.make_node("Conv", ["a1", "w2"], ["c2"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8),
@@ -56,9 +55,15 @@ def small_net():
         helper.make_node("Flatten", ["p2"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
     ]
-    inits = [("w1", conv_weights(8, 3, 3)), *bn_inits("bn1", 8), ("zero", np.array(0.0, np.float32)),
-             ("six", np.array(6.0, np.float32)), ("w2", RNG.standard_normal((8, 1, 3, 3)) / 3),
-             ("fc.w", RNG.standard_normal((10, 8))), ("fc.b", RNG.standard_normal(10) * 0.1)]
+    inits = [
+        ("w1", conv_weights(8, 3, 3)),
+        *bn_inits("bn1", 8),
+        ("zero", np.array(0.0, np.float32)),
+        ("six", np.array(6.0, np.float32)),
+        ("w2", RNG.standard_normal((8, 1, 3, 3)) / 3),
+        ("fc.w", RNG.standard_normal((10, 8))),
+        ("fc.b", RNG.standard_normal(10) * 0.1),
+    ]
     return make_model(nodes, [("x", [1, 3, 16, 16])], ["y"], inits)
 
 
@@ -125,8 +130,9 @@ def test_prepared_hardswish_is_exact_in_fp32():
     node = helper.make_node("HardSwish", ["x"], ["y"], name="hs")
     graph = convert(make_model([node], [("x", [1, 2, 4, 4])], ["y"]))
     x = (RNG.standard_normal((1, 2, 4, 4)) * 4).astype(np.float32)
-    np.testing.assert_allclose(run(write(q.prepare(graph), ["x"], ["y"]), x), run(write(graph, ["x"], ["y"]), x),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        run(write(q.prepare(graph), ["x"], ["y"]), x), run(write(graph, ["x"], ["y"]), x), atol=1e-6
+    )
 
 
 def test_percentile_calibration_is_narrower_than_minmax():

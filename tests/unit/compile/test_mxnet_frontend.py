@@ -13,19 +13,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-from edgekiln.errors import UserError
-
 import onnx
 import onnxruntime as ort
+import pytest
 
 from edgekiln.compile.frontends import mxnet as mxf  # noqa: E402
+from edgekiln.errors import UserError
 from tests.frameworks.mxnet_reference import require_mxnet_python, run_mxnet  # noqa: E402
 
 RNG = np.random.default_rng(0)
-_FLAGS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2, np.dtype(np.uint8): 3,
-          np.dtype(np.int32): 4, np.dtype(np.int8): 5, np.dtype(np.int64): 6, np.dtype(np.bool_): 7}
+_FLAGS = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.float64): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(np.uint8): 3,
+    np.dtype(np.int32): 4,
+    np.dtype(np.int8): 5,
+    np.dtype(np.int64): 6,
+    np.dtype(np.bool_): 7,
+}
 
 
 # ---- writing test files ------------------------------------------------------------------
@@ -76,16 +82,29 @@ class Graph:
         return len(self.nodes) - 1
 
     def op(self, op: str, name: str, inputs: list[int], **attrs) -> int:
-        self.nodes.append({"op": op, "name": name, "attrs": {k: str(v) for k, v in attrs.items()},
-                           "inputs": [[i, 0, 0] for i in inputs]})
+        self.nodes.append(
+            {
+                "op": op,
+                "name": name,
+                "attrs": {k: str(v) for k, v in attrs.items()},
+                "inputs": [[i, 0, 0] for i in inputs],
+            }
+        )
         return len(self.nodes) - 1
 
     def save(self, directory: Path, heads: list[int], prefix: str = "net") -> tuple[Path, Path]:
         symbol = directory / f"{prefix}-symbol.json"
         arg_nodes = [i for i, n in enumerate(self.nodes) if n["op"] == "null"]
-        symbol.write_text(json.dumps({"nodes": self.nodes, "arg_nodes": arg_nodes,
-                                      "heads": [[h, 0, 0] for h in heads],
-                                      "attrs": {"mxnet_version": ["int", 10901]}}))
+        symbol.write_text(
+            json.dumps(
+                {
+                    "nodes": self.nodes,
+                    "arg_nodes": arg_nodes,
+                    "heads": [[h, 0, 0] for h in heads],
+                    "attrs": {"mxnet_version": ["int", 10901]},
+                }
+            )
+        )
         return symbol, write_params(directory / f"{prefix}-0000.params", self.params)
 
 
@@ -127,21 +146,42 @@ def np_max_pool(x, k, s):
 def conv_bn_relu_pool_fc(tmp_path: Path, **bn_attrs) -> tuple[Graph, dict, list[int]]:
     g = Graph()
     p = {
-        "w": RNG.standard_normal((4, 3, 3, 3)) * 0.3, "b": RNG.standard_normal(4) * 0.1,
-        "gamma": RNG.uniform(0.5, 1.5, 4) * np.array([1, -1, 1, 1]), "beta": RNG.uniform(-0.3, 0.3, 4),
-        "mean": RNG.standard_normal(4) * 0.2, "var": RNG.uniform(0.5, 2.0, 4),
-        "fc_w": RNG.standard_normal((5, 4 * 4 * 4)) * 0.2, "fc_b": RNG.standard_normal(5) * 0.1,
+        "w": RNG.standard_normal((4, 3, 3, 3)) * 0.3,
+        "b": RNG.standard_normal(4) * 0.1,
+        "gamma": RNG.uniform(0.5, 1.5, 4) * np.array([1, -1, 1, 1]),
+        "beta": RNG.uniform(-0.3, 0.3, 4),
+        "mean": RNG.standard_normal(4) * 0.2,
+        "var": RNG.uniform(0.5, 2.0, 4),
+        "fc_w": RNG.standard_normal((5, 4 * 4 * 4)) * 0.2,
+        "fc_b": RNG.standard_normal(5) * 0.1,
     }
     data = g.var("data")
-    conv = g.op("Convolution", "conv0", [data, g.var("conv0_weight", p["w"]), g.var("conv0_bias", p["b"])],
-                kernel="(3, 3)", num_filter=4, pad="(1, 1)", stride="(1, 1)")
-    bn = g.op("BatchNorm", "bn0", [conv, g.var("bn0_gamma", p["gamma"]), g.var("bn0_beta", p["beta"]),
-                                   g.var("bn0_moving_mean", p["mean"], aux=True),
-                                   g.var("bn0_moving_var", p["var"], aux=True)], **bn_attrs)
+    conv = g.op(
+        "Convolution",
+        "conv0",
+        [data, g.var("conv0_weight", p["w"]), g.var("conv0_bias", p["b"])],
+        kernel="(3, 3)",
+        num_filter=4,
+        pad="(1, 1)",
+        stride="(1, 1)",
+    )
+    bn = g.op(
+        "BatchNorm",
+        "bn0",
+        [
+            conv,
+            g.var("bn0_gamma", p["gamma"]),
+            g.var("bn0_beta", p["beta"]),
+            g.var("bn0_moving_mean", p["mean"], aux=True),
+            g.var("bn0_moving_var", p["var"], aux=True),
+        ],
+        **bn_attrs,
+    )
     relu = g.op("Activation", "relu0", [bn], act_type="relu")
     pool = g.op("Pooling", "pool0", [relu], kernel="(2, 2)", stride="(2, 2)", pool_type="max")
-    fc = g.op("FullyConnected", "fc0", [pool, g.var("fc0_weight", p["fc_w"]), g.var("fc0_bias", p["fc_b"])],
-              num_hidden=5)
+    fc = g.op(
+        "FullyConnected", "fc0", [pool, g.var("fc0_weight", p["fc_w"]), g.var("fc0_bias", p["fc_b"])], num_hidden=5
+    )
     return g, p, [fc]
 
 
@@ -225,8 +265,10 @@ def test_params_reader_agrees_with_real_mxnet(tmp_path):
     run_mxnet(MXNET_IO, str(tmp_path))
 
     expected_files = np.load(tmp_path / "expected.npz")
-    expected = {k: expected_files[f"a{i}"] for i, k in enumerate(
-        ["arg:w", "aux:h", "f64", "i32", "i8", "u8", "i64", "b", "zero_rows"])}
+    expected = {
+        k: expected_files[f"a{i}"]
+        for i, k in enumerate(["arg:w", "aux:h", "f64", "i32", "i8", "u8", "i64", "b", "zero_rows"])
+    }
     for layout, magic in (("v2", 0xF993FAC9), ("v3", 0xF993FACA)):
         raw = (tmp_path / f"{layout}.params").read_bytes()
         assert struct.unpack("<I", raw[24:28])[0] == magic  # MXNet wrote the layout we think
@@ -244,7 +286,9 @@ def test_params_reader_agrees_with_real_mxnet(tmp_path):
 
 
 def test_truncated_params_file_is_a_user_error_at_every_length(tmp_path):
-    data = write_params(tmp_path / "full.params", {"arg:w": np.ones((2, 2), np.float32), "aux:m": np.zeros(3)}).read_bytes()
+    data = write_params(
+        tmp_path / "full.params", {"arg:w": np.ones((2, 2), np.float32), "aux:m": np.zeros(3)}
+    ).read_bytes()
     cut = tmp_path / "cut.params"
     for length in range(len(data)):
         cut.write_bytes(data[:length])
@@ -252,11 +296,14 @@ def test_truncated_params_file_is_a_user_error_at_every_length(tmp_path):
             mxf.read_params(cut)
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda d: b"\x13" + d[1:], "header"),
-    (lambda d: d[:24] + b"\x00\x00\x00\x7f" + d[28:], "no NDArray magic"),
-    (lambda d: d[:16] + struct.pack("<Q", 2**40) + d[24:], "claims"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda d: b"\x13" + d[1:], "header"),
+        (lambda d: d[:24] + b"\x00\x00\x00\x7f" + d[28:], "no NDArray magic"),
+        (lambda d: d[:16] + struct.pack("<Q", 2**40) + d[24:], "claims"),
+    ],
+)
 def test_corrupt_params_file_is_a_user_error(tmp_path, mutate, reason):
     path = write_params(tmp_path / "x.params", {"arg:w": np.ones(3, np.float32)})
     path.write_bytes(mutate(path.read_bytes()))
@@ -389,8 +436,9 @@ def test_unsupported_operator_names_mxnet_the_operator_and_the_node(tmp_path):
     symbol, params = g.save(tmp_path, [g.op("Flatten", "flat0", [pooled])])
     with pytest.raises(UserError) as err:
         mxf.to_onnx(symbol, params)
-    assert err.value.message == ("MXNet operator 'ROIPooling' at node 'roi_pool0' is not supported by "
-                                 "edgekiln's MXNet importer")
+    assert err.value.message == (
+        "MXNet operator 'ROIPooling' at node 'roi_pool0' is not supported by edgekiln's MXNet importer"
+    )
     assert "Convolution" in err.value.hint and "BatchNorm" in err.value.hint
 
 
@@ -398,8 +446,11 @@ def test_param_that_does_not_fit_its_operator_names_node_and_param(tmp_path):
     g, p, heads = conv_bn_relu_pool_fc(tmp_path)
     g.params["arg:conv0_weight"] = np.ones((8, 3, 3, 3), np.float32)  # num_filter is 4
     symbol, params = g.save(tmp_path, heads)
-    with pytest.raises(UserError, match=r"parameter 'conv0_weight' \(weight of MXNet node 'conv0', Convolution\) "
-                                        r"has shape \(8, 3, 3, 3\)"):
+    with pytest.raises(
+        UserError,
+        match=r"parameter 'conv0_weight' \(weight of MXNet node 'conv0', Convolution\) "
+        r"has shape \(8, 3, 3, 3\)",
+    ):
         mxf.to_onnx(symbol, params)
 
 
@@ -408,8 +459,11 @@ def test_batchnorm_channels_that_do_not_match_the_conv_are_caught_without_input_
     for name in ("arg:bn0_gamma", "arg:bn0_beta", "aux:bn0_moving_mean", "aux:bn0_moving_var"):
         g.params[name] = np.ones(6, np.float32)
     symbol, params = g.save(tmp_path, heads)
-    with pytest.raises(UserError, match=r"'bn0_gamma' of MXNet node 'bn0' \(BatchNorm\) fits channels 6, "
-                                        r"but the node's input has 4"):
+    with pytest.raises(
+        UserError,
+        match=r"'bn0_gamma' of MXNet node 'bn0' \(BatchNorm\) fits channels 6, "
+        r"but the node's input has 4",
+    ):
         mxf.to_onnx(symbol, params)
 
 
@@ -426,18 +480,27 @@ def test_missing_param_is_named(tmp_path):
     g, p, heads = conv_bn_relu_pool_fc(tmp_path)
     del g.params["aux:bn0_moving_var"]
     symbol, params = g.save(tmp_path, heads)
-    with pytest.raises(UserError, match=r"parameter 'bn0_moving_var' \(moving_var of MXNet node 'bn0', BatchNorm\) "
-                                        r"is missing from .*net-0000\.params"):
+    with pytest.raises(
+        UserError,
+        match=r"parameter 'bn0_moving_var' \(moving_var of MXNet node 'bn0', BatchNorm\) "
+        r"is missing from .*net-0000\.params",
+    ):
         mxf.to_onnx(symbol, params)
 
 
-@pytest.mark.parametrize("text, reason", [
-    ('{"nodes": [', "malformed JSON"),
-    ('[1, 2]', "expected a JSON object with 'nodes' and 'heads'"),
-    ('{"nodes": [{"op": "null", "name": "data", "inputs": []}], "heads": []}', "no outputs"),
-    ('{"nodes": [{"op": "relu", "name": "r", "inputs": [[1, 0, 0]]}, {"op": "null", "name": "x", "inputs": []}],'
-     ' "heads": [[0, 0, 0]]}', "node 'r': entry \\[1, 0, 0\\] refers to a node that does not come before it"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ('{"nodes": [', "malformed JSON"),
+        ("[1, 2]", "expected a JSON object with 'nodes' and 'heads'"),
+        ('{"nodes": [{"op": "null", "name": "data", "inputs": []}], "heads": []}', "no outputs"),
+        (
+            '{"nodes": [{"op": "relu", "name": "r", "inputs": [[1, 0, 0]]}, {"op": "null", "name": "x", "inputs": []}],'
+            ' "heads": [[0, 0, 0]]}',
+            "node 'r': entry \\[1, 0, 0\\] refers to a node that does not come before it",
+        ),
+    ],
+)
 def test_malformed_symbol_is_a_user_error(tmp_path, text, reason):
     symbol = tmp_path / "bad-symbol.json"
     symbol.write_text(text)
@@ -451,8 +514,11 @@ def test_bad_attribute_values_are_user_errors(tmp_path):
     data = g.var("data")
     pool = g.op("Pooling", "pool0", [data], kernel="(a, 3)", pool_type="max")
     symbol, params = g.save(tmp_path, [pool])
-    with pytest.raises(UserError, match=r"attribute kernel='\(a, 3\)' of MXNet node 'pool0' \(Pooling\) is not "
-                                        r"a tuple of integers"):
+    with pytest.raises(
+        UserError,
+        match=r"attribute kernel='\(a, 3\)' of MXNet node 'pool0' \(Pooling\) is not "
+        r"a tuple of integers",
+    ):
         mxf.to_onnx(symbol, params)
 
 
@@ -461,8 +527,17 @@ def test_attribute_spellings_are_parsed(tmp_path):
     data = g.var("data")
     w = g.var("w", RNG.standard_normal((2, 3, 1, 1)))
     # Python 2 era longs, list brackets and lower-case booleans all occur in saved symbols.
-    conv = g.op("Convolution", "conv0", [data, w], kernel="[1L, 1L]", num_filter="2L", no_bias="true",
-                stride="(1,1)", pad="()", layout="None")
+    conv = g.op(
+        "Convolution",
+        "conv0",
+        [data, w],
+        kernel="[1L, 1L]",
+        num_filter="2L",
+        no_bias="true",
+        stride="(1,1)",
+        pad="()",
+        layout="None",
+    )
     symbol, params = g.save(tmp_path, [conv])
     model = mxf.to_onnx(symbol, params, {"data": [1, 3, 4, 4]})
     x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
@@ -472,8 +547,9 @@ def test_attribute_spellings_are_parsed(tmp_path):
 
 def test_full_pooling_is_ceil_mode_and_refuses_a_last_window_in_the_padding(tmp_path):
     g = Graph()
-    pool = g.op("Pooling", "pool0", [g.var("data")], kernel="(3, 3)", stride="(2, 2)", pad="(1, 1)",
-                pooling_convention="full")
+    pool = g.op(
+        "Pooling", "pool0", [g.var("data")], kernel="(3, 3)", stride="(2, 2)", pad="(1, 1)", pooling_convention="full"
+    )
     symbol, params = g.save(tmp_path, [pool])
     model = mxf.to_onnx(symbol, params, {"data": [1, 1, 6, 6]})
     x = RNG.standard_normal((1, 1, 6, 6)).astype(np.float32)
@@ -484,8 +560,9 @@ def test_full_pooling_is_ceil_mode_and_refuses_a_last_window_in_the_padding(tmp_
     np.testing.assert_array_equal(got, np_max_pool(padded, 3, 2))
 
     g = Graph()
-    pool = g.op("Pooling", "pool1", [g.var("data")], kernel="(2, 2)", stride="(2, 2)", pad="(1, 1)",
-                pooling_convention="full")
+    pool = g.op(
+        "Pooling", "pool1", [g.var("data")], kernel="(2, 2)", stride="(2, 2)", pad="(1, 1)", pooling_convention="full"
+    )
     symbol, params = g.save(tmp_path, [pool], prefix="edge")
     with pytest.raises(UserError, match="'pool1'.*last window inside the padding for input size 5"):
         mxf.to_onnx(symbol, params, {"data": [1, 1, 5, 5]})
@@ -494,7 +571,11 @@ def test_full_pooling_is_ceil_mode_and_refuses_a_last_window_in_the_padding(tmp_
 def test_importing_the_module_has_no_side_effects():
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, edgekiln.compile.frontends.mxnet; print('onnx' in sys.modules)"],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[3])
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert probe.stdout.strip() == "False"
 
 
@@ -504,8 +585,9 @@ def test_importing_the_module_has_no_side_effects():
 def _params_with_dims(path: Path, dims: tuple[int, ...]) -> Path:
     """One float32 array whose header claims ``dims``, with no data after it."""
     head = struct.pack("<Iii", 0xF993FAC9, 0, len(dims)) + struct.pack(f"<{len(dims)}q", *dims)
-    path.write_bytes(struct.pack("<QQQ", 0x112, 0, 1) + head + struct.pack("<iii", 1, 0, 0)
-                     + struct.pack("<QQ", 1, 1) + b"w")
+    path.write_bytes(
+        struct.pack("<QQQ", 0x112, 0, 1) + head + struct.pack("<iii", 1, 0, 0) + struct.pack("<QQ", 1, 1) + b"w"
+    )
     return path
 
 
@@ -516,19 +598,25 @@ def test_params_shape_that_overflows_is_a_user_error(tmp_path, dims):
         mxf.read_params(_params_with_dims(tmp_path / "x.params", dims))
 
 
-@pytest.mark.parametrize("op, attrs, key", [
-    ("Pooling", {"kernel": f"({10**30}, 3)", "pool_type": "max"}, "kernel"),
-    ("Reshape", {"shape": f"(1, {2**63})"}, "shape"),
-    ("softmax", {"axis": str(-(2**63) - 1)}, "axis"),
-    ("Concat", {"dim": str(10**30)}, "dim"),
-    ("transpose", {"axes": f"(1, {10**30})"}, "axes"),
-])
+@pytest.mark.parametrize(
+    "op, attrs, key",
+    [
+        ("Pooling", {"kernel": f"({10**30}, 3)", "pool_type": "max"}, "kernel"),
+        ("Reshape", {"shape": f"(1, {2**63})"}, "shape"),
+        ("softmax", {"axis": str(-(2**63) - 1)}, "axis"),
+        ("Concat", {"dim": str(10**30)}, "dim"),
+        ("transpose", {"axes": f"(1, {10**30})"}, "axes"),
+    ],
+)
 def test_attribute_that_overflows_int64_is_a_user_error(tmp_path, op, attrs, key):
     g = Graph()
     node = g.op(op, "n0", [g.var("data")], **attrs)
     symbol, params = g.save(tmp_path, [node])
-    with pytest.raises(UserError, match=rf"attribute {key}=.* of MXNet node 'n0' \({op}\) is not an? .*"
-                                        r"fits? in 64 bits"):
+    with pytest.raises(
+        UserError,
+        match=rf"attribute {key}=.* of MXNet node 'n0' \({op}\) is not an? .*"
+        r"fits? in 64 bits",
+    ):
         mxf.to_onnx(symbol, params, {"data": [1, 3, 8, 8]})
 
 
@@ -541,13 +629,18 @@ def test_input_shape_that_overflows_is_a_user_error(tmp_path, shape):
         mxf.to_onnx(symbol, params, {"data": shape})
 
 
-@pytest.mark.parametrize("text, reason", [
-    ('{"nodes": [], "heads": [[0, ' + "9" * 5000 + ', 0]]}', "an integer in it is too long"),
-    ('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + ', "heads": []}', "nested too deeply"),
-    ('{"nodes": [{"op": "null", "name": "data", "inputs": []}, '
-     '{"op": "relu", "name": "r", "inputs": [[0, ' + str(2**70) + ', 0]]}], "heads": [[1, 0, 0]]}',
-     "reads output 1180591620717411303424 of variable 'data', which has only output 0"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ('{"nodes": [], "heads": [[0, ' + "9" * 5000 + ", 0]]}", "an integer in it is too long"),
+        ('{"nodes": ' + "[" * 100_000 + "]" * 100_000 + ', "heads": []}', "nested too deeply"),
+        (
+            '{"nodes": [{"op": "null", "name": "data", "inputs": []}, '
+            '{"op": "relu", "name": "r", "inputs": [[0, ' + str(2**70) + ', 0]]}], "heads": [[1, 0, 0]]}',
+            "reads output 1180591620717411303424 of variable 'data', which has only output 0",
+        ),
+    ],
+)
 def test_symbol_numbers_that_overflow_are_user_errors(tmp_path, text, reason):
     symbol = tmp_path / "big-symbol.json"
     symbol.write_text(text)

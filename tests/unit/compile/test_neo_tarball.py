@@ -16,8 +16,9 @@ def test_a_member_claiming_3_gib_is_refused_before_it_is_written(tmp_path):
         neo_tarball.extract(hostile.neo_claimed(tmp_path / "m.tar.gz", size=5 << 30), tmp_path / "out")
     assert "EDGEKILN_MAX_MODEL_TARBALL_BYTES" in refused.value.one_line()
     with pytest.raises(UserError, match="over 1073741824 bytes"):
-        neo_tarball.extract(hostile.neo_claimed(tmp_path / "n.tar.gz"), tmp_path / "out",
-                            TarballLimits(max_bytes=1 << 30))
+        neo_tarball.extract(
+            hostile.neo_claimed(tmp_path / "n.tar.gz"), tmp_path / "out", TarballLimits(max_bytes=1 << 30)
+        )
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -148,18 +148,12 @@ def test_published_figures():
 
 
 def test_llvm_target_strings():
-    assert get_profile("rasp4b").llvm_target() == (
-        "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon"
-    )
+    assert get_profile("rasp4b").llvm_target() == ("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon")
     assert get_profile("rasp3b").llvm_target() == (
         "llvm -mtriple=armv7l-linux-gnueabihf -mcpu=cortex-a53 -mattr=+neon,+vfp4"
     )
-    assert get_profile("x86_64").llvm_target() == (
-        "llvm -mtriple=x86_64-linux-gnu -mcpu=haswell -mattr=+avx2,+fma"
-    )
-    no_attrs = dataclasses.replace(
-        get_profile("rasp4b"), cpu=dataclasses.replace(get_profile("rasp4b").cpu, mattr=())
-    )
+    assert get_profile("x86_64").llvm_target() == ("llvm -mtriple=x86_64-linux-gnu -mcpu=haswell -mattr=+avx2,+fma")
+    no_attrs = dataclasses.replace(get_profile("rasp4b"), cpu=dataclasses.replace(get_profile("rasp4b").cpu, mattr=()))
     assert no_attrs.llvm_target() == "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72"
 
 
@@ -250,7 +244,11 @@ def test_optional_tables_may_be_left_out(tmp_path):
         # unknown keys, at the top and in a table
         ('name = "Acme Board 1"', 'name = "Acme Board 1"\nalias = ["x"]', r"unknown key 'alias'"),
         ("cores = 4", "cores = 4\nclock_ghz = 1.5", r"unknown key 'cpu\.clock_ghz'.*valid keys in \[cpu\]"),
-        ('qemu_binary = "qemu-aarch64"', 'qemu_binary = "qemu-aarch64"\nmachine = "virt"', r"unknown key 'emulation\.machine'"),
+        (
+            'qemu_binary = "qemu-aarch64"',
+            'qemu_binary = "qemu-aarch64"\nmachine = "virt"',
+            r"unknown key 'emulation\.machine'",
+        ),
         # missing keys
         ('name = "Acme Board 1"\n', "", r"missing required key 'name'"),
         ("cores = 4\n", "", r"missing required key 'cpu\.cores'"),
@@ -263,14 +261,26 @@ def test_optional_tables_may_be_left_out(tmp_path):
         ('mattr = ["+neon"]', 'mattr = "+neon"', r"'cpu\.mattr' must be a list of strings"),
         ('mattr = ["+neon"]', 'mattr = ["neon"]', r"not in LLVM form"),
         # values outside their sets
-        ('backends = ["tvm", "onnxruntime"]', 'backends = ["tvm", "tensorrt"]', r"unknown backend 'tensorrt'.*valid: tvm, onnxruntime, litert"),
+        (
+            'backends = ["tvm", "onnxruntime"]',
+            'backends = ["tvm", "tensorrt"]',
+            r"unknown backend 'tensorrt'.*valid: tvm, onnxruntime, litert",
+        ),
         ('backends = ["tvm", "onnxruntime"]', "backends = []", r"'backends' must not be empty"),
         ('backends = ["tvm", "onnxruntime"]', 'backends = ["tvm", "tvm"]', r"lists a value twice"),
-        ('arch = "aarch64"', 'arch = "riscv64"', r"unknown arch 'riscv64' in 'cpu\.arch'.*valid: x86_64, aarch64, armv7l"),
+        (
+            'arch = "aarch64"',
+            'arch = "riscv64"',
+            r"unknown arch 'riscv64' in 'cpu\.arch'.*valid: x86_64, aarch64, armv7l",
+        ),
         ('arch = "aarch64"', 'arch = "armv7l"', r"'cpu\.triple' = 'aarch64-linux-gnu' does not match arch 'armv7l'"),
         ('id = "acme/board-1"', 'id = "board-1"', r"'id' = 'board-1' is not of the form 'vendor/board'"),
         ('aliases = ["acme1"]', 'aliases = ["acme/1"]', r"alias 'acme/1'"),
-        ('qemu_binary = "qemu-aarch64"', 'qemu_binary = "qemu-arm"', r"'emulation\.qemu_binary'; valid for arch 'aarch64': qemu-aarch64"),
+        (
+            'qemu_binary = "qemu-aarch64"',
+            'qemu_binary = "qemu-arm"',
+            r"'emulation\.qemu_binary'; valid for arch 'aarch64': qemu-aarch64",
+        ),
         ('"manylinux_2_28_aarch64"', '"manylinux_2_28_x86_64"', r"not for arch 'aarch64'"),
     ],
 )

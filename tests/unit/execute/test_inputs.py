@@ -11,8 +11,15 @@ from edgekiln.artifact.manifest import TensorSpec
 from edgekiln.errors import BackendError
 from edgekiln.execute.inputs import compare_outputs, make_inputs
 
-IMAGENET = {"layout": "NCHW", "color": "RGB", "resize": 256, "crop": 224, "scale": 1 / 255.0,
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET = {
+    "layout": "NCHW",
+    "color": "RGB",
+    "resize": 256,
+    "crop": 224,
+    "scale": 1 / 255.0,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
 
 
 def test_the_same_seed_gives_the_same_inputs_and_another_seed_others():

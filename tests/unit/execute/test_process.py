@@ -10,8 +10,10 @@ from edgekiln.errors import BackendError, DependencyError
 from edgekiln.execute.runners import ProcessChannel, Worker, relay, worker_env
 
 ECHO = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n"
-DIE = ("import sys\nsys.stdin.readline()\nprint('first line', file=sys.stderr)\n"
-       "print('RuntimeError: the model is gone', file=sys.stderr)\nsys.exit(3)\n")
+DIE = (
+    "import sys\nsys.stdin.readline()\nprint('first line', file=sys.stderr)\n"
+    "print('RuntimeError: the model is gone', file=sys.stderr)\nsys.exit(3)\n"
+)
 
 
 def test_a_worker_that_dies_is_a_backend_error_with_its_last_stderr_line():
@@ -24,8 +26,9 @@ def test_a_worker_that_dies_is_a_backend_error_with_its_last_stderr_line():
 
 
 def test_a_worker_killed_by_a_signal_says_which():
-    channel = ProcessChannel([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
-                             None, "tvm")
+    channel = ProcessChannel(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], None, "tvm"
+    )
     with pytest.raises(BackendError, match="died with signal 9"):
         channel.receive()
     channel.close()
@@ -56,8 +59,9 @@ def test_relay_kills_the_worker_when_the_request_stream_fails():
         yield "one"
         raise ConnectionError("client gone")
 
-    channel = ProcessChannel([sys.executable, "-c", "import time, sys\nsys.stdin.readline()\ntime.sleep(60)\n"],
-                             None, "relay")
+    channel = ProcessChannel(
+        [sys.executable, "-c", "import time, sys\nsys.stdin.readline()\ntime.sleep(60)\n"], None, "relay"
+    )
     assert list(relay(channel, broken())) == []
     assert channel.returncode == -9 and "signal 9" in channel.failure()
     channel.close()

@@ -107,8 +107,10 @@ def _slow(factor):
 def test_pairs_interleave_and_balance_and_report_progress(capsys):
     import io
 
-    subjects = [timing.Timed("slow", Worker(InProcessChannel(_slow(8)), "slow")),
-                timing.Timed("fast", Worker(InProcessChannel(_slow(1)), "fast"))]
+    subjects = [
+        timing.Timed("slow", Worker(InProcessChannel(_slow(8)), "slow")),
+        timing.Timed("fast", Worker(InProcessChannel(_slow(1)), "fast")),
+    ]
     for s in subjects:
         s.worker.load({"kind": "fake"}, [[np.zeros((1, 2), np.float32)]])
     timing.warm_up(subjects, 2, 1)
@@ -128,9 +130,11 @@ def test_local_worker_runs_an_onnx_model_and_reports_a_child_death(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "tiny",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path = tmp_path / "tiny.onnx"

@@ -21,7 +21,9 @@ def test_zoo_mobilenet_v3_small_matches_onnxruntime():
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
     with torch.inference_mode():
         got = module(torch.from_numpy(x)).numpy()
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[
+        0
+    ]
     assert got.shape == want.shape == (1, 1000)
     assert np.max(np.abs(got - want)) < 1e-4
     assert np.argmax(got) == np.argmax(want)
@@ -46,8 +48,13 @@ def test_small_graph_with_pooling_clip_and_asymmetric_pads():
         helper.make_node("Reshape", ["a", "shape"], ["y0"]),
         helper.make_node("Softmax", ["y0"], ["y"], axis=-1),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 36])], [w, lo, hi, shape])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 36])],
+        [w, lo, hi, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -63,8 +70,11 @@ def test_unsupported_operators_are_named():
 
     from edgekiln.execute.torch_graph import convert
 
-    graph = helper.make_graph([helper.make_node("LSTM", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
     with pytest.raises(UserError, match="LSTM"):
         convert(helper.make_model(graph))

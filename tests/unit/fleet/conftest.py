@@ -29,8 +29,7 @@ class FleetApi:
         return self.device(ADMIN, method, path, **kw)
 
     def device(self, token: str, method: str, path: str, *, headers=None, **kw):
-        return self.client.request(method, path, headers={"Authorization": f"Bearer {token}", **(headers or {})},
-                                   **kw)
+        return self.client.request(method, path, headers={"Authorization": f"Bearer {token}", **(headers or {})}, **kw)
 
     def register(self, fleet: str, device: str, **extra) -> str:
         answer = self.admin("POST", "/v1/devices", json={"fleet": fleet, "device": device, **extra})
@@ -48,8 +47,17 @@ class FleetApi:
 
 
 def heartbeat(hid: str = "h1", ts: float = 1_800_000_000.0, **fields):
-    return {"heartbeat_id": hid, "timestamp": ts, "device_name": "d1", "device_fleet_name": "f", "agent_version": "1",
-            "agent_metrics": [], "models": [], "faults": [], **fields}
+    return {
+        "heartbeat_id": hid,
+        "timestamp": ts,
+        "device_name": "d1",
+        "device_fleet_name": "f",
+        "agent_version": "1",
+        "agent_metrics": [],
+        "models": [],
+        "faults": [],
+        **fields,
+    }
 
 
 @pytest.fixture
@@ -59,9 +67,16 @@ def make_fleet(tmp_path):
 
     def make(**overrides) -> FleetApi:
         clock = [time.time()]
-        options = FleetOptions(**{"database_url": f"sqlite:///{tmp_path / 'f.db'}", "admin_token": ADMIN,
-                                  "object_store": "local", "objects_dir": tmp_path / "objects",
-                                  "presign_seconds": 60, **overrides})
+        options = FleetOptions(
+            **{
+                "database_url": f"sqlite:///{tmp_path / 'f.db'}",
+                "admin_token": ADMIN,
+                "object_store": "local",
+                "objects_dir": tmp_path / "objects",
+                "presign_seconds": 60,
+                **overrides,
+            }
+        )
         client = TestClient(create_app(options, clock=lambda: clock[0]), base_url=BASE)
         client.__enter__()
         clients.append(client)

@@ -26,8 +26,10 @@ def test_operator_routes_need_the_admin_token(api):
 
 
 def test_health_says_nothing_about_where_data_lives(api):
-    assert api.client.get("/v1/health").json() == {"status": "ok", "version": api.client.get(
-        "/v1/health").json()["version"]}
+    assert api.client.get("/v1/health").json() == {
+        "status": "ok",
+        "version": api.client.get("/v1/health").json()["version"],
+    }
     assert set(api.client.get("/v1/health").json()) == {"status", "version"}
     status = api.admin("GET", "/v1/status").json()
     assert status["objects"] == f"directory {api.root / 'objects'}" and status["database"].startswith("sqlite")
@@ -57,8 +59,13 @@ def test_heartbeats_need_a_device_token_of_that_device(api, hb):
 @pytest.mark.parametrize("timestamp", [float("nan"), float("inf"), float("-inf"), 1e308, -1.0, 4.2e9, "soon", None])
 def test_absurd_heartbeat_timestamps_are_refused(api, hb, timestamp):
     token = api.register("f", "d1")
-    answer = api.device(token, "POST", "/v1/agent/heartbeats", content=_json(hb("h1", timestamp)),
-                        headers={"Content-Type": "application/json"})
+    answer = api.device(
+        token,
+        "POST",
+        "/v1/agent/heartbeats",
+        content=_json(hb("h1", timestamp)),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 422, answer.text
     assert api.rows("heartbeats") == 0
 
@@ -86,12 +93,20 @@ def test_faults_and_metrics_are_typed(api, hb):
     described = api.admin("GET", "/v1/devices/f/d1").json()
     assert described["faults"][0] == {**fault, "reported_at": api.clock[0]}
     assert described["agent_metrics"] == {"cpu_percent": 1.5}
-    for bad in ({"faults": [{"kind": "x", "nested": {"a": 1}}]},
-                {"agent_metrics": [{"metric_name": "m", "value": float("nan")}]},
-                {"models": [{"model_name": "bad name"}]},
-                {"agent_version": "1\u0000"}, {"heartbeat_id": "a/b"}):
-        answer = api.device(token, "POST", "/v1/agent/heartbeats", content=_json({**hb("h9"), **bad}),
-                            headers={"Content-Type": "application/json"})
+    for bad in (
+        {"faults": [{"kind": "x", "nested": {"a": 1}}]},
+        {"agent_metrics": [{"metric_name": "m", "value": float("nan")}]},
+        {"models": [{"model_name": "bad name"}]},
+        {"agent_version": "1\u0000"},
+        {"heartbeat_id": "a/b"},
+    ):
+        answer = api.device(
+            token,
+            "POST",
+            "/v1/agent/heartbeats",
+            content=_json({**hb("h9"), **bad}),
+            headers={"Content-Type": "application/json"},
+        )
         assert answer.status_code == 422, bad
 
 
@@ -102,8 +117,18 @@ def test_uploads_stay_in_the_devices_prefix(api):
     assert answer["prefix"] == "f/d1/"
     url = answer["urls"]["m/2027-01-01/b.jsonl"]
     assert "/v1/objects/f/d1/m/2027-01-01/b.jsonl?" in url
-    for bad in ("../d2/x", "/abs", "a//b", "a/../../d2/x", "a b", "m/x\n", "k.jsonl", "bad_model/x", "m/" + "x" * 129,
-                "-m/x"):
+    for bad in (
+        "../d2/x",
+        "/abs",
+        "a//b",
+        "a/../../d2/x",
+        "a b",
+        "m/x\n",
+        "k.jsonl",
+        "bad_model/x",
+        "m/" + "x" * 129,
+        "-m/x",
+    ):
         assert api.device(t1, "POST", "/v1/agent/uploads", json={"keys": [bad]}).status_code in (400, 422), bad
     path = url.split("127.0.0.1:9", 1)[1]
     assert client.put(path, content=b"line\n").status_code == 200
@@ -135,18 +160,21 @@ def test_expired_presigned_url_is_refused(make_fleet):
     assert api.client.put(url.split("127.0.0.1:9", 1)[1], content=b"x").status_code == 403
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"database_url": ""}, "database URL"),
-    ({"admin_token": "short"}, "admin token"),
-    ({"object_store": "ftp"}, "object store"),
-    ({"object_store": "local", "objects_dir": None}, "objects-dir"),
-    ({"s3_bucket": "Bad_Bucket"}, "bucket"),
-    ({"s3_bucket": "bucket\n"}, "bucket"),
-    ({"presign_seconds": 0}, "presigned"),
-    ({"max_body_bytes": 0}, "max_body_bytes"),
-    ({"max_heartbeats_per_request": True}, "max_heartbeats_per_request"),
-    ({"max_object_bytes": 1.5}, "max_object_bytes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"database_url": ""}, "database URL"),
+        ({"admin_token": "short"}, "admin token"),
+        ({"object_store": "ftp"}, "object store"),
+        ({"object_store": "local", "objects_dir": None}, "objects-dir"),
+        ({"s3_bucket": "Bad_Bucket"}, "bucket"),
+        ({"s3_bucket": "bucket\n"}, "bucket"),
+        ({"presign_seconds": 0}, "presigned"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"max_heartbeats_per_request": True}, "max_heartbeats_per_request"),
+        ({"max_object_bytes": 1.5}, "max_object_bytes"),
+    ],
+)
 def test_options_are_validated(tmp_path, kwargs, match):
     base = {"database_url": "sqlite://", "admin_token": ADMIN, "object_store": "s3"}
     with pytest.raises(UserError, match=match):

@@ -20,8 +20,12 @@ ADMIN = "admin-token-0123456789"
 def served(tmp_path, monkeypatch):
     import uvicorn
 
-    options = FleetOptions(database_url=f"sqlite:///{tmp_path / 'f.db'}", admin_token=ADMIN, object_store="local",
-                           objects_dir=tmp_path / "objects")
+    options = FleetOptions(
+        database_url=f"sqlite:///{tmp_path / 'f.db'}",
+        admin_token=ADMIN,
+        object_store="local",
+        objects_dir=tmp_path / "objects",
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -49,10 +53,15 @@ def heartbeat(endpoint: str, token: str) -> int:
     import urllib.error
     import urllib.request
 
-    body = json.dumps({"heartbeats": [{"heartbeat_id": f"h{time.time_ns()}", "timestamp": time.time(),
-                                       "dead_letter_batches": 4}]}).encode()
-    request = urllib.request.Request(endpoint + "/v1/agent/heartbeats", data=body, method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    body = json.dumps(
+        {"heartbeats": [{"heartbeat_id": f"h{time.time_ns()}", "timestamp": time.time(), "dead_letter_batches": 4}]}
+    ).encode()
+    request = urllib.request.Request(
+        endpoint + "/v1/agent/heartbeats",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status

@@ -11,8 +11,10 @@ def test_an_expired_token_is_refused_with_401(api, hb):
     assert answer.status_code == 401 and "expired" in answer.json()["detail"]
     assert api.rows("heartbeats") == 1
     for bad in (0, -5, 10**12, 1.5, "soon"):
-        assert api.admin("POST", "/v1/devices", json={"fleet": "f", "device": "d2",
-                                                      "expires_in_seconds": bad}).status_code == 422, bad
+        assert (
+            api.admin("POST", "/v1/devices", json={"fleet": "f", "device": "d2", "expires_in_seconds": bad}).status_code
+            == 422
+        ), bad
 
 
 def test_rotation_replaces_the_token_at_once(api, hb):
@@ -53,8 +55,11 @@ def test_the_audit_trail_says_who_did_what_and_when(api, hb):
     api.register("g", "d9")
     entries = api.admin("GET", "/v1/audit?fleet=f&device=d1").json()["entries"]
     assert [(e["action"], e["actor"]) for e in entries] == [
-        ("register", "admin from testclient"), ("revoke", "admin from testclient"), ("auth-refused", "device f/d1"),
-        ("rotate", "admin from testclient")]
+        ("register", "admin from testclient"),
+        ("revoke", "admin from testclient"),
+        ("auth-refused", "device f/d1"),
+        ("rotate", "admin from testclient"),
+    ]
     assert entries[0]["detail"].startswith("expires at") and entries[2]["detail"] == "revoked"
     assert entries[3]["at"] == entries[0]["at"] + 10
     assert len(api.admin("GET", "/v1/audit").json()["entries"]) == 5

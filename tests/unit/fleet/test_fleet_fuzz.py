@@ -15,29 +15,54 @@ from hypothesis import strategies as st
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=80),
-                    st.sampled_from(["", "d1", "f", "m", "x" * 200, "a\n", "\u0000", "\ud800", "../x", "a/b"]))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-                           max_leaves=20)
-timestamps = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                       st.integers(min_value=-(2**64), max_value=2**64),
-                       st.sampled_from([0, 1.0, 1e308, -1e308, 4.2e9]), json_values)
-metric = st.fixed_dictionaries({"metric_name": st.one_of(st.text(max_size=20), json_values),
-                                "value": st.one_of(st.floats(), st.integers(), json_values)},
-                               optional={"dimension": json_values, "timestamp": timestamps})
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=80),
+    st.sampled_from(["", "d1", "f", "m", "x" * 200, "a\n", "\u0000", "\ud800", "../x", "a/b"]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=20,
+)
+timestamps = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.sampled_from([0, 1.0, 1e308, -1e308, 4.2e9]),
+    json_values,
+)
+metric = st.fixed_dictionaries(
+    {
+        "metric_name": st.one_of(st.text(max_size=20), json_values),
+        "value": st.one_of(st.floats(), st.integers(), json_values),
+    },
+    optional={"dimension": json_values, "timestamp": timestamps},
+)
 model_names = st.one_of(st.sampled_from(["m", "cls-1", "bad name", ""]), json_values)
-model = st.fixed_dictionaries({"model_name": model_names},
-                              optional={"model_version": json_values, "latest_inference": timestamps,
-                                        "latest_sample_time": timestamps,
-                                        "model_metrics": st.lists(metric, max_size=3)})
+model = st.fixed_dictionaries(
+    {"model_name": model_names},
+    optional={
+        "model_version": json_values,
+        "latest_inference": timestamps,
+        "latest_sample_time": timestamps,
+        "model_metrics": st.lists(metric, max_size=3),
+    },
+)
 heartbeat = st.fixed_dictionaries(
     {"heartbeat_id": st.one_of(st.text(min_size=1, max_size=70), json_values), "timestamp": timestamps},
-    optional={"device_name": st.sampled_from(["d1", "d2", "", None]), "device_fleet_name": st.sampled_from(["f", "g"]),
-              "agent_version": json_values, "agent_metrics": st.lists(metric, max_size=3),
-              "models": st.lists(model, max_size=3), "faults": st.lists(json_values, max_size=3),
-              "dead_letter_batches": st.one_of(st.integers(min_value=-5, max_value=2**64), json_values)})
+    optional={
+        "device_name": st.sampled_from(["d1", "d2", "", None]),
+        "device_fleet_name": st.sampled_from(["f", "g"]),
+        "agent_version": json_values,
+        "agent_metrics": st.lists(metric, max_size=3),
+        "models": st.lists(model, max_size=3),
+        "faults": st.lists(json_values, max_size=3),
+        "dead_letter_batches": st.one_of(st.integers(min_value=-5, max_value=2**64), json_values),
+    },
+)
 
 HOSTILE_HEARTBEATS = [
     {"heartbeat_id": "h", "timestamp": math.nan},
@@ -75,10 +100,17 @@ def test_hostile_heartbeats_get_4xx(fuzz_api):
     for body in HOSTILE_HEARTBEATS:
         answer = _post(api, token, "/v1/agent/heartbeats", {"heartbeats": [body]})
         assert 400 <= answer.status_code < 500, (body, answer.status_code)
-    for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"heartbeats": [{"heartbeat_id": "h", "timestamp": '
-                + b"9" * 100_000 + b"}]}", b"\xff\xfe", b"", b"null", b'{"heartbeats": 1}'):
-        answer = api.device(token, "POST", "/v1/agent/heartbeats", content=raw,
-                            headers={"Content-Type": "application/json"})
+    for raw in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"heartbeats": [{"heartbeat_id": "h", "timestamp": ' + b"9" * 100_000 + b"}]}",
+        b"\xff\xfe",
+        b"",
+        b"null",
+        b'{"heartbeats": 1}',
+    ):
+        answer = api.device(
+            token, "POST", "/v1/agent/heartbeats", content=raw, headers={"Content-Type": "application/json"}
+        )
         assert 400 <= answer.status_code < 500, (raw[:40], answer.status_code)
     assert api.rows("heartbeats") == 0
 
@@ -92,12 +124,19 @@ def test_heartbeat_bodies_never_give_a_500(fuzz_api, body):
 
 
 @FUZZ
-@given(body=st.one_of(
-    st.fixed_dictionaries({"fleet": json_values, "device": json_values},
-                          optional={"description": json_values, "expires_in_seconds": json_values}),
-    st.fixed_dictionaries({"fleet": st.sampled_from(["f", "g"]), "device": st.text(max_size=70)},
-                          optional={"expires_in_seconds": st.integers(min_value=-10, max_value=2**64)}),
-    json_values))
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries(
+            {"fleet": json_values, "device": json_values},
+            optional={"description": json_values, "expires_in_seconds": json_values},
+        ),
+        st.fixed_dictionaries(
+            {"fleet": st.sampled_from(["f", "g"]), "device": st.text(max_size=70)},
+            optional={"expires_in_seconds": st.integers(min_value=-10, max_value=2**64)},
+        ),
+        json_values,
+    )
+)
 @example(body={"fleet": "f", "device": "d\n"})
 @example(body={"fleet": "f", "device": "x", "description": "\ud800"})
 def test_register_bodies_never_give_a_500(fuzz_api, body):
@@ -106,8 +145,11 @@ def test_register_bodies_never_give_a_500(fuzz_api, body):
     _ok(api.admin("POST", "/v1/devices", content=raw, headers={"Content-Type": "application/json"}))
 
 
-keys = st.one_of(st.text(max_size=60), st.sampled_from(["m/x.jsonl", "../x", "m/../../x", "m//x", "m/x\n", "/m/x",
-                                                        "m/" + "x" * 300, "m/\ud800"]), json_values)
+keys = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(["m/x.jsonl", "../x", "m/../../x", "m//x", "m/x\n", "/m/x", "m/" + "x" * 300, "m/\ud800"]),
+    json_values,
+)
 
 
 @FUZZ
@@ -118,10 +160,20 @@ def test_upload_bodies_never_give_a_500(fuzz_api, body):
 
 
 @FUZZ
-@given(body=st.one_of(st.fixed_dictionaries(
-    {"key": keys, "records": st.lists(st.fixed_dictionaries({"record_id": keys}, optional={"model_name": keys}),
-                                      max_size=3)},
-    optional={"objects": st.lists(keys, max_size=3), "bytes": st.one_of(st.integers(), json_values)}), json_values))
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries(
+            {
+                "key": keys,
+                "records": st.lists(
+                    st.fixed_dictionaries({"record_id": keys}, optional={"model_name": keys}), max_size=3
+                ),
+            },
+            optional={"objects": st.lists(keys, max_size=3), "bytes": st.one_of(st.integers(), json_values)},
+        ),
+        json_values,
+    )
+)
 def test_capture_bodies_never_give_a_500(fuzz_api, body):
     api, token = fuzz_api
     _ok(_post(api, token, "/v1/agent/captures", body))

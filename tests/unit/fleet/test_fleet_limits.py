@@ -16,8 +16,9 @@ def test_a_64_mb_heartbeat_gets_413_and_the_database_does_not_grow(api, hb):
     assert api.heartbeat(token, hb("h0")).status_code == 200
     before, rows = _db_size(api), api.rows("heartbeats")
     huge = b'{"heartbeats": [{"heartbeat_id": "h1", "timestamp": 1, "agent_version": "' + b"x" * (64 * MiB) + b'"}]}'
-    answer = api.device(token, "POST", "/v1/agent/heartbeats", content=huge,
-                        headers={"Content-Type": "application/json"})
+    answer = api.device(
+        token, "POST", "/v1/agent/heartbeats", content=huge, headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
     assert _db_size(api) == before and api.rows("heartbeats") == rows
 
@@ -25,19 +26,25 @@ def test_a_64_mb_heartbeat_gets_413_and_the_database_does_not_grow(api, hb):
 def test_a_chunked_body_is_cut_off_at_the_cap(make_fleet, hb):
     api = make_fleet(max_body_bytes=64 * 1024)
     token = api.register("f", "d1")
+
     def chunks():  # no Content-Length: the cap is enforced as the body is read
         for _ in range(1000):
             yield b" " * 4096
 
-    answer = api.device(token, "POST", "/v1/agent/heartbeats", content=chunks(),
-                        headers={"Content-Type": "application/json"})
+    answer = api.device(
+        token, "POST", "/v1/agent/heartbeats", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 413
     assert api.rows("heartbeats") == 0
 
 
 def test_heartbeat_counts_per_request_are_capped(make_fleet, hb):
-    api = make_fleet(max_heartbeats_per_request=3, max_metrics_per_heartbeat=4, max_models_per_heartbeat=2,
-                     max_faults_per_heartbeat=2)
+    api = make_fleet(
+        max_heartbeats_per_request=3,
+        max_metrics_per_heartbeat=4,
+        max_models_per_heartbeat=2,
+        max_faults_per_heartbeat=2,
+    )
     token = api.register("f", "d1")
     assert api.heartbeat(token, *[hb(f"h{i}") for i in range(4)]).status_code == 413
     metric = {"metric_name": "m", "value": 1}
@@ -48,7 +55,9 @@ def test_heartbeat_counts_per_request_are_capped(make_fleet, hb):
     assert api.heartbeat(token, hb("d", faults=[{"kind": "x"}] * 3)).status_code == 413
     assert api.rows("heartbeats") == 0
     assert api.heartbeat(token, *[hb(f"h{i}", agent_metrics=[metric] * 4) for i in range(3)]).json() == {
-        "accepted": 3, "duplicates": 0}
+        "accepted": 3,
+        "duplicates": 0,
+    }
 
 
 def test_an_oversize_local_upload_is_refused_and_not_stored(make_fleet):
@@ -58,6 +67,7 @@ def test_an_oversize_local_upload_is_refused_and_not_stored(make_fleet):
     path = {k: u.split("127.0.0.1:9", 1)[1] for k, u in urls["urls"].items()}
     # Declared too large: refused before a byte is read.
     assert api.client.put(path["m/a.bin"], content=b"\0" * (MiB + 1)).status_code == 413
+
     # Streamed without a length: written chunk by chunk, cut off at the cap, nothing kept.
     def chunks():
         for _ in range(64):

@@ -20,13 +20,27 @@ def heartbeat(hid: str, ts: float, *, version="0.1.0", models=(("cls", 5.0, 6.0)
 
 
 def heartbeat_json(hid: str, ts: float, *, version="0.1.0", models=(("cls", 5.0, 6.0),), faults=()):
-    return {"heartbeat_id": hid, "timestamp": ts, "device_name": "d1", "device_fleet_name": "f",
-            "agent_version": version,
-            "agent_metrics": [{"dimension": "agent", "metric_name": "cpu_percent", "value": 3.5, "timestamp": ts}],
-            "models": [{"model_name": n, "model_version": "1", "latest_inference": ts - a, "latest_sample_time": ts - b,
-                        "model_metrics": [{"dimension": "model", "metric_name": "inference_count", "value": 9,
-                                           "timestamp": ts}]} for n, a, b in models],
-            "faults": list(faults)}
+    return {
+        "heartbeat_id": hid,
+        "timestamp": ts,
+        "device_name": "d1",
+        "device_fleet_name": "f",
+        "agent_version": version,
+        "agent_metrics": [{"dimension": "agent", "metric_name": "cpu_percent", "value": 3.5, "timestamp": ts}],
+        "models": [
+            {
+                "model_name": n,
+                "model_version": "1",
+                "latest_inference": ts - a,
+                "latest_sample_time": ts - b,
+                "model_metrics": [
+                    {"dimension": "model", "metric_name": "inference_count", "value": 9, "timestamp": ts}
+                ],
+            }
+            for n, a, b in models
+        ],
+        "faults": list(faults),
+    }
 
 
 @pytest.fixture
@@ -51,15 +65,18 @@ def test_registration_and_tokens(store):
 def test_heartbeats_are_idempotent_and_the_last_received_is_the_state(store):
     store.register_device("f", "d1")
     device = store.device("f", "d1")
-    assert store.add_heartbeats(device, [heartbeat("h1", NOW), heartbeat("h2", NOW + 10, version="0.2.0")], NOW + 11) \
-        == (2, 0)
+    assert store.add_heartbeats(
+        device, [heartbeat("h1", NOW), heartbeat("h2", NOW + 10, version="0.2.0")], NOW + 11
+    ) == (2, 0)
     assert store.add_heartbeats(device, [heartbeat("h2", NOW + 10)], NOW + 12) == (0, 1)
     described = store.describe_device("f", "d1", now=NOW + 12, connected_seconds=60)
     assert described["agent_version"] == "0.2.0" and described["last_heartbeat_sent_at"] == NOW + 10
     # The board rebooted without a real-time clock: its clock says 1970, yet this heartbeat
     # is its newest state (ordering by the device's clock froze the state here).
-    assert store.add_heartbeats(device, [heartbeat("h3", 42.0, version="0.3.0", dead_letter_batches=2)],
-                                NOW + 13) == (1, 0)
+    assert store.add_heartbeats(device, [heartbeat("h3", 42.0, version="0.3.0", dead_letter_batches=2)], NOW + 13) == (
+        1,
+        0,
+    )
     described = store.describe_device("f", "d1", now=NOW + 14, connected_seconds=60)
     assert described["agent_version"] == "0.3.0" and described["heartbeats_received"] == 3
     assert described["last_heartbeat_at"] == NOW + 13 and described["connected"] is True
@@ -86,24 +103,39 @@ def test_fleet_report_fields(store):
     for name in ("d1", "d2", "d3"):
         store.register_device("f", name)
     store.add_heartbeats(store.device("f", "d1"), [heartbeat("a", NOW)], NOW)
-    store.add_heartbeats(store.device("f", "d2"), [heartbeat("b", NOW, version="0.2.0",
-                                                             models=(("cls", 500.0, 500.0),))], NOW)
+    store.add_heartbeats(
+        store.device("f", "d2"), [heartbeat("b", NOW, version="0.2.0", models=(("cls", 500.0, 500.0),))], NOW
+    )
     store.add_heartbeats(store.device("f", "d3"), [heartbeat("c", NOW - 1000)], NOW - 1000)
     report = store.fleet_report("f", now=NOW + 1, connected_seconds=120)
     assert report["device_fleet_name"] == "f"
     assert report["device_stats"] == {"connected_device_count": 2, "registered_device_count": 3}
     assert report["agent_versions"] == [{"version": "0.1.0", "agent_count": 2}, {"version": "0.2.0", "agent_count": 1}]
-    assert report["model_stats"] == [{"model_name": "cls", "model_version": "1", "offline_device_count": 1,
-                                      "connected_device_count": 2, "active_device_count": 1,
-                                      "sampling_device_count": 1}]
+    assert report["model_stats"] == [
+        {
+            "model_name": "cls",
+            "model_version": "1",
+            "offline_device_count": 1,
+            "connected_device_count": 2,
+            "active_device_count": 1,
+            "sampling_device_count": 1,
+        }
+    ]
     with pytest.raises(NotFound):
         store.fleet_report("nobody", now=NOW, connected_seconds=1)
 
 
 def test_faults_are_kept(store):
     store.register_device("f", "d1")
-    store.add_heartbeats(store.device("f", "d1"), [heartbeat("x", NOW, faults=[
-        {"kind": "store-corrupt", "error": "file is not a database", "moved_to": "/var/x"}])], NOW)
+    store.add_heartbeats(
+        store.device("f", "d1"),
+        [
+            heartbeat(
+                "x", NOW, faults=[{"kind": "store-corrupt", "error": "file is not a database", "moved_to": "/var/x"}]
+            )
+        ],
+        NOW,
+    )
     (fault,) = store.describe_device("f", "d1", now=NOW, connected_seconds=60)["faults"]
     assert fault["kind"] == "store-corrupt" and fault["moved_to"] == "/var/x"
 
@@ -128,8 +160,12 @@ def test_rotate_revoke_expiry_and_audit(store):
     assert store.authenticate(again).revoked_at is None
     entries = store.audit_entries("f", "d1")
     assert [(e.at, e.action, e.actor) for e in entries] == [
-        (NOW, "register", "admin"), (NOW + 1, "rotate", "admin"), (NOW + 2, "revoke", "admin"),
-        (NOW + 3, "auth-refused", "device f/d1"), (NOW + 5, "rotate", "admin")]
+        (NOW, "register", "admin"),
+        (NOW + 1, "rotate", "admin"),
+        (NOW + 2, "revoke", "admin"),
+        (NOW + 3, "auth-refused", "device f/d1"),
+        (NOW + 5, "rotate", "admin"),
+    ]
     assert entries[0].detail == f"expires at {NOW + 60:.0f}" and entries[3].detail == "revoked"
     assert store.audit_entries("g") == [] and len(store.audit_entries(limit=2)) == 2
     with pytest.raises(NotFound):
@@ -159,10 +195,12 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE devices (id INTEGER PRIMARY KEY, fleet VARCHAR(63) NOT NULL, "
-                     "name VARCHAR(63) NOT NULL, description VARCHAR(1024) NOT NULL, token_hash VARCHAR(64) NOT NULL, "
-                     "registered_at FLOAT NOT NULL, agent_version VARCHAR(64), last_heartbeat_at FLOAT, "
-                     "last_heartbeat TEXT)")
+        conn.execute(
+            "CREATE TABLE devices (id INTEGER PRIMARY KEY, fleet VARCHAR(63) NOT NULL, "
+            "name VARCHAR(63) NOT NULL, description VARCHAR(1024) NOT NULL, token_hash VARCHAR(64) NOT NULL, "
+            "registered_at FLOAT NOT NULL, agent_version VARCHAR(64), last_heartbeat_at FLOAT, "
+            "last_heartbeat TEXT)"
+        )
     s = FleetStore(f"sqlite:///{path}")
     s.create_schema()
     token = s.register_device("f", "d1", expires_at=NOW)

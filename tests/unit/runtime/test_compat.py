@@ -76,8 +76,12 @@ H100 = compat.CudaInfo(driver_version=13000, compute_capability=(9, 0), name="H1
         # Newer GPU: SASS alone does not run, PTX does.
         (compat.CudaInfo(13000, (10, 0), "B200"), {"cuda_arch": "sm_90"}, False, "is sm_100"),
         (compat.CudaInfo(13000, (10, 0), "B200"), {"cuda_arch": "sm_90"}, True, None),
-        (compat.CudaInfo(12040, (9, 0), "H100"), {"cuda_arch": "sm_90", "cuda_runtime": "libcudart.so.13"}, True,
-         "driver for CUDA 13"),
+        (
+            compat.CudaInfo(12040, (9, 0), "H100"),
+            {"cuda_arch": "sm_90", "cuda_runtime": "libcudart.so.13"},
+            True,
+            "driver for CUDA 13",
+        ),
     ],
 )
 def test_gpu_artifact_checks(gpu, runtime, ptx, expected):

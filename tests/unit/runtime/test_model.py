@@ -51,15 +51,25 @@ def _two_input_onnx() -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT), helper.make_node("Sub", ["a", "bf"], ["out"])],
         "two",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
-         helper.make_tensor_value_info("b", TensorProto.INT64, [2, 3])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, [2, 3]),
+        ],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _artifact_dir(root: Path, model: onnx.ModelProto, inputs, outputs, *, labels: bool = False,
-                  preprocessing=None, arch: str | None = None) -> Manifest:
+def _artifact_dir(
+    root: Path,
+    model: onnx.ModelProto,
+    inputs,
+    outputs,
+    *,
+    labels: bool = False,
+    preprocessing=None,
+    arch: str | None = None,
+) -> Manifest:
     """An extracted onnxruntime artifact in ``root``: model.onnx (+ labels.txt) and its manifest."""
     root.mkdir(parents=True)
     onnx.save(model, root / "model.onnx")
@@ -89,16 +99,24 @@ def _artifact_dir(root: Path, model: onnx.ModelProto, inputs, outputs, *, labels
 
 @pytest.fixture
 def linear_dir(tmp_path) -> Path:
-    _artifact_dir(tmp_path / "linear", _linear_onnx(), [TensorSpec("input", "float32", (1, 4))],
-                  [TensorSpec("logits", "float32", (1, 3))], labels=True)
+    _artifact_dir(
+        tmp_path / "linear",
+        _linear_onnx(),
+        [TensorSpec("input", "float32", (1, 4))],
+        [TensorSpec("logits", "float32", (1, 3))],
+        labels=True,
+    )
     return tmp_path / "linear"
 
 
 @pytest.fixture
 def two_inputs(tmp_path) -> Model:
-    _artifact_dir(tmp_path / "two", _two_input_onnx(),
-                  [TensorSpec("a", "float32", (2, 3)), TensorSpec("b", "int64", (2, 3))],
-                  [TensorSpec("out", "float32", (2, 3))])
+    _artifact_dir(
+        tmp_path / "two",
+        _two_input_onnx(),
+        [TensorSpec("a", "float32", (2, 3)), TensorSpec("b", "int64", (2, 3))],
+        [TensorSpec("out", "float32", (2, 3))],
+    )
     return Model(tmp_path / "two")
 
 
@@ -152,8 +170,13 @@ def test_symlinked_member_in_a_directory_is_refused(linear_dir, tmp_path):
 
 def test_artifact_for_another_cpu_is_refused_before_loading(tmp_path):
     other = "aarch64" if compat.host_info().arch != "aarch64" else "x86_64"
-    _artifact_dir(tmp_path / "arm", _linear_onnx(), [TensorSpec("input", "float32", (1, 4))],
-                  [TensorSpec("logits", "float32", (1, 3))], arch=other)
+    _artifact_dir(
+        tmp_path / "arm",
+        _linear_onnx(),
+        [TensorSpec("input", "float32", (1, 4))],
+        [TensorSpec("logits", "float32", (1, 3))],
+        arch=other,
+    )
     with pytest.raises(CompatibilityError, match=f"needs a {other} CPU"):
         Model(tmp_path / "arm")
 
@@ -251,16 +274,25 @@ def test_predict_on_an_image_model(tmp_path):
     # A 1x3x2x2 image input averaged per channel by a 1x1 "convolution" to 3 classes.
     weight = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "Wc"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["g"]),
-         helper.make_node("Flatten", ["g"], ["scores"])],
-        "image", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [
+            helper.make_node("Conv", ["image", "Wc"], ["c"]),
+            helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["scores"]),
+        ],
+        "image",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3])],
         initializer=[numpy_helper.from_array(weight, "Wc")],
     )
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    _artifact_dir(tmp_path / "img", model_proto, [TensorSpec("image", "float32", (1, 3, 2, 2))],
-                  [TensorSpec("scores", "float32", (1, 3))], labels=True,
-                  preprocessing={"layout": "NCHW", "scale": 1 / 255})
+    _artifact_dir(
+        tmp_path / "img",
+        model_proto,
+        [TensorSpec("image", "float32", (1, 3, 2, 2))],
+        [TensorSpec("scores", "float32", (1, 3))],
+        labels=True,
+        preprocessing={"layout": "NCHW", "scale": 1 / 255},
+    )
     picture = np.zeros((2, 2, 3), np.uint8)
     picture[..., 1] = 255  # all green: class 1
     Image.fromarray(picture).save(tmp_path / "green.png")

@@ -10,8 +10,15 @@ from edgekiln.errors import UserError
 from edgekiln.runtime.model import top_classes
 from edgekiln.runtime.preprocess import preprocess
 
-SPEC = {"layout": "NCHW", "color": "RGB", "resize": 256, "crop": 224,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1 / 255}
+SPEC = {
+    "layout": "NCHW",
+    "color": "RGB",
+    "resize": 256,
+    "crop": 224,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "scale": 1 / 255,
+}
 
 
 def test_uniform_image_normalizes_to_known_values(tmp_path):
@@ -52,11 +59,20 @@ def test_top_classes_orders_by_probability():
     assert top[0]["probability"] == pytest.approx(np.exp(3) / np.exp([0, 3, 1, 2]).sum())
 
 
-@pytest.mark.parametrize(("change", "needle"), [
-    ({"resize": "256"}, "resize"), ({"resize": 10**9}, "resize"), ({"resize": True}, "resize"),
-    ({"mean": "imagenet"}, "mean"), ({"std": [0.2, 0.2]}, "std"), ({"std": [0, 1, 1]}, "zero"),
-    ({"scale": [1]}, "scale"), ({"scale": float("nan")}, "scale"), ({"color": 3}, "color"),
-])
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"resize": "256"}, "resize"),
+        ({"resize": 10**9}, "resize"),
+        ({"resize": True}, "resize"),
+        ({"mean": "imagenet"}, "mean"),
+        ({"std": [0.2, 0.2]}, "std"),
+        ({"std": [0, 1, 1]}, "zero"),
+        ({"scale": [1]}, "scale"),
+        ({"scale": float("nan")}, "scale"),
+        ({"color": 3}, "color"),
+    ],
+)
 def test_malformed_preprocessing_from_a_manifest_names_the_field(change, needle):
     from edgekiln.errors import IntegrityError
 

@@ -58,9 +58,7 @@ def test_import_loads_neither_onnx_nor_numpy():
         "print(sorted(m for m in ('onnx', 'numpy', 'PIL') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -159,6 +157,7 @@ def test_sample_image_is_what_make_sample_draws():
 def test_graph_contract(built, name):
     model = built[name]
     import onnx
+
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import if o.domain == ""] == [17]
     graph = model.graph
@@ -187,9 +186,8 @@ def test_params_and_macs_equal_torchvision(built, name):
 @pytest.mark.parametrize("name", zoo.MODEL_NAMES)
 def test_runs_in_onnxruntime_with_well_scaled_logits(built, name):
     import onnxruntime as ort
-    session = ort.InferenceSession(
-        built[name].SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+
+    session = ort.InferenceSession(built[name].SerializeToString(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": _input()})
     assert logits.shape == (1, 1000) and logits.dtype == np.float32
     assert np.isfinite(logits).all()
@@ -217,12 +215,9 @@ def test_seed_determines_the_weights(built, name):
 def test_imports_into_tvm_relax(built, name):
     # The conversion only (well under a second per model); compiling is for backend tests.
     from tvm.relax.frontend import onnx as frontend
+
     mod = frontend.from_onnx(built[name], shape_dict={"input": [1, 3, 224, 224]})
-    ret = (
-        mod["main"].ret_struct_info
-        if hasattr(mod["main"], "ret_struct_info")
-        else mod["main"].ret_ty
-    )
+    ret = mod["main"].ret_struct_info if hasattr(mod["main"], "ret_struct_info") else mod["main"].ret_ty
     assert [int(d) for d in ret.shape] == [1, 1000]
 
 

@@ -57,8 +57,10 @@ class LiteRTOptions(BackendOptions):
 
     def check(self) -> None:
         if self.quantize and self.calibration is None:
-            raise UserError("int8 quantization needs calibration data",
-                            hint="give a folder of images or a .npy/.npz file (litert option calibration)")
+            raise UserError(
+                "int8 quantization needs calibration data",
+                hint="give a folder of images or a .npy/.npz file (litert option calibration)",
+            )
         if self.calibration is not None and not self.quantize:
             raise UserError("litert option calibration only applies with quantize='int8'")
         for key in ("calibration_samples", "num_threads"):
@@ -90,14 +92,22 @@ class LiteRTBackend(Backend):
             return "LiteRT artifacts run on the CPU; the profile is for a GPU"
         return None
 
-    def lower(self, model: SourceModel, profile: DeviceProfile, options: LiteRTOptions, root: Path,
-              progress: Progress, calibration: Dataset | None = None) -> LoweredFiles:
+    def lower(
+        self,
+        model: SourceModel,
+        profile: DeviceProfile,
+        options: LiteRTOptions,
+        root: Path,
+        progress: Progress,
+        calibration: Dataset | None = None,
+    ) -> LoweredFiles:
         try:
             import flatbuffers  # noqa: F401
             import tflite  # noqa: F401
         except ImportError as exc:
-            raise DependencyError(f"the LiteRT backend needs the tflite schema package ({exc})",
-                                  hint="pip install 'edgekiln[compile]'") from None
+            raise DependencyError(
+                f"the LiteRT backend needs the tflite schema package ({exc})", hint="pip install 'edgekiln[compile]'"
+            ) from None
         threads = options.num_threads or profile.cpu.cores
         int8 = calibration is not None or options.quantize == "int8"
         if model.original is not None and model.original.suffix == ".tflite" and not int8:
@@ -105,8 +115,13 @@ class LiteRTBackend(Backend):
         else:
             written = _convert(model, options, root, progress, calibration, int8)
         target = {"kind": "litert", "arch": profile.cpu.arch, "delegate": "xnnpack", "num_threads": threads}
-        return LoweredFiles(files={MODEL_FILE: "model"}, runtime=_runtime(profile), compiler=written.compiler,
-                            target=target, options=_manifest_options(options, written, int8, threads))
+        return LoweredFiles(
+            files={MODEL_FILE: "model"},
+            runtime=_runtime(profile),
+            compiler=written.compiler,
+            target=target,
+            options=_manifest_options(options, written, int8, threads),
+        )
 
 
 @dataclass(frozen=True)
@@ -137,8 +152,9 @@ def _copy_source(model: SourceModel, root: Path, progress: Progress) -> _Written
     )
 
 
-def _convert(model: SourceModel, options: LiteRTOptions, root: Path, progress: Progress,
-             calibration: Dataset | None, int8: bool) -> _Written:
+def _convert(
+    model: SourceModel, options: LiteRTOptions, root: Path, progress: Progress, calibration: Dataset | None, int8: bool
+) -> _Written:
     """Convert the ONNX model, quantize it for int8, and write the .tflite."""
     import tflite
 
@@ -152,8 +168,12 @@ def _convert(model: SourceModel, options: LiteRTOptions, root: Path, progress: P
         graph, quantization = _quantize(graph, model, options, progress, calibration)
         compiler["ai-edge-litert"] = litert_version()
     with progress.step(f"write {MODEL_FILE}"):
-        content = writer.write(graph, [t.name for t in model.inputs], [t.name for t in model.outputs],
-                               description=f"edgekiln {__version__}: {model.name}")
+        content = writer.write(
+            graph,
+            [t.name for t in model.inputs],
+            [t.name for t in model.outputs],
+            description=f"edgekiln {__version__}: {model.name}",
+        )
         (root / MODEL_FILE).write_bytes(content)
     return _Written(
         compiler=compiler,
@@ -164,14 +184,14 @@ def _convert(model: SourceModel, options: LiteRTOptions, root: Path, progress: P
     )
 
 
-def _quantize(graph: Graph, model: SourceModel, options: LiteRTOptions, progress: Progress,
-              calibration: Dataset | None) -> tuple[Graph, dict[str, Any]]:
+def _quantize(
+    graph: Graph, model: SourceModel, options: LiteRTOptions, progress: Progress, calibration: Dataset | None
+) -> tuple[Graph, dict[str, Any]]:
     """``graph`` calibrated and quantized to full-integer int8, and the manifest's record of it."""
     from edgekiln.compile.backends.litert import quantize
 
     _need_runtime()
-    inputs = (_calibration_inputs(model, options, progress) if calibration is None
-              else [[x] for x in calibration.inputs])
+    inputs = _calibration_inputs(model, options, progress) if calibration is None else [[x] for x in calibration.inputs]
     graph = quantize.prepare(graph)
     ranges = quantize.calibrate(graph, inputs, options.calibration_method, progress=progress)
     graph = quantize.quantize(graph, ranges)
@@ -181,8 +201,7 @@ def _quantize(graph: Graph, model: SourceModel, options: LiteRTOptions, progress
         return {"scale": float(q.scale[0]), "zero_point": int(q.zero_point[0])}
 
     return graph, {
-        "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, "
-                  "int32 biases",
+        "scheme": "full-integer int8: per-channel symmetric weights, per-tensor asymmetric activations, int32 biases",
         "calibration_method": ranges.method,
         "calibration_samples": ranges.samples,
         "inputs": [params(n) for n in graph.inputs],
@@ -193,8 +212,10 @@ def _quantize(graph: Graph, model: SourceModel, options: LiteRTOptions, progress
 def _runtime(profile: DeviceProfile) -> RuntimeRequirements:
     notes = []
     if profile.cpu.arch not in _WHEEL_ARCHES:
-        notes.append(f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
-                     "Python runtime built for it (ai_edge_litert or tflite_runtime, with XNNPACK)")
+        notes.append(
+            f"ai-edge-litert publishes no {profile.cpu.arch} wheels: the device needs a LiteRT/TFLite "
+            "Python runtime built for it (ai_edge_litert or tflite_runtime, with XNNPACK)"
+        )
     return RuntimeRequirements(
         arch=profile.cpu.arch,
         glibc=_wheel_glibc() if profile.cpu.arch in _WHEEL_ARCHES else None,
@@ -249,8 +270,10 @@ def _need_runtime() -> None:
     try:
         import ai_edge_litert.interpreter  # noqa: F401
     except ImportError as exc:
-        raise DependencyError(f"int8 calibration runs the model in LiteRT, and ai-edge-litert is not installed ({exc})",
-                              hint="pip install 'edgekiln[compile]'") from None
+        raise DependencyError(
+            f"int8 calibration runs the model in LiteRT, and ai-edge-litert is not installed ({exc})",
+            hint="pip install 'edgekiln[compile]'",
+        ) from None
 
 
 def _calibration_inputs(model: SourceModel, options: LiteRTOptions, progress: Progress) -> list[list[Any]]:

@@ -40,11 +40,39 @@ from edgekiln.errors import BackendError
 
 # ONNX operators the converter emits TFLite operators for (when their inputs are not all
 # constant; constant subgraphs of any standard operator are folded instead).
-SUPPORTED_OPS = frozenset({
-    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Dropout", "Flatten", "Gemm",
-    "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad",
-    "ReduceMean", "Relu", "Reshape", "Sigmoid", "Softmax", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
-})
+SUPPORTED_OPS = frozenset(
+    {
+        "Add",
+        "AveragePool",
+        "BatchNormalization",
+        "Clip",
+        "Concat",
+        "Conv",
+        "Div",
+        "Dropout",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "LeakyRelu",
+        "MatMul",
+        "MaxPool",
+        "Mul",
+        "Pad",
+        "ReduceMean",
+        "Relu",
+        "Reshape",
+        "Sigmoid",
+        "Softmax",
+        "Squeeze",
+        "Sub",
+        "Tanh",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
 
 
 def convert(model: Any, source_ref: str = "the model") -> Graph:
@@ -71,7 +99,8 @@ class _Converter(NNOps, TensorOps):
         if bad:
             raise BackendError(
                 f"the litert backend does not support {len(bad)} operator(s) of {self.ref}: "
-                + ", ".join(bad[:10]) + (" …" if len(bad) > 10 else "")
+                + ", ".join(bad[:10])
+                + (" …" if len(bad) > 10 else "")
             )
 
     # -- driver ----------------------------------------------------------------------------
@@ -89,8 +118,9 @@ class _Converter(NNOps, TensorOps):
                 handler: Callable[[Any, str], None] = getattr(self, f"_op_{node.op_type}")
                 handler(node, name)
             except Unsupported as exc:
-                raise BackendError(f"the litert backend cannot convert {node.op_type} (node {name!r}) "
-                                   f"of {self.ref}: {exc}") from None
+                raise BackendError(
+                    f"the litert backend cannot convert {node.op_type} (node {name!r}) of {self.ref}: {exc}"
+                ) from None
         for info in g.output:
             self._graph_output(info.name)
         self._drop_dead_ops()
@@ -101,8 +131,9 @@ class _Converter(NNOps, TensorOps):
 
         shape = self.shapes.get(info.name)
         if info.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise BackendError(f"the litert backend supports float32 model inputs; input {info.name!r} of "
-                               f"{self.ref} is not float32")
+            raise BackendError(
+                f"the litert backend supports float32 model inputs; input {info.name!r} of {self.ref} is not float32"
+            )
         if shape is None or any(d <= 0 for d in shape):
             raise BackendError(f"input {info.name!r} of {self.ref} has no fixed shape")
         if len(shape) == 4:
@@ -118,8 +149,9 @@ class _Converter(NNOps, TensorOps):
 
     def _graph_output(self, name: str) -> None:
         if name in self.consts:
-            raise BackendError(f"output {name!r} of {self.ref} is a constant; "
-                               "the litert backend needs computed outputs")
+            raise BackendError(
+                f"output {name!r} of {self.ref} is a constant; the litert backend needs computed outputs"
+            )
         value = self.values[name]
         if value.tensor in self.graph.inputs or value.tensor in self.graph.outputs:
             # A graph input passed through, or one tensor named twice: TFLite wants each output

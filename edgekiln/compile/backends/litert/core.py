@@ -58,8 +58,16 @@ class ConverterCore:
             raise Unsupported(f"{what} ({name!r}) must be a constant")
         return self.consts[name]
 
-    def _emit(self, kind: str, inputs: list[str | None], out_name: str, out_shape: tuple[int, ...], layout: str,
-              node: str, **options: Any) -> Value:
+    def _emit(
+        self,
+        kind: str,
+        inputs: list[str | None],
+        out_name: str,
+        out_shape: tuple[int, ...],
+        layout: str,
+        node: str,
+        **options: Any,
+    ) -> Value:
         """Append an operator producing the ONNX value ``out_name`` (``out_shape`` is ONNX's)."""
         stored = nhwc(out_shape) if layout == "nhwc" else out_shape
         tensor = self.graph.activation(out_name, stored)
@@ -69,8 +77,9 @@ class ConverterCore:
         self.tensor_readers[tensor] += self.readers[out_name]
         return value
 
-    def _intermediate(self, kind: str, inputs: list[str | None], base: str, stored_shape: tuple[int, ...],
-                      node: str, **options: Any) -> str:
+    def _intermediate(
+        self, kind: str, inputs: list[str | None], base: str, stored_shape: tuple[int, ...], node: str, **options: Any
+    ) -> str:
         """Append an operator whose output is not an ONNX value (a pad, a transpose)."""
         tensor = self.graph.activation(base, stored_shape)
         self.graph.ops.append(Op(kind, inputs, [tensor], dict(options), node))
@@ -118,8 +127,14 @@ class ConverterCore:
         if value.layout == "plain":
             return value.tensor
         if same_order(value.shape, NCHW_TO_NHWC):
-            return self._intermediate("RESHAPE", [value.tensor, self._shape_const(value.shape, node)],
-                                      f"{value.tensor}/nchw", value.shape, node, new_shape=value.shape)
+            return self._intermediate(
+                "RESHAPE",
+                [value.tensor, self._shape_const(value.shape, node)],
+                f"{value.tensor}/nchw",
+                value.shape,
+                node,
+                new_shape=value.shape,
+            )
         perm = self.graph.const(f"{node}/perm_nchw", np.array(NHWC_TO_NCHW, np.int32))
         return self._intermediate("TRANSPOSE", [value.tensor, perm], f"{value.tensor}/nchw", value.shape, node)
 
@@ -129,19 +144,35 @@ class ConverterCore:
     def _reshape_to(self, value: Value, shape: tuple[int, ...], out_name: str, node: str) -> Value:
         """``value`` reshaped to the ONNX shape ``shape`` (NHWC inside when 4-D)."""
         if value.layout == "nhwc" and len(shape) == 4 and shape == value.shape:
-            return self._emit("RESHAPE", [value.tensor, self._shape_const(nhwc(shape), node)], out_name, shape,
-                              "nhwc", node, new_shape=nhwc(shape))
+            return self._emit(
+                "RESHAPE",
+                [value.tensor, self._shape_const(nhwc(shape), node)],
+                out_name,
+                shape,
+                "nhwc",
+                node,
+                new_shape=nhwc(shape),
+            )
         plain = self._to_plain(value, node)
         if len(shape) != 4:
-            return self._emit("RESHAPE", [plain, self._shape_const(shape, node)], out_name, shape, "plain", node,
-                              new_shape=shape)
+            return self._emit(
+                "RESHAPE", [plain, self._shape_const(shape, node)], out_name, shape, "plain", node, new_shape=shape
+            )
         if same_order(shape, NCHW_TO_NHWC):
-            return self._emit("RESHAPE", [plain, self._shape_const(nhwc(shape), node)], out_name, shape, "nhwc",
-                              node, new_shape=nhwc(shape))
+            return self._emit(
+                "RESHAPE",
+                [plain, self._shape_const(nhwc(shape), node)],
+                out_name,
+                shape,
+                "nhwc",
+                node,
+                new_shape=nhwc(shape),
+            )
         reshaped = plain
         if tuple(self.graph.tensors[plain].shape) != shape:
-            reshaped = self._intermediate("RESHAPE", [plain, self._shape_const(shape, node)], f"{out_name}/nchw",
-                                          shape, node, new_shape=shape)
+            reshaped = self._intermediate(
+                "RESHAPE", [plain, self._shape_const(shape, node)], f"{out_name}/nchw", shape, node, new_shape=shape
+            )
         perm = self.graph.const(f"{node}/perm_nhwc", np.array(NCHW_TO_NHWC, np.int32))
         return self._emit("TRANSPOSE", [reshaped, perm], out_name, shape, "nhwc", node)
 

@@ -35,8 +35,10 @@ def fold_constants(model: Any, source_ref: str = "the model") -> Any:
                 try:
                     consts.update(_evaluate(node, consts, shapes, model))
                 except Unsupported as exc:
-                    raise BackendError(f"the litert backend cannot convert {node.op_type} (node "
-                                       f"{node.name or f'#{index}'!r}) of {source_ref}: {exc}") from None
+                    raise BackendError(
+                        f"the litert backend cannot convert {node.op_type} (node "
+                        f"{node.name or f'#{index}'!r}) of {source_ref}: {exc}"
+                    ) from None
                 folded = True
             else:
                 kept.append(node)
@@ -74,8 +76,9 @@ def _foldable(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
     return bool(inputs) and all(i in consts for i in inputs)
 
 
-def _evaluate(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-              model: Any) -> dict[str, np.ndarray]:
+def _evaluate(
+    node: Any, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], model: Any
+) -> dict[str, np.ndarray]:
     if node.op_type in ("Shape", "Size"):
         shape = shapes[node.input[0]]
         if node.op_type == "Size":
@@ -95,8 +98,12 @@ def _evaluate(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, tuple[
     inputs = [i for i in node.input if i]
     outputs = [o for o in node.output if o]
     sub = helper.make_model(
-        helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, 0, None) for i in inputs],
-                          [helper.make_tensor_value_info(o, 0, None) for o in outputs]),
+        helper.make_graph(
+            [node],
+            "fold",
+            [helper.make_tensor_value_info(i, 0, None) for i in inputs],
+            [helper.make_tensor_value_info(o, 0, None) for o in outputs],
+        ),
         opset_imports=list(model.opset_import),
     )
     try:

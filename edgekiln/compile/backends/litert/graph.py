@@ -24,7 +24,7 @@ class QuantParams:
     axis: int = 0
 
     @classmethod
-    def per_tensor(cls, scale: float, zero_point: int) -> "QuantParams":
+    def per_tensor(cls, scale: float, zero_point: int) -> QuantParams:
         return cls(np.array([scale], np.float32), np.array([zero_point], np.int64))
 
 

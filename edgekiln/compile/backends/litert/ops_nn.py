@@ -26,8 +26,14 @@ _FUSABLE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", 
 class NNOps(ConverterCore):
     """``_op_<OnnxOp>`` conversions of the network operators."""
 
-    def _padding(self, node: Any, in_hw: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
-                 dilations: tuple[int, int]) -> tuple[str, tuple[int, int, int, int] | None]:
+    def _padding(
+        self,
+        node: Any,
+        in_hw: tuple[int, int],
+        kernel: tuple[int, int],
+        strides: tuple[int, int],
+        dilations: tuple[int, int],
+    ) -> tuple[str, tuple[int, int, int, int] | None]:
         """TFLite padding for ONNX pads: ("SAME"|"VALID", None) or ("VALID", explicit t, l, b, r)."""
         auto_pad = attr(node, "auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -59,8 +65,9 @@ class NNOps(ConverterCore):
 
     def _pad(self, x: Value, pads: tuple[int, int, int, int], node: str, value: float = 0.0) -> str:
         top, left, bottom, right = pads
-        paddings = self.graph.const(f"{node}/paddings",
-                                    np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
+        paddings = self.graph.const(
+            f"{node}/paddings", np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32)
+        )
         n, h, w, c = self.graph.tensors[x.tensor].shape
         shape = (n, h + top + bottom, w + left + right, c)
         if value == 0.0:
@@ -80,8 +87,11 @@ class NNOps(ConverterCore):
     def _op_Conv(self, node: Any, name: str) -> None:
         x = self._nhwc_input(node, "only 2-D convolutions are supported; the input")
         w = self._const(node.input[1], "the weight").astype(np.float32)
-        bias = (self._const(node.input[2], "the bias").astype(np.float32)
-                if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0], np.float32))
+        bias = (
+            self._const(node.input[2], "the bias").astype(np.float32)
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(w.shape[0], np.float32)
+        )
         group = int(attr(node, "group", 1))
         strides = tuple(attr(node, "strides", [1, 1]))
         dilations = tuple(attr(node, "dilations", [1, 1]))
@@ -107,14 +117,18 @@ class NNOps(ConverterCore):
         if len([o for o in node.output if o]) > 1 or attr(node, "training_mode", 0):
             raise Unsupported("only inference-mode BatchNormalization is supported")
         x = self._value(node.input[0])
-        gamma, beta, mean, var = (self._const(node.input[i], "a BatchNormalization parameter").astype(np.float64)
-                                  for i in range(1, 5))
+        gamma, beta, mean, var = (
+            self._const(node.input[i], "a BatchNormalization parameter").astype(np.float64) for i in range(1, 5)
+        )
         eps = float(attr(node, "epsilon", 1e-5))
         scale = gamma / np.sqrt(var + eps)
         shift = beta - mean * scale
         producer = self._fusable_producer(x)
-        if producer is not None and producer.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") \
-                and producer.options.get("activation", "NONE") == "NONE":
+        if (
+            producer is not None
+            and producer.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+            and producer.options.get("activation", "NONE") == "NONE"
+        ):
             weights = self.graph.tensors[producer.inputs[1]]
             bias = self.graph.tensors[producer.inputs[2]]
             axis = 3 if producer.kind == "DEPTHWISE_CONV_2D" else 0
@@ -128,8 +142,14 @@ class NNOps(ConverterCore):
         channel_shape = (-1,) if x.layout == "nhwc" or len(x.shape) == 2 else (-1,) + (1,) * (len(x.shape) - 2)
         s = self.graph.const(f"{name}/scale", scale.astype(np.float32).reshape(channel_shape))
         t = self.graph.const(f"{name}/shift", shift.astype(np.float32).reshape(channel_shape))
-        scaled = self._intermediate("MUL", [x.tensor, s], f"{node.output[0]}/scaled",
-                                    self.graph.tensors[x.tensor].shape, name, activation="NONE")
+        scaled = self._intermediate(
+            "MUL",
+            [x.tensor, s],
+            f"{node.output[0]}/scaled",
+            self.graph.tensors[x.tensor].shape,
+            name,
+            activation="NONE",
+        )
         self._emit("ADD", [scaled, t], node.output[0], x.shape, x.layout, name, activation="NONE")
 
     def _op_Relu(self, node: Any, name: str) -> None:
@@ -163,8 +183,9 @@ class NNOps(ConverterCore):
 
     def _op_LeakyRelu(self, node: Any, name: str) -> None:
         x = self._value(node.input[0])
-        self._emit("LEAKY_RELU", [x.tensor], node.output[0], x.shape, x.layout, name,
-                   alpha=float(attr(node, "alpha", 0.01)))
+        self._emit(
+            "LEAKY_RELU", [x.tensor], node.output[0], x.shape, x.layout, name, alpha=float(attr(node, "alpha", 0.01))
+        )
 
     def _op_HardSwish(self, node: Any, name: str) -> None:
         x = self._value(node.input[0])
@@ -180,8 +201,9 @@ class NNOps(ConverterCore):
         current = x.tensor
         if not math.isclose(6 * alpha, 1.0, rel_tol=1e-6):
             a = self.graph.const(f"{name}/six_alpha", np.array(6 * alpha, np.float32))
-            current = self._intermediate("MUL", [current, a], f"{node.output[0]}/scaled", stored, name,
-                                         activation="NONE")
+            current = self._intermediate(
+                "MUL", [current, a], f"{node.output[0]}/scaled", stored, name, activation="NONE"
+            )
         b = self.graph.const(f"{name}/six_beta", np.array(6 * beta, np.float32))
         current = self._intermediate("ADD", [current, b], f"{node.output[0]}/relu6", stored, name, activation="RELU6")
         sixth = self.graph.const(f"{name}/one_sixth", np.array(1.0 / 6.0, np.float32))
@@ -210,8 +232,16 @@ class NNOps(ConverterCore):
             raise Unsupported(f"the input must be a 2-D tensor, got shape {list(x.shape)}")
         w = self.graph.const(f"{name}/weights", np.ascontiguousarray(weights.astype(np.float32)))
         b = self.graph.const(f"{name}/bias", np.ascontiguousarray(bias.astype(np.float32)))
-        self._emit("FULLY_CONNECTED", [x.tensor, w, b], node.output[0], self._out_shape(node), "plain", name,
-                   activation="NONE", keep_num_dims=False)
+        self._emit(
+            "FULLY_CONNECTED",
+            [x.tensor, w, b],
+            node.output[0],
+            self._out_shape(node),
+            "plain",
+            name,
+            activation="NONE",
+            keep_num_dims=False,
+        )
 
     def _op_Gemm(self, node: Any, name: str) -> None:
         if attr(node, "transA", 0):
@@ -261,8 +291,9 @@ class NNOps(ConverterCore):
             elif attr(node, "count_include_pad", 0):
                 source = self._pad(x, explicit, name)
             else:
-                raise Unsupported("average pooling with padding that TFLite's SAME does not reproduce, "
-                                   "without count_include_pad")
+                raise Unsupported(
+                    "average pooling with padding that TFLite's SAME does not reproduce, without count_include_pad"
+                )
         elif padding == "SAME" and kind == "AVERAGE_POOL_2D" and attr(node, "count_include_pad", 0):
             source = self._pad(x, self._same_pads(x, kernel, strides), name)
             padding = "VALID"
@@ -270,8 +301,18 @@ class NNOps(ConverterCore):
         got = tuple(pool_out(stored[1:3], kernel, strides, padding))
         if got != tuple(out_shape[2:]):
             raise Unsupported(f"ceil_mode gives an output of {list(out_shape[2:])} that TFLite cannot produce")
-        self._emit(kind, [source], node.output[0], out_shape, "nhwc", name, padding=padding, stride=strides,
-                   filter=kernel, activation="NONE")
+        self._emit(
+            kind,
+            [source],
+            node.output[0],
+            out_shape,
+            "nhwc",
+            name,
+            padding=padding,
+            stride=strides,
+            filter=kernel,
+            activation="NONE",
+        )
 
     def _non_negative(self, value: Value) -> bool:
         for op in reversed(self.graph.ops):

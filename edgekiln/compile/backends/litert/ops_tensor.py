@@ -28,8 +28,9 @@ class TensorOps(ConverterCore):
             if len(a.shape) == len(b.shape):
                 raise Unsupported("mixing 4-D and other tensors of the same rank")
             # Broadcasting a lower-rank computed tensor against an NHWC one changes its axes.
-            raise Unsupported(f"broadcasting a computed {len(b.shape if a.layout == 'nhwc' else a.shape)}-D "
-                               "tensor against a 4-D one")
+            raise Unsupported(
+                f"broadcasting a computed {len(b.shape if a.layout == 'nhwc' else a.shape)}-D tensor against a 4-D one"
+            )
         anchor = a if a is not None else b
         if kind == "SUB" and b is None:
             # x - c = x + (-c): ADD has the widest support (fused activations, int8 in every delegate).
@@ -128,8 +129,16 @@ class TensorOps(ConverterCore):
         tensors = [self._operand(i, anchor, name)[0] for i in names]
         if anchor.layout == "nhwc":
             axis = TO_NHWC_AXIS[axis]
-        self._emit("CONCATENATION", tensors, node.output[0], self._out_shape(node), anchor.layout, name,
-                   axis=axis, activation="NONE")
+        self._emit(
+            "CONCATENATION",
+            tensors,
+            node.output[0],
+            self._out_shape(node),
+            anchor.layout,
+            name,
+            axis=axis,
+            activation="NONE",
+        )
 
     def _op_Transpose(self, node: Any, name: str) -> None:
         x = self._value(node.input[0])

@@ -36,8 +36,9 @@ from edgekiln.execute.progress import NullProgress, Progress
 METHODS = ("minmax", "percentile")
 PERCENTILE = 99.99
 _INT8_MIN, _INT8_MAX = -128, 127
-_SAME_SCALE = frozenset({"RESHAPE", "PAD", "PADV2", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE",
-                         "MAXIMUM", "MINIMUM"})
+_SAME_SCALE = frozenset(
+    {"RESHAPE", "PAD", "PADV2", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "MAXIMUM", "MINIMUM"}
+)
 _FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}
 # (weights input, per-channel axis) of the operators with weights and an int32 bias.
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
@@ -63,8 +64,14 @@ def prepare(graph: Graph) -> Graph:
     int8 steps of 6/255 map exactly onto 1/255, so the extra requantization costs nothing.
     Calibrate on the prepared graph, so that the new tensors get ranges too.
     """
-    out = Graph(tensors=dict(graph.tensors), ops=[], inputs=list(graph.inputs), outputs=list(graph.outputs),
-                input_layouts=list(graph.input_layouts), output_layouts=list(graph.output_layouts))
+    out = Graph(
+        tensors=dict(graph.tensors),
+        ops=[],
+        inputs=list(graph.inputs),
+        outputs=list(graph.outputs),
+        input_layouts=list(graph.input_layouts),
+        output_layouts=list(graph.output_layouts),
+    )
     for op in graph.ops:
         if op.kind != "HARD_SWISH":
             out.ops.append(op)
@@ -84,8 +91,13 @@ def prepare(graph: Graph) -> Graph:
     return out
 
 
-def calibrate(graph: Graph, inputs: Sequence[Sequence[np.ndarray]], method: str = "minmax",
-              threads: int | None = None, progress: Progress | None = None) -> Ranges:
+def calibrate(
+    graph: Graph,
+    inputs: Sequence[Sequence[np.ndarray]],
+    method: str = "minmax",
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Ranges:
     """Run the fp32 ``graph`` on ``inputs`` (each a list of arrays in the source's layout)
     and record the range of every activation tensor."""
     from edgekiln.compile.backends.litert import writer
@@ -120,8 +132,10 @@ def calibrate(graph: Graph, inputs: Sequence[Sequence[np.ndarray]], method: str 
     values = {n: (float(reduce_lo(lows[n])), float(reduce_hi(highs[n]))) for n in names}
     bad = [n for n, (lo, hi) in values.items() if not (np.isfinite(lo) and np.isfinite(hi))]
     if bad:
-        raise BackendError(f"calibration produced non-finite values in {', '.join(bad[:5])}",
-                           hint="check the calibration data (NaN or inf inputs?)")
+        raise BackendError(
+            f"calibration produced non-finite values in {', '.join(bad[:5])}",
+            hint="check the calibration data (NaN or inf inputs?)",
+        )
     return Ranges(values, len(inputs), method)
 
 
@@ -176,12 +190,17 @@ def quantize(graph: Graph, ranges: Ranges) -> Graph:
     """A full-integer int8 copy of the fp32 ``graph`` using the calibrated ``ranges``."""
     unsupported = sorted({f"{op.kind} (node {op.node!r})" for op in graph.ops if op.kind in _NO_INT8_KERNEL})
     if unsupported:
-        raise BackendError("LiteRT has no int8 kernel for " + ", ".join(unsupported),
-                           hint="compile this model without --quantize")
-    out = Graph(tensors={n: copy.copy(t) for n, t in graph.tensors.items()},
-                ops=[Op(op.kind, list(op.inputs), list(op.outputs), dict(op.options), op.node) for op in graph.ops],
-                inputs=list(graph.inputs), outputs=list(graph.outputs), input_layouts=list(graph.input_layouts),
-                output_layouts=list(graph.output_layouts))
+        raise BackendError(
+            "LiteRT has no int8 kernel for " + ", ".join(unsupported), hint="compile this model without --quantize"
+        )
+    out = Graph(
+        tensors={n: copy.copy(t) for n, t in graph.tensors.items()},
+        ops=[Op(op.kind, list(op.inputs), list(op.outputs), dict(op.options), op.node) for op in graph.ops],
+        inputs=list(graph.inputs),
+        outputs=list(graph.outputs),
+        input_layouts=list(graph.input_layouts),
+        output_layouts=list(graph.output_layouts),
+    )
     t = out.tensors
 
     def set_activation(name: str, params: QuantParams) -> None:
@@ -233,9 +252,11 @@ def _quantize_weighted(op: Op, tensors: dict[str, Tensor]) -> None:
     if b is not None:
         bias = tensors[b]
         bias_scale = (in_scale * params.scale.astype(np.float64)).astype(np.float32)
-        qb = np.clip(_round(bias.data.astype(np.float64) / bias_scale.astype(np.float64)),
-                     -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        qb = np.clip(
+            _round(bias.data.astype(np.float64) / bias_scale.astype(np.float64)), -(2**31) + 1, 2**31 - 1
+        ).astype(np.int32)
         new_b = f"{b}/int32"
-        tensors[new_b] = Tensor(new_b, bias.shape, "int32", qb,
-                                QuantParams(bias_scale, np.zeros(len(bias_scale), np.int64), 0))
+        tensors[new_b] = Tensor(
+            new_b, bias.shape, "int32", qb, QuantParams(bias_scale, np.zeros(len(bias_scale), np.int64), 0)
+        )
         op.inputs[2] = new_b

@@ -27,10 +27,30 @@ _ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 # Operator versions of the int8 kernels (TFLite's tools/optimize/operator_property.cc);
 # fp32 operators are version 1.
 _INT8_VERSIONS = {
-    "ADD": 2, "AVERAGE_POOL_2D": 2, "CONCATENATION": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3,
-    "FULLY_CONNECTED": 4, "HARD_SWISH": 1, "LEAKY_RELU": 2, "LOGISTIC": 2, "MAXIMUM": 2, "MAX_POOL_2D": 2,
-    "MEAN": 2, "MINIMUM": 2, "MUL": 2, "PAD": 2, "PADV2": 2, "RELU": 2, "RELU6": 2, "RELU_N1_TO_1": 1,
-    "RESHAPE": 1, "SOFTMAX": 2, "SUB": 2, "TANH": 2, "TRANSPOSE": 2,
+    "ADD": 2,
+    "AVERAGE_POOL_2D": 2,
+    "CONCATENATION": 2,
+    "CONV_2D": 3,
+    "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 4,
+    "HARD_SWISH": 1,
+    "LEAKY_RELU": 2,
+    "LOGISTIC": 2,
+    "MAXIMUM": 2,
+    "MAX_POOL_2D": 2,
+    "MEAN": 2,
+    "MINIMUM": 2,
+    "MUL": 2,
+    "PAD": 2,
+    "PADV2": 2,
+    "RELU": 2,
+    "RELU6": 2,
+    "RELU_N1_TO_1": 1,
+    "RESHAPE": 1,
+    "SOFTMAX": 2,
+    "SUB": 2,
+    "TANH": 2,
+    "TRANSPOSE": 2,
 }
 
 
@@ -85,29 +105,48 @@ def write(graph: Graph, input_names: list[str], output_names: list[str], descrip
     for kind, version in codes:
         code = builtin_code(kind)
         # deprecated_builtin_code is an int8: codes above 127 go there as the placeholder 127.
-        code_offsets.append(_table(builder, "OperatorCode", {
-            "DeprecatedBuiltinCode": min(code, 127), "Version": version, "BuiltinCode": code,
-        }))
+        code_offsets.append(
+            _table(
+                builder,
+                "OperatorCode",
+                {
+                    "DeprecatedBuiltinCode": min(code, 127),
+                    "Version": version,
+                    "BuiltinCode": code,
+                },
+            )
+        )
 
     name = builder.CreateString("main")
-    subgraph = _table(builder, "SubGraph", {
-        "Tensors": _offset_vector(builder, "SubGraph", "Tensors", tensor_offsets),
-        "Inputs": builder.CreateNumpyVector(np.array([index[n] for n in graph.inputs], np.int32)),
-        "Outputs": builder.CreateNumpyVector(np.array([index[n] for n in graph.outputs], np.int32)),
-        "Operators": _offset_vector(builder, "SubGraph", "Operators", operator_offsets),
-        "Name": name,
-    })
-    signature = _signature(builder, [(a, index[b]) for a, b in zip(input_names, graph.inputs)],
-                           [(a, index[b]) for a, b in zip(output_names, graph.outputs)])
+    subgraph = _table(
+        builder,
+        "SubGraph",
+        {
+            "Tensors": _offset_vector(builder, "SubGraph", "Tensors", tensor_offsets),
+            "Inputs": builder.CreateNumpyVector(np.array([index[n] for n in graph.inputs], np.int32)),
+            "Outputs": builder.CreateNumpyVector(np.array([index[n] for n in graph.outputs], np.int32)),
+            "Operators": _offset_vector(builder, "SubGraph", "Operators", operator_offsets),
+            "Name": name,
+        },
+    )
+    signature = _signature(
+        builder,
+        [(a, index[b]) for a, b in zip(input_names, graph.inputs)],
+        [(a, index[b]) for a, b in zip(output_names, graph.outputs)],
+    )
     text = builder.CreateString(description)
-    model = _table(builder, "Model", {
-        "Version": SCHEMA_VERSION,
-        "OperatorCodes": _offset_vector(builder, "Model", "OperatorCodes", code_offsets),
-        "Subgraphs": _offset_vector(builder, "Model", "Subgraphs", [subgraph]),
-        "Description": text,
-        "Buffers": _offset_vector(builder, "Model", "Buffers", buffers),
-        "SignatureDefs": _offset_vector(builder, "Model", "SignatureDefs", [signature]),
-    })
+    model = _table(
+        builder,
+        "Model",
+        {
+            "Version": SCHEMA_VERSION,
+            "OperatorCodes": _offset_vector(builder, "Model", "OperatorCodes", code_offsets),
+            "Subgraphs": _offset_vector(builder, "Model", "Subgraphs", [subgraph]),
+            "Description": text,
+            "Buffers": _offset_vector(builder, "Model", "Buffers", buffers),
+            "SignatureDefs": _offset_vector(builder, "Model", "SignatureDefs", [signature]),
+        },
+    )
     builder.Finish(model, file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 
@@ -136,7 +175,7 @@ def _aligned_bytes(builder: Any, data: bytes) -> int:
     # alignment at least, and SIMD kernels that read them in place like 16.
     builder.StartVector(1, len(data), _ALIGN)
     builder.head = builder.head - len(data)
-    builder.Bytes[builder.head:builder.head + len(data)] = data
+    builder.Bytes[builder.head : builder.head + len(data)] = data
     return builder.EndVector()
 
 
@@ -152,9 +191,15 @@ def _write_tensor(builder: Any, tensor: Tensor, buffer: int) -> int:
     if tensor.quant is not None:
         scale = builder.CreateNumpyVector(np.asarray(tensor.quant.scale, np.float32))
         zero = builder.CreateNumpyVector(np.asarray(tensor.quant.zero_point, np.int64))
-        quant = _table(builder, "QuantizationParameters", {
-            "Scale": scale, "ZeroPoint": zero, "QuantizedDimension": int(tensor.quant.axis),
-        })
+        quant = _table(
+            builder,
+            "QuantizationParameters",
+            {
+                "Scale": scale,
+                "ZeroPoint": zero,
+                "QuantizedDimension": int(tensor.quant.axis),
+            },
+        )
     fields: dict[str, Any] = {"Shape": shape, "Type": _TENSOR_TYPES[tensor.dtype], "Buffer": buffer, "Name": name}
     if quant is not None:
         fields["Quantization"] = quant
@@ -180,28 +225,57 @@ def _builtin_options(builder: Any, op: Op) -> tuple[str, int] | None:
     act = _ACTIVATION[o.get("activation", "NONE")]
     kind = op.kind
     if kind == "CONV_2D":
-        return "Conv2DOptions", _table(builder, "Conv2DOptions", {
-            "Padding": _PADDING[o["padding"]], "StrideH": o["stride"][0], "StrideW": o["stride"][1],
-            "DilationHFactor": o["dilation"][0], "DilationWFactor": o["dilation"][1], "FusedActivationFunction": act,
-        })
+        return "Conv2DOptions", _table(
+            builder,
+            "Conv2DOptions",
+            {
+                "Padding": _PADDING[o["padding"]],
+                "StrideH": o["stride"][0],
+                "StrideW": o["stride"][1],
+                "DilationHFactor": o["dilation"][0],
+                "DilationWFactor": o["dilation"][1],
+                "FusedActivationFunction": act,
+            },
+        )
     if kind == "DEPTHWISE_CONV_2D":
-        return "DepthwiseConv2DOptions", _table(builder, "DepthwiseConv2DOptions", {
-            "Padding": _PADDING[o["padding"]], "StrideH": o["stride"][0], "StrideW": o["stride"][1],
-            "DepthMultiplier": o["depth_multiplier"], "DilationHFactor": o["dilation"][0],
-            "DilationWFactor": o["dilation"][1], "FusedActivationFunction": act,
-        })
+        return "DepthwiseConv2DOptions", _table(
+            builder,
+            "DepthwiseConv2DOptions",
+            {
+                "Padding": _PADDING[o["padding"]],
+                "StrideH": o["stride"][0],
+                "StrideW": o["stride"][1],
+                "DepthMultiplier": o["depth_multiplier"],
+                "DilationHFactor": o["dilation"][0],
+                "DilationWFactor": o["dilation"][1],
+                "FusedActivationFunction": act,
+            },
+        )
     if kind == "FULLY_CONNECTED":
-        return "FullyConnectedOptions", _table(builder, "FullyConnectedOptions", {
-            "FusedActivationFunction": act, "KeepNumDims": bool(o.get("keep_num_dims", False)),
-        })
+        return "FullyConnectedOptions", _table(
+            builder,
+            "FullyConnectedOptions",
+            {
+                "FusedActivationFunction": act,
+                "KeepNumDims": bool(o.get("keep_num_dims", False)),
+            },
+        )
     if kind in ("ADD", "SUB", "MUL", "DIV"):
         cls = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}[kind]
         return cls, _table(builder, cls, {"FusedActivationFunction": act})
     if kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        return "Pool2DOptions", _table(builder, "Pool2DOptions", {
-            "Padding": _PADDING[o["padding"]], "StrideH": o["stride"][0], "StrideW": o["stride"][1],
-            "FilterHeight": o["filter"][0], "FilterWidth": o["filter"][1], "FusedActivationFunction": act,
-        })
+        return "Pool2DOptions", _table(
+            builder,
+            "Pool2DOptions",
+            {
+                "Padding": _PADDING[o["padding"]],
+                "StrideH": o["stride"][0],
+                "StrideW": o["stride"][1],
+                "FilterHeight": o["filter"][0],
+                "FilterWidth": o["filter"][1],
+                "FusedActivationFunction": act,
+            },
+        )
     if kind == "MEAN":
         return "ReducerOptions", _table(builder, "ReducerOptions", {"KeepDims": bool(o["keep_dims"])})
     if kind == "RESHAPE":
@@ -210,14 +284,24 @@ def _builtin_options(builder: Any, op: Op) -> tuple[str, int] | None:
     if kind == "SOFTMAX":
         return "SoftmaxOptions", _table(builder, "SoftmaxOptions", {"Beta": float(o.get("beta", 1.0))})
     if kind == "CONCATENATION":
-        return "ConcatenationOptions", _table(builder, "ConcatenationOptions", {
-            "Axis": int(o["axis"]), "FusedActivationFunction": act,
-        })
+        return "ConcatenationOptions", _table(
+            builder,
+            "ConcatenationOptions",
+            {
+                "Axis": int(o["axis"]),
+                "FusedActivationFunction": act,
+            },
+        )
     if kind == "LEAKY_RELU":
         return "LeakyReluOptions", _table(builder, "LeakyReluOptions", {"Alpha": float(o["alpha"])})
-    simple = {"PAD": "PadOptions", "PADV2": "PadV2Options", "TRANSPOSE": "TransposeOptions",
-              "MAXIMUM": "MaximumMinimumOptions", "MINIMUM": "MaximumMinimumOptions",
-              "HARD_SWISH": "HardSwishOptions"}
+    simple = {
+        "PAD": "PadOptions",
+        "PADV2": "PadV2Options",
+        "TRANSPOSE": "TransposeOptions",
+        "MAXIMUM": "MaximumMinimumOptions",
+        "MINIMUM": "MaximumMinimumOptions",
+        "HARD_SWISH": "HardSwishOptions",
+    }
     if kind in simple:
         return simple[kind], _table(builder, simple[kind], {})
     return None

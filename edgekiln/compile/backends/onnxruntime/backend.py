@@ -39,8 +39,9 @@ class ONNXRuntimeOptions(BackendOptions):
 
     def check(self) -> None:
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
-            raise UserError("onnxruntime option intra_op_threads must be a positive integer, "
-                            f"got {self.intra_op_threads!r}")
+            raise UserError(
+                f"onnxruntime option intra_op_threads must be a positive integer, got {self.intra_op_threads!r}"
+            )
 
 
 def providers_for(profile: DeviceProfile) -> list[str]:
@@ -63,17 +64,28 @@ class ONNXRuntimeBackend(Backend):
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "onnxruntime" not in profile.backends:
-            return f"profile {profile.id} does not list the onnxruntime backend (it lists {', '.join(profile.backends)})"
+            return (
+                f"profile {profile.id} does not list the onnxruntime backend (it lists {', '.join(profile.backends)})"
+            )
         if profile.cpu.arch not in _WHEEL_ARCHES:
             return f"onnxruntime publishes no {profile.cpu.arch} wheels"
         return None
 
-    def lower(self, model: SourceModel, profile: DeviceProfile, options: ONNXRuntimeOptions, root: Path,
-              progress: Progress, calibration: Any = None) -> LoweredFiles:
+    def lower(
+        self,
+        model: SourceModel,
+        profile: DeviceProfile,
+        options: ONNXRuntimeOptions,
+        root: Path,
+        progress: Progress,
+        calibration: Any = None,
+    ) -> LoweredFiles:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise DependencyError(f"onnxruntime is not installed ({exc})", hint="pip install 'edgekiln[compile]'") from None
+            raise DependencyError(
+                f"onnxruntime is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
+            ) from None
         from edgekiln.runtime.compat import host_info
 
         level = options.optimization or ("extended" if profile.cpu.arch == host_info().arch else "basic")
@@ -103,5 +115,10 @@ class ONNXRuntimeBackend(Backend):
             cuda_arch=profile.accelerator.cuda_arch if profile.is_cuda else None,
         )
         session = {"providers": providers_for(profile), "intra_op_num_threads": threads, "optimization": level}
-        return LoweredFiles(files={MODEL_FILE: "model"}, runtime=runtime, compiler={"onnxruntime": version},
-                            target={"session": session}, options={**asdict(options), "session": session})
+        return LoweredFiles(
+            files={MODEL_FILE: "model"},
+            runtime=runtime,
+            compiler={"onnxruntime": version},
+            target={"session": session},
+            options={**asdict(options), "session": session},
+        )

@@ -89,27 +89,37 @@ class TVMBackend(Backend):
             return f"profile {profile.id} does not list the tvm backend (it lists {', '.join(profile.backends)})"
         return None
 
-    def lower(self, model: SourceModel, profile: DeviceProfile, options: TVMOptions, root: Path,
-              progress: Progress, calibration: Any = None) -> LoweredFiles:
+    def lower(
+        self,
+        model: SourceModel,
+        profile: DeviceProfile,
+        options: TVMOptions,
+        root: Path,
+        progress: Progress,
+        calibration: Any = None,
+    ) -> LoweredFiles:
         try:
             import tvm
             from tvm.relax.frontend.onnx import from_onnx
         except ImportError as exc:
-            raise DependencyError(f"the TVM compiler is not installed ({exc})",
-                                  hint="pip install 'edgekiln[compile]'") from None
+            raise DependencyError(
+                f"the TVM compiler is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
+            ) from None
 
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)
         if profile.is_cuda and (libs is None or libs.cuda is None):
-            raise DependencyError(f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library "
-                                  f"for {profile.cpu.arch}")
+            raise DependencyError(
+                f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library for {profile.cpu.arch}"
+            )
         onnx_model = model.load_onnx()
         with progress.step("convert ONNX to Relax"):
             bad = unsupported_operators(onnx_model)
             if bad:
                 raise BackendError(
                     f"the tvm backend does not support {len(bad)} operator(s) of {model.source_ref}: "
-                    + ", ".join(bad[:10]) + (" …" if len(bad) > 10 else "")
+                    + ", ".join(bad[:10])
+                    + (" …" if len(bad) > 10 else "")
                 )
             shapes = {t.name: list(t.shape) for t in model.inputs}
             try:
@@ -120,7 +130,8 @@ class TVMBackend(Backend):
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = {"tvm": runtime_libs.tvm_version()}
-        with progress.step(f"build for {profile.id} ({'CUDA ' + profile.accelerator.cuda_arch if profile.is_cuda else profile.cpu.mcpu})"):
+        where = f"CUDA {profile.accelerator.cuda_arch}" if profile.is_cuda else profile.cpu.mcpu
+        with progress.step(f"build for {profile.id} ({where})"):
             target = tvm.target.Target(target_dict)
             if profile.is_cuda:
                 from edgekiln.compile.backends.tvm import cuda
@@ -136,7 +147,9 @@ class TVMBackend(Backend):
                 compiler["nvcc"] = cuda.nvcc_version()
             else:
                 executable = self._build(tvm, mod, target)
-        with progress.step("link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")):
+        with progress.step(
+            "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
+        ):
             try:
                 executable.export_library(str(library), fcompile=fcompile)
             except Exception as exc:
@@ -163,8 +176,9 @@ class TVMBackend(Backend):
             cpu_features=required_cpu_features(profile),
             notes=tuple(n for n in notes if n),
         )
-        return LoweredFiles(files=files, runtime=runtime, compiler=compiler, target=json.loads(str(target)),
-                            options=asdict(options))
+        return LoweredFiles(
+            files=files, runtime=runtime, compiler=compiler, target=json.loads(str(target)), options=asdict(options)
+        )
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:
@@ -203,7 +217,7 @@ def _cudart_major(library: Path) -> str:
         return "?"
     end = marker + len(b"libcudart.so.")
     digits = b""
-    while end < len(data) and data[end:end + 1].isdigit():
-        digits += data[end:end + 1]
+    while end < len(data) and data[end : end + 1].isdigit():
+        digits += data[end : end + 1]
         end += 1
     return digits.decode() or "?"

@@ -35,8 +35,14 @@ _stub_handles: list[ctypes.CDLL] = []
 # Driver API functions libtvm_runtime_cuda.so imports (nm -D --undefined-only); the stub
 # defines them all so that the library loads without a driver.
 _DRIVER_SYMBOLS = (
-    "cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString",
-    "cuLaunchKernelEx", "cuModuleGetFunction", "cuModuleLoadData", "cuModuleUnload",
+    "cuDeviceGetName",
+    "cuFuncSetAttribute",
+    "cuGetErrorName",
+    "cuGetErrorString",
+    "cuLaunchKernelEx",
+    "cuModuleGetFunction",
+    "cuModuleLoadData",
+    "cuModuleUnload",
     "cuTensorMapEncodeTiled",
 )
 _CUDA_ERROR_NO_DEVICE = 100
@@ -96,8 +102,11 @@ def _load_driver_stub() -> ctypes.CDLL:
     source = workdir / "stub.c"
     source.write_text("".join(f"int {name}(void) {{ return {_CUDA_ERROR_NO_DEVICE}; }}\n" for name in _DRIVER_SYMBOLS))
     library = workdir / "libcuda.so.1"
-    proc = subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(library), str(source)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(library), str(source)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise DependencyError(f"cannot build the CUDA driver stub: {proc.stderr.strip()[:200]}")
     # Loaded by path; the soname makes later NEEDED lookups of libcuda.so.1 resolve to it.
@@ -113,8 +122,16 @@ def compile_kernels(code: str, cuda_arch: str, embed_ptx: bool = True) -> bytes:
     with tempfile.TemporaryDirectory(prefix="edgekiln-nvcc-") as tmp:
         src, out = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
         src.write_text(code)
-        cmd = [nvcc_path(), "--fatbin", "-O3", "-w", f"--generate-code=arch=compute_{number},code=[{codes}]",
-               "-o", str(out), str(src)]
+        cmd = [
+            nvcc_path(),
+            "--fatbin",
+            "-O3",
+            "-w",
+            f"--generate-code=arch=compute_{number},code=[{codes}]",
+            "-o",
+            str(out),
+            str(src),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = " ".join(proc.stderr.strip().splitlines()[-3:])

@@ -67,8 +67,9 @@ def find(arch: str) -> RuntimeLibs | None:
 
         lib = Path(tvm.__file__).parent / "lib"
         cuda = lib / "libtvm_runtime_cuda.so"
-        return RuntimeLibs(arch, version, lib / "libtvm_runtime.so", cuda if cuda.exists() else None,
-                           _glibc_of(WHEEL_PLATFORMS[arch]))
+        return RuntimeLibs(
+            arch, version, lib / "libtvm_runtime.so", cuda if cuda.exists() else None, _glibc_of(WHEEL_PLATFORMS[arch])
+        )
     cached = _cache_dir(arch, version)
     info = cached / "wheel.json"
     if not info.is_file():
@@ -100,9 +101,20 @@ def fetch(arch: str) -> Path:
         return target
     with tempfile.TemporaryDirectory(prefix="edgekiln-wheel-") as tmp:
         cmd = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-            "--platform", WHEEL_PLATFORMS[arch], "--python-version", "3.11",
-            f"apache-tvm=={version}", "-d", tmp,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            WHEEL_PLATFORMS[arch],
+            "--python-version",
+            "3.11",
+            f"apache-tvm=={version}",
+            "-d",
+            tmp,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -120,7 +132,9 @@ def fetch(arch: str) -> Path:
                     (staging / lib).write_bytes(data)
             if not (staging / "libtvm_runtime.so").exists():
                 raise DependencyError(f"the apache-tvm {version} wheel for {arch} holds no libtvm_runtime.so")
-            (staging / "wheel.json").write_text(json.dumps({"wheel": wheels[0].name, "platform": WHEEL_PLATFORMS[arch]}))
+            (staging / "wheel.json").write_text(
+                json.dumps({"wheel": wheels[0].name, "platform": WHEEL_PLATFORMS[arch]})
+            )
             # Rename into place last, so a failed fetch never looks like a finished one.
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)

@@ -53,19 +53,24 @@ def find_files(path: Path) -> tuple[Path, Path]:
         prefix = path.name[: -len(_SYMBOL_SUFFIX)]
         params = _epochs(path.parent, prefix)
         if not params:
-            raise UserError(f"{path} has no parameters beside it: no {prefix}-NNNN.params in {path.parent}",
-                            hint="export both files with HybridBlock.export() or Module.save_checkpoint()")
+            raise UserError(
+                f"{path} has no parameters beside it: no {prefix}-NNNN.params in {path.parent}",
+                hint="export both files with HybridBlock.export() or Module.save_checkpoint()",
+            )
         return path, params[-1][1]
     match = _PARAMS_NAME.match(path.name)
     if match:
         symbol = path.parent / f"{match['prefix']}{_SYMBOL_SUFFIX}"
         if not symbol.is_file():
-            raise UserError(f"{path} has no symbol beside it: no {symbol.name} in {path.parent}",
-                            hint="an MXNet model is a PREFIX-symbol.json and a PREFIX-NNNN.params together")
+            raise UserError(
+                f"{path} has no symbol beside it: no {symbol.name} in {path.parent}",
+                hint="an MXNet model is a PREFIX-symbol.json and a PREFIX-NNNN.params together",
+            )
         return symbol, path
     if path.suffix == ".params":
-        raise UserError(f"{path} is not named PREFIX-NNNN.params, so its symbol file cannot be found",
-                        hint=f"expected {_EXPECTED}")
+        raise UserError(
+            f"{path} is not named PREFIX-NNNN.params, so its symbol file cannot be found", hint=f"expected {_EXPECTED}"
+        )
     raise UserError(f"{path} is not an MXNet model file", hint=f"expected {_EXPECTED}")
 
 
@@ -90,13 +95,21 @@ def _find_in_dir(directory: Path) -> tuple[Path, Path]:
     all_params = sorted(p.name for p in directory.glob("*.params"))
     found = f"symbols {[s.name for s in symbols]}, params {all_params}"
     if pairs:
-        raise UserError(f"{directory} holds {len(pairs)} MXNet models ({[s.name for s, _ in pairs]}); expected one",
-                        hint="give the -symbol.json of the one to import")
+        raise UserError(
+            f"{directory} holds {len(pairs)} MXNet models ({[s.name for s, _ in pairs]}); expected one",
+            hint="give the -symbol.json of the one to import",
+        )
     raise UserError(f"{directory} holds no MXNet symbol + params pair (found {found})", hint=f"expected {_EXPECTED}")
 
 
-def import_model(path: Path, workdir: Path, *, input_shape: Mapping[str, Sequence[int]] | Sequence[int] | None,
-                 name: str | None, sha256: str) -> SourceModel:
+def import_model(
+    path: Path,
+    workdir: Path,
+    *,
+    input_shape: Mapping[str, Sequence[int]] | Sequence[int] | None,
+    name: str | None,
+    sha256: str,
+) -> SourceModel:
     """Import an MXNet symbol + params pair (see :func:`find_files`) as a ``SourceModel``."""
     from edgekiln.compile.frontends.onnx import finish
 
@@ -107,7 +120,8 @@ def import_model(path: Path, workdir: Path, *, input_shape: Mapping[str, Sequenc
     if unshaped:
         # The symbol names its inputs but records no shapes: Neo required a DataInputConfig.
         example = json.dumps({n: [1, 3, 224, 224] for n in unshaped})
-        raise UserError(f"MXNet symbol files record no input shapes, and none was given for {unshaped}",
-                        hint=f"give them as Neo did, e.g. --input-config '{example}'")
+        raise UserError(
+            f"MXNet symbol files record no input shapes, and none was given for {unshaped}",
+            hint=f"give them as Neo did, e.g. --input-config '{example}'",
+        )
     return finish(model, workdir, ref=str(path), source_format="mxnet", raw_sha256=sha256, name=name)
-

@@ -55,13 +55,18 @@ class Builder:
 
     def _source(self, node: Node, i: int, role: str) -> tuple[int, int]:
         if i >= len(node.inputs):
-            raise UserError(f"MXNet node {node.name!r} ({node.op}) has {len(node.inputs)} inputs; "
-                            f"its {role} (input {i}) is missing from the symbol")
+            raise UserError(
+                f"MXNet node {node.name!r} ({node.op}) has {len(node.inputs)} inputs; "
+                f"its {role} (input {i}) is missing from the symbol"
+            )
         key = node.inputs[i]
         src = self.symbol.nodes[key[0]]
         if src.op == "null" and key[1] != 0:
-            raise UserError(f"MXNet node {node.name!r} ({node.op}) reads output {key[1]} of variable {src.name!r}, "
-                            "which has only output 0", hint="the symbol file is corrupt")
+            raise UserError(
+                f"MXNet node {node.name!r} ({node.op}) reads output {key[1]} of variable {src.name!r}, "
+                "which has only output 0",
+                hint="the symbol file is corrupt",
+            )
         return key
 
     def data(self, node: Node, i: int, role: str = "data") -> str:
@@ -72,8 +77,10 @@ class Builder:
         src = self.symbol.nodes[key[0]]
         if src.op != "null":
             # Nodes come in topological order, so an operator output not converted yet is not the first.
-            raise UserError(f"MXNet node {node.name!r} ({node.op}) reads output {key[1]} of node {src.name!r} "
-                            f"({src.op}); edgekiln's MXNet importer converts only the first output of each operator")
+            raise UserError(
+                f"MXNet node {node.name!r} ({node.op}) reads output {key[1]} of node {src.name!r} "
+                f"({src.op}); edgekiln's MXNet importer converts only the first output of each operator"
+            )
         value = self.stored(src)
         name = self.unique(src.name)
         if value is None:
@@ -89,12 +96,17 @@ class Builder:
         key = self._source(node, i, role)
         src = self.symbol.nodes[key[0]]
         if src.op != "null":
-            raise UserError(f"the {role} of MXNet node {node.name!r} ({node.op}) is computed by node {src.name!r} "
-                            f"({src.op}); edgekiln's MXNet importer needs it stored in the .params file")
+            raise UserError(
+                f"the {role} of MXNet node {node.name!r} ({node.op}) is computed by node {src.name!r} "
+                f"({src.op}); edgekiln's MXNet importer needs it stored in the .params file"
+            )
         value = self.stored(src)
         if value is None:
-            raise UserError(f"parameter {src.name!r} ({role} of MXNet node {node.name!r}, {node.op}) is missing "
-                            f"from {self.params_path}", hint="export the symbol and the params together")
+            raise UserError(
+                f"parameter {src.name!r} ({role} of MXNet node {node.name!r}, {node.op}) is missing "
+                f"from {self.params_path}",
+                hint="export the symbol and the params together",
+            )
         array = _as_float32(value)
         if not register:
             return src.name, array
@@ -111,23 +123,28 @@ class Builder:
     def emit(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], node: Node, **attrs: Any) -> None:
         from onnx import helper
 
-        self.onnx_nodes.append(helper.make_node(op_type, list(inputs), list(outputs),
-                                                name=self.unique(f"{node.name}/{op_type}"), **attrs))
+        self.onnx_nodes.append(
+            helper.make_node(op_type, list(inputs), list(outputs), name=self.unique(f"{node.name}/{op_type}"), **attrs)
+        )
 
     def temp(self, node: Node, what: str) -> str:
         return self.unique(f"{node.name}_{what}")
 
     def wrong_shape(self, node: Node, param: str, role: str, shape: tuple, expected: str) -> UserError:
-        return UserError(f"parameter {param!r} ({role} of MXNet node {node.name!r}, {node.op}) has shape "
-                         f"{tuple(shape)}, but the node expects {expected}",
-                         hint="the params file does not belong to this symbol, or it is corrupt")
+        return UserError(
+            f"parameter {param!r} ({role} of MXNet node {node.name!r}, {node.op}) has shape "
+            f"{tuple(shape)}, but the node expects {expected}",
+            hint="the params file does not belong to this symbol, or it is corrupt",
+        )
 
     def need_channels(self, tensor: str, size: int, node: Node, param: str, what: str, axis: int = 1) -> None:
         known = self.channels.get(tensor) if axis == 1 else None
         if known is not None and known != size:
-            raise UserError(f"parameter {param!r} of MXNet node {node.name!r} ({node.op}) fits {what} {size}, "
-                            f"but the node's input has {known}",
-                            hint="the params file does not belong to this symbol, or it is corrupt")
+            raise UserError(
+                f"parameter {param!r} of MXNet node {node.name!r} ({node.op}) fits {what} {size}, "
+                f"but the node's input has {known}",
+                hint="the params file does not belong to this symbol, or it is corrupt",
+            )
         self.checks.append(_Check(tensor, axis, size, node.name, param, what))
 
 
@@ -139,15 +156,19 @@ def _layout(node: Node, a: Attrs, nd: int) -> None:
     layout = a.text("layout", None)
     allowed = {1: "NCW", 2: "NCHW", 3: "NCDHW"}.get(nd)
     if layout is not None and layout != allowed:
-        raise UserError(f"MXNet node {node.name!r} ({node.op}) uses layout {layout}; edgekiln's MXNet importer "
-                        f"supports channel-first layouts only ({allowed})")
+        raise UserError(
+            f"MXNet node {node.name!r} ({node.op}) uses layout {layout}; edgekiln's MXNet importer "
+            f"supports channel-first layouts only ({allowed})"
+        )
 
 
 def _spatial(node: Node, a: Attrs, key: str, nd: int, default: int) -> tuple[int, ...]:
     value = a.ints(key, (default,) * nd)
     if len(value) != nd:
-        raise UserError(f"attribute {key}={node.attrs.get(key)!r} of MXNet node {node.name!r} ({node.op}) "
-                        f"has {len(value)} values; its kernel has {nd}")
+        raise UserError(
+            f"attribute {key}={node.attrs.get(key)!r} of MXNet node {node.name!r} ({node.op}) "
+            f"has {len(value)} values; its kernel has {nd}"
+        )
     return value
 
 
@@ -163,8 +184,9 @@ def _convolution(b: Builder, node: Node, a: Attrs, out: str) -> None:
     filters = a.integer("num_filter")
     groups = a.integer("num_group", 1)
     if groups < 1 or filters % groups:
-        raise UserError(f"MXNet node {node.name!r} (Convolution) has num_filter={filters}, "
-                        f"which num_group={groups} does not divide")
+        raise UserError(
+            f"MXNet node {node.name!r} (Convolution) has num_filter={filters}, which num_group={groups} does not divide"
+        )
     x = b.data(node, 0)
     w_name, w = b.param(node, 1, "weight")
     if w.ndim != nd + 2 or w.shape[0] != filters or tuple(w.shape[2:]) != kernel:
@@ -176,21 +198,34 @@ def _convolution(b: Builder, node: Node, a: Attrs, out: str) -> None:
             raise b.wrong_shape(node, b_name, "bias", bias.shape, f"({filters},)")
         inputs.append(b_name)
     b.need_channels(x, w.shape[1] * groups, node, w_name, "input channels")
-    b.emit("Conv", inputs, [out], node, kernel_shape=list(kernel), strides=list(stride), dilations=list(dilate),
-           pads=list(pad) * 2, group=groups)
+    b.emit(
+        "Conv",
+        inputs,
+        [out],
+        node,
+        kernel_shape=list(kernel),
+        strides=list(stride),
+        dilations=list(dilate),
+        pads=list(pad) * 2,
+        group=groups,
+    )
     b.channels[out] = filters
 
 
 def _batchnorm(b: Builder, node: Node, a: Attrs, out: str) -> None:
     if a.integer("axis", 1) != 1:
-        raise UserError(f"MXNet node {node.name!r} (BatchNorm) normalizes axis {node.attrs.get('axis')}; "
-                        "edgekiln's MXNet importer supports axis 1 only")
+        raise UserError(
+            f"MXNet node {node.name!r} (BatchNorm) normalizes axis {node.attrs.get('axis')}; "
+            "edgekiln's MXNet importer supports axis 1 only"
+        )
     eps = a.number("eps", 1e-3)
     x = b.data(node, 0)
     # fix_gamma (MXNet's default) means a scale of 1 whatever gamma holds.
     fix_gamma = a.boolean("fix_gamma", True)
-    stats = [b.param(node, i, role, register=not (fix_gamma and i == 1))
-             for i, role in enumerate(("gamma", "beta", "moving_mean", "moving_var"), 1)]
+    stats = [
+        b.param(node, i, role, register=not (fix_gamma and i == 1))
+        for i, role in enumerate(("gamma", "beta", "moving_mean", "moving_var"), 1)
+    ]
     channels = stats[0][1].shape
     for (name, value), role in zip(stats, ("gamma", "beta", "moving_mean", "moving_var")):
         if value.ndim != 1 or value.shape != channels:
@@ -215,8 +250,10 @@ def _keep_channels(b: Builder, x: str, out: str) -> None:
 def _activation(b: Builder, node: Node, a: Attrs, out: str) -> None:
     kind = a.text("act_type")
     if kind not in _ACTIVATIONS:
-        raise UserError(f"act_type {kind!r} of MXNet node {node.name!r} (Activation) is not supported",
-                        hint=f"supported: {', '.join(_ACTIVATIONS)}")
+        raise UserError(
+            f"act_type {kind!r} of MXNet node {node.name!r} (Activation) is not supported",
+            hint=f"supported: {', '.join(_ACTIVATIONS)}",
+        )
     x = b.data(node, 0)
     b.emit(_ACTIVATIONS[kind], [x], [out], node)
     _keep_channels(b, x, out)
@@ -266,21 +303,27 @@ def _leaky_relu(b: Builder, node: Node, a: Attrs, out: str) -> None:
         b.emit("Mul", [x, b.const(f"{node.name}_half", 0.5)], [half], node)
         b.emit("Mul", [half, shifted], [out], node)
     else:
-        raise UserError(f"act_type {kind!r} of MXNet node {node.name!r} (LeakyReLU) is not supported",
-                        hint="supported: leaky, elu, selu, rrelu, gelu")
+        raise UserError(
+            f"act_type {kind!r} of MXNet node {node.name!r} (LeakyReLU) is not supported",
+            hint="supported: leaky, elu, selu, rrelu, gelu",
+        )
     _keep_channels(b, x, out)
 
 
 def _pooling(b: Builder, node: Node, a: Attrs, out: str) -> None:
     kind = a.text("pool_type", "max")
     if kind not in ("max", "avg", "sum"):
-        raise UserError(f"pool_type {kind!r} of MXNet node {node.name!r} (Pooling) is not supported",
-                        hint="supported: max, avg, sum")
+        raise UserError(
+            f"pool_type {kind!r} of MXNet node {node.name!r} (Pooling) is not supported",
+            hint="supported: max, avg, sum",
+        )
     x = b.data(node, 0)
     if a.boolean("global_pool", False):
         if kind == "sum":
-            raise UserError(f"global sum pooling (MXNet node {node.name!r}) is not supported",
-                            hint="supported: global max and avg pooling")
+            raise UserError(
+                f"global sum pooling (MXNet node {node.name!r}) is not supported",
+                hint="supported: global max and avg pooling",
+            )
         b.emit("GlobalMaxPool" if kind == "max" else "GlobalAveragePool", [x], [out], node)
         _keep_channels(b, x, out)
         return
@@ -293,13 +336,16 @@ def _pooling(b: Builder, node: Node, a: Attrs, out: str) -> None:
     pad = _spatial(node, a, "pad", nd, 0)
     convention = a.text("pooling_convention", "valid")
     if convention not in ("valid", "full"):
-        raise UserError(f"pooling_convention {convention!r} of MXNet node {node.name!r} (Pooling) is not supported",
-                        hint="supported: valid, full")
+        raise UserError(
+            f"pooling_convention {convention!r} of MXNet node {node.name!r} (Pooling) is not supported",
+            hint="supported: valid, full",
+        )
     # "full" is MXNet's ceil-mode output size; padding stays symmetric in both.
     if convention == "full":
         b.ceil_pools.append((x, node, kernel, stride, pad))
-    common = dict(kernel_shape=list(kernel), strides=list(stride), pads=list(pad) * 2,
-                  ceil_mode=int(convention == "full"))
+    common = dict(
+        kernel_shape=list(kernel), strides=list(stride), pads=list(pad) * 2, ceil_mode=int(convention == "full")
+    )
     if kind == "max":
         b.emit("MaxPool", [x], [out], node, **common)
     elif kind == "avg":
@@ -451,12 +497,16 @@ def _softmax_activation(b: Builder, node: Node, a: Attrs, out: str) -> None:
 def _reshape(b: Builder, node: Node, a: Attrs, out: str) -> None:
     shape = a.ints("shape", ())
     if not shape or a.boolean("reverse", False) or a.ints("target_shape", ()):
-        raise UserError(f"MXNet node {node.name!r} ({node.op}) uses target_shape, reverse or an empty shape; "
-                        "edgekiln's MXNet importer supports 'shape' with positive sizes, 0 and -1 only")
+        raise UserError(
+            f"MXNet node {node.name!r} ({node.op}) uses target_shape, reverse or an empty shape; "
+            "edgekiln's MXNet importer supports 'shape' with positive sizes, 0 and -1 only"
+        )
     # MXNet's 0 (copy) and -1 (infer) mean what ONNX's do; -2, -3 and -4 have no ONNX twin.
     if any(d < -1 for d in shape) or shape.count(-1) > 1:
-        raise UserError(f"shape {shape} of MXNet node {node.name!r} ({node.op}) uses MXNet's special sizes "
-                        "(-2, -3, -4 or several -1); supported: positive sizes, 0 and one -1")
+        raise UserError(
+            f"shape {shape} of MXNet node {node.name!r} ({node.op}) uses MXNet's special sizes "
+            "(-2, -3, -4 or several -1); supported: positive sizes, 0 and one -1"
+        )
     x = b.data(node, 0)
     b.emit("Reshape", [x, b.const(f"{node.name}_shape", shape, np.int64)], [out], node)
 

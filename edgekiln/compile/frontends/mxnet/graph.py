@@ -37,8 +37,10 @@ def _unsupported(nodes: list[Node]) -> None:
     first = bad[0]
     others = sorted({n.op for n in bad[1:]} - {first.op})
     also = f"; also unsupported: {', '.join(others)}" if others else ""
-    raise UserError(f"MXNet operator {first.op!r} at node {first.name!r} is not supported by edgekiln's MXNet "
-                    f"importer{also}", hint=f"supported: {', '.join(supported_operators())}")
+    raise UserError(
+        f"MXNet operator {first.op!r} at node {first.name!r} is not supported by edgekiln's MXNet importer{also}",
+        hint=f"supported: {', '.join(supported_operators())}",
+    )
 
 
 def _shape_list(name: str, shape: Any) -> list[int]:
@@ -50,13 +52,16 @@ def _shape_list(name: str, shape: Any) -> list[int]:
     if not ok or not dims:
         raise UserError(f"the input shape for {name!r} must be a list of positive integers, got {shape!r}")
     if math.prod(dims) * 4 > INT64_MAX:  # float32 bytes; ONNX and numpy count them in int64
-        raise UserError(f"the input shape {dims} for {name!r} overflows: its float32 size does not fit in 64 bits",
-                        hint="give the shape of one input batch, e.g. [1, 3, 224, 224]")
+        raise UserError(
+            f"the input shape {dims} for {name!r} overflows: its float32 size does not fit in 64 bits",
+            hint="give the shape of one input batch, e.g. [1, 3, 224, 224]",
+        )
     return dims
 
 
-def _requested_shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None,
-                      names: list[str]) -> dict[str, Any]:
+def _requested_shapes(
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None, names: list[str]
+) -> dict[str, Any]:
     """Shapes by input name: a bare shape is the single input's, Neo's list form (``input0``,
     ``input1``...) goes to the inputs in order."""
     from edgekiln.compile.frontends.onnx import positional
@@ -70,8 +75,13 @@ def _requested_shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[int] 
     return {names[0]: input_shapes}
 
 
-def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None, *,
-            name: str = "mxnet") -> onnx.ModelProto:
+def to_onnx(
+    symbol: Path,
+    params: Path,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None,
+    *,
+    name: str = "mxnet",
+) -> onnx.ModelProto:
     """Convert an MXNet symbol + params pair to an ``onnx.ModelProto`` (opset 17, float32).
 
     The graph inputs are the symbol's variables that have no ``arg:``/``aux:`` entry in the
@@ -111,8 +121,10 @@ def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]
             # A variable that is itself an output: register it the way a consumer would.
             b.data(Node(-1, "output", "output", {}, [head]), 0)
         if head not in b.tensor_of:
-            raise UserError(f"output {head[1]} of MXNet node {node.name!r} ({node.op}) is a graph output; "
-                            "edgekiln's MXNet importer converts only the first output of each operator")
+            raise UserError(
+                f"output {head[1]} of MXNet node {node.name!r} ({node.op}) is a graph output; "
+                "edgekiln's MXNet importer converts only the first output of each operator"
+            )
         tensor = b.tensor_of[head]
         if tensor in outputs or node.op == "null":
             # An output listed twice, or a graph input, still needs a name of its own.
@@ -137,8 +149,12 @@ def to_onnx(symbol: Path, params: Path, input_shapes: Mapping[str, Sequence[int]
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
         initializer=[numpy_helper.from_array(v, k) for k, v in b.initializers.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgekiln-mxnet", doc_string=f"imported from MXNet {symbol.name}")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edgekiln-mxnet",
+        doc_string=f"imported from MXNet {symbol.name}",
+    )
     model.ir_version = _IR_VERSION
     meta = {"source_format": "mxnet"}
     if sym.mxnet_version is not None:
@@ -200,19 +216,23 @@ def _check_shapes(model: Any, b: Builder, shapes: Mapping[str, list[int]]) -> No
             # MXNet keeps a last window that starts in the end padding (its values are
             # padding); ONNX's ceil mode drops it, so the output would be one shorter.
             if size and (math.ceil((size + 2 * p - k) / s)) * s >= size + p:
-                raise UserError(f"MXNet node {node.name!r} (Pooling, pooling_convention 'full') would start its "
-                                f"last window inside the padding for input size {size}; ONNX pooling drops that "
-                                "window, so edgekiln's MXNet importer cannot reproduce it",
-                                hint="use another input size or pooling_convention 'valid'")
+                raise UserError(
+                    f"MXNet node {node.name!r} (Pooling, pooling_convention 'full') would start its "
+                    f"last window inside the padding for input size {size}; ONNX pooling drops that "
+                    "window, so edgekiln's MXNet importer cannot reproduce it",
+                    hint="use another input size or pooling_convention 'valid'",
+                )
     for check in b.checks:
         dims = known.get(check.tensor)
         if not dims or not -len(dims) <= check.axis < len(dims):
             continue
         actual = dims[check.axis]
         if actual is not None and actual != check.size:
-            raise UserError(f"parameter {check.param!r} of MXNet node {check.node!r} fits {check.what} {check.size}, "
-                            f"but with input shapes {dict(shapes)} the node's input has {actual}",
-                            hint="check the input shape, or whether the params file belongs to this symbol")
+            raise UserError(
+                f"parameter {check.param!r} of MXNet node {check.node!r} fits {check.what} {check.size}, "
+                f"but with input shapes {dict(shapes)} the node's input has {actual}",
+                hint="check the input shape, or whether the params file belongs to this symbol",
+            )
     try:
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except onnx.shape_inference.InferenceError as exc:

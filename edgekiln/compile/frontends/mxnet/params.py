@@ -17,8 +17,18 @@ _V2_MAGIC = 0xF993FAC9
 _V3_MAGIC = 0xF993FACA  # written while NumPy shape semantics are on: ndim -1 is "unknown", 0 a scalar
 # mshadow type flags.
 _DTYPES: dict[int, Any] = {
-    0: np.float32, 1: np.float64, 2: np.float16, 3: np.uint8, 4: np.int32, 5: np.int8, 6: np.int64,
-    7: np.bool_, 8: np.int16, 9: np.uint16, 10: np.uint32, 11: np.uint64,
+    0: np.float32,
+    1: np.float64,
+    2: np.float16,
+    3: np.uint8,
+    4: np.int32,
+    5: np.int8,
+    6: np.int64,
+    7: np.bool_,
+    8: np.int16,
+    9: np.uint16,
+    10: np.uint32,
+    11: np.uint64,
 }
 _BFLOAT16 = 12
 _MAX_NDIM = 32  # MXNet's own limit; a larger count means the bytes are not what we think
@@ -82,8 +92,10 @@ def _parse_params(data: bytes, path: Path) -> dict[str, np.ndarray]:
     arrays = [_read_array(r, i, path) for i in range(count)]
     n_names = r.one("Q")
     if n_names == 0 and count:
-        raise UserError(f"{path} holds an unnamed list of {count} arrays, not named model parameters",
-                        hint="save the parameters as a dict (mx.nd.save(path, {name: array})) or export the model")
+        raise UserError(
+            f"{path} holds an unnamed list of {count} arrays, not named model parameters",
+            hint="save the parameters as a dict (mx.nd.save(path, {name: array})) or export the model",
+        )
     if n_names != count:
         raise _Corrupt(f"it holds {count} arrays but {n_names} names")
     names = []
@@ -105,8 +117,10 @@ def _read_array(r: _Reader, index: int, path: Path) -> np.ndarray:
         stype = r.one("i")
         if stype != 0:
             kind = {1: "row_sparse", 2: "csr"}.get(stype, f"storage type {stype}")
-            raise UserError(f"array #{index} of {path} is {kind}; edgekiln's MXNet importer reads dense arrays only",
-                            hint="convert it with .tostype('default') and save again")
+            raise UserError(
+                f"array #{index} of {path} is {kind}; edgekiln's MXNet importer reads dense arrays only",
+                hint="convert it with .tostype('default') and save again",
+            )
         ndim = r.one("i")
         if magic == _V3_MAGIC and ndim == -1:
             return np.empty((0,), np.float32)
@@ -138,8 +152,10 @@ def _read_array(r: _Reader, index: int, path: Path) -> np.ndarray:
         raise _Corrupt(f"array #{index} has device type {dev_type}")
     flag = r.one("i")
     if flag == _BFLOAT16:
-        raise UserError(f"array #{index} of {path} is bfloat16, which edgekiln's MXNet importer does not read",
-                        hint="cast the parameters to float32 and save again")
+        raise UserError(
+            f"array #{index} of {path} is bfloat16, which edgekiln's MXNet importer does not read",
+            hint="cast the parameters to float32 and save again",
+        )
     dtype = _DTYPES.get(flag)
     if dtype is None:
         raise _Corrupt(f"array #{index} has type flag {flag}")
@@ -150,5 +166,3 @@ def _read_array(r: _Reader, index: int, path: Path) -> np.ndarray:
         raise _Corrupt(f"array #{index} has shape {tuple(dims)}, whose size overflows")
     size = math.prod(dims)
     return np.frombuffer(r.take(size * dtype.itemsize), dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
-
-

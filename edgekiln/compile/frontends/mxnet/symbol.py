@@ -41,8 +41,9 @@ def load_symbol(path: Path) -> Symbol:
         raise UserError(f"{path} is not an MXNet symbol file (malformed JSON: {exc})") from None
     except ValueError as exc:
         # Python refuses integers of more than 4300 digits while parsing.
-        raise UserError(f"{path} is not an MXNet symbol file (an integer in it is too long: "
-                        f"{str(exc).split(':')[0]})") from None
+        raise UserError(
+            f"{path} is not an MXNet symbol file (an integer in it is too long: {str(exc).split(':')[0]})"
+        ) from None
     except RecursionError:
         raise UserError(f"{path} is not an MXNet symbol file (its JSON is nested too deeply)") from None
 
@@ -59,8 +60,9 @@ def load_symbol(path: Path) -> Symbol:
         attrs = raw.get("attrs", raw.get("attr", raw.get("param", {}))) or {}
         if not isinstance(attrs, dict):
             raise bad(f"node {raw['name']!r} has attributes that are not an object")
-        inputs = [_entry(e, len(nodes), lambda why, n=raw["name"]: bad(f"node {n!r}: {why}"))
-                  for e in raw.get("inputs", [])]
+        inputs = [
+            _entry(e, len(nodes), lambda why, n=raw["name"]: bad(f"node {n!r}: {why}")) for e in raw.get("inputs", [])
+        ]
         nodes.append(Node(i, raw["op"], raw["name"], {str(k): str(v) for k, v in attrs.items()}, inputs))
     heads = [_entry(e, len(nodes), lambda why: bad(f"heads: {why}")) for e in doc["heads"]]
     if not heads:
@@ -80,8 +82,11 @@ def load_symbol(path: Path) -> Symbol:
 
 def _entry(raw: Any, limit: int, bad: Callable[[str], UserError]) -> tuple[int, int]:
     """A [node, output(, version)] reference; nodes come in topological order, so it must point back."""
-    if (not isinstance(raw, list) or len(raw) not in (2, 3)
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)):
+    if (
+        not isinstance(raw, list)
+        or len(raw) not in (2, 3)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ):
         raise bad(f"{raw!r} is not a [node, output, version] entry")
     if not 0 <= raw[0] < limit or raw[1] < 0:
         raise bad(f"entry {raw!r} refers to a node that does not come before it")
@@ -110,8 +115,10 @@ class Attrs:
         return value.strip()
 
     def _fail(self, key: str, what: str) -> UserError:
-        return UserError(f"attribute {key}={self.node.attrs.get(key)!r} of MXNet node {self.node.name!r} "
-                         f"({self.node.op}) is not {what}")
+        return UserError(
+            f"attribute {key}={self.node.attrs.get(key)!r} of MXNet node {self.node.name!r} "
+            f"({self.node.op}) is not {what}"
+        )
 
     def _missing(self, key: str) -> UserError:
         return UserError(f"MXNet node {self.node.name!r} ({self.node.op}) has no {key!r} attribute, which it needs")
