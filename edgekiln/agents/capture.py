@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edgekiln.agents import outbox as ob
+from edgekiln.agents import outbox_db as odb
+from edgekiln.agents.batches import Batch
 from edgekiln.artifact.names import check_name
 from edgekiln.errors import UserError
 
@@ -101,11 +103,11 @@ class CaptureService:
         if state is None:
             return None
         return {
-            ob.READY: "IN_PROGRESS",
-            ob.IN_FLIGHT: "IN_PROGRESS",
-            ob.ACKED: "SUCCESS",
-            ob.DROPPED: "FAILURE",
-            ob.DEAD_LETTER: "FAILURE",
+            odb.READY: "IN_PROGRESS",
+            odb.IN_FLIGHT: "IN_PROGRESS",
+            odb.ACKED: "SUCCESS",
+            odb.DROPPED: "FAILURE",
+            odb.DEAD_LETTER: "FAILURE",
         }[state]
 
 
@@ -121,7 +123,7 @@ class EncodedBatch:
 
 
 def encode_batch(
-    batch: ob.Batch, read: Callable[[str], bytes | None], *, fleet: str, device: str, embed_limit: int
+    batch: Batch, read: Callable[[str], bytes | None], *, fleet: str, device: str, embed_limit: int
 ) -> EncodedBatch:
     """Encode ``batch``; ``read(record_id)`` returns a record's payload (None if gone)."""
     from edgekiln.agents import agent_pb2 as pb

@@ -11,11 +11,15 @@ the previous run stopped:
   expired by the TTL);
 * batches: formed in one transaction from ready records with a key that is a function of
   their record ids, so a batch that was in flight when the agent died is delivered again
-  under the same key (an idempotent overwrite, never a second copy);
+  under the same key (an idempotent overwrite, never a second copy)
+  (:mod:`edgekiln.agents.batches`);
 * a batch the fleet refuses for good (a 4xx answer) goes with its records to
   ``dead-letter``: the payloads move to ``dead-letter/<batch>/`` (kept, not charged to the
   budget), the batch is counted, and the queue moves on;
 * messages (heartbeats): a bounded queue per kind (:mod:`edgekiln.agents.messages`).
+
+The schema, the connection's settings and the transactions are in
+:mod:`edgekiln.agents.outbox_db`.
 
 The store keeps to a disk budget (records, database and a reserve for the write-ahead
 log) and a record count (the capture buffer size); when full it rejects new records or
@@ -29,35 +33,42 @@ counted; nothing in the quarantine directory is ever deleted by the agent.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from edgekiln.agents import outbox_db
+from edgekiln.agents.batches import BatchQueue
 from edgekiln.agents.messages import DEFAULT_MAX_MESSAGES, MessageQueue
+from edgekiln.agents.outbox_db import (
+    ACKED,
+    DB_NAME,
+    DEAD_LETTER,
+    DROPPED,
+    IN_FLIGHT,
+    LIVE,
+    PAGE_SIZE,
+    READY,
+    Transaction,
+)
 from edgekiln.agents.salvage import Salvage, is_corruption
 from edgekiln.errors import UserError
 
 log = logging.getLogger(__name__)
 
-READY, IN_FLIGHT, ACKED, DROPPED, DEAD_LETTER = "ready", "in-flight", "acked", "dropped", "dead-letter"
-LIVE = (READY, IN_FLIGHT)
 REJECT_NEW, OVERWRITE_OLDEST = "RejectNewData", "OverwriteOldest"
 
-DB_NAME = "outbox.db"
 RECORDS_DIR = "records"
 DEAD_LETTER_DIR = "dead-letter"
 # Checkpoints keep the write-ahead log, and so the store's disk use, bounded: the WAL is
 # checkpointed at about 1/64 of the budget (16 to 1024 pages). The budget reserves the
 # WAL's ceiling and as much again for the database file, which grows by at most the pages
 # a checkpoint copies into it before the next budget check.
-PAGE_SIZE = 4096
 MIN_CHECKPOINT_PAGES, MAX_CHECKPOINT_PAGES = 16, 1024
 SHM_RESERVE = 32 * 1024
 # Tombstones of delivered and dropped records are kept this long for status queries and
@@ -65,42 +76,6 @@ SHM_RESERVE = 32 * 1024
 TOMBSTONE_SECONDS = 24 * 3600.0
 # fullmatch, not match with "$": "$" also matches before a trailing newline.
 RECORD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id TEXT NOT NULL UNIQUE,
-    model TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    batch_id TEXT,
-    reason TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_by_state ON records(state, seq);
-CREATE INDEX IF NOT EXISTS records_by_batch ON records(batch_id);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    day TEXT NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    body BLOB NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_state ON messages(state, id);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 
 class CaptureExists(UserError):
@@ -115,24 +90,7 @@ class StoreUnavailable(UserError):
     """The store failed and could not be recovered for this call."""
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Capture records delivered together as one object under ``key``."""
-
-    batch_id: str
-    model: str
-    day: str
-    key: str
-    record_ids: tuple[str, ...]
-
-
-def batch_key(model: str, day: str, record_ids: Iterable[str]) -> tuple[str, str]:
-    """(batch id, key) for records of one model and day: a function of the record ids."""
-    digest = hashlib.sha256("\n".join(record_ids).encode()).hexdigest()[:20]
-    return digest, f"{model}/{day}/{digest}.jsonl"
-
-
-class Outbox(MessageQueue, Salvage):
+class Outbox(BatchQueue, MessageQueue, Salvage):
     """The store; thread-safe (one connection behind one lock, network I/O stays outside)."""
 
     def __init__(
@@ -207,23 +165,7 @@ class Outbox(MessageQueue, Salvage):
                 self._db = None
 
     def _connect(self) -> None:
-        db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        try:
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.DatabaseError(f"cannot switch the store to WAL mode ({mode})")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-            db.execute(f"PRAGMA wal_autocheckpoint={self.checkpoint_pages}")
-            db.execute(f"PRAGMA journal_size_limit={self.checkpoint_pages * PAGE_SIZE}")
-            result = db.execute("PRAGMA quick_check").fetchone()[0]
-            if result != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
-            db.executescript(_SCHEMA)
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
+        self._db = outbox_db.connect(self.db_path, durable=self.durable, checkpoint_pages=self.checkpoint_pages)
 
     def _recover(self) -> None:
         """Make the files and the rows agree after an unclean stop."""
@@ -273,8 +215,8 @@ class Outbox(MessageQueue, Salvage):
             raise StoreUnavailable("the capture store is not open")
         return self._db
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._conn())
+    def _tx(self) -> Transaction:
+        return Transaction(self._conn())
 
     # -- corruption (moving things aside: salvage.py) ----------------------------------
     def check(self) -> bool:
@@ -436,123 +378,6 @@ class Outbox(MessageQueue, Salvage):
 
         self._guard(drop)
 
-    # -- batches ---------------------------------------------------------------------
-    def form_batches(self, batch_size: int, *, flush_after: float | None, max_batches: int = 64) -> list[Batch]:
-        """Group ready records into batches (ready → in-flight) and return them.
-
-        Full batches always form; a partial one only when ``flush_after`` is set and its
-        oldest record has waited that long.
-        """
-        return self._guard(lambda: self._form_batches(batch_size, flush_after, max_batches))
-
-    def _form_batches(self, batch_size: int, flush_after: float | None, max_batches: int) -> list[Batch]:
-        db = self._conn()
-        now = self.clock()
-        rows = db.execute(
-            "SELECT record_id, model, created_at FROM records WHERE state=? ORDER BY seq", (READY,)
-        ).fetchall()
-        groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        for rid, model, created in rows:
-            day = time.strftime("%Y-%m-%d", time.gmtime(created))
-            groups.setdefault((model, day), []).append((rid, created))
-        batches: list[Batch] = []
-        with self._tx() as tx:
-            for (model, day), members in groups.items():
-                for start in range(0, len(members), batch_size):
-                    if len(batches) >= max_batches:
-                        break
-                    chunk = members[start : start + batch_size]
-                    if len(chunk) < batch_size:
-                        if flush_after is None or now - chunk[0][1] < flush_after:
-                            continue
-                    ids = tuple(rid for rid, _ in chunk)
-                    batch_id, key = batch_key(model, day, ids)
-                    tx.execute(
-                        "INSERT OR REPLACE INTO batches(batch_id, model, day, key, state, created_at, "
-                        "updated_at) VALUES (?,?,?,?,?,?,?)",
-                        (batch_id, model, day, key, IN_FLIGHT, now, now),
-                    )
-                    tx.executemany(
-                        "UPDATE records SET state=?, batch_id=?, updated_at=? WHERE record_id=?",
-                        [(IN_FLIGHT, batch_id, now, rid) for rid in ids],
-                    )
-                    batches.append(Batch(batch_id, model, day, key, ids))
-        return batches
-
-    def pending_batches(self, limit: int = 64) -> list[Batch]:
-        """Batches in flight (formed earlier, perhaps before a restart), oldest first."""
-
-        def query() -> list[Batch]:
-            db = self._conn()
-            out = []
-            for batch_id, model, day, key in db.execute(
-                "SELECT batch_id, model, day, key FROM batches WHERE state=? ORDER BY created_at, batch_id LIMIT ?",
-                (IN_FLIGHT, limit),
-            ).fetchall():
-                ids = tuple(
-                    r[0]
-                    for r in db.execute(
-                        "SELECT record_id FROM records WHERE batch_id=? AND state=? ORDER BY seq", (batch_id, IN_FLIGHT)
-                    )
-                )
-                out.append(Batch(batch_id, model, day, key, ids))
-            return out
-
-        return self._guard(query)
-
-    def ack_batch(self, batch_id: str) -> None:
-        """The batch reached its destination: its records become acked (in-flight → acked)."""
-
-        def ack() -> None:
-            now = self.clock()
-            ids = [
-                r[0]
-                for r in self._conn().execute(
-                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
-                )
-            ]
-            with self._tx() as tx:
-                tx.execute(
-                    "UPDATE records SET state=?, updated_at=? WHERE batch_id=? AND state=?",
-                    (ACKED, now, batch_id, IN_FLIGHT),
-                )
-                tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (ACKED, now, batch_id))
-                self._bump(tx, "delivered", len(ids))
-            # Files go after the commit: a crash in between leaves orphans that open() removes.
-            for rid in ids:
-                (self.records_dir / rid).unlink(missing_ok=True)
-            self._refresh_totals()
-
-        self._guard(ack)
-
-    def dead_letter_batch(self, batch_id: str, reason: str) -> None:
-        """The fleet refused the batch for good: keep its payloads aside, out of the queue."""
-
-        def dead() -> None:
-            now = self.clock()
-            ids = [
-                r[0]
-                for r in self._conn().execute(
-                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
-                )
-            ]
-            with self._tx() as tx:
-                tx.execute(
-                    "UPDATE records SET state=?, reason=?, updated_at=? WHERE batch_id=? AND state=?",
-                    (DEAD_LETTER, reason[:500], now, batch_id, IN_FLIGHT),
-                )
-                tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (DEAD_LETTER, now, batch_id))
-                self._bump(tx, "dead_letter_batches")
-                self._bump(tx, "dead_letter_records", len(ids))
-            # Moved after the commit: a crash in between leaves files that open() moves.
-            self._move_dead_letter(batch_id, ids, reason)
-            self._refresh_totals()
-
-        self._guard(dead)
-        log.error(
-            "capture batch %s refused by the fleet (%s): kept in %s", batch_id, reason, self.dead_letter_dir / batch_id
-        )
-
     # -- maintenance -----------------------------------------------------------------
     def expire(self) -> int:
         """Drop ready records older than the TTL; returns how many."""
@@ -592,13 +417,7 @@ class Outbox(MessageQueue, Salvage):
         self._guard(prune)
 
     # -- counters and figures --------------------------------------------------------
-    @staticmethod
-    def _bump(tx: sqlite3.Connection, name: str, n: int = 1) -> None:
-        tx.execute(
-            "INSERT INTO counters(name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (name, n),
-        )
+    _bump = staticmethod(outbox_db.bump)
 
     def bump(self, name: str, n: int = 1) -> None:
         def bump() -> None:
@@ -627,23 +446,3 @@ class Outbox(MessageQueue, Salvage):
             }
 
         return self._guard(query)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on an exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            try:
-                self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass

@@ -11,6 +11,7 @@ import pytest
 
 from edgekiln.agents import agent_pb2 as pb
 from edgekiln.agents import outbox as ob
+from edgekiln.agents import outbox_db as odb
 from edgekiln.agents.capture import CaptureService, FutureTimestamp, InvalidCapture, encode_batch
 from edgekiln.agents.tensors import TensorError, from_proto, to_proto
 
@@ -68,7 +69,7 @@ def test_names_the_fleet_refuses_are_refused_at_capture(service, model):
     with pytest.raises(InvalidCapture, match="capture_id"):
         capture.capture(request(capture_id="c1\n"))
     capture.capture(request(capture_id=capture_id, model="m" * 63))
-    assert box.status(capture_id) == ob.READY
+    assert box.status(capture_id) == odb.READY
 
 
 def test_batches_embed_small_items_and_split_large_ones(service, fake_clock):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgekiln.agents import outbox as ob
+from edgekiln.agents import outbox_db as odb
+from edgekiln.agents.batches import batch_key
 
 
 def make(tmp_path, clock, **kw) -> ob.Outbox:
@@ -24,14 +26,14 @@ def test_record_states_ready_inflight_acked(tmp_path, fake_clock):
     box = make(tmp_path, fake_clock)
     for i in range(5):
         box.add_record(f"r{i}", "m", b"x" * 10)
-    assert box.status("r0") == ob.READY
+    assert box.status("r0") == odb.READY
     with pytest.raises(ob.CaptureExists):
         box.add_record("r0", "m", b"again")
     batches = box.form_batches(2, flush_after=None)
     assert [len(b.record_ids) for b in batches] == [2, 2]  # the partial batch waits
-    assert box.status("r0") == ob.IN_FLIGHT and box.status("r4") == ob.READY
+    assert box.status("r0") == odb.IN_FLIGHT and box.status("r4") == odb.READY
     box.ack_batch(batches[0].batch_id)
-    assert box.status("r0") == ob.ACKED and not (box.records_dir / "r0").exists()
+    assert box.status("r0") == odb.ACKED and not (box.records_dir / "r0").exists()
     with pytest.raises(ob.CaptureExists):  # a delivered id stays known
         box.add_record("r0", "m", b"again")
     fake_clock.advance(10)
@@ -51,7 +53,7 @@ def test_batch_key_is_deterministic_and_partitioned_by_model_and_day(tmp_path, f
     day0 = "2027-01-15"
     assert keys[0].startswith(f"alpha/{day0}/") and keys[1].startswith("alpha/2027-01-16/")
     assert keys[2].startswith(f"beta/{day0}/") and all(k.endswith(".jsonl") for k in keys)
-    again = ob.batch_key("alpha", day0, ("a1",))
+    again = batch_key("alpha", day0, ("a1",))
     assert again[1] == next(b.key for b in batches if b.record_ids == ("a1",))
 
 
@@ -86,7 +88,7 @@ def test_orphan_payloads_are_quarantined_and_rows_without_payload_are_counted_lo
     (box.records_dir / "gone").unlink()
     again = make(tmp_path, fake_clock)
     assert sorted(p.name for p in again.records_dir.iterdir()) == ["kept"]
-    assert again.status("gone") == ob.DROPPED and again.counters()["lost"] == 1
+    assert again.status("gone") == odb.DROPPED and again.counters()["lost"] == 1
     # The payload no row accounts for is kept, reported and counted: never deleted.
     (fault,) = again.faults
     assert fault["kind"] == "store-orphans" and fault["count"] == 1
@@ -103,7 +105,7 @@ def test_overwrite_oldest_keeps_to_the_budget_and_counts(tmp_path, fake_clock):
         assert _disk_use(box.root) <= limit
     overwritten = box.counters()["overwritten"]
     assert overwritten > 150
-    assert box.status("r0") == ob.DROPPED and box.status("r299") == ob.READY
+    assert box.status("r0") == odb.DROPPED and box.status("r299") == odb.READY
     assert box.backlog()["records_ready"] == 300 - overwritten
     assert box.message_counts() == {"ready": 1}  # the newest heartbeat is never evicted by captures
 
@@ -118,7 +120,7 @@ def test_reject_new_data_and_buffer_size(tmp_path, fake_clock):
     overwrite = make(tmp_path / "o", fake_clock, max_records=3, full_policy=ob.OVERWRITE_OLDEST)
     for i in range(5):
         overwrite.add_record(f"r{i}", "m", b"x")
-    assert overwrite.counters()["overwritten"] == 2 and overwrite.status("r0") == ob.DROPPED
+    assert overwrite.counters()["overwritten"] == 2 and overwrite.status("r0") == odb.DROPPED
 
 
 def test_in_flight_records_are_not_overwritten(tmp_path, fake_clock):
@@ -128,7 +130,7 @@ def test_in_flight_records_are_not_overwritten(tmp_path, fake_clock):
     box.form_batches(2, flush_after=None)
     with pytest.raises(ob.StoreFull):
         box.add_record("c", "m", b"x")
-    assert box.status("a") == ob.IN_FLIGHT
+    assert box.status("a") == odb.IN_FLIGHT
 
 
 def test_a_record_larger_than_the_budget_is_refused(tmp_path, fake_clock):
@@ -144,7 +146,7 @@ def test_ttl_expires_ready_records_and_counts(tmp_path, fake_clock):
     box.add_record("new", "m", b"y")
     fake_clock.advance(50)
     assert box.expire() == 1
-    assert box.status("old") == ob.DROPPED and box.status("new") == ob.READY
+    assert box.status("old") == odb.DROPPED and box.status("new") == odb.READY
     assert box.counters()["expired"] == 1 and not (box.records_dir / "old").exists()
     fake_clock.advance(ob.TOMBSTONE_SECONDS + 1)
     box.expire()
@@ -176,9 +178,9 @@ def test_corrupt_database_is_moved_aside_not_deleted(tmp_path, fake_clock):
     assert len(again.faults) == 1 and again.faults[0]["kind"] == "store-corrupt"
     moved = tmp_path / "corrupt"
     (aside,) = list(moved.iterdir())
-    assert (aside / ob.DB_NAME).is_file() and (aside / "records" / "r1").read_bytes() == b"data"
+    assert (aside / odb.DB_NAME).is_file() and (aside / "records" / "r1").read_bytes() == b"data"
     again.add_record("r2", "m", b"fresh")  # the new store works
-    assert again.status("r2") == ob.READY
+    assert again.status("r2") == odb.READY
 
 
 def test_corruption_while_running_is_recovered(tmp_path, fake_clock):
@@ -196,7 +198,7 @@ def test_corruption_while_running_is_recovered(tmp_path, fake_clock):
 
     box._add_record = failing
     box.add_record("r2", "m", b"x")
-    assert box.faults and box.status("r2") == ob.READY and box.status("r1") is None
+    assert box.faults and box.status("r2") == odb.READY and box.status("r1") is None
 
 
 def _disk_use(root) -> int:
@@ -210,7 +212,7 @@ def test_a_batch_the_fleet_refuses_is_dead_lettered_kept_and_does_not_block(tmp_
     (batch,) = box.form_batches(2, flush_after=None)
     box.dead_letter_batch(batch.batch_id, "POST /v1/agent/uploads: 400 key segment too long")
     assert box.pending_batches() == [] and box.backlog()["records_in_flight"] == 0
-    assert box.status("bad-1") == ob.DEAD_LETTER and not (box.records_dir / "bad-1").exists()
+    assert box.status("bad-1") == odb.DEAD_LETTER and not (box.records_dir / "bad-1").exists()
     kept = box.dead_letter_dir / batch.batch_id
     assert (kept / "bad-2").read_bytes() == b"refused too" and "400" in (kept / "reason.txt").read_text()
     assert box.counters()["dead_letter_batches"] == 1 and box.counters()["dead_letter_records"] == 2
@@ -220,7 +222,7 @@ def test_a_batch_the_fleet_refuses_is_dead_lettered_kept_and_does_not_block(tmp_
     box.close()
     again = make(tmp_path, fake_clock)  # and stays moved on after a restart
     assert [b.record_ids for b in again.pending_batches()] == [("good",)]
-    assert again.status("bad-2") == ob.DEAD_LETTER and (kept / "bad-2").is_file()
+    assert again.status("bad-2") == odb.DEAD_LETTER and (kept / "bad-2").is_file()
 
 
 def test_a_crash_between_dead_letter_commit_and_move_is_finished_at_open(tmp_path, fake_clock):
@@ -247,7 +249,7 @@ def test_a_damaged_wal_loses_no_acknowledged_capture(tmp_path, fake_clock, damag
     image = tmp_path / "image"
     shutil.copytree(box.root, image / "outbox")
     box.close()
-    wal = image / "outbox" / (ob.DB_NAME + "-wal")
+    wal = image / "outbox" / (odb.DB_NAME + "-wal")
     assert wal.stat().st_size > 32 + 24
     if damage == "wal-deleted":
         wal.unlink()
@@ -257,7 +259,7 @@ def test_a_damaged_wal_loses_no_acknowledged_capture(tmp_path, fake_clock, damag
             fh.write(os.urandom(16))
     again = make(image, fake_clock)
     quarantined = {p.name for p in (image / "corrupt").rglob("cap-*")} if (image / "corrupt").exists() else set()
-    found = {rid for rid in acknowledged if again.status(rid) in (ob.READY, ob.IN_FLIGHT)}
+    found = {rid for rid in acknowledged if again.status(rid) in (odb.READY, odb.IN_FLIGHT)}
     assert found | quarantined == set(acknowledged)
     assert not found & quarantined and len(found) >= 30
     for rid in quarantined:
