@@ -165,7 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
     from edgekiln.fleet.app import FleetOptions, create_app
-    from edgekiln.fleet.store import make_private_dirs
+    from edgekiln.fleet.database import make_private_dirs
 
     data_dir = Path(args.data_dir)
     make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects

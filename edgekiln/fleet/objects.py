@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 
 from edgekiln.artifact.names import is_valid_name
 from edgekiln.errors import DependencyError, UserError
-from edgekiln.fleet.store import make_private_dirs
+from edgekiln.fleet.database import make_private_dirs
 
 # A key segment after the model name: what the agent produces (dates, batch and record ids,
 # object names) — the agent's record-id rule.

@@ -1,30 +1,28 @@
 """The fleet database: devices, credentials, heartbeats, model status, captured records
 and the audit trail of credentials.
 
-SQLAlchemy Core over a SQLite file (the default) or PostgreSQL (``postgresql://…``,
-through psycopg 3).  Every write that a device may repeat — a heartbeat resent after a
-lost answer, a batch notice after a restart — is idempotent: heartbeats are unique per
-(device, heartbeat id) and captured records per (device, record id), so a retry never
-makes a second row.  A SQLite file and its directory are private to the service (0600,
-0700): they hold token hashes and everything the devices reported.
+SQLAlchemy Core over a SQLite file (the default) or PostgreSQL: the engine and the tables
+are in :mod:`edgekiln.fleet.database`, the answers shaped from the rows in
+:mod:`edgekiln.fleet.reports`.  Every write that a device may repeat — a heartbeat resent
+after a lost answer, a batch notice after a restart — is idempotent: heartbeats are unique
+per (device, heartbeat id) and captured records per (device, record id), so a retry never
+makes a second row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any, Iterable
 
 from edgekiln.errors import UserError
+from edgekiln.fleet import reports
+from edgekiln.fleet.database import create_schema, define_tables, normalize_url, open_engine
 from edgekiln.fleet.records import AuditEntry, Device, HeartbeatRecord, RecordRef
 
 TOKEN_BYTES = 32
-# Columns added after the first release: created on an older database at start.
-_ADDED_DEVICE_COLUMNS = {"token_expires_at": "FLOAT", "revoked_at": "FLOAT", "dead_letter_batches": "BIGINT"}
 
 
 class Conflict(UserError):
@@ -39,145 +37,23 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def normalize_url(url: str) -> str:
-    """Pick the drivers edgekiln installs: psycopg 3 for PostgreSQL."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
 class FleetStore:
     """All the fleet's rows; one instance per process, safe to share between threads."""
 
     def __init__(self, url: str) -> None:
-        import sqlalchemy as sa
-
         self.url = normalize_url(url)
-        kwargs: dict[str, Any] = {"future": True}
-        if self.url.startswith("sqlite"):
-            _private_sqlite_file(self.url)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kwargs["pool_pre_ping"] = True
-        try:
-            self.engine = sa.create_engine(self.url, **kwargs)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise UserError(f"database URL {url!r} is not usable: {exc}") from None
-        if self.url.startswith("sqlite"):
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.close()
-
+        self.engine = open_engine(url)
         self._define()
 
     def _define(self) -> None:
-        import sqlalchemy as sa
-
-        md = sa.MetaData()
-        self.devices = sa.Table(
-            "devices",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("fleet", sa.String(63), nullable=False),
-            sa.Column("name", sa.String(63), nullable=False),
-            sa.Column("description", sa.String(1024), nullable=False, default=""),
-            sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
-            sa.Column("registered_at", sa.Float, nullable=False),
-            sa.Column("agent_version", sa.String(64)),
-            sa.Column("last_heartbeat_at", sa.Float),
-            sa.Column("last_heartbeat", sa.Text),
-            sa.Column("token_expires_at", sa.Float),
-            sa.Column("revoked_at", sa.Float),
-            sa.Column("dead_letter_batches", sa.BigInteger),
-            sa.UniqueConstraint("fleet", "name", name="uq_device_fleet_name"),
-        )
-        self.heartbeats = sa.Table(
-            "heartbeats",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-            sa.Column("heartbeat_id", sa.String(64), nullable=False),
-            sa.Column("sent_at", sa.Float, nullable=False),
-            sa.Column("received_at", sa.Float, nullable=False),
-            sa.Column("body", sa.Text, nullable=False),
-            sa.UniqueConstraint("device_id", "heartbeat_id", name="uq_heartbeat"),
-        )
-        self.device_models = sa.Table(
-            "device_models",
-            md,
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-            sa.Column("model_name", sa.String(128), primary_key=True),
-            sa.Column("model_version", sa.String(64), nullable=False, default=""),
-            sa.Column("latest_inference", sa.Float),
-            sa.Column("latest_sample", sa.Float),
-            sa.Column("metrics", sa.Text, nullable=False),
-            sa.Column("reported_at", sa.Float, nullable=False),
-        )
-        self.batches = sa.Table(
-            "capture_batches",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-            sa.Column("key", sa.String(512), nullable=False),
-            sa.Column("objects", sa.Text, nullable=False),
-            sa.Column("record_count", sa.Integer, nullable=False),
-            sa.Column("bytes", sa.BigInteger, nullable=False),
-            sa.Column("received_at", sa.Float, nullable=False),
-            sa.UniqueConstraint("device_id", "key", name="uq_batch"),
-        )
-        self.captures = sa.Table(
-            "captures",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-            sa.Column("record_id", sa.String(128), nullable=False),
-            sa.Column("model_name", sa.String(128), nullable=False),
-            sa.Column("batch_key", sa.String(512), nullable=False),
-            sa.Column("received_at", sa.Float, nullable=False),
-            sa.UniqueConstraint("device_id", "record_id", name="uq_capture"),
-        )
-        self.faults = sa.Table(
-            "faults",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-            sa.Column("kind", sa.String(64), nullable=False),
-            sa.Column("detail", sa.Text, nullable=False),
-            sa.Column("reported_at", sa.Float, nullable=False),
-        )
-        self.audit = sa.Table(
-            "audit",
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("at", sa.Float, nullable=False),
-            sa.Column("actor", sa.String(160), nullable=False),
-            sa.Column("action", sa.String(32), nullable=False),
-            sa.Column("fleet", sa.String(63), nullable=False),
-            sa.Column("device", sa.String(63), nullable=False),
-            sa.Column("detail", sa.String(512), nullable=False, default=""),
-        )
-        self.metadata = md
+        tables = define_tables()
+        self.metadata = tables.metadata
+        self.devices, self.audit = tables.devices, tables.audit
+        self.heartbeats, self.device_models, self.faults = tables.heartbeats, tables.device_models, tables.faults
+        self.batches, self.captures = tables.batches, tables.captures
 
     def create_schema(self) -> None:
-        import sqlalchemy as sa
-
-        try:
-            self.metadata.create_all(self.engine)
-            present = {c["name"] for c in sa.inspect(self.engine).get_columns("devices")}
-            with self.engine.begin() as conn:
-                for column, kind in _ADDED_DEVICE_COLUMNS.items():
-                    if column not in present:
-                        conn.execute(sa.text(f"ALTER TABLE devices ADD COLUMN {column} {kind}"))
-        except sa.exc.OperationalError as exc:
-            raise UserError(
-                f"cannot open the fleet database {self.engine.url.render_as_string(hide_password=True)}: "
-                f"{' '.join(str(exc.orig).split())}"
-            ) from None
+        create_schema(self.engine, self.metadata)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -450,20 +326,7 @@ class FleetStore:
             query = query.where(self.devices.c.fleet == fleet)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [self._device_summary(r, now, connected_seconds) for r in rows]
-
-    @staticmethod
-    def _device_summary(row: Any, now: float, connected_seconds: float) -> dict[str, Any]:
-        last = row["last_heartbeat_at"]
-        return {
-            "fleet": row["fleet"],
-            "device": row["name"],
-            "description": row["description"],
-            "registered_at": row["registered_at"],
-            "agent_version": row["agent_version"],
-            "last_heartbeat_at": last,
-            "connected": last is not None and now - last <= connected_seconds,
-        }
+        return [reports.device_summary(r, now, connected_seconds) for r in rows]
 
     def describe_device(self, fleet: str, name: str, *, now: float, connected_seconds: float) -> dict[str, Any]:
         import sqlalchemy as sa
@@ -496,31 +359,8 @@ class FleetStore:
                 .where(self.faults.c.device_id == device.id)
                 .order_by(self.faults.c.id)
             ).all()
-        summary = self._device_summary(row, now, connected_seconds)
-        last = json.loads(row["last_heartbeat"]) if row["last_heartbeat"] else None
-        summary.update(
-            {
-                "dead_letter_batches": row["dead_letter_batches"],
-                "token_expires_at": row["token_expires_at"],
-                "revoked_at": row["revoked_at"],
-                "agent_metrics": {m["metric_name"]: m["value"] for m in (last or {}).get("agent_metrics", [])},
-                "last_heartbeat_sent_at": (last or {}).get("timestamp"),
-                "heartbeats_received": int(heartbeat_count),
-                "models": [
-                    {
-                        "model_name": m["model_name"],
-                        "model_version": m["model_version"],
-                        "latest_inference": m["latest_inference"],
-                        "latest_sample_time": m["latest_sample"],
-                        "metrics": json.loads(m["metrics"]),
-                    }
-                    for m in models
-                ],
-                "captures": {"records": int(capture_count), "batches": int(batch_count), "bytes": int(batch_bytes)},
-                "faults": [dict(json.loads(d), reported_at=t) for _, d, t in faults],
-            }
-        )
-        return summary
+        counts = (heartbeat_count, capture_count, batch_count, batch_bytes)
+        return reports.describe(row, models, counts, faults, now=now, connected_seconds=connected_seconds)
 
     def heartbeat_ids(self, fleet: str, name: str) -> list[str]:
         import sqlalchemy as sa
@@ -553,21 +393,7 @@ class FleetStore:
                 .where(self.captures.c.device_id == device.id)
                 .order_by(self.captures.c.id)
             ).all()
-        return {
-            "fleet": fleet,
-            "device": name,
-            "batches": [
-                {
-                    "key": b["key"],
-                    "objects": json.loads(b["objects"]),
-                    "records": b["record_count"],
-                    "bytes": b["bytes"],
-                    "received_at": b["received_at"],
-                }
-                for b in batches
-            ],
-            "records": [{"record_id": r[0], "model_name": r[1], "key": r[2]} for r in records],
-        }
+        return reports.captures_listing(fleet, name, batches, records)
 
     def fleet_report(self, fleet: str, *, now: float, connected_seconds: float) -> dict[str, Any]:
         """The fields of Edge Manager's GetDeviceFleetReport, for one fleet."""
@@ -587,68 +413,8 @@ class FleetStore:
                 .mappings()
                 .all()
             )
-        connected = {d[0] for d in devices if d[2] is not None and now - d[2] <= connected_seconds}
-        versions: dict[str, int] = {}
-        for _, version, _last in devices:
-            if version:
-                versions[version] = versions.get(version, 0) + 1
-        stats: dict[tuple[str, str], dict[str, int]] = {}
-        for m in models:
-            entry = stats.setdefault(
-                (m["model_name"], m["model_version"]),
-                {
-                    "offline_device_count": 0,
-                    "connected_device_count": 0,
-                    "active_device_count": 0,
-                    "sampling_device_count": 0,
-                },
-            )
-            online = m["device_id"] in connected
-            entry["connected_device_count" if online else "offline_device_count"] += 1
-            if online and m["latest_inference"] is not None and now - m["latest_inference"] <= connected_seconds:
-                entry["active_device_count"] += 1
-            if online and m["latest_sample"] is not None and now - m["latest_sample"] <= connected_seconds:
-                entry["sampling_device_count"] += 1
-        return {
-            "device_fleet_name": fleet,
-            "report_generated": now,
-            "device_stats": {"connected_device_count": len(connected), "registered_device_count": len(devices)},
-            "agent_versions": [{"version": v, "agent_count": n} for v, n in sorted(versions.items())],
-            "model_stats": [
-                {"model_name": name, "model_version": version, **counts}
-                for (name, version), counts in sorted(stats.items())
-            ],
-        }
+        return reports.fleet_report(fleet, devices, models, now=now, connected_seconds=connected_seconds)
 
 
 def _expiry(expires_at: float | None) -> str:
     return "" if expires_at is None else f"expires at {expires_at:.0f}"
-
-
-def _private_sqlite_file(url: str) -> None:
-    """Create a SQLite database file 0600 in a directory made 0700, or tighten an existing
-    file to 0600; SQLite gives its -wal and -shm files the database file's mode."""
-    path = url.split("///", 1)[1] if "///" in url else ""
-    if not path or path.startswith(":memory:") or path.startswith("file:"):
-        return
-    path = path.split("?", 1)[0]
-    target = Path(path)
-    if not target.parent.exists():
-        make_private_dirs(target.parent, 0o700)
-    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-    os.chmod(target, 0o600)
-
-
-def make_private_dirs(path: Path, mode: int) -> None:
-    """``mkdir -p`` in which every directory it creates gets ``mode`` (os.makedirs gives the
-    parents it creates the default mode)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)  # the umask may take bits off, never adds any
-        except FileExistsError:
-            continue

@@ -68,7 +68,8 @@ def test_importing_the_agent_loads_no_server_side_packages():
         "import sys, edgekiln.agents, edgekiln.agents.daemon, edgekiln.agents.registry, "
         "edgekiln.agents.servicer, edgekiln.agents.server, edgekiln.agents.client, edgekiln.agents.bench_relay, "
         "edgekiln.agents.model_worker, edgekiln.agents.messages, edgekiln.agents.salvage, edgekiln.agents.capture, "
-        "edgekiln.agents.outbox, edgekiln.agents.reporter, edgekiln.agents.config, edgekiln.cli.agent, "
+        "edgekiln.agents.outbox, edgekiln.agents.outbox_db, edgekiln.agents.batches, "
+        "edgekiln.agents.reporter, edgekiln.agents.config, edgekiln.cli.agent, "
         "edgekiln.cli.agent_ctl; "
         "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'boto3', 'botocore', 'uvicorn', 'httpx', 'grpc', "
         "'numpy', 'tvm', 'tvm_ffi') if m in sys.modules))"
@@ -80,7 +81,8 @@ def test_importing_the_agent_loads_no_server_side_packages():
 def test_importing_fleet_modules_has_no_side_effects():
     code = (
         "import sys, threading, edgekiln.fleet, edgekiln.fleet.store, edgekiln.fleet.objects, "
-        "edgekiln.fleet.records, edgekiln.fleet.options; print(threading.active_count(), 'boto3' in sys.modules, "
+        "edgekiln.fleet.records, edgekiln.fleet.options, edgekiln.fleet.database, edgekiln.fleet.reports; "
+        "print(threading.active_count(), 'boto3' in sys.modules, "
         "'sqlalchemy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

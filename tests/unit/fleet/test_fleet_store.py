@@ -9,8 +9,9 @@ import stat
 import pytest
 
 from edgekiln.fleet.bodies import Heartbeat
+from edgekiln.fleet.database import normalize_url
 from edgekiln.fleet.records import RecordRef
-from edgekiln.fleet.store import Conflict, FleetStore, NotFound, normalize_url
+from edgekiln.fleet.store import Conflict, FleetStore, NotFound
 
 NOW = 1_800_000_000.0
 
