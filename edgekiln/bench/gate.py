@@ -26,7 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from edgekiln.bench.results import BenchReport
+from edgekiln.bench.results import ArtifactBench, BenchReport
 from edgekiln.errors import EdgekilnError, UserError
 
 
@@ -141,81 +141,97 @@ def check(
                 findings.append(Finding(old.key, "present", None, None, None, True, f"not measured now: {reason}"))
             continue
         if old.timings_meaningful and new.timings_meaningful:
-            for c_old in old.comparisons:
-                c_new = new.comparison(c_old.baseline)
-                if c_new is None:
-                    not_compared.append(f"{old.key}: no {c_old.baseline} comparison in the new report")
-                    continue
-                versions = ""
-                old_base, new_base = old.subject(c_old.baseline), new.subject(c_old.baseline)
-                if old_base and new_base and old_base.version != new_base.version:
-                    versions = f"; note: {c_old.baseline} changed from {old_base.version} to {new_base.version}"
-                q = c_new.ratio
-                findings.append(
-                    _worse_above(
-                        old.key,
-                        f"ratio to {c_old.baseline}",
-                        c_old.ratio.median,
-                        q.median,
-                        t.ratio,
-                        "x",
-                        f"; new 95% CI {q.ci95_low:.4g}-{q.ci95_high:.4g} over {q.n} pairs{versions}",
-                    )
-                )
-            old_c, new_c = old.candidate, new.candidate
-            if old.scenario == "offline":
-                if old_c.throughput_samples_per_s and new_c.throughput_samples_per_s:
-                    stored_tp, current_tp = old_c.throughput_samples_per_s, new_c.throughput_samples_per_s
-                    limit = stored_tp * (1 - t.throughput)
-                    findings.append(
-                        Finding(
-                            old.key,
-                            "throughput",
-                            stored_tp,
-                            current_tp,
-                            limit,
-                            current_tp < limit,
-                            f"{current_tp:.4g} samples/s against {stored_tp:.4g} stored "
-                            f"({current_tp / stored_tp - 1:+.0%}; allowed -{t.throughput:.0%})",
-                        )
-                    )
-            elif old_c.latency and new_c.latency:
-                findings.append(
-                    _worse_above(old.key, "p50 latency", old_c.latency.p50_ms, new_c.latency.p50_ms, t.latency, " ms")
-                )
+            findings += _ratio_findings(old, new, t, not_compared)
+            candidate = _candidate_finding(old, new, t)
+            if candidate is not None:
+                findings.append(candidate)
         else:
             not_compared.append(f"{old.key}: timings not meaningful (emulated); accuracy only")
-        if old.correctness and new.correctness:
-            drop = old.correctness.top1_agreement - new.correctness.top1_agreement
-            findings.append(
-                Finding(
-                    old.key,
-                    "top-1 agreement",
-                    old.correctness.top1_agreement,
-                    new.correctness.top1_agreement,
-                    old.correctness.top1_agreement - t.top1_drop,
-                    drop > t.top1_drop + 1e-12,
-                    f"{new.correctness.top1_agreement:.3f} against {old.correctness.top1_agreement:.3f} stored "
-                    f"(allowed drop {t.top1_drop:.3f})",
-                )
-            )
-            limit = max(10 * old.correctness.max_abs_diff, 1e-4)
-            findings.append(
-                Finding(
-                    old.key,
-                    "max abs diff",
-                    old.correctness.max_abs_diff,
-                    new.correctness.max_abs_diff,
-                    limit,
-                    new.correctness.max_abs_diff > limit,
-                    f"{new.correctness.max_abs_diff:.3g} against {old.correctness.max_abs_diff:.3g} stored "
-                    f"(limit {limit:.3g})",
-                )
-            )
+        findings += _correctness_findings(old, new, t)
     for new in current.results:
         if stored.result(new.key) is None:
             not_compared.append(f"{new.key}: new, nothing stored to compare with")
     return GateResult(baseline=baseline_name, thresholds=t, checked=tuple(findings), not_compared=tuple(not_compared))
+
+
+def _ratio_findings(
+    old: ArtifactBench, new: ArtifactBench, t: GateThresholds, not_compared: list[str]
+) -> list[Finding]:
+    """One finding per stored baseline comparison; one the new report lacks goes to ``not_compared``."""
+    findings: list[Finding] = []
+    for c_old in old.comparisons:
+        c_new = new.comparison(c_old.baseline)
+        if c_new is None:
+            not_compared.append(f"{old.key}: no {c_old.baseline} comparison in the new report")
+            continue
+        versions = ""
+        old_base, new_base = old.subject(c_old.baseline), new.subject(c_old.baseline)
+        if old_base and new_base and old_base.version != new_base.version:
+            versions = f"; note: {c_old.baseline} changed from {old_base.version} to {new_base.version}"
+        q = c_new.ratio
+        findings.append(
+            _worse_above(
+                old.key,
+                f"ratio to {c_old.baseline}",
+                c_old.ratio.median,
+                q.median,
+                t.ratio,
+                "x",
+                f"; new 95% CI {q.ci95_low:.4g}-{q.ci95_high:.4g} over {q.n} pairs{versions}",
+            )
+        )
+    return findings
+
+
+def _candidate_finding(old: ArtifactBench, new: ArtifactBench, t: GateThresholds) -> Finding | None:
+    """Throughput for the offline scenario, p50 latency otherwise; None when either side lacks it."""
+    old_c, new_c = old.candidate, new.candidate
+    if old.scenario == "offline":
+        if old_c.throughput_samples_per_s and new_c.throughput_samples_per_s:
+            stored_tp, current_tp = old_c.throughput_samples_per_s, new_c.throughput_samples_per_s
+            limit = stored_tp * (1 - t.throughput)
+            return Finding(
+                old.key,
+                "throughput",
+                stored_tp,
+                current_tp,
+                limit,
+                current_tp < limit,
+                f"{current_tp:.4g} samples/s against {stored_tp:.4g} stored "
+                f"({current_tp / stored_tp - 1:+.0%}; allowed -{t.throughput:.0%})",
+            )
+    elif old_c.latency and new_c.latency:
+        return _worse_above(old.key, "p50 latency", old_c.latency.p50_ms, new_c.latency.p50_ms, t.latency, " ms")
+    return None
+
+
+def _correctness_findings(old: ArtifactBench, new: ArtifactBench, t: GateThresholds) -> list[Finding]:
+    """Top-1 agreement and max abs difference, when both reports measured correctness."""
+    if not (old.correctness and new.correctness):
+        return []
+    drop = old.correctness.top1_agreement - new.correctness.top1_agreement
+    limit = max(10 * old.correctness.max_abs_diff, 1e-4)
+    return [
+        Finding(
+            old.key,
+            "top-1 agreement",
+            old.correctness.top1_agreement,
+            new.correctness.top1_agreement,
+            old.correctness.top1_agreement - t.top1_drop,
+            drop > t.top1_drop + 1e-12,
+            f"{new.correctness.top1_agreement:.3f} against {old.correctness.top1_agreement:.3f} stored "
+            f"(allowed drop {t.top1_drop:.3f})",
+        ),
+        Finding(
+            old.key,
+            "max abs diff",
+            old.correctness.max_abs_diff,
+            new.correctness.max_abs_diff,
+            limit,
+            new.correctness.max_abs_diff > limit,
+            f"{new.correctness.max_abs_diff:.3g} against {old.correctness.max_abs_diff:.3g} stored (limit {limit:.3g})",
+        ),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and written to OUT only when everything succeeded."
         ),
     )
+    _add_model_and_target_arguments(parser)
+    _add_input_and_manifest_arguments(parser)
+    _add_backend_and_validation_arguments(parser)
+    _add_quantization_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.set_defaults(func=run)
+
+
+def _add_model_and_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, the device profile, the artifact path and the framework."""
     parser.add_argument(
         "model", metavar="MODEL", help="model file, folder or .tar.gz, or zoo:NAME (see `edgekiln zoo list`)"
     )
@@ -44,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
         help="the model's framework (default: found from the files)",
     )
+
+
+def _add_input_and_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Input shapes, and the model's name and version in the manifest."""
     parser.add_argument(
         "--input-config",
         metavar="JSON",
@@ -61,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
     parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
+
+
+def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Backend choice and options, and the numerical validation against ONNX Runtime."""
     parser.add_argument(
         "--backend",
         default="auto",
@@ -86,6 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "optimization=basic for onnxruntime; repeat per option (an unknown key lists "
         "the valid ones)",
     )
+
+
+def _add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
+    """Post-training int8 quantization and its accuracy gate."""
     parser.add_argument(
         "--quantize",
         choices=("int8", "int8-auto"),
@@ -109,8 +131,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.01,
         help="int8 top-1 must be >= (1 - this) x fp32 top-1 (default: 0.01, MLPerf's 99%% rule)",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -345,52 +345,62 @@ def render(command: str, result: dict[str, Any]) -> str:
             )
         return "\n".join(rows)
     if command == "describe":
-        m = result["agent_metrics"]
-        lines = [
-            f"device {result['fleet']}/{result['device']}  agent {result['agent_version'] or '-'}  "
-            f"{'connected' if result['connected'] else 'not connected'}, last heartbeat "
-            f"{_when(result['last_heartbeat_at'])} ({result['heartbeats_received']} received)"
-        ]
-        if result.get("revoked_at") is not None:
-            lines.append(f"  token revoked {_when(result['revoked_at'])}")
-        elif result.get("token_expires_at") is not None:
-            lines.append(f"  token expires {_when(result['token_expires_at'])}")
-        if result.get("dead_letter_batches"):
-            lines.append(
-                f"  dead-lettered capture batches (refused by the fleet, kept on the device): "
-                f"{result['dead_letter_batches']}"
-            )
-        if m:
-            lines.append(
-                f"  cpu {m.get('cpu_percent', 0):.1f}%  rss {m.get('memory_rss_bytes', 0) / 2**20:.1f} MiB  "
-                f"uptime {m.get('uptime_seconds', 0):.0f} s  restarts {m.get('restarts', 0):.0f}  "
-                f"capture backlog {m.get('capture_backlog_records', 0):.0f}"
-            )
-            lines.append(
-                f"  captures delivered {m.get('captures_delivered', 0):.0f}, rejected "
-                f"{m.get('captures_rejected', 0):.0f}, overwritten {m.get('captures_overwritten', 0):.0f}, "
-                f"expired {m.get('captures_expired', 0):.0f}"
-            )
-        for model in result["models"]:
-            mm = model["metrics"]
-            p50, p99 = mm.get("latency_p50_ms"), mm.get("latency_p99_ms")
-            lines.append(
-                f"  model {model['model_name']} {model['model_version']}: "
-                f"{mm.get('inference_count', 0):.0f} inferences, {mm.get('error_count', 0):.0f} errors, "
-                f"p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
-                f"p99 {p99 if p99 is not None else float('nan'):.2f} ms, "
-                f"last inference {_when(model['latest_inference'])}, "
-                f"last sample {_when(model['latest_sample_time'])}"
-            )
-        c = result["captures"]
-        lines.append(f"  captured records in the fleet: {c['records']} in {c['batches']} batches ({c['bytes']} bytes)")
-        for fault in result["faults"]:
-            lines.append(f"  fault: {fault.get('kind')}: {fault.get('error', '')} {fault.get('moved_to', '')}".rstrip())
-        return "\n".join(lines)
+        return _render_describe(result)
     if command == "captures":
         lines = [f"{len(result['records'])} records in {len(result['batches'])} batches; objects in {result['store']}:"]
         lines += [f"  {o['size']:>9}  {o['key']}" for o in result["objects"]]
         return "\n".join(lines)
+    return _render_fleet_stats(result)
+
+
+def _render_describe(result: dict[str, Any]) -> str:
+    """One device: its connection, token, agent metrics, models, captures and faults."""
+    m = result["agent_metrics"]
+    lines = [
+        f"device {result['fleet']}/{result['device']}  agent {result['agent_version'] or '-'}  "
+        f"{'connected' if result['connected'] else 'not connected'}, last heartbeat "
+        f"{_when(result['last_heartbeat_at'])} ({result['heartbeats_received']} received)"
+    ]
+    if result.get("revoked_at") is not None:
+        lines.append(f"  token revoked {_when(result['revoked_at'])}")
+    elif result.get("token_expires_at") is not None:
+        lines.append(f"  token expires {_when(result['token_expires_at'])}")
+    if result.get("dead_letter_batches"):
+        lines.append(
+            f"  dead-lettered capture batches (refused by the fleet, kept on the device): "
+            f"{result['dead_letter_batches']}"
+        )
+    if m:
+        lines.append(
+            f"  cpu {m.get('cpu_percent', 0):.1f}%  rss {m.get('memory_rss_bytes', 0) / 2**20:.1f} MiB  "
+            f"uptime {m.get('uptime_seconds', 0):.0f} s  restarts {m.get('restarts', 0):.0f}  "
+            f"capture backlog {m.get('capture_backlog_records', 0):.0f}"
+        )
+        lines.append(
+            f"  captures delivered {m.get('captures_delivered', 0):.0f}, rejected "
+            f"{m.get('captures_rejected', 0):.0f}, overwritten {m.get('captures_overwritten', 0):.0f}, "
+            f"expired {m.get('captures_expired', 0):.0f}"
+        )
+    for model in result["models"]:
+        mm = model["metrics"]
+        p50, p99 = mm.get("latency_p50_ms"), mm.get("latency_p99_ms")
+        lines.append(
+            f"  model {model['model_name']} {model['model_version']}: "
+            f"{mm.get('inference_count', 0):.0f} inferences, {mm.get('error_count', 0):.0f} errors, "
+            f"p50 {p50 if p50 is not None else float('nan'):.2f} ms, "
+            f"p99 {p99 if p99 is not None else float('nan'):.2f} ms, "
+            f"last inference {_when(model['latest_inference'])}, "
+            f"last sample {_when(model['latest_sample_time'])}"
+        )
+    c = result["captures"]
+    lines.append(f"  captured records in the fleet: {c['records']} in {c['batches']} batches ({c['bytes']} bytes)")
+    for fault in result["faults"]:
+        lines.append(f"  fault: {fault.get('kind')}: {fault.get('error', '')} {fault.get('moved_to', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def _render_fleet_stats(result: dict[str, Any]) -> str:
+    """The fleet's device counts, agent versions and per-model device counts."""
     s = result["device_stats"]
     lines = [
         f"fleet {result['device_fleet_name']}: {s['registered_device_count']} registered, "

@@ -69,68 +69,62 @@ def build(name: str) -> Any:
     return _lite0_graph(weights)
 
 
-def _lite0_graph(w: dict[str, Any]) -> Any:
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+class _Lite0Builder:
+    """Collects the nodes and initializers of the Lite0 graph; each weight becomes one initializer."""
 
-    nodes: list[Any] = []
-    inits: list[Any] = []
-    used: set[str] = set()
+    def __init__(self, w: dict[str, Any]) -> None:
+        import numpy as np
+        from onnx import numpy_helper
 
-    def param(key: str) -> str:
-        if key not in w:
+        self.w = w
+        self.nodes: list[Any] = []
+        self.used: set[str] = set()
+        self.inits: list[Any] = [
+            numpy_helper.from_array(np.array(0.0, np.float32), "relu6_min"),
+            numpy_helper.from_array(np.array(6.0, np.float32), "relu6_max"),
+        ]
+
+    def param(self, key: str) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        if key not in self.w:
             raise UserError(f"the EfficientNet-Lite0 state dict lacks {key!r}")
-        if key not in used:
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(w[key], dtype=np.float32), key))
-            used.add(key)
+        if key not in self.used:
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(self.w[key], dtype=np.float32), key))
+            self.used.add(key)
         return key
 
-    def conv(x: str, key: str, stride: int, groups: int = 1) -> str:
-        k = w[key + ".weight"].shape[-1]
-        pad = (k - 1) // 2
-        out = key
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                [x, param(key + ".weight")],
-                [out],
-                name=key,
-                kernel_shape=[k, k],
-                strides=[stride, stride],
-                pads=[pad] * 4,
-                group=groups,
-            )
-        )
-        return out
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
+        from onnx import helper
 
-    def bn(x: str, key: str, relu6: bool) -> str:
-        out = key + ".out"
-        nodes.append(
-            helper.make_node(
-                "BatchNormalization",
-                [
-                    x,
-                    param(key + ".weight"),
-                    param(key + ".bias"),
-                    param(key + ".running_mean"),
-                    param(key + ".running_var"),
-                ],
-                [out],
-                name=key,
-                epsilon=_BN_EPS,
-            )
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        return output
+
+    def conv(self, x: str, key: str, stride: int, groups: int = 1) -> str:
+        k = self.w[key + ".weight"].shape[-1]
+        pad = (k - 1) // 2
+        return self.node(
+            "Conv",
+            [x, self.param(key + ".weight")],
+            key,
+            key,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            group=groups,
         )
+
+    def bn(self, x: str, key: str, relu6: bool) -> str:
+        inputs = [x] + [self.param(f"{key}.{n}") for n in ("weight", "bias", "running_mean", "running_var")]
+        out = self.node("BatchNormalization", inputs, key + ".out", key, epsilon=_BN_EPS)
         if not relu6:
             return out
-        nodes.append(helper.make_node("Clip", [out, "relu6_min", "relu6_max"], [key + ".relu6"], name=key + ".relu6"))
-        return key + ".relu6"
+        return self.node("Clip", [out, "relu6_min", "relu6_max"], key + ".relu6", key + ".relu6")
 
-    inits += [
-        numpy_helper.from_array(np.array(0.0, np.float32), "relu6_min"),
-        numpy_helper.from_array(np.array(6.0, np.float32), "relu6_max"),
-    ]
-    x = bn(conv("input", "_conv_stem", 2), "_bn0", True)
+
+def _lite0_blocks(b: _Lite0Builder, x: str) -> str:
+    """The MBConv blocks of _LITE0_STAGES after the stem; returns the last block's output."""
     channels, index = 32, 0
     for kernel, stride, expand, out_channels, repeats in _LITE0_STAGES:
         for r in range(repeats):
@@ -138,33 +132,40 @@ def _lite0_graph(w: dict[str, Any]) -> Any:
             p = f"_blocks.{index}"
             y = x
             if expand != 1:
-                y = bn(conv(y, f"{p}._expand_conv", 1), f"{p}._bn0", True)
+                y = b.bn(b.conv(y, f"{p}._expand_conv", 1), f"{p}._bn0", True)
             hidden = channels * expand
-            if w[f"{p}._depthwise_conv.weight"].shape[-1] != kernel:
+            if b.w[f"{p}._depthwise_conv.weight"].shape[-1] != kernel:
                 raise UserError(f"unexpected kernel size in {p}: the state dict is not EfficientNet-Lite0")
-            y = bn(conv(y, f"{p}._depthwise_conv", s, groups=hidden), f"{p}._bn1", True)
-            y = bn(conv(y, f"{p}._project_conv", 1), f"{p}._bn2", False)
+            y = b.bn(b.conv(y, f"{p}._depthwise_conv", s, groups=hidden), f"{p}._bn1", True)
+            y = b.bn(b.conv(y, f"{p}._project_conv", 1), f"{p}._bn2", False)
             if s == 1 and channels == out_channels:
-                nodes.append(helper.make_node("Add", [x, y], [f"{p}.add"], name=f"{p}.add"))
-                y = f"{p}.add"
+                y = b.node("Add", [x, y], f"{p}.add", f"{p}.add")
             x, channels, index = y, out_channels, index + 1
-    x = bn(conv(x, "_conv_head", 1), "_bn1", True)
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"))
-    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flatten", axis=1))
-    nodes.append(
-        helper.make_node("Gemm", ["flat", param("_fc.weight"), param("_fc.bias")], ["logits"], name="_fc", transB=1)
-    )
+    return x
+
+
+def _lite0_graph(w: dict[str, Any]) -> Any:
+    import onnx
+    from onnx import TensorProto, helper
+
+    b = _Lite0Builder(w)
+    x = b.bn(b.conv("input", "_conv_stem", 2), "_bn0", True)
+    x = _lite0_blocks(b, x)
+    x = b.bn(b.conv(x, "_conv_head", 1), "_bn1", True)
+    b.node("GlobalAveragePool", [x], "pool", "pool")
+    b.node("Flatten", ["pool"], "flat", "flatten", axis=1)
+    b.node("Gemm", ["flat", b.param("_fc.weight"), b.param("_fc.bias")], "logits", "_fc", transB=1)
     graph = helper.make_graph(
-        nodes,
+        b.nodes,
         "efficientnet_lite0",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
-        inits,
+        b.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekiln")
     model.ir_version = 8
     onnx.checker.check_model(model)
-    unused = sorted(set(w) - used)
+    unused = sorted(set(w) - b.used)
     if unused:
         raise UserError(f"the EfficientNet-Lite0 state dict has weights the graph does not use: {unused[:5]}")
     return model

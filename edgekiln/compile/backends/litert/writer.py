@@ -11,7 +11,7 @@ versions that announce int8 kernels where tensors are int8.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -220,91 +220,97 @@ def _write_operator(builder: Any, op: Op, opcode: int, index: dict[str, int]) ->
     return _table(builder, "Operator", fields)
 
 
+# The fields of each operator kind's options table: builder, the op's options and the
+# fused-activation code in, the table's fields (in flatbuffer field order) out.
+_OptionFields = Callable[[Any, Mapping[str, Any], int], dict[str, Any]]
+
+
+def _conv2d_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {
+        "Padding": _PADDING[o["padding"]],
+        "StrideH": o["stride"][0],
+        "StrideW": o["stride"][1],
+        "DilationHFactor": o["dilation"][0],
+        "DilationWFactor": o["dilation"][1],
+        "FusedActivationFunction": act,
+    }
+
+
+def _depthwise_conv2d_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {
+        "Padding": _PADDING[o["padding"]],
+        "StrideH": o["stride"][0],
+        "StrideW": o["stride"][1],
+        "DepthMultiplier": o["depth_multiplier"],
+        "DilationHFactor": o["dilation"][0],
+        "DilationWFactor": o["dilation"][1],
+        "FusedActivationFunction": act,
+    }
+
+
+def _fully_connected_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {"FusedActivationFunction": act, "KeepNumDims": bool(o.get("keep_num_dims", False))}
+
+
+def _activation_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {"FusedActivationFunction": act}
+
+
+def _pool2d_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {
+        "Padding": _PADDING[o["padding"]],
+        "StrideH": o["stride"][0],
+        "StrideW": o["stride"][1],
+        "FilterHeight": o["filter"][0],
+        "FilterWidth": o["filter"][1],
+        "FusedActivationFunction": act,
+    }
+
+
+def _reshape_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {"NewShape": builder.CreateNumpyVector(np.array(o["new_shape"], np.int32))}
+
+
+def _no_fields(builder: Any, o: Mapping[str, Any], act: int) -> dict[str, Any]:
+    return {}
+
+
+_BUILTIN_OPTIONS: dict[str, tuple[str, _OptionFields]] = {
+    "CONV_2D": ("Conv2DOptions", _conv2d_fields),
+    "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", _depthwise_conv2d_fields),
+    "FULLY_CONNECTED": ("FullyConnectedOptions", _fully_connected_fields),
+    "ADD": ("AddOptions", _activation_fields),
+    "SUB": ("SubOptions", _activation_fields),
+    "MUL": ("MulOptions", _activation_fields),
+    "DIV": ("DivOptions", _activation_fields),
+    "MAX_POOL_2D": ("Pool2DOptions", _pool2d_fields),
+    "AVERAGE_POOL_2D": ("Pool2DOptions", _pool2d_fields),
+    "MEAN": ("ReducerOptions", lambda b, o, act: {"KeepDims": bool(o["keep_dims"])}),
+    "RESHAPE": ("ReshapeOptions", _reshape_fields),
+    "SOFTMAX": ("SoftmaxOptions", lambda b, o, act: {"Beta": float(o.get("beta", 1.0))}),
+    "CONCATENATION": (
+        "ConcatenationOptions",
+        lambda b, o, act: {"Axis": int(o["axis"]), "FusedActivationFunction": act},
+    ),
+    "LEAKY_RELU": ("LeakyReluOptions", lambda b, o, act: {"Alpha": float(o["alpha"])}),
+    "PAD": ("PadOptions", _no_fields),
+    "PADV2": ("PadV2Options", _no_fields),
+    "TRANSPOSE": ("TransposeOptions", _no_fields),
+    "MAXIMUM": ("MaximumMinimumOptions", _no_fields),
+    "MINIMUM": ("MaximumMinimumOptions", _no_fields),
+    "HARD_SWISH": ("HardSwishOptions", _no_fields),
+}
+
+
 def _builtin_options(builder: Any, op: Op) -> tuple[str, int] | None:
+    """The op's options table as (BuiltinOptions kind, offset); None for a kind without one."""
     o = op.options
     act = _ACTIVATION[o.get("activation", "NONE")]
-    kind = op.kind
-    if kind == "CONV_2D":
-        return "Conv2DOptions", _table(
-            builder,
-            "Conv2DOptions",
-            {
-                "Padding": _PADDING[o["padding"]],
-                "StrideH": o["stride"][0],
-                "StrideW": o["stride"][1],
-                "DilationHFactor": o["dilation"][0],
-                "DilationWFactor": o["dilation"][1],
-                "FusedActivationFunction": act,
-            },
-        )
-    if kind == "DEPTHWISE_CONV_2D":
-        return "DepthwiseConv2DOptions", _table(
-            builder,
-            "DepthwiseConv2DOptions",
-            {
-                "Padding": _PADDING[o["padding"]],
-                "StrideH": o["stride"][0],
-                "StrideW": o["stride"][1],
-                "DepthMultiplier": o["depth_multiplier"],
-                "DilationHFactor": o["dilation"][0],
-                "DilationWFactor": o["dilation"][1],
-                "FusedActivationFunction": act,
-            },
-        )
-    if kind == "FULLY_CONNECTED":
-        return "FullyConnectedOptions", _table(
-            builder,
-            "FullyConnectedOptions",
-            {
-                "FusedActivationFunction": act,
-                "KeepNumDims": bool(o.get("keep_num_dims", False)),
-            },
-        )
-    if kind in ("ADD", "SUB", "MUL", "DIV"):
-        cls = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}[kind]
-        return cls, _table(builder, cls, {"FusedActivationFunction": act})
-    if kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        return "Pool2DOptions", _table(
-            builder,
-            "Pool2DOptions",
-            {
-                "Padding": _PADDING[o["padding"]],
-                "StrideH": o["stride"][0],
-                "StrideW": o["stride"][1],
-                "FilterHeight": o["filter"][0],
-                "FilterWidth": o["filter"][1],
-                "FusedActivationFunction": act,
-            },
-        )
-    if kind == "MEAN":
-        return "ReducerOptions", _table(builder, "ReducerOptions", {"KeepDims": bool(o["keep_dims"])})
-    if kind == "RESHAPE":
-        shape = builder.CreateNumpyVector(np.array(o["new_shape"], np.int32))
-        return "ReshapeOptions", _table(builder, "ReshapeOptions", {"NewShape": shape})
-    if kind == "SOFTMAX":
-        return "SoftmaxOptions", _table(builder, "SoftmaxOptions", {"Beta": float(o.get("beta", 1.0))})
-    if kind == "CONCATENATION":
-        return "ConcatenationOptions", _table(
-            builder,
-            "ConcatenationOptions",
-            {
-                "Axis": int(o["axis"]),
-                "FusedActivationFunction": act,
-            },
-        )
-    if kind == "LEAKY_RELU":
-        return "LeakyReluOptions", _table(builder, "LeakyReluOptions", {"Alpha": float(o["alpha"])})
-    simple = {
-        "PAD": "PadOptions",
-        "PADV2": "PadV2Options",
-        "TRANSPOSE": "TransposeOptions",
-        "MAXIMUM": "MaximumMinimumOptions",
-        "MINIMUM": "MaximumMinimumOptions",
-        "HARD_SWISH": "HardSwishOptions",
-    }
-    if kind in simple:
-        return simple[kind], _table(builder, simple[kind], {})
-    return None
+    entry = _BUILTIN_OPTIONS.get(op.kind)
+    if entry is None:
+        return None
+    cls, fields = entry
+    return cls, _table(builder, cls, fields(builder, o, act))
 
 
 def _signature(builder: Any, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]]) -> int:

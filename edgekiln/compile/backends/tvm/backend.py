@@ -98,45 +98,55 @@ class TVMBackend(Backend):
         progress: Progress,
         calibration: Any = None,
     ) -> LoweredFiles:
-        try:
-            import tvm
-            from tvm.relax.frontend.onnx import from_onnx
-        except ImportError as exc:
-            raise DependencyError(
-                f"the TVM compiler is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
-            ) from None
-
+        tvm, from_onnx = _import_tvm()
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)
         if profile.is_cuda and (libs is None or libs.cuda is None):
             raise DependencyError(
                 f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library for {profile.cpu.arch}"
             )
-        onnx_model = model.load_onnx()
-        with progress.step("convert ONNX to Relax"):
-            bad = unsupported_operators(onnx_model)
-            if bad:
-                raise BackendError(
-                    f"the tvm backend does not support {len(bad)} operator(s) of {model.source_ref}: "
-                    + ", ".join(bad[:10])
-                    + (" …" if len(bad) > 10 else "")
-                )
-            shapes = {t.name: list(t.shape) for t in model.inputs}
-            try:
-                mod = from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
-            except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
-                raise BackendError(f"TVM cannot convert {model.source_ref}: {first_line(exc, last=True)}") from None
+        mod = _to_relax(model, from_onnx, progress)
         target_dict = profile.tvm_target()
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = {"tvm": runtime_libs.tvm_version()}
+        target, executable = self._build_for_profile(tvm, mod, target_dict, profile, options, compiler, progress)
+        with progress.step(
+            "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
+        ):
+            try:
+                executable.export_library(str(library), fcompile=fcompile)
+            except Exception as exc:
+                raise BackendError(f"linking the model library failed: {first_line(exc, last=True)}") from None
+        files, notes = _copy_runtime_libraries(profile, libs, root)
+        return LoweredFiles(
+            files=files,
+            runtime=_runtime_requirements(profile, libs, notes),
+            compiler=compiler,
+            target=json.loads(str(target)),
+            options=asdict(options),
+        )
+
+    def _build_for_profile(
+        self,
+        tvm: Any,
+        mod: Any,
+        target_dict: Any,
+        profile: DeviceProfile,
+        options: TVMOptions,
+        compiler: dict[str, str],
+        progress: Progress,
+    ) -> tuple[Any, Any]:
+        """Build ``mod`` for the profile's CPU or GPU; returns the target and the executable.
+
+        For CUDA profiles, also records nvcc's version in ``compiler``."""
         where = f"CUDA {profile.accelerator.cuda_arch}" if profile.is_cuda else profile.cpu.mcpu
         with progress.step(f"build for {profile.id} ({where})"):
             target = tvm.target.Target(target_dict)
             if profile.is_cuda:
                 from edgekiln.compile.backends.tvm import cuda
 
-                assert libs is not None and libs.cuda is not None and profile.accelerator is not None
+                assert profile.accelerator is not None
                 # The build host's own CUDA module makes TVM emit device code (see cuda.py).
                 host_libs = runtime_libs.find(host_info().arch)
                 assert host_libs is not None and host_libs.cuda is not None
@@ -147,38 +157,7 @@ class TVMBackend(Backend):
                 compiler["nvcc"] = cuda.nvcc_version()
             else:
                 executable = self._build(tvm, mod, target)
-        with progress.step(
-            "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
-        ):
-            try:
-                executable.export_library(str(library), fcompile=fcompile)
-            except Exception as exc:
-                raise BackendError(f"linking the model library failed: {first_line(exc, last=True)}") from None
-        files = {MODEL_LIBRARY: "model-library"}
-        notes: list[str] = []
-        if libs is not None:
-            shutil.copyfile(libs.runtime, root / RUNTIME_LIBRARY)
-            files[RUNTIME_LIBRARY] = "runtime-library"
-            if profile.is_cuda and libs.cuda is not None:
-                shutil.copyfile(libs.cuda, root / RUNTIME_LIBRARY_CUDA)
-                files[RUNTIME_LIBRARY_CUDA] = "runtime-library-cuda"
-        else:
-            notes.append(runtime_libs.unavailable_reason(profile.cpu.arch) or "")
-        runtime = RuntimeRequirements(
-            arch=profile.cpu.arch,
-            glibc=libs.glibc if libs else None,
-            python_packages=(f"apache-tvm-ffi=={_ffi_version()}", "numpy"),
-            library="libtvm_runtime.so",
-            library_version=runtime_libs.tvm_version(),
-            cuda_arch=profile.accelerator.cuda_arch if profile.is_cuda else None,
-            # libtvm_runtime_cuda.so links libcudart.so.<major> of the toolkit it was built with.
-            cuda_runtime=f"libcudart.so.{_cudart_major(libs.cuda)}" if profile.is_cuda and libs and libs.cuda else None,
-            cpu_features=required_cpu_features(profile),
-            notes=tuple(n for n in notes if n),
-        )
-        return LoweredFiles(
-            files=files, runtime=runtime, compiler=compiler, target=json.loads(str(target)), options=asdict(options)
-        )
+        return target, executable
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:
@@ -202,6 +181,70 @@ class TVMBackend(Backend):
         if profile.toolchain.cc is None:
             return tvm_cc.cross_compiler("g++", options=flags) if flags else None
         return tvm_cc.cross_compiler(profile.toolchain.cc, options=flags)
+
+
+def _import_tvm() -> tuple[Any, Any]:
+    """The tvm module and its ONNX frontend, or a DependencyError that says what to install."""
+    try:
+        import tvm
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError as exc:
+        raise DependencyError(
+            f"the TVM compiler is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
+        ) from None
+    return tvm, from_onnx
+
+
+def _to_relax(model: SourceModel, from_onnx: Any, progress: Progress) -> Any:
+    """The model as a Relax module; an operator TVM lacks is named before conversion is tried."""
+    onnx_model = model.load_onnx()
+    with progress.step("convert ONNX to Relax"):
+        bad = unsupported_operators(onnx_model)
+        if bad:
+            raise BackendError(
+                f"the tvm backend does not support {len(bad)} operator(s) of {model.source_ref}: "
+                + ", ".join(bad[:10])
+                + (" …" if len(bad) > 10 else "")
+            )
+        shapes = {t.name: list(t.shape) for t in model.inputs}
+        try:
+            return from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
+        except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
+            raise BackendError(f"TVM cannot convert {model.source_ref}: {first_line(exc, last=True)}") from None
+
+
+def _copy_runtime_libraries(
+    profile: DeviceProfile, libs: runtime_libs.RuntimeLibs | None, root: Path
+) -> tuple[dict[str, str], list[str]]:
+    """Copy the TVM runtime libraries beside the model library; returns the files and notes."""
+    files = {MODEL_LIBRARY: "model-library"}
+    notes: list[str] = []
+    if libs is not None:
+        shutil.copyfile(libs.runtime, root / RUNTIME_LIBRARY)
+        files[RUNTIME_LIBRARY] = "runtime-library"
+        if profile.is_cuda and libs.cuda is not None:
+            shutil.copyfile(libs.cuda, root / RUNTIME_LIBRARY_CUDA)
+            files[RUNTIME_LIBRARY_CUDA] = "runtime-library-cuda"
+    else:
+        notes.append(runtime_libs.unavailable_reason(profile.cpu.arch) or "")
+    return files, notes
+
+
+def _runtime_requirements(
+    profile: DeviceProfile, libs: runtime_libs.RuntimeLibs | None, notes: list[str]
+) -> RuntimeRequirements:
+    return RuntimeRequirements(
+        arch=profile.cpu.arch,
+        glibc=libs.glibc if libs else None,
+        python_packages=(f"apache-tvm-ffi=={_ffi_version()}", "numpy"),
+        library="libtvm_runtime.so",
+        library_version=runtime_libs.tvm_version(),
+        cuda_arch=profile.accelerator.cuda_arch if profile.is_cuda else None,
+        # libtvm_runtime_cuda.so links libcudart.so.<major> of the toolkit it was built with.
+        cuda_runtime=f"libcudart.so.{_cudart_major(libs.cuda)}" if profile.is_cuda and libs and libs.cuda else None,
+        cpu_features=required_cpu_features(profile),
+        notes=tuple(n for n in notes if n),
+    )
 
 
 def _ffi_version() -> str:

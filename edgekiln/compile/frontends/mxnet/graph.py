@@ -99,48 +99,9 @@ def to_onnx(
     _unsupported(nodes)
     stored = read_params(params)
     b = Builder(sym, stored, params)
-
-    # Reserve the names of the nodes whose outputs are graph outputs, so they keep their names.
-    head_nodes = {h for h, _ in sym.heads}
-    for node in nodes:
-        if node.op != "null" and node.index in head_nodes:
-            b.names.add(node.name)
-    reserved = set(b.names)
-    for node in nodes:
-        if node.op == "null":
-            continue
-        out = node.name if node.name in reserved else b.unique(node.name)
-        reserved.discard(node.name)
-        CONVERTERS[node.op](b, node, Attrs(node), out)
-        b.tensor_of[(node.index, 0)] = out
-
-    outputs = []
-    for head in sym.heads:
-        node = sym.nodes[head[0]]
-        if head not in b.tensor_of and node.op == "null":
-            # A variable that is itself an output: register it the way a consumer would.
-            b.data(Node(-1, "output", "output", {}, [head]), 0)
-        if head not in b.tensor_of:
-            raise UserError(
-                f"output {head[1]} of MXNet node {node.name!r} ({node.op}) is a graph output; "
-                "edgekiln's MXNet importer converts only the first output of each operator"
-            )
-        tensor = b.tensor_of[head]
-        if tensor in outputs or node.op == "null":
-            # An output listed twice, or a graph input, still needs a name of its own.
-            alias = b.unique(f"{node.name}_output{head[1]}")
-            b.emit("Identity", [tensor], [alias], node)
-            tensor = alias
-        outputs.append(tensor)
-
-    order = {index: rank for rank, index in enumerate(sym.arg_nodes)}
-    data_nodes = sorted(set(b.data_inputs), key=lambda i: (order.get(i, len(order)), i))
-    input_names = [b.tensor_of[(i, 0)] for i in data_nodes]
-    shapes = _requested_shapes(input_shapes, input_names)
-    unknown = sorted(set(shapes) - set(input_names))
-    if unknown:
-        raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {input_names}")
-    shapes = {k: _shape_list(k, v) for k, v in shapes.items()}
+    _convert_nodes(b, sym, nodes)
+    outputs = _graph_outputs(b, sym)
+    input_names, shapes = _graph_inputs(b, sym, input_shapes)
 
     graph = helper.make_graph(
         b.onnx_nodes,
@@ -164,6 +125,61 @@ def to_onnx(
         _check_shapes(model, b, shapes)
     _check_structure(model, symbol)
     return model
+
+
+def _convert_nodes(b: Builder, sym: Symbol, nodes: list[Node]) -> None:
+    """Convert every operator node, in order, into ONNX nodes on ``b``."""
+    # Reserve the names of the nodes whose outputs are graph outputs, so they keep their names.
+    head_nodes = {h for h, _ in sym.heads}
+    for node in nodes:
+        if node.op != "null" and node.index in head_nodes:
+            b.names.add(node.name)
+    reserved = set(b.names)
+    for node in nodes:
+        if node.op == "null":
+            continue
+        out = node.name if node.name in reserved else b.unique(node.name)
+        reserved.discard(node.name)
+        CONVERTERS[node.op](b, node, Attrs(node), out)
+        b.tensor_of[(node.index, 0)] = out
+
+
+def _graph_outputs(b: Builder, sym: Symbol) -> list[str]:
+    """The tensor names of the symbol's heads, each distinct and none of them a graph input."""
+    outputs: list[str] = []
+    for head in sym.heads:
+        node = sym.nodes[head[0]]
+        if head not in b.tensor_of and node.op == "null":
+            # A variable that is itself an output: register it the way a consumer would.
+            b.data(Node(-1, "output", "output", {}, [head]), 0)
+        if head not in b.tensor_of:
+            raise UserError(
+                f"output {head[1]} of MXNet node {node.name!r} ({node.op}) is a graph output; "
+                "edgekiln's MXNet importer converts only the first output of each operator"
+            )
+        tensor = b.tensor_of[head]
+        if tensor in outputs or node.op == "null":
+            # An output listed twice, or a graph input, still needs a name of its own.
+            alias = b.unique(f"{node.name}_output{head[1]}")
+            b.emit("Identity", [tensor], [alias], node)
+            tensor = alias
+        outputs.append(tensor)
+    return outputs
+
+
+def _graph_inputs(
+    b: Builder, sym: Symbol, input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None
+) -> tuple[list[str], dict[str, list[int]]]:
+    """The data inputs in ``arg_nodes`` order, and the shapes asked for by name."""
+    order = {index: rank for rank, index in enumerate(sym.arg_nodes)}
+    data_nodes = sorted(set(b.data_inputs), key=lambda i: (order.get(i, len(order)), i))
+    input_names = [b.tensor_of[(i, 0)] for i in data_nodes]
+    shapes = _requested_shapes(input_shapes, input_names)
+    unknown = sorted(set(shapes) - set(input_names))
+    if unknown:
+        raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {input_names}")
+    shapes = {k: _shape_list(k, v) for k, v in shapes.items()}
+    return input_names, shapes
 
 
 def _check_structure(model: Any, symbol: Path) -> None:
