@@ -404,7 +404,7 @@ def test_inputs_without_shape_stay_open_and_labels_are_not_inputs(tmp_path):
     (inp,) = model.graph.input
     assert inp.name == "data" and not inp.type.tensor_type.HasField("shape")
     assert [o.name for o in model.graph.output] == ["softmax"]
-    with pytest.raises(UserError, match=r"unknown inputs \['image'\]; the model's inputs are \['data'\]"):
+    with pytest.raises(UserError, match=r"unknown inputs \['image'\]; the MXNet model's inputs are \['data'\]"):
         mxf.to_onnx(symbol, params, {"image": [1, 3, 8, 8]})
     with pytest.raises(UserError, match="positive integers"):
         mxf.to_onnx(symbol, params, {"data": [1, 3, 0, 8]})

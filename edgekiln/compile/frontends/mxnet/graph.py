@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from edgekiln.compile.frontends.mxnet.converters import CONVERTERS, Builder, supported_operators
 from edgekiln.compile.frontends.mxnet.params import read_params
 from edgekiln.compile.frontends.mxnet.symbol import INT64_MAX, Attrs, Node, Symbol, load_symbol
+from edgekiln.compile.frontends.onnx import requested_shapes
 from edgekiln.errors import InternalError, UserError
 
 if TYPE_CHECKING:
@@ -43,36 +44,13 @@ def _unsupported(nodes: list[Node]) -> None:
     )
 
 
-def _shape_list(name: str, shape: Any) -> list[int]:
-    try:
-        dims = [int(d) for d in shape]
-        ok = all(d > 0 and float(d) == float(s) for d, s in zip(dims, shape))
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok or not dims:
-        raise UserError(f"the input shape for {name!r} must be a list of positive integers, got {shape!r}")
+def _check_size(name: str, dims: list[int]) -> list[int]:
     if math.prod(dims) * 4 > INT64_MAX:  # float32 bytes; ONNX and numpy count them in int64
         raise UserError(
             f"the input shape {dims} for {name!r} overflows: its float32 size does not fit in 64 bits",
             hint="give the shape of one input batch, e.g. [1, 3, 224, 224]",
         )
     return dims
-
-
-def _requested_shapes(
-    input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None, names: list[str]
-) -> dict[str, Any]:
-    """Shapes by input name: a bare shape is the single input's, Neo's list form (``input0``,
-    ``input1``...) goes to the inputs in order."""
-    from edgekiln.compile.frontends.onnx import positional
-
-    if input_shapes is None:
-        return {}
-    if isinstance(input_shapes, Mapping):
-        return dict(positional(input_shapes, names))
-    if len(names) != 1:
-        raise UserError(f"the MXNet model has {len(names)} inputs {names}; give a shape for each by name")
-    return {names[0]: input_shapes}
 
 
 def to_onnx(
@@ -174,11 +152,8 @@ def _graph_inputs(
     order = {index: rank for rank, index in enumerate(sym.arg_nodes)}
     data_nodes = sorted(set(b.data_inputs), key=lambda i: (order.get(i, len(order)), i))
     input_names = [b.tensor_of[(i, 0)] for i in data_nodes]
-    shapes = _requested_shapes(input_shapes, input_names)
-    unknown = sorted(set(shapes) - set(input_names))
-    if unknown:
-        raise UserError(f"the input shapes name unknown inputs {unknown}; the model's inputs are {input_names}")
-    shapes = {k: _shape_list(k, v) for k, v in shapes.items()}
+    # The one reading of the user's shapes that every frontend shares.
+    shapes = {k: _check_size(k, v) for k, v in requested_shapes(input_shapes, input_names, "MXNet model").items()}
     return input_names, shapes
 
 
