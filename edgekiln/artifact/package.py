@@ -48,16 +48,22 @@ class UnpackLimits:
 
     @classmethod
     def from_env(cls) -> UnpackLimits:
-        text = os.environ.get(MAX_UNPACKED_ENV)
-        if not text:
-            return cls()
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value <= 0:
-            raise UserError(f"{MAX_UNPACKED_ENV}={text[:40]!r} is not a positive number of bytes")
-        return cls(max_unpacked_bytes=value)
+        value = bytes_from_env(MAX_UNPACKED_ENV)
+        return cls() if value is None else cls(max_unpacked_bytes=value)
+
+
+def bytes_from_env(name: str) -> int | None:
+    """A size cap a user raised through the environment variable ``name``; None when unset."""
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UserError(f"{name}={text[:40]!r} is not a positive number of bytes")
+    return value
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -8,13 +8,13 @@ archive streams, and sparse members (which unpack to far more than they hold) ar
 
 from __future__ import annotations
 
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from edgekiln.artifact.package import bytes_from_env
 from edgekiln.errors import UserError
 
 MAX_BYTES_ENV = "EDGEKILN_MAX_MODEL_TARBALL_BYTES"
@@ -30,16 +30,8 @@ class TarballLimits:
 
     @classmethod
     def from_env(cls) -> TarballLimits:
-        text = os.environ.get(MAX_BYTES_ENV)
-        if not text:
-            return cls()
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value <= 0:
-            raise UserError(f"{MAX_BYTES_ENV}={text[:40]!r} is not a positive number of bytes")
-        return cls(max_bytes=value)
+        value = bytes_from_env(MAX_BYTES_ENV)
+        return cls() if value is None else cls(max_bytes=value)
 
 
 def extract(path: Path, dest: Path, limits: TarballLimits | None = None) -> None:

@@ -1,8 +1,8 @@
 """Checks a ``torch.export`` archive (``.pt2``) before torch loads any of it.
 
 ``torch.export.load`` trusts its input: it unpickles payloads flagged ``use_pickle`` with
-``weights_only=False``, unpickles opaque constants with ``pickle.loads``, falls back to
-``weights_only=False`` for sample inputs, loads AOTInductor shared libraries, ``eval``s the
+``weights_only`` off, unpickles opaque constants with ``pickle``, falls back to
+``weights_only`` off for sample inputs, loads AOTInductor shared libraries, ``eval``s the
 symbolic-shape strings through ``sympy.sympify``, resolves any ``torch.*`` attribute path as
 a graph node's function and ``exec``s the program's guard code. Any of those runs an
 attacker's code on the build host. This module reads the archive's members itself, bounded
