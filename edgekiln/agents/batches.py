@@ -108,17 +108,16 @@ class BatchQueue:
 
         return self._guard(query)
 
+    def _in_flight_ids(self, batch_id: str) -> list[str]:
+        query = "SELECT record_id FROM records WHERE batch_id=? AND state=?"
+        return [r[0] for r in self._conn().execute(query, (batch_id, IN_FLIGHT))]
+
     def ack_batch(self, batch_id: str) -> None:
         """The batch reached its destination: its records become acked (in-flight → acked)."""
 
         def ack() -> None:
             now = self.clock()
-            ids = [
-                r[0]
-                for r in self._conn().execute(
-                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
-                )
-            ]
+            ids = self._in_flight_ids(batch_id)
             with self._tx() as tx:
                 tx.execute(
                     "UPDATE records SET state=?, updated_at=? WHERE batch_id=? AND state=?",
@@ -126,7 +125,7 @@ class BatchQueue:
                 )
                 tx.execute("UPDATE batches SET state=?, updated_at=? WHERE batch_id=?", (ACKED, now, batch_id))
                 self._bump(tx, "delivered", len(ids))
-            # Files go after the commit: a crash in between leaves orphans that open() removes.
+            # Files go after the commit: a crash in between leaves orphans that open() quarantines.
             for rid in ids:
                 (self.records_dir / rid).unlink(missing_ok=True)
             self._refresh_totals()
@@ -138,12 +137,7 @@ class BatchQueue:
 
         def dead() -> None:
             now = self.clock()
-            ids = [
-                r[0]
-                for r in self._conn().execute(
-                    "SELECT record_id FROM records WHERE batch_id=? AND state=?", (batch_id, IN_FLIGHT)
-                )
-            ]
+            ids = self._in_flight_ids(batch_id)
             with self._tx() as tx:
                 tx.execute(
                     "UPDATE records SET state=?, reason=?, updated_at=? WHERE batch_id=? AND state=?",
