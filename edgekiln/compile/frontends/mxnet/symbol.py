@@ -123,13 +123,18 @@ class Attrs:
     def _missing(self, key: str) -> UserError:
         return UserError(f"MXNet node {self.node.name!r} ({self.node.op}) has no {key!r} attribute, which it needs")
 
-    def text(self, key: str, default: Any = _REQUIRED) -> Any:
+    def _read(self, key: str, default: Any, convert: Any, unset: tuple[str, ...] = ()) -> Any:
+        """``convert(value)`` of the attribute, ``default`` when it is absent (or written as one
+        of ``unset``), and a one-line error when it is absent and required."""
         value = self._raw(key)
-        if value is None:
+        if value is None or value.replace(" ", "") in unset:
             if default is _REQUIRED:
                 raise self._missing(key)
             return default
-        return value.strip("'\"")
+        return convert(value)
+
+    def text(self, key: str, default: Any = _REQUIRED) -> Any:
+        return self._read(key, default, lambda value: value.strip("'\""))
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._raw(key)
@@ -143,44 +148,38 @@ class Attrs:
         raise self._fail(key, "a boolean")
 
     def integer(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._raw(key)
-        if value is None:
-            if default is _REQUIRED:
-                raise self._missing(key)
-            return default
-        try:
-            number = int(value.rstrip("Ll"))
-        except ValueError:
-            raise self._fail(key, "an integer") from None
-        if not INT64_MIN <= number <= INT64_MAX:
-            raise self._fail(key, "an integer that fits in 64 bits")
-        return number
+        def convert(value: str) -> int:
+            try:
+                number = int(value.rstrip("Ll"))
+            except ValueError:
+                raise self._fail(key, "an integer") from None
+            if not INT64_MIN <= number <= INT64_MAX:
+                raise self._fail(key, "an integer that fits in 64 bits")
+            return number
+
+        return self._read(key, default, convert)
 
     def number(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._raw(key)
-        if value is None:
-            if default is _REQUIRED:
-                raise self._missing(key)
-            return default
-        try:
-            return float(value)
-        except ValueError:
-            raise self._fail(key, "a number") from None
+        def convert(value: str) -> float:
+            try:
+                return float(value)
+            except ValueError:
+                raise self._fail(key, "a number") from None
+
+        return self._read(key, default, convert)
 
     def ints(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self._raw(key)
+        def convert(value: str) -> tuple[int, ...]:
+            body = value
+            if body[:1] in "([" and body[-1:] in ")]":
+                body = body[1:-1]
+            try:
+                numbers = tuple(int(part.strip().rstrip("Ll")) for part in body.split(",") if part.strip())
+            except ValueError:
+                raise self._fail(key, "a tuple of integers") from None
+            if not all(INT64_MIN <= n <= INT64_MAX for n in numbers):
+                raise self._fail(key, "a tuple of integers that fit in 64 bits")
+            return numbers
+
         # "()" is how MXNet writes an unset tuple, so it means the default.
-        if value is None or value.replace(" ", "") in ("()", "[]"):
-            if default is _REQUIRED:
-                raise self._missing(key)
-            return default
-        body = value
-        if body[:1] in "([" and body[-1:] in ")]":
-            body = body[1:-1]
-        try:
-            numbers = tuple(int(part.strip().rstrip("Ll")) for part in body.split(",") if part.strip())
-        except ValueError:
-            raise self._fail(key, "a tuple of integers") from None
-        if not all(INT64_MIN <= n <= INT64_MAX for n in numbers):
-            raise self._fail(key, "a tuple of integers that fit in 64 bits")
-        return numbers
+        return self._read(key, default, convert, unset=("()", "[]"))
