@@ -27,6 +27,9 @@ COMMANDS = (
     "agent-ctl",
     "fleet",
     "bench",
+    "keys",
+    "package",
+    "verify",
 )
 
 
