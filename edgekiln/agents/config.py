@@ -38,6 +38,18 @@ brackets), grouped in sections::
     sync_writes = true                 # fsync each capture before CaptureData returns:
                                        # survives power loss (false: survives an agent crash)
 
+    [deploy]                           # over-the-air deployments of signed packages
+    trusted_keys = ["keys/release.pub"]  # Ed25519 public keys; without any, every package is refused
+    slots_dir = "slots"                # (default: <state_dir>/deploy/slots) installed versions
+    staging_dir = "staging"            # (default: <state_dir>/deploy/staging) downloads
+    inbox_dir = "inbox"                # (default: <state_dir>/deploy/inbox) local installs
+    poll_period_seconds = 30           # GET /v1/agent/deployments (default: the heartbeat period)
+    max_package_bytes = 1073741824     # larger packages are refused before they are fetched
+    latency_budget_ms = 50             # p50 budget when neither plan nor package sets one
+    health_samples = 3                 # validation inputs the health check runs
+    health_runs = 20                   # timed runs for the p50 latency
+    local_failure_handling = "ROLLBACK_ON_FAILURE"  # for local installs; or DO_NOTHING
+
 Every key is checked: an unknown key, a wrong type or a value outside its range raises
 :class:`~edgekiln.errors.UserError` naming the file and the key.  Relative paths are
 relative to the config file's directory.
@@ -49,7 +61,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from edgekiln.artifact.names import MAX_NAME_LENGTH, is_valid_name
 from edgekiln.errors import UserError
@@ -118,6 +130,34 @@ class CaptureConfig:
     sync_writes: bool = True
 
 
+FAILURE_HANDLING = ("ROLLBACK_ON_FAILURE", "DO_NOTHING")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Deployments; the directories default to ``<state_dir>/deploy/...`` (see :meth:`dirs`)."""
+
+    trusted_keys: tuple[Path, ...] = ()
+    slots_dir: Path | None = None
+    staging_dir: Path | None = None
+    inbox_dir: Path | None = None
+    poll_period_seconds: float | None = None
+    max_package_bytes: int = 1 << 30
+    latency_budget_ms: float | None = None
+    health_samples: int = 3
+    health_runs: int = 20
+    local_failure_handling: str = "ROLLBACK_ON_FAILURE"
+
+    def dirs(self, state_dir: Path) -> tuple[Path, Path, Path]:
+        """(slots, staging, inbox) with the defaults filled in."""
+        base = Path(state_dir) / "deploy"
+        return (
+            self.slots_dir or base / "slots",
+            self.staging_dir or base / "staging",
+            self.inbox_dir or base / "inbox",
+        )
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """The whole agent configuration; build it with :func:`load_config` or :func:`from_dict`."""
@@ -127,6 +167,7 @@ class AgentConfig:
     agent: AgentSection
     capture: CaptureConfig
     source: str = "<dict>"
+    deploy: DeployConfig = DeployConfig()
 
 
 # section -> key -> (kind, required); kinds: str, path, paths (a list), int, float, bool
@@ -161,8 +202,26 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "ttl_seconds": ("float", False),
         "sync_writes": ("bool", False),
     },
+    "deploy": {
+        "trusted_keys": ("paths", False),
+        "slots_dir": ("path", False),
+        "staging_dir": ("path", False),
+        "inbox_dir": ("path", False),
+        "poll_period_seconds": ("float", False),
+        "max_package_bytes": ("int", False),
+        "latency_budget_ms": ("float", False),
+        "health_samples": ("int", False),
+        "health_runs": ("int", False),
+        "local_failure_handling": ("str", False),
+    },
 }
-_SECTION_TYPES = {"device": DeviceConfig, "fleet": FleetConfig, "agent": AgentSection, "capture": CaptureConfig}
+_SECTION_TYPES = {
+    "device": DeviceConfig,
+    "fleet": FleetConfig,
+    "agent": AgentSection,
+    "capture": CaptureConfig,
+    "deploy": DeployConfig,
+}
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -277,10 +336,25 @@ def _check(config: AgentConfig, where: str) -> None:
     for key in ("push_period_seconds", "periodic_upload_period_seconds", "ttl_seconds"):
         if getattr(capture, key) <= 0:
             fail(f"capture.{key}", "must be greater than 0")
+    _check_deploy(config.deploy, fail)
     if capture.storage_limit_bytes < MIN_STORAGE_LIMIT:
         fail(
             "capture.storage_limit_bytes", f"must be at least {MIN_STORAGE_LIMIT} bytes (room for the store's database)"
         )
+
+
+def _check_deploy(deploy: DeployConfig, fail: Callable[[str, str], None]) -> None:
+    if deploy.poll_period_seconds is not None and deploy.poll_period_seconds <= 0:
+        fail("deploy.poll_period_seconds", "must be greater than 0")
+    if deploy.latency_budget_ms is not None and deploy.latency_budget_ms <= 0:
+        fail("deploy.latency_budget_ms", "must be greater than 0")
+    if deploy.max_package_bytes < 1024:
+        fail("deploy.max_package_bytes", "must be at least 1024")
+    for key, low, high in (("health_samples", 1, 64), ("health_runs", 1, 10_000)):
+        if not low <= getattr(deploy, key) <= high:
+            fail(f"deploy.{key}", f"must be between {low} and {high}, not {getattr(deploy, key)}")
+    if deploy.local_failure_handling not in FAILURE_HANDLING:
+        fail("deploy.local_failure_handling", f"must be one of {', '.join(FAILURE_HANDLING)}")
 
 
 def to_dict(config: AgentConfig) -> dict[str, Any]:

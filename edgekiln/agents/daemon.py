@@ -76,6 +76,7 @@ class Agent:
         self.sink: Any = None
         self.client: Any = None
         self.process: Any = None
+        self.deployments: Any = None
         self.restarts = 0
         self.unclean_restarts = 0
         self._reported_faults = 0
@@ -89,8 +90,9 @@ class Agent:
     def start(self) -> None:
         """Open the store, reload the models loaded before, and serve the local API."""
         from edgekiln.agents.capture import CaptureService
+        from edgekiln.agents.deploy.manager import DeployManager
         from edgekiln.agents.outbox import Outbox
-        from edgekiln.agents.registry import ModelLoadError, ModelRegistry
+        from edgekiln.agents.registry import ModelRegistry
         from edgekiln.agents.reporter import CloudSink, DiskSink, FleetClient, ProcessMetrics
         from edgekiln.agents.server import serve
         from edgekiln.agents.servicer import AgentServicer
@@ -129,6 +131,18 @@ class Agent:
             self.sink = CloudSink(self.client)
         else:
             self.sink = DiskSink(cfg.capture.disk_path, cfg.device.fleet, cfg.device.name)
+        self._reload_saved(now)
+        self.deployments = DeployManager(cfg, self.registry, client=self.client, clock=now, on_result=self._report_soon)
+        self.deployments.start()
+        self._server = serve(
+            cfg.agent.socket, AgentServicer(self.registry, self.capture), max_workers=cfg.agent.max_workers
+        )
+        self.started = True
+        log.info("agent %s/%s serving on %s", cfg.device.fleet, cfg.device.name, cfg.agent.socket)
+
+    def _reload_saved(self, now: Callable[[], float]) -> None:
+        from edgekiln.agents.registry import ModelLoadError
+
         for saved in self.registry.saved():
             try:
                 self.registry.load(saved["name"], saved["url"])
@@ -138,11 +152,11 @@ class Agent:
                     {"kind": "model-reload", "model": saved["name"], "error": exc.message, "time": now()}
                 )
                 log.error("could not reload model %s: %s", saved["name"], exc.message)
-        self._server = serve(
-            cfg.agent.socket, AgentServicer(self.registry, self.capture), max_workers=cfg.agent.max_workers
-        )
-        self.started = True
-        log.info("agent %s/%s serving on %s", cfg.device.fleet, cfg.device.name, cfg.agent.socket)
+
+    def _report_soon(self) -> None:
+        """A deployment ended: its result goes out with the next heartbeat, queued now."""
+        self._tasks["heartbeat"].due = 0.0
+        self._wake.set()
 
     def _note_start(self) -> None:
         """Take the state directory and count starts and unclean stops (the running marker
@@ -185,6 +199,9 @@ class Agent:
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving and close the store (run() made the last delivery attempt)."""
         self.started = False
+        if self.deployments is not None:
+            self.deployments.stop()
+            self.deployments = None
         if self._server is not None:
             self._server.stop(grace).wait(grace + 1)
             self._server = None
@@ -236,6 +253,8 @@ class Agent:
         cfg = self.config
         if self._flush_flag:
             self._flush_flag = False
+            if self.deployments is not None:
+                self.deployments.wake()
             for task in self._tasks.values():
                 task.due = min(task.due, now)
         # Often enough that records expire within a quarter of their TTL.
@@ -291,7 +310,11 @@ class Agent:
             models=self.registry.snapshots(now),
             faults=faults,
         )
-        self.outbox.put_message("heartbeat", heartbeat.to_json())
+        body = heartbeat.to_json()
+        results = self.deployments.results() if self.deployments is not None and self.client is not None else []
+        if results:  # re-sent in every heartbeat until one that carries them is accepted
+            body["deployment_results"] = results
+        self.outbox.put_message("heartbeat", body)
         self._reported_faults += len(faults)
         return False
 
@@ -353,6 +376,10 @@ class Agent:
             self.outbox.drop_messages([batch[0].id], "heartbeat")
             return True
         self.outbox.ack_messages(m.id for m in batch)
+        if self.deployments is not None:
+            for message in batch:
+                if isinstance(message.body, dict) and message.body.get("deployment_results"):
+                    self.deployments.reported(message.body["deployment_results"])
         return True
 
     def _deliver_batches(self) -> bool:

@@ -41,6 +41,10 @@ class LoadedModel:
     loaded_at: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: ModelMetrics = field(default_factory=ModelMetrics)
+    # False for models that deployments manage: they are reloaded from their slots, not models.json.
+    persist: bool = True
+    # Set once another version took this name (put): a Predict that got this entry moves on to that one.
+    retired: bool = False
 
     @property
     def version(self) -> str:
@@ -150,6 +154,31 @@ class ModelRegistry:
             code, message = load_error(exc, str(path))
             raise ModelLoadError(code, message) from None
 
+    def open_model(self, name: str, path: Path) -> Any:
+        """A model worker for the artifact at ``path`` that is not (yet) registered: a
+        deployment's health check runs on it while Predict still answers from the old one."""
+        return self._open(name, Path(path))
+
+    def put(self, name: str, url: str, model: Any, *, persist: bool = False) -> LoadedModel:
+        """Serve ``model`` (from :meth:`open_model`) as ``name``, replacing the one loaded under
+        that name, in one step under the lock: every Predict is answered, by the old model
+        until the swap and by the new one after it. The old worker ends once its running
+        Predict returned. ``max_models`` is not checked for a replacement."""
+        entry = LoadedModel(name=name, url=url, model=model, loaded_at=self.clock(), persist=persist)
+        with self._lock:
+            old = self._models.get(name)
+            if old is None and len(self._models) + len(self._loading) >= self.max_models:
+                raise ModelLoadError("RESOURCE_EXHAUSTED", f"{self.max_models} models are loaded (agent.max_models)")
+            if old is not None:
+                entry.metrics = old.metrics
+                old.retired = True
+            self._models[name] = entry
+        if old is not None:
+            with old.lock:
+                _close(old.model)
+        self._save()
+        return entry
+
     def unload(self, name: str) -> None:
         with self._lock:
             entry = self._models.pop(name, None)
@@ -191,6 +220,10 @@ class ModelRegistry:
 
     def predict(self, entry: LoadedModel, arrays: list[Any]) -> list[Any]:
         with entry.lock:
+            if entry.retired:  # replaced while this call waited: the new version answers
+                current = self.get(entry.name)
+                if current is not None and current is not entry:
+                    return self.predict(current, arrays)
             with self._lock:
                 self.running += 1
                 self.max_running = max(self.max_running, self.running)
@@ -213,7 +246,8 @@ class ModelRegistry:
             return
         with self._save_lock:
             with self._lock:
-                data = [{"name": m.name, "url": m.url} for m in sorted(self._models.values(), key=lambda m: m.name)]
+                models = sorted((m for m in self._models.values() if m.persist), key=lambda m: m.name)
+                data = [{"name": m.name, "url": m.url} for m in models]
             tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps({"models": data}, indent=1))

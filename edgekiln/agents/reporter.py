@@ -217,6 +217,20 @@ class FleetClient:
         raw = self._send(request, f"POST {path}")
         return json.loads(raw or b"{}")
 
+    def get(self, path: str, limit: int = 1 << 20) -> dict[str, Any]:
+        """GET a JSON object of at most ``limit`` bytes from the fleet."""
+        request = urllib.request.Request(
+            self.endpoint + path, method="GET", headers={"Authorization": f"Bearer {self.token()}"}
+        )
+        raw = self._send(request, f"GET {path}", limit)
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            raise FleetUnavailable(f"GET {path}: the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise FleetUnavailable(f"GET {path}: the answer is not a JSON object")
+        return data
+
     def put(self, url: str, data: bytes) -> None:
         """PUT to a presigned URL (no credentials of ours: the URL carries them)."""
         request = urllib.request.Request(
@@ -224,10 +238,15 @@ class FleetClient:
         )
         self._send(request, "PUT object")
 
-    def _send(self, request: urllib.request.Request, what: str) -> bytes:
+    def _send(self, request: urllib.request.Request, what: str, limit: int | None = None) -> bytes:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
+                if limit is None:
+                    return response.read()
+                body = response.read(limit + 1)
+                if len(body) > limit:
+                    raise FleetUnavailable(f"{what}: the answer is over {limit} bytes")
+                return body
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
             if 400 <= exc.code < 500 and exc.code not in (408, 429):

@@ -6,8 +6,11 @@
     edgekiln agent-ctl --socket PATH describe NAME
     edgekiln agent-ctl --socket PATH predict NAME INPUT [--top-k 5] [--capture]
     edgekiln agent-ctl --socket PATH capture-status CAPTURE_ID
+    edgekiln agent-ctl --config agent.toml deploy PKG [--wait 120]
+    edgekiln agent-ctl --config agent.toml deployments
 
-``--config agent.toml`` instead of ``--socket`` takes the socket from the agent's config.
+``--config agent.toml`` instead of ``--socket`` takes the socket from the agent's config;
+``deploy`` and ``deployments`` need it (they use the agent's inbox and deployment log).
 """
 
 from __future__ import annotations
@@ -51,12 +54,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--capture", action="store_true", help="also capture the input and output tensors")
     status = commands.add_parser("capture-status", help="status of a capture")
     status.add_argument("capture_id", metavar="CAPTURE_ID")
+    deploy = commands.add_parser(
+        "deploy",
+        help="install a signed package on this device, without a fleet",
+        description=(
+            "Copy PKG into the agent's inbox (deploy.inbox_dir) and wait for the install to end: verify "
+            "against deploy.trusted_keys, anti-rollback, unpack into a new slot, switch, health check, "
+            "commit or roll back (deploy.local_failure_handling). Exits 0 when it SUCCEEDED, 1 otherwise."
+        ),
+    )
+    deploy.add_argument("package", metavar="PKG", help="package from edgekiln package")
+    deploy.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the result (default: 120)")
+    commands.add_parser("deployments", help="list this device's deployments and their results")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from edgekiln.agents.client import AgentClient
 
+    if args.ctl_command in ("deploy", "deployments"):
+        return _deployments(args)
     socket = args.socket
     if args.config:
         from edgekiln.agents.config import load_config
@@ -69,6 +86,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_render(args.ctl_command, result))
     return 0
+
+
+def _deployments(args: argparse.Namespace) -> int:
+    from edgekiln.agents.config import load_config
+    from edgekiln.agents.deploy import local
+    from edgekiln.errors import UserError
+
+    if not args.config:
+        raise UserError(f"agent-ctl {args.ctl_command} needs --config (the agent's inbox and deployment log)")
+    config = load_config(args.config)
+    if args.ctl_command == "deployments":
+        found = local.records(config)
+        if args.json:
+            print(json.dumps({"deployments": found}, indent=2))
+        for record in [] if args.json else found:
+            spec = record.get("spec") or {}
+            print(
+                f"{record['deployment_id']:<40} {spec.get('handle', '?')} v{spec.get('version', '?')} "
+                f"{record.get('status', '?'):<26} {record.get('reason', '')}"
+            )
+        return 0
+    record = local.wait(config, local.drop(config, Path(args.package)), args.wait)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        extra = f" (rollback took {record['rollback_seconds']} s)" if record.get("rollback_seconds") is not None else ""
+        print(f"{record['deployment_id']}: {record['status']}: {record.get('reason', '')}{extra}")
+    return 0 if record["status"] == "SUCCEEDED" else 1
 
 
 def _dispatch(client: Any, args: argparse.Namespace) -> Any:
