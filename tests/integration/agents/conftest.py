@@ -93,3 +93,38 @@ def wait_until(what: str, check, timeout: float, interval: float = 0.2):
 def wait():
     """wait(what, check, timeout) -> check()'s first truthy value, or an AssertionError."""
     return wait_until
+
+
+@pytest.fixture(scope="session")
+def deploy_parts(tmp_path_factory):
+    """Keys and tiny artifacts for the deployment tests, compiled once per session: good
+    versions whose weights are scaled by 1 and 2 (the output tells which serves), the same
+    with 300 kB of padding (a package large enough to cut and kill mid-download), and
+    broken ones: a model.onnx that is not ONNX, one that returns NaN, one that is slow."""
+    from edgekiln.artifact.signing import generate_keypair
+    from tests.integration.agents.deploy_kit import broken_artifact, compile_tiny
+
+    root = tmp_path_factory.mktemp("deploy")
+    parts = {"root": root}
+    parts["key"], parts["pub"] = generate_keypair(root, "release")
+    parts["other_key"], parts["other_pub"] = generate_keypair(root, "stranger")
+    parts["a1"] = compile_tiny(root, "a1", 1.0)
+    parts["a2"] = compile_tiny(root, "a2", 2.0)
+    parts["p1"] = compile_tiny(root, "p1", 1.0, extra_weights=75_000)
+    parts["p2"] = compile_tiny(root, "p2", 2.0, extra_weights=75_000)
+    for kind in ("garbage", "nan", "slow"):
+        parts[kind] = broken_artifact(parts["a2"], kind, root / f"{kind}.tar.gz")
+    return parts
+
+
+@pytest.fixture
+def package(deploy_parts, tmp_path):
+    """package(artifact_key, version, handle="tiny", key="key", **build_options) -> signed package path."""
+    from edgekiln.artifact.signing import build_package
+
+    def make(artifact: str, version: int, handle: str = "tiny", key: str = "key", **options) -> object:
+        out = tmp_path / f"{handle}-{artifact}-{version}-{key}.pkg"
+        build_package(deploy_parts[artifact], deploy_parts[key], handle, version, out, **options)
+        return out
+
+    return make

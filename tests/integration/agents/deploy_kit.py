@@ -47,12 +47,12 @@ def compile_tiny(root: Path, name: str, scale: float, extra_weights: int = 0) ->
     from edgekiln.compile.api import CompileOptions, compile_model
 
     src = _onnx(root / f"{name}.onnx", scale, extra_weights)
-    return compile_model(str(src), "x86_64", root / f"{name}.tar.gz", options=CompileOptions(backend="onnxruntime")).path
+    options = CompileOptions(backend="onnxruntime")
+    return compile_model(str(src), "x86_64", root / f"{name}.tar.gz", options=options).path
 
 
 def _graph_bytes(kind: str) -> bytes:
     """A model.onnx with the good one's input and output that is broken in ``kind``'s way."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if kind == "garbage":
@@ -265,6 +265,8 @@ class AgentProcess:
             (root / "token").write_text("device-token")
             data["fleet"].update(endpoint=endpoint, token_file=str(root / "token"))
         data["deploy"].update(deploy)
+        if not trusted:  # an agent without keys: the key is left out, as a config without it
+            del data["deploy"]["trusted_keys"]
         self.config = root / "agent.toml"
         self.config.write_text(dump_toml(data))
         self.proc: subprocess.Popen | None = None

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,8 @@ from edgekiln.artifact.signing import (
 )
 from edgekiln.cli.main import main
 from edgekiln.errors import IntegrityError, UserError
+from tests.signed_packages import flip, retar
+from tests.signed_packages import members as read_members
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +62,8 @@ def package(tmp_path, keys, artifact):
     return out
 
 
-def _members(path: Path) -> dict[str, tuple[int, bytes]]:
-    """name -> (offset of its data in the file, data)."""
-    with tarfile.open(path, "r:") as tar:
-        return {m.name: (m.offset_data, tar.extractfile(m).read()) for m in tar.getmembers()}
-
-
-def _retar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    out = path.with_name("altered.pkg")
-    with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out
-
-
-def _flip(path: Path, offset: int, bit: int = 0) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 1 << bit
-    path.write_bytes(bytes(data))
+def _retar(path: Path, items: list[tuple[str, bytes]]) -> Path:
+    return retar(path.with_name("altered.pkg"), items)
 
 
 def test_keys_are_ed25519_pem_with_private_mode_0600(keys):
@@ -108,7 +90,7 @@ def test_package_round_trip_records_handle_version_profile_and_key(package, keys
     assert manifest.members[0].path == ARTIFACT_MEMBER
     assert manifest.artifact.sha256 == sha256_file(artifact) and manifest.artifact.size == artifact.stat().st_size
     assert read_package_manifest(package) == manifest
-    assert list(_members(package)) == [MANIFEST_MEMBER, SIGNATURE_MEMBER, ARTIFACT_MEMBER]
+    assert list(read_members(package)) == [MANIFEST_MEMBER, SIGNATURE_MEMBER, ARTIFACT_MEMBER]
     out = tmp_path / "a.tar.gz"
     extract_artifact(package, [keys["release"][1]], out)
     assert out.read_bytes() == artifact.read_bytes()
@@ -127,26 +109,26 @@ def test_rotation_any_trusted_key_verifies(keys, artifact, tmp_path):
 @pytest.mark.parametrize("bit", [0, 3, 7])
 @pytest.mark.parametrize("where", [0.0, 0.5, 0.999])
 def test_one_bit_flip_in_the_artifact_is_refused(package, keys, where, bit):
-    offset, data = _members(package)[ARTIFACT_MEMBER]
-    _flip(package, offset + int(len(data) * where), bit)
+    offset, data = read_members(package)[ARTIFACT_MEMBER]
+    flip(package, offset + int(len(data) * where), bit)
     with pytest.raises(IntegrityError, match="sha256|damaged"):
         verify_package(package, [keys["release"][1]])
 
 
 @pytest.mark.parametrize("where", [0.0, 0.3, 0.6, 0.999])
 def test_one_bit_flip_in_the_manifest_is_refused(package, keys, where):
-    offset, data = _members(package)[MANIFEST_MEMBER]
-    _flip(package, offset + int(len(data) * where), 1)
+    offset, data = read_members(package)[MANIFEST_MEMBER]
+    flip(package, offset + int(len(data) * where), 1)
     with pytest.raises(IntegrityError, match="signature does not verify"):
         verify_package(package, [keys["release"][1]])
 
 
 def test_one_bit_flip_in_the_signature_is_refused(package, keys):
-    offset, data = _members(package)[SIGNATURE_MEMBER]
+    offset, data = read_members(package)[SIGNATURE_MEMBER]
     # One hex digit of the signature value changed: still well-formed, no longer valid.
     index = data.index(b'"signature":"') + len('"signature":"') + 10
     altered = data[:index] + (b"1" if data[index : index + 1] != b"1" else b"2") + data[index + 1 :]
-    members = _members(package)
+    members = read_members(package)
     out = _retar(
         package,
         [
@@ -158,7 +140,7 @@ def test_one_bit_flip_in_the_signature_is_refused(package, keys):
     with pytest.raises(IntegrityError, match="signature does not verify"):
         verify_package(out, [keys["release"][1]])
     # And a raw bit flip in the member's bytes on disk.
-    _flip(package, offset + index, 0)
+    flip(package, offset + index, 0)
     with pytest.raises(IntegrityError):
         verify_package(package, [keys["release"][1]])
 
@@ -169,7 +151,7 @@ def test_unknown_key_is_refused(package, keys):
 
 
 def test_missing_signature_is_refused(package, keys):
-    members = _members(package)
+    members = read_members(package)
     out = _retar(
         package, [(MANIFEST_MEMBER, members[MANIFEST_MEMBER][1]), (ARTIFACT_MEMBER, members[ARTIFACT_MEMBER][1])]
     )
@@ -179,14 +161,14 @@ def test_missing_signature_is_refused(package, keys):
 
 
 def test_member_not_listed_is_refused(package, keys):
-    members = _members(package)
+    members = read_members(package)
     out = _retar(package, [(n, d) for n, (_, d) in members.items()] + [("extra.sh", b"#!/bin/sh\n")])
     with pytest.raises(IntegrityError, match="'extra.sh' is not listed"):
         verify_package(out, [keys["release"][1]])
 
 
 def test_changed_size_is_refused(package, keys):
-    members = _members(package)
+    members = read_members(package)
     grown = members[ARTIFACT_MEMBER][1] + b"\0" * 10
     out = _retar(
         package,
@@ -201,7 +183,7 @@ def test_changed_size_is_refused(package, keys):
 
 
 def test_missing_member_is_refused(package, keys):
-    members = _members(package)
+    members = read_members(package)
     out = _retar(
         package, [(MANIFEST_MEMBER, members[MANIFEST_MEMBER][1]), (SIGNATURE_MEMBER, members[SIGNATURE_MEMBER][1])]
     )
@@ -221,7 +203,7 @@ def test_expired_package_is_refused(keys, artifact, tmp_path):
 def test_validly_signed_but_not_canonical_manifest_is_refused(package, keys):
     from edgekiln.artifact.signing import canonical_json, load_private_key
 
-    members = _members(package)
+    members = read_members(package)
     body = json.dumps(json.loads(members[MANIFEST_MEMBER][1]), indent=1).encode()
     key = load_private_key(keys["release"][0])
     sig = canonical_json(
@@ -286,7 +268,7 @@ def test_cli_generate_package_verify(tmp_path, artifact, capsys):
     assert main(["verify", str(pkg), "--trusted-key", str(tmp_path / "ci.pub"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["verified"] and out["manifest"]["key_id"] == key_id and out["manifest"]["version"] == 4
-    _flip(pkg, _members(pkg)[ARTIFACT_MEMBER][0] + 100)
+    flip(pkg, read_members(pkg)[ARTIFACT_MEMBER][0] + 100)
     assert main(["verify", str(pkg), "--trusted-key", str(tmp_path / "ci.pub")]) == IntegrityError.exit_code
     assert "sha256" in capsys.readouterr().err
     assert main([*args, "--model-version", "0", "-o", str(pkg)]) == UserError.exit_code
