@@ -99,10 +99,10 @@ def wait():
 def deploy_parts(tmp_path_factory):
     """Keys and tiny artifacts for the deployment tests, compiled once per session: good
     versions whose weights are scaled by 1 and 2 (the output tells which serves), the same
-    with 300 kB of padding (a package large enough to cut and kill mid-download), and
+    with a large labels file (a package large enough to cut and kill mid-download), and
     broken ones: a model.onnx that is not ONNX, one that returns NaN, one that is slow."""
     from edgekiln.artifact.signing import generate_keypair
-    from tests.integration.agents.deploy_kit import broken_artifact, compile_tiny
+    from tests.integration.agents.deploy_kit import broken_artifact, compile_tiny, padded_artifact
 
     root = tmp_path_factory.mktemp("deploy")
     parts = {"root": root}
@@ -110,8 +110,8 @@ def deploy_parts(tmp_path_factory):
     parts["other_key"], parts["other_pub"] = generate_keypair(root, "stranger")
     parts["a1"] = compile_tiny(root, "a1", 1.0)
     parts["a2"] = compile_tiny(root, "a2", 2.0)
-    parts["p1"] = compile_tiny(root, "p1", 1.0, extra_weights=75_000)
-    parts["p2"] = compile_tiny(root, "p2", 2.0, extra_weights=75_000)
+    parts["p1"] = padded_artifact(parts["a1"], root / "p1.tar.gz")
+    parts["p2"] = padded_artifact(parts["a2"], root / "p2.tar.gz")
     for kind in ("garbage", "nan", "slow"):
         parts[kind] = broken_artifact(parts["a2"], kind, root / f"{kind}.tar.gz")
     return parts

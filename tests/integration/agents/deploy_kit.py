@@ -26,7 +26,7 @@ W_SHAPE = (8, 4)
 
 
 # -- models -------------------------------------------------------------------------------
-def _onnx(path: Path, scale: float, extra_weights: int = 0) -> Path:
+def _onnx(path: Path, scale: float) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -34,8 +34,6 @@ def _onnx(path: Path, scale: float, extra_weights: int = 0) -> Path:
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])
     w = numpy_helper.from_array((np.arange(32, dtype=np.float32).reshape(W_SHAPE) / 32) * scale, "w")
     inits, nodes = [w], [helper.make_node("MatMul", ["input", "w"], ["output"])]
-    if extra_weights:  # unused random bytes: a package large enough to cut many times
-        inits.append(numpy_helper.from_array(np.random.default_rng(0).random(extra_weights, dtype=np.float32), "pad"))
     graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -43,10 +41,10 @@ def _onnx(path: Path, scale: float, extra_weights: int = 0) -> Path:
     return path
 
 
-def compile_tiny(root: Path, name: str, scale: float, extra_weights: int = 0) -> Path:
+def compile_tiny(root: Path, name: str, scale: float) -> Path:
     from edgekiln.compile.api import CompileOptions, compile_model
 
-    src = _onnx(root / f"{name}.onnx", scale, extra_weights)
+    src = _onnx(root / f"{name}.onnx", scale)
     options = CompileOptions(backend="onnxruntime")
     return compile_model(str(src), "x86_64", root / f"{name}.tar.gz", options=options).path
 
@@ -97,6 +95,19 @@ def broken_artifact(good: Path, kind: str, out: Path) -> Path:
     (work / "model.onnx").write_bytes(_graph_bytes(kind))
     files = tuple(file_entry(work, f.path, f.role) for f in manifest.files)
     return pack(dataclasses.replace(manifest, files=files), work, out)
+
+
+def padded_artifact(good: Path, out: Path, lines: int = 40_000) -> Path:
+    """``good`` with a large labels file of random names (~350 kB packed): a package big
+    enough to cut and kill many times mid-download."""
+    from edgekiln.artifact import file_entry, pack, unpack
+
+    work = out.with_suffix(".d")
+    manifest = unpack(good, work)
+    rng = np.random.default_rng(0)
+    (work / "labels.txt").write_text("\n".join(rng.bytes(8).hex() for _ in range(lines)) + "\n")
+    files = (*manifest.files, file_entry(work, "labels.txt", "labels"))
+    return pack(dataclasses.replace(manifest, files=files, labels="labels.txt"), work, out)
 
 
 # -- the fleet stub -----------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Broken models roll back and the old model serves again, with no failed Predict during
+any switch; a crash loop fails the trial; results reach the fleet after it comes back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from tests.integration.agents.deploy_kit import AgentProcess, FleetStub
+
+
+class Predictor:
+    """Predict in a loop on the agent's socket; counts answers and failures."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        from edgekiln.agents.client import AgentClient
+
+        self.client = AgentClient(agent.root / "a.sock", timeout=10)
+        self.answers, self.failures, self.stop = 0, [], False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop:
+            try:
+                self.client.predict("tiny", [np.ones((1, 8), np.float32)])
+                self.answers += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test counts
+                self.failures.append(repr(exc))
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(10)
+        self.client.close()
+
+
+def test_broken_models_roll_back_and_predict_never_fails(deploy_parts, package, short_dir, tmp_path):
+    fleet = FleetStub(tmp_path)
+    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
+    predictor = None
+    try:
+        agent.start().wait_ready()
+        fleet.publish(package("a1", 1), "v1", "tiny", 1)
+        assert agent.wait_final("v1")["status"] == "SUCCEEDED"
+        predictor = Predictor(agent)
+        cases = {
+            "garbage": ("fails to load", None),
+            "nan": ("NaN or Inf", None),
+            "slow": ("over the budget", 2.0),
+        }
+        for version, (kind, (words, budget)) in enumerate(cases.items(), start=2):
+            fleet.publish(package(kind, version), f"broken-{kind}", "tiny", version, latency_budget_ms=budget)
+            record = agent.wait_final(f"broken-{kind}")
+            assert record["status"] == "ROLLED_BACK", record
+            assert words in record["reason"] and "v1 serves again" in record["reason"], record["reason"]
+            assert 0 <= record["rollback_seconds"] < 10
+            if kind == "slow":  # at least 10x over the budget the plan set
+                assert record["health_p50_ms"] >= 10 * budget, record
+            assert agent.serving_scale() == 1.0
+        fleet.publish(package("a2", 5), "v5", "tiny", 5, latency_budget_ms=500.0)
+        assert agent.wait_final("v5")["status"] == "SUCCEEDED"
+        assert agent.serving_scale() == 2.0
+        time.sleep(0.3)
+        predictor.close()
+        assert predictor.failures == [] and predictor.answers > 50, (predictor.failures[:3], predictor.answers)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and fleet.results.get("broken-slow", {}).get("status") != "ROLLED_BACK":
+            time.sleep(0.1)
+        result = fleet.results["broken-slow"]
+        assert result["status"] == "ROLLED_BACK" and result["rollback_seconds"] is not None
+        assert (result["model_handle"], result["model_version"], result["desired_state"]) == ("tiny", 4, "DEPLOYED")
+    finally:
+        if predictor is not None:
+            predictor.close()
+        agent.stop()
+        fleet.close()
+
+
+def test_crash_loop_rolls_back_after_three_starts(deploy_parts, package, short_dir, tmp_path):
+    fleet = FleetStub(tmp_path)
+    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
+    try:
+        agent.start().wait_ready()
+        fleet.publish(package("a1", 1), "v1", "tiny", 1)
+        assert agent.wait_final("v1")["status"] == "SUCCEEDED"
+        agent.stop()
+        fleet.publish(package("a2", 2), "v2", "tiny", 2)
+        for start in (1, 2):  # the new version "crashes" the agent during its trial, twice
+            agent.start(kill_at="health:1")
+            assert agent.proc.wait(60) == -9, agent.log()[-2000:]
+            assert agent.record("v2")["starts"] == start
+        agent.start().wait_ready()  # the third start without a commit: a crash loop
+        record = agent.wait_final("v2")
+        assert record["status"] == "ROLLED_BACK" and "crash loop" in record["reason"], record
+        assert agent.serving_scale() == 1.0
+    finally:
+        agent.stop()
+        fleet.close()
+
+
+def test_offline_device_completes_and_reports_when_back(deploy_parts, package, short_dir, tmp_path):
+    fleet = FleetStub(tmp_path)
+    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
+    try:
+        fleet.refuse_heartbeats = True
+        fleet.publish(package("a1", 1), "v1", "tiny", 1)
+        agent.start().wait_ready()
+        record = agent.wait_final("v1")
+        fleet.deployments = []  # the fleet is gone: only the device knows the deployment now
+        agent.stop()
+        assert record["status"] == "SUCCEEDED" and not record["reported"]
+        assert "v1" not in fleet.results
+        agent.start().wait_ready()
+        assert agent.serving_scale() == 1.0
+        fleet.refuse_heartbeats = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and fleet.results.get("v1", {}).get("status") != "SUCCEEDED":
+            time.sleep(0.1)
+        assert fleet.results["v1"]["status"] == "SUCCEEDED" and fleet.results["v1"]["state"] == "DEPLOYED"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not agent.record("v1").get("reported"):
+            time.sleep(0.1)
+        assert agent.record("v1")["reported"] is True
+    finally:
+        agent.stop()
+        fleet.close()
