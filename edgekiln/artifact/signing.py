@@ -39,21 +39,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
+from edgekiln.artifact.keys import (  # noqa: F401 - part of this module's API
+    generate_keypair,
+    key_id_of,
+    load_private_key,
+    load_public_key,
+    public_key_id,
+)
 from edgekiln.artifact.names import check_name, is_valid_name
 from edgekiln.artifact.package import UnpackLimits, read_manifest, sha256_file
 from edgekiln.artifact.paths import check_member_path
-from edgekiln.errors import DependencyError, IntegrityError, UserError
+from edgekiln.errors import IntegrityError, UserError
 
 PACKAGE_FORMAT = "edgekiln-package"
 PACKAGE_SCHEMA = 1
 MANIFEST_MEMBER = "package.json"
 SIGNATURE_MEMBER = "package.sig"
 ARTIFACT_MEMBER = "artifact.tar.gz"
+# Optional: the outputs the artifact gave on its seeded validation inputs where it was packaged,
+# raw little-endian arrays one after another, as the manifest's ``health`` field lists them.
+HEALTH_MEMBER = "health.bin"
+MAX_HEALTH_BYTES = 16 << 20
+_HEALTH_DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
 MAX_PACKAGE_MANIFEST_BYTES = 64 << 10
 MAX_SIGNATURE_BYTES = 4 << 10
 MAX_MEMBERS = 8
 MAX_VERSION = (1 << 63) - 1
-MAX_KEY_FILE_BYTES = 16 << 10
 # Tar headers and padding around the members: a header block and padding per member plus the
 # two end blocks and a record's rounding (tarfile writes 10 kB records).
 _TAR_ALLOWANCE = 32 << 10
@@ -85,6 +96,8 @@ class PackageManifest:
     created_at: float = 0.0
     model_name: str = ""
     latency_budget_ms: float | None = None
+    # {"seed": int, "tolerance_abs": float, "outputs": [[{"dtype", "shape"}, ...] per sample]}
+    health: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -114,6 +127,8 @@ class PackageManifest:
             "model_name": self.model_name,
             "latency_budget_ms": self.latency_budget_ms,
         }
+        if self.health is not None:
+            data["health"] = self.health
         return {**self.extra, **data}
 
     def canonical_bytes(self) -> bytes:
@@ -177,8 +192,51 @@ def _manifest_from_dict(raw: dict[str, Any]) -> PackageManifest:
         created_at=_number(raw.get("created_at"), "created_at") or 0.0,
         model_name=_text(raw.get("model_name", ""), "model_name", allow_empty=True),
         latency_budget_ms=_number(raw.get("latency_budget_ms"), "latency_budget_ms"),
+        health=_health(raw.get("health"), {m.path: m.size for m in parsed}),
         extra={k: v for k, v in raw.items() if k not in known},
     )
+
+
+def _health(value: Any, sizes: dict[str, int]) -> dict[str, Any] | None:
+    """The recorded-outputs description, checked against the size of its member."""
+    if value is None:
+        if HEALTH_MEMBER in sizes:
+            raise IntegrityError(f"package holds {HEALTH_MEMBER} but its manifest does not describe it")
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("outputs"), list)
+        or not 1 <= len(value["outputs"]) <= 16
+    ):
+        raise IntegrityError("package manifest field health is not an object with 1-16 output samples")
+    seed = value.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 32:
+        raise IntegrityError("package manifest field health.seed is not a 32-bit seed")
+    _number(value.get("tolerance_abs"), "health.tolerance_abs")
+    total = 0
+    for sample in value["outputs"]:
+        if not isinstance(sample, list) or not 1 <= len(sample) <= 16:
+            raise IntegrityError("package manifest field health.outputs holds a sample of 1-16 arrays")
+        for spec in sample:
+            total += _array_bytes(spec)
+    if total != sizes.get(HEALTH_MEMBER) or total > MAX_HEALTH_BYTES:
+        raise IntegrityError(f"{HEALTH_MEMBER} does not hold the {total} bytes the manifest's health field lists")
+    return value
+
+
+def _array_bytes(spec: Any) -> int:
+    if not isinstance(spec, dict) or spec.get("dtype") not in _HEALTH_DTYPES:
+        raise IntegrityError("a recorded output has no supported dtype")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise IntegrityError("a recorded output has no shape of up to 8 sizes")
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= MAX_HEALTH_BYTES:
+            raise IntegrityError("a recorded output has a bad size in its shape")
+        count *= dim
+    itemsize = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8}[spec["dtype"]]
+    return count * itemsize
 
 
 def _member(value: Any) -> PackageMember:
@@ -211,99 +269,6 @@ def _number(value: Any, what: str) -> float | None:
     return float(value)
 
 
-# ---- keys ----------------------------------------------------------------------------------
-
-
-def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise DependencyError(
-            "signed packages need the 'cryptography' package", hint="pip install cryptography"
-        ) from None
-    return ed25519
-
-
-def key_id_of(raw_public: bytes) -> str:
-    """The key id: the first 16 hex digits of sha256 over the 32 raw public-key bytes."""
-    return hashlib.sha256(raw_public).hexdigest()[:16]
-
-
-def generate_keypair(out_dir: Path, name: str) -> tuple[Path, Path]:
-    """Write ``out_dir/NAME.key`` (PKCS#8 PEM, mode 0600) and ``out_dir/NAME.pub`` (PEM).
-
-    Refuses to overwrite an existing key. Returns (private, public) paths."""
-    from cryptography.hazmat.primitives import serialization
-
-    ed25519 = _crypto()
-    if not is_valid_name(name):
-        raise UserError(f"key name {name[:80]!r} is not a valid name", hint="use letters, digits and inner dashes")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
-    for path in (private_path, public_path):
-        if path.exists():
-            raise UserError(f"{path} exists already", hint="choose another --name or move the old key away")
-    key = ed25519.Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    public_path.write_bytes(public_pem)
-    return private_path, public_path
-
-
-def _read_key_file(path: Path) -> bytes:
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise UserError(f"cannot read key {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise UserError(f"key file {path} is over {MAX_KEY_FILE_BYTES >> 10} kB; it is not a key")
-    return data
-
-
-def load_private_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    ed25519 = _crypto()
-    try:
-        key = serialization.load_pem_private_key(_read_key_file(path), password=None)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not an unencrypted PEM private key: {str(exc)[:120]}") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise UserError(f"{path} is not an Ed25519 key", hint="make one with `edgekiln keys generate`")
-    return key
-
-
-def load_public_key(path: Path) -> tuple[str, Any]:
-    """(key id, public key) of a PEM Ed25519 public key file."""
-    from cryptography.hazmat.primitives import serialization
-
-    ed25519 = _crypto()
-    try:
-        key = serialization.load_pem_public_key(_read_key_file(path))
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not a PEM public key: {str(exc)[:120]}") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise UserError(f"{path} is not an Ed25519 public key", hint="use the .pub of `edgekiln keys generate`")
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return key_id_of(raw), key
-
-
-def public_key_id(key: Any) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    return key_id_of(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-
-
 # ---- building ------------------------------------------------------------------------------
 
 
@@ -315,11 +280,13 @@ def build_package(
     out: Path,
     expires_at: float | None = None,
     latency_budget_ms: float | None = None,
+    health: tuple[dict[str, Any], bytes] | None = None,
 ) -> PackageManifest:
     """Sign ``artifact`` with the private ``key`` as version ``version`` of ``handle`` into ``out``.
 
     The artifact's own manifest is read (and so checked) for its profile and backend; the
-    package is written beside ``out`` and renamed into place."""
+    package is written beside ``out`` and renamed into place. ``health`` is (description, bytes)
+    of outputs recorded for the device's health check (see :data:`HEALTH_MEMBER`)."""
     check_name(handle, "model handle")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise UserError(f"model version {version!r} is not a whole number >= 1", hint="versions count up: 1, 2, 3")
@@ -328,28 +295,32 @@ def build_package(
     artifact, out = Path(artifact), Path(out)
     private = load_private_key(key)
     inner = read_manifest(artifact)
-    member = PackageMember(ARTIFACT_MEMBER, artifact.stat().st_size, sha256_file(artifact))
+    members = [PackageMember(ARTIFACT_MEMBER, artifact.stat().st_size, sha256_file(artifact))]
+    if health is not None:
+        members.append(PackageMember(HEALTH_MEMBER, len(health[1]), hashlib.sha256(health[1]).hexdigest()))
+        _health(health[0], {HEALTH_MEMBER: len(health[1])})
     manifest = PackageManifest(
         handle=handle,
         version=version,
         profile=inner.profile,
         backend=inner.backend,
         key_id=public_key_id(private.public_key()),
-        members=(member,),
+        members=tuple(members),
         expires_at=expires_at,
         created_at=round(time.time(), 3),
         model_name=inner.model.name,
         latency_budget_ms=latency_budget_ms,
+        health=None if health is None else health[0],
     )
     body = manifest.canonical_bytes()
     signature = canonical_json(
         {"algorithm": "ed25519", "key_id": manifest.key_id, "signature": private.sign(body).hex()}
     )
-    _write_package(out, body, signature, artifact)
+    _write_package(out, body, signature, artifact, None if health is None else health[1])
     return manifest
 
 
-def _write_package(out: Path, body: bytes, signature: bytes, artifact: Path) -> None:
+def _write_package(out: Path, body: bytes, signature: bytes, artifact: Path, health: bytes | None) -> None:
     if out.is_dir():
         raise UserError(f"output path {out} is a directory", hint="give a file name, e.g. model-3.pkg")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,6 +333,8 @@ def _write_package(out: Path, body: bytes, signature: bytes, artifact: Path) -> 
             info = _info(ARTIFACT_MEMBER, artifact.stat().st_size)
             with open(artifact, "rb") as fh:
                 tar.addfile(info, fh)
+            if health is not None:
+                tar.addfile(_info(HEALTH_MEMBER, len(health)), io.BytesIO(health))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -463,7 +436,12 @@ def trusted_keys_by_id(trusted_keys: Sequence[Path]) -> dict[str, Any]:
 
 
 def verify_package(
-    path: Path, trusted_keys: Sequence[Path], now: float | None = None, *, sink: BinaryIO | None = None
+    path: Path,
+    trusted_keys: Sequence[Path],
+    now: float | None = None,
+    *,
+    sink: BinaryIO | None = None,
+    health_sink: BinaryIO | None = None,
 ) -> PackageManifest:
     """Check a package end to end: signature by one of ``trusted_keys``, expiry against ``now``
     (default: the clock), no member that the manifest does not list, every listed member
@@ -484,7 +462,7 @@ def verify_package(
         manifest = _check_signature(body, signature, keys)
         _check_file_size(path, manifest)
         _check_expiry(manifest, time.time() if now is None else now)
-        _check_members(reader, manifest, sink)
+        _check_members(reader, manifest, {ARTIFACT_MEMBER: sink, HEALTH_MEMBER: health_sink})
     return manifest
 
 
@@ -522,7 +500,7 @@ def _check_expiry(manifest: PackageManifest, now: float) -> None:
         raise IntegrityError(f"package {manifest.handle} v{manifest.version} expired at {when}")
 
 
-def _check_members(reader: _Reader, manifest: PackageManifest, sink: BinaryIO | None) -> None:
+def _check_members(reader: _Reader, manifest: PackageManifest, sinks: dict[str, BinaryIO | None]) -> None:
     expected = {m.path: m for m in manifest.members}
     seen: set[str] = set()
     while (member := reader.next()) is not None:
@@ -537,7 +515,8 @@ def _check_members(reader: _Reader, manifest: PackageManifest, sink: BinaryIO | 
         digest = hashlib.sha256()
         for block in reader.chunks(member):
             digest.update(block)
-            if sink is not None and member.name == ARTIFACT_MEMBER:
+            sink = sinks.get(member.name)
+            if sink is not None:
                 sink.write(block)
         if digest.hexdigest() != entry.sha256:
             raise IntegrityError(
@@ -549,18 +528,26 @@ def _check_members(reader: _Reader, manifest: PackageManifest, sink: BinaryIO | 
         raise IntegrityError(f"package lacks members its manifest lists: {', '.join(missing)}")
 
 
-def extract_artifact(path: Path, trusted_keys: Sequence[Path], out: Path, now: float | None = None) -> PackageManifest:
-    """Verify the package and write its artifact to ``out`` (fsynced) in the same pass; on any
-    failure ``out`` is removed, so a file at ``out`` is always a verified artifact."""
+def extract_artifact(
+    path: Path, trusted_keys: Sequence[Path], out: Path, now: float | None = None, health_out: Path | None = None
+) -> PackageManifest:
+    """Verify the package and write its artifact to ``out`` (fsynced) in the same pass, and its
+    recorded outputs, if any, to ``health_out``; on any failure both are removed, so a file
+    at ``out`` is always a verified artifact."""
     out = Path(out)
     tmp = out.with_name(out.name + ".part")
+    health = io.BytesIO()
     try:
         with open(tmp, "wb") as sink:
-            manifest = verify_package(path, trusted_keys, now, sink=sink)
+            manifest = verify_package(path, trusted_keys, now, sink=sink, health_sink=health)
             sink.flush()
             os.fsync(sink.fileno())
+        if health_out is not None and manifest.health is not None:
+            Path(health_out).write_bytes(health.getvalue())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if health_out is not None:
+            Path(health_out).unlink(missing_ok=True)
         raise
     return manifest

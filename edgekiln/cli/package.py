@@ -38,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MS",
         help="p50 latency the device's health check allows (a deployment plan's budget takes precedence)",
     )
+    parser.add_argument(
+        "--record-outputs",
+        action="store_true",
+        help=(
+            "run the artifact here (it must run on this host) on its seeded validation inputs and sign the "
+            "outputs into the package: a device's health check then requires its own within --health-tolerance"
+        ),
+    )
+    parser.add_argument(
+        "--health-tolerance", type=float, default=1e-3, metavar="ABS", help="for --record-outputs (default: 1e-3)"
+    )
     parser.add_argument("--json", action="store_true", help="print the signed manifest as JSON")
     parser.set_defaults(func=run)
 
@@ -50,9 +61,31 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def record_outputs(artifact: Path, tolerance: float, samples: int = 3, seed: int = 0) -> tuple[dict, bytes]:
+    """(description, bytes) of the artifact's outputs on ``samples`` seeded inputs, run here;
+    the inputs are :func:`edgekiln.execute.inputs.make_inputs`'s, which a device makes alike."""
+    import numpy as np
+
+    from edgekiln.execute.inputs import make_inputs
+    from edgekiln.runtime.model import Model
+
+    if not tolerance > 0:
+        raise UserError("--health-tolerance must be a positive number")
+    model = Model(str(artifact))
+    outputs = [model.run(list(sample)) for sample in make_inputs(model.manifest.inputs, samples, seed=seed)]
+    arrays = [[np.ascontiguousarray(o, dtype=np.dtype(o.dtype).newbyteorder("<")) for o in s] for s in outputs]
+    meta = {
+        "seed": seed,
+        "tolerance_abs": tolerance,
+        "outputs": [[{"dtype": str(a.dtype.newbyteorder("=")), "shape": list(a.shape)} for a in s] for s in arrays],
+    }
+    return meta, b"".join(a.tobytes() for s in arrays for a in s)
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekiln.artifact.signing import build_package
 
+    health = record_outputs(Path(args.artifact), args.health_tolerance) if args.record_outputs else None
     expires_at = None if args.expires_in is None else round(time.time() + parse_duration(args.expires_in), 3)
     manifest = build_package(
         Path(args.artifact),
@@ -62,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output),
         expires_at=expires_at,
         latency_budget_ms=args.latency_budget_ms,
+        health=health,
     )
     if args.json:
         print(json.dumps({"package": args.output, "manifest": manifest.to_dict()}, indent=2))

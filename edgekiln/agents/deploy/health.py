@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from edgekiln.errors import EdgekilnError, first_line
@@ -25,6 +26,25 @@ class Reference:
     seed: int
     outputs: list[list[Any]]  # per sample, one array per output
     tolerance_abs: float
+
+
+def recorded_reference(description: Any, path: Path) -> Reference | None:
+    """The package's recorded outputs (its verified ``health`` description and member bytes,
+    kept in staging), or None when it recorded none."""
+    import numpy as np
+
+    if not description or not path.is_file():
+        return None
+    data, offset, outputs = path.read_bytes(), 0, []
+    for sample in description["outputs"]:
+        arrays = []
+        for spec in sample:
+            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            arrays.append(np.frombuffer(data, dtype, count, offset).reshape(spec["shape"]).astype(spec["dtype"]))
+            offset += count * dtype.itemsize
+        outputs.append(arrays)
+    return Reference(int(description["seed"]), outputs, float(description["tolerance_abs"]))
 
 
 @dataclass(frozen=True)

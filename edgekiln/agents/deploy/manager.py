@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from edgekiln.agents.deploy.download import DownloadInterrupted, download
 from edgekiln.agents.deploy.faults import checkpoint
-from edgekiln.agents.deploy.health import check_health
+from edgekiln.agents.deploy.health import check_health, recorded_reference
 from edgekiln.agents.deploy.slots import Slots
 from edgekiln.agents.deploy.spec import MAX_DEPLOYMENTS, Deployment, from_fleet, heartbeat_result
 from edgekiln.agents.deploy.store import FINAL, DeploymentLog, VersionFloor
@@ -270,13 +270,19 @@ class DeployManager:
                 self.deploy.trusted_keys,
                 self._staged(spec.deployment_id, ".artifact.tar.gz"),
                 now=self.clock(),
+                health_out=self._staged(spec.deployment_id, ".health.bin"),
             )
             checkpoint("verify")
             self._check_package(spec, manifest)
         except EdgekilnError as exc:
             self._staged(spec.deployment_id, ".artifact.tar.gz").unlink(missing_ok=True)
             raise Failed(f"package refused: {exc.one_line()}") from None
-        self.log.update(spec.deployment_id, package_budget_ms=manifest.latency_budget_ms, key_id=manifest.key_id)
+        self.log.update(
+            spec.deployment_id,
+            package_budget_ms=manifest.latency_budget_ms,
+            key_id=manifest.key_id,
+            recorded_outputs=manifest.health,
+        )
         checkpoint("verify")
         return "unpack"
 
@@ -327,7 +333,15 @@ class DeployManager:
         checkpoint("health")
         record = self.log.get(spec.deployment_id) or {}
         budget = spec.latency_budget_ms or record.get("package_budget_ms") or self.deploy.latency_budget_ms
-        health = check_health(model, samples=self.deploy.health_samples, runs=self.deploy.health_runs, budget_ms=budget)
+        health = check_health(
+            model,
+            samples=self.deploy.health_samples,
+            runs=self.deploy.health_runs,
+            budget_ms=budget,
+            reference=recorded_reference(
+                record.get("recorded_outputs"), self._staged(spec.deployment_id, ".health.bin")
+            ),
+        )
         checkpoint("health")
         self.log.update(spec.deployment_id, health_p50_ms=health.p50_ms)
         if not health.ok:
@@ -401,7 +415,7 @@ class DeployManager:
     def _finish(self, spec: Deployment, status: str, reason: str, **extra: Any) -> None:
         assert status in FINAL
         self.log.update(spec.deployment_id, status=status, reason=reason, updated_at=self.clock(), **extra)
-        for suffix in (".pkg", ".pkg.part", ".artifact.tar.gz", ".artifact.tar.gz.part"):
+        for suffix in (".pkg", ".pkg.part", ".artifact.tar.gz", ".artifact.tar.gz.part", ".health.bin"):
             self._staged(spec.deployment_id, suffix).unlink(missing_ok=True)
         if self.on_result is not None:
             self.on_result()

@@ -45,13 +45,19 @@ def test_broken_models_roll_back_and_predict_never_fails(deploy_parts, package, 
         fleet.publish(package("a1", 1), "v1", "tiny", 1)
         assert agent.wait_final("v1")["status"] == "SUCCEEDED"
         predictor = Predictor(agent)
+        from edgekiln.cli.package import record_outputs
+
+        outputs_of_v1 = record_outputs(deploy_parts["a1"], 1e-3)
         cases = {
-            "garbage": ("fails to load", None),
-            "nan": ("NaN or Inf", None),
-            "slow": ("over the budget", 2.0),
+            "garbage": ("fails to load", None, {}),
+            "nan": ("NaN or Inf", None, {}),
+            "slow": ("over the budget", 2.0, {}),
+            "a2": ("differ from the recorded ones", None, {"health": outputs_of_v1}),  # v2 claiming v1's outputs
         }
-        for version, (kind, (words, budget)) in enumerate(cases.items(), start=2):
-            fleet.publish(package(kind, version), f"broken-{kind}", "tiny", version, latency_budget_ms=budget)
+        for version, (kind, (words, budget, options)) in enumerate(cases.items(), start=2):
+            fleet.publish(
+                package(kind, version, **options), f"broken-{kind}", "tiny", version, latency_budget_ms=budget
+            )
             record = agent.wait_final(f"broken-{kind}")
             assert record["status"] == "ROLLED_BACK", record
             assert words in record["reason"] and "v1 serves again" in record["reason"], record["reason"]
@@ -59,8 +65,10 @@ def test_broken_models_roll_back_and_predict_never_fails(deploy_parts, package, 
             if kind == "slow":  # at least 10x over the budget the plan set
                 assert record["health_p50_ms"] >= 10 * budget, record
             assert agent.serving_scale() == 1.0
-        fleet.publish(package("a2", 5), "v5", "tiny", 5, latency_budget_ms=500.0)
-        assert agent.wait_final("v5")["status"] == "SUCCEEDED"
+        good = package("a2", 6, health=record_outputs(deploy_parts["a2"], 1e-3))
+        fleet.publish(good, "v6", "tiny", 6, latency_budget_ms=500.0)
+        record = agent.wait_final("v6")
+        assert record["status"] == "SUCCEEDED" and record["recorded_outputs"]["seed"] == 0, record
         assert agent.serving_scale() == 2.0
         time.sleep(0.3)
         predictor.close()

@@ -273,3 +273,24 @@ def test_cli_generate_package_verify(tmp_path, artifact, capsys):
     assert "sha256" in capsys.readouterr().err
     assert main([*args, "--model-version", "0", "-o", str(pkg)]) == UserError.exit_code
     assert main([*args, "--model-version", "1", "-o", str(pkg), "--expires-in", "soon"]) == UserError.exit_code
+
+
+def test_recorded_outputs_are_signed_and_extracted(keys, artifact, tmp_path):
+    import numpy as np
+
+    from edgekiln.artifact.signing import HEALTH_MEMBER
+
+    values = np.arange(8, dtype=np.float32).reshape(1, 8)
+    meta = {"seed": 4, "tolerance_abs": 0.001, "outputs": [[{"dtype": "float32", "shape": [1, 8]}]]}
+    out = tmp_path / "h.pkg"
+    manifest = build_package(artifact, keys["release"][0], "tiny", 2, out, health=(meta, values.tobytes()))
+    assert manifest.health == meta and [m.path for m in manifest.members] == [ARTIFACT_MEMBER, HEALTH_MEMBER]
+    health = tmp_path / "h.bin"
+    extract_artifact(out, [keys["release"][1]], tmp_path / "a.tar.gz", health_out=health)
+    assert np.array_equal(np.frombuffer(health.read_bytes(), np.float32).reshape(1, 8), values)
+    flip(out, read_members(out)[HEALTH_MEMBER][0] + 5)
+    with pytest.raises(IntegrityError, match="health.bin"):
+        extract_artifact(out, [keys["release"][1]], tmp_path / "b.tar.gz", health_out=tmp_path / "b.bin")
+    assert not (tmp_path / "b.bin").exists() and not (tmp_path / "b.tar.gz").exists()
+    with pytest.raises(IntegrityError, match="does not hold"):
+        build_package(artifact, keys["release"][0], "tiny", 2, tmp_path / "x.pkg", health=(meta, b"short"))
