@@ -96,3 +96,42 @@ def api(make_fleet) -> FleetApi:
 def hb():
     """hb(id, timestamp, **fields) -> a heartbeat of f/d1 as the agent sends it."""
     return heartbeat
+
+
+@pytest.fixture
+def make_package(tmp_path, monkeypatch):
+    """make_package(handle, version, profile=..., salt=...) -> a package file the fleet reads."""
+    import json
+    import sys
+    import types
+
+    from edgekiln.errors import IntegrityError
+
+    fake = types.ModuleType("edgekiln.artifact.signing")
+
+    def read_package_manifest(path):
+        try:
+            data = json.loads(path.read_bytes())
+        except ValueError:
+            raise IntegrityError(f"{path.name} is not a package") from None
+        return types.SimpleNamespace(**data["manifest"])
+
+    fake.read_package_manifest = read_package_manifest
+    monkeypatch.setitem(sys.modules, "edgekiln.artifact.signing", fake)
+    made = []
+
+    def make(handle, version, *, profile="x86_64/generic", salt=""):
+        manifest = {
+            "handle": handle,
+            "version": version,
+            "profile": profile,
+            "backend": "tvm",
+            "key_id": "0123456789abcdef",
+            "expires_at": None,
+        }
+        path = tmp_path / f"pkg-{len(made)}.tar.gz"
+        path.write_text(json.dumps({"manifest": manifest, "salt": salt, "pad": "p" * 100}))
+        made.append(path)
+        return path
+
+    return make
