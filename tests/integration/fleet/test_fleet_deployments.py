@@ -1,0 +1,124 @@
+"""Deployments on real servers: packages in SeaweedFS behind presigned GETs with Range, and
+a staged plan's rows on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from edgekiln.fleet import packages as pkgs
+from edgekiln.fleet.bodies import DeploymentResult
+from edgekiln.fleet.deploy_bodies import PlanBody
+from edgekiln.fleet.deployments import DeploymentStore
+from edgekiln.fleet.objects import S3Objects
+from edgekiln.fleet.store import FleetStore
+
+NOW = 1_800_000_000.0
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+def test_packages_in_seaweedfs_download_through_presigned_urls_with_range(seaweed, tmp_path):
+    objects = S3Objects(
+        f"pkg-{uuid.uuid4().hex[:10]}",
+        endpoint_url=seaweed.endpoint,
+        access_key=seaweed.access_key,
+        secret_key=seaweed.secret_key,
+    )
+    objects.ensure_ready()
+    body = os.urandom(3 * 1024 * 1024 + 17)  # more than one multipart chunk of boto3's upload_file
+    path = tmp_path / "p.tar.gz"
+    path.write_bytes(body)
+    facts = pkgs.PackageFacts(
+        "cls", 4, "x86_64/generic", "tvm", "k" * 16, None, hashlib.sha256(body).hexdigest(), len(body)
+    )
+    pkgs.put_file(objects, facts.object_key, path)
+    assert objects.head(facts.object_key) == len(body)
+    url = pkgs.presign_get(objects, facts.object_key, 60, "http://unused")
+    assert url.startswith(seaweed.endpoint) and "Signature=" in url
+    status, _, whole = _get(url)
+    assert status == 200 and hashlib.sha256(whole).hexdigest() == facts.sha256
+    cut = 1_234_567
+    status, headers, rest = _get(url, {"Range": f"bytes={cut}-"})
+    assert status == 206 and rest == body[cut:]
+    assert headers["Content-Range"] == f"bytes {cut}-{len(body) - 1}/{len(body)}"
+    tampered = url.replace("Signature=", "Signature=0")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(tampered)
+    assert refused.value.code == 403
+
+
+def _result(deployment_id: str, status: str, reason: str = "") -> DeploymentResult:
+    return DeploymentResult(
+        deployment_id=deployment_id,
+        model_handle="cls",
+        model_version=1,
+        state="DEPLOYED" if status == "SUCCEEDED" else "UNDEPLOYED",
+        status=status,
+        reason=reason,
+        updated_at=NOW,
+    )
+
+
+def test_a_staged_plan_on_postgresql(postgres):
+    store = FleetStore(postgres)
+    store.create_schema()
+    fleet, plan = f"pg-{uuid.uuid4().hex[:8]}", f"plan-{uuid.uuid4().hex[:8]}"
+    deployments = DeploymentStore(store)
+    try:
+        tokens = {f"d{i}": store.register_device(fleet, f"d{i}", now=NOW) for i in range(1, 6)}
+        devices = {n: store.authenticate(t) for n, t in tokens.items()}
+        handle = f"m{uuid.uuid4().hex[:8]}"
+        facts = pkgs.PackageFacts(handle, 1, "x86_64/generic", "tvm", "k" * 16, None, "a" * 64, 10)
+        assert deployments.add_package(facts, NOW)[1] is True
+        assert deployments.add_package(facts, NOW)[1] is False
+        body = PlanBody(
+            edge_deployment_plan_name=plan,
+            device_fleet_name=fleet,
+            model_handle=handle,
+            model_version=1,
+            stages=[
+                {
+                    "stage_name": "canary",
+                    "device_selection_config": {"device_subset_type": "PERCENTAGE", "percentage": 20},
+                },
+                {
+                    "stage_name": "all",
+                    "device_selection_config": {"device_subset_type": "PERCENTAGE", "percentage": 100},
+                },
+            ],
+        )
+        deployments.create_plan(body, NOW)
+        deployments.start_stage(plan, "canary", NOW + 1)
+        handed = {n: deployments.deployments_for(d, NOW + 2) for n, d in devices.items()}
+        assert [n for n, h in handed.items() if h] == ["d1"]  # 20 % of 5, the first by name
+        dep_id = handed["d1"][0]["deployment_id"]
+        assert deployments.record_results(devices["d1"], [_result(dep_id, "SUCCEEDED")], NOW + 3) == 1
+        deployments.start_stage(plan, "all", NOW + 4)
+        for name in ("d2", "d3"):
+            [d] = deployments.deployments_for(devices[name], NOW + 5)
+            deployments.record_results(devices[name], [_result(d["deployment_id"], "SUCCEEDED")], NOW + 6)
+        [d] = deployments.deployments_for(devices["d4"], NOW + 5)
+        deployments.record_results(devices["d4"], [_result(d["deployment_id"], "ROLLED_BACK", "NaN")], NOW + 6)
+        assert deployments.deployments_for(devices["d5"], NOW + 7) == []
+        described = deployments.describe(plan)
+        assert described["status"] == "HALTED" and described["halted_reason"] == "d4: ROLLED_BACK: NaN"
+        assert [s["deployment_status"]["stage_status"] for s in described["stages"]] == ["DEPLOYED", "FAILED"]
+        assert described["stages"][1]["device_counts"] == {
+            "pending": 0,
+            "in_progress": 0,
+            "succeeded": 2,
+            "failed": 0,
+            "rolled_back": 1,
+            "stopped": 1,
+        }
+    finally:
+        store.close()
