@@ -47,7 +47,7 @@ def operator_routes(service: Any) -> APIRouter:
 
     @router.put(pkgs.UPLOAD_PATH)
     async def upload_package(request: Request, response: Response) -> dict[str, Any]:
-        fd, name = tempfile.mkstemp(prefix="edgekiln-package-", suffix=".tar.gz")
+        fd, name = tempfile.mkstemp(prefix="edgekiln-package-", suffix=".pkg")
         path = Path(name)
         try:
             size = 0
@@ -146,6 +146,6 @@ def package_file_routes(service: Any) -> APIRouter:
         path = pkgs.local_file(service.objects, key, expires, signature, service.clock())
         if path is None:
             raise HTTPException(403, "signature does not match, the URL has expired, or the object is gone")
-        return FileResponse(path, media_type="application/gzip")
+        return FileResponse(path, media_type="application/x-tar")
 
     return router

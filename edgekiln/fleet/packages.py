@@ -49,7 +49,7 @@ class PackageFacts:
 
     @property
     def object_key(self) -> str:
-        return f"packages/{self.handle}/{self.version}/{self.sha256}.tar.gz"
+        return f"packages/{self.handle}/{self.version}/{self.sha256}.pkg"
 
 
 def read_facts(path: Path) -> PackageFacts:

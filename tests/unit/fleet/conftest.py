@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -131,39 +132,41 @@ def served(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def make_package(tmp_path, monkeypatch):
-    """make_package(handle, version, profile=..., salt=...) -> a package file the fleet reads."""
-    import json
-    import sys
-    import types
+def make_package(tmp_path_factory):
+    """make_package(handle, version, profile=..., salt=...) -> a signed package of a tiny
+    artifact (no compiler needed); ``salt`` changes the artifact's bytes."""
+    from edgekiln.artifact import FileEntry, Manifest, ModelInfo, RuntimeRequirements, TensorSpec, Validation, pack
+    from edgekiln.artifact.package import sha256_file
+    from edgekiln.artifact.signing import build_package, generate_keypair
 
-    from edgekiln.errors import IntegrityError
+    root = tmp_path_factory.mktemp("packages")
+    key, _ = generate_keypair(root, "release")
+    made: list[Path] = []
 
-    fake = types.ModuleType("edgekiln.artifact.signing")
-
-    def read_package_manifest(path):
-        try:
-            data = json.loads(path.read_bytes())
-        except ValueError:
-            raise IntegrityError(f"{path.name} is not a package") from None
-        return types.SimpleNamespace(**data["manifest"])
-
-    fake.read_package_manifest = read_package_manifest
-    monkeypatch.setitem(sys.modules, "edgekiln.artifact.signing", fake)
-    made = []
-
-    def make(handle, version, *, profile="x86_64/generic", salt=""):
-        manifest = {
-            "handle": handle,
-            "version": version,
-            "profile": profile,
-            "backend": "tvm",
-            "key_id": "0123456789abcdef",
-            "expires_at": None,
-        }
-        path = tmp_path / f"pkg-{len(made)}.tar.gz"
-        path.write_text(json.dumps({"manifest": manifest, "salt": salt, "pad": "p" * 100}))
-        made.append(path)
-        return path
+    def make(handle: str, version: int, *, profile: str = "generic/x86-64-avx2", salt: str = "") -> Path:
+        work = root / f"a{len(made)}"
+        work.mkdir()
+        (work / "model.bin").write_bytes(bytes(range(256)) * 8 + salt.encode())
+        manifest = Manifest(
+            model=ModelInfo("tiny", "1", "onnx", "0" * 64),
+            profile=profile,
+            backend="onnxruntime",
+            backend_options={},
+            target_triple="x86_64-linux-gnu",
+            edgekiln_version="0",
+            compiler={},
+            runtime=RuntimeRequirements(arch="x86_64"),
+            inputs=(TensorSpec("input", "float32", (1, 4)),),
+            outputs=(TensorSpec("out", "float32", (1, 2)),),
+            files=(
+                FileEntry("model.bin", (work / "model.bin").stat().st_size, sha256_file(work / "model.bin"), "weights"),
+            ),
+            validation=Validation(status="skipped", reason="test"),
+        )
+        artifact = pack(manifest, work, work / "tiny.tar.gz")
+        out = root / f"{handle}-{version}-{len(made)}.pkg"
+        build_package(artifact, key, handle, version, out)
+        made.append(out)
+        return out
 
     return make

@@ -46,7 +46,7 @@ def test_the_whole_plan_from_the_command_line(served, capsys, make_package):
         n: admin.call("POST", "/v1/devices", {"fleet": "plant", "device": n})["token"] for n in ("cam-1", "cam-2")
     }
     code, out, _ = run(capsys, "package", "upload", str(make_package("cls", 2)))
-    assert code == 0 and out.startswith("uploaded cls version 2 for x86_64/generic")
+    assert code == 0 and out.startswith("uploaded cls version 2 for generic/x86-64-avx2")
     code, out, _ = run(capsys, "package", "list", "--json")
     assert [p["model_version"] for p in json.loads(out)["packages"]] == [2]
     create = ["deploy", "create", "roll", "--fleet", "plant", "--model-handle", "cls", "--model-version", "2"]

@@ -82,18 +82,18 @@ def stage(described, name):
 
 
 def test_upload_records_the_manifest_and_is_idempotent(api, make_package):
-    path = make_package("cls", 3, profile="x86_64/generic")
+    path = make_package("cls", 3, profile="generic/x86-64-avx2")
     first = api.admin("PUT", "/v1/packages", content=path.read_bytes())
     assert first.status_code == 201, first.text
     described = first.json()
     assert described["model_handle"] == "cls" and described["model_version"] == 3
-    assert described["profile"] == "x86_64/generic"
+    assert described["profile"] == "generic/x86-64-avx2"
     assert described["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert described["size"] == path.stat().st_size
-    stored = api.root / "objects" / "packages" / "cls" / "3" / f"{described['sha256']}.tar.gz"
+    stored = api.root / "objects" / "packages" / "cls" / "3" / f"{described['sha256']}.pkg"
     assert stored.read_bytes() == path.read_bytes()
     assert api.admin("PUT", "/v1/packages", content=path.read_bytes()).status_code == 200
-    other = make_package("cls", 3, profile="x86_64/generic", salt="other bytes")
+    other = make_package("cls", 3, profile="generic/x86-64-avx2", salt="other bytes")
     clash = api.admin("PUT", "/v1/packages", content=other.read_bytes())
     assert clash.status_code == 409 and "higher --model-version" in clash.text
     assert [p["model_version"] for p in api.admin("GET", "/v1/packages").json()["packages"]] == [3]
