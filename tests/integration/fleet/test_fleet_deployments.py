@@ -4,6 +4,7 @@ a staged plan's rows on PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -122,3 +123,38 @@ def test_a_staged_plan_on_postgresql(postgres):
         }
     finally:
         store.close()
+
+
+def test_the_fleet_process_hands_out_packages_from_seaweedfs(fleet_server, make_package, monkeypatch, capsys):
+    from edgekiln.cli.main import main
+
+    fleet = fleet_server()
+    monkeypatch.setenv("EDGEKILN_FLEET_ENDPOINT", fleet.endpoint)
+    monkeypatch.setenv("EDGEKILN_FLEET_ADMIN_TOKEN", fleet.admin_token)
+    tokens = {n: fleet.register("site", n) for n in ("cam-1", "cam-2", "gate-1")}
+    package = make_package("detector", 5)
+    assert main(["fleet", "package", "upload", str(package), "--json"]) == 0
+    uploaded = json.loads(capsys.readouterr().out)
+    assert uploaded["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    create = ["fleet", "deploy", "create", "p", "--fleet", "site", "--model-handle", "detector", "--model-version", "5"]
+    assert main([*create, "--stage", "cams:contains=cam:do-nothing", "--stage", "rest:percent=100"]) == 0
+    assert main(["fleet", "deploy", "start-stage", "p", "cams"]) == 0
+    capsys.readouterr()
+    assert fleet.call("GET", "/v1/agent/deployments", token=tokens["gate-1"]) == {"deployments": []}
+    [d] = fleet.call("GET", "/v1/agent/deployments", token=tokens["cam-2"])["deployments"]
+    assert d["deployment_id"] == "p:cams:detector:5" and d["failure_handling"] == "DO_NOTHING"
+    assert d["package_url"].startswith(fleet.s3.endpoint)
+    status, _, body = _get(d["package_url"], {"Range": "bytes=100-"})
+    assert status == 206 and body == package.read_bytes()[100:]
+    assert main(["fleet", "deploy", "describe", "p", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["stages"][0]["device_counts"] == {
+        "pending": 1,
+        "in_progress": 1,
+        "succeeded": 0,
+        "failed": 0,
+        "rolled_back": 0,
+        "stopped": 0,
+    }
+    assert main(["fleet", "deploy", "start-stage", "p", "rest"]) != 0
+    assert "before stage cams has finished (it is INPROGRESS)" in capsys.readouterr().err
