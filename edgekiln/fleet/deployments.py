@@ -398,10 +398,23 @@ class DeploymentStore:
     def deployments_for(self, device: Device, now: float) -> list[dict[str, Any]]:
         """GetDeployments: what ``device`` should have now, each with the object key of its
         package (the route turns it into a presigned URL).  A deployment is handed out while
-        its stage runs and the plan is not halted, and stays listed once handed out."""
+        its stage runs and the plan is not halted, and stays listed once handed out until the
+        device reports it final: the list stays as short as the device's open work."""
+        import sqlalchemy as sa
+
         out = []
+        r = self.results.c
         with self.engine.begin() as conn:
+            done = {
+                row[0]
+                for row in conn.execute(
+                    sa.select(r.deployment_id).where(r.device_id == device.id, r.status.in_(sorted(ds.FINAL)))
+                )
+            }
             for a in self._assignments(conn, device):
+                dep_id = deployment_id(a["plan"], a["stage"], a["handle"], a["version"])
+                if dep_id in done:
+                    continue
                 if a["delivered_at"] is None:
                     if a["started_at"] is None or a["stopped_at"] is not None or a["halted_at"] is not None:
                         continue
@@ -415,7 +428,7 @@ class DeploymentStore:
                     )
                 out.append(
                     {
-                        "deployment_id": deployment_id(a["plan"], a["stage"], a["handle"], a["version"]),
+                        "deployment_id": dep_id,
                         "plan": a["plan"],
                         "stage": a["stage"],
                         "model_handle": a["handle"],

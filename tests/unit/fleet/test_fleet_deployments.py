@@ -240,8 +240,8 @@ def test_a_canary_failure_halts_the_plan_and_nobody_else_gets_the_package(api, u
     assert refused.status_code == 409 and "halted" in refused.text
     assert all(deployments(api, tokens[n]) == [] for n in ("d2", "d3", "d4", "d5"))
     assert api.rows("deploy_stage_devices") == 1
-    # The canary device still sees its deployment (it is done with it; the agent is idempotent).
-    assert [x["deployment_id"] for x in deployments(api, tokens["d1"])] == ["p1:canary:cls:1"]
+    # The canary device reported it final: it is no longer listed.
+    assert deployments(api, tokens["d1"]) == []
 
 
 def test_rollback_policy_withholds_the_package_from_devices_that_had_not_fetched_it(api, upload):
@@ -294,7 +294,7 @@ def test_stop_withholds_and_start_resumes(api, upload):
     assert stopped["deployment_status"]["stage_status"] == "STOPPED"
     assert stopped["device_counts"] == {**dict.fromkeys(ds.DEVICE_STATES, 0), "in_progress": 1, "stopped": 2}
     assert deployments(api, tokens["d2"]) == []
-    assert len(deployments(api, tokens["d1"])) == 1  # already handed out: stays listed
+    assert len(deployments(api, tokens["d1"])) == 1  # already handed out and not final: stays listed
     api.admin("POST", "/v1/deployment-plans/p1/stages/all/start")
     assert len(deployments(api, tokens["d2"])) == 1
 
