@@ -30,6 +30,7 @@ from edgekiln.fleet import packages as pkgs
 from edgekiln.fleet.deploy_bodies import PlanBody
 from edgekiln.fleet.deployments import DeploymentStore
 from edgekiln.fleet.records import Device
+from edgekiln.fleet.routes import Service
 from edgekiln.fleet.store import Conflict, NotFound
 
 PLAN = PathParam(max_length=63)
@@ -41,7 +42,7 @@ def _http(exc: EdgekilnError) -> HTTPException:
     return HTTPException(status, exc.one_line())
 
 
-def operator_routes(service: Any) -> APIRouter:
+def operator_routes(service: Service) -> APIRouter:
     deployments = DeploymentStore(service.store)
     router = APIRouter(dependencies=[Depends(service.auth.admin)])
 
@@ -103,7 +104,7 @@ def operator_routes(service: Any) -> APIRouter:
     return router
 
 
-def _store_package(service: Any, deployments: DeploymentStore, path: Path) -> tuple[dict[str, Any], bool]:
+def _store_package(service: Service, deployments: DeploymentStore, path: Path) -> tuple[dict[str, Any], bool]:
     """Read the package's facts, put it in the object store, record it."""
     try:
         facts = pkgs.read_facts(path)
@@ -120,7 +121,7 @@ def _store_package(service: Any, deployments: DeploymentStore, path: Path) -> tu
         raise _http(exc) from None
 
 
-def device_routes(service: Any) -> APIRouter:
+def device_routes(service: Service) -> APIRouter:
     deployments = DeploymentStore(service.store)
     router = APIRouter()
 
@@ -137,7 +138,7 @@ def device_routes(service: Any) -> APIRouter:
     return router
 
 
-def package_file_routes(service: Any) -> APIRouter:
+def package_file_routes(service: Service) -> APIRouter:
     """The local store's presigned GETs of packages; Range requests get 206."""
     router = APIRouter()
 

@@ -158,3 +158,42 @@ def test_the_fleet_process_hands_out_packages_from_seaweedfs(fleet_server, make_
     }
     assert main(["fleet", "deploy", "start-stage", "p", "rest"]) != 0
     assert "before stage cams has finished (it is INPROGRESS)" in capsys.readouterr().err
+
+
+def test_the_fleet_process_runs_plans_on_postgresql(fleet_server, postgres, make_package):
+    fleet = fleet_server(db_url=postgres)
+    site = f"pg-{uuid.uuid4().hex[:8]}"
+    handle = f"m{uuid.uuid4().hex[:8]}"
+    token = fleet.register(site, "cam-1")
+    package = make_package(handle, 1)
+    request = urllib.request.Request(
+        fleet.endpoint + "/v1/packages",
+        data=package.read_bytes(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {fleet.admin_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+    plan = f"plan-{uuid.uuid4().hex[:8]}"
+    stages = [{"stage_name": "all", "device_selection_config": {"device_subset_type": "PERCENTAGE", "percentage": 100}}]
+    body = {
+        "edge_deployment_plan_name": plan,
+        "device_fleet_name": site,
+        "model_handle": handle,
+        "model_version": 1,
+        "stages": stages,
+    }
+    fleet.call("POST", "/v1/deployment-plans", body)
+    fleet.call("POST", f"/v1/deployment-plans/{plan}/stages/all/start")
+    [d] = fleet.call("GET", "/v1/agent/deployments", token=token)["deployments"]
+    result = _result(d["deployment_id"], "SUCCEEDED").model_dump()
+    beat = {
+        "heartbeat_id": uuid.uuid4().hex,
+        "timestamp": NOW,
+        "deployment_results": [dict(result, model_handle=handle)],
+    }
+    fleet.call("POST", "/v1/agent/heartbeats", {"heartbeats": [beat]}, token=token)
+    described = fleet.call("GET", f"/v1/deployment-plans/{plan}")
+    assert described["stages"][0]["deployment_status"]["stage_status"] == "DEPLOYED"
+    assert described["edge_deployment_success"] == 1
+    assert fleet.call("GET", "/v1/agent/deployments", token=token) == {"deployments": []}
