@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fleet",
         help="run the fleet service or query it",
-        description="The fleet service (devices, heartbeats, reports, capture uploads).",
+        description="The fleet service (devices, heartbeats, reports, capture uploads, packages, deployment plans).",
     )
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND")
     commands.required = True
