@@ -14,8 +14,8 @@ Two kinds of callers, told apart by their bearer token:
 
 Every request body is bounded before it is parsed (:class:`BodyLimit`).  The routes live
 in ``edgekiln.fleet.routes`` (deployments: ``edgekiln.fleet.deploy_routes``), the token
-checks in ``edgekiln.fleet.auth``.  Importing this
-module imports FastAPI; ``edgekiln.fleet`` itself stays light.
+checks in ``edgekiln.fleet.auth``.  Importing this module imports FastAPI;
+``edgekiln.fleet`` itself stays light.
 """
 
 from __future__ import annotations

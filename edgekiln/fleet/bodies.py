@@ -24,8 +24,13 @@ MAX_TIMESTAMP = 4_102_444_800.0
 MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
 
 
+def _unstorable(c: str) -> bool:
+    """A control character or a lone surrogate: PostgreSQL and SQLite refuse them."""
+    return ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF
+
+
 def _text(value: str) -> str:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if any(_unstorable(c) for c in value):
         raise ValueError("control characters and lone surrogates are not allowed")
     return value
 
@@ -40,8 +45,7 @@ def _one_line(value: str) -> str:
     """A reason as one stored line: control characters and lone surrogates become spaces and
     the text is cut to 512 characters, so that a long or multi-line reason from an agent
     never costs the whole heartbeat (a refused heartbeat would hold back its other fields)."""
-    cleaned = "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
-    return cleaned[:512]
+    return "".join(" " if _unstorable(c) else c for c in value)[:512]
 
 
 def _model_name_or_empty(value: str) -> str:
