@@ -2,7 +2,9 @@
 
 SeaweedFS as S3, the fleet service and an agent as processes; the artifact loaded,
 predictions with capture, and then what the fleet shows: the device, its model metrics,
-the report and the captured objects.  Everything it starts, it stops.
+the report and the captured objects.  Then the artifact goes to the agent as a signed
+package through a staged deployment plan, and a deliberately broken version after it,
+which the agent rolls back (``devtools.deploy_demo``).  Everything it starts, it stops.
 
     python -m devtools.fleet_demo --artifact MODEL.tar.gz [--work DIR] [--image IMG] [--predictions N]
 
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from devtools import deploy_demo
 from devtools.servers import SeaweedS3, free_ports
 from edgekiln.cli.fleet import FleetAdmin, render, write_secret
 from edgekiln.errors import EdgekilnError, UserError
@@ -112,8 +115,10 @@ def start_fleet(procs: Processes, s3: SeaweedS3) -> tuple[str, FleetAdmin]:
     return endpoint, FleetAdmin(endpoint, token_file.read_text().strip())
 
 
-def start_agent(procs: Processes, endpoint: str, admin: FleetAdmin, artifact: Path) -> subprocess.Popen[bytes]:
-    """Register the demo device and start an agent for it."""
+def start_agent(
+    procs: Processes, endpoint: str, admin: FleetAdmin, artifact: Path, trusted_key: Path
+) -> subprocess.Popen[bytes]:
+    """Register the demo device and start an agent for it that trusts ``trusted_key``."""
     from edgekiln.agents.config import dump_toml
 
     agent_dir = procs.work / "agent"
@@ -139,6 +144,7 @@ def start_agent(procs: Processes, endpoint: str, admin: FleetAdmin, artifact: Pa
             "periodic_upload_period_seconds": 1.0,
             "base64_embed_limit": 4096,
         },
+        "deploy": {"trusted_keys": [str(trusted_key)], "poll_period_seconds": 1.0},
     }
     (agent_dir / "agent.toml").write_text(dump_toml(config))
     print(f"== starting the agent for {FLEET}/{DEVICE} ({agent_dir / 'agent.toml'})", flush=True)
@@ -178,6 +184,15 @@ def predict_and_capture(procs: Processes, artifact: Path, image: Path, predictio
         procs.wait_for(
             "captured data to reach S3", lambda: all(client.capture_status(c) == "SUCCESS" for c in captures), 90
         )
+
+
+def top_label(socket: Path, handle: str, image: Path) -> str:
+    """The agent's top-1 for ``image`` from the model loaded as ``handle``."""
+    from edgekiln.agents.client import AgentClient
+
+    with AgentClient(socket) as client:
+        top = client.predict_image(handle, image, top_k=1)["top"][0]
+    return f"top-1 {top['label']} (class {top['index']}, p={top['probability']:.4f})"
 
 
 def show_fleet(procs: Processes, admin: FleetAdmin, predictions: int) -> None:
@@ -226,9 +241,21 @@ def run_demo(artifact: Path, work: Path, image: Path | None, predictions: int) -
     s3.start()
     try:
         endpoint, admin = start_fleet(procs, s3)
-        agent = start_agent(procs, endpoint, admin, artifact)
-        predict_and_capture(procs, artifact, image or Path(str(sample_image_path())), predictions)
+        key, public = deploy_demo.make_keys(work)
+        agent = start_agent(procs, endpoint, admin, artifact, public)
+        image = image or Path(str(sample_image_path()))
+        predict_and_capture(procs, artifact, image, predictions)
         show_fleet(procs, admin, predictions)
+        deploy_demo.run(
+            admin,
+            work=work,
+            artifact=artifact,
+            key=key,
+            fleet=FLEET,
+            device=DEVICE,
+            wait_for=procs.wait_for,
+            predict=lambda handle: top_label(procs.work / "agent" / "agent.sock", handle, image),
+        )
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
     finally:

@@ -10,6 +10,9 @@
     edgekiln fleet describe FLEET DEVICE
     edgekiln fleet report FLEET
     edgekiln fleet captures FLEET DEVICE
+    edgekiln fleet package upload PKG | package list
+    edgekiln fleet deploy create|start-stage|stop-stage|describe|list-devices|list …
+        (signed packages and staged deployment plans: ``edgekiln.cli.fleet_deploy``)
 
 Operator commands reach the service at ``--endpoint`` (or ``EDGEKILN_FLEET_ENDPOINT``)
 with the admin token from ``--admin-token-file`` (or ``EDGEKILN_FLEET_ADMIN_TOKEN``).
@@ -18,6 +21,7 @@ with the admin token from ``--admin-token-file`` (or ``EDGEKILN_FLEET_ADMIN_TOKE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -34,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fleet",
         help="run the fleet service or query it",
-        description="The fleet service (devices, heartbeats, reports, capture uploads).",
+        description="The fleet service (devices, heartbeats, reports, capture uploads, packages, deployment plans).",
     )
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND")
     commands.required = True
@@ -151,6 +155,10 @@ def _add_client_commands(commands: argparse._SubParsersAction) -> None:
     client_options(report)
     report.set_defaults(func=run_client)
 
+    from edgekiln.cli import fleet_deploy
+
+    fleet_deploy.register(commands, client_options)
+
 
 # -- serve ---------------------------------------------------------------------------
 def run_serve(args: argparse.Namespace) -> int:
@@ -229,22 +237,22 @@ class FleetAdmin:
         self.token = token
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, upload: Path | None = None) -> Any:
+        """``body`` as JSON, or the file ``upload`` streamed as the raw body; the decoded answer."""
         import urllib.error
         import urllib.request
 
         from edgekiln.errors import UserError
 
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.endpoint + path,
-            data=data,
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if upload is not None:
+            headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(upload.stat().st_size)})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"null")
+            with open(upload, "rb") if upload is not None else contextlib.nullcontext() as fh:
+                request = urllib.request.Request(self.endpoint + path, data=fh or data, method=method, headers=headers)
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             try:
                 detail = json.loads(exc.read()).get("detail", "")

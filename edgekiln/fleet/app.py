@@ -13,8 +13,9 @@ Two kinds of callers, told apart by their bearer token:
   device's data.
 
 Every request body is bounded before it is parsed (:class:`BodyLimit`).  The routes live
-in ``edgekiln.fleet.routes``, the token checks in ``edgekiln.fleet.auth``.  Importing this
-module imports FastAPI; ``edgekiln.fleet`` itself stays light.
+in ``edgekiln.fleet.routes`` (deployments: ``edgekiln.fleet.deploy_routes``), the token
+checks in ``edgekiln.fleet.auth``.  Importing this module imports FastAPI;
+``edgekiln.fleet`` itself stays light.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from edgekiln.fleet.store import FleetStore
 __all__ = ["FleetOptions", "create_app", "build_object_store", "BodyLimit"]
 
 OBJECTS_PATH = "/v1/objects/"
+PACKAGES_PATH = "/v1/packages"  # package uploads: capped like objects, not like JSON
 
 
 def build_object_store(options: FleetOptions) -> Any:
@@ -66,7 +68,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.object_limit if scope["path"].startswith(OBJECTS_PATH) else self.json_limit
+        large = scope["path"].startswith(OBJECTS_PATH) or scope["path"] == PACKAGES_PATH
+        limit = self.object_limit if large else self.json_limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -128,7 +131,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
-    from edgekiln.fleet import routes
+    from edgekiln.fleet import deploy_routes, routes
 
     store = store or FleetStore(options.database_url)
     store.create_schema()
@@ -154,6 +157,9 @@ def create_app(
     app.include_router(routes.operator_routes(service))
     app.include_router(routes.credential_routes(service))
     app.include_router(routes.device_routes(service))
+    app.include_router(deploy_routes.operator_routes(service))
+    app.include_router(deploy_routes.device_routes(service))
     if isinstance(objects, objs.LocalObjects):
         app.include_router(routes.object_routes(service))
+        app.include_router(deploy_routes.package_file_routes(service))
     return app

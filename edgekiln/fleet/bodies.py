@@ -10,7 +10,7 @@ agent still talks to this service and nothing unvalidated is stored.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -24,8 +24,13 @@ MAX_TIMESTAMP = 4_102_444_800.0
 MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
 
 
+def _unstorable(c: str) -> bool:
+    """A control character or a lone surrogate: PostgreSQL and SQLite refuse them."""
+    return ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF
+
+
 def _text(value: str) -> str:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if any(_unstorable(c) for c in value):
         raise ValueError("control characters and lone surrogates are not allowed")
     return value
 
@@ -34,6 +39,13 @@ def _name(value: str) -> str:
     if not is_valid_name(value):
         raise ValueError(f"must be 1-{MAX_NAME_LENGTH} letters, digits and inner dashes")
     return value
+
+
+def _one_line(value: str) -> str:
+    """A reason as one stored line: control characters and lone surrogates become spaces and
+    the text is cut to 512 characters, so that a long or multi-line reason from an agent
+    never costs the whole heartbeat (a refused heartbeat would hold back its other fields)."""
+    return "".join(" " if _unstorable(c) else c for c in value)[:512]
 
 
 def _model_name_or_empty(value: str) -> str:
@@ -45,6 +57,7 @@ Name = Annotated[str, AfterValidator(_name)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Reason = Annotated[str, Field(max_length=8192), AfterValidator(_one_line)]
 Lifetime = Annotated[int, Field(ge=1, le=MAX_LIFETIME_SECONDS)]
 FaultValue = StrictBool | StrictInt | Finite | Annotated[Text, Field(max_length=4096)] | None
 
@@ -88,8 +101,32 @@ class FaultBody(BaseModel):
     kind: Annotated[Text, Field(min_length=1, max_length=64)] = "unknown"
 
 
+DEPLOYMENT_STATUSES = ("DEPLOYING", "SUCCEEDED", "FAILED", "ROLLED_BACK", "FAILED_UNABLE_TO_ROLLBACK")
+# At most this many deployment results in one heartbeat: an agent holds a few per model.
+MAX_DEPLOYMENT_RESULTS = 64
+
+
+class DeploymentResult(BaseModel):
+    """Edge Manager's DeploymentResult for one model (snake_case): what the agent did with
+    one deployment the fleet handed it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    deployment_id: Annotated[Text, Field(min_length=1, max_length=256)]
+    model_handle: Name
+    model_version: Annotated[int, Field(ge=1, le=2**53)]
+    desired_state: Literal["DEPLOYED", "UNDEPLOYED"] = "DEPLOYED"
+    state: Literal["DEPLOYED", "UNDEPLOYED"]
+    status: Literal[DEPLOYMENT_STATUSES]  # type: ignore[valid-type]
+    reason: Reason = ""
+    rollback_failure_reason: Reason | None = None
+    rollback_seconds: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+    updated_at: Timestamp
+
+
 class Heartbeat(BaseModel):
-    """Edge Manager's SendHeartbeat fields (snake_case), plus dead-lettered capture batches."""
+    """Edge Manager's SendHeartbeat fields (snake_case), plus dead-lettered capture batches
+    and the results of deployments."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -102,6 +139,7 @@ class Heartbeat(BaseModel):
     models: list[ModelStatus] = Field(default_factory=list)
     faults: list[FaultBody] = Field(default_factory=list)
     dead_letter_batches: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    deployment_results: list[DeploymentResult] = Field(default_factory=list, max_length=MAX_DEPLOYMENT_RESULTS)
 
     def record(self) -> rec.HeartbeatRecord:
         agent = {m.metric_name: m.value for m in self.agent_metrics}

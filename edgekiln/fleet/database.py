@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekiln.errors import UserError
+from edgekiln.fleet import deploy_tables
 
 # Columns added after the first release: created on an older database at start.
 ADDED_DEVICE_COLUMNS = {"token_expires_at": "FLOAT", "revoked_at": "FLOAT", "dead_letter_batches": "BIGINT"}
@@ -77,6 +78,7 @@ def define_tables() -> Tables:
     devices, audit = _device_tables(sa, md)
     heartbeats, device_models, faults = _report_tables(sa, md)
     batches, captures = _capture_tables(sa, md)
+    deploy_tables.define(sa, md)  # in md.tables; read by edgekiln.fleet.deployments
     return Tables(md, devices, audit, heartbeats, device_models, faults, batches, captures)
 
 

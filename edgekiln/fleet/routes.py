@@ -12,6 +12,7 @@ from edgekiln.errors import UserError
 from edgekiln.fleet import objects as objs
 from edgekiln.fleet.auth import Auth
 from edgekiln.fleet.bodies import CapturesBody, HeartbeatsBody, RegisterBody, RotateBody, UploadsBody, count_problem
+from edgekiln.fleet.deployments import DeploymentStore
 from edgekiln.fleet.options import FleetOptions
 from edgekiln.fleet.records import Device
 from edgekiln.fleet.store import Conflict, FleetStore, NotFound
@@ -176,6 +177,8 @@ def device_routes(service: Service) -> APIRouter:
                     403, f"this token belongs to {device.fleet}/{device.name}, not {named[0][:63]}/{named[1][:63]}"
                 )
         new, dup = store.add_heartbeats(device, [hb.record() for hb in body.heartbeats], service.clock())
+        results = [r for hb in body.heartbeats for r in hb.deployment_results]
+        DeploymentStore(store).record_results(device, results, service.clock())
         return {"accepted": new, "duplicates": dup}
 
     @router.post("/v1/agent/uploads")

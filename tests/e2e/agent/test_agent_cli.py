@@ -162,6 +162,16 @@ def test_fleet_demo_shows_the_whole_loop(short_dir, compiled):
         "fleet demo-fleet: 1 registered, 1 connected",
         "3 records in",
         "input-tensor-0.bin",
+        "signed demo-classifier version 1",
+        "demo-v1: fleet demo-fleet, model demo-classifier version 1",
+        "demo-v2: fleet demo-fleet, model demo-classifier version 2",
+        "halted by a failure under ROLLBACK_ON_FAILURE: demo-device-1: ROLLED_BACK",
     ):
         assert part in out, part
+    # Version 1 deployed on the canary; version 2 rolled back there, the plan halted.
+    v1, v2 = out.split("== deployment plan demo-v1")[1], out.split("== deployment plan demo-v2")[1]
+    assert "canary           DEPLOYED" in v1 and "everyone         DEPLOYED" in v1
+    assert "canary           FAILED" in v2 and "everyone         READYTODEPLOY" in v2
+    answers = [line.split(": ", 1)[1] for line in out.splitlines() if "answers from demo-classifier v1" in line]
+    assert len(answers) == 2 and answers[0] == answers[1], answers  # the same top-1 before and after the rollback
     assert not any(p.name.endswith(".sock") for p in (short_dir / "demo" / "agent").iterdir())  # all stopped

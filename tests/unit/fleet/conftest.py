@@ -96,3 +96,35 @@ def api(make_fleet) -> FleetApi:
 def hb():
     """hb(id, timestamp, **fields) -> a heartbeat of f/d1 as the agent sends it."""
     return heartbeat
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """The fleet service under uvicorn in a thread of this process; the CLI pointed at it
+    through the environment.  Its URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    options = FleetOptions(
+        database_url=f"sqlite:///{tmp_path / 'f.db'}",
+        admin_token=ADMIN,
+        object_store="local",
+        objects_dir=tmp_path / "objects",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(options), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    monkeypatch.setenv("EDGEKILN_FLEET_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("EDGEKILN_FLEET_ENDPOINT", f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

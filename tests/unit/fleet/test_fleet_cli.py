@@ -4,43 +4,11 @@ fleet service served by uvicorn in a thread of this process."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 
-import pytest
-
 from edgekiln.cli.main import main
-from edgekiln.fleet.app import FleetOptions, create_app
 
 ADMIN = "admin-token-0123456789"
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    import uvicorn
-
-    options = FleetOptions(
-        database_url=f"sqlite:///{tmp_path / 'f.db'}",
-        admin_token=ADMIN,
-        object_store="local",
-        objects_dir=tmp_path / "objects",
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(options), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    monkeypatch.setenv("EDGEKILN_FLEET_ADMIN_TOKEN", ADMIN)
-    monkeypatch.setenv("EDGEKILN_FLEET_ENDPOINT", f"http://127.0.0.1:{port}")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
