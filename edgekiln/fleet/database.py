@@ -68,6 +68,8 @@ class Tables:
     faults: Any
     batches: Any
     captures: Any
+    heartbeat_minutes: Any
+    metric_minutes: Any
 
 
 def define_tables() -> Tables:
@@ -77,7 +79,10 @@ def define_tables() -> Tables:
     devices, audit = _device_tables(sa, md)
     heartbeats, device_models, faults = _report_tables(sa, md)
     batches, captures = _capture_tables(sa, md)
-    return Tables(md, devices, audit, heartbeats, device_models, faults, batches, captures)
+    heartbeat_minutes, metric_minutes = _rollup_tables(sa, md)
+    return Tables(
+        md, devices, audit, heartbeats, device_models, faults, batches, captures, heartbeat_minutes, metric_minutes
+    )
 
 
 def _device_tables(sa: Any, md: Any) -> tuple[Any, ...]:
@@ -127,6 +132,8 @@ def _report_tables(sa: Any, md: Any) -> tuple[Any, ...]:
             sa.Column("received_at", sa.Float, nullable=False),
             sa.Column("body", sa.Text, nullable=False),
             sa.UniqueConstraint("device_id", "heartbeat_id", name="uq_heartbeat"),
+            # The roll-up picks the heartbeats past the retention window by arrival.
+            sa.Index("ix_heartbeats_received_at", "received_at"),
         ),
         sa.Table(
             "device_models",
@@ -147,6 +154,7 @@ def _report_tables(sa: Any, md: Any) -> tuple[Any, ...]:
             sa.Column("kind", sa.String(64), nullable=False),
             sa.Column("detail", sa.Text, nullable=False),
             sa.Column("reported_at", sa.Float, nullable=False),
+            sa.Index("ix_faults_device", "device_id"),
         ),
     )
 
@@ -180,8 +188,38 @@ def _capture_tables(sa: Any, md: Any) -> tuple[Any, ...]:
     )
 
 
+def _rollup_tables(sa: Any, md: Any) -> tuple[Any, ...]:
+    """Heartbeats past the raw retention window, folded into one row per device and minute
+    of arrival (how many arrived) and one per device, minute, model and metric (how many
+    samples, their sum, least and greatest); ``model_name`` is "" for the agent's metrics."""
+    return (
+        sa.Table(
+            "heartbeat_minutes",
+            md,
+            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+            sa.Column("minute", sa.BigInteger, primary_key=True),
+            sa.Column("heartbeats", sa.BigInteger, nullable=False),
+            sa.Index("ix_heartbeat_minutes_minute", "minute"),
+        ),
+        sa.Table(
+            "metric_minutes",
+            md,
+            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+            sa.Column("minute", sa.BigInteger, primary_key=True),
+            sa.Column("model_name", sa.String(128), primary_key=True),
+            sa.Column("metric_name", sa.String(128), primary_key=True),
+            sa.Column("samples", sa.BigInteger, nullable=False),
+            sa.Column("total", sa.Float, nullable=False),
+            sa.Column("minimum", sa.Float, nullable=False),
+            sa.Column("maximum", sa.Float, nullable=False),
+            sa.Index("ix_metric_minutes_minute", "minute"),
+        ),
+    )
+
+
 def create_schema(engine: Any, metadata: Any) -> None:
-    """Create missing tables, and the columns an older database lacks."""
+    """Create missing tables, the columns an older database lacks, and the indexes added
+    to tables that existed before them."""
     import sqlalchemy as sa
 
     try:
@@ -191,6 +229,9 @@ def create_schema(engine: Any, metadata: Any) -> None:
             for column, kind in ADDED_DEVICE_COLUMNS.items():
                 if column not in present:
                     conn.execute(sa.text(f"ALTER TABLE devices ADD COLUMN {column} {kind}"))
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(engine, checkfirst=True)
     except sa.exc.OperationalError as exc:
         raise UserError(
             f"cannot open the fleet database {engine.url.render_as_string(hide_password=True)}: "
