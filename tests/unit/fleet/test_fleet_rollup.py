@@ -10,7 +10,6 @@ from edgekiln.errors import UserError
 from edgekiln.fleet import rollup, serving
 from edgekiln.fleet.options import FleetOptions
 from edgekiln.fleet.store import FleetStore
-
 from tests.unit.fleet.rollup_cases import HOUR, NOW, beat, check_concurrent_rollup, check_rollup
 
 
