@@ -20,6 +20,11 @@ from edgekiln.errors import UserError
 ADDED_DEVICE_COLUMNS = {"token_expires_at": "FLOAT", "revoked_at": "FLOAT", "dead_letter_batches": "BIGINT"}
 
 
+# PostgreSQL connections one service process keeps open, and opens beyond that in a burst.
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
+
+
 def normalize_url(url: str) -> str:
     """Pick the drivers edgekiln installs: psycopg 3 for PostgreSQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -39,6 +44,10 @@ def open_engine(url: str) -> Any:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        # Requests run in a pool of 40 threads: with SQLAlchemy's default of 5 kept connections
+        # most of them would open and close a connection (a new PostgreSQL backend) each time.
+        kwargs["pool_size"] = POOL_SIZE
+        kwargs["max_overflow"] = POOL_OVERFLOW
     try:
         engine = sa.create_engine(normalized, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
