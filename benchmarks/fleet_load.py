@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devtools.servers import FleetServer, PostgresServer  # noqa: E402
-from edgekiln.agents.reporter import Metric, build_heartbeat, model_report  # noqa: E402
+from edgekiln.agents.reporter import build_heartbeat, model_report  # noqa: E402
 from edgekiln.fleet.store import FleetStore, hash_token  # noqa: E402
 
 FLEET = "load"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -105,3 +106,17 @@ def test_worker_options_round_trip(tmp_path, monkeypatch):
         serving.worker_app()
     with pytest.raises(UserError, match="--workers 0 is not between 1 and 64"):
         serving.serve(options, host="127.0.0.1", port=1, workers=0)
+
+
+def test_the_service_rolls_up_while_it_runs(make_fleet, hb):
+    api = make_fleet(rollup_interval_seconds=0.05, raw_retention_seconds=3600.0)
+    token = api.register("f", "d1")
+    assert api.heartbeat(token, hb("h1"), hb("h2")).json() == {"accepted": 2, "duplicates": 0}
+    api.clock[0] += 2 * 3600  # both heartbeats are now past the raw retention
+    deadline = time.monotonic() + 10
+    while (history := api.admin("GET", "/v1/devices/f/d1/heartbeats").json())["rolled_up"] < 2:
+        assert time.monotonic() < deadline, history
+        time.sleep(0.05)
+    assert history == {"heartbeat_ids": [], "rolled_up": 2}
+    assert api.admin("GET", "/v1/devices/f/d1").json()["heartbeats_received"] == 2
+    assert api.rows("heartbeats") == 0 and api.rows("heartbeat_minutes") == 1
