@@ -9,7 +9,18 @@ from tests.unit.fleet.rollup_cases import NOW, beat, check_concurrent_rollup, ch
 
 
 def _store(url: str) -> FleetStore:
-    store = FleetStore(url)
+    """A store on a database of its own: a roll-up folds every device's heartbeats, and the
+    server is shared with the other PostgreSQL tests."""
+    import sqlalchemy as sa
+
+    from edgekiln.fleet.database import normalize_url
+
+    name = f"rollup_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    store = FleetStore(f"{url.rsplit('/', 1)[0]}/{name}")
     store.create_schema()
     return store
 

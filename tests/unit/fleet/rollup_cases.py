@@ -68,6 +68,12 @@ def check_rollup(store: FleetStore, fleet: str) -> None:
     assert (latency["samples"], latency["total"], latency["minimum"], latency["maximum"]) == (2, 9.0, 4.0, 5.0)
     described = store.describe_device(fleet, "a", now=NOW + 200, connected_seconds=60)
     assert described["heartbeats_received"] == 6
+    # The fleet report reads the devices' latest state, which the roll-up leaves alone.
+    report = store.fleet_report(fleet, now=NOW + 200, connected_seconds=3600)
+    assert report["device_stats"] == {"connected_device_count": 2, "registered_device_count": 2}
+    assert [(m["model_name"], m["model_version"], m["connected_device_count"]) for m in report["model_stats"]] == [
+        ("cls", "1", 2)
+    ]
     # Nothing more to fold: a second run changes nothing.
     again = rollup.roll_up(store, NOW + 120 + HOUR, raw_retention_seconds=HOUR)
     assert again == rollup.RollupResult(0, 0, 0)
