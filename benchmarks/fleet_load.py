@@ -385,8 +385,10 @@ def overview_run(db: str, args: argparse.Namespace, workdir: Path, pg: PostgresS
         json.dumps(rows)
         times.append(time.perf_counter() - started)
     online = sum(r["online"] for r in rows)
+    rolled = _time_rollup(store, now) if args.rollup else None
     store.close()
     return {
+        "rollup": rolled,
         "db": db,
         "devices": args.overview_devices,
         "stored_heartbeats": args.overview_heartbeats,
@@ -394,6 +396,30 @@ def overview_run(db: str, args: argparse.Namespace, workdir: Path, pg: PostgresS
         "rows": len(rows),
         "online": online,
         "overview_ms": {"median": round(1000 * statistics.median(times), 1), "max": round(1000 * max(times), 1)},
+    }
+
+
+def _time_rollup(store: FleetStore, now: float) -> dict[str, Any]:
+    """Roll up every seeded heartbeat (as a day later): how long, and the rows before and after."""
+    import sqlalchemy as sa
+
+    from edgekiln.fleet import rollup
+
+    def rows() -> dict[str, int]:
+        with store.engine.connect() as conn:
+            return {
+                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+                for t in (store.heartbeats, store.heartbeat_minutes, store.metric_minutes)
+            }
+
+    before = rows()
+    started = time.perf_counter()
+    result = rollup.roll_up(store, now + 2 * 86400, raw_retention_seconds=86400)
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "folded": result.heartbeats,
+        "rows_before": before,
+        "rows_after": rows(),
     }
 
 
@@ -417,6 +443,9 @@ def table(results: dict[str, Any]) -> str:
             f"overview {o['db']}: {o['devices']} devices, {o['stored_heartbeats']} heartbeats: "
             f"median {o['overview_ms']['median']} ms, max {o['overview_ms']['max']} ms ({o['rows']} rows)"
         )
+        if o["rollup"]:
+            r = o["rollup"]
+            lines.append(f"  roll-up of {r['folded']} heartbeats: {r['seconds']} s; rows after: {r['rows_after']}")
     return "\n".join(lines)
 
 
@@ -432,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overview-devices", type=int, default=10000)
     parser.add_argument("--overview-heartbeats", type=int, default=1_000_000, help="0 skips the overview")
     parser.add_argument("--overview-repeats", type=int, default=5)
+    parser.add_argument("--rollup", action="store_true", help="then time rolling up every stored heartbeat")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fleet_load.json")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.devices.split(",") if x]

@@ -132,11 +132,12 @@ def _lifespan(options: FleetOptions, store: FleetStore, clock: Callable[[], floa
             loop = rollup.RollupLoop(
                 store,
                 options.rollup_interval_seconds,
-                lambda s, now: rollup.roll_up(
+                lambda s, now, stop: rollup.roll_up(
                     s,
                     now,
                     raw_retention_seconds=options.raw_retention_seconds,
                     aggregate_retention_seconds=options.aggregate_retention_seconds,
+                    stop=stop,
                 ),
                 clock,
             )

@@ -93,13 +93,15 @@ def roll_up(
     raw_retention_seconds: float,
     aggregate_retention_seconds: float | None = None,
     batch: int = BATCH,
+    stop: Callable[[], bool] = lambda: False,
 ) -> RollupResult:
     """Fold every raw heartbeat that arrived before the minute ``raw_retention_seconds`` ago
     began, ``batch`` rows per transaction, then drop aggregates older than
-    ``aggregate_retention_seconds`` (kept for ever when None)."""
+    ``aggregate_retention_seconds`` (kept for ever when None).  ``stop`` is asked between
+    batches: a service shutting down leaves the rest for the next run."""
     cutoff = minute_of(now - raw_retention_seconds)
     folded = merged = 0
-    while True:
+    while not stop():
         with store.engine.begin() as conn:
             rows = _take(conn, store, cutoff, batch)
             fold = Fold()
@@ -241,7 +243,7 @@ class RollupLoop:
         self,
         store: FleetStore,
         interval: float,
-        run: Callable[[FleetStore, float], RollupResult],
+        run: Callable[[FleetStore, float, Callable[[], bool]], RollupResult],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -268,7 +270,7 @@ class RollupLoop:
         import sqlalchemy as sa
 
         try:
-            result = self.run(self.store, self.clock())
+            result = self.run(self.store, self.clock(), self._stop.is_set)
         except sa.exc.SQLAlchemyError as exc:
             log.warning(
                 "heartbeat roll-up failed, retried in %g s: %s", self.interval, " ".join(str(exc).split())[:300]

@@ -64,15 +64,32 @@ def test_overview_rows_and_filters(store):
 def test_a_failed_rollup_is_logged_and_retried(store, caplog):
     import sqlalchemy as sa
 
-    def broken(_store, _now):
+    def broken(_store, _now, _stop):
         raise sa.exc.OperationalError("DELETE", {}, Exception("database is locked"))
 
     loop = rollup.RollupLoop(store, 60.0, broken, clock=lambda: NOW)
     with caplog.at_level(logging.WARNING, logger="edgekiln.fleet.rollup"):
         assert loop.run_once() is None
     assert "roll-up failed" in caplog.text and "database is locked" in caplog.text
-    ok = rollup.RollupLoop(store, 60.0, lambda s, now: rollup.roll_up(s, now, raw_retention_seconds=HOUR))
+    ok = rollup.RollupLoop(
+        store, 60.0, lambda s, now, stop: rollup.roll_up(s, now, raw_retention_seconds=HOUR, stop=stop), lambda: NOW
+    )
     assert ok.run_once() == rollup.RollupResult(0, 0, 0)
+
+
+def test_a_stopping_rollup_leaves_the_rest_for_later(store):
+    device = store.authenticate(store.register_device("f", "a", now=NOW))
+    for i in range(10):
+        store.add_heartbeats(device, [beat(i, 1)], NOW + i)
+    batches = []
+
+    def stop() -> bool:
+        batches.append(1)
+        return len(batches) > 2  # two batches, then the service is shutting down
+
+    result = rollup.roll_up(store, NOW + 2 * HOUR, raw_retention_seconds=HOUR, batch=3, stop=stop)
+    assert result.heartbeats == 6 and len(store.heartbeat_ids("f", "a")) == 4
+    assert rollup.roll_up(store, NOW + 2 * HOUR, raw_retention_seconds=HOUR, batch=3).heartbeats == 4
 
 
 @pytest.mark.parametrize(
