@@ -137,3 +137,12 @@ def test_the_service_rolls_up_while_it_runs(make_fleet, hb):
     assert history == {"heartbeat_ids": [], "rolled_up": 2}
     assert api.admin("GET", "/v1/devices/f/d1").json()["heartbeats_received"] == 2
     assert api.rows("heartbeats") == 0 and api.rows("heartbeat_minutes") == 1
+
+
+def test_serve_refuses_a_bad_worker_count_before_it_starts(tmp_path, capsys):
+    from edgekiln.cli.main import main
+
+    code = main(["fleet", "serve", "--data-dir", str(tmp_path / "data"), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workers 0 is not between 1 and 64" in err
+    assert "fleet service on" not in err and "Traceback" not in err
