@@ -406,11 +406,16 @@ def _time_rollup(store: FleetStore, now: float) -> dict[str, Any]:
     from edgekiln.fleet import rollup
 
     def rows() -> dict[str, int]:
+        tables = (store.heartbeats, store.heartbeat_minutes)
         with store.engine.connect() as conn:
-            return {
-                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
-                for t in (store.heartbeats, store.heartbeat_minutes, store.metric_minutes)
-            }
+            counts = {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() for t in tables}
+        if store.engine.dialect.name == "postgresql":  # live bytes, indexes included, after a VACUUM
+            with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM FULL"))
+                for t in tables:
+                    size = conn.execute(sa.text("SELECT pg_total_relation_size(:t)"), {"t": t.name}).scalar()
+                    counts[f"{t.name}_mib"] = round(size / 2**20, 1)
+        return counts
 
     before = rows()
     started = time.perf_counter()

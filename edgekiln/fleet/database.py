@@ -78,7 +78,6 @@ class Tables:
     batches: Any
     captures: Any
     heartbeat_minutes: Any
-    metric_minutes: Any
 
 
 def define_tables() -> Tables:
@@ -88,10 +87,8 @@ def define_tables() -> Tables:
     devices, audit = _device_tables(sa, md)
     heartbeats, device_models, faults = _report_tables(sa, md)
     batches, captures = _capture_tables(sa, md)
-    heartbeat_minutes, metric_minutes = _rollup_tables(sa, md)
-    return Tables(
-        md, devices, audit, heartbeats, device_models, faults, batches, captures, heartbeat_minutes, metric_minutes
-    )
+    (heartbeat_minutes,) = _rollup_tables(sa, md)
+    return Tables(md, devices, audit, heartbeats, device_models, faults, batches, captures, heartbeat_minutes)
 
 
 def _device_tables(sa: Any, md: Any) -> tuple[Any, ...]:
@@ -199,8 +196,9 @@ def _capture_tables(sa: Any, md: Any) -> tuple[Any, ...]:
 
 def _rollup_tables(sa: Any, md: Any) -> tuple[Any, ...]:
     """Heartbeats past the raw retention window, folded into one row per device and minute
-    of arrival (how many arrived) and one per device, minute, model and metric (how many
-    samples, their sum, least and greatest); ``model_name`` is "" for the agent's metrics."""
+    of arrival: how many arrived, and per model and metric how many samples, their sum,
+    least and greatest (JSON ``{model: {metric: [samples, sum, min, max]}}``, model "" for
+    the agent's own metrics) — one narrow row where the raw heartbeats were two or more."""
     return (
         sa.Table(
             "heartbeat_minutes",
@@ -208,20 +206,8 @@ def _rollup_tables(sa: Any, md: Any) -> tuple[Any, ...]:
             sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
             sa.Column("minute", sa.BigInteger, primary_key=True),
             sa.Column("heartbeats", sa.BigInteger, nullable=False),
+            sa.Column("metrics", sa.Text, nullable=False),
             sa.Index("ix_heartbeat_minutes_minute", "minute"),
-        ),
-        sa.Table(
-            "metric_minutes",
-            md,
-            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-            sa.Column("minute", sa.BigInteger, primary_key=True),
-            sa.Column("model_name", sa.String(128), primary_key=True),
-            sa.Column("metric_name", sa.String(128), primary_key=True),
-            sa.Column("samples", sa.BigInteger, nullable=False),
-            sa.Column("total", sa.Float, nullable=False),
-            sa.Column("minimum", sa.Float, nullable=False),
-            sa.Column("maximum", sa.Float, nullable=False),
-            sa.Index("ix_metric_minutes_minute", "minute"),
         ),
     )
 

@@ -2,19 +2,20 @@
 
 A device at the agent's default period (30 s) sends 2,880 heartbeats a day; kept raw, a fleet's
 history grows without bound.  Past ``raw_retention_seconds`` (by arrival at the service: a
-device's clock may be wrong) the raw rows are folded, one device and minute at a time, into
-``heartbeat_minutes`` (how many arrived) and ``metric_minutes`` (per model and metric: samples,
-sum, least, greatest), and aggregates past ``aggregate_retention_seconds`` are dropped, so what
-is stored stays bounded.
+device's clock may be wrong) the raw rows are folded into one ``heartbeat_minutes`` row per
+device and minute — how many heartbeats arrived, and per model and metric the samples, sum,
+least and greatest — and rows past ``aggregate_retention_seconds`` are dropped, so what is
+stored stays bounded.
 
-Every worker of the service may run the roll-up at the same moment: each batch is one
-transaction that *deletes* the raw rows it folds (``DELETE … RETURNING``) and merges their sums
-into the aggregates (an upsert that adds), so a row folded by one worker is gone for the others
-— PostgreSQL makes a concurrent delete of the same row wait and then skip it, SQLite lets one
-writer in at a time — and nothing is counted twice.  A batch that fails rolls back whole.
+Every worker of the service may run the roll-up at the same moment.  Each batch is one
+transaction that deletes the raw rows it folds (``DELETE … RETURNING``), reads the minutes they
+fall in, merges, and writes them back; on PostgreSQL the batch first takes a transaction-scoped
+advisory lock, on SQLite the delete takes the one write lock, so batches run one at a time,
+a row folded by one is gone for the next, and nothing is counted twice.  A batch that fails
+rolls back whole.
 
 Readers see raw and rolled-up data as one: :func:`device_minutes` folds the raw heartbeats of a
-range with the same code and adds the stored aggregates.
+range with the same code and adds the stored minutes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 MINUTE = 60
 BATCH = 5000
+KEYS_PER_QUERY = 2000  # (device, minute) pairs per IN: 4,000 parameters, within SQLite's limit
+# pg_advisory_xact_lock's key for the roll-up ("ekroll" in ASCII).
+ADVISORY_LOCK = 0x656B726F6C6C
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +47,55 @@ def minute_of(t: float) -> int:
 
 @dataclass(frozen=True)
 class RollupResult:
-    """What one roll-up did: raw heartbeats folded, aggregate rows merged, old ones dropped."""
+    """What one roll-up did: raw heartbeats folded, minute rows written, old ones dropped."""
 
     heartbeats: int = 0
-    metric_rows: int = 0
+    minutes: int = 0
     dropped: int = 0
 
 
 @dataclass
 class Fold:
-    """Heartbeats summed per device and minute; metrics per device, minute, model, metric
-    as [samples, sum, least, greatest]."""
+    """Heartbeats counted per (device, minute), and per (device, minute) the metrics by
+    (model, metric) as [samples, sum, least, greatest]."""
 
     heartbeats: dict[tuple[int, int], int] = field(default_factory=dict)
-    metrics: dict[tuple[int, int, str, str], list[float]] = field(default_factory=dict)
+    metrics: dict[tuple[int, int], dict[tuple[str, str], list[float]]] = field(default_factory=dict)
 
     def add(self, device_id: int, received_at: float, body: str) -> None:
-        minute = minute_of(received_at)
-        key = (device_id, minute)
+        """Add one raw heartbeat."""
+        key = (device_id, minute_of(received_at))
         self.heartbeats[key] = self.heartbeats.get(key, 0) + 1
         for model, metric, value in metric_samples(body):
-            self.merge((device_id, minute, model, metric), 1, value, value, value)
+            self.merge(key, (model, metric), 1, value, value, value)
 
-    def merge(self, key: tuple[int, int, str, str], samples: int, total: float, low: float, high: float) -> None:
-        entry = self.metrics.get(key)
+    def add_stored(self, device_id: int, minute: int, heartbeats: int, metrics: str) -> None:
+        """Add a stored minute row (its count and its metrics' JSON)."""
+        key = (device_id, minute)
+        self.heartbeats[key] = self.heartbeats.get(key, 0) + heartbeats
+        for model, named in json.loads(metrics).items():
+            for metric, (samples, total, low, high) in named.items():
+                self.merge(key, (model, metric), samples, total, low, high)
+
+    def merge(
+        self, key: tuple[int, int], name: tuple[str, str], samples: int, total: float, low: float, high: float
+    ) -> None:
+        metrics = self.metrics.setdefault(key, {})
+        entry = metrics.get(name)
         if entry is None:
-            self.metrics[key] = [samples, total, low, high]
+            metrics[name] = [samples, total, low, high]
         else:
             entry[0] += samples
             entry[1] += total
             entry[2] = min(entry[2], low)
             entry[3] = max(entry[3], high)
+
+    def metrics_json(self, key: tuple[int, int]) -> str:
+        """One minute's metrics as stored: ``{model: {metric: [samples, sum, min, max]}}``."""
+        out: dict[str, dict[str, list[float]]] = {}
+        for (model, metric), v in self.metrics.get(key, {}).items():
+            out.setdefault(model, {})[metric] = [int(v[0]), v[1], v[2], v[3]]
+        return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
 
 def metric_samples(body: str) -> Iterator[tuple[str, str, float]]:
@@ -99,10 +121,14 @@ def roll_up(
     began, ``batch`` rows per transaction, then drop aggregates older than
     ``aggregate_retention_seconds`` (kept for ever when None).  ``stop`` is asked between
     batches: a service shutting down leaves the rest for the next run."""
+    import sqlalchemy as sa
+
     cutoff = minute_of(now - raw_retention_seconds)
     folded = merged = 0
     while not stop():
         with store.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK})
             rows = _take(conn, store, cutoff, batch)
             fold = Fold()
             for device_id, received_at, body in rows:
@@ -129,54 +155,45 @@ def _take(conn: Any, store: FleetStore, cutoff: int, batch: int) -> list[Any]:
 
 
 def _merge(conn: Any, store: FleetStore, fold: Fold) -> int:
-    """Add ``fold`` to the stored aggregates (insert, or add to the row that is there)."""
-    hb_rows = [{"device_id": d, "minute": m, "heartbeats": n} for (d, m), n in fold.heartbeats.items()]
-    metric_rows = [
-        {"device_id": d, "minute": m, "model_name": model, "metric_name": metric, **_sums(v)}
-        for (d, m, model, metric), v in fold.metrics.items()
+    """Add ``fold`` to the stored minutes: read the rows of its minutes, merge, write back
+    (the caller holds the roll-up's lock, so nobody writes them meanwhile)."""
+    import sqlalchemy as sa
+
+    t = store.heartbeat_minutes
+    keys = list(fold.heartbeats)
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[start : start + KEYS_PER_QUERY]
+        stored = sa.select(t.c.device_id, t.c.minute, t.c.heartbeats, t.c.metrics).where(
+            sa.tuple_(t.c.device_id, t.c.minute).in_(chunk)
+        )
+        for device_id, minute, count, metrics in conn.execute(stored):
+            fold.add_stored(device_id, minute, count, metrics)
+    rows = [
+        {"device_id": d, "minute": m, "heartbeats": n, "metrics": fold.metrics_json((d, m))}
+        for (d, m), n in fold.heartbeats.items()
     ]
-    if hb_rows:
-        t = store.heartbeat_minutes
-        _upsert(conn, t, hb_rows, ("device_id", "minute"), lambda ex: {"heartbeats": t.c.heartbeats + ex.heartbeats})
-    if metric_rows:
-        t = store.metric_minutes
-        _upsert(conn, t, metric_rows, ("device_id", "minute", "model_name", "metric_name"), _metric_sums(conn, t))
-    return len(hb_rows) + len(metric_rows)
+    if rows:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(t)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["device_id", "minute"],
+            set_={"heartbeats": stmt.excluded.heartbeats, "metrics": stmt.excluded.metrics},
+        )
+        conn.execute(upsert, rows)
+    return len(rows)
 
 
 def _sums(v: list[float]) -> dict[str, float]:
     return {"samples": int(v[0]), "total": v[1], "minimum": v[2], "maximum": v[3]}
 
 
-def _metric_sums(conn: Any, t: Any) -> Callable[[Any], dict[str, Any]]:
-    import sqlalchemy as sa
-
-    # Two-argument min/max are SQLite's least/greatest.
-    pg = conn.dialect.name == "postgresql"
-    least, greatest = (sa.func.least, sa.func.greatest) if pg else (sa.func.min, sa.func.max)
-    return lambda ex: {
-        "samples": t.c.samples + ex.samples,
-        "total": t.c.total + ex.total,
-        "minimum": least(t.c.minimum, ex.minimum),
-        "maximum": greatest(t.c.maximum, ex.maximum),
-    }
-
-
-def _upsert(conn: Any, table: Any, rows: list[dict[str, Any]], keys: tuple[str, ...], sets: Callable) -> None:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table)
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=sets(stmt.excluded)), rows)
-
-
 def _drop_aggregates(store: FleetStore, before: int) -> int:
-    dropped = 0
+    t = store.heartbeat_minutes
     with store.engine.begin() as conn:
-        for table in (store.heartbeat_minutes, store.metric_minutes):
-            dropped += conn.execute(table.delete().where(table.c.minute < before)).rowcount or 0
-    return dropped
+        return conn.execute(t.delete().where(t.c.minute < before)).rowcount or 0
 
 
 # -- reading raw and rolled-up data as one ---------------------------------------------
@@ -200,27 +217,23 @@ def device_minutes(
     [{minute, model_name, metric_name, samples, total, minimum, maximum}]}``."""
     import sqlalchemy as sa
 
-    h, hm, mm = store.heartbeats, store.heartbeat_minutes, store.metric_minutes
+    h, t = store.heartbeats, store.heartbeat_minutes
     fold = Fold()
     with store.engine.connect() as conn:
-        raw = sa.select(h.c.received_at, h.c.body).where(h.c.device_id == device_id)
-        raw = _in_range(raw, h.c.received_at, since, until)
+        raw = _in_range(
+            sa.select(h.c.received_at, h.c.body).where(h.c.device_id == device_id), h.c.received_at, since, until
+        )
         for received_at, body in conn.execute(raw):
             fold.add(device_id, received_at, body)
-        counts = _in_range(
-            sa.select(hm.c.minute, hm.c.heartbeats).where(hm.c.device_id == device_id), hm.c.minute, since, until
-        )
-        for minute, n in conn.execute(counts):
-            fold.heartbeats[(device_id, minute)] = fold.heartbeats.get((device_id, minute), 0) + n
-        cols = (mm.c.minute, mm.c.model_name, mm.c.metric_name, mm.c.samples, mm.c.total, mm.c.minimum, mm.c.maximum)
-        metrics = _in_range(sa.select(*cols).where(mm.c.device_id == device_id), mm.c.minute, since, until)
-        for minute, model, metric, *sums in conn.execute(metrics):
-            fold.merge((device_id, minute, model, metric), *sums)
+        stored = sa.select(t.c.minute, t.c.heartbeats, t.c.metrics).where(t.c.device_id == device_id)
+        for minute, count, metrics in conn.execute(_in_range(stored, t.c.minute, since, until)):
+            fold.add_stored(device_id, minute, count, metrics)
     return {
         "heartbeats": [{"minute": m, "heartbeats": n} for (_, m), n in sorted(fold.heartbeats.items())],
         "metrics": [
             {"minute": m, "model_name": model, "metric_name": metric, **_sums(v)}
-            for (_, m, model, metric), v in sorted(fold.metrics.items())
+            for (_, m), named in sorted(fold.metrics.items())
+            for (model, metric), v in sorted(named.items())
         ],
     }
 

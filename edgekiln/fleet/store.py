@@ -51,7 +51,7 @@ class FleetStore:
         self.devices, self.audit = tables.devices, tables.audit
         self.heartbeats, self.device_models, self.faults = tables.heartbeats, tables.device_models, tables.faults
         self.batches, self.captures = tables.batches, tables.captures
-        self.heartbeat_minutes, self.metric_minutes = tables.heartbeat_minutes, tables.metric_minutes
+        self.heartbeat_minutes = tables.heartbeat_minutes
 
     def create_schema(self) -> None:
         create_schema(self.engine, self.metadata)

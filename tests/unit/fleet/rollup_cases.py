@@ -56,8 +56,8 @@ def check_rollup(store: FleetStore, fleet: str) -> None:
     assert [(p["minute"], p["heartbeats"]) for p in before["heartbeats"]] == [(NOW, 3), (NOW + 60, 2), (NOW + 120, 1)]
     result = rollup.roll_up(store, NOW + 120 + HOUR, raw_retention_seconds=HOUR, aggregate_retention_seconds=10 * HOUR)
     assert (result.heartbeats, result.dropped) == (6, 0)  # a's 5 and b's 1 before the cutoff
-    # Per device-minute: one heartbeat row, two metric rows (the agent's cpu, the model's latency).
-    assert result.metric_rows == 3 * 3
+    # One row per device and minute: a's minutes 0 and 1, b's minute 0.
+    assert result.minutes == 3
     assert store.heartbeat_history(fleet, "a")["rolled_up"] == 5
     assert len(store.heartbeat_history(fleet, "a")["heartbeat_ids"]) == 1
     after = store.device_minutes(fleet, "a")
@@ -88,7 +88,7 @@ def check_rollup(store: FleetStore, fleet: str) -> None:
     dropped = rollup.roll_up(
         store, NOW + 60 + 10 * HOUR, raw_retention_seconds=HOUR, aggregate_retention_seconds=10 * HOUR
     )
-    assert dropped.dropped == 2 * 3
+    assert dropped.dropped == 2
     assert [p["minute"] for p in store.device_minutes(fleet, "a")["heartbeats"]] == [NOW + 60, NOW + 120]
 
 
