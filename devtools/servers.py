@@ -7,6 +7,8 @@
   bucket is a SeaweedFS collection that grows volumes of its own (sparse files), hence
   room for many volumes.
 * :class:`FleetServer` runs ``edgekiln fleet serve`` (uvicorn) as a child process.
+* :class:`PostgresServer` runs Debian's PostgreSQL (``initdb`` + ``pg_ctl``) in a temp dir
+  on a free loopback port, as the ``postgres`` user when this process is root.
 
 Tests and ``make demo-fleet`` use these; the installed package never imports them.
 """
@@ -246,6 +248,85 @@ class FleetServer:
         return str(answer["token"])  # type: ignore[index]
 
     def __enter__(self) -> FleetServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL program: the newest of Debian's /usr/lib/postgresql/*/bin, or on PATH."""
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / name).is_file():
+            return str(root / name)
+    return shutil.which(name)
+
+
+class PostgresServer:
+    """``with PostgresServer() as pg: pg.url`` — a fresh cluster with a database ``fleet``.
+
+    PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
+    (Debian's package creates it) through runuser.  fsync is off: the data is thrown away."""
+
+    def __init__(self, database: str = "fleet") -> None:
+        self.database = database
+        self.root: Path | None = None
+        self.port: int | None = None
+        self._prefix: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self._prefix + argv, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        import pwd
+        import tempfile
+
+        initdb, pg_ctl, createdb = pg_bin("initdb"), pg_bin("pg_ctl"), pg_bin("createdb")
+        if not initdb or not pg_ctl or not createdb:
+            raise DependencyError("PostgreSQL is not installed", hint="apt-get install postgresql (make setup does)")
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise DependencyError("running as root and there is no 'postgres' user to run PostgreSQL as") from None
+            self._prefix = ["runuser", "-u", "postgres", "--"]
+        self.root = Path(tempfile.mkdtemp(prefix="ek-pg-", dir="/tmp"))
+        if self._prefix:
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+        data, log = self.root / "data", self.root / "pg.log"
+        self.port = free_ports(1)[0]
+        result = self._run([initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+        if result.returncode != 0:
+            self.stop()
+            raise UserError(f"initdb failed: {result.stderr.strip()[-300:]}")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        )
+        result = self._run([pg_ctl, "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"])
+        if result.returncode != 0:
+            text = log.read_text() if log.exists() else ""
+            self.stop()
+            raise UserError(f"PostgreSQL did not start: {result.stderr.strip()[-200:]} {text[-300:]}")
+        result = self._run([createdb, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database])
+        if result.returncode != 0:
+            self.stop()
+            raise UserError(f"createdb failed: {result.stderr.strip()[-300:]}")
+        return self
+
+    def stop(self) -> None:
+        root, self.root = self.root, None
+        if root is None:
+            return
+        pg_ctl = pg_bin("pg_ctl")
+        if pg_ctl and (root / "data" / "postmaster.pid").exists():
+            self._run([pg_ctl, "-D", str(root / "data"), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

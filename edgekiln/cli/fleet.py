@@ -1,7 +1,8 @@
 """``edgekiln fleet``: run the fleet service, and talk to it as an operator.
 
     edgekiln fleet serve [--host 127.0.0.1] [--port 8080] [--db URL] [--data-dir DIR]
-                         [--s3-endpoint URL --bucket NAME | --objects-dir DIR]
+                         [--s3-endpoint URL --bucket NAME | --objects-dir DIR] [--workers N]
+                         [--raw-retention S] [--aggregate-retention S] [--rollup-every S]
     edgekiln fleet register FLEET DEVICE [--token-out FILE] [--expires-in SECONDS]
     edgekiln fleet device rotate FLEET DEVICE [--token-out FILE] [--expires-in SECONDS]
     edgekiln fleet device revoke FLEET DEVICE
@@ -97,6 +98,34 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default=256 << 20,
         help="largest upload to the local object store (default: 256 MiB)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port; they keep nothing in memory, everything in the "
+        "database and object store (default: 1; use PostgreSQL when more than one writes a lot)",
+    )
+    serve.add_argument(
+        "--raw-retention",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="raw heartbeats older than this are rolled up into per-minute aggregates (default: 86400, a day)",
+    )
+    serve.add_argument(
+        "--aggregate-retention",
+        type=float,
+        default=90 * 86400.0,
+        metavar="SECONDS",
+        help="per-minute aggregates older than this are dropped (default: 7776000, 90 days)",
+    )
+    serve.add_argument(
+        "--rollup-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often each worker runs the roll-up; 0 turns it off (default: 60)",
+    )
     serve.add_argument("--api-docs", action="store_true", help="serve /docs and /openapi.json (default: off)")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
@@ -168,12 +197,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         import fastapi  # noqa: F401 - what edgekiln.fleet.app imports; checked here to name the extra
-        import sqlalchemy  # noqa: F401
-        import uvicorn
+        import sqlalchemy
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
-    from edgekiln.fleet.app import FleetOptions, create_app
-    from edgekiln.fleet.database import make_private_dirs
+    from edgekiln.fleet.database import make_private_dirs, normalize_url
+    from edgekiln.fleet.options import FleetOptions
+    from edgekiln.fleet.serving import MAX_WORKERS, serve
 
     data_dir = Path(args.data_dir)
     make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects
@@ -192,23 +222,31 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_object_bytes=args.max_object_bytes,
         api_docs=args.api_docs,
+        raw_retention_seconds=args.raw_retention,
+        aggregate_retention_seconds=args.aggregate_retention,
+        rollup_interval_seconds=args.rollup_every,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(options)
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {args.workers} is not between 1 and {MAX_WORKERS}")
     token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
+    try:
+        database = sqlalchemy.engine.make_url(normalize_url(options.database_url)).render_as_string()
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise UserError(f"database URL {options.database_url!r} is not usable: {exc}") from None
+    workers = f", {args.workers} workers" if args.workers > 1 else ""
     print(
-        f"fleet service on http://{args.host}:{args.port} (database {app.state.store.engine.url.render_as_string()}, "
-        f"admin token in {token_from})",
+        f"fleet service on http://{args.host}:{args.port} (database {database}{workers}, admin token in {token_from})",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    serve(options, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
 

@@ -20,9 +20,10 @@ checks in ``edgekiln.fleet.auth``.  Importing this module imports FastAPI;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -123,20 +124,55 @@ async def _invalid_body(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def _lifespan(options: FleetOptions, store: FleetStore, clock: Callable[[], float]) -> Any:
+    """While the app serves: the heartbeat roll-up every ``rollup_interval_seconds``."""
+    from edgekiln.fleet import rollup
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loop = None
+        if options.rollup_interval_seconds > 0:
+            loop = rollup.RollupLoop(
+                store,
+                options.rollup_interval_seconds,
+                lambda s, now, stop: rollup.roll_up(
+                    s,
+                    now,
+                    raw_retention_seconds=options.raw_retention_seconds,
+                    aggregate_retention_seconds=options.aggregate_retention_seconds,
+                    stop=stop,
+                ),
+                clock,
+            )
+            loop.start()
+        try:
+            yield
+        finally:
+            if loop is not None:
+                loop.stop()
+
+    return lifespan
+
+
 def create_app(
     options: FleetOptions,
     *,
     store: FleetStore | None = None,
     objects: Any = None,
     clock: Callable[[], float] = time.time,
+    prepare: bool = True,
 ) -> FastAPI:
-    """The FastAPI application; ``store`` and ``objects`` default to those the options name."""
+    """The FastAPI application; ``store`` and ``objects`` default to those the options name.
+
+    ``prepare`` creates the schema and the bucket; the workers of ``fleet serve --workers``
+    leave that to the parent, which does it once before they start."""
     from edgekiln.fleet import deploy_routes, routes
 
     store = store or FleetStore(options.database_url)
-    store.create_schema()
     objects = objects if objects is not None else build_object_store(options)
-    objects.ensure_ready()
+    if prepare:
+        store.create_schema()
+        objects.ensure_ready()
 
     docs = options.api_docs
     app = FastAPI(
@@ -145,6 +181,7 @@ def create_app(
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        lifespan=_lifespan(options, store, clock),
     )
     app.add_middleware(BodyLimit, json_limit=options.max_body_bytes, object_limit=options.max_object_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_body)

@@ -21,6 +21,11 @@ from edgekiln.fleet import deploy_tables
 ADDED_DEVICE_COLUMNS = {"token_expires_at": "FLOAT", "revoked_at": "FLOAT", "dead_letter_batches": "BIGINT"}
 
 
+# PostgreSQL connections one service process keeps open, and opens beyond that in a burst.
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
+
+
 def normalize_url(url: str) -> str:
     """Pick the drivers edgekiln installs: psycopg 3 for PostgreSQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -40,6 +45,10 @@ def open_engine(url: str) -> Any:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        # Requests run in a pool of 40 threads: with SQLAlchemy's default of 5 kept connections
+        # most of them would open and close a connection (a new PostgreSQL backend) each time.
+        kwargs["pool_size"] = POOL_SIZE
+        kwargs["max_overflow"] = POOL_OVERFLOW
     try:
         engine = sa.create_engine(normalized, **kwargs)
     except (sa.exc.ArgumentError, ImportError) as exc:
@@ -69,6 +78,7 @@ class Tables:
     faults: Any
     batches: Any
     captures: Any
+    heartbeat_minutes: Any
 
 
 def define_tables() -> Tables:
@@ -79,7 +89,8 @@ def define_tables() -> Tables:
     heartbeats, device_models, faults = _report_tables(sa, md)
     batches, captures = _capture_tables(sa, md)
     deploy_tables.define(sa, md)  # in md.tables; read by edgekiln.fleet.deployments
-    return Tables(md, devices, audit, heartbeats, device_models, faults, batches, captures)
+    (heartbeat_minutes,) = _rollup_tables(sa, md)
+    return Tables(md, devices, audit, heartbeats, device_models, faults, batches, captures, heartbeat_minutes)
 
 
 def _device_tables(sa: Any, md: Any) -> tuple[Any, ...]:
@@ -129,6 +140,8 @@ def _report_tables(sa: Any, md: Any) -> tuple[Any, ...]:
             sa.Column("received_at", sa.Float, nullable=False),
             sa.Column("body", sa.Text, nullable=False),
             sa.UniqueConstraint("device_id", "heartbeat_id", name="uq_heartbeat"),
+            # The roll-up picks the heartbeats past the retention window by arrival.
+            sa.Index("ix_heartbeats_received_at", "received_at"),
         ),
         sa.Table(
             "device_models",
@@ -149,6 +162,7 @@ def _report_tables(sa: Any, md: Any) -> tuple[Any, ...]:
             sa.Column("kind", sa.String(64), nullable=False),
             sa.Column("detail", sa.Text, nullable=False),
             sa.Column("reported_at", sa.Float, nullable=False),
+            sa.Index("ix_faults_device", "device_id"),
         ),
     )
 
@@ -182,8 +196,27 @@ def _capture_tables(sa: Any, md: Any) -> tuple[Any, ...]:
     )
 
 
+def _rollup_tables(sa: Any, md: Any) -> tuple[Any, ...]:
+    """Heartbeats past the raw retention window, folded into one row per device and minute
+    of arrival: how many arrived, and per model and metric how many samples, their sum,
+    least and greatest (JSON ``{model: {metric: [samples, sum, min, max]}}``, model "" for
+    the agent's own metrics) — one narrow row where the raw heartbeats were two or more."""
+    return (
+        sa.Table(
+            "heartbeat_minutes",
+            md,
+            sa.Column("device_id", sa.Integer, sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+            sa.Column("minute", sa.BigInteger, primary_key=True),
+            sa.Column("heartbeats", sa.BigInteger, nullable=False),
+            sa.Column("metrics", sa.Text, nullable=False),
+            sa.Index("ix_heartbeat_minutes_minute", "minute"),
+        ),
+    )
+
+
 def create_schema(engine: Any, metadata: Any) -> None:
-    """Create missing tables, and the columns an older database lacks."""
+    """Create missing tables, the columns an older database lacks, and the indexes added
+    to tables that existed before them."""
     import sqlalchemy as sa
 
     try:
@@ -193,6 +226,9 @@ def create_schema(engine: Any, metadata: Any) -> None:
             for column, kind in ADDED_DEVICE_COLUMNS.items():
                 if column not in present:
                     conn.execute(sa.text(f"ALTER TABLE devices ADD COLUMN {column} {kind}"))
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(engine, checkfirst=True)
     except sa.exc.OperationalError as exc:
         raise UserError(
             f"cannot open the fleet database {engine.url.render_as_string(hide_password=True)}: "

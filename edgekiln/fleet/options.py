@@ -10,6 +10,7 @@ from pathlib import Path
 from edgekiln.errors import UserError
 
 MiB = 1 << 20
+DAY = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class FleetOptions:
     max_metrics_per_heartbeat: int = 256
     max_models_per_heartbeat: int = 64
     max_faults_per_heartbeat: int = 64
+    # Raw heartbeats older than this are folded into per-minute aggregates
+    # (edgekiln.fleet.rollup), which are kept for aggregate_retention_seconds.
+    raw_retention_seconds: float = 1 * DAY
+    aggregate_retention_seconds: float = 90 * DAY
+    rollup_interval_seconds: float = 60.0  # 0: no roll-up in this process
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -56,6 +62,12 @@ class FleetOptions:
             raise UserError("fleet: presigned URL lifetime must be between 1 s and 7 days")
         if self.connected_seconds <= 0:
             raise UserError("fleet: the connected window must be positive")
+        if not 60 <= self.raw_retention_seconds < self.aggregate_retention_seconds:
+            raise UserError(
+                "fleet: the raw heartbeat retention must be at least 60 s and shorter than the aggregate retention"
+            )
+        if self.rollup_interval_seconds < 0:
+            raise UserError("fleet: the roll-up interval must be 0 (off) or positive")
         for name in (
             "max_body_bytes",
             "max_object_bytes",

@@ -105,7 +105,7 @@ def operator_routes(service: Service) -> APIRouter:
     @router.get("/v1/devices/{fleet}/{device}/heartbeats")
     def device_heartbeats(fleet: str, device: str) -> dict[str, Any]:
         try:
-            return {"heartbeat_ids": store.heartbeat_ids(fleet, device)}
+            return store.heartbeat_history(fleet, device)
         except NotFound as exc:
             raise _user_error(exc) from None
 

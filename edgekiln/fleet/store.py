@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterable
 
 from edgekiln.errors import UserError
-from edgekiln.fleet import reports
+from edgekiln.fleet import overview, reports, rollup
 from edgekiln.fleet.database import create_schema, define_tables, normalize_url, open_engine
 from edgekiln.fleet.records import AuditEntry, Device, HeartbeatRecord, RecordRef
 
@@ -51,6 +51,7 @@ class FleetStore:
         self.devices, self.audit = tables.devices, tables.audit
         self.heartbeats, self.device_models, self.faults = tables.heartbeats, tables.device_models, tables.faults
         self.batches, self.captures = tables.batches, tables.captures
+        self.heartbeat_minutes = tables.heartbeat_minutes
 
     def create_schema(self) -> None:
         create_schema(self.engine, self.metadata)
@@ -343,9 +344,7 @@ class FleetStore:
                 .mappings()
                 .all()
             )
-            heartbeat_count = conn.execute(
-                sa.select(sa.func.count()).select_from(self.heartbeats).where(self.heartbeats.c.device_id == device.id)
-            ).scalar()
+            heartbeat_count = rollup.heartbeat_count(conn, self, device.id)
             capture_count = conn.execute(
                 sa.select(sa.func.count()).select_from(self.captures).where(self.captures.c.device_id == device.id)
             ).scalar()
@@ -361,6 +360,39 @@ class FleetStore:
             ).all()
         counts = (heartbeat_count, capture_count, batch_count, batch_bytes)
         return reports.describe(row, models, counts, faults, now=now, connected_seconds=connected_seconds)
+
+    def overview(
+        self,
+        *,
+        now: float,
+        connected_seconds: float,
+        fleet: str | None = None,
+        status: str | None = None,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The fleet overview's rows (see :func:`edgekiln.fleet.overview.overview`)."""
+        return overview.overview(
+            self, now=now, connected_seconds=connected_seconds, fleet=fleet, status=status, model=model
+        )
+
+    def device_minutes(
+        self, fleet: str, name: str, since: float | None = None, until: float | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """A device's heartbeats and metrics per minute, raw and rolled-up together."""
+        return rollup.device_minutes(self, self.device(fleet, name).id, since, until)
+
+    def heartbeat_history(self, fleet: str, name: str) -> dict[str, Any]:
+        """The ids of the device's raw heartbeats, oldest first, and how many more were
+        rolled up into per-minute aggregates (their ids are not kept)."""
+        import sqlalchemy as sa
+
+        device = self.device(fleet, name)
+        h = self.heartbeats.c
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(sa.select(h.heartbeat_id).where(h.device_id == device.id).order_by(h.id))]
+            total = rollup.heartbeat_count(conn, self, device.id)
+        # Not one snapshot: a heartbeat that arrives between the two reads may be counted.
+        return {"heartbeat_ids": ids, "rolled_up": max(0, total - len(ids))}
 
     def heartbeat_ids(self, fleet: str, name: str) -> list[str]:
         import sqlalchemy as sa
