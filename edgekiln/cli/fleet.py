@@ -94,6 +94,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="largest upload to the local object store (default: 256 MiB)",
     )
     serve.add_argument("--api-docs", action="store_true", help="serve /docs and /openapi.json (default: off)")
+    serve.add_argument(
+        "--secure-cookies", action="store_true", help="mark the dashboard's session cookie Secure (behind HTTPS)"
+    )
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
 
@@ -184,6 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_object_bytes=args.max_object_bytes,
         api_docs=args.api_docs,
+        dashboard_secure_cookie=args.secure_cookies,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),

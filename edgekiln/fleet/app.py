@@ -156,4 +156,7 @@ def create_app(
     app.include_router(routes.device_routes(service))
     if isinstance(objects, objs.LocalObjects):
         app.include_router(routes.object_routes(service))
+    from edgekiln.fleet.dashboard import pages as dashboard
+
+    dashboard.register(app, service)
     return app
