@@ -77,16 +77,18 @@ class Access:
 def check_same_origin(request: Request) -> None:
     """Refuse a state-changing request that another site's page sent (403).
 
-    Browsers send ``Origin`` with every POST; ``Sec-Fetch-Site`` where an older one did
-    not.  A request with neither came from no browser (curl, a script), so no page of
-    another site can have made it."""
+    Browsers mark every request with ``Sec-Fetch-Site`` (``same-origin`` from our own
+    pages) and a POST with ``Origin`` — ``null`` under the pages' no-referrer policy, so
+    ``null`` counts only where ``Sec-Fetch-Site`` vouches for it.  A request with neither
+    header came from no browser (curl, a script), so no page of another site made it."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise HTTPException(403, "cross-site request refused")
     origin = request.headers.get("origin")
-    if origin is not None:
-        parsed = urllib.parse.urlsplit(origin)
-        if origin == "null" or (parsed.scheme, parsed.netloc) != (request.url.scheme, request.headers.get("host")):
-            raise HTTPException(403, "cross-site request refused")
+    if origin is None or (origin == "null" and fetch_site is not None):
         return
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+    parsed = urllib.parse.urlsplit(origin)
+    if (parsed.scheme, parsed.netloc) != (request.url.scheme, request.headers.get("host")):
         raise HTTPException(403, "cross-site request refused")
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from edgekiln.errors import UserError
-from edgekiln.fleet.bodies import Name
 from edgekiln.fleet.dashboard.charts import Series, line_chart
 
 MAX_RESULTS = 500
@@ -23,11 +22,15 @@ MAX_REGRESSIONS = 50
 HISTORY_UPLOADS = 30
 
 
+# A hardware target: the suite's name (x86_64, rasp4b, h200) or a CI runner's label.
+TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
 class BenchmarkUpload(BaseModel):
     """POST /v1/benchmarks: a hardware target's suite results (and gate verdict)."""
 
-    target: Name
-    label: str = Field(default="", max_length=128)
+    target: str = Field(pattern=TARGET_PATTERN)
+    label: str = Field(default="", max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
     report: dict[str, Any]
     gate: dict[str, Any] | None = None
 
