@@ -51,6 +51,7 @@ def _templates() -> Any:
     env.filters["when"] = lambda ts: "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
     env.filters["url"] = lambda s: quote(str(s), safe="")
     env.filters["size"] = _size
+    env.filters["num"] = lambda v: "–" if v is None else (f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}")
     return env
 
 

@@ -56,9 +56,9 @@ def tensor_image(data: bytes, data_type: str, shape: list[int]) -> Any:
     dims = [int(d) for d in shape]
     if not 2 <= len(dims) <= 4 or any(d < 1 for d in dims) or int(np.prod(dims)) > MAX_PIXELS * 3:
         raise NoThumbnail(f"tensor shape {dims} is not an image")
+    if len(data) != int(np.prod(dims)) * np.dtype(dtype).itemsize:
+        raise NoThumbnail(f"tensor of {len(data)} bytes does not have shape {dims} of {data_type}")
     array = np.frombuffer(data, dtype=dtype)
-    if array.size != int(np.prod(dims)):
-        raise NoThumbnail(f"tensor of {array.size} values does not have shape {dims}")
     array = array.reshape(dims).astype(np.float64)
     if array.ndim == 4:
         array = array[0]

@@ -162,11 +162,25 @@ def check_page(driver, fleet, out: Path, name: str, secrets: list[str]) -> None:
         assert secret not in source, f"{name}: a secret is in the page source"
     assert "X-Amz-" not in source and fleet.s3.endpoint not in source
     out.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(out / f"{name}.png"))
+    (out / f"{name}.png").write_bytes(full_page_png(driver))
     if os.environ.get("EDGEKILN_SCREENSHOT_DIR"):
         shared = Path(os.environ["EDGEKILN_SCREENSHOT_DIR"])
         shared.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / f"{name}.png", shared / f"{name}.png")
+
+
+def full_page_png(driver) -> bytes:
+    """The whole page, not only the window (Chrome's DevTools protocol)."""
+    import base64
+
+    width, height = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+    )
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
+    )
+    return base64.b64decode(shot["data"])
 
 
 def wait_for(driver, predicate, timeout: float, what: str):
