@@ -9,6 +9,7 @@ anything from elsewhere even by mistake.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -81,20 +82,29 @@ def register(app: FastAPI, service: Any) -> None:
         return RedirectResponse("/dashboard/signin", status_code=303, headers=SECURITY_HEADERS)
 
     app.add_exception_handler(SignInRequired, sign_in_required)
-    app.include_router(page_routes(service, access, tables, _templates()))
+    render = Renderer(_templates())
+    app.include_router(access_routes(access, render))
+    app.include_router(page_routes(service, access, tables, render))
     app.include_router(benchmark_routes(service, tables))
 
 
-def page_routes(service: Any, access: Access, tables: DashboardTables, env: Any) -> APIRouter:
-    store, options = service.store, service.options
-    router = APIRouter(prefix="/dashboard", include_in_schema=False)
+@dataclass(frozen=True)
+class Renderer:
+    """A page, or only its main section when the refresh script asks."""
 
-    def render(request: Request, template: str, session: Session | None, **context: Any) -> HTMLResponse:
+    env: Any
+
+    def __call__(self, request: Request, template: str, session: Session | None, **context: Any) -> HTMLResponse:
         fragment = bool(request.headers.get("x-dashboard-fragment"))
-        html = env.get_template(template).render(
+        html = self.env.get_template(template).render(
             fragment=fragment, csrf=session.csrf if session else "", refresh_ms=REFRESH_MS, **context
         )
         return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+def access_routes(access: Access, render: Renderer) -> APIRouter:
+    """Static files, sign-in and sign-out."""
+    router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
     @router.get("/static/{name}")
     def static(name: str) -> Response:
@@ -127,6 +137,14 @@ def page_routes(service: Any, access: Access, tables: DashboardTables, env: Any)
         response = RedirectResponse("/dashboard/signin", status_code=303, headers=SECURITY_HEADERS)
         access.sign_out(session, response)
         return response
+
+    return router
+
+
+def page_routes(service: Any, access: Access, tables: DashboardTables, render: Renderer) -> APIRouter:
+    """The pages, each for a signed-in admin."""
+    store, options = service.store, service.options
+    router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
     @router.get("")
     def overview(
