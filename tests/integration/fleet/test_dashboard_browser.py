@@ -62,7 +62,7 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def fleet(request, fleet_server):
     """A fleet service process on a fresh database of each kind."""
     if request.param == "sqlite":
