@@ -280,7 +280,7 @@ def check_refresh(driver, fleet, token):
     """A new heartbeat shows on the open page within 5 s, without a reload."""
     from selenium.common.exceptions import StaleElementReferenceException
 
-    marker = driver.execute_script("window.__notReloaded = true; return 1;")
+    driver.execute_script("window.__notReloaded = true")
     sent = time.monotonic()
     send_heartbeat(fleet, token, CAM1, version="0.9.1", count=50)
 
@@ -292,7 +292,7 @@ def check_refresh(driver, fleet, token):
 
     wait_for(driver, shows, 5, "the new heartbeat's agent version")
     assert time.monotonic() - sent < 5.0
-    assert driver.execute_script("return window.__notReloaded === true") and marker == 1
+    assert driver.execute_script("return window.__notReloaded === true")  # the main section, not the page
 
 
 def check_device(driver, fleet, out, secrets):
