@@ -99,6 +99,13 @@ def summarize(upload: BenchmarkUpload) -> dict[str, Any]:
     return summary
 
 
+def _short(key: str) -> str:
+    """A chart title: model, backend, precision and batch of a gate key
+    (``model/vendor/board/backend/precision/device/scenario/bN``)."""
+    parts = key.split("/")
+    return " · ".join([parts[0], *parts[-5:-3], parts[-1]]) if len(parts) >= 5 else key
+
+
 def page(tables: Any, target: str) -> dict[str, Any]:
     """The benchmarks page for ``target`` (default: the first target)."""
     targets = tables.benchmark_targets()
@@ -118,7 +125,6 @@ def page(tables: Any, target: str) -> dict[str, Any]:
                 for name, p50 in r["baselines"].items():
                     if p50 is not None:
                         lines.setdefault(name, []).append((upload["uploaded_at"], p50))
-        charts.append(
-            {"key": key, "chart": line_chart(f"p50 {key}", [Series(n, tuple(p)) for n, p in lines.items()], "ms")}
-        )
+        series = [Series(n, tuple(p)) for n, p in lines.items()]
+        charts.append({"key": key, "chart": line_chart(_short(key), series, "ms")})
     return {"targets": targets, "target": target, "latest": latest, "uploads": len(history), "charts": charts}

@@ -33,11 +33,27 @@ def _fmt(value: float) -> str:
         return f"{value / 1e6:.3g}M"
     if abs(value) >= 1e4:
         return f"{value / 1e3:.3g}k"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
     return f"{value:.3g}"
 
 
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+def _legend(series: list[Series]) -> tuple[list[str], int]:
+    """Swatches and names in rows under the title, wrapped to the chart's width; and the rows."""
+    parts, x, y, rows = [], LEFT + 6, TOP - 2, 1
+    for index, s in enumerate(series):
+        width = 14 + 5 * len(s.name) + 8  # about 5 px a character at 9 px
+        if x + width > WIDTH - RIGHT and x > LEFT + 6:
+            x, y, rows = LEFT + 6, y + 11, rows + 1
+        colour = COLOURS[index % len(COLOURS)]
+        parts.append(f'<rect x="{x}" y="{y}" width="8" height="8" fill="{colour}"/>')
+        parts.append(f'<text class="legend" x="{x + 11}" y="{y + 8}">{escape(s.name)}</text>')
+        x += width
+    return parts, rows
 
 
 def line_chart(title: str, series: list[Series], unit: str = "") -> Markup:
@@ -60,17 +76,19 @@ def line_chart(title: str, series: list[Series], unit: str = "") -> Markup:
         x0, x1 = x0 - 1, x1 + 1
     if y1 == y0:
         y1 = y0 + 1
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    legend, rows = _legend(series) if len(series) > 1 else ([], 0)
+    top = TOP + 11 * rows
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - top - BOTTOM
 
     def px(x: float) -> float:
         return round(LEFT + (x - x0) / (x1 - x0) * plot_w, 1)
 
     def py(y: float) -> float:
-        return round(TOP + plot_h - (y - y0) / (y1 - y0) * plot_h, 1)
+        return round(top + plot_h - (y - y0) / (y1 - y0) * plot_h, 1)
 
     parts = [head, label]
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{TOP + plot_h}" x2="{WIDTH - RIGHT}" y2="{TOP + plot_h}"/>')
-    parts.append(f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}"/>')
+    parts.append(f'<line class="axis" x1="{LEFT}" y1="{top + plot_h}" x2="{WIDTH - RIGHT}" y2="{top + plot_h}"/>')
+    parts.append(f'<line class="axis" x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{top + plot_h}"/>')
     for value in (y0, y1):
         parts.append(f'<text class="tick" x="{LEFT - 4}" y="{py(value) + 4}" text-anchor="end">{_fmt(value)}</text>')
     parts.append(f'<text class="tick" x="{LEFT}" y="{HEIGHT - 6}">{_clock(min(xs))}</text>')
@@ -87,9 +105,6 @@ def line_chart(title: str, series: list[Series], unit: str = "") -> Markup:
                 f'<circle cx="{px(x)}" cy="{py(y)}" r="2" fill="{colour}">'
                 f"<title>{escape(s.name)} {_fmt(y)} at {_clock(x)}</title></circle>"
             )
-        if len(series) > 1:
-            lx = LEFT + 8 + index * 90
-            parts.append(f'<rect x="{lx}" y="{TOP + 2}" width="8" height="8" fill="{colour}"/>')
-            parts.append(f'<text class="legend" x="{lx + 11}" y="{TOP + 10}">{escape(s.name)}</text>')
+    parts += legend
     parts.append("</svg>")
     return Markup("".join(parts))
