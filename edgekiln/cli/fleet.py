@@ -127,6 +127,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="how often each worker runs the roll-up; 0 turns it off (default: 60)",
     )
     serve.add_argument("--api-docs", action="store_true", help="serve /docs and /openapi.json (default: off)")
+    serve.add_argument(
+        "--secure-cookies", action="store_true", help="mark the dashboard's session cookie Secure (behind HTTPS)"
+    )
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
 
@@ -225,6 +228,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raw_retention_seconds=args.raw_retention,
         aggregate_retention_seconds=args.aggregate_retention,
         rollup_interval_seconds=args.rollup_every,
+        dashboard_secure_cookie=args.secure_cookies,
     )
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),

@@ -199,4 +199,7 @@ def create_app(
     if isinstance(objects, objs.LocalObjects):
         app.include_router(routes.object_routes(service))
         app.include_router(deploy_routes.package_file_routes(service))
+    from edgekiln.fleet.dashboard import pages as dashboard
+
+    dashboard.register(app, service)
     return app

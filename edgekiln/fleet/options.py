@@ -35,6 +35,8 @@ class FleetOptions:
     local_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     # /docs and /openapi.json describe every route to whoever asks: off unless wanted.
     api_docs: bool = False
+    # The dashboard's session cookie gets the Secure flag (set it behind HTTPS).
+    dashboard_secure_cookie: bool = False
     max_body_bytes: int = 4 * MiB
     max_object_bytes: int = 256 * MiB
     max_heartbeats_per_request: int = 100  # the agent sends 50 at most
