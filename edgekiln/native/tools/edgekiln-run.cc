@@ -1,9 +1,12 @@
 // edgekiln-run: run an edgekiln artifact on .npy arrays without Python, through the DLR C API.
 //
-//   edgekiln-run ARTIFACT INPUT.npy [INPUT.npy ...] [--top-k N] [--json]
+//   edgekiln-run ARTIFACT INPUT.npy [INPUT.npy ...] [--top-k N] [--json] [--outputs DIR]
 //
 // Prints the top-k classes of the first output, as `edgekiln run` does for .npy inputs
-// (the same JSON fields with --json). Exit status 0, or 1 with a one-line message.
+// (the same JSON fields with --json). A model with several inputs takes one INPUT per run
+// as comma-separated .npy files, in the model's input order. --outputs DIR also writes
+// every output of run k as DIR/k_j.npy (for validation). Exit status 0, or 1 with a
+// one-line message.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -24,9 +27,11 @@ struct Args {
   std::vector<std::string> inputs;
   int top_k = 5;
   bool json = false;
+  std::string outputs;
 };
 
-const char* kUsage = "usage: edgekiln-run ARTIFACT INPUT.npy [INPUT.npy ...] [--top-k N] [--json]\n";
+const char* kUsage =
+    "usage: edgekiln-run ARTIFACT INPUT.npy[,INPUT2.npy...] [INPUT.npy ...] [--top-k N] [--json] [--outputs DIR]\n";
 
 Args Parse(int argc, char** argv) {
   Args args;
@@ -43,6 +48,8 @@ Args Parse(int argc, char** argv) {
       long k = std::strtol(argv[++i], &end, 10);
       if (*end || k < 1 || k > 100000) throw std::runtime_error("--top-k must be a number of at least 1");
       args.top_k = static_cast<int>(k);
+    } else if (a == "--outputs" && i + 1 < argc) {
+      args.outputs = argv[++i];
     } else if (a.rfind("--", 0) == 0) {
       throw std::runtime_error("unknown option " + a + "\n" + kUsage);
     } else {
@@ -105,13 +112,33 @@ struct Result {
   std::vector<Class> top;
 };
 
-Result RunOne(DLRModelHandle& model, const std::string& path, const std::vector<std::string>& labels, int top_k) {
-  NpyArray array = ReadNpy(path);
-  const char *name = nullptr, *dtype = nullptr;
-  Check(GetDLRInputName(&model, 0, &name));
-  Check(GetDLRInputType(&model, 0, &dtype));
-  std::vector<char> data = ConvertTo(array, dtype);
-  Check(SetDLRInput(&model, name, array.shape.data(), data.data(), static_cast<int>(array.shape.size())));
+void SetInputs(DLRModelHandle& model, const std::string& paths) {
+  int count = 0;
+  Check(GetDLRNumInputs(&model, &count));
+  std::vector<std::string> files;
+  for (size_t start = 0;;) {
+    size_t comma = paths.find(',', start);
+    files.push_back(paths.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (static_cast<int>(files.size()) != count) {
+    throw std::runtime_error("the model takes " + std::to_string(count) + " input(s), got " +
+                             std::to_string(files.size()) + " in " + paths);
+  }
+  for (int i = 0; i < count; ++i) {
+    NpyArray array = ReadNpy(files[static_cast<size_t>(i)]);
+    const char *name = nullptr, *dtype = nullptr;
+    Check(GetDLRInputName(&model, i, &name));
+    Check(GetDLRInputType(&model, i, &dtype));
+    std::vector<char> data = ConvertTo(array, dtype);
+    Check(SetDLRInput(&model, name, array.shape.data(), data.data(), static_cast<int>(array.shape.size())));
+  }
+}
+
+Result RunOne(DLRModelHandle& model, const std::string& path, const std::vector<std::string>& labels, int top_k,
+              const std::string& save_as) {
+  SetInputs(model, path);
   Check(RunDLRModel(&model));
   int outputs = 0;
   Check(GetDLRNumOutputs(&model, &outputs));
@@ -125,6 +152,13 @@ Result RunOne(DLRModelHandle& model, const std::string& path, const std::vector<
     std::vector<int64_t> shape(static_cast<size_t>(dim));
     Check(GetDLROutputShape(&model, i, shape.data()));
     result.outputs.emplace_back(out_name, shape);
+    if (!save_as.empty()) {
+      const char* out_type = nullptr;
+      const void* data = nullptr;
+      Check(GetDLROutputType(&model, i, &out_type));
+      Check(GetDLROutputPtr(&model, i, &data));
+      WriteNpy(save_as + "_" + std::to_string(i) + ".npy", out_type, shape, data);
+    }
     if (i == 0) {
       const char* out_type = nullptr;
       Check(GetDLROutputType(&model, 0, &out_type));
@@ -176,7 +210,10 @@ int main(int argc, char** argv) {
       labels.push_back(label);
     }
     std::vector<Result> results;
-    for (const std::string& input : args.inputs) results.push_back(RunOne(model, input, labels, args.top_k));
+    for (size_t k = 0; k < args.inputs.size(); ++k) {
+      std::string save_as = args.outputs.empty() ? "" : args.outputs + "/" + std::to_string(k);
+      results.push_back(RunOne(model, args.inputs[k], labels, args.top_k, save_as));
+    }
     const char* profile = nullptr;
     Check(EdgekilnGetProfile(&model, &profile));
     if (args.json) {

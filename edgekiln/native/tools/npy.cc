@@ -110,3 +110,28 @@ std::vector<char> ConvertTo(const NpyArray& array, const std::string& dtype) {
   }
   return out;
 }
+
+void WriteNpy(const std::string& path, const std::string& dtype, const std::vector<int64_t>& shape, const void* data) {
+  static const char* descrs[][2] = {{"float32", "<f4"}, {"float64", "<f8"}, {"float16", "<f2"}, {"uint8", "|u1"},
+                                    {"int8", "|i1"},    {"int32", "<i4"},   {"int64", "<i8"}};
+  std::string descr;
+  for (auto& d : descrs) {
+    if (dtype == d[0]) descr = d[1];
+  }
+  if (descr.empty()) throw std::runtime_error("cannot write a " + dtype + " output as .npy");
+  std::string dims;
+  uint64_t elements = 1;
+  for (int64_t d : shape) dims += std::to_string(d) + ",", elements *= static_cast<uint64_t>(d);
+  if (shape.size() > 1) dims.pop_back();
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  // Magic, version and length take 10 bytes; the header is padded to a multiple of 64.
+  header.append(63 - (10 + header.size()) % 64, ' ');
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY\x01\x00", 8);
+  char len[2] = {static_cast<char>(header.size() & 0xff), static_cast<char>(header.size() >> 8)};
+  out.write(len, 2);
+  out << header;
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(elements * ItemSize(dtype)));
+  if (!out) throw std::runtime_error("cannot write " + path);
+}

@@ -19,4 +19,7 @@ NpyArray ReadNpy(const std::string& path);
 // between floats and from narrower integers); throws when the cast is not allowed.
 std::vector<char> ConvertTo(const NpyArray& array, const std::string& dtype);
 
+// Writes ``data`` (C order, little-endian) as a version 1.0 .npy file.
+void WriteNpy(const std::string& path, const std::string& dtype, const std::vector<int64_t>& shape, const void* data);
+
 #endif  // EDGEKILN_TOOLS_NPY_H_
