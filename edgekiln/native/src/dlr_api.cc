@@ -9,6 +9,10 @@
 #include <tvm/ffi/function.h>
 #include <tvm/runtime/tensor.h>
 
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -88,6 +92,24 @@ const T& At(const std::vector<T>& items, int index, const char* what) {
   return items[static_cast<size_t>(index)];
 }
 
+// The model library embeds the VM executable (weights included) as one blob, which TVM
+// copies out while loading. Its pages stay resident afterwards although nothing reads them
+// again: hand them back (they are clean file pages; a later read would fault them in).
+void ReleaseExecutableBlob(const std::string& library) {
+  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (!handle) return;
+  const char* blob = static_cast<const char*>(dlsym(handle, "__tvm_ffi__library_bin"));
+  if (blob) {
+    uint64_t nbytes = 0;
+    for (int i = 0; i < 8; ++i) nbytes |= static_cast<uint64_t>(static_cast<unsigned char>(blob[i])) << (8 * i);
+    uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    uintptr_t begin = (reinterpret_cast<uintptr_t>(blob) + page - 1) & ~(page - 1);
+    uintptr_t end = (reinterpret_cast<uintptr_t>(blob) + 8 + nbytes) & ~(page - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+  dlclose(handle);
+}
+
 void Load(Model* model) {
   const edgekiln::Manifest& m = model->artifact.manifest;
   const edgekiln::FileEntry* library = m.file("model-library");
@@ -100,6 +122,7 @@ void Load(Model* model) {
     vm->GetFunction("vm_initialization").value()(kDLCPUCode, 0, kPooledAllocator);
     model->main = vm->GetFunction("main").value();
     model->vm = vm;
+    ReleaseExecutableBlob(model->artifact.root + "/" + library->path);
   } catch (const ffi::Error& e) {
     Fail("cannot load the model library: " + std::string(e.message()));
   }
