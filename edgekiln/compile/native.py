@@ -128,6 +128,10 @@ def _build(profile: DeviceProfile, target: Path, options: BuildOptions) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Builds of earlier sources are never used again (the version names the sources).
+    for old in target.parent.iterdir():
+        if old.name not in ("build", target.name) and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(cmd: list[str], what: str) -> None:
