@@ -274,8 +274,10 @@ void ExtractVerified(GzStream& gz, const Member& m, const FileEntry& entry, cons
                      const std::string& path) {
   MakeParents(root, m.name);
   std::string target = root + "/" + m.name;
-  bool library = m.name.size() > 3 && m.name.compare(m.name.size() - 3, 3, ".so") == 0;
-  Fd out(open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, library ? 0755 : 0644));
+  // Libraries and programs under bin/ are executable, as edgekiln/artifact/package.py makes them.
+  bool executable = (m.name.size() > 3 && m.name.compare(m.name.size() - 3, 3, ".so") == 0) ||
+                    m.name.rfind("bin/", 0) == 0;
+  Fd out(open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, executable ? 0755 : 0644));
   if (out.fd < 0) Fail("cannot write " + target + ": " + strerror(errno));
   Sha256 digest;
   std::vector<char> buf(kChunk);
