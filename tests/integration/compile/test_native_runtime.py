@@ -224,7 +224,8 @@ def test_the_extracted_directory_gets_the_same_checks(c_test, small, tmp_path):
     root = tmp_path / "x"
     shutil.copytree(small[1], root)
     lib = root / "lib" / "model.so"
-    lib.write_bytes(lib.read_bytes()[:-1] + b"\x01")
+    data = lib.read_bytes()
+    lib.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     assert "differs from the manifest" in _refused(c_test, root, "differs from the manifest")
     shutil.copytree(small[1], tmp_path / "y")
     (tmp_path / "y" / "lib").rename(tmp_path / "real-lib")
@@ -247,7 +248,8 @@ def _marked_artifact(tmp_path, name, arch, tamper=False):
     manifest = Manifest.from_dict(data)
     if tamper:  # extracted, so that the file itself changes after the manifest was written
         (root / "manifest.json").write_text(manifest.to_json())
-        lib.write_bytes(lib.read_bytes()[:-1] + b"\x00")
+        data = lib.read_bytes()
+        lib.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
         return root
     return pack(manifest, root, tmp_path / f"{name}.tar.gz")
 
