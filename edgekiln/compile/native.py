@@ -9,6 +9,7 @@ else. Builds are cached per architecture and version (:mod:`edgekiln.runtime.nat
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -58,8 +59,15 @@ def ensure_native_runtime(
     if found is not None and not options.force:
         return found
     target = native.build_dir(arch)
-    with progress.step(f"build the native runtime for {arch} ({native.native_version()})"):
-        _build(profile, target, options)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One build per architecture at a time: builds share the object folder.
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = native.find_native_runtime(arch)
+        if found is not None and not options.force:
+            return found  # built by another process while this one waited
+        with progress.step(f"build the native runtime for {arch} ({native.native_version()})"):
+            _build(profile, target, options)
     built = native.find_native_runtime(arch)
     assert built is not None
     return built
