@@ -19,7 +19,9 @@ STAMP := $(VENV)/.edgekiln-setup
 # debian-archive-keyring: edgekiln emulate checks the Debian arm64/armhf packages it
 # downloads for a board's sysroot against it (present on Debian, installable on Ubuntu).
 # chromium + chromium-driver: the fleet dashboard's browser tests drive headless Chromium.
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf debian-archive-keyring postgresql chromium chromium-driver
+# cmake, zlib1g-dev (zlib.h only): edgekiln build-runtime, the native runtime's build.
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf debian-archive-keyring postgresql \
+  chromium chromium-driver cmake zlib1g-dev
 # qemu-user runs the emulated boards (edgekiln emulate). Debian 12's own QEMU 7.2 crashes in
 # some aarch64 wheels (onnxruntime at import); QEMU 8 and later do not, so on Debian 12 it
 # comes from bookworm-backports (QEMU 10).

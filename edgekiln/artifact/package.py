@@ -75,6 +75,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def executable(name: str) -> bool:
+    """Whether an artifact member is mapped or run: libraries, and programs under bin/
+    (the native runtime's edgekiln-run)."""
+    return name.endswith(".so") or name.startswith("bin/")
+
+
 def file_entry(root: Path, relpath: str, role: str) -> FileEntry:
     """Describe ``root/relpath`` for the manifest."""
     path = root / relpath
@@ -126,7 +132,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
     info = _normalized(tarfile.TarInfo(name))
     info.size = path.stat().st_size
-    info.mode = 0o755 if name.endswith(".so") else 0o644
+    info.mode = 0o755 if executable(name) else 0o644
     with open(path, "rb") as fh:
         tar.addfile(info, fh)
 
@@ -292,7 +298,7 @@ def _extract_verified(
             f"artifact member {member.name!r} has sha256 {digest.hexdigest()[:16]}…; "
             f"the manifest says {entry.sha256[:16]}… (the artifact was changed after it was built)"
         )
-    if member.name.endswith(".so"):
+    if executable(member.name):
         target.chmod(0o755)
 
 

@@ -92,6 +92,13 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
     parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
     parser.add_argument(
+        "--native-runtime",
+        action="store_true",
+        help="tvm: bundle libedgekiln and edgekiln-run (built by `edgekiln build-runtime`, once per "
+        "architecture) so the device needs no Python, and validate through them, on the emulated "
+        "board when this machine cannot run the target",
+    )
+    parser.add_argument(
         "--no-ptx",
         action="store_true",
         help="CUDA profiles: embed only SASS for the profile's GPU, no PTX (the tvm option embed_ptx=false)",
@@ -158,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         backend_options=backend_options,
         validation=ValidationOptions(tolerance_abs=args.tolerance, samples=args.validation_samples),
         validate=not args.no_validate,
+        native_runtime=args.native_runtime,
         quantize=None
         if args.quantize is None
         else QuantizeOptions(

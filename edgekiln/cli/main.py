@@ -22,6 +22,7 @@ COMMANDS = (
     "profiles",
     "zoo",
     "fetch-runtime",
+    "build-runtime",
     "emulate",
     "agent",
     "agent-ctl",

@@ -61,8 +61,14 @@ class CompileOptions:
     validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
     validate: bool = True
     quantize: QuantizeOptions | None = None
+    # Bundle libedgekiln + edgekiln-run (compile/native.py) and validate through them.
+    native_runtime: bool = False
 
     def __post_init__(self) -> None:
+        if self.native_runtime and self.backend != "tvm":
+            raise UserError(
+                f"--native-runtime runs tvm artifacts only; the backend is {self.backend}", hint="add --backend tvm"
+            )
         given = self.backend_options
         if isinstance(given, Mapping):
             if given and self.backend == auto.AUTO:
@@ -251,10 +257,16 @@ def lower_and_validate(
     root.mkdir(parents=True)
     lowered = backend.lower(model, profile, options.options_for(backend), root, progress, calibration=calibration)
     files = dict(lowered.files)
+    extra: dict[str, Any] = {}
+    if options.native_runtime:
+        from edgekiln.compile import native
+
+        bundled, extra["native_runtime"] = native.bundle(profile, root, progress)
+        files.update(bundled)
     if source.labels:
         (root / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
         files[LABELS_FILE] = "labels"
-    manifest = _manifest(model, version, profile, backend.id, lowered, files, root)
+    manifest = replace(_manifest(model, version, profile, backend.id, lowered, files, root), extra=extra)
     (root / "manifest.json").write_text(manifest.to_json())
     if calibration is not None:
         assert int8 is not None and int8.gate_data is not None
@@ -326,11 +338,13 @@ def _validate(
     executed_on = f"host {compat.host_info().arch}"
     why_not = host_can_execute(profile)
     if why_not:
-        board = _emulated_board(profile, manifest.backend)
+        board = _native_board(profile) if options.native_runtime else _emulated_board(profile, manifest.backend)
         if isinstance(board, str):
             return validate.skipped(f"this machine cannot execute the target ({why_not}) and {board}")
         runner = board
         executed_on = f"emulated {profile.id} (qemu {profile.emulation.cpu})"  # type: ignore[union-attr]
+    if options.native_runtime:
+        executed_on += ", native runtime"
     device = "cuda" if profile.is_cuda else "cpu"
     settings = options.validation
     where = " on the emulated board" if runner.kind == "emulated" else ""
@@ -345,7 +359,12 @@ def _validate(
             floor = validate.INT8_RELATIVE_TOLERANCE * spread
             if settings.tolerance_abs < floor:
                 settings = replace(settings, tolerance_abs=round(floor, 6))
-        candidate = validate.run_artifact(root, batches, device, runner)
+        if options.native_runtime:
+            from edgekiln.execute.native import run_native
+
+            candidate = run_native(root, batches, profile if runner.kind == "emulated" else None)
+        else:
+            candidate = validate.run_artifact(root, batches, device, runner)
         return validate.compare(
             reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})"
         )
@@ -359,6 +378,23 @@ def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | st
     if not registry.get(backend).runs_on_emulated_board:
         return f"the emulated board carries no {backend} runtime"
     return emulated_board_problem(profile) or EmulatedRunner(profile)
+
+
+def _native_board(profile: DeviceProfile) -> EmulatedRunner | str:
+    """The emulated board that runs a native-runtime artifact, or why there is none. Unlike
+    a Python worker's board, it needs the board's C library only, not its Python packages."""
+    from edgekiln import emulation
+
+    if profile.emulation is None:
+        return "the profile has no emulated board"
+    try:
+        emulation.find_qemu(profile)
+    except DependencyError as exc:
+        return f"no emulator: {exc.one_line()}"
+    if emulation.find_sysroot(profile) is None:
+        name = profile.aliases[0] if profile.aliases else profile.id
+        return f"its emulated board is not built (run `edgekiln emulate {name} --info` once)"
+    return EmulatedRunner(profile)
 
 
 def _manifest(

@@ -82,7 +82,8 @@ def command(
     """The host command line and environment that run ``argv`` on the emulated board.
 
     ``argv[0]`` is ``python`` (or ``python3``) for the board's Python, ``edgekiln`` for the
-    edgekiln command there, a program name looked up in the sysroot's /usr/local/bin,
+    edgekiln command there, ``edgekiln-run`` for the native runner that ``edgekiln
+    build-runtime`` built for the board, a program name looked up in the sysroot's /usr/local/bin,
     /usr/bin and /usr/sbin, or a path: an absolute one
     that exists in the sysroot is taken from there, any other from the host (relative to
     ``cwd``), e.g. a program built with the profile's cross compiler.  ``env`` adds to (and
@@ -181,6 +182,13 @@ def _program(sysroot: Sysroot, name: str, cwd: Path, depth: int = 0) -> list[str
     if name == "edgekiln":
         # The device's console script; the sysroot has the package but no script for it.
         return [str(sysroot.python_path), "-m", "edgekiln.cli.main"]
+    if name == "edgekiln-run":
+        # The native runner that `edgekiln build-runtime` built for this board's CPU.
+        from edgekiln.runtime.native import find_native_runtime
+
+        built = find_native_runtime(sysroot.arch)
+        if built is not None:
+            return [str(built.runner)]
     if "/" not in name:
         for directory in GUEST_PATH:
             candidate = sysroot.host_path(f"{directory}/{name}")

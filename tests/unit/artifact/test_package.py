@@ -157,3 +157,23 @@ def test_failed_pack_leaves_no_output(tmp_path):
     with pytest.raises(FileNotFoundError):
         pack(manifest, src, tmp_path / "out.tar.gz")
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_libraries_and_bin_programs_stay_executable(tmp_path):
+    import dataclasses
+
+    from edgekiln.artifact import Manifest
+    from edgekiln.artifact.package import executable, file_entry, pack, unpack
+    from tests.data.hostile import artifacts as hostile
+
+    assert executable("lib/model.so") and executable("bin/edgekiln-run")
+    assert not executable("labels.txt") and not executable("include/edgekiln/dlr.h")
+    root = tmp_path / "a"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "edgekiln-run").write_bytes(b"run")
+    (root / "labels.txt").write_text("cat\n")
+    files = [dataclasses.asdict(file_entry(root, n, "x")) for n in ("bin/edgekiln-run", "labels.txt")]
+    manifest = Manifest.from_dict({**hostile.manifest({}), "files": files})
+    unpack(pack(manifest, root, tmp_path / "a.tar.gz"), tmp_path / "out")
+    assert (tmp_path / "out" / "bin" / "edgekiln-run").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "labels.txt").stat().st_mode & 0o111 == 0
