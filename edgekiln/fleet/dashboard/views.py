@@ -29,13 +29,19 @@ class Deployments:
 
 
 def read_deployments(store: Any) -> Deployments | None:
-    """The fleet's deployments, or None where this service keeps none.
+    """The fleet's deployments (a store without deployment tables is an older service's:
+    the pages then say so, hence the None in their signatures).
 
     The one place the dashboard reads deployments from: a plan is
     ``{"name", "model", "version", "created_at", "stages": [{"name", "counts": {status: n}}]}``,
     a state a short word (``in-progress``, ``succeeded``, ``rolled-back``), a history entry
     ``{"at", "plan", "stage", "status", "detail"}``."""
-    return None
+    from edgekiln.fleet.dashboard import deploy_view
+    from edgekiln.fleet.deployments import DeploymentStore
+
+    deployments = DeploymentStore(store)
+    state, history = deploy_view.device_results(store, deployments)
+    return Deployments(plans=deploy_view.plans(deployments), state=state, history=history)
 
 
 def _status(last: float | None, now: float, connected_seconds: float) -> str:

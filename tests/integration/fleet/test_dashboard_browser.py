@@ -319,13 +319,13 @@ def check_device(driver, fleet, out, secrets):
         "the thumbnail",
     )
     assert size == [96, 96]
-    assert "keeps no deployments" in driver.page_source
+    assert "No deployment has reached this device." in driver.page_source
     check_page(driver, fleet, out, "device", secrets)
 
 
 def check_deployments_and_benchmarks(driver, fleet, out, secrets, report):
     driver.get(fleet.endpoint + "/dashboard/deployments")
-    assert "does not keep deployment plans yet" in css(driver, "#deployments-empty")[0].text
+    assert "No deployment plans yet." in css(driver, "#deployments-empty")[0].text
     check_page(driver, fleet, out, "deployments", secrets)
     driver.get(fleet.endpoint + "/dashboard/benchmarks")
     assert css(driver, "#target")[0].text == "x86_64" and css(driver, "#uploads")[0].text == "2"

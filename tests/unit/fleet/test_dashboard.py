@@ -174,7 +174,7 @@ def test_device_page_charts_and_thumbnails(api, hb):
     for bad in (f"f/d1/batches/{batch}/2", f"f/d1/batches/{batch}/3", f"f/d2/batches/{batch}/0", "f/nope/batches/1/0"):
         assert api.client.get(f"/dashboard/devices/{bad}.png").status_code == 404, bad
     assert other not in page and "/v1/objects/" not in page  # no presigned URL in the page
-    assert "keeps no deployments yet" in page
+    assert "No deployment has reached this device." in page
     deployments = api.client.get("/dashboard/deployments").text
     assert 'id="deployments-empty"' in deployments
 

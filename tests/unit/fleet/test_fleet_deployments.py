@@ -373,3 +373,27 @@ def test_deployments_need_a_device_token_and_urls_serve_ranges(api, upload):
     assert api.client.get(url.replace("signature=", "signature=0")).status_code == 403
     api.clock[0] += 3600
     assert api.client.get(url).status_code == 403  # expired
+
+
+def test_dashboard_shows_plans_stage_counts_and_each_device_state(api, upload):
+    tokens = fleet_of(api, 3)
+    upload()
+    api.admin("POST", "/v1/deployment-plans", json=plan_body())
+    api.admin("POST", "/v1/deployment-plans/p1/stages/canary/start")
+    [d] = deployments(api, tokens["d1"])
+    report(api, tokens["d1"], "d1", result(d["deployment_id"], "ROLLED_BACK", reason="output is NaN"))
+    signed = api.client.post(
+        "/dashboard/signin",
+        content="credential=admin-token-0123456789",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://127.0.0.1:9"},
+        follow_redirects=False,
+    )
+    assert signed.status_code == 303
+    page = api.client.get("/dashboard/deployments").text
+    assert 'data-plan="p1"' in page and "HALTED" in page
+    assert "rolled_back 1" in page and "FAILED" in page  # the canary's count and its stage status
+    assert "No deployment plans" not in page
+    overview = api.client.get("/dashboard").text
+    assert "rolled-back" in overview
+    device = api.client.get("/dashboard/devices/f/d1").text
+    assert "output is NaN" in device and "canary" in device and "ROLLED_BACK" in device
