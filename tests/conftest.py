@@ -135,9 +135,8 @@ def short_dir():
 def make_package(tmp_path_factory):
     """make_package(handle, version, profile=..., salt=...) -> a signed package of a tiny
     artifact (no compiler needed); ``salt`` changes the artifact's bytes."""
-    from edgekiln.artifact import FileEntry, Manifest, ModelInfo, RuntimeRequirements, TensorSpec, Validation, pack
-    from edgekiln.artifact.package import sha256_file
     from edgekiln.artifact.signing import build_package, generate_keypair
+    from tests.signed_packages import tiny_artifact
 
     root = tmp_path_factory.mktemp("packages")
     key, _ = generate_keypair(root, "release")
@@ -146,24 +145,7 @@ def make_package(tmp_path_factory):
     def make(handle: str, version: int, *, profile: str = "generic/x86-64-avx2", salt: str = "") -> Path:
         work = root / f"a{len(made)}"
         work.mkdir()
-        (work / "model.bin").write_bytes(bytes(range(256)) * 8 + salt.encode())
-        manifest = Manifest(
-            model=ModelInfo("tiny", "1", "onnx", "0" * 64),
-            profile=profile,
-            backend="onnxruntime",
-            backend_options={},
-            target_triple="x86_64-linux-gnu",
-            edgekiln_version="0",
-            compiler={},
-            runtime=RuntimeRequirements(arch="x86_64"),
-            inputs=(TensorSpec("input", "float32", (1, 4)),),
-            outputs=(TensorSpec("out", "float32", (1, 2)),),
-            files=(
-                FileEntry("model.bin", (work / "model.bin").stat().st_size, sha256_file(work / "model.bin"), "weights"),
-            ),
-            validation=Validation(status="skipped", reason="test"),
-        )
-        artifact = pack(manifest, work, work / "tiny.tar.gz")
+        artifact = tiny_artifact(work, bytes(range(256)) * 8 + salt.encode(), profile)
         out = root / f"{handle}-{version}-{len(made)}.pkg"
         build_package(artifact, key, handle, version, out)
         made.append(out)

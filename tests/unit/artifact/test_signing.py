@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from edgekiln.artifact import FileEntry, Manifest, ModelInfo, RuntimeRequirements, TensorSpec, Validation, pack
 from edgekiln.artifact.package import sha256_file
 from edgekiln.artifact.signing import (
     ARTIFACT_MEMBER,
@@ -24,7 +23,7 @@ from edgekiln.artifact.signing import (
 )
 from edgekiln.cli.main import main
 from edgekiln.errors import IntegrityError, UserError
-from tests.signed_packages import flip, retar
+from tests.signed_packages import flip, retar, tiny_artifact
 from tests.signed_packages import members as read_members
 
 
@@ -37,22 +36,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifact")
-    (root / "model.bin").write_bytes(bytes(range(256)) * 40)
-    manifest = Manifest(
-        model=ModelInfo("tiny", "1", "onnx", "0" * 64),
-        profile="generic/x86-64-avx2",
-        backend="onnxruntime",
-        backend_options={},
-        target_triple="x86_64-linux-gnu",
-        edgekiln_version="0",
-        compiler={},
-        runtime=RuntimeRequirements(arch="x86_64"),
-        inputs=(TensorSpec("input", "float32", (1, 4)),),
-        outputs=(TensorSpec("out", "float32", (1, 2)),),
-        files=(FileEntry("model.bin", 10240, sha256_file(root / "model.bin"), "weights"),),
-        validation=Validation(status="skipped", reason="test"),
-    )
-    return pack(manifest, root, root / "tiny.tar.gz")
+    return tiny_artifact(root, bytes(range(256)) * 40)
 
 
 @pytest.fixture
