@@ -4,6 +4,7 @@ packages with Range, heartbeats), a proxy that cuts connections, and agent proce
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import json
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -193,6 +194,17 @@ class FleetStub:
         self.deployments = [entry]
         return entry
 
+    def wait_result(self, deployment_id: str, status: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        """The result a heartbeat brought for ``deployment_id`` once it has ``status`` (by
+        default: any status but DEPLOYING); an AssertionError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.results.get(deployment_id)
+            if result is not None and (result["status"] == status if status else result["status"] != "DEPLOYING"):
+                return result
+            time.sleep(0.1)
+        raise AssertionError(f"no {status or 'final'} result for {deployment_id}: {self.results.get(deployment_id)}")
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -348,6 +360,27 @@ class AgentProcess:
         """Which version serves: the scale of the weights (output / output of scale 1)."""
         expected = np.ones((1, 8), np.float32) @ (np.arange(32, dtype=np.float32).reshape(W_SHAPE) / 32)
         return float(np.round(self.predict(handle)[0, 0] / expected[0, 0], 3))
+
+
+@contextlib.contextmanager
+def fleet_and_agent(
+    deploy_parts: dict[str, Any], short_dir: Path, tmp_path: Path
+) -> Iterator[tuple[FleetStub, AgentProcess]]:
+    """A fleet stub and an agent (not started) that trusts the release key and polls the
+    stub; the agent is stopped and the stub closed when the block ends."""
+    fleet = FleetStub(tmp_path)
+    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
+    try:
+        yield fleet, agent
+    finally:
+        agent.stop()
+        fleet.close()
+
+
+def install_first(fleet: FleetStub, agent: AgentProcess, package: Path, deployment_id: str, version: int) -> None:
+    """Deploy ``package`` as tiny v``version`` to a running agent and wait until it serves."""
+    fleet.publish(package, deployment_id, "tiny", version)
+    assert agent.wait_final(deployment_id)["status"] == "SUCCEEDED"
 
 
 def random_cuts(size: int, count: int, seed: int) -> list[int]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edgekiln.artifact.signing import ARTIFACT_MEMBER, MANIFEST_MEMBER, SIGNATURE_MEMBER
-from tests.integration.agents.deploy_kit import ROOT, AgentProcess, FleetStub
+from tests.integration.agents.deploy_kit import ROOT, AgentProcess, fleet_and_agent, install_first
 from tests.signed_packages import flip, members, retar
 
 
@@ -57,12 +57,9 @@ def _bad_packages(package, tmp_path) -> dict[str, tuple[object, str]]:
 
 
 def test_bad_packages_are_refused_and_the_old_model_serves(deploy_parts, package, short_dir, tmp_path):
-    fleet = FleetStub(tmp_path)
-    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
-    try:
+    with fleet_and_agent(deploy_parts, short_dir, tmp_path) as (fleet, agent):
         agent.start().wait_ready()
-        fleet.publish(package("a2", 2), "good-2", "tiny", 2)
-        assert agent.wait_final("good-2")["status"] == "SUCCEEDED"
+        install_first(fleet, agent, package("a2", 2), "good-2", 2)
         slots = agent.root / "s" / "deploy" / "slots" / "tiny"
         before = sorted(p.name for p in slots.iterdir())
         for index, (name, (pkg, words)) in enumerate(_bad_packages(package, tmp_path).items()):
@@ -77,23 +74,9 @@ def test_bad_packages_are_refused_and_the_old_model_serves(deploy_parts, package
         fleet.deployments = []
         agent.proc.send_signal(10)  # SIGUSR1: report now
         for index in range(9):
-            result = _wait_result(fleet, f"bad-{index}")
+            result = fleet.wait_result(f"bad-{index}")
             assert result["status"] == "FAILED" and result["state"] == "UNDEPLOYED" and result["reason"]
-    finally:
-        agent.stop()
-        fleet.close()
     assert agent.proc.returncode == 0
-
-
-def _wait_result(fleet, deployment_id, timeout=20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if deployment_id in fleet.results and fleet.results[deployment_id]["status"] != "DEPLOYING":
-            return fleet.results[deployment_id]
-        time.sleep(0.1)
-    raise AssertionError(f"no result for {deployment_id}: {fleet.results.get(deployment_id)}")
 
 
 @pytest.mark.parametrize("trusted", [True, False])

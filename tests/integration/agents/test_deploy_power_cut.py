@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from edgekiln.agents.deploy.faults import STEPS
-from tests.integration.agents.deploy_kit import AgentProcess, FleetStub
+from tests.integration.agents.deploy_kit import fleet_and_agent, install_first
 
 SEEDS = 5
 # Checkpoints each step passes on every run: the N-th of them is where the kill happens.
@@ -15,13 +15,10 @@ CHECKPOINTS = {"download": 4, "verify": 3, "unpack": 2, "switch": 2, "health": 2
 
 
 def test_kill_minus_nine_at_every_step(deploy_parts, package, short_dir, tmp_path):
-    fleet = FleetStub(tmp_path)
-    agent = AgentProcess(short_dir / "dev", [deploy_parts["pub"]], endpoint=fleet.url)
     kills, version = 0, 1
-    try:
+    with fleet_and_agent(deploy_parts, short_dir, tmp_path) as (fleet, agent):
         agent.start().wait_ready()
-        fleet.publish(package("p1", 1), "v1", "tiny", 1)
-        assert agent.wait_final("v1")["status"] == "SUCCEEDED"
+        install_first(fleet, agent, package("p1", 1), "v1", 1)
         agent.stop()
         for step in STEPS:
             for seed in range(SEEDS):
@@ -46,6 +43,3 @@ def test_kill_minus_nine_at_every_step(deploy_parts, package, short_dir, tmp_pat
                 assert agent.proc.returncode == 0
         print(f"\nkill -9 power cuts: {kills} ({SEEDS} seeds x {len(STEPS)} steps), 0 devices without a serving model")
         assert kills >= 30
-    finally:
-        agent.stop()
-        fleet.close()
