@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from edgekiln.agents.durable import write_durable
 from edgekiln.agents.model_worker import ModelProcess, WorkerError, load_error
 from edgekiln.agents.reporter import ModelMetrics, ModelReport, model_report
 from edgekiln.artifact.names import check_name
@@ -241,19 +242,14 @@ class ModelRegistry:
     # -- persistence of the loaded list ---------------------------------------------
     def _save(self) -> None:
         """Write the loaded list: one writer at a time (the last to write saw every change
-        before it), each through a temporary file of its own, synced, then renamed."""
+        before it), durably."""
         if self.state_file is None:
             return
         with self._save_lock:
             with self._lock:
                 models = sorted((m for m in self._models.values() if m.persist), key=lambda m: m.name)
                 data = [{"name": m.name, "url": m.url} for m in models]
-            tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps({"models": data}, indent=1))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.state_file)
+            write_durable(self.state_file, json.dumps({"models": data}, indent=1).encode())
 
     def saved(self) -> list[dict[str, str]]:
         if self.state_file is None or not self.state_file.is_file():

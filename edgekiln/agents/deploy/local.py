@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekiln.agents.deploy.store import FINAL, DeploymentLog, fsync_dir
+from edgekiln.agents.deploy.store import FINAL, DeploymentLog
+from edgekiln.agents.durable import fsync_dir
 from edgekiln.artifact.package import sha256_file
 from edgekiln.errors import UserError
 

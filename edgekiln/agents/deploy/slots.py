@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgekiln.agents.deploy.store import fsync_dir
+from edgekiln.agents.durable import fsync_dir
 from edgekiln.artifact.names import check_name
 from edgekiln.artifact.package import unpack
 from edgekiln.errors import IntegrityError

@@ -1,6 +1,5 @@
-"""What deployments keep on disk, each write durable: written to a temporary file, fsynced,
-renamed over the old one, and the directory fsynced, so that a power cut leaves the old or
-the new content and never a torn file.
+"""What deployments keep on disk, each write durable (:func:`edgekiln.agents.durable.write_durable`):
+a power cut leaves the old or the new content and never a torn file.
 
 - :class:`VersionFloor`: the highest version committed per model handle (anti-rollback).
 - :class:`DeploymentLog`: every deployment the device took on, its step and its result,
@@ -10,10 +9,11 @@ the new content and never a torn file.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
+
+from edgekiln.agents.durable import write_durable
 
 # A deployment log far larger than any device's history means it was not written by us.
 MAX_STATE_BYTES = 8 << 20
@@ -21,25 +21,6 @@ MAX_STATE_BYTES = 8 << 20
 KEEP_FINISHED = 200
 
 FINAL = ("SUCCEEDED", "FAILED", "ROLLED_BACK", "FAILED_UNABLE_TO_ROLLBACK")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash at any point leaves one whole version."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path, default: Any) -> Any:
