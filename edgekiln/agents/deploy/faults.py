@@ -13,8 +13,9 @@ import os
 import signal
 import threading
 
+from edgekiln.agents.deploy.spec import STEPS
+
 KILL_ENV = "EDGEKILN_DEPLOY_KILL_AT"
-STEPS = ("download", "verify", "unpack", "switch", "health", "commit")
 
 _counts: dict[str, int] = {}
 _lock = threading.Lock()

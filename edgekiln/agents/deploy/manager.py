@@ -37,7 +37,7 @@ from edgekiln.agents.deploy.download import DownloadInterrupted, download
 from edgekiln.agents.deploy.faults import checkpoint
 from edgekiln.agents.deploy.health import check_health, recorded_reference
 from edgekiln.agents.deploy.slots import Slots
-from edgekiln.agents.deploy.spec import MAX_DEPLOYMENTS, Deployment, from_fleet, heartbeat_result
+from edgekiln.agents.deploy.spec import MAX_DEPLOYMENTS, STEPS, Deployment, from_fleet, heartbeat_result
 from edgekiln.agents.deploy.store import FINAL, DeploymentLog, VersionFloor
 from edgekiln.errors import EdgekilnError, UserError
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 CRASH_LOOP_STARTS = 3
 # Download attempts in a row that bring no byte before the deployment waits for the next round.
 MAX_STALLED_TRIES = 4
-STEPS = ("download", "verify", "unpack", "switch", "health", "commit")
 INBOX_SUFFIX = ".pkg"
 
 

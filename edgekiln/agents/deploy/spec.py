@@ -16,6 +16,8 @@ MAX_ID_CHARS = 256
 MAX_URL_CHARS = 8192
 # More deployments than this in one answer are not a device's desired state.
 MAX_DEPLOYMENTS = 64
+# The install steps in their order (see :mod:`edgekiln.agents.deploy.manager`).
+STEPS = ("download", "verify", "unpack", "switch", "health", "commit")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
