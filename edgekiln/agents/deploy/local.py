@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekiln.agents.deploy.store import FINAL, DeploymentLog
+from edgekiln.agents.deploy.store import FINAL, DeploymentLog, log_path
 from edgekiln.agents.durable import fsync_dir
 from edgekiln.artifact.package import sha256_file
 from edgekiln.errors import UserError
@@ -51,14 +51,14 @@ def _wake(state_dir: Path) -> None:
 
 
 def records(config: Any) -> list[dict[str, Any]]:
-    path = Path(config.agent.state_dir) / "deploy" / "deployments.json"
+    path = log_path(config.agent.state_dir)
     return sorted(DeploymentLog(path).all(), key=lambda r: r.get("updated_at") or 0) if path.is_file() else []
 
 
 def wait(config: Any, deployment_id: str, timeout: float) -> dict[str, Any]:
     """The deployment's record once it is final; UserError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    path = Path(config.agent.state_dir) / "deploy" / "deployments.json"
+    path = log_path(config.agent.state_dir)
     while True:
         record = DeploymentLog(path).get(deployment_id) if path.is_file() else None
         if record is not None and record.get("status") in FINAL:

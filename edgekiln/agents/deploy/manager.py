@@ -38,7 +38,7 @@ from edgekiln.agents.deploy.faults import checkpoint
 from edgekiln.agents.deploy.health import check_health, recorded_reference
 from edgekiln.agents.deploy.slots import Slots
 from edgekiln.agents.deploy.spec import MAX_DEPLOYMENTS, STEPS, Deployment, from_fleet, heartbeat_result
-from edgekiln.agents.deploy.store import FINAL, DeploymentLog, VersionFloor
+from edgekiln.agents.deploy.store import FINAL, DeploymentLog, VersionFloor, log_path
 from edgekiln.errors import EdgekilnError, UserError
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ class DeployManager:
         self.registry = registry
         self.client = client
         self.clock = clock
-        state = Path(config.agent.state_dir) / "deploy"
+        log_file = log_path(config.agent.state_dir)
         self.slots_dir, self.staging, self.inbox = self.deploy.dirs(Path(config.agent.state_dir))
-        for directory in (state, self.slots_dir, self.staging, self.inbox):
+        for directory in (log_file.parent, self.slots_dir, self.staging, self.inbox):
             directory.mkdir(parents=True, exist_ok=True)
         self.slots = Slots(self.slots_dir)
-        self.log = DeploymentLog(state / "deployments.json")
-        self.floor = VersionFloor(state / "versions.json")
+        self.log = DeploymentLog(log_file)
+        self.floor = VersionFloor(log_file.parent / "versions.json")
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None

@@ -23,6 +23,12 @@ KEEP_FINISHED = 200
 FINAL = ("SUCCEEDED", "FAILED", "ROLLED_BACK", "FAILED_UNABLE_TO_ROLLBACK")
 
 
+def log_path(state_dir: str | Path) -> Path:
+    """Where the agent with ``state_dir`` keeps its :class:`DeploymentLog` (the agent writes
+    it; ``agent-ctl deploy`` and ``deployments`` read it)."""
+    return Path(state_dir) / "deploy" / "deployments.json"
+
+
 def read_json(path: Path, default: Any) -> Any:
     """The JSON in ``path``; ``default`` when it does not exist. A file that is not ours (too
     large, not JSON) raises ValueError: guessing would undo the anti-rollback record."""
