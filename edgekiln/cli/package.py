@@ -64,22 +64,15 @@ def parse_duration(text: str) -> float:
 def record_outputs(artifact: Path, tolerance: float, samples: int = 3, seed: int = 0) -> tuple[dict, bytes]:
     """(description, bytes) of the artifact's outputs on ``samples`` seeded inputs, run here;
     the inputs are :func:`edgekiln.execute.inputs.make_inputs`'s, which a device makes alike."""
-    import numpy as np
-
-    from edgekiln.execute.inputs import make_inputs
+    from edgekiln.execute.inputs import encode_outputs, make_inputs
     from edgekiln.runtime.model import Model
 
     if not tolerance > 0:
         raise UserError("--health-tolerance must be a positive number")
     model = Model(str(artifact))
     outputs = [model.run(list(sample)) for sample in make_inputs(model.manifest.inputs, samples, seed=seed)]
-    arrays = [[np.ascontiguousarray(o, dtype=np.dtype(o.dtype).newbyteorder("<")) for o in s] for s in outputs]
-    meta = {
-        "seed": seed,
-        "tolerance_abs": tolerance,
-        "outputs": [[{"dtype": str(a.dtype.newbyteorder("=")), "shape": list(a.shape)} for a in s] for s in arrays],
-    }
-    return meta, b"".join(a.tobytes() for s in arrays for a in s)
+    specs, data = encode_outputs(outputs)
+    return {"seed": seed, "tolerance_abs": tolerance, "outputs": specs}, data
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 Compile's validation, the benchmark harness and auto's timing all feed a model the same
 inputs and judge its outputs the same way, so "validated" and "benchmarked" mean one thing.
+A package carries outputs recorded where it was built (:func:`encode_outputs`), and the
+device's health check reads them back (:func:`decode_outputs`) to compare with its own.
 """
 
 from __future__ import annotations
@@ -114,3 +116,26 @@ def compare_outputs(
             agree += int(np.sum(np.argmax(r0.reshape(rows, -1), axis=1) == np.argmax(g0.reshape(rows, -1), axis=1)))
             rows_seen += rows
     return OutputDiff(tuple(worst), agree / rows_seen if rows_seen else 0.0, len(reference))
+
+
+def encode_outputs(samples: Sequence[Sequence[np.ndarray]]) -> tuple[list[list[dict[str, Any]]], bytes]:
+    """Outputs recorded on one machine for another to compare against: per sample, per output
+    ``{"dtype", "shape"}``, and the arrays' bytes, little-endian, one after another."""
+    arrays = [[np.ascontiguousarray(a, dtype=np.dtype(a.dtype).newbyteorder("<")) for a in s] for s in samples]
+    specs = [[{"dtype": str(a.dtype.newbyteorder("=")), "shape": list(a.shape)} for a in s] for s in arrays]
+    return specs, b"".join(a.tobytes() for s in arrays for a in s)
+
+
+def decode_outputs(specs: Sequence[Sequence[Mapping[str, Any]]], data: bytes) -> Samples:
+    """The arrays :func:`encode_outputs` wrote, in this machine's byte order; ``specs`` must
+    account for ``data`` (whoever received them checked that)."""
+    offset, samples = 0, []
+    for sample in specs:
+        arrays = []
+        for spec in sample:
+            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            arrays.append(np.frombuffer(data, dtype, count, offset).reshape(spec["shape"]).astype(spec["dtype"]))
+            offset += count * dtype.itemsize
+        samples.append(arrays)
+    return samples

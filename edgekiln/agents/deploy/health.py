@@ -31,19 +31,11 @@ class Reference:
 def recorded_reference(description: Any, path: Path) -> Reference | None:
     """The package's recorded outputs (its verified ``health`` description and member bytes,
     kept in staging), or None when it recorded none."""
-    import numpy as np
+    from edgekiln.execute.inputs import decode_outputs
 
     if not description or not path.is_file():
         return None
-    data, offset, outputs = path.read_bytes(), 0, []
-    for sample in description["outputs"]:
-        arrays = []
-        for spec in sample:
-            dtype = np.dtype(spec["dtype"]).newbyteorder("<")
-            count = int(np.prod(spec["shape"], dtype=np.int64))
-            arrays.append(np.frombuffer(data, dtype, count, offset).reshape(spec["shape"]).astype(spec["dtype"]))
-            offset += count * dtype.itemsize
-        outputs.append(arrays)
+    outputs = decode_outputs(description["outputs"], path.read_bytes())
     return Reference(int(description["seed"]), outputs, float(description["tolerance_abs"]))
 
 

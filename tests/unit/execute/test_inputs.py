@@ -9,7 +9,7 @@ import pytest
 
 from edgekiln.artifact.manifest import TensorSpec
 from edgekiln.errors import BackendError
-from edgekiln.execute.inputs import compare_outputs, make_inputs
+from edgekiln.execute.inputs import compare_outputs, decode_outputs, encode_outputs, make_inputs
 
 IMAGENET = {
     "layout": "NCHW",
@@ -85,3 +85,17 @@ def test_shape_or_count_mismatches_are_backend_errors_naming_the_output():
         compare_outputs(ref, [[np.ones((1, 3)), np.ones(1)]])
     with pytest.raises(BackendError, match="0 output samples against 1"):
         compare_outputs(ref, [])
+
+
+def test_recorded_outputs_come_back_as_they_were_with_their_byte_count():
+    big_endian = np.arange(6, dtype=">f4").reshape(2, 3)
+    samples = [[big_endian, np.array([[-3, 7]], np.int64)], [np.zeros((1, 2), np.float16), np.ones(0, np.uint8)]]
+    specs, data = encode_outputs(samples)
+    assert specs[0] == [{"dtype": "float32", "shape": [2, 3]}, {"dtype": "int64", "shape": [1, 2]}]
+    assert len(data) == 6 * 4 + 2 * 8 + 2 * 2 + 0
+    assert data[:8] == np.array([0.0, 1.0], "<f4").tobytes()  # little-endian whatever the source
+    back = decode_outputs(specs, data)
+    assert [[a.dtype.name for a in s] for s in back] == [["float32", "int64"], ["float16", "uint8"]]
+    for got, want in zip(back, samples):
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and np.array_equal(g, w)
