@@ -60,7 +60,8 @@ ARTIFACT_MEMBER = "artifact.tar.gz"
 # raw little-endian arrays one after another, as the manifest's ``health`` field lists them.
 HEALTH_MEMBER = "health.bin"
 MAX_HEALTH_BYTES = 16 << 20
-_HEALTH_DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64")
+# The dtypes a recorded output may have, and their sizes in bytes.
+_HEALTH_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8}
 MAX_PACKAGE_MANIFEST_BYTES = 64 << 10
 MAX_SIGNATURE_BYTES = 4 << 10
 MAX_MEMBERS = 8
@@ -225,7 +226,7 @@ def _health(value: Any, sizes: dict[str, int]) -> dict[str, Any] | None:
 
 
 def _array_bytes(spec: Any) -> int:
-    if not isinstance(spec, dict) or spec.get("dtype") not in _HEALTH_DTYPES:
+    if not isinstance(spec, dict) or spec.get("dtype") not in _HEALTH_ITEMSIZE:
         raise IntegrityError("a recorded output has no supported dtype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or len(shape) > 8:
@@ -235,8 +236,7 @@ def _array_bytes(spec: Any) -> int:
         if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= MAX_HEALTH_BYTES:
             raise IntegrityError("a recorded output has a bad size in its shape")
         count *= dim
-    itemsize = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8}[spec["dtype"]]
-    return count * itemsize
+    return count * _HEALTH_ITEMSIZE[spec["dtype"]]
 
 
 def _member(value: Any) -> PackageMember:
