@@ -100,7 +100,8 @@ def _deployments(args: argparse.Namespace) -> int:
         found = local.records(config)
         if args.json:
             print(json.dumps({"deployments": found}, indent=2))
-        for record in [] if args.json else found:
+            return 0
+        for record in found:
             spec = record.get("spec") or {}
             print(
                 f"{record['deployment_id']:<40} {spec.get('handle', '?')} v{spec.get('version', '?')} "
