@@ -44,10 +44,10 @@ def read_deployments(store: Any) -> Deployments | None:
     return Deployments(plans=deploy_view.plans(deployments), state=state, history=history)
 
 
-def _status(last: float | None, now: float, connected_seconds: float) -> str:
-    if last is None:
+def _status(row: dict[str, Any]) -> str:
+    if row["last_heartbeat_at"] is None:
         return "never"
-    return "online" if now - last <= connected_seconds else "offline"
+    return "online" if row["online"] else "offline"
 
 
 def overview(
@@ -60,29 +60,24 @@ def overview(
     model: str = "",
     sort: str = "fleet",
 ) -> dict[str, Any]:
-    """Every device (filtered by fleet, status and model; sorted), with its models."""
-    import sqlalchemy as sa
+    """Every device (filtered by fleet, status and model; sorted), with its models.
 
-    d, m = store.devices.c, store.device_models.c
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(d.id, d.fleet, d.name, d.agent_version, d.last_heartbeat_at, d.revoked_at)).all()
-        model_rows = conn.execute(sa.select(m.device_id, m.model_name, m.model_version)).all()
-    models: dict[int, list[tuple[str, str]]] = {}
-    for device_id, name, version in model_rows:
-        models.setdefault(device_id, []).append((name, version))
+    The rows are the store's overview rows (:meth:`FleetStore.overview`), read unfiltered:
+    the page's counts, fleets and model names are of the whole fleet, and its filters
+    include "never" (no heartbeat yet), which the store's do not."""
     deployments = read_deployments(store)
     devices = [
         {
-            "fleet": r.fleet,
-            "name": r.name,
-            "agent_version": r.agent_version or "",
-            "last_heartbeat_at": r.last_heartbeat_at,
-            "status": _status(r.last_heartbeat_at, now, connected_seconds),
-            "revoked": r.revoked_at is not None,
-            "models": sorted(models.get(r.id, [])),
-            "deployment": (deployments.state.get((r.fleet, r.name), "") if deployments else ""),
+            "fleet": r["fleet"],
+            "name": r["device"],
+            "agent_version": r["agent_version"] or "",
+            "last_heartbeat_at": r["last_heartbeat_at"],
+            "status": _status(r),
+            "revoked": r["revoked"],
+            "models": sorted((m["model_name"], m["model_version"]) for m in r["models"]),
+            "deployment": (deployments.state.get((r["fleet"], r["device"]), "") if deployments else ""),
         }
-        for r in rows
+        for r in store.overview(now=now, connected_seconds=connected_seconds)
     ]
     counts = {s: sum(1 for x in devices if x["status"] == s) for s in STATUSES}
     counts["total"] = len(devices)
