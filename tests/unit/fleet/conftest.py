@@ -12,6 +12,7 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its test c
     from fastapi.testclient import TestClient
 
 from edgekiln.fleet.app import FleetOptions, create_app
+from edgekiln.fleet.store import FleetStore
 
 ADMIN = "admin-token-0123456789"
 BASE = "http://127.0.0.1:9"
@@ -85,6 +86,15 @@ def make_fleet(tmp_path):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A FleetStore on a fresh SQLite file, its schema made."""
+    s = FleetStore(f"sqlite:///{tmp_path / 'fleet.db'}")
+    s.create_schema()
+    yield s
+    s.close()
 
 
 @pytest.fixture
