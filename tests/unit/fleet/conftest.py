@@ -37,6 +37,19 @@ class FleetApi:
         assert answer.status_code == 201, answer.text
         return answer.json()["token"]
 
+    def sign_in(self, credential: str = ADMIN, headers=None):
+        """Sign in to the dashboard as its form does (same origin unless ``headers`` say
+        otherwise); the answer, not followed."""
+        return self.client.post(
+            "/dashboard/signin",
+            content=f"credential={credential}",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                **({"Origin": BASE} if headers is None else headers),
+            },
+            follow_redirects=False,
+        )
+
     def heartbeat(self, token: str, *heartbeats):
         return self.device(token, "POST", "/v1/agent/heartbeats", json={"heartbeats": list(heartbeats)})
 
