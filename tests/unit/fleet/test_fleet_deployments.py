@@ -4,6 +4,7 @@ packages, plans, stage order, device selection, GetDeployments, results and halt
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -393,3 +394,18 @@ def test_dashboard_shows_plans_stage_counts_and_each_device_state(api, upload):
     assert "rolled-back" in overview
     device = api.client.get("/dashboard/devices/f/d1").text
     assert "output is NaN" in device and "canary" in device and "ROLLED_BACK" in device
+
+
+def test_the_deployments_page_describes_only_the_newest_plans(api, upload, monkeypatch):
+    from edgekiln.fleet.dashboard import deploy_view
+
+    fleet_of(api, 1)
+    upload()
+    for name in ("p1", "p2", "p3"):
+        assert api.admin("POST", "/v1/deployment-plans", json=plan_body(name)).status_code == 201
+    monkeypatch.setattr(deploy_view, "MAX_PLANS", 2)
+    assert api.sign_in().status_code == 303
+    page = api.client.get("/dashboard/deployments").text
+    assert re.findall(r'data-plan="(p\d)"', page) == ["p3", "p2"]
+    listed = api.admin("GET", "/v1/deployment-plans").json()["plans"]
+    assert [p["edge_deployment_plan_name"] for p in listed] == ["p1", "p2", "p3"]  # the API lists every plan
