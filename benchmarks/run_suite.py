@@ -390,29 +390,16 @@ def run_suite(
     return report, gate_result, status
 
 
-# Per-query timings: the fleet keeps p50/p99 and ratios only, and a large suite's arrays
-# would outgrow its request size limit.
-_BULKY = ("times_ms", "pair_ms")
-
-
 def upload_results(
     report: BenchReport, gate_result: Any, *, endpoint: str, token: str, target: str, label: str = ""
 ) -> dict[str, Any]:
     """Send the suite's results and gate verdict to the fleet's benchmarks page."""
     from edgekiln.cli.fleet import FleetAdmin
 
-    data = report.to_dict()
-    for result in data.get("results", []):
-        for subject in result.get("subjects", []):
-            for name in _BULKY:
-                subject.pop(name, None)
-    body = {
-        "target": target,
-        "label": label,
-        "report": data,
-        "gate": gate_result.to_dict() if gate_result is not None else None,
-    }
-    return FleetAdmin(endpoint, token, timeout=60).call("POST", "/v1/benchmarks", body)
+    gate = gate_result.to_dict() if gate_result is not None else None
+    return FleetAdmin(endpoint, token, timeout=60).upload_benchmarks(
+        report.to_dict(), target=target, label=label, gate=gate
+    )
 
 
 def _upload_token(path: Path | None) -> str:

@@ -310,6 +310,18 @@ class FleetAdmin:
         except (urllib.error.URLError, OSError) as exc:
             raise UserError(f"fleet service at {self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
 
+    def upload_benchmarks(
+        self, report: dict[str, Any], *, target: str, label: str = "", gate: dict[str, Any] | None = None
+    ) -> Any:
+        """POST a benchmark report (a BenchReport's dict) and gate verdict to the fleet's
+        benchmarks page, without the per-query timings: the fleet keeps p50/p99 and ratios
+        only, and a large suite's arrays would outgrow its request size limit."""
+        for result in report.get("results", []):
+            for subject in result.get("subjects", []):
+                for bulky in ("times_ms", "pair_ms"):
+                    subject.pop(bulky, None)
+        return self.call("POST", "/v1/benchmarks", {"target": target, "label": label, "report": report, "gate": gate})
+
 
 def _admin(args: argparse.Namespace) -> FleetAdmin:
     from edgekiln.errors import UserError
