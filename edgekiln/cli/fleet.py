@@ -323,18 +323,23 @@ class FleetAdmin:
         return self.call("POST", "/v1/benchmarks", {"target": target, "label": label, "report": report, "gate": gate})
 
 
-def _admin(args: argparse.Namespace) -> FleetAdmin:
+def admin_token(token_file: str | Path | None) -> str:
+    """The fleet's admin token: the file's when one is given, else $EDGEKILN_FLEET_ADMIN_TOKEN."""
     from edgekiln.errors import UserError
 
     token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN", "")
-    if args.admin_token_file:
+    if token_file:
         try:
-            token = Path(args.admin_token_file).read_text().strip()
+            token = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise UserError(f"admin token file {args.admin_token_file}: {exc.strerror}") from None
+            raise UserError(f"admin token file {token_file}: {exc.strerror}") from None
     if not token:
         raise UserError("no admin token: give --admin-token-file or set EDGEKILN_FLEET_ADMIN_TOKEN")
-    return FleetAdmin(args.endpoint, token)
+    return token
+
+
+def _admin(args: argparse.Namespace) -> FleetAdmin:
+    return FleetAdmin(args.endpoint, admin_token(args.admin_token_file))
 
 
 def run_client(args: argparse.Namespace) -> int:
