@@ -206,7 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
     from edgekiln.fleet.database import make_private_dirs, normalize_url
     from edgekiln.fleet.options import FleetOptions
-    from edgekiln.fleet.serving import MAX_WORKERS, serve
+    from edgekiln.fleet.serving import check_workers, serve
 
     data_dir = Path(args.data_dir)
     make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects
@@ -237,8 +237,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
-    if not 1 <= args.workers <= MAX_WORKERS:
-        raise UserError(f"--workers {args.workers} is not between 1 and {MAX_WORKERS}")
+    check_workers(args.workers)  # before the banner below: a refused start prints none
     token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
     try:
         database = sqlalchemy.engine.make_url(normalize_url(options.database_url)).render_as_string()
