@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.servers import FleetServer, PostgresServer  # noqa: E402
 from edgekiln.agents.reporter import build_heartbeat, model_report  # noqa: E402
+from edgekiln.bench.statistics import percentile  # noqa: E402
 from edgekiln.fleet.store import FleetStore, hash_token  # noqa: E402
 
 FLEET = "load"
@@ -298,11 +299,6 @@ def _postmaster(pg: PostgresServer | None) -> int | None:
     return int((pg.root / "data" / "postmaster.pid").read_text().split()[0])
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
-
-
 # -- one run -----------------------------------------------------------------------------
 def load_run(db: str, n: int, args: argparse.Namespace, workdir: Path, pg: PostgresServer | None) -> dict[str, Any]:
     url = pg.url if pg else f"sqlite:///{workdir / f'fleet-{n}.db'}"
@@ -348,8 +344,8 @@ def load_run(db: str, n: int, args: argparse.Namespace, workdir: Path, pg: Postg
         "latency_ms": {
             kind: {
                 "count": len(v),
-                "p50": round(1000 * _percentile(v, 0.5), 1),
-                "p99": round(1000 * _percentile(v, 0.99), 1),
+                "p50": round(1000 * percentile(v, 50), 1),
+                "p99": round(1000 * percentile(v, 99), 1),
             }
             for kind, v in sorted(t.latencies.items())
         },

@@ -45,6 +45,7 @@ from edgekiln.bench import gate as gate_module
 from edgekiln.bench import report as report_module
 from edgekiln.bench.harness import BenchOptions, bench_artifact
 from edgekiln.bench.results import BenchReport, Skipped
+from edgekiln.cli import fleet as fleet_cli
 from edgekiln.errors import EdgekilnError, UserError
 from edgekiln.execute.host import machine_description
 from edgekiln.execute.progress import ConsoleProgress
@@ -390,41 +391,14 @@ def run_suite(
     return report, gate_result, status
 
 
-# Per-query timings: the fleet keeps p50/p99 and ratios only, and a large suite's arrays
-# would outgrow its request size limit.
-_BULKY = ("times_ms", "pair_ms")
-
-
 def upload_results(
     report: BenchReport, gate_result: Any, *, endpoint: str, token: str, target: str, label: str = ""
 ) -> dict[str, Any]:
     """Send the suite's results and gate verdict to the fleet's benchmarks page."""
-    from edgekiln.cli.fleet import FleetAdmin
-
-    data = report.to_dict()
-    for result in data.get("results", []):
-        for subject in result.get("subjects", []):
-            for name in _BULKY:
-                subject.pop(name, None)
-    body = {
-        "target": target,
-        "label": label,
-        "report": data,
-        "gate": gate_result.to_dict() if gate_result is not None else None,
-    }
-    return FleetAdmin(endpoint, token, timeout=60).call("POST", "/v1/benchmarks", body)
-
-
-def _upload_token(path: Path | None) -> str:
-    token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN", "")
-    if path is not None:
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise UserError(f"admin token file {path}: {exc.strerror}") from None
-    if not token:
-        raise UserError("--upload needs the fleet's admin token: set EDGEKILN_FLEET_ADMIN_TOKEN or --admin-token-file")
-    return token
+    gate = gate_result.to_dict() if gate_result is not None else None
+    return fleet_cli.FleetAdmin(endpoint, token, timeout=60).upload_benchmarks(
+        report.to_dict(), target=target, label=label, gate=gate
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         suite = load_suite(args.suite_file, args.suite)
         if args.runs is not None and args.runs < 1:
             raise UserError("--runs must be at least 1")
-        token = _upload_token(args.admin_token_file) if args.upload else ""
+        # Read before the suite runs: a CI job without the token fails at once.
+        token = fleet_cli.admin_token(args.admin_token_file) if args.upload else ""
         report, gate_result, status = run_suite(
             suite,
             args.out,

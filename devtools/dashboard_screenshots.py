@@ -18,10 +18,8 @@ from pathlib import Path
 PAGES = (("overview", "/dashboard"), ("deployments", "/dashboard/deployments"), ("benchmarks", "/dashboard/benchmarks"))
 
 
-def shoot(driver, path: Path) -> None:
-    """The whole page, not only the window, as a small palette PNG."""
-    from PIL import Image
-
+def full_page_png(driver) -> bytes:
+    """The whole page, not only the window (Chrome's DevTools protocol), as PNG bytes."""
     width, height = driver.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
     )
@@ -29,7 +27,14 @@ def shoot(driver, path: Path) -> None:
         "Page.captureScreenshot",
         {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
     )
-    image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+    return base64.b64decode(shot["data"])
+
+
+def shoot(driver, path: Path) -> None:
+    """The whole page as a small palette PNG."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(full_page_png(driver))).convert("RGB")
     image.quantize(colors=64).save(path, optimize=True)
     print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 

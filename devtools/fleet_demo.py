@@ -233,11 +233,7 @@ def keep_running(procs: Processes, endpoint: str, admin: FleetAdmin, image: Path
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "x86_64" / "results.json"
     if results.is_file():
-        report = json.loads(results.read_text())
-        for subject in (s for r in report.get("results", []) for s in r.get("subjects", [])):
-            for bulky in ("times_ms", "pair_ms"):  # the fleet keeps p50/p99 and ratios only
-                subject.pop(bulky, None)
-        admin.call("POST", "/v1/benchmarks", {"target": "x86_64", "label": "committed results", "report": report})
+        admin.upload_benchmarks(json.loads(results.read_text()), target="x86_64", label="committed results")
     print(
         f"\n== the dashboard: {endpoint}/dashboard\n"
         f"   sign in with the admin token in {procs.work / 'fleet' / 'admin-token'}\n"

@@ -206,7 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise DependencyError(f"the fleet service needs {exc.name}", hint="pip install 'edgekiln[fleet]'") from None
     from edgekiln.fleet.database import make_private_dirs, normalize_url
     from edgekiln.fleet.options import FleetOptions
-    from edgekiln.fleet.serving import MAX_WORKERS, serve
+    from edgekiln.fleet.serving import check_workers, serve
 
     data_dir = Path(args.data_dir)
     make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects
@@ -237,8 +237,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
-    if not 1 <= args.workers <= MAX_WORKERS:
-        raise UserError(f"--workers {args.workers} is not between 1 and {MAX_WORKERS}")
+    check_workers(args.workers)  # before the banner below: a refused start prints none
     token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
     try:
         database = sqlalchemy.engine.make_url(normalize_url(options.database_url)).render_as_string()
@@ -310,19 +309,36 @@ class FleetAdmin:
         except (urllib.error.URLError, OSError) as exc:
             raise UserError(f"fleet service at {self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
 
+    def upload_benchmarks(
+        self, report: dict[str, Any], *, target: str, label: str = "", gate: dict[str, Any] | None = None
+    ) -> Any:
+        """POST a benchmark report (a BenchReport's dict) and gate verdict to the fleet's
+        benchmarks page, without the per-query timings: the fleet keeps p50/p99 and ratios
+        only, and a large suite's arrays would outgrow its request size limit."""
+        for result in report.get("results", []):
+            for subject in result.get("subjects", []):
+                for bulky in ("times_ms", "pair_ms"):
+                    subject.pop(bulky, None)
+        return self.call("POST", "/v1/benchmarks", {"target": target, "label": label, "report": report, "gate": gate})
 
-def _admin(args: argparse.Namespace) -> FleetAdmin:
+
+def admin_token(token_file: str | Path | None) -> str:
+    """The fleet's admin token: the file's when one is given, else $EDGEKILN_FLEET_ADMIN_TOKEN."""
     from edgekiln.errors import UserError
 
     token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN", "")
-    if args.admin_token_file:
+    if token_file:
         try:
-            token = Path(args.admin_token_file).read_text().strip()
+            token = Path(token_file).read_text().strip()
         except OSError as exc:
-            raise UserError(f"admin token file {args.admin_token_file}: {exc.strerror}") from None
+            raise UserError(f"admin token file {token_file}: {exc.strerror}") from None
     if not token:
         raise UserError("no admin token: give --admin-token-file or set EDGEKILN_FLEET_ADMIN_TOKEN")
-    return FleetAdmin(args.endpoint, token)
+    return token
+
+
+def _admin(args: argparse.Namespace) -> FleetAdmin:
+    return FleetAdmin(args.endpoint, admin_token(args.admin_token_file))
 
 
 def run_client(args: argparse.Namespace) -> int:

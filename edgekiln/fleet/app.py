@@ -31,14 +31,12 @@ from fastapi.responses import JSONResponse
 
 from edgekiln import __version__
 from edgekiln.fleet import objects as objs
+from edgekiln.fleet import packages as pkgs
 from edgekiln.fleet.auth import Auth
 from edgekiln.fleet.options import FleetOptions
 from edgekiln.fleet.store import FleetStore
 
 __all__ = ["FleetOptions", "create_app", "build_object_store", "BodyLimit"]
-
-OBJECTS_PATH = "/v1/objects/"
-PACKAGES_PATH = "/v1/packages"  # package uploads: capped like objects, not like JSON
 
 
 def build_object_store(options: FleetOptions) -> Any:
@@ -69,7 +67,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        large = scope["path"].startswith(OBJECTS_PATH) or scope["path"] == PACKAGES_PATH
+        # Object PUTs and package uploads are capped like objects, not like JSON.
+        large = scope["path"].startswith(objs.PUT_PATH) or scope["path"] == pkgs.UPLOAD_PATH
         limit = self.object_limit if large else self.json_limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:

@@ -115,7 +115,7 @@ def _store_package(service: Service, deployments: DeploymentStore, path: Path) -
         # bytes under a recorded version are refused by add_package (the key holds the
         # sha256, so nothing recorded is overwritten).
         if not any(p["model_version"] == facts.version for p in deployments.list_packages(facts.handle)):
-            pkgs.put_file(service.objects, facts.object_key, path)
+            service.objects.put_file(facts.object_key, path)
         return deployments.add_package(facts, service.clock())
     except UserError as exc:
         raise _http(exc) from None
@@ -131,7 +131,7 @@ def device_routes(service: Service) -> APIRouter:
         out = []
         for d in deployments.deployments_for(device, service.clock()):
             key = d.pop("object_key")
-            d["package_url"] = pkgs.presign_get(service.objects, key, service.options.presign_seconds, base)
+            d["package_url"] = service.objects.presign_get(key, service.options.presign_seconds, base)
             out.append(d)
         return {"deployments": out}
 

@@ -145,12 +145,17 @@ class DeploymentStore:
                 )
         return self.describe(body.edge_deployment_plan_name)
 
-    def list_plans(self) -> list[dict[str, Any]]:
+    def list_plans(self, newest: int | None = None) -> list[dict[str, Any]]:
+        """Every plan described, oldest first; only the ``newest`` ones when given (a
+        description reads the plan's stages and devices, so a page asks for few)."""
         import sqlalchemy as sa
 
+        query = sa.select(self.plans.c.name).order_by(self.plans.c.id.desc())
+        if newest is not None:
+            query = query.limit(newest)
         with self.engine.connect() as conn:
-            names = [r[0] for r in conn.execute(sa.select(self.plans.c.name).order_by(self.plans.c.id))]
-        return [self.describe(n) for n in names]
+            names = [r[0] for r in conn.execute(query)]
+        return [self.describe(n) for n in reversed(names)]
 
     def _plan(self, conn: Any, name: str) -> tuple[Any, Any, list[Any]]:
         """The plan's row, its package's row and its stages' rows (in order)."""

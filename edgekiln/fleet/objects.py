@@ -16,8 +16,9 @@ import re
 import secrets
 import time
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, BinaryIO, Iterator
 
 from edgekiln.artifact.names import is_valid_name
 from edgekiln.errors import DependencyError, UserError
@@ -26,6 +27,9 @@ from edgekiln.fleet.database import make_private_dirs
 # A key segment after the model name: what the agent produces (dates, batch and record ids,
 # object names) — the agent's record-id rule.
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+# Where the fleet service serves the local store's presigned PUTs and (packages) GETs.
+PUT_PATH = "/v1/objects/"
+GET_PATH = "/v1/package-files/"
 
 
 class TooLarge(UserError):
@@ -107,6 +111,16 @@ class S3Objects:
             "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
         )
 
+    def presign_get(self, key: str, expires_in: int, base_url: str) -> str:
+        """A URL that GETs ``key`` (S3 serves Range requests) for ``expires_in`` seconds."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key`` (multipart when large; whole or not at all)."""
+        self.client.upload_file(str(path), self.bucket, key)
+
     def head(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
@@ -138,46 +152,68 @@ class LocalObjects:
     def ensure_ready(self) -> None:
         make_private_dirs(self.root, 0o750)
 
-    def _signature(self, key: str, expires: int) -> str:
-        return hmac.new(self.secret, f"PUT\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def _signature(self, verb: str, key: str, expires: int) -> str:
+        # The verb is signed: a PUT URL of a key can never serve as its GET URL, nor back.
+        return hmac.new(self.secret, f"{verb}\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _presign(self, verb: str, route: str, key: str, expires_in: int, base_url: str) -> str:
+        expires = int(time.time()) + int(expires_in)
+        query = urllib.parse.urlencode({"expires": expires, "signature": self._signature(verb, key, expires)})
+        return f"{base_url.rstrip('/')}{route}{urllib.parse.quote(key)}?{query}"
 
     def presign_put(self, key: str, expires_in: int, base_url: str) -> str:
-        expires = int(time.time()) + int(expires_in)
-        query = urllib.parse.urlencode({"expires": expires, "signature": self._signature(key, expires)})
-        return f"{base_url.rstrip('/')}/v1/objects/{urllib.parse.quote(key)}?{query}"
+        return self._presign("PUT", PUT_PATH, key, expires_in, base_url)
 
-    def verify(self, key: str, expires: int, signature: str, now: float) -> bool:
-        return now <= expires and hmac.compare_digest(self._signature(key, expires), signature)
+    def presign_get(self, key: str, expires_in: int, base_url: str) -> str:
+        """A URL of the service's own GET route (with Range) for ``expires_in`` seconds."""
+        return self._presign("GET", GET_PATH, key, expires_in, base_url)
 
-    def _path(self, key: str) -> Path:
+    def verify(self, key: str, expires: int, signature: str, now: float, verb: str = "PUT") -> bool:
+        return now <= expires and hmac.compare_digest(self._signature(verb, key, expires), signature)
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (which may not exist); a key with empty, . or .. parts is refused."""
         parts = key.split("/")
         if any(p in ("", ".", "..") for p in parts):
             raise UserError(f"bad object key {key!r}")
         return self.root.joinpath(*parts)
 
-    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], limit: int) -> int:
-        """Write the chunks to ``key`` as they come, at most ``limit`` bytes (else TooLarge and
-        nothing is stored); the object appears whole or not at all.  Returns its size."""
-        path = self._path(key)
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[BinaryIO]:
+        """A new file for ``key``: it replaces the object only when the block ends without an
+        error, so an object appears whole or not at all."""
+        path = self.path(key)
         make_private_dirs(path.parent, 0o750)
         tmp = path.with_name(path.name + f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             with os.fdopen(fd, "wb") as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise TooLarge(f"object {key} is over the {limit}-byte limit")
-                    fh.write(chunk)
+                yield fh
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], limit: int) -> int:
+        """Write the chunks to ``key`` as they come, at most ``limit`` bytes (else TooLarge and
+        nothing is stored); the object appears whole or not at all.  Returns its size."""
+        size = 0
+        with self._writing(key) as fh:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"object {key} is over the {limit}-byte limit")
+                fh.write(chunk)
         return size
 
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key`` (whole or not at all)."""
+        with open(path, "rb") as src, self._writing(key) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+
     def head(self, key: str) -> int | None:
-        path = self._path(key)
+        path = self.path(key)
         return path.stat().st_size if path.is_file() else None
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
@@ -190,7 +226,7 @@ class LocalObjects:
         return sorted(out)
 
     def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        return self.path(key).read_bytes()
 
 
 def describe(store: Any) -> str:

@@ -39,6 +39,12 @@ def options_from_json(text: str) -> FleetOptions:
     return FleetOptions(**fields)
 
 
+def check_workers(workers: int) -> None:
+    """Refuse a worker count outside 1..MAX_WORKERS (a UserError naming --workers)."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UserError(f"--workers {workers} is not between 1 and {MAX_WORKERS}")
+
+
 def worker_app() -> Any:
     """The app of one worker process (uvicorn's factory), from the parent's options."""
     from edgekiln.fleet.app import create_app
@@ -56,8 +62,7 @@ def serve(options: FleetOptions, *, host: str, port: int, workers: int = 1, log_
     from edgekiln.fleet.app import build_object_store, create_app
     from edgekiln.fleet.store import FleetStore
 
-    if not 1 <= workers <= MAX_WORKERS:
-        raise UserError(f"--workers {workers} is not between 1 and {MAX_WORKERS}")
+    check_workers(workers)
     if workers == 1:
         app = create_app(options)
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -21,9 +21,8 @@ _WORDS = {
 
 def plans(deployments: Any) -> list[dict[str, Any]]:
     """The newest plans, newest first, as the deployments page renders them."""
-    described = deployments.list_plans()[-MAX_PLANS:]
     out = []
-    for plan in reversed(described):
+    for plan in reversed(deployments.list_plans(newest=MAX_PLANS)):
         config = plan["model_configs"][0]
         out.append(
             {
@@ -46,8 +45,9 @@ def plans(deployments: Any) -> list[dict[str, Any]]:
     return out
 
 
-def device_results(store: Any, deployments: Any) -> tuple[dict, dict]:
-    """Per (fleet, device): the latest result's short word, and the results newest first."""
+def device_results(store: Any, deployments: Any, device_id: int | None = None) -> tuple[dict, dict]:
+    """Per (fleet, device), of every device or of ``device_id`` only: the latest result's
+    short word, and the results newest first."""
     import sqlalchemy as sa
 
     r, d = deployments.results.c, store.devices.c
@@ -56,6 +56,8 @@ def device_results(store: Any, deployments: Any) -> tuple[dict, dict]:
         .join_from(deployments.results, store.devices, r.device_id == d.id)
         .order_by(r.updated_at.desc())
     )
+    if device_id is not None:
+        query = query.where(r.device_id == device_id)
     state: dict[tuple[str, str], str] = {}
     history: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with store.engine.connect() as conn:

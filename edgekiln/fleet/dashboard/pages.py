@@ -178,7 +178,7 @@ def page_routes(service: Any, access: Access, tables: DashboardTables, render: R
             described = store.describe_device(fleet, name, now=now, connected_seconds=options.connected_seconds)
         except NotFound as exc:
             raise HTTPException(404, exc.one_line()) from None
-        deployments = views.read_deployments(store)
+        _, history = views.deployment_results(store, record.id)
         return render(
             request,
             "device.html",
@@ -188,8 +188,7 @@ def page_routes(service: Any, access: Access, tables: DashboardTables, render: R
             device=described,
             charts=views.device_charts(views.device_history(store, record.id)),
             batches=views.capture_batches(store, record.id),
-            deployments_available=deployments is not None,
-            history=deployments.history.get((fleet, name), []) if deployments else [],
+            history=history.get((fleet, name), []),
         )
 
     @router.get("/devices/{fleet}/{name}/batches/{batch_id}/{index}.png")
@@ -207,15 +206,7 @@ def page_routes(service: Any, access: Access, tables: DashboardTables, render: R
 
     @router.get("/deployments")
     def deployments(request: Request, session: Session = Depends(access.session)) -> HTMLResponse:
-        found = views.read_deployments(store)
-        return render(
-            request,
-            "deployments.html",
-            session,
-            page="deployments",
-            available=found is not None,
-            plans=found.plans if found else [],
-        )
+        return render(request, "deployments.html", session, page="deployments", plans=views.deployment_plans(store))
 
     @router.get("/benchmarks")
     def benchmark_page(

@@ -4,11 +4,12 @@ that every worker of the service sees the same sessions and results."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
+
+from edgekiln.fleet.store import hash_token
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,6 @@ class Session:
     csrf: str
     created_at: float
     expires_at: float
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class DashboardTables:
@@ -59,7 +56,7 @@ class DashboardTables:
     def open_session(self, now: float, lifetime: float) -> tuple[str, Session]:
         """A new session; returns the cookie's token (only its hash is stored) and the row."""
         token = secrets.token_urlsafe(32)
-        session = Session(_hash(token), secrets.token_urlsafe(32), now, now + lifetime)
+        session = Session(hash_token(token), secrets.token_urlsafe(32), now, now + lifetime)
         with self.engine.begin() as conn:
             # Expired sessions go when a new one comes, so the table stays small.
             conn.execute(self.sessions.delete().where(self.sessions.c.expires_at < now))
@@ -79,7 +76,7 @@ class DashboardTables:
         if not token or len(token) > 128:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == _hash(token))).first()
+            row = conn.execute(sa.select(self.sessions).where(self.sessions.c.token_hash == hash_token(token))).first()
         if row is None or row.expires_at <= now:
             return None
         return Session(row.token_hash, row.csrf, row.created_at, row.expires_at)

@@ -6,7 +6,6 @@ Every function returns plain data for a template; the charts are made here, as S
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from edgekiln.fleet.dashboard.charts import Series, line_chart
@@ -18,36 +17,31 @@ SORTS = ("fleet", "device", "status", "last", "agent")
 STATUSES = ("online", "offline", "never")
 
 
-@dataclass(frozen=True)
-class Deployments:
-    """What the deployment pages need: plans (each with stages and per-device status
-    counts), each device's current deployment state and its history."""
-
-    plans: list[dict[str, Any]] = field(default_factory=list)
-    state: dict[tuple[str, str], str] = field(default_factory=dict)
-    history: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-
-
-def read_deployments(store: Any) -> Deployments | None:
-    """The fleet's deployments (a store without deployment tables is an older service's:
-    the pages then say so, hence the None in their signatures).
-
-    The one place the dashboard reads deployments from: a plan is
-    ``{"name", "model", "version", "created_at", "stages": [{"name", "counts": {status: n}}]}``,
-    a state a short word (``in-progress``, ``succeeded``, ``rolled-back``), a history entry
-    ``{"at", "plan", "stage", "status", "detail"}``."""
+def deployment_plans(store: Any) -> list[dict[str, Any]]:
+    """The deployments page's plans, newest first: ``{"name", "model", "version",
+    "created_at", "status", "stages": [{"name", "status", "counts": {state: n}}]}``."""
     from edgekiln.fleet.dashboard import deploy_view
     from edgekiln.fleet.deployments import DeploymentStore
 
-    deployments = DeploymentStore(store)
-    state, history = deploy_view.device_results(store, deployments)
-    return Deployments(plans=deploy_view.plans(deployments), state=state, history=history)
+    return deploy_view.plans(DeploymentStore(store))
 
 
-def _status(last: float | None, now: float, connected_seconds: float) -> str:
-    if last is None:
+def deployment_results(
+    store: Any, device_id: int | None = None
+) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """Per (fleet, device), of every device or of ``device_id`` only: its latest deployment
+    state as a short word (``in-progress``, ``succeeded``, ``rolled-back``) and its history,
+    newest first (``{"at", "plan", "stage", "status", "detail"}``)."""
+    from edgekiln.fleet.dashboard import deploy_view
+    from edgekiln.fleet.deployments import DeploymentStore
+
+    return deploy_view.device_results(store, DeploymentStore(store), device_id)
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row["last_heartbeat_at"] is None:
         return "never"
-    return "online" if now - last <= connected_seconds else "offline"
+    return "online" if row["online"] else "offline"
 
 
 def overview(
@@ -60,29 +54,24 @@ def overview(
     model: str = "",
     sort: str = "fleet",
 ) -> dict[str, Any]:
-    """Every device (filtered by fleet, status and model; sorted), with its models."""
-    import sqlalchemy as sa
+    """Every device (filtered by fleet, status and model; sorted), with its models.
 
-    d, m = store.devices.c, store.device_models.c
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(d.id, d.fleet, d.name, d.agent_version, d.last_heartbeat_at, d.revoked_at)).all()
-        model_rows = conn.execute(sa.select(m.device_id, m.model_name, m.model_version)).all()
-    models: dict[int, list[tuple[str, str]]] = {}
-    for device_id, name, version in model_rows:
-        models.setdefault(device_id, []).append((name, version))
-    deployments = read_deployments(store)
+    The rows are the store's overview rows (:meth:`FleetStore.overview`), read unfiltered:
+    the page's counts, fleets and model names are of the whole fleet, and its filters
+    include "never" (no heartbeat yet), which the store's do not."""
+    state, _ = deployment_results(store)
     devices = [
         {
-            "fleet": r.fleet,
-            "name": r.name,
-            "agent_version": r.agent_version or "",
-            "last_heartbeat_at": r.last_heartbeat_at,
-            "status": _status(r.last_heartbeat_at, now, connected_seconds),
-            "revoked": r.revoked_at is not None,
-            "models": sorted(models.get(r.id, [])),
-            "deployment": (deployments.state.get((r.fleet, r.name), "") if deployments else ""),
+            "fleet": r["fleet"],
+            "name": r["device"],
+            "agent_version": r["agent_version"] or "",
+            "last_heartbeat_at": r["last_heartbeat_at"],
+            "status": _status(r),
+            "revoked": r["revoked"],
+            "models": sorted((m["model_name"], m["model_version"]) for m in r["models"]),
+            "deployment": state.get((r["fleet"], r["device"]), ""),
         }
-        for r in rows
+        for r in store.overview(now=now, connected_seconds=connected_seconds)
     ]
     counts = {s: sum(1 for x in devices if x["status"] == s) for s in STATUSES}
     counts["total"] = len(devices)
@@ -109,7 +98,6 @@ def overview(
         "counts": counts,
         "fleets": fleets,
         "models": model_names,
-        "deployments_available": deployments is not None,
     }
 
 

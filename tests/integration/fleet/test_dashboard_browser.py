@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.dashboard_screenshots import full_page_png
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -167,20 +169,6 @@ def check_page(driver, fleet, out: Path, name: str, secrets: list[str]) -> None:
         shared = Path(os.environ["EDGEKILN_SCREENSHOT_DIR"])
         shared.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / f"{name}.png", shared / f"{name}.png")
-
-
-def full_page_png(driver) -> bytes:
-    """The whole page, not only the window (Chrome's DevTools protocol)."""
-    import base64
-
-    width, height = driver.execute_script(
-        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
-    )
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
-    )
-    return base64.b64decode(shot["data"])
 
 
 def wait_for(driver, predicate, timeout: float, what: str):

@@ -41,9 +41,9 @@ def test_packages_in_seaweedfs_download_through_presigned_urls_with_range(seawee
     facts = pkgs.PackageFacts(
         "cls", 4, "x86_64/generic", "tvm", "k" * 16, None, hashlib.sha256(body).hexdigest(), len(body)
     )
-    pkgs.put_file(objects, facts.object_key, path)
+    objects.put_file(facts.object_key, path)
     assert objects.head(facts.object_key) == len(body)
-    url = pkgs.presign_get(objects, facts.object_key, 60, "http://unused")
+    url = objects.presign_get(facts.object_key, 60, "http://unused")
     assert url.startswith(seaweed.endpoint) and "Signature=" in url
     status, _, whole = _get(url)
     assert status == 200 and hashlib.sha256(whole).hexdigest() == facts.sha256

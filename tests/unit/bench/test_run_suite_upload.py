@@ -1,4 +1,5 @@
-"""benchmarks/run_suite.py's upload option: where the admin token comes from, what is sent."""
+"""benchmarks/run_suite.py's upload option: where the admin token comes from (the fleet
+operator commands' rule), what is sent."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgekiln.bench.results import BenchReport
+from edgekiln.cli.fleet import admin_token
 from edgekiln.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,13 +29,13 @@ def run_suite():
 def test_upload_needs_an_admin_token(run_suite, monkeypatch, tmp_path):
     monkeypatch.delenv("EDGEKILN_FLEET_ADMIN_TOKEN", raising=False)
     with pytest.raises(UserError, match="EDGEKILN_FLEET_ADMIN_TOKEN"):
-        run_suite._upload_token(None)
+        admin_token(None)
     with pytest.raises(UserError, match="admin token file"):
-        run_suite._upload_token(tmp_path / "missing")
+        admin_token(tmp_path / "missing")
     (tmp_path / "token").write_text("from-file\n")
     monkeypatch.setenv("EDGEKILN_FLEET_ADMIN_TOKEN", "from-env")
-    assert run_suite._upload_token(None) == "from-env"
-    assert run_suite._upload_token(tmp_path / "token") == "from-file"
+    assert admin_token(None) == "from-env"
+    assert admin_token(tmp_path / "token") == "from-file"
     # Checked before the suite runs: a CI job without the token fails at once.
     monkeypatch.delenv("EDGEKILN_FLEET_ADMIN_TOKEN")
     assert run_suite.main(["--suite", "x86_64", "--upload", "http://127.0.0.1:9", "--out", str(tmp_path)]) == 2

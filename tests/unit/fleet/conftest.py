@@ -12,6 +12,7 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2 for its test c
     from fastapi.testclient import TestClient
 
 from edgekiln.fleet.app import FleetOptions, create_app
+from edgekiln.fleet.store import FleetStore
 
 ADMIN = "admin-token-0123456789"
 BASE = "http://127.0.0.1:9"
@@ -35,6 +36,19 @@ class FleetApi:
         answer = self.admin("POST", "/v1/devices", json={"fleet": fleet, "device": device, **extra})
         assert answer.status_code == 201, answer.text
         return answer.json()["token"]
+
+    def sign_in(self, credential: str = ADMIN, headers=None):
+        """Sign in to the dashboard as its form does (same origin unless ``headers`` say
+        otherwise); the answer, not followed."""
+        return self.client.post(
+            "/dashboard/signin",
+            content=f"credential={credential}",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                **({"Origin": BASE} if headers is None else headers),
+            },
+            follow_redirects=False,
+        )
 
     def heartbeat(self, token: str, *heartbeats):
         return self.device(token, "POST", "/v1/agent/heartbeats", json={"heartbeats": list(heartbeats)})
@@ -85,6 +99,15 @@ def make_fleet(tmp_path):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A FleetStore on a fresh SQLite file, its schema made."""
+    s = FleetStore(f"sqlite:///{tmp_path / 'fleet.db'}")
+    s.create_schema()
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -20,15 +20,6 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "x86_64" / "results.json"
 
 
-def sign_in(api, credential=ADMIN, headers=None):
-    return api.client.post(
-        "/dashboard/signin",
-        content=f"credential={credential}",
-        headers={**FORM, **(ORIGIN if headers is None else headers)},
-        follow_redirects=False,
-    )
-
-
 def csrf_of(page: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
@@ -53,11 +44,11 @@ def test_pages_need_a_session_and_refuse_device_tokens(api):
     assert api.client.get("/dashboard", headers={"X-Dashboard-Fragment": "1"}).status_code == 401
     assert api.device(token, "GET", "/dashboard").status_code == 403
     assert api.device(ADMIN, "GET", "/dashboard", follow_redirects=False).status_code == 303  # a page needs a session
-    refused = sign_in(api, token)
+    refused = api.sign_in(token)
     assert refused.status_code == 403 and "a device token cannot open the dashboard" in refused.text
     assert "set-cookie" not in refused.headers
-    assert sign_in(api, "not-the-token").status_code == 401
-    signed = sign_in(api)
+    assert api.sign_in("not-the-token").status_code == 401
+    signed = api.sign_in()
     assert signed.status_code == 303 and signed.headers["location"] == "/dashboard"
     cookie = signed.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
@@ -72,14 +63,14 @@ def test_pages_need_a_session_and_refuse_device_tokens(api):
 
 def test_secure_cookie_option(make_fleet):
     api = make_fleet(dashboard_secure_cookie=True)
-    assert "Secure" in sign_in(api).headers["set-cookie"]
+    assert "Secure" in api.sign_in().headers["set-cookie"]
 
 
 def test_cross_site_requests_and_missing_csrf_token_are_refused(api):
-    assert sign_in(api, headers={"Origin": "http://evil.example"}).status_code == 403
-    assert sign_in(api, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
-    assert sign_in(api, headers={"Origin": "null"}).status_code == 403  # without Sec-Fetch-Site
-    assert sign_in(api, headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}).status_code == 303
+    assert api.sign_in(headers={"Origin": "http://evil.example"}).status_code == 403
+    assert api.sign_in(headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert api.sign_in(headers={"Origin": "null"}).status_code == 403  # without Sec-Fetch-Site
+    assert api.sign_in(headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}).status_code == 303
     csrf = csrf_of(api.client.get("/dashboard").text)
     out = api.client.post
     assert out("/dashboard/signout", content="csrf=forged", headers={**FORM, **ORIGIN}).status_code == 403
@@ -100,7 +91,7 @@ def test_overview_counts_filters_and_sorts(api, hb):
     assert api.heartbeat(t2, dict(model_heartbeat(hb, "a", version="1"), device_name="d2")).status_code == 200
     api.clock[0] += 300  # d2 falls silent past the 120 s window
     assert api.heartbeat(t1, model_heartbeat(hb, "b", version="7")).status_code == 200
-    sign_in(api)
+    api.sign_in()
 
     def rows(query=""):
         page = api.client.get("/dashboard" + query).text
@@ -155,7 +146,7 @@ def test_device_page_charts_and_thumbnails(api, hb):
     spec = {"input_tensors": [{"name": "x", "data_type": "FLOAT32", "shape": [1, 3, 120, 160]}]}
     aux = {"inputs": [{"name": "photo", "encoding": "NONE", "data": base64.b64encode(png.getvalue()).decode()}]}
     put_batch(api, token, [("r0", spec, tensor.tobytes()), ("r1", aux, None), ("r2", {}, None)])
-    sign_in(api)
+    api.sign_in()
     page = api.client.get("/dashboard/devices/f/d1").text
     points = dict(re.findall(r'data-points="(\d+)" aria-label="([^"]+)"', page)[i][::-1] for i in range(5))
     assert points == {
@@ -232,7 +223,7 @@ def test_benchmark_uploads_need_the_admin_token_and_show_the_gate(api):
     first = stored[0]["results"][0]
     assert first["p50_ms"] == report["results"][0]["subjects"][0]["latency"]["p50_ms"]
     assert first["ratios"]["onnxruntime"] == report["results"][0]["comparisons"][0]["ratio"]["median"]
-    sign_in(api)
+    api.sign_in()
     page = api.client.get("/dashboard/benchmarks").text
     assert 'id="uploads">2<' in page and "30% slower" in page and ">failed<" in page
     assert page.count('<svg class="chart"') == len(report["results"])

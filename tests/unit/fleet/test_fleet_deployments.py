@@ -4,6 +4,7 @@ packages, plans, stage order, device selection, GetDeployments, results and halt
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -79,6 +80,18 @@ def deployments(api, token):
 
 def stage(described, name):
     return next(s for s in described["stages"] if s["stage_name"] == name)
+
+
+def roll_back_the_canary(api, upload, n):
+    """A fleet of ``n`` devices, plan p1 (canary d1, then all) with its canary started, and
+    d1 reporting that it rolled back; the devices' tokens."""
+    tokens = fleet_of(api, n)
+    upload()
+    api.admin("POST", "/v1/deployment-plans", json=plan_body())
+    api.admin("POST", "/v1/deployment-plans/p1/stages/canary/start")
+    [d] = deployments(api, tokens["d1"])
+    report(api, tokens["d1"], "d1", result(d["deployment_id"], "ROLLED_BACK", reason="output is NaN"))
+    return tokens
 
 
 def test_upload_records_the_manifest_and_is_idempotent(api, make_package):
@@ -216,12 +229,7 @@ def test_good_rollout_canary_then_everyone(api, upload):
 
 
 def test_a_canary_failure_halts_the_plan_and_nobody_else_gets_the_package(api, upload):
-    tokens = fleet_of(api, 5)
-    upload()
-    api.admin("POST", "/v1/deployment-plans", json=plan_body())
-    api.admin("POST", "/v1/deployment-plans/p1/stages/canary/start")
-    [d] = deployments(api, tokens["d1"])
-    report(api, tokens["d1"], "d1", result(d["deployment_id"], "ROLLED_BACK", reason="output is NaN"))
+    tokens = roll_back_the_canary(api, upload, 5)
     described = api.admin("GET", "/v1/deployment-plans/p1").json()
     assert described["status"] == "HALTED" and "d1: ROLLED_BACK: output is NaN" in described["halted_reason"]
     canary = stage(described, "canary")
@@ -376,19 +384,8 @@ def test_deployments_need_a_device_token_and_urls_serve_ranges(api, upload):
 
 
 def test_dashboard_shows_plans_stage_counts_and_each_device_state(api, upload):
-    tokens = fleet_of(api, 3)
-    upload()
-    api.admin("POST", "/v1/deployment-plans", json=plan_body())
-    api.admin("POST", "/v1/deployment-plans/p1/stages/canary/start")
-    [d] = deployments(api, tokens["d1"])
-    report(api, tokens["d1"], "d1", result(d["deployment_id"], "ROLLED_BACK", reason="output is NaN"))
-    signed = api.client.post(
-        "/dashboard/signin",
-        content="credential=admin-token-0123456789",
-        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://127.0.0.1:9"},
-        follow_redirects=False,
-    )
-    assert signed.status_code == 303
+    roll_back_the_canary(api, upload, 3)
+    assert api.sign_in().status_code == 303
     page = api.client.get("/dashboard/deployments").text
     assert 'data-plan="p1"' in page and "HALTED" in page
     assert "rolled_back 1" in page and "FAILED" in page  # the canary's count and its stage status
@@ -397,3 +394,18 @@ def test_dashboard_shows_plans_stage_counts_and_each_device_state(api, upload):
     assert "rolled-back" in overview
     device = api.client.get("/dashboard/devices/f/d1").text
     assert "output is NaN" in device and "canary" in device and "ROLLED_BACK" in device
+
+
+def test_the_deployments_page_describes_only_the_newest_plans(api, upload, monkeypatch):
+    from edgekiln.fleet.dashboard import deploy_view
+
+    fleet_of(api, 1)
+    upload()
+    for name in ("p1", "p2", "p3"):
+        assert api.admin("POST", "/v1/deployment-plans", json=plan_body(name)).status_code == 201
+    monkeypatch.setattr(deploy_view, "MAX_PLANS", 2)
+    assert api.sign_in().status_code == 303
+    page = api.client.get("/dashboard/deployments").text
+    assert re.findall(r'data-plan="(p\d)"', page) == ["p3", "p2"]
+    listed = api.admin("GET", "/v1/deployment-plans").json()["plans"]
+    assert [p["edge_deployment_plan_name"] for p in listed] == ["p1", "p2", "p3"]  # the API lists every plan

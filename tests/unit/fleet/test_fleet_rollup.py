@@ -10,16 +10,7 @@ import pytest
 from edgekiln.errors import UserError
 from edgekiln.fleet import rollup, serving
 from edgekiln.fleet.options import FleetOptions
-from edgekiln.fleet.store import FleetStore
 from tests.unit.fleet.rollup_cases import HOUR, NOW, beat, check_concurrent_rollup, check_rollup
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = FleetStore(f"sqlite:///{tmp_path / 'f.db'}")
-    store.create_schema()
-    yield store
-    store.close()
 
 
 def test_rollup_folds_old_heartbeats_into_minutes(store):

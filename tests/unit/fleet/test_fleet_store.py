@@ -44,14 +44,6 @@ def heartbeat_json(hid: str, ts: float, *, version="0.1.0", models=(("cls", 5.0,
     }
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = FleetStore(f"sqlite:///{tmp_path / 'fleet.db'}")
-    s.create_schema()
-    yield s
-    s.close()
-
-
 def test_registration_and_tokens(store):
     token = store.register_device("f", "d1", "first", now=NOW)
     assert store.authenticate(token).name == "d1" and store.authenticate("nope") is None
