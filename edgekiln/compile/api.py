@@ -338,7 +338,7 @@ def _validate(
     executed_on = f"host {compat.host_info().arch}"
     why_not = host_can_execute(profile)
     if why_not:
-        board = _native_board(profile) if options.native_runtime else _emulated_board(profile, manifest.backend)
+        board = _emulated_board(profile, manifest.backend, native=options.native_runtime)
         if isinstance(board, str):
             return validate.skipped(f"this machine cannot execute the target ({why_not}) and {board}")
         runner = board
@@ -370,31 +370,16 @@ def _validate(
         )
 
 
-def _emulated_board(profile: DeviceProfile, backend: str) -> EmulatedRunner | str:
+def _emulated_board(profile: DeviceProfile, backend: str, *, native: bool = False) -> EmulatedRunner | str:
     """The emulated board to validate on, or why there is none to use (only a board
-    already built is used; see :func:`edgekiln.execute.runners.emulated_board_problem`)."""
+    already built is used; see :func:`edgekiln.execute.runners.emulated_board_problem`).
+    A ``native`` (native-runtime) artifact needs the board's C library only, not the
+    backend's Python runtime there."""
     if profile.emulation is None:
         return "the profile has no emulated board"
-    if not registry.get(backend).runs_on_emulated_board:
+    if not native and not registry.get(backend).runs_on_emulated_board:
         return f"the emulated board carries no {backend} runtime"
-    return emulated_board_problem(profile) or EmulatedRunner(profile)
-
-
-def _native_board(profile: DeviceProfile) -> EmulatedRunner | str:
-    """The emulated board that runs a native-runtime artifact, or why there is none. Unlike
-    a Python worker's board, it needs the board's C library only, not its Python packages."""
-    from edgekiln import emulation
-
-    if profile.emulation is None:
-        return "the profile has no emulated board"
-    try:
-        emulation.find_qemu(profile)
-    except DependencyError as exc:
-        return f"no emulator: {exc.one_line()}"
-    if emulation.find_sysroot(profile) is None:
-        name = profile.aliases[0] if profile.aliases else profile.id
-        return f"its emulated board is not built (run `edgekiln emulate {name} --info` once)"
-    return EmulatedRunner(profile)
+    return emulated_board_problem(profile, python=not native) or EmulatedRunner(profile)
 
 
 def _manifest(

@@ -398,11 +398,13 @@ class EmulatedRunner:
         return Worker(ProcessChannel([*prefix, "-m", WORKER_MODULE], env, label), label)
 
 
-def emulated_board_problem(profile: Any) -> str | None:
+def emulated_board_problem(profile: Any, *, python: bool = True) -> str | None:
     """Why ``profile``'s emulated board cannot run a worker now, or None when it can.
 
     Only a board already built counts (``make emulators`` or ``edgekiln emulate PROFILE``):
-    building one is a download and half a minute that nobody should get unasked.
+    building one is a download and half a minute that nobody should get unasked. With
+    ``python=False`` the board is to run a native program (edgekiln-run), which needs the
+    board's C library only, so Python packages its sysroot lacks do not count.
     """
     if profile.emulation is None:
         return "the profile has no emulated board"
@@ -416,7 +418,7 @@ def emulated_board_problem(profile: Any) -> str | None:
     if sysroot is None:
         name = profile.aliases[0] if profile.aliases else profile.id
         return f"its emulated board is not built (run `edgekiln emulate {name} --info` or `make emulators` once)"
-    if sysroot.missing:
+    if python and sysroot.missing:
         return "the emulated board lacks " + "; ".join(sysroot.missing)
     return None
 

@@ -151,3 +151,17 @@ def test_local_worker_runs_an_onnx_model_and_reports_a_child_death(tmp_path):
     assert w.close().peak_rss_kb > 0
     with pytest.raises(BackendError, match="ort: .*(no_such.onnx|NO_SUCHFILE|No such file|not exist)"):
         outputs_of(LocalRunner(), "ort", {"kind": "onnxruntime", "model": str(tmp_path / "no_such.onnx")}, samples)
+
+
+def test_a_board_without_the_python_packages_still_runs_native_programs(monkeypatch):
+    from edgekiln import emulation
+    from edgekiln.execute.runners import emulated_board_problem
+
+    board = SimpleNamespace(id="board", aliases=("b",), emulation=SimpleNamespace(cpu="x"))
+    monkeypatch.setattr(emulation, "find_qemu", lambda profile: object())
+    monkeypatch.setattr(emulation, "find_sysroot", lambda profile: SimpleNamespace(missing=("apache-tvm-ffi: none",)))
+    assert emulated_board_problem(board) == "the emulated board lacks apache-tvm-ffi: none"
+    assert emulated_board_problem(board, python=False) is None
+    monkeypatch.setattr(emulation, "find_sysroot", lambda profile: None)
+    assert "`edgekiln emulate b --info`" in emulated_board_problem(board, python=False)
+    assert emulated_board_problem(SimpleNamespace(emulation=None), python=False) == "the profile has no emulated board"
