@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute.progress import NullProgress, Progress
@@ -95,16 +96,10 @@ def _sources() -> tuple[Path, Path]:
 
 def _compilers(profile: DeviceProfile) -> tuple[str, str, str]:
     """The C++ compiler, the C compiler and strip of the profile's toolchain."""
-    cxx = profile.toolchain.cc or "g++"
-    prefix = cxx[: -len("g++")] if cxx.endswith("g++") else ""
-    tools = (cxx, f"{prefix}gcc", f"{prefix}strip")
-    for tool in tools:
-        if shutil.which(tool) is None:
-            package = profile.toolchain.debian_package or "g++"
-            raise DependencyError(f"the toolchain for {profile.id} lacks {tool}", hint=f"apt-get install {package}")
+    cxx, cc, strip = find_tools(profile, "gcc", "strip")
     if shutil.which("cmake") is None:
         raise DependencyError("building the native runtime needs CMake", hint="apt-get install cmake")
-    return tools
+    return cxx, cc, strip
 
 
 def _build(profile: DeviceProfile, target: Path, options: BuildOptions) -> None:

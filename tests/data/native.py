@@ -3,7 +3,6 @@ against a native runtime, and a library that leaves a mark when something maps i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -77,10 +76,3 @@ def marker_library(output: Path, compiler: str = "gcc") -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return output
-
-
-def c_compiler(cxx: str | None) -> str:
-    """The C compiler beside a profile's C++ cross compiler (gcc for the host)."""
-    name = "gcc" if not cxx else cxx[: -len("g++")] + "gcc"
-    assert shutil.which(name), f"{name} is not installed"
-    return name

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgekiln.artifact import unpack
+from edgekiln.compile.toolchain import find_tools
 from tests.data import native as helpers
 
 BOARDS = {"rasp3b": "armv7l", "rasp4b": "aarch64"}
@@ -55,7 +56,7 @@ def test_compile_validates_on_the_emulated_board_without_python(board):
 
 def test_c_api_tests_pass_on_the_board(board, tmp_path):
     profile, runtime, artifact, root = board
-    program = helpers.build_c(runtime, helpers.C_TEST, tmp_path / "t", helpers.c_compiler(profile.toolchain.cc))
+    program = helpers.build_c(runtime, helpers.C_TEST, tmp_path / "t", find_tools(profile, "gcc")[1])
     x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
     x.tofile(tmp_path / "x.raw")
     ran = _on_board(profile, [program, "run", artifact.path, tmp_path / "x.raw", tmp_path / "y.raw"])
@@ -106,7 +107,7 @@ def test_a_host_artifact_is_refused_on_the_board(board, tmp_path):
     from edgekiln.compile.api import CompileOptions, compile_model
 
     profile, runtime, _artifact, _root = board
-    program = helpers.build_c(runtime, helpers.C_TEST, tmp_path / "t", helpers.c_compiler(profile.toolchain.cc))
+    program = helpers.build_c(runtime, helpers.C_TEST, tmp_path / "t", find_tools(profile, "gcc")[1])
     model = helpers.small_classifier(tmp_path / "s.onnx")
     host = compile_model(model, "x86_64", tmp_path / "h.tar.gz", options=CompileOptions(backend="tvm", validate=False))
     refused = _on_board(profile, [program, "refuse", host.path, "needs a x86_64 CPU"])

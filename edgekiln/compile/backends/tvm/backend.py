@@ -14,6 +14,7 @@ from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import runtime_libs
 from edgekiln.compile.stages import LoweredFiles, SourceModel
+from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, first_line
 from edgekiln.execute.host import host_info
@@ -170,17 +171,11 @@ class TVMBackend(Backend):
     def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
         from tvm.support import cc as tvm_cc
 
-        compiler = profile.toolchain.cc or "g++"
-        if shutil.which(compiler) is None:
-            package = profile.toolchain.debian_package or "g++"
-            raise DependencyError(
-                f"the toolchain for {profile.id} ({compiler}) is not installed",
-                hint=f"apt-get install {package}",
-            )
+        (compiler,) = find_tools(profile)
         flags = ["-s"] if options.strip else []
-        if profile.toolchain.cc is None:
-            return tvm_cc.cross_compiler("g++", options=flags) if flags else None
-        return tvm_cc.cross_compiler(profile.toolchain.cc, options=flags)
+        if profile.toolchain.cc is None and not flags:
+            return None  # TVM's own default: the host's g++
+        return tvm_cc.cross_compiler(compiler, options=flags)
 
 
 def _import_tvm() -> tuple[Any, Any]:
