@@ -18,8 +18,8 @@ import numpy as np
 
 from edgekiln.errors import BackendError
 from edgekiln.execute.inputs import Samples
+from edgekiln.runtime.native import RUNNER
 
-RUNNER = "bin/edgekiln-run"
 _TIMEOUT_S = 1800  # an emulated ARM board runs a ResNet-50 sample in about a minute
 
 
