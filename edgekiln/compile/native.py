@@ -27,8 +27,9 @@ from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.runtime import native
 from edgekiln.runtime.native import BUILD_INFO, NativeRuntime
 
-# CMake's name for each profile arch when cross-compiling (CMAKE_SYSTEM_PROCESSOR).
-_PROCESSORS = {"x86_64": "x86_64", "aarch64": "aarch64", "armv7l": "armv7l"}
+# The CPU architectures built for; a profile's arch name is also CMake's
+# CMAKE_SYSTEM_PROCESSOR when cross-compiling.
+_ARCHES = ("x86_64", "aarch64", "armv7l")
 _BUILD_SECONDS_LIMIT = 3600
 
 
@@ -54,8 +55,8 @@ def ensure_native_runtime(
     if profile.is_cuda:
         raise UserError(f"the native runtime runs on the CPU; {profile.id} is a CUDA profile")
     arch = profile.cpu.arch
-    if arch not in _PROCESSORS:
-        raise UserError(f"the native runtime is not built for {arch} (only {', '.join(_PROCESSORS)})")
+    if arch not in _ARCHES:
+        raise UserError(f"the native runtime is not built for {arch} (only {', '.join(_ARCHES)})")
     found = native.find_native_runtime(arch)
     if found is not None and not options.force:
         return found
@@ -118,7 +119,7 @@ def _build(profile: DeviceProfile, target: Path, options: BuildOptions) -> None:
         f"-DCMAKE_STRIP={shutil.which(strip)}",
     ]  # fmt: skip
     if profile.toolchain.cc:
-        configure += ["-DCMAKE_SYSTEM_NAME=Linux", f"-DCMAKE_SYSTEM_PROCESSOR={_PROCESSORS[arch]}"]
+        configure += ["-DCMAKE_SYSTEM_NAME=Linux", f"-DCMAKE_SYSTEM_PROCESSOR={arch}"]
     started = time.monotonic()
     _run(configure, "configure")
     _run(["cmake", "--build", str(work), "--", f"-j{options.jobs}"], "compile")
