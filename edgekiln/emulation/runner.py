@@ -189,6 +189,10 @@ def _program(sysroot: Sysroot, name: str, cwd: Path, depth: int = 0) -> list[str
         built = find_native_runtime(sysroot.arch)
         if built is not None:
             return [str(built.runner)]
+        raise UserError(
+            f"edgekiln-run has not been built for {sysroot.arch} yet",
+            hint=f"run `edgekiln build-runtime --target {sysroot.profile}` first",
+        )
     if "/" not in name:
         for directory in GUEST_PATH:
             candidate = sysroot.host_path(f"{directory}/{name}")
