@@ -106,33 +106,51 @@ class Validation:
 
 @dataclass(frozen=True)
 class CandidateRecord:
-    """One backend that ``--backend auto`` tried: built, failed (with the reason), timed."""
+    """One backend that ``--backend auto`` tried: built, failed (with the reason), skipped by
+    the evidence rule, dropped as clearly slower, or timed (median ratio to ONNX Runtime with
+    its 95% confidence interval over ``pairs`` interleaved pairs)."""
 
     backend: str
-    status: str  # "built" | "failed" | "not measured"
+    status: str  # "built" | "failed" | "not measured" | "skipped" | "dropped"
     reason: str | None = None
     p50_ms: float | None = None
     ratio_to_onnxruntime: float | None = None
     pairs: int | None = None
+    ci95_low: float | None = None
+    ci95_high: float | None = None
 
 
 @dataclass(frozen=True)
 class BackendSelection:
-    """How ``--backend auto`` chose the artifact's backend, and every candidate's record."""
+    """How ``--backend auto`` chose the artifact's backend, and every candidate's record.
+
+    ``outcome``: "separated", "tied", "undecided", "only one left" (timed on this host),
+    "evidence" (the target could not run here: the evidence row decided), "only one built";
+    ``evidence`` and ``evidence_source``: the evidence row (``class/precision``) that ordered
+    the candidates and where its figures come from; ``threads``: CPU threads every runtime
+    was timed with; ``tuning_coverage``: the share of the model's FLOPs with TVM tuning
+    records (None: no records). Manifests written before these fields still load.
+    """
 
     mode: str
     chosen: str
     reason: str
     candidates: tuple[CandidateRecord, ...] = ()
+    outcome: str | None = None
+    evidence: str | None = None
+    evidence_source: str | None = None
+    threads: int | None = None
+    tuning_coverage: float | None = None
+    timing_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        # A candidate lists only the figures it has, as manifests always wrote them.
-        return {
-            "mode": self.mode,
-            "chosen": self.chosen,
-            "reason": self.reason,
-            "candidates": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.candidates],
-        }
+        # A candidate lists only the figures it has, as manifests always wrote them; so do the
+        # selection's own later fields.
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "candidates"}
+        data["candidates"] = [
+            {k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.candidates
+        ]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> BackendSelection:

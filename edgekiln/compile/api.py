@@ -23,11 +23,12 @@ import numpy as np
 from edgekiln import __version__
 from edgekiln.artifact.manifest import BackendSelection, GraphStats, Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack
-from edgekiln.compile import auto, validate
+from edgekiln.compile import auto, evidence, validate
 from edgekiln.compile.backends import registry
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.frontends import import_model
 from edgekiln.compile.quantize import QuantizeOptions, gate_artifact, load_data, quantize_onnx
+from edgekiln.compile.sequential import TimingBudget
 from edgekiln.compile.stages import (
     CompiledArtifact,
     InputShapes,
@@ -63,6 +64,8 @@ class CompileOptions:
     quantize: QuantizeOptions | None = None
     # Bundle libedgekiln + edgekiln-run (compile/native.py) and validate through them.
     native_runtime: bool = False
+    # How --backend auto times candidates when this host can run the target.
+    auto_timing: TimingBudget = field(default_factory=TimingBudget)
 
     def __post_init__(self) -> None:
         if self.native_runtime and self.backend != "tvm":
@@ -92,6 +95,17 @@ class CompileOptions:
         """This backend's options: the ones of its type given here, else its defaults."""
         typed: tuple[BackendOptions, ...] = self.backend_options  # type: ignore[assignment]
         return next((o for o in typed if isinstance(o, backend.options_type)), backend.options_type())
+
+
+def tuning_coverage(source: SourceModel, profile: DeviceProfile) -> evidence.TuningCoverage | None:
+    """How much of ``source``'s FLOPs TVM tuning records for ``profile`` cover, or None when
+    there are no records: the input of auto's evidence rule (TVM only with >= 90% coverage).
+
+    Records come from the tuning database (``edgekiln tune``: the ``--tuning-db`` path, the
+    cache, then the records shipped with edgekiln); until compile reads that database, no
+    model has records.
+    """
+    return None
 
 
 def host_can_execute(profile: DeviceProfile) -> str | None:
@@ -142,7 +156,16 @@ def compile_model(
         selection: BackendSelection | None = None
         if options.backend == auto.AUTO:
             staged, selection = auto.compile_auto(
-                source, backends, lower_one, profile, work / "auto", host_can_execute(profile), progress
+                source,
+                backends,
+                lower_one,
+                profile,
+                work / "auto",
+                host_can_execute(profile),
+                progress,
+                precision="int8" if options.quantize is not None or source.prequantized else "fp32",
+                coverage=tuning_coverage(source, profile),
+                budget=options.auto_timing,
             )
         else:
             staged = lower_one(source, backends[0])

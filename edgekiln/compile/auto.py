@@ -1,36 +1,41 @@
-"""``--backend auto``: build every backend the profile allows and keep the best one.
+"""``--backend auto``: build the backends the evidence allows and keep the best one.
+
+Candidates first go through the evidence rule (:mod:`edgekiln.compile.evidence`): per target
+class and precision the repository keeps which backend is fastest, and untuned TVM is left
+out unless tuning records cover the model (or nothing else runs on the target).
 
 When this machine can execute the target (the host CPU, or a GPU that is attached), every
-eligible backend is compiled and validated, then timed (:mod:`edgekiln.execute.timing`), each
-interleaved with ONNX Runtime on the source model in the same run; the candidate with the
-lowest median time ratio to that common baseline wins, so load on a shared machine cancels
-out.  When the target cannot run here, the profile's preference order decides: the first
-backend that builds and validates is kept.  Either way the manifest records every candidate,
-its figures or why it dropped out, and the reason for the choice (``Manifest.backend_selection``,
-``extra.backend_selection`` in manifest.json).
+remaining candidate is compiled, validated and timed, each interleaved with ONNX Runtime on
+the source model in the same run, every runtime on the same pinned CPU threads (the host's),
+sequentially (:mod:`edgekiln.compile.sequential`): clearly slower candidates are dropped after
+a few pairs, and pairs are added until the 95% confidence intervals of the two best ratios
+separate, they tie, or the budget runs out. When the target cannot run here, the evidence
+row's order decides: the first candidate that builds and validates is kept. Either way the
+manifest records every candidate, its figures or why it dropped out, the evidence row, and
+the reason for the choice (``Manifest.backend_selection``, ``extra.backend_selection``).
 """
 
 from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
 from edgekiln.artifact.package import pack
+from edgekiln.compile import evidence, sequential
 from edgekiln.compile.backends import registry
 from edgekiln.compile.stages import CompiledArtifact, SourceModel, StagedArtifact
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute import timing
+from edgekiln.execute.host import usable_cpus
 from edgekiln.execute.inputs import make_inputs
 from edgekiln.execute.runners import LocalRunner
 
 AUTO = "auto"
-# Measured pairs per candidate: enough for a median on this kind of gap (ONNX Runtime and
-# untuned TVM differ by 10-100x on CPUs), few enough to keep compile time in check.
-BENCH_PAIRS = 3
 
 
 def eligible(profile: DeviceProfile, quantize: Any = None) -> list[str]:
@@ -57,47 +62,86 @@ def compile_auto(
     workdir: Path,
     cannot_run: str | None,
     progress: Any,
+    *,
+    precision: str = "fp32",
+    coverage: evidence.TuningCoverage | None = None,
+    budget: sequential.TimingBudget | None = None,
 ) -> tuple[StagedArtifact, BackendSelection]:
-    """Lower and validate the one imported ``source`` for each candidate backend, in order,
-    and choose one; returns the chosen build and the record of every candidate.
+    """Lower and validate the one imported ``source`` for each candidate backend the evidence
+    allows, and choose one; returns the chosen build and the record of every candidate.
 
     ``cannot_run`` is why this machine cannot execute the target, or None when it can: then
-    every candidate is built and the fastest wins, else the first that builds is kept.
+    every allowed candidate is built and timed (within ``budget``), else the first that
+    builds in the evidence row's order is kept. ``precision`` ("fp32" or "int8") and
+    ``coverage`` (the model's TVM tuning coverage, None without records) pick the evidence.
     """
-    records: list[dict[str, Any]] = []
+    plan = evidence.plan(profile, precision, [b.id for b in candidates], coverage)
+    records: list[dict[str, Any]] = [
+        {"backend": name, "status": "skipped", "reason": why} for name, why in plan.excluded.items()
+    ]
+    by_name = {b.id: b for b in candidates}
     staged: dict[str, StagedArtifact] = {}
-    for backend in candidates:
+    for name in plan.order:
         try:
-            with progress.step(f"candidate backend {backend.id}"):
-                staged[backend.id] = lower_and_validate(source, backend)
-            records.append({"backend": backend.id, "status": "built"})
+            with progress.step(f"candidate backend {name}"):
+                staged[name] = lower_and_validate(source, by_name[name])
+            records.append({"backend": name, "status": "built"})
         except (BackendError, DependencyError) as exc:
             # A UserError (bad model file, bad shape) is the same for every backend: it
             # propagates instead of being retried.
-            records.append({"backend": backend.id, "status": "failed", "reason": exc.one_line()})
-            continue  # the next one in preference order gets its chance
+            records.append({"backend": name, "status": "failed", "reason": exc.one_line()})
+            continue  # the next one in order gets its chance
         if cannot_run is not None:
             break
     if not staged:
         reasons = "; ".join(f"{r['backend']}: {r.get('reason')}" for r in records)
-        raise BackendError(f"no backend could build the model for {profile.id}: {reasons}")
+        raise BackendError(
+            f"no backend could build the model for {profile.id}: {reasons}",
+            hint="--backend tvm builds untuned TVM, which is slow" if plan.excluded else None,
+        )
+    facts: dict[str, Any] = {"evidence": plan.row.key if plan.row else None}
+    facts["evidence_source"] = plan.row.source if plan.row else None
     if cannot_run is None and len(staged) > 1:
         workdir.mkdir(parents=True, exist_ok=True)
         # The harness times packed artifacts, as a device would receive them.
         built = {name: _pack(build, workdir / f"{name}.tar.gz") for name, build in staged.items()}
         # ONNX Runtime on the imported source is the common baseline: nothing is imported again.
-        choice, why = _measure(built, records, source, progress)
+        choice, why, measured = _measure(
+            built, records, source, progress, plan.order, plan.order_source, budget or sequential.TimingBudget()
+        )
+        facts.update(measured)
     else:
         choice = next(iter(staged))
-        why = (
-            "the only backend that built"
-            if cannot_run is None
-            else f"first in the profile's preference order that built and validated ({cannot_run})"
-        )
+        why, facts["outcome"] = _unmeasured_reason(choice, plan, cannot_run)
+    if coverage is not None:
+        facts["tuning_coverage"] = round(coverage.flops_share, 4)
+    # Records in the order the profile lists its backends, whatever order they were tried in.
+    records.sort(key=lambda r: [b.id for b in candidates].index(r["backend"]))
     selection = BackendSelection(
-        mode=AUTO, chosen=choice, reason=why, candidates=tuple(CandidateRecord(**r) for r in records)
+        mode=AUTO,
+        chosen=choice,
+        reason=why,
+        candidates=tuple(CandidateRecord(**r) for r in records),
+        **facts,
     )
     return staged[choice], selection
+
+
+def _unmeasured_reason(choice: str, plan: evidence.Plan, cannot_run: str | None) -> tuple[str, str]:
+    """Why ``choice`` was kept without timing, and the outcome's name."""
+    skipped = f"; {plan.excluded['tvm']}" if "tvm" in plan.excluded else ""
+    if cannot_run is None:
+        return f"the only backend that built{skipped}", "only one built"
+    if plan.row is None:
+        why = f"first in the profile's preference order that built and validated ({cannot_run})"
+        return why + skipped, "evidence"
+    row = plan.row
+    return (
+        f"this machine cannot time the target ({cannot_run}); evidence {row.key} orders the "
+        f"backends {', '.join(row.order)} ({row.figures}; source: {row.source}); {choice} is the "
+        f"first in that order that built and validated{skipped}",
+        "evidence",
+    )
 
 
 def _pack(build: StagedArtifact, path: Path) -> CompiledArtifact:
@@ -106,41 +150,138 @@ def _pack(build: StagedArtifact, path: Path) -> CompiledArtifact:
 
 
 def _measure(
-    built: dict[str, Any], records: list[dict[str, Any]], baseline_model: Any, progress: Any
-) -> tuple[str, str]:
-    """Time each built candidate against ONNX Runtime on the source model, interleaved in
-    pairs on this host (:mod:`edgekiln.execute.timing`); the lowest median ratio wins.
+    built: dict[str, Any],
+    records: list[dict[str, Any]],
+    baseline_model: Any,
+    progress: Any,
+    order: Sequence[str],
+    order_source: str,
+    budget: sequential.TimingBudget,
+) -> tuple[str, str, dict[str, Any]]:
+    """Time the built candidates against ONNX Runtime on the source model on this host, in
+    interleaved pairs, sequentially until :func:`sequential.judge` decides.
 
     ``baseline_model`` is the imported source model (anything with an ONNX ``path``), the
-    user's model file, or None for a zoo model (rebuilt by name)."""
+    user's model file, or None for a zoo model (rebuilt by name). Returns the choice, its
+    reason and the selection's timing facts (outcome, threads, seconds); fills ``records``.
+    """
+    started = time.monotonic()
+    threads = budget.threads or usable_cpus()
+    first = next(b for b in order if b in built)
     with tempfile.TemporaryDirectory(prefix="edgekiln-auto-time-") as tmp:
         manifest = next(iter(built.values())).manifest
         try:
             with progress.step("prepare ONNX Runtime on the source model as the common baseline"):
                 onnx_path = _baseline_onnx(baseline_model, manifest, Path(tmp))
         except (BackendError, DependencyError, UserError) as exc:
-            return next(iter(built)), f"no candidate could be timed ({exc.one_line()}); kept the profile's first choice"
-        ratios: dict[str, float] = {}
-        for backend, artifact in built.items():
-            record = next(r for r in records if r["backend"] == backend)
-            with progress.step(f"time candidate {backend} against ONNX Runtime"):
+            why = f"no candidate could be timed ({exc.one_line()}); kept the first in {order_source}"
+            return first, why, {"outcome": "not timed"}
+        session = _TimingSession(onnx_path, manifest, threads)
+        try:
+            verdict = session.run(built, records, order, budget, started, progress)
+        finally:
+            session.close()
+    elapsed = time.monotonic() - started
+    facts = {"threads": threads, "timing_seconds": round(elapsed, 2)}
+    if verdict is None:
+        return first, f"no candidate could be timed; kept the first in {order_source}", {**facts, "outcome": "not timed"}
+    for record in records:
+        stats = session.stats.get(record["backend"])
+        if stats is not None:
+            record.update(
+                ratio_to_onnxruntime=round(stats.median, 3),
+                ci95_low=round(stats.ci95_low, 3),
+                ci95_high=round(stats.ci95_high, 3),
+                pairs=stats.n,
+                p50_ms=round(session.p50_s[record["backend"]] * 1e3, 4),
+            )
+            if record["backend"] in session.dropped:
+                record.update(status="dropped", reason=session.dropped[record["backend"]])
+    assert verdict.chosen is not None
+    return verdict.chosen, sequential.reason(verdict, order_source, budget, elapsed), {**facts, "outcome": verdict.outcome}
+
+
+class _TimingSession:
+    """One ONNX Runtime baseline worker and one worker per candidate, all on ``threads``
+    pinned CPUs; rounds of pairs (candidate, baseline), the order flipped every other round
+    so that neither side always runs second."""
+
+    def __init__(self, onnx_path: Path, manifest: Any, threads: int) -> None:
+        self.samples = make_inputs(manifest.inputs, 3, 0)
+        self.threads = threads
+        self.runner = LocalRunner()
+        self.workers: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {}
+        self.p50_s: dict[str, float] = {}
+        self.dropped: dict[str, str] = {}
+        self.baseline = self._start("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path)})
+
+    def _start(self, label: str, subject: dict[str, Any]) -> Any:
+        worker = self.runner.start(label)
+        self.workers[f"{label}#{len(self.workers)}"] = worker
+        try:
+            worker.load({**subject, "device": "cpu", "threads": self.threads}, self.samples)
+        except BaseException:
+            worker.abort()
+            raise
+        return worker
+
+    def run(
+        self,
+        built: dict[str, Any],
+        records: list[dict[str, Any]],
+        order: Sequence[str],
+        budget: sequential.TimingBudget,
+        started: float,
+        progress: Any,
+    ) -> sequential.Verdict | None:
+        pairs: dict[str, list[timing.Timed]] = {}
+        for name in [b for b in order if b in built]:
+            record = next(r for r in records if r["backend"] == name)
+            try:
+                with progress.step(f"load candidate {name} for timing ({self.threads} threads)"):
+                    worker = self._start(name, {"kind": "artifact", "path": str(built[name].path)})
+                    pair = [timing.Timed(name, worker), timing.Timed("onnxruntime", self.baseline)]
+                    timing.warm_up(pair, 1, 1)
+                    timing.balance(pair)
+            except (BackendError, DependencyError, UserError) as exc:
+                record.update(status="not measured", reason=exc.one_line())
+                continue
+            pairs[name] = pair
+        if not pairs:
+            return None
+        ratios: dict[str, list[float]] = {name: [] for name in pairs}
+        timed = {name: pair[0] for name, pair in pairs.items()}
+        position: dict[int, int] = {}
+        verdict = sequential.Verdict("continue")
+        rounds = 0
+        while verdict.outcome == "continue" and pairs:
+            for name, pair in list(pairs.items()):
                 try:
-                    candidate, ratio = _time_pair(artifact, onnx_path, backend)
+                    timing.run_pair(pair if rounds % 2 == 0 else pair[::-1], 1, position, start=2)
                 except (BackendError, DependencyError, UserError) as exc:
-                    record.update(status="not measured", reason=exc.one_line())
+                    next(r for r in records if r["backend"] == name).update(status="not measured", reason=exc.one_line())
+                    del pairs[name], ratios[name], timed[name]
                     continue
-            ratios[backend] = ratio
-            record["p50_ms"] = round(statistics.median(candidate.times or [0.0]) * 1e3, 4)
-            record["ratio_to_onnxruntime"] = round(ratio, 4)
-            record["pairs"] = len(candidate.pairs or ())
-    if not ratios:
-        first = next(iter(built))
-        return first, "no candidate could be timed; kept the profile's first choice"
-    best = min(ratios, key=ratios.get)  # type: ignore[arg-type]
-    return best, (
-        f"fastest of {len(ratios)} timed candidates: median time {ratios[best]:.3f} x ONNX Runtime's "
-        f"on the source model, {BENCH_PAIRS} interleaved pairs each"
-    )
+                ratios[name].append(pair[0].pairs[-1] / pair[1].pairs[-1])  # type: ignore[index]
+            rounds += 1
+            if not pairs:
+                return None
+            verdict = sequential.judge(ratios, order, budget, time.monotonic() - started)
+            self.stats.update(verdict.stats)
+            self.dropped.update(verdict.dropped)
+            for name in verdict.dropped:
+                del pairs[name], ratios[name]
+            progress.advance(rounds, budget.max_pairs, f"{len(pairs)} candidates against ONNX Runtime", unit="pair")
+        self.p50_s = {name: statistics.median(t.times) for name, t in timed.items() if t.times}
+        return verdict
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            try:
+                worker.close()
+            except Exception:  # a worker that already died has nothing left to close
+                worker.abort()
 
 
 def _baseline_onnx(baseline_model: Any, manifest: Any, workdir: Path) -> Path:
@@ -155,28 +296,3 @@ def _baseline_onnx(baseline_model: Any, manifest: Any, workdir: Path) -> Path:
     model = str(baseline_model) if baseline_model is not None else f"zoo:{manifest.model.name}"
     framework = manifest.model.source_format if manifest.model.source_format in FRAMEWORKS else None
     return import_model(model, workdir / "baseline", framework=framework, input_shape=shapes).path
-
-
-def _time_pair(artifact: Any, onnx_path: Path, backend: str) -> tuple[timing.Timed, float]:
-    """BENCH_PAIRS interleaved pairs of the artifact and ONNX Runtime on ``onnx_path``."""
-    manifest = artifact.manifest
-    samples = make_inputs(manifest.inputs, 3, 0)
-    runner = LocalRunner()
-    subjects: list[timing.Timed] = []
-    try:
-        for name, subject in (
-            (backend, {"kind": "artifact", "path": str(artifact.path), "device": "cpu"}),
-            ("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path), "device": "cpu"}),
-        ):
-            timed = timing.Timed(name, runner.start(name))
-            subjects.append(timed)
-            timed.worker.load(subject, samples)
-        timing.warm_up(subjects, 1, 1)
-        timing.measure_pairs(subjects, 1, runs=BENCH_PAIRS, start=2)
-    except BaseException:
-        for s in subjects:
-            s.worker.abort()
-        raise
-    for s in subjects:
-        s.worker.close()
-    return subjects[0], timing.median_ratio(subjects[0], subjects[1])

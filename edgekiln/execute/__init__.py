@@ -11,7 +11,8 @@ The layer below compile, bench and the agent's Bench relay:
 - :mod:`~edgekiln.execute.runners`: where a worker runs (this host, an emulated board, a
   device's agent) and the agent side's relay;
 - :mod:`~edgekiln.execute.inputs`: seeded inputs and the comparison of outputs;
-- :mod:`~edgekiln.execute.timing`: interleaved pair timing of several workers.
+- :mod:`~edgekiln.execute.timing`: interleaved pair timing of several workers;
+- :mod:`~edgekiln.execute.statistics`: percentiles and the confidence intervals of pair ratios.
 
 It imports runtime/, emulation/, artifact/, device_profiles/ and errors only; the heavy
 runtimes are imported inside the worker process, when a subject loads.

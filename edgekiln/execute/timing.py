@@ -80,23 +80,34 @@ def measure_pairs(
         s.times, s.pairs = [], []
     deadline = None if runs else time.monotonic() + duration_s
     pairs = 0
-    position = {s.name: start for s in subjects}
+    position: dict[int, int] = {}
     while True:
         if runs is not None and pairs >= runs:
             break
         if runs is None and pairs >= MIN_PAIRS and (time.monotonic() >= deadline or pairs >= MAX_PAIRS):
             break
-        for s in subjects:
-            times = s.worker.run(s.per_pair, calls, start=position[s.name])
-            position[s.name] += s.per_pair * calls
-            s.times.extend(times)
-            s.pairs.append(statistics.median(times))
+        run_pair(subjects, calls, position, start)
         pairs += 1
         note = "  ".join(
             f"{s.name} {s.pairs[-1] * 1e3:.1f} ms" + (f" (x{s.per_pair})" if s.per_pair > 1 else "") for s in subjects
         )
         progress.advance(pairs, runs, f"{label}: {note}" if label else note, unit="pair")
     return pairs
+
+
+def run_pair(subjects: Sequence[Timed], calls: int, position: dict[int, int], start: int = 0) -> None:
+    """One interleaved pair: each subject in turn runs its ``per_pair`` queries; appends to
+    its ``times`` and ``pairs``. ``position`` holds where each worker is in its inputs (keyed
+    by worker, as several ``Timed`` may share one), starting at ``start``."""
+    for s in subjects:
+        key = id(s.worker)
+        at = position.get(key, start)
+        times = s.worker.run(s.per_pair, calls, start=at)
+        position[key] = at + s.per_pair * calls
+        s.times = [] if s.times is None else s.times
+        s.pairs = [] if s.pairs is None else s.pairs
+        s.times.extend(times)
+        s.pairs.append(statistics.median(times))
 
 
 def median_ratio(candidate: Timed, baseline: Timed) -> float:

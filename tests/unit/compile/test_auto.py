@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
-from edgekiln.compile import api, auto
+from edgekiln.compile import api, auto, evidence
 from edgekiln.compile.api import compile_model
 from edgekiln.compile.quantize import QuantizeOptions
 from edgekiln.compile.stages import StagedArtifact
@@ -23,7 +23,7 @@ class _Fake:
         self.id = id
 
 
-def _loop(outcomes: dict[str, object], cannot_run: str | None, monkeypatch=None):
+def _loop(outcomes: dict[str, object], cannot_run: str | None, coverage=None, target="rasp4b"):
     """Run compile_auto over fake candidates whose lower-and-validate raises or builds."""
     tried = []
 
@@ -38,40 +38,66 @@ def _loop(outcomes: dict[str, object], cannot_run: str | None, monkeypatch=None)
         "the source",
         [_Fake(b) for b in outcomes],
         lower,
-        get_profile("rasp4b"),
+        get_profile(target),
         Path("/nonexistent"),
         cannot_run,
         RecordingProgress(),
+        coverage=coverage,
     )
     return staged, selection, tried
 
 
-def test_when_the_target_cannot_run_here_the_first_that_builds_wins():
+def test_when_the_target_cannot_run_here_the_evidence_order_decides_without_untuned_tvm():
     staged, selection, tried = _loop(
-        {"tvm": BackendError("tvm broke"), "onnxruntime": None, "litert": None}, cannot_run="this host is x86_64"
+        {"tvm": None, "onnxruntime": None, "litert": BackendError("litert broke")}, cannot_run="this host is x86_64"
     )
+    # aarch64 fp32 evidence: litert, then onnxruntime; TVM without records is never built.
     assert staged.backend == "onnxruntime"
-    # One source for every candidate, and litert never tried after onnxruntime built.
-    assert tried == [("the source", "tvm"), ("the source", "onnxruntime")]
-    assert selection == BackendSelection(
-        mode="auto",
-        chosen="onnxruntime",
-        reason="first in the profile's preference order that built and validated (this host is x86_64)",
-        candidates=(CandidateRecord("tvm", "failed", reason="tvm broke"), CandidateRecord("onnxruntime", "built")),
+    assert tried == [("the source", "litert"), ("the source", "onnxruntime")]
+    assert (selection.chosen, selection.outcome, selection.evidence) == ("onnxruntime", "evidence", "aarch64-cortex-a/fp32")
+    assert "github.com/google/XNNPACK" in selection.evidence_source
+    assert selection.reason.startswith("this machine cannot time the target (this host is x86_64); evidence aarch64-cortex-a/fp32")
+    assert "onnxruntime is the first in that order that built and validated" in selection.reason
+    assert "untuned TVM is left out: the model has no tuning records" in selection.reason
+    # Recorded in the profile's order, whatever order they were tried in.
+    assert [(c.backend, c.status) for c in selection.candidates] == [
+        ("tvm", "skipped"),
+        ("onnxruntime", "built"),
+        ("litert", "failed"),
+    ]
+    assert selection.candidates[2].reason == "litert broke"
+
+
+def test_tuning_records_covering_the_model_let_tvm_lead_on_the_board():
+    covered = evidence.TuningCoverage(0.95, "tuning db")
+    staged, selection, tried = _loop({"tvm": None, "onnxruntime": None, "litert": None}, "x", coverage=covered)
+    # Covered TVM is no longer excluded; it keeps its place in the evidence order (last).
+    assert tried == [("the source", "litert")] and selection.tuning_coverage == 0.95
+    staged, selection, tried = _loop(
+        {"tvm": None, "onnxruntime": BackendError("a"), "litert": BackendError("b")}, "x", coverage=covered
     )
+    assert staged.backend == "tvm" and [b for _, b in tried] == ["litert", "onnxruntime", "tvm"]
+
+
+def test_rasp3b_keeps_tvm_without_records():
+    staged, selection, tried = _loop({"tvm": None, "litert": None}, cannot_run="armv7l", target="rasp3b")
+    assert staged.backend == "tvm" and tried == [("the source", "tvm")]
+    assert selection.evidence == "armv7l-cpu/fp32" and all(c.status != "skipped" for c in selection.candidates)
 
 
 def test_every_failure_is_recorded_and_all_failing_raises_with_the_reasons():
     with pytest.raises(
         BackendError,
-        match="no backend could build the model for raspberry-pi/4b-aarch64: tvm: tvm broke; litert: no ai-edge-litert",
-    ):
+        match="no backend could build the model for raspberry-pi/4b-aarch64: tvm: untuned TVM is left out.*"
+        "litert: no ai-edge-litert",
+    ) as caught:
         _loop({"tvm": BackendError("tvm broke"), "litert": DependencyError("no ai-edge-litert")}, cannot_run="x")
+    assert "--backend tvm builds untuned TVM" in caught.value.one_line()
 
 
 def test_a_user_error_stops_the_loop_at_once():
     with pytest.raises(UserError, match="bad shape"):
-        _loop({"tvm": UserError("bad shape"), "litert": None}, cannot_run=None)
+        _loop({"tvm": UserError("bad shape"), "litert": None}, cannot_run=None, target="rasp3b")
 
 
 def test_candidates_follow_the_profile_and_the_quantization_asked():
@@ -83,19 +109,23 @@ def test_candidates_follow_the_profile_and_the_quantization_asked():
 
 
 def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch, fast_profile):
-    fast_profile("onnxruntime", "litert")
+    profile = fast_profile("onnxruntime", "litert")
+    m_profile = lambda: profile  # noqa: E731
     imports = []
     real_import = api.import_model
     monkeypatch.setattr(api, "import_model", lambda *a, **k: imports.append(a[0]) or real_import(*a, **k))
     timed = {}
 
-    def measure(built, records, baseline, progress):
+    def measure(built, records, baseline, progress, order, order_source, budget):
         # The baseline is the one imported source, not a file to import again.
         assert baseline.path.name == "model.onnx" and baseline.source_ref == str(model)
+        # The x86_64 evidence order ranks the candidates for the tie rule.
+        assert list(order) == ["onnxruntime", "litert"] and order_source == "evidence row x86_64-cpu/fp32's order"
+        assert budget == auto.sequential.TimingBudget()
         timed.update({name: artifact.path.is_file() for name, artifact in built.items()})
         for record in records:
             record.update(p50_ms=1.0 if record["backend"] == "litert" else 2.0, pairs=3)
-        return "litert", "fastest of 2 timed candidates"
+        return "litert", "fastest of 2 timed candidates", {"outcome": "separated", "threads": 2}
 
     monkeypatch.setattr(auto, "_measure", measure)
     model = write_model(tmp_path / "tiny.onnx")
@@ -112,6 +142,10 @@ def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch
             CandidateRecord("onnxruntime", "built", p50_ms=2.0, pairs=3),
             CandidateRecord("litert", "built", p50_ms=1.0, pairs=3),
         ),
+        outcome="separated",
+        evidence="x86_64-cpu/fp32",
+        evidence_source=evidence.lookup(m_profile(), "fp32").source,
+        threads=2,
     )
     # The JSON CI reads keeps its layout: only the figures a candidate has.
     assert artifact.summary()["backend_selection"]["candidates"] == [

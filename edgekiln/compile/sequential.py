@@ -1,0 +1,147 @@
+"""When ``--backend auto`` has timed enough: the sequential rule, apart from any timing.
+
+Each candidate's evidence is its list of per-pair ratios to ONNX Runtime on the source
+model (candidate time / baseline time of one interleaved pair, :mod:`edgekiln.execute.timing`),
+summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a distribution-free
+95% confidence interval of it). After every round of pairs, :func:`judge` says:
+
+- **drop** a candidate that is clearly slower, once every candidate has ``drop_after`` pairs: its
+  median is at least ``drop_factor`` times the leader's and its interval lies wholly above
+  the leader's (untuned TVM on a CPU, 30-100x ONNX Runtime, leaves after the first pairs);
+- **separated**: the intervals of the two lowest medians do not overlap; the lower wins;
+- **tied**: they overlap, but both lie within ``equivalence`` of each other (the highest
+  upper bound is at most 1 + ``equivalence`` times the lowest lower bound), so more pairs
+  would not change what a user sees;
+- **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
+  first.
+
+Tied and undecided choices follow one deterministic tie rule: among the candidates whose
+interval overlaps the leader's, the first in the ``order`` given (the evidence row's order of
+fastest backends for the target, else the profile's preference order). Repeated compiles
+therefore keep the same backend unless the figures separate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from edgekiln.errors import UserError
+from edgekiln.execute.statistics import RatioStats
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How ``--backend auto`` times candidates on this host, and when it stops.
+
+    ``drop_after``: pairs each candidate gets before a clearly slower one may be dropped;
+    ``min_pairs``: pairs each candidate gets before a winner is named among close ones;
+    ``max_pairs``: pairs per candidate at most; ``max_seconds``: the whole timing (workers'
+    loading included) at most; ``drop_factor``: a candidate this many times slower than the
+    leader (median ratio) with disjoint intervals stops being timed; ``equivalence``: the
+    relative width within which the two leaders count as tied; ``threads``: CPU threads of
+    every runtime alike (None: the CPUs this process may use).
+    """
+
+    drop_after: int = 3
+    min_pairs: int = 5
+    max_pairs: int = 40
+    max_seconds: float = 60.0
+    drop_factor: float = 3.0
+    equivalence: float = 0.05
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.drop_after <= self.min_pairs <= self.max_pairs:
+            raise UserError(
+                "auto timing needs 3 <= drop_after <= min_pairs <= max_pairs, got "
+                f"{self.drop_after}, {self.min_pairs} and {self.max_pairs}"
+            )
+        if self.max_seconds <= 0 or self.drop_factor <= 1 or not 0 <= self.equivalence < 1:
+            raise UserError("auto timing needs max_seconds > 0, drop_factor > 1 and 0 <= equivalence < 1")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"auto timing threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`judge` concluded after one round.
+
+    ``outcome`` is "continue", "separated", "tied", "undecided" or "only one left";
+    ``dropped`` maps each candidate to drop now to why; ``chosen`` is set unless continuing.
+    """
+
+    outcome: str
+    chosen: str | None = None
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    stats: Mapping[str, RatioStats] = field(default_factory=dict)
+
+
+def describe(stats: RatioStats) -> str:
+    """A candidate's figures as the reason text and the manifest give them."""
+    return f"{stats.median:.3f}x (95% CI {stats.ci95_low:.3f}-{stats.ci95_high:.3f}, {stats.n} pairs)"
+
+
+def judge(
+    ratios: Mapping[str, Sequence[float]],
+    order: Sequence[str],
+    budget: TimingBudget,
+    elapsed_s: float,
+) -> Verdict:
+    """The sequential rule over the still-timed candidates' per-pair ``ratios``.
+
+    ``order`` ranks the candidates for the tie rule (every key of ``ratios`` must be in it).
+    """
+    missing = set(ratios) - set(order)
+    if missing or not ratios:
+        raise UserError(f"judge needs candidates, each ranked in the tie order (unranked: {sorted(missing)})")
+    pairs = min(len(r) for r in ratios.values())
+    if pairs < budget.drop_after:
+        return Verdict("continue")
+    stats = {name: RatioStats.from_ratios(r) for name, r in ratios.items()}
+    ranked = sorted(stats, key=lambda n: (stats[n].median, order.index(n)))
+    leader = stats[ranked[0]]
+    dropped = {
+        name: (
+            f"dropped after {stats[name].n} pairs: {describe(stats[name])} ONNX Runtime, at least "
+            f"{budget.drop_factor:g}x the leader {ranked[0]}'s {describe(leader)}"
+        )
+        for name in ranked[1:]
+        if stats[name].median >= budget.drop_factor * leader.median and stats[name].ci95_low > leader.ci95_high
+    }
+    left = [n for n in ranked if n not in dropped]
+    if len(left) == 1:
+        return Verdict("only one left", left[0], dropped, stats)
+    if pairs < budget.min_pairs:
+        return Verdict("continue", None, dropped, stats)
+    first, second = stats[left[0]], stats[left[1]]
+    if first.ci95_high < second.ci95_low:
+        return Verdict("separated", left[0], dropped, stats)
+    overlapping = [n for n in left if stats[n].ci95_low <= first.ci95_high]
+    chosen = min(overlapping, key=order.index)
+    if max(first.ci95_high, second.ci95_high) <= (1 + budget.equivalence) * min(first.ci95_low, second.ci95_low):
+        return Verdict("tied", chosen, dropped, stats)
+    if pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds:
+        return Verdict("undecided", chosen, dropped, stats)
+    return Verdict("continue", None, dropped, stats)
+
+
+def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s: float) -> str:
+    """The reason text of a verdict, with the figures the manifest records."""
+    stats = verdict.stats
+    chosen = verdict.chosen
+    assert chosen is not None
+    timed = [n for n in sorted(stats, key=lambda n: stats[n].median) if n not in verdict.dropped]
+    figures = "; ".join(f"{n} {describe(stats[n])}" for n in timed)
+    what = "time ratio to ONNX Runtime on the source model"
+    if verdict.outcome == "only one left":
+        return f"{chosen} is the only candidate left after dropping the clearly slower ones ({what}: {figures})"
+    if verdict.outcome == "separated":
+        return f"{chosen} is fastest, its 95% CI below the next one's ({what}: {figures})"
+    rule = f"kept {chosen} by the tie rule: first in {order_source} among those whose CI overlaps the leader's"
+    if verdict.outcome == "tied":
+        return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule}"
+    return (
+        f"undecided: the 95% CIs still overlap when the budget ({budget.max_pairs} pairs, "
+        f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
+    )

@@ -1,0 +1,104 @@
+"""auto's sequential rule on synthetic per-pair ratios: dropping, separating, ties, budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekiln.compile import sequential
+from edgekiln.compile.sequential import TimingBudget, judge
+from edgekiln.errors import UserError
+
+ORDER = ("onnxruntime", "litert", "tvm")
+
+
+def _ratios(center: float, n: int, jitter: float = 0.02) -> list[float]:
+    """n deterministic ratios spread evenly within +-jitter (relative) around center."""
+    if n == 1:
+        return [center]
+    return [center * (1 - jitter + 2 * jitter * i / (n - 1)) for i in range(n)]
+
+
+def test_nothing_is_decided_before_a_few_pairs():
+    verdict = judge({"onnxruntime": [1.0, 1.0], "tvm": [50.0, 51.0]}, ORDER, TimingBudget(), 0.0)
+    assert verdict.outcome == "continue" and not verdict.dropped and verdict.chosen is None
+
+
+def test_a_clearly_slower_candidate_is_dropped_after_drop_after_pairs():
+    verdict = judge(
+        {"onnxruntime": _ratios(1.0, 3), "litert": _ratios(1.02, 3), "tvm": _ratios(40.0, 3)}, ORDER, TimingBudget(), 1.0
+    )
+    assert verdict.outcome == "continue"  # the two close ones need min_pairs first
+    assert list(verdict.dropped) == ["tvm"]
+    assert verdict.dropped["tvm"] == (
+        "dropped after 3 pairs: 40.000x (95% CI 39.200-40.800, 3 pairs) ONNX Runtime, at least 3x the "
+        "leader onnxruntime's 1.000x (95% CI 0.980-1.020, 3 pairs)"
+    )
+    # Exactly 3x the leader is dropped; 2.9x is not (the factor is a floor on the medians).
+    at = judge({"onnxruntime": _ratios(1.0, 3), "tvm": _ratios(3.0, 3)}, ORDER, TimingBudget(), 0)
+    below = judge({"onnxruntime": _ratios(1.0, 3), "tvm": _ratios(2.9, 3)}, ORDER, TimingBudget(), 0)
+    assert (at.outcome, at.chosen) == ("only one left", "onnxruntime") and "tvm" in at.dropped
+    assert below.outcome == "continue" and not below.dropped
+
+
+def test_a_slow_candidate_with_overlapping_interval_is_not_dropped():
+    noisy_leader = [1.0, 1.0, 5.0]  # one disturbed pair: its interval reaches 5.0
+    verdict = judge({"onnxruntime": noisy_leader, "tvm": [3.5, 3.6, 3.7]}, ORDER, TimingBudget(), 0)
+    assert not verdict.dropped
+
+
+def test_separated_intervals_name_the_lower_one():
+    ratios = {"onnxruntime": _ratios(1.0, 10), "litert": _ratios(1.9, 10)}
+    verdict = judge(ratios, ORDER, TimingBudget(), 2.0)
+    assert (verdict.outcome, verdict.chosen) == ("separated", "onnxruntime")
+    assert verdict.stats["litert"].median == pytest.approx(1.9)
+    text = sequential.reason(verdict, "evidence row x86_64-cpu/fp32's order", TimingBudget(), 2.0)
+    assert text == (
+        "onnxruntime is fastest, its 95% CI below the next one's (time ratio to ONNX Runtime on the source "
+        "model: onnxruntime 1.000x (95% CI 0.980-1.020, 10 pairs); litert 1.900x (95% CI 1.862-1.938, 10 pairs))"
+    )
+    # The separated lower one wins even when it comes later in the tie order.
+    flipped = judge({"onnxruntime": _ratios(1.9, 10), "litert": _ratios(1.0, 10)}, ORDER, TimingBudget(), 0)
+    assert flipped.chosen == "litert"
+
+
+def test_overlapping_but_narrow_intervals_tie_and_the_order_breaks_it():
+    # litert's median is lower, but within 5% of onnxruntime: the tie rule keeps onnxruntime.
+    ratios = {"onnxruntime": _ratios(1.0, 10, 0.01), "litert": _ratios(0.995, 10, 0.01)}
+    verdict = judge(ratios, ORDER, TimingBudget(), 1.0)
+    assert (verdict.outcome, verdict.chosen) == ("tied", "onnxruntime")
+    text = sequential.reason(verdict, "the profile's order", TimingBudget(), 1.0)
+    assert text.startswith("tied within 5% (time ratio to ONNX Runtime on the source model: litert 0.995x")
+    assert text.endswith("kept onnxruntime by the tie rule: first in the profile's order among those whose CI overlaps the leader's")
+    # The same figures give the same choice every time, whichever dict order they come in.
+    assert judge(dict(reversed(list(ratios.items()))), ORDER, TimingBudget(), 1.0).chosen == "onnxruntime"
+
+
+def test_wide_overlapping_intervals_go_on_until_the_budget_then_say_undecided():
+    wide = {"onnxruntime": _ratios(1.0, 10, 0.3), "litert": _ratios(0.9, 10, 0.3)}
+    assert judge(wide, ORDER, TimingBudget(), 5.0).outcome == "continue"
+    by_time = judge(wide, ORDER, TimingBudget(max_seconds=5.0), 5.0)
+    assert (by_time.outcome, by_time.chosen) == ("undecided", "onnxruntime")
+    full = {k: v * 4 for k, v in wide.items()}  # 40 pairs each: max_pairs
+    by_pairs = judge(full, ORDER, TimingBudget(), 1.0)
+    assert (by_pairs.outcome, by_pairs.chosen) == ("undecided", "onnxruntime")
+    text = sequential.reason(by_pairs, "the profile's order", TimingBudget(), 12.4)
+    assert text.startswith("undecided: the 95% CIs still overlap when the budget (40 pairs, 60 s; 12 s spent) ran out")
+
+
+def test_the_tie_rule_only_considers_candidates_overlapping_the_leader():
+    # tvm is first in this order but clearly above the leader's interval: never picked by the tie rule.
+    order = ("tvm", "onnxruntime", "litert")
+    ratios = {"tvm": _ratios(2.0, 10, 0.05), "onnxruntime": _ratios(1.0, 10, 0.3), "litert": _ratios(1.05, 10, 0.3)}
+    verdict = judge(ratios, order, TimingBudget(max_seconds=1), 2.0)
+    assert (verdict.outcome, verdict.chosen) == ("undecided", "onnxruntime")
+
+
+def test_budget_and_order_errors():
+    with pytest.raises(UserError, match="drop_after <= min_pairs <= max_pairs"):
+        TimingBudget(min_pairs=50)
+    with pytest.raises(UserError, match="drop_factor > 1"):
+        TimingBudget(drop_factor=1.0)
+    with pytest.raises(UserError, match="threads must be at least 1"):
+        TimingBudget(threads=0)
+    with pytest.raises(UserError, match=r"unranked: \['openvino'\]"):
+        judge({"openvino": [1.0] * 5}, ORDER, TimingBudget(), 0)
