@@ -45,13 +45,17 @@ def test_auto_starts_tensorflow_once_for_every_candidate_and_its_timing(tmp_path
     # Imported once: lowered, validated and timed against ONNX Runtime on that one import.
     assert starts == [path]
     selection = artifact.manifest.backend_selection
-    assert [(c.backend, c.status) for c in selection.candidates] == [
-        ("tvm", "built"),
-        ("onnxruntime", "built"),
-        ("litert", "built"),
-    ]
-    assert all(c.ratio_to_onnxruntime and c.ratio_to_onnxruntime > 0 and c.pairs == 3 for c in selection.candidates)
-    assert selection.reason.startswith("fastest of 3 timed candidates")
+    # Untuned TVM is left out by the evidence rule (no tuning records); the others are timed.
+    # (On a graph this small one runtime's call overhead may make the other 3x slower: dropped.)
+    assert [c.backend for c in selection.candidates] == ["tvm", "onnxruntime", "litert"]
+    assert selection.candidates[0].status == "skipped"
+    assert {c.status for c in selection.candidates[1:]} <= {"built", "dropped"}
+    timed = [c for c in selection.candidates[1:] if c.status == "built"]
+    assert all(c.ratio_to_onnxruntime and c.ratio_to_onnxruntime > 0 and c.pairs >= 3 for c in selection.candidates[1:])
+    assert selection.outcome in ("separated", "tied", "undecided", "only one left")
+    assert selection.evidence == "x86_64-cpu/fp32" and selection.threads and selection.threads >= 1
+    for c in timed:  # the reason carries the records' own figures
+        assert f"{c.backend} {c.ratio_to_onnxruntime:.3f}x (95% CI {c.ci95_low:.3f}-{c.ci95_high:.3f}, {c.pairs} pairs)" in selection.reason
     assert selection.chosen == artifact.manifest.backend
     import edgekiln
 

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from edgekiln.compile import auto
+from edgekiln.compile.sequential import TimingBudget
 from edgekiln.execute.progress import NullProgress
+from edgekiln.execute.runners import Worker
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -45,19 +47,32 @@ def built(tmp_path_factory):
     return source, artifacts
 
 
-def test_every_candidate_is_timed_against_onnxruntime_and_the_fastest_wins(built):
+ORDER = ("a", "b", "broken")
+# Small and quick: a tiny MatMul against itself never separates, so the budget decides.
+BUDGET = TimingBudget(min_pairs=5, max_pairs=8, max_seconds=30.0, threads=1)
+
+
+def test_every_candidate_is_timed_against_onnxruntime_with_pinned_threads(built, monkeypatch):
     source, artifacts = built
+    loads = []
+    real_load = Worker.load
+    monkeypatch.setattr(Worker, "load", lambda self, subject, samples: loads.append(subject) or real_load(self, subject, samples))
     records = [{"backend": name, "status": "built"} for name in artifacts]
-    choice, why = auto._measure(artifacts, records, str(source), NullProgress())
-    assert choice in artifacts and f"{auto.BENCH_PAIRS} interleaved pairs each" in why
+    choice, why, facts = auto._measure(artifacts, records, str(source), NullProgress(), ORDER, "the test order", BUDGET)
+    # The baseline and every candidate on the same pinned thread count.
+    assert [s["kind"] for s in loads] == ["onnxruntime", "artifact", "artifact"]
+    assert {s["threads"] for s in loads} == {1}
+    assert facts["threads"] == 1 and facts["outcome"] in ("tied", "undecided", "separated") and facts["timing_seconds"] > 0
     for record in records:
-        assert record["pairs"] == auto.BENCH_PAIRS and record["p50_ms"] > 0
-        # The same runtime on the same graph: the ratio is about 1.
+        # The same runtime on the same graph: the ratio is about 1, and the figures agree.
+        assert 5 <= record["pairs"] <= 8 and record["p50_ms"] > 0
+        assert record["ci95_low"] <= record["ratio_to_onnxruntime"] <= record["ci95_high"]
         assert 0.05 < record["ratio_to_onnxruntime"] < 20
-    assert choice == min(records, key=lambda r: r["ratio_to_onnxruntime"])["backend"]
+        figures = f"{record['ratio_to_onnxruntime']:.3f}x (95% CI {record['ci95_low']:.3f}-{record['ci95_high']:.3f}, {record['pairs']} pairs)"
+        assert f"{record['backend']} {figures}" in why
     # An imported source model is used as it is, nothing re-imported.
     again = [{"backend": name, "status": "built"} for name in artifacts]
-    auto._measure(artifacts, again, SimpleNamespace(path=source), NullProgress())
+    auto._measure(artifacts, again, SimpleNamespace(path=source), NullProgress(), ORDER, "the test order", BUDGET)
     assert all("ratio_to_onnxruntime" in r for r in again)
 
 
@@ -65,12 +80,18 @@ def test_a_candidate_that_cannot_run_is_recorded_and_the_others_decide(built, tm
     source, artifacts = built
     broken = SimpleNamespace(path=tmp_path / "missing.tar.gz", manifest=artifacts["a"].manifest)
     records = [{"backend": "broken", "status": "built"}, {"backend": "b", "status": "built"}]
-    choice, _ = auto._measure({"broken": broken, "b": artifacts["b"]}, records, str(source), NullProgress())
-    assert choice == "b" and records[0]["status"] == "not measured" and "missing.tar.gz" in records[0]["reason"]
+    choice, why, facts = auto._measure(
+        {"broken": broken, "b": artifacts["b"]}, records, str(source), NullProgress(), ORDER, "the test order", BUDGET
+    )
+    assert choice == "b" and facts["outcome"] == "only one left"
+    assert records[0]["status"] == "not measured" and "missing.tar.gz" in records[0]["reason"]
+    assert why.startswith("b is the only candidate left")
 
 
 def test_no_source_model_means_no_timing_and_the_first_choice(built, tmp_path):
     _, artifacts = built
     records = [{"backend": name, "status": "built"} for name in artifacts]
-    choice, why = auto._measure(artifacts, records, str(tmp_path / "gone.onnx"), NullProgress())
-    assert choice == "a" and "no candidate could be timed" in why
+    choice, why, facts = auto._measure(
+        artifacts, records, str(tmp_path / "gone.onnx"), NullProgress(), ORDER, "the test order", BUDGET
+    )
+    assert choice == "a" and "no candidate could be timed" in why and facts == {"outcome": "not timed"}
