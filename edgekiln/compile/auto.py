@@ -133,13 +133,13 @@ def _unmeasured_reason(choice: str, plan: evidence.Plan, cannot_run: str | None)
     if cannot_run is None:
         return f"the only backend that built{skipped}", "only one built"
     if plan.row is None:
-        why = f"first in the profile's preference order that built and validated ({cannot_run})"
+        why = f"first in the profile's preference order that built without failing validation ({cannot_run})"
         return why + skipped, "evidence"
     row = plan.row
     return (
         f"this machine cannot time the target ({cannot_run}); evidence {row.key} orders the "
         f"backends {', '.join(row.order)} ({row.figures}; source: {row.source}); {choice} is the "
-        f"first in that order that built and validated{skipped}",
+        f"first in that order that built without failing validation{skipped}",
         "evidence",
     )
 
@@ -176,7 +176,11 @@ def _measure(
         except (BackendError, DependencyError, UserError) as exc:
             why = f"no candidate could be timed ({exc.one_line()}); kept the first in {order_source}"
             return first, why, {"outcome": "not timed"}
-        session = _TimingSession(onnx_path, manifest, threads)
+        try:
+            session = _TimingSession(onnx_path, manifest, threads)
+        except (BackendError, DependencyError, UserError) as exc:
+            why = f"no candidate could be timed (ONNX Runtime baseline: {exc.one_line()}); kept the first in {order_source}"
+            return first, why, {"outcome": "not timed"}
         try:
             verdict = session.run(built, records, order, budget, started, progress)
         finally:

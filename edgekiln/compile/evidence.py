@@ -150,7 +150,7 @@ def plan(
         excluded["tvm"] = (
             f"untuned TVM is left out: the model has {have}, and TVM is chosen only when records cover "
             f"the tasks that carry at least {COVERAGE_RULE:.0%} of the model's FLOPs"
-            + (f" (evidence {row.key}: {row.figures})" if row else "")
+            + (f" (evidence {row.key})" if row else "")
         )
     return Plan(tuple(b for b in ordered if b not in excluded), excluded, row)
 

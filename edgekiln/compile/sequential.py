@@ -15,6 +15,11 @@ summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a dis
 - **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
   first.
 
+Separation and ties are only looked at after ``min_pairs``, then at twice as many, and so on
+(5, 10, 20, 40 pairs by default), and when the budget runs out: a group-sequential design,
+because a look after every pair would, by chance alone, find two equal candidates
+"separated" far more often than the 95% intervals promise.
+
 Tied and undecided choices follow one deterministic tie rule: among the candidates whose
 interval overlaps the leader's, the first in the ``order`` given (the evidence row's order of
 fastest backends for the target, else the profile's preference order). Repeated compiles
@@ -77,6 +82,15 @@ class Verdict:
     stats: Mapping[str, RatioStats] = field(default_factory=dict)
 
 
+def looks(budget: TimingBudget) -> tuple[int, ...]:
+    """The pair counts at which separation and ties are judged: min_pairs, doubling, max_pairs."""
+    counts, n = [], budget.min_pairs
+    while n < budget.max_pairs:
+        counts.append(n)
+        n *= 2
+    return (*counts, budget.max_pairs)
+
+
 def describe(stats: RatioStats) -> str:
     """A candidate's figures as the reason text and the manifest give them."""
     return f"{stats.median:.3f}x (95% CI {stats.ci95_low:.3f}-{stats.ci95_high:.3f}, {stats.n} pairs)"
@@ -112,7 +126,8 @@ def judge(
     left = [n for n in ranked if n not in dropped]
     if len(left) == 1:
         return Verdict("only one left", left[0], dropped, stats)
-    if pairs < budget.min_pairs:
+    out_of_budget = pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds
+    if pairs < budget.min_pairs or not (out_of_budget or pairs in looks(budget)):
         return Verdict("continue", None, dropped, stats)
     first, second = stats[left[0]], stats[left[1]]
     if first.ci95_high < second.ci95_low:
@@ -121,7 +136,7 @@ def judge(
     chosen = min(overlapping, key=order.index)
     if max(first.ci95_high, second.ci95_high) <= (1 + budget.equivalence) * min(first.ci95_low, second.ci95_low):
         return Verdict("tied", chosen, dropped, stats)
-    if pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds:
+    if out_of_budget:
         return Verdict("undecided", chosen, dropped, stats)
     return Verdict("continue", None, dropped, stats)
 

@@ -62,14 +62,17 @@ def test_every_candidate_is_timed_against_onnxruntime_with_pinned_threads(built,
     # The baseline and every candidate on the same pinned thread count.
     assert [s["kind"] for s in loads] == ["onnxruntime", "artifact", "artifact"]
     assert {s["threads"] for s in loads} == {1}
-    assert facts["threads"] == 1 and facts["outcome"] in ("tied", "undecided", "separated") and facts["timing_seconds"] > 0
+    # (A graph this small runs in microseconds, where a loaded machine may even drop one twin.)
+    assert facts["threads"] == 1 and facts["outcome"] in ("tied", "undecided", "separated", "only one left")
+    assert facts["timing_seconds"] > 0 and choice in artifacts
     for record in records:
         # The same runtime on the same graph: the ratio is about 1, and the figures agree.
-        assert 5 <= record["pairs"] <= 8 and record["p50_ms"] > 0
+        assert 3 <= record["pairs"] <= 8 and record["p50_ms"] > 0
         assert record["ci95_low"] <= record["ratio_to_onnxruntime"] <= record["ci95_high"]
         assert 0.05 < record["ratio_to_onnxruntime"] < 20
         figures = f"{record['ratio_to_onnxruntime']:.3f}x (95% CI {record['ci95_low']:.3f}-{record['ci95_high']:.3f}, {record['pairs']} pairs)"
-        assert f"{record['backend']} {figures}" in why
+        assert (f"{record['backend']} {figures}" in why) == (record["status"] == "built")
+        assert record["status"] == "built" or record["reason"].startswith(f"dropped after {record['pairs']} pairs: {figures}")
     # An imported source model is used as it is, nothing re-imported.
     again = [{"backend": name, "status": "built"} for name in artifacts]
     auto._measure(artifacts, again, SimpleNamespace(path=source), NullProgress(), ORDER, "the test order", BUDGET)

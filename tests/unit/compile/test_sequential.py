@@ -102,3 +102,15 @@ def test_budget_and_order_errors():
         TimingBudget(threads=0)
     with pytest.raises(UserError, match=r"unranked: \['openvino'\]"):
         judge({"openvino": [1.0] * 5}, ORDER, TimingBudget(), 0)
+
+
+def test_separation_is_only_judged_at_the_looks():
+    assert sequential.looks(TimingBudget()) == (5, 10, 20, 40)
+    assert sequential.looks(TimingBudget(min_pairs=5, max_pairs=8)) == (5, 8)
+    apart = {"onnxruntime": _ratios(1.0, 7), "litert": _ratios(1.9, 7)}
+    # 7 pairs is between looks: no decision yet, even with disjoint intervals...
+    assert judge(apart, ORDER, TimingBudget(), 1.0).outcome == "continue"
+    # ...unless the time budget is spent.
+    assert judge(apart, ORDER, TimingBudget(max_seconds=1.0), 1.0).outcome == "separated"
+    # Dropping does not wait for a look.
+    assert "tvm" in judge({**apart, "tvm": _ratios(30.0, 7)}, ORDER, TimingBudget(), 1.0).dropped
