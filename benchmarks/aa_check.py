@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
     threads = args.threads or usable_cpus()
+    load_before = os.getloadavg()
     results = [check(m, args.pairs, threads) for m in (args.model or ["zoo:mobilenet_v2"])]
     for r in results:
         s = r["ratio"]
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         report = {"command": " ".join(["benchmarks/aa_check.py", *(argv if argv is not None else sys.argv[1:])]),
-                  "host": machine_description(), "results": results}
+                  "host": machine_description(), "load_average": {"before": load_before, "after": os.getloadavg()},
+                  "results": results}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
