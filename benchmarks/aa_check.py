@@ -95,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['pairs']} pairs, {threads} threads, spread {s['spread']:.0%}); CI holds 1.00: {r['ci_holds_1']}"
         )
     if args.json:
-        report = {"command": " ".join(["benchmarks/aa_check.py", *(argv if argv is not None else sys.argv[1:])]),
-                  "host": machine_description(), "load_average": {"before": load_before, "after": os.getloadavg()},
-                  "results": results}
+        report = {
+            "command": " ".join(["benchmarks/aa_check.py", *(argv if argv is not None else sys.argv[1:])]),
+            "host": machine_description(),
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "results": results,
+        }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -179,8 +179,8 @@ def _measure(
         try:
             session = _TimingSession(onnx_path, manifest, threads)
         except (BackendError, DependencyError, UserError) as exc:
-            why = f"no candidate could be timed (ONNX Runtime baseline: {exc.one_line()}); kept the first in {order_source}"
-            return first, why, {"outcome": "not timed"}
+            why = f"no candidate could be timed (ONNX Runtime baseline: {exc.one_line()})"
+            return first, f"{why}; kept the first in {order_source}", {"outcome": "not timed"}
         try:
             verdict = session.run(built, records, order, budget, started, progress)
         finally:
@@ -188,7 +188,11 @@ def _measure(
     elapsed = time.monotonic() - started
     facts = {"threads": threads, "timing_seconds": round(elapsed, 2)}
     if verdict is None:
-        return first, f"no candidate could be timed; kept the first in {order_source}", {**facts, "outcome": "not timed"}
+        return (
+            first,
+            f"no candidate could be timed; kept the first in {order_source}",
+            {**facts, "outcome": "not timed"},
+        )
     for record in records:
         stats = session.stats.get(record["backend"])
         if stats is not None:
@@ -202,7 +206,11 @@ def _measure(
             if record["backend"] in session.dropped:
                 record.update(status="dropped", reason=session.dropped[record["backend"]])
     assert verdict.chosen is not None
-    return verdict.chosen, sequential.reason(verdict, order_source, budget, elapsed), {**facts, "outcome": verdict.outcome}
+    return (
+        verdict.chosen,
+        sequential.reason(verdict, order_source, budget, elapsed),
+        {**facts, "outcome": verdict.outcome},
+    )
 
 
 class _TimingSession:
@@ -264,7 +272,9 @@ class _TimingSession:
                 try:
                     timing.run_pair(pair if rounds % 2 == 0 else pair[::-1], 1, position, start=2)
                 except (BackendError, DependencyError, UserError) as exc:
-                    next(r for r in records if r["backend"] == name).update(status="not measured", reason=exc.one_line())
+                    next(r for r in records if r["backend"] == name).update(
+                        status="not measured", reason=exc.one_line()
+                    )
                     del pairs[name], ratios[name], timed[name]
                     continue
                 ratios[name].append(pair[0].pairs[-1] / pair[1].pairs[-1])  # type: ignore[index]

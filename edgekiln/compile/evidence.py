@@ -124,7 +124,9 @@ def parse(data: dict[str, Any]) -> tuple[EvidenceRow, ...]:
 def lookup(profile: DeviceProfile, precision: str, table: Sequence[EvidenceRow] | None = None) -> EvidenceRow | None:
     """The row for ``profile``'s target class and ``precision``, or None."""
     cls = target_class(profile)
-    return next((r for r in (rows() if table is None else table) if (r.target_class, r.precision) == (cls, precision)), None)
+    return next(
+        (r for r in (rows() if table is None else table) if (r.target_class, r.precision) == (cls, precision)), None
+    )
 
 
 def plan(

@@ -55,7 +55,10 @@ def test_auto_starts_tensorflow_once_for_every_candidate_and_its_timing(tmp_path
     assert selection.outcome in ("separated", "tied", "undecided", "only one left")
     assert selection.evidence == "x86_64-cpu/fp32" and selection.threads and selection.threads >= 1
     for c in timed:  # the reason carries the records' own figures
-        assert f"{c.backend} {c.ratio_to_onnxruntime:.3f}x (95% CI {c.ci95_low:.3f}-{c.ci95_high:.3f}, {c.pairs} pairs)" in selection.reason
+        assert (
+            f"{c.backend} {c.ratio_to_onnxruntime:.3f}x (95% CI {c.ci95_low:.3f}-{c.ci95_high:.3f}, {c.pairs} pairs)"
+            in selection.reason
+        )
     assert selection.chosen == artifact.manifest.backend
     import edgekiln
 

@@ -54,9 +54,15 @@ def test_when_the_target_cannot_run_here_the_evidence_order_decides_without_untu
     # aarch64 fp32 evidence: litert, then onnxruntime; TVM without records is never built.
     assert staged.backend == "onnxruntime"
     assert tried == [("the source", "litert"), ("the source", "onnxruntime")]
-    assert (selection.chosen, selection.outcome, selection.evidence) == ("onnxruntime", "evidence", "aarch64-cortex-a/fp32")
+    assert (selection.chosen, selection.outcome, selection.evidence) == (
+        "onnxruntime",
+        "evidence",
+        "aarch64-cortex-a/fp32",
+    )
     assert "github.com/google/XNNPACK" in selection.evidence_source
-    assert selection.reason.startswith("this machine cannot time the target (this host is x86_64); evidence aarch64-cortex-a/fp32")
+    assert selection.reason.startswith(
+        "this machine cannot time the target (this host is x86_64); evidence aarch64-cortex-a/fp32"
+    )
     assert "onnxruntime is the first in that order that built without failing validation" in selection.reason
     assert "untuned TVM is left out: the model has no tuning records" in selection.reason
     # Recorded in the profile's order, whatever order they were tried in.

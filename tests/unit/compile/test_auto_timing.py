@@ -56,7 +56,9 @@ def test_every_candidate_is_timed_against_onnxruntime_with_pinned_threads(built,
     source, artifacts = built
     loads = []
     real_load = Worker.load
-    monkeypatch.setattr(Worker, "load", lambda self, subject, samples: loads.append(subject) or real_load(self, subject, samples))
+    monkeypatch.setattr(
+        Worker, "load", lambda self, subject, samples: loads.append(subject) or real_load(self, subject, samples)
+    )
     records = [{"backend": name, "status": "built"} for name in artifacts]
     choice, why, facts = auto._measure(artifacts, records, str(source), NullProgress(), ORDER, "the test order", BUDGET)
     # The baseline and every candidate on the same pinned thread count.
@@ -70,9 +72,12 @@ def test_every_candidate_is_timed_against_onnxruntime_with_pinned_threads(built,
         assert 3 <= record["pairs"] <= 8 and record["p50_ms"] > 0
         assert record["ci95_low"] <= record["ratio_to_onnxruntime"] <= record["ci95_high"]
         assert 0.05 < record["ratio_to_onnxruntime"] < 20
-        figures = f"{record['ratio_to_onnxruntime']:.3f}x (95% CI {record['ci95_low']:.3f}-{record['ci95_high']:.3f}, {record['pairs']} pairs)"
+        ci = f"95% CI {record['ci95_low']:.3f}-{record['ci95_high']:.3f}"
+        figures = f"{record['ratio_to_onnxruntime']:.3f}x ({ci}, {record['pairs']} pairs)"
         assert (f"{record['backend']} {figures}" in why) == (record["status"] == "built")
-        assert record["status"] == "built" or record["reason"].startswith(f"dropped after {record['pairs']} pairs: {figures}")
+        assert record["status"] == "built" or record["reason"].startswith(
+            f"dropped after {record['pairs']} pairs: {figures}"
+        )
     # An imported source model is used as it is, nothing re-imported.
     again = [{"backend": name, "status": "built"} for name in artifacts]
     auto._measure(artifacts, again, SimpleNamespace(path=source), NullProgress(), ORDER, "the test order", BUDGET)

@@ -29,8 +29,15 @@ def test_every_shipped_row_names_its_figures_and_source():
 
 @pytest.mark.parametrize(
     ("target", "cls"),
-    [("x86_64", "x86_64-cpu"), ("c5", "x86_64-cpu"), ("rasp4b", "aarch64-cortex-a"), ("rasp5", "aarch64-cortex-a"),
-     ("rasp3b", "armv7l-cpu"), ("h200", "cuda-gpu"), ("jetson_nano", "cuda-gpu")],
+    [
+        ("x86_64", "x86_64-cpu"),
+        ("c5", "x86_64-cpu"),
+        ("rasp4b", "aarch64-cortex-a"),
+        ("rasp5", "aarch64-cortex-a"),
+        ("rasp3b", "armv7l-cpu"),
+        ("h200", "cuda-gpu"),
+        ("jetson_nano", "cuda-gpu"),
+    ],
 )
 def test_profiles_map_to_their_target_class(target, cls):
     assert evidence.target_class(get_profile(target)) == cls
@@ -77,8 +84,14 @@ def test_coverage_and_table_errors():
         TuningCoverage(1.5)
     with pytest.raises(InternalError, match="expected"):
         evidence.parse({"row": [{"target_class": "x86_64-cpu"}]})
-    row = {"target_class": "x86_64-cpu", "precision": "fp32", "order": ["tvm"], "tvm_needs_records": True,
-           "figures": "f", "source": "s"}
+    row = {
+        "target_class": "x86_64-cpu",
+        "precision": "fp32",
+        "order": ["tvm"],
+        "tvm_needs_records": True,
+        "figures": "f",
+        "source": "s",
+    }
     with pytest.raises(InternalError, match="repeat"):
         evidence.parse({"row": [row, row]})
     with pytest.raises(InternalError, match="unknown class"):
@@ -92,8 +105,9 @@ def test_a_selection_with_evidence_round_trips_and_old_ones_still_load():
         reason="tied within 5%",
         candidates=(
             CandidateRecord("tvm", "skipped", reason="untuned TVM is left out"),
-            CandidateRecord("onnxruntime", "built", p50_ms=2.5, ratio_to_onnxruntime=1.001, pairs=12,
-                            ci95_low=0.98, ci95_high=1.02),
+            CandidateRecord(
+                "onnxruntime", "built", p50_ms=2.5, ratio_to_onnxruntime=1.001, pairs=12, ci95_low=0.98, ci95_high=1.02
+            ),
             CandidateRecord("litert", "dropped", reason="dropped after 3 pairs", ratio_to_onnxruntime=3.5, pairs=3),
         ),
         outcome="tied",

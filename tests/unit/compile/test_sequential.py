@@ -25,7 +25,10 @@ def test_nothing_is_decided_before_a_few_pairs():
 
 def test_a_clearly_slower_candidate_is_dropped_after_drop_after_pairs():
     verdict = judge(
-        {"onnxruntime": _ratios(1.0, 3), "litert": _ratios(1.02, 3), "tvm": _ratios(40.0, 3)}, ORDER, TimingBudget(), 1.0
+        {"onnxruntime": _ratios(1.0, 3), "litert": _ratios(1.02, 3), "tvm": _ratios(40.0, 3)},
+        ORDER,
+        TimingBudget(),
+        1.0,
     )
     assert verdict.outcome == "continue"  # the two close ones need min_pairs first
     assert list(verdict.dropped) == ["tvm"]
@@ -68,7 +71,9 @@ def test_overlapping_but_narrow_intervals_tie_and_the_order_breaks_it():
     assert (verdict.outcome, verdict.chosen) == ("tied", "onnxruntime")
     text = sequential.reason(verdict, "the profile's order", TimingBudget(), 1.0)
     assert text.startswith("tied within 5% (time ratio to ONNX Runtime on the source model: litert 0.995x")
-    assert text.endswith("kept onnxruntime by the tie rule: first in the profile's order among those whose CI overlaps the leader's")
+    assert text.endswith(
+        "kept onnxruntime by the tie rule: first in the profile's order among those whose CI overlaps the leader's"
+    )
     # The same figures give the same choice every time, whichever dict order they come in.
     assert judge(dict(reversed(list(ratios.items()))), ORDER, TimingBudget(), 1.0).chosen == "onnxruntime"
 
