@@ -116,3 +116,42 @@ def test_malformed_build_facts_are_integrity_errors(extra, needle):
 def test_replace_keeps_the_types():
     manifest = dataclasses.replace(_manifest(), backend_selection=SELECTION)
     assert manifest.backend_selection.candidates[1].ratio_to_onnxruntime == 0.52
+
+
+def test_auto_evidence_and_timing_figures_round_trip_and_older_selections_still_load():
+    selection = BackendSelection(
+        mode="auto",
+        chosen="onnxruntime",
+        reason="tied within 5%",
+        candidates=(
+            CandidateRecord("tvm", "skipped", reason="untuned TVM is left out"),
+            CandidateRecord(
+                "onnxruntime", "built", p50_ms=2.5, ratio_to_onnxruntime=1.001, pairs=12, ci95_low=0.98, ci95_high=1.02
+            ),
+            CandidateRecord("litert", "dropped", reason="dropped after 3 pairs", ratio_to_onnxruntime=3.5, pairs=3),
+        ),
+        outcome="tied",
+        evidence="x86_64-cpu/fp32",
+        evidence_source="edgekiln bench",
+        threads=2,
+        tuning_coverage=0.5,
+        timing_seconds=7.25,
+    )
+    manifest = _manifest(backend_selection=selection)
+    data = json.loads(manifest.to_json())["extra"]["backend_selection"]
+    assert data["evidence"] == "x86_64-cpu/fp32" and data["outcome"] == "tied" and data["threads"] == 2
+    assert data["candidates"][1] == {
+        "backend": "onnxruntime",
+        "status": "built",
+        "p50_ms": 2.5,
+        "ratio_to_onnxruntime": 1.001,
+        "pairs": 12,
+        "ci95_low": 0.98,
+        "ci95_high": 1.02,
+    }
+    assert Manifest.from_json(manifest.to_json()).backend_selection == selection
+    # A selection written before these fields loads, and writes back exactly as it was.
+    old = SELECTION.to_dict()
+    assert set(old) == {"mode", "chosen", "reason", "candidates"}
+    loaded = BackendSelection.from_dict(old)
+    assert (loaded.evidence, loaded.outcome, loaded.threads) == (None, None, None) and loaded.to_dict() == old

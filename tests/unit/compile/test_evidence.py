@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
 from edgekiln.compile import evidence
 from edgekiln.compile.evidence import TuningCoverage, plan
 from edgekiln.device_profiles import get_profile
@@ -96,32 +93,3 @@ def test_coverage_and_table_errors():
         evidence.parse({"row": [row, row]})
     with pytest.raises(InternalError, match="unknown class"):
         evidence.parse({"row": [{**row, "precision": "fp16"}]})
-
-
-def test_a_selection_with_evidence_round_trips_and_old_ones_still_load():
-    selection = BackendSelection(
-        mode="auto",
-        chosen="onnxruntime",
-        reason="tied within 5%",
-        candidates=(
-            CandidateRecord("tvm", "skipped", reason="untuned TVM is left out"),
-            CandidateRecord(
-                "onnxruntime", "built", p50_ms=2.5, ratio_to_onnxruntime=1.001, pairs=12, ci95_low=0.98, ci95_high=1.02
-            ),
-            CandidateRecord("litert", "dropped", reason="dropped after 3 pairs", ratio_to_onnxruntime=3.5, pairs=3),
-        ),
-        outcome="tied",
-        evidence="x86_64-cpu/fp32",
-        evidence_source="edgekiln bench",
-        threads=2,
-        tuning_coverage=0.5,
-        timing_seconds=7.25,
-    )
-    data = selection.to_dict()
-    assert data["evidence"] == "x86_64-cpu/fp32" and data["candidates"][1]["ci95_high"] == 1.02
-    assert "reason" not in data["candidates"][1]  # only the figures a candidate has
-    assert BackendSelection.from_dict(data) == selection
-    old = {"mode": "auto", "chosen": "litert", "reason": "r", "candidates": [{"backend": "litert", "status": "built"}]}
-    loaded = BackendSelection.from_dict(old)
-    assert loaded.evidence is None and loaded.outcome is None and loaded.to_dict() == old
-    assert dataclasses.replace(loaded, threads=2).to_dict()["threads"] == 2
