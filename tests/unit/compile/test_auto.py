@@ -195,3 +195,25 @@ def test_auto_with_int8_quantizes_once_for_the_qdq_candidates(tmp_path, monkeypa
     q = artifact.manifest.quantization
     assert q["mode"] == "int8" and q["calibration_samples"] == 8 and q["accuracy_gate"]["passed"] is True
     assert dataclasses.asdict(artifact.manifest.backend_selection)["chosen"] == "onnxruntime"
+
+
+def test_compile_hands_auto_the_precision_the_tuning_coverage_and_the_budget(tmp_path, monkeypatch, fast_profile):
+    fast_profile("onnxruntime")
+    seen = {}
+    real = auto.compile_auto
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    covered = evidence.TuningCoverage(0.93, "records")
+    monkeypatch.setattr(auto, "compile_auto", spy)
+    monkeypatch.setattr(api, "tuning_coverage", lambda source, profile: covered)
+    budget = auto.sequential.TimingBudget(max_pairs=10, threads=1)
+    options = api.CompileOptions(auto_timing=budget)
+    artifact = compile_model(write_model(tmp_path / "tiny.onnx"), "x86_64", tmp_path / "a.tar.gz", options=options)
+    assert seen == {"precision": "fp32", "coverage": covered, "budget": budget}
+    assert artifact.manifest.backend_selection.tuning_coverage == 0.93
+    # Until compile reads the tuning database, no model has records.
+    monkeypatch.undo()
+    assert api.tuning_coverage(None, None) is None
