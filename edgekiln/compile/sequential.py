@@ -150,7 +150,8 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
     figures = "; ".join(f"{n} {describe(stats[n])}" for n in timed)
     what = "time ratio to ONNX Runtime on the source model"
     if verdict.outcome == "only one left":
-        return f"{chosen} is the only candidate left after dropping the clearly slower ones ({what}: {figures})"
+        others = "the others were dropped as clearly slower or could not run"
+        return f"{chosen} is the only candidate left to time ({others}; {what}: {figures})"
     if verdict.outcome == "separated":
         return f"{chosen} is fastest, its 95% CI below the next one's ({what}: {figures})"
     rule = f"kept {chosen} by the tie rule: first in {order_source} among those whose CI overlaps the leader's"
