@@ -6,7 +6,7 @@ the order flipped every other pair; :class:`edgekiln.execute.statistics.RatioSta
 median ratio and its 95% CI), so any distance of the ratio from 1.00 is the machinery's own
 bias and noise. Run it on a quiet machine, e.g.:
 
-    flock /tmp/edgekiln-heavy.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/aa_check.py \
+    python benchmarks/aa_check.py \
         --model zoo:mobilenet_v2 --model zoo:resnet18 --pairs 40 --json benchmarks/results/aa_check.json
 
 It reports, per model, the median ratio, its CI, whether the CI holds 1.00, and the worst
