@@ -120,8 +120,9 @@ class AgentClient:
         return [np.array(from_proto(t)) for t in response.tensors]
 
     def predict_image(self, name: str, image: Any, top_k: int = 5) -> dict[str, Any]:
-        """Classify an image with model ``name``: preprocessed here as its manifest says
-        (the artifact is on this device), run by the agent; returns tensor and top-k."""
+        """Classify an image (path, PIL image, HxWx3 or HxW uint8 array) with model ``name``:
+        preprocessed here as its manifest says (the artifact is on this device), run by the
+        agent; returns tensor, outputs and top-k (see :func:`edgekiln.runtime.model.top_classes`)."""
         from edgekiln.runtime.model import top_classes
         from edgekiln.runtime.preprocess import preprocess
 
@@ -131,7 +132,8 @@ class AgentClient:
             raise UserError(f"model {name} records no image preprocessing; send tensors with predict()")
         tensor = preprocess(image, manifest.preprocessing, manifest.inputs[0].shape)
         outputs = self.predict(name, {manifest.inputs[0].name: tensor})
-        return {"input": tensor, "outputs": outputs, "top": top_classes(outputs[0].reshape(-1), labels, top_k)}
+        top = top_classes(outputs[0].reshape(-1), labels, top_k, manifest.scores)
+        return {"input": tensor, "outputs": outputs, "top": top}
 
     # -- capture ---------------------------------------------------------------------
     def capture(

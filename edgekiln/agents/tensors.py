@@ -53,8 +53,14 @@ def from_proto(
     tensor: Any, *, name: str | None = None, dtype: str | None = None, shape: tuple[int, ...] | None = None
 ) -> np.ndarray:
     """Decode a ``Tensor``; ``name``/``dtype``/``shape`` are what the model expects and
-    fill in what the request leaves out (metadata is optional in a predict request)."""
+    fill in what the request leaves out (metadata is optional in a predict request).
+
+    A tensor of another dtype is cast to ``dtype`` within its kind (float64 → float32), by
+    the rule ``Model.run`` applies (:func:`edgekiln.runtime.model.castable`), so that both
+    accept the same arrays."""
     import numpy as np
+
+    from edgekiln.runtime.model import castable
 
     which = tensor.WhichOneof("data")
     label = name or tensor.tensor_metadata.name or "tensor"
@@ -70,7 +76,7 @@ def from_proto(
             raise TensorError(f"tensor {label!r}: unknown data type {meta.data_type}")
         got_dtype = DTYPE_NAMES[meta.data_type]
         got_shape = tuple(int(d) for d in meta.shape)
-        if dtype is not None and got_dtype != dtype:
+        if dtype is not None and got_dtype != dtype and not castable(got_dtype, dtype):
             raise TensorError(f"tensor {label!r} is {got_dtype}, the model expects {dtype}")
         if shape is not None and got_shape != tuple(shape):
             raise TensorError(f"tensor {label!r} has shape {list(got_shape)}, the model expects {list(shape)}")
@@ -90,4 +96,4 @@ def from_proto(
     # A writable, native-order copy: the message's buffer is read-only, and DLPack (the
     # runtime's way into TVM) refuses read-only arrays.
     array = np.frombuffer(tensor.byte_data, dtype=np.dtype(got_dtype).newbyteorder("<")).reshape(got_shape)
-    return array.astype(np.dtype(got_dtype), copy=True)
+    return array.astype(np.dtype(dtype or got_dtype), copy=True)

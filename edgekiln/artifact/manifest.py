@@ -102,6 +102,15 @@ class Validation:
     max_abs_diff: float | None = None
     top1_agreement: float | None = None
     reason: str | None = None
+    # An element passes when |artifact - reference| <= tolerance_abs + tolerance_rel * |reference|
+    # (numpy's allclose); max_rel_diff is over the reference's non-zero elements.
+    tolerance_rel: float | None = None
+    max_rel_diff: float | None = None
+    # A second reference independent of the first (the onnxruntime backend's first is ONNX
+    # Runtime itself): what it was, and the artifact's largest difference from it.
+    second_reference: str | None = None
+    second_max_abs_diff: float | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,9 @@ class GraphStats:
 
 # Typed fields that manifest.json carries inside "extra", where manifests have always had
 # them: tools and earlier runtimes read the same JSON.
-_EXTRA_FIELDS = ("backend_selection", "compile_seconds", "graph")
+_EXTRA_FIELDS = ("backend_selection", "compile_seconds", "graph", "scores")
+# What the first output holds: "probabilities" (the model ends in Softmax) or "logits".
+SCORES = ("probabilities", "logits")
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,11 @@ class Manifest:
     backend_selection: BackendSelection | None = None
     compile_seconds: float | None = None
     graph: GraphStats | None = None
+    scores: str | None = None  # one of SCORES; None in artifacts built before it was recorded
+
+    def __post_init__(self) -> None:
+        if self.scores is not None and self.scores not in SCORES:
+            raise IntegrityError(f"manifest scores {self.scores!r} is not one of {', '.join(SCORES)}")
 
     def file(self, role: str) -> FileEntry | None:
         """The first file with ``role``, or None."""
@@ -237,7 +253,7 @@ class Manifest:
         try:
             extra = _mapping(data.get("extra"), "extra")
             selection, graph = extra.pop("backend_selection", None), extra.pop("graph", None)
-            seconds = extra.pop("compile_seconds", None)
+            seconds, scores = extra.pop("compile_seconds", None), extra.pop("scores", None)
             manifest = cls(
                 model=_build(ModelInfo, data["model"]),
                 profile=_text(data["profile"], "profile"),
@@ -260,6 +276,7 @@ class Manifest:
                 backend_selection=None if selection is None else BackendSelection.from_dict(selection),
                 compile_seconds=None if seconds is None else float(seconds),
                 graph=None if graph is None else _build(GraphStats, graph),
+                scores=_optional_text(scores, "scores"),
             )
         except KeyError as exc:
             raise IntegrityError(f"manifest.json lacks the field {exc.args[0]!r}") from None

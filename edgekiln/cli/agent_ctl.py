@@ -153,7 +153,8 @@ def _predict(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     else:
         answer = client.predict_image(args.name, path, top_k=args.top_k)
         tensor, outputs, top = answer["input"], answer["outputs"], answer["top"]
-    result: dict[str, Any] = {"model": args.name, "input": args.input, "top": top}
+    scores = "logits" if "logit" in top[0] else "probabilities"
+    result: dict[str, Any] = {"model": args.name, "input": args.input, "scores": scores, "top": top}
     if args.capture:
         described = client.describe_model(args.name)
         result["capture_id"] = client.capture(
@@ -180,7 +181,8 @@ def _render(command: str, result: Any) -> str:
         return f"unloaded {result['unloaded']}"
     if command == "capture-status":
         return f"{result['capture_id']}: {result['status']}"
-    lines = [f"{result['input']} ({result['model']}):"]
+    source = "softmax of the logits" if result["scores"] == "logits" else "the model's probabilities"
+    lines = [f"{result['input']} ({result['model']}, {source}):"]
     for rank, cls in enumerate(result["top"], 1):
         lines.append(f"  {rank}. {cls['label']:<32} (class {cls['index']:>4})  p={cls['probability']:.4f}")
     if "capture_id" in result:

@@ -75,6 +75,20 @@ def _add_input_and_manifest_arguments(parser: argparse.ArgumentParser) -> None:
         help="fixed input shape, e.g. 1,3,224,224 or input:1,3,224,224; repeat per input "
         "(the same as --input-config in another form)",
     )
+    parser.add_argument(
+        "--preprocess",
+        metavar="JSON|PRESET",
+        help="how images become the model's input, recorded in the manifest so that images work in "
+        "run, predict, the agent, --calibration and the accuracy gate: a preset (imagenet-torch, "
+        "imagenet-tf, imagenet-caffe) or a JSON object with the keys layout, color, resize, crop, "
+        "mean, std, scale (and optionally preset, whose keys it changes); see the README",
+    )
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line in output order, bundled in the artifact (their count must "
+        "equal the model's output width)",
+    )
     parser.add_argument("--name", help="model name in the manifest (default: file stem or zoo name)")
     parser.add_argument("--model-version", default="1", help="model version in the manifest (default: 1)")
 
@@ -92,7 +106,14 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         "builds in the evidence table's order (see README)",
     )
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="validation tolerance, max abs difference (default: 1e-4)"
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="validation: absolute tolerance (atol, default: 1e-4); an output element passes when "
+        "|artifact - reference| <= atol + rtol x |reference|, as numpy's allclose",
+    )
+    parser.add_argument(
+        "--rtol", type=float, default=1e-5, help="validation: relative tolerance (default: 1e-5, numpy's)"
     )
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
     parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
@@ -168,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
     options = CompileOptions(
         backend=args.backend,
         backend_options=backend_options,
-        validation=ValidationOptions(tolerance_abs=args.tolerance, samples=args.validation_samples),
+        validation=ValidationOptions(
+            tolerance_abs=args.tolerance, tolerance_rel=args.rtol, samples=args.validation_samples
+        ),
+        preprocessing=args.preprocess,
+        labels=args.labels,
         validate=not args.no_validate,
         native_runtime=args.native_runtime,
         quantize=None
@@ -203,8 +228,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         v = artifact.manifest.validation
         check = (
-            f"validated: max abs diff {v.max_abs_diff:.2e} (tolerance {v.tolerance_abs:g}), "
+            f"validated: max abs diff {v.max_abs_diff:.2e}, max rel diff {v.max_rel_diff or 0:.2e} "
+            f"(atol {v.tolerance_abs:g}, rtol {v.tolerance_rel or 0:g}), "
             f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
+            if v.status == "passed" and v.max_abs_diff is not None
+            else f"validated: {v.reference}, top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
             if v.status == "passed"
             else f"not validated: {v.reason}"
         )
@@ -214,6 +242,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stdout,
         )
         print(f"  {check}")
+        if v.second_reference:
+            second = "" if v.second_max_abs_diff is None else f": max abs diff {v.second_max_abs_diff:.2e}"
+            print(f"  second reference: {v.second_reference}{second}")
+        for warning in v.warnings:
+            print(f"  warning: {warning}")
         if artifact.manifest.quantization:
             g = artifact.manifest.quantization["accuracy_gate"]
             print(

@@ -23,7 +23,7 @@ import numpy as np
 from edgekiln import __version__
 from edgekiln.artifact.manifest import BackendSelection, GraphStats, Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack
-from edgekiln.compile import auto, evidence, validate
+from edgekiln.compile import auto, evidence, preprocessing, validate
 from edgekiln.compile.backends import registry
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.frontends import import_model
@@ -66,6 +66,10 @@ class CompileOptions:
     native_runtime: bool = False
     # How --backend auto times candidates when this host can run the target.
     auto_timing: TimingBudget = field(default_factory=TimingBudget)
+    # Image preprocessing (a preset name such as "imagenet-torch", a JSON object or a mapping)
+    # and class names (a labels file, or the names): see compile/preprocessing.py.
+    preprocessing: str | Mapping[str, Any] | None = None
+    labels: str | os.PathLike[str] | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.native_runtime and self.backend != "tvm":
@@ -142,12 +146,14 @@ def compile_model(
     output = _output_path(output)
     profile = get_profile(target)
     backends = _backends(profile, options)
+    user_preprocessing, user_labels = preprocessing.given(options.preprocessing, options.labels)
     # Nothing is written next to the output until the final rename in pack().
     with tempfile.TemporaryDirectory(prefix="edgekiln-compile-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         source = import_source(
             model, work / "source", framework=framework, input_shape=input_shape, name=name, progress=progress
         )
+        source = preprocessing.apply(source, user_preprocessing, user_labels)
         int8 = optimize(source, options.quantize, backends, work / "quantize", progress)
 
         def lower_one(source: SourceModel, backend: Backend) -> StagedArtifact:
@@ -187,8 +193,9 @@ def _output_path(output: str | os.PathLike[str]) -> Path:
 def _backends(profile: DeviceProfile, options: CompileOptions) -> list[Backend]:
     """The backends to try, in order; every reason that rules out a named one fails here,
     before any work."""
-    if options.validation.tolerance_abs < 0 or options.validation.samples < 1:
-        raise UserError("the validation tolerance must be >= 0 and the sample count >= 1")
+    v = options.validation
+    if v.tolerance_abs < 0 or v.tolerance_rel < 0 or v.samples < 1:
+        raise UserError("the validation tolerances must be >= 0 and the sample count >= 1")
     q = options.quantize
     if options.backend == auto.AUTO:
         candidates = auto.eligible(profile, q)
@@ -388,9 +395,18 @@ def _validate(
             candidate = run_native(root, batches, profile if runner.kind == "emulated" else None)
         else:
             candidate = validate.run_artifact(root, batches, device, runner)
-        return validate.compare(
+        validation = validate.compare(
             reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})"
         )
+        if manifest.backend == "onnxruntime":
+            # ONNX Runtime checked against itself proves little: a second, independent engine.
+            from edgekiln.compile import second_reference
+
+            second = second_reference.check(
+                source, batches, candidate, manifest.outputs, settings.tolerance_abs, settings.tolerance_rel
+            )
+            validation = replace(validation, second_reference=second.reference, second_max_abs_diff=second.max_abs_diff)
+    return validation
 
 
 def _emulated_board(profile: DeviceProfile, backend: str, *, native: bool = False) -> EmulatedRunner | str:
@@ -439,4 +455,5 @@ def _manifest(
         labels=LABELS_FILE if LABELS_FILE in files else None,
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         graph=GraphStats(**source.stats) if source.stats else None,
+        scores=preprocessing.output_scores(source.load_onnx()),
     )

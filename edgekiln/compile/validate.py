@@ -33,7 +33,9 @@ INT8_RELATIVE_TOLERANCE = 0.05
 class ValidationOptions:
     """How strictly compile checks an artifact.
 
-    tolerance_abs: largest allowed absolute difference of any output element.
+    tolerance_abs, tolerance_rel: an output element passes when
+    ``|artifact - reference| <= tolerance_abs + tolerance_rel * |reference|``, as numpy's
+    ``allclose(artifact, reference, rtol, atol)``; the default rtol is numpy's.
     samples: number of inputs compared (the zoo sample image first where the model
     records preprocessing, then seeded random normal inputs).
     """
@@ -41,6 +43,7 @@ class ValidationOptions:
     tolerance_abs: float = 1e-4
     samples: int = 3
     seed: int = 0
+    tolerance_rel: float = 1e-5
 
 
 def make_inputs(model: Any, options: ValidationOptions) -> Samples:
@@ -74,19 +77,22 @@ def compare(
     outputs: Sequence[TensorSpec],
     options: ValidationOptions,
     executed_on: str,
+    reference_name: str = "ONNX Runtime",
 ) -> Validation:
-    """Compare every output of every sample; raise one error listing all that fail."""
-    diff = compare_outputs(reference, candidate, [spec.name for spec in outputs])
+    """Compare every output of every sample (numpy's allclose with the options'
+    tolerances); raise one error listing all that fail."""
+    diff = compare_outputs(reference, candidate, [spec.name for spec in outputs], rtol=options.tolerance_rel)
     failing = [
-        f"{spec.name}: max abs diff {worst:.3g}"
-        for spec, worst in zip(outputs, diff.max_abs_diff)
-        if not worst <= options.tolerance_abs
+        f"{outputs[i].name}: max abs diff {diff.max_abs_diff[i]:.3g}, max rel diff {diff.max_rel_diff[i]:.3g}"
+        for i in diff.failing(options.tolerance_abs, options.tolerance_rel)
     ]
     if failing:
         raise BackendError(
-            f"validation against ONNX Runtime failed on {diff.samples} sample(s) with tolerance "
-            f"{options.tolerance_abs:g} (abs): " + "; ".join(failing) + f"; top-1 agreement {diff.top1_agreement:.2f}",
-            hint="raise --tolerance if this precision is acceptable",
+            f"validation against {reference_name} failed on {diff.samples} sample(s) with tolerance "
+            f"atol {options.tolerance_abs:g} + rtol {options.tolerance_rel:g} x |reference|: "
+            + "; ".join(failing)
+            + f"; top-1 agreement {diff.top1_agreement:.2f}",
+            hint="raise --tolerance (absolute) or --rtol (relative) if this precision is acceptable",
         )
     return Validation(
         status="passed",
@@ -96,7 +102,27 @@ def compare(
         tolerance_abs=options.tolerance_abs,
         max_abs_diff=diff.worst,
         top1_agreement=diff.top1_agreement,
+        tolerance_rel=options.tolerance_rel,
+        max_rel_diff=diff.worst_rel,
+        warnings=tuple(constant_outputs(reference, outputs)),
     )
+
+
+def constant_outputs(reference: Sequence[Sequence[np.ndarray]], outputs: Sequence[TensorSpec]) -> list[str]:
+    """A warning per output that is the same for every validation input (they differ from
+    one another): a model whose output does not depend on its input is almost always broken
+    (a graph cut at the wrong node, weights zeroed, a constant folded in)."""
+    if len(reference) < 2:
+        return []
+    warnings = []
+    for i, spec in enumerate(outputs):
+        first = np.asarray(reference[0][i])
+        if first.size and all(np.array_equal(first, np.asarray(sample[i])) for sample in reference[1:]):
+            warnings.append(
+                f"output {spec.name!r} is the same for all {len(reference)} validation inputs: "
+                "it does not depend on the input"
+            )
+    return warnings
 
 
 def _ort_version() -> str:

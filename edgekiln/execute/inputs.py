@@ -79,18 +79,34 @@ class OutputDiff:
     max_abs_diff: tuple[float, ...]  # per output; inf where any element is NaN or infinite
     top1_agreement: float  # of the first output, per row (a batch of N has N rows)
     samples: int
+    # Per output: max |a - b| / |b| over the reference's non-zero elements, and the largest
+    # |a - b| - rtol * |b| (numpy's allclose passes where it is <= atol).
+    max_rel_diff: tuple[float, ...] = ()
+    max_excess: tuple[float, ...] = ()
 
     @property
     def worst(self) -> float:
         return max(self.max_abs_diff, default=0.0)
+
+    @property
+    def worst_rel(self) -> float:
+        return max(self.max_rel_diff, default=0.0)
+
+    def failing(self, atol: float, rtol: float) -> list[int]:
+        """Indices of the outputs that are not allclose(candidate, reference, rtol, atol);
+        ``rtol`` must be the one given to :func:`compare_outputs`."""
+        excess = self.max_excess or self.max_abs_diff
+        return [i for i, e in enumerate(excess) if not e <= atol]  # NaN fails too
 
 
 def compare_outputs(
     reference: Sequence[Sequence[np.ndarray]],
     candidate: Sequence[Sequence[np.ndarray]],
     names: Sequence[str] | None = None,
+    rtol: float = 0.0,
 ) -> OutputDiff:
-    """Max abs difference per output and top-1 agreement of the first output, row by row.
+    """Max abs and relative difference per output, how far each is beyond ``rtol`` (see
+    :class:`OutputDiff`), and top-1 agreement of the first output, row by row.
 
     Raises BackendError when the two disagree in sample count, output count or any shape
     (``names`` name the outputs in that message).
@@ -99,6 +115,8 @@ def compare_outputs(
         raise BackendError(f"{len(candidate)} output samples against {len(reference)} from the reference")
     width = len(reference[0]) if reference else 0
     worst = [0.0] * width
+    worst_rel = [0.0] * width
+    excess = [-math.inf] * width
     agree = rows_seen = 0
     for ref, got in zip(reference, candidate):
         if len(got) != len(ref):
@@ -108,14 +126,25 @@ def compare_outputs(
                 label = f"output {names[i]!r}" if names and i < len(names) else f"output {i}"
                 raise BackendError(f"{label} has shape {list(g.shape)}; the reference gives {list(r.shape)}")
             if r.size:
-                diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))))
+                ref64 = r.astype(np.float64)
+                delta = np.abs(ref64 - g.astype(np.float64))
+                diff = float(np.max(delta))
                 worst[i] = max(worst[i], diff if math.isfinite(diff) else math.inf)
+                beyond = float(np.max(delta - rtol * np.abs(ref64)))
+                excess[i] = max(excess[i], beyond if math.isfinite(beyond) else math.inf)
+                nonzero = ref64 != 0
+                if nonzero.any():
+                    rel = float(np.max(delta[nonzero] / np.abs(ref64[nonzero])))
+                    worst_rel[i] = max(worst_rel[i], rel if math.isfinite(rel) else math.inf)
         if width:
             r0, g0 = ref[0], got[0]
             rows = r0.shape[0] if r0.ndim >= 2 else 1
             agree += int(np.sum(np.argmax(r0.reshape(rows, -1), axis=1) == np.argmax(g0.reshape(rows, -1), axis=1)))
             rows_seen += rows
-    return OutputDiff(tuple(worst), agree / rows_seen if rows_seen else 0.0, len(reference))
+    excess = [max(e, 0.0) if e != -math.inf else 0.0 for e in excess]
+    return OutputDiff(
+        tuple(worst), agree / rows_seen if rows_seen else 0.0, len(reference), tuple(worst_rel), tuple(excess)
+    )
 
 
 def encode_outputs(samples: Sequence[Sequence[np.ndarray]]) -> tuple[list[list[dict[str, Any]]], bytes]:

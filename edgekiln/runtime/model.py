@@ -16,7 +16,7 @@ from edgekiln.artifact.package import sha256_file, unpack
 from edgekiln.artifact.paths import read_labels, resolve_member
 from edgekiln.errors import IntegrityError, UserError
 from edgekiln.runtime import compat
-from edgekiln.runtime.preprocess import preprocess, softmax
+from edgekiln.runtime.preprocess import looks_like_probabilities, preprocess, softmax
 
 
 class Model:
@@ -25,7 +25,11 @@ class Model:
     ``path`` is an artifact ``.tar.gz`` (verified and extracted into a private temporary
     directory) or a directory that holds an extracted artifact (verified in place).
     Every file's sha256 and the device compatibility are checked before anything loads.
+    A context manager: ``with Model(path) as model:`` releases the runtime and the
+    extracted files on leaving the block (:meth:`close`).
     """
+
+    _cleanup: Any = None
 
     def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
         path = Path(path)
@@ -46,6 +50,19 @@ class Model:
         self._device = device
         self._executor = executors.create(manifest, root, device)
         self._labels = self._read_labels()
+
+    def close(self) -> None:
+        """Release the executor and remove the files extracted from a ``.tar.gz``; the
+        model cannot run afterwards. Calling it twice does nothing."""
+        self._executor = None
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- DLR-compatible introspection -------------------------------------------------
     @property
@@ -77,21 +94,35 @@ class Model:
 
     # -- inference -------------------------------------------------------------------
     def run(self, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the model; ``inputs`` is one array, a list in input order, or name → array."""
+        """Run the model; ``inputs`` is one array, a list in input order, or name → array.
+
+        An array of another dtype is cast to the input's dtype within its kind (float64 →
+        float32, int64 → int32), as the agent's Predict does; across kinds (int → float,
+        float → int) it is refused (:func:`castable`).
+        """
+        if self._executor is None:
+            raise UserError("this model was closed; load it again")
         arrays = self._arrange(inputs)
         return self._executor.run(arrays)
 
     def predict(self, image: Any, top_k: int = 5) -> list[dict[str, Any]]:
-        """Classify an image (path, PIL image or HxWx3 uint8 array) with the manifest's
-        preprocessing; returns the ``top_k`` classes with softmax scores."""
+        """Classify an image (path, PIL image, HxWx3 uint8 array or HxW grayscale array)
+        with the manifest's preprocessing; returns the ``top_k`` classes, best first, with
+        their probability (the model's own when it outputs probabilities, else the
+        softmax of its logits; see :func:`top_classes`)."""
         spec = self._manifest.preprocessing
         if not spec:
             raise UserError("this artifact records no preprocessing; call run() with a tensor instead")
         if len(self._manifest.inputs) != 1:
             raise UserError("predict() needs a model with one image input; call run() instead")
         tensor = preprocess(image, spec, self._manifest.inputs[0].shape)
-        logits = self.run([tensor])[0].reshape(-1)
-        return top_classes(logits, self._labels, top_k)
+        scores = self.run([tensor])[0].reshape(-1)
+        return top_classes(scores, self._labels, top_k, self._manifest.scores)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The class names of the artifact's labels file, or None."""
+        return None if self._labels is None else list(self._labels)
 
     # -- helpers ---------------------------------------------------------------------
     def _arrange(self, inputs: Any) -> list[np.ndarray]:
@@ -117,27 +148,56 @@ class Model:
         return read_labels(self._root, self._manifest.labels)
 
 
+def castable(given: Any, expected: Any) -> bool:
+    """Whether an input of dtype ``given`` is cast to the model's ``expected`` dtype: within
+    one kind only (float64 → float32, int32 → int64), never across (int → float, float → int),
+    where a silent cast would hide a wrong input. ``Model.run`` and the agent's Predict share
+    this rule."""
+    a, b = np.dtype(given), np.dtype(expected)
+    same = a.kind == b.kind == "f" or (a.kind in "iu" and b.kind in "iu")
+    return same and bool(np.can_cast(a, b, casting="same_kind"))
+
+
 def _conform(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if tuple(array.shape) != spec.shape:
         raise UserError(f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(array.shape)}")
     if array.dtype != np.dtype(spec.dtype):
-        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+        if not castable(array.dtype, spec.dtype):
             raise UserError(f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}")
         array = array.astype(spec.dtype)
     return np.ascontiguousarray(array)
 
 
-def top_classes(logits: np.ndarray, labels: list[str] | None, top_k: int) -> list[dict[str, Any]]:
-    """The ``top_k`` classes of one logit vector, best first, with softmax probabilities."""
+def scores_kind(scores: np.ndarray, recorded: str | None = None) -> str:
+    """What one output vector holds: "probabilities" when the manifest says so (the model
+    ends in Softmax) or its values are non-negative and sum to 1, else "logits"."""
+    if recorded == "probabilities" or looks_like_probabilities(scores):
+        return "probabilities"
+    return "logits"
+
+
+def top_classes(
+    scores: np.ndarray, labels: list[str] | None, top_k: int, recorded: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``top_k`` classes of one output vector, best first.
+
+    Each has ``index``, ``label`` and ``probability``. What the output holds is decided by
+    :func:`scores_kind` (``recorded`` is the manifest's ``scores``): probabilities are
+    reported as the model gave them; logits are reported as ``logit`` too, with their
+    softmax as ``probability`` -- softmax is never applied to probabilities.
+    """
     if top_k < 1:
         raise UserError("top_k must be at least 1")
-    probs = softmax(logits.astype(np.float64))
+    values = scores.astype(np.float64).reshape(-1)
+    kind = scores_kind(values, recorded)
+    probs = values if kind == "probabilities" else softmax(values)
     order = np.argsort(-probs, kind="stable")[:top_k]
     return [
         {
             "index": int(i),
             "label": labels[i] if labels and i < len(labels) else str(int(i)),
             "probability": float(probs[i]),
+            **({"logit": float(values[i])} if kind == "logits" else {}),
         }
         for i in order
     ]

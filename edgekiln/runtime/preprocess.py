@@ -19,15 +19,21 @@ MAX_SIDE = 8192
 
 
 def load_image(source: Any) -> Any:
-    """A PIL RGB image from a path, a PIL image, or an HxWx3 uint8 array."""
+    """A PIL RGB image from a path, a PIL image, or a uint8 array: HxWx3 (RGB), HxWx4 (RGBA)
+    or HxW / HxWx1 (grayscale, made RGB as a grayscale file is)."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     if isinstance(source, np.ndarray):
-        if source.ndim != 3 or source.shape[2] not in (3, 4) or source.dtype != np.uint8:
-            raise UserError(f"an image array must be HxWx3 uint8, got {source.dtype} {source.shape}")
-        return Image.fromarray(source[:, :, :3], "RGB")
+        gray = source.ndim == 2 or (source.ndim == 3 and source.shape[2] == 1)
+        if source.dtype != np.uint8 or not (gray or (source.ndim == 3 and source.shape[2] in (3, 4))):
+            raise UserError(
+                f"an image array must be uint8 HxWx3 (RGB) or HxW (grayscale), got {source.dtype} {source.shape}"
+            )
+        if gray:
+            return Image.fromarray(np.ascontiguousarray(source.reshape(source.shape[:2])), "L").convert("RGB")
+        return Image.fromarray(np.ascontiguousarray(source[:, :, :3]), "RGB")
     if isinstance(source, (str, os.PathLike)):
         try:
             with Image.open(source) as img:
@@ -52,7 +58,7 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
     if len(shape) != 4:
         raise UserError(f"preprocessing makes a 4-d image tensor; the model's input has shape {list(shape)}")
     height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    _check_spec(spec, height, width)
+    check_spec(spec, height, width)
     image = load_image(source)
     resize = spec.get("resize")
     if resize:
@@ -60,9 +66,12 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
         w, h = image.size
         scale = resize / min(w, h)
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    # A center crop of `crop` (default: the input size), then resized to the input if the
+    # two differ, as torchvision's CenterCrop before a model with another input size.
+    crop_w, crop_h = (spec["crop"], spec["crop"]) if spec.get("crop") else (width, height)
     w, h = image.size
-    left, top = max(0, (w - width) // 2), max(0, (h - height) // 2)
-    image = image.crop((left, top, left + width, top + height))
+    left, top = max(0, (w - crop_w) // 2), max(0, (h - crop_h) // 2)
+    image = image.crop((left, top, left + crop_w, top + crop_h))
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
@@ -77,16 +86,17 @@ def preprocess(source: Any, spec: Mapping[str, Any], shape: tuple[int, ...]) -> 
     return np.ascontiguousarray(array[np.newaxis], dtype=np.float32)
 
 
-def _check_spec(spec: Mapping[str, Any], height: int, width: int) -> None:
+def check_spec(spec: Mapping[str, Any], height: int, width: int) -> None:
     """The manifest's preprocessing values have the types and ranges preprocess() uses: a
     foreign or altered manifest fails here with the field's name, not in numpy or Pillow."""
 
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
-    resize = spec.get("resize")
-    if resize is not None and not (isinstance(resize, int) and not isinstance(resize, bool) and 0 < resize <= MAX_SIDE):
-        raise IntegrityError(f"preprocessing resize {resize!r} is not a size from 1 to {MAX_SIDE}")
+    for key in ("resize", "crop"):
+        side = spec.get(key)
+        if side is not None and not (isinstance(side, int) and not isinstance(side, bool) and 0 < side <= MAX_SIDE):
+            raise IntegrityError(f"preprocessing {key} {side!r} is not a size from 1 to {MAX_SIDE}")
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise IntegrityError(f"the image input is {height}x{width}; preprocessing makes images up to {MAX_SIDE}")
     if spec.get("color", "RGB") not in ("RGB", "BGR"):
@@ -99,6 +109,20 @@ def _check_spec(spec: Mapping[str, Any], height: int, width: int) -> None:
             raise IntegrityError(f"preprocessing {key} {value!r} is not three numbers")
     if any(v == 0 for v in spec.get("std", [1.0])):
         raise IntegrityError("preprocessing std has a zero")
+
+
+# How far from 1 the sum of a probability vector may be: float32 softmax over 1000 classes
+# sums to 1 within about 1e-6; a float16 or int8-dequantized one within a few 1e-3.
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def looks_like_probabilities(values: np.ndarray) -> bool:
+    """True when ``values`` (one score vector) are non-negative and sum to 1: the output of a
+    softmax already, which must not be put through softmax again."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size < 2 or not np.all(np.isfinite(values)) or values.min() < 0:
+        return False
+    return abs(float(values.sum()) - 1.0) <= PROBABILITY_SUM_TOLERANCE
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -87,12 +87,14 @@ def test_predict_codes(api):
     (y,) = client.predict("m1", [x])  # metadata names are optional
     assert np.array_equal(y, x * 2)
     assert code_of(client.predict, "nope", [x]) == "NOT_FOUND"
-    assert code_of(client.predict, "m1", [x.astype(np.int32)]) == "INVALID_ARGUMENT"
+    assert code_of(client.predict, "m1", [x.astype(np.int32)]) == "INVALID_ARGUMENT"  # across kinds
+    (y,) = client.predict("m1", [x.astype(np.float64)])  # cast within its kind, as Model.run does
+    assert y.dtype == np.float32 and np.array_equal(y, x * 2)
     assert code_of(client.predict, "m1", [np.zeros((2, 4), np.float32)]) == "INVALID_ARGUMENT"
     assert code_of(client.predict, "m1", [x, x]) == "INVALID_ARGUMENT"
     assert code_of(client.predict, "m1", [np.full((1, 4), -999.0, np.float32)]) == "INTERNAL"
     snap = registry.get("m1").metrics.snapshot()
-    assert snap["inference_count"] == 2 and snap["error_count"] == 1 and snap["latency_p99_ms"] is not None
+    assert snap["inference_count"] == 3 and snap["error_count"] == 1 and snap["latency_p99_ms"] is not None
 
 
 def test_predict_on_different_models_runs_concurrently(api):

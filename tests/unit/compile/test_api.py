@@ -160,7 +160,7 @@ def test_validation_settings_are_checked_before_import(tiny_model, tmp_path, mon
 
     monkeypatch.setattr(api, "import_model", lambda *a, **k: pytest.fail("imported"))
     options = CompileOptions(backend="onnxruntime", validation=ValidationOptions(tolerance_abs=-1))
-    with pytest.raises(UserError, match="tolerance must be >= 0"):
+    with pytest.raises(UserError, match="tolerances must be >= 0"):
         compile_model(tiny_model, "x86_64", tmp_path / "v.tar.gz", options=options)
 
 
