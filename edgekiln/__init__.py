@@ -34,7 +34,20 @@ _EXPORTS = {
     "Model": "edgekiln.runtime.model",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "compile_model",
+    "CompileOptions",
+    "QuantizeOptions",
+    "ValidationOptions",
+    "BackendOptions",
+    "TVMOptions",
+    "ONNXRuntimeOptions",
+    "LiteRTOptions",
+    "PREPROCESSING_PRESETS",
+    "load",
+    "Model",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekiln.compile.api import CompileOptions, compile_model

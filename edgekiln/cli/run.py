@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "is classified and its top-k classes printed; a .npy array is fed to the model as is "
             "and the output shapes and top-k indices printed. A model that outputs probabilities "
             "(it ends in Softmax) is reported as it is; logits are reported with their softmax. "
-            "--json states which under \"scores\": \"probabilities\" or \"logits\"."
+            '--json states which under "scores": "probabilities" or "logits".'
         ),
     )
     parser.add_argument("artifact", metavar="ARTIFACT", help="artifact .tar.gz or extracted directory")

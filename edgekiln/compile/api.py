@@ -195,7 +195,10 @@ def _backends(profile: DeviceProfile, options: CompileOptions) -> list[Backend]:
     before any work."""
     v = options.validation
     if v.tolerance_abs < 0 or v.tolerance_rel < 0 or v.samples < 1:
-        raise UserError("the validation tolerances must be >= 0 and the sample count >= 1")
+        raise UserError(
+            "the validation tolerances must be >= 0 and the sample count >= 1",
+            hint="e.g. --tolerance 1e-4 --rtol 1e-5 --validation-samples 3",
+        )
     q = options.quantize
     if options.backend == auto.AUTO:
         candidates = auto.eligible(profile, q)

@@ -62,7 +62,7 @@ PREPROCESSING_PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 _HINT = (
     f"give a preset ({', '.join(PREPROCESSING_PRESETS)}) or a JSON object with the keys "
-    f"{', '.join(KEYS)}, e.g. '{{\"preset\": \"imagenet-torch\", \"resize\": 320, \"crop\": 288}}'"
+    f'{", ".join(KEYS)}, e.g. \'{{"preset": "imagenet-torch", "resize": 320, "crop": 288}}\''
 )
 
 
@@ -209,7 +209,15 @@ def _fit_layout(spec: dict[str, Any], inputs: Sequence[TensorSpec]) -> dict[str,
 
 # Operators that pass a value on unchanged (up to shape), between a final Softmax and the output.
 _PASS_THROUGH = (
-    "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Dropout", "QuantizeLinear", "DequantizeLinear"
+    "Identity",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Cast",
+    "Dropout",
+    "QuantizeLinear",
+    "DequantizeLinear",
 )
 
 
