@@ -83,11 +83,21 @@ def render(data: dict) -> str:
     for kind in ("inputs", "outputs"):
         for t in data[kind]:
             lines.append(f"{kind[:-1]:<10} {t['name']} {t['dtype']} {t['shape']}")
-    if v["status"] == "passed":
+    if v["status"] == "passed" and v.get("max_abs_diff") is not None:
+        rel = "" if v.get("tolerance_rel") is None else f", max rel diff {v.get('max_rel_diff') or 0:.2e}"
+        tol = f"{v['tolerance_abs']:g}" + (
+            "" if v.get("tolerance_rel") is None else f" + {v['tolerance_rel']:g} x |ref|"
+        )
         lines.append(
-            f"validation passed: max abs diff {v['max_abs_diff']:.2e} <= {v['tolerance_abs']:g}, "
+            f"validation passed: max abs diff {v['max_abs_diff']:.2e}{rel} (tolerance {tol}), "
             f"top-1 agreement {v['top1_agreement']:.2f} ({v['samples']} samples, {v['reference']})"
         )
+        if v.get("second_reference"):
+            second = v.get("second_max_abs_diff")
+            lines.append(f"second reference {v['second_reference']}" + ("" if second is None else f": {second:.2e}"))
+        lines += [f"warning    {w}" for w in v.get("warnings") or ()]
+    elif v["status"] == "passed":
+        lines.append(f"validation passed: {v['reference']}, top-1 agreement {v['top1_agreement']:.2f}")
     else:
         lines.append(f"validation {v['status']}: {v.get('reason')}")
     lines.append("files")
