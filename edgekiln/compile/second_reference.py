@@ -59,7 +59,7 @@ def check(
     if failing:
         raise BackendError(
             f"validation against a second reference, {name}, failed on {diff.samples} sample(s) with "
-            f"tolerance atol {atol:g} + rtol {rtol:g} x |reference|: " + "; ".join(failing),
+            f"tolerance {atol:g} (abs) + {rtol:g} x |reference| (rel): " + "; ".join(failing),
             hint="ONNX Runtime and this engine disagree on the model; raise --tolerance/--rtol if "
             "this precision is acceptable, or try another backend",
         )

@@ -89,7 +89,7 @@ def compare(
     if failing:
         raise BackendError(
             f"validation against {reference_name} failed on {diff.samples} sample(s) with tolerance "
-            f"atol {options.tolerance_abs:g} + rtol {options.tolerance_rel:g} x |reference|: "
+            f"{options.tolerance_abs:g} (abs) + {options.tolerance_rel:g} x |reference| (rel): "
             + "; ".join(failing)
             + f"; top-1 agreement {diff.top1_agreement:.2f}",
             hint="raise --tolerance (absolute) or --rtol (relative) if this precision is acceptable",

@@ -168,7 +168,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, case, code, needle
         if host_info().arch != "x86_64":
             pytest.skip("validation runs x86-64 artifacts")
         _custom_op_model(model, op="Sigmoid")
-        extra = ["--tolerance", "0", "--validation-samples", "2"]
+        extra = ["--tolerance", "0", "--rtol", "0", "--validation-samples", "2"]
     elif case == "unknown backend":
         _custom_op_model(model, op="Relu")
         extra = ["--backend", "tvmm"]
@@ -210,6 +210,8 @@ def test_validation_error_reports_every_failing_output(tmp_path):
         "-o",
         str(tmp_path / "o.tar.gz"),
         "--tolerance",
+        "0",
+        "--rtol",
         "0",
         "--backend",
         "tvm",

@@ -40,7 +40,7 @@ def test_compare_reports_and_records_both_tolerances():
     with pytest.raises(BackendError) as info:
         compare(REF, CAND, OUT, dataclasses.replace(options, tolerance_rel=1e-5), executed_on="host")
     message = info.value.one_line()
-    assert "atol 0.0001 + rtol 1e-05 x |reference|" in message and "max rel diff 0.00011" in message
+    assert "tolerance 0.0001 (abs) + 1e-05 x |reference| (rel)" in message and "max rel diff 0.00011" in message
     assert "--rtol" in info.value.hint
 
 
