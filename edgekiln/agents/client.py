@@ -129,7 +129,10 @@ class AgentClient:
         described = self.describe_model(name)
         manifest, labels = read_artifact_info(described["url"])
         if not manifest.preprocessing or len(manifest.inputs) != 1:
-            raise UserError(f"model {name} records no image preprocessing; send tensors with predict()")
+            raise UserError(
+                f"model {name} records no image preprocessing",
+                hint="compile it with --preprocess (e.g. imagenet-torch), or send tensors with predict()",
+            )
         tensor = preprocess(image, manifest.preprocessing, manifest.inputs[0].shape)
         outputs = self.predict(name, {manifest.inputs[0].name: tensor})
         top = top_classes(outputs[0].reshape(-1), labels, top_k, manifest.scores)

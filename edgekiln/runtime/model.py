@@ -112,7 +112,10 @@ class Model:
         softmax of its logits; see :func:`top_classes`)."""
         spec = self._manifest.preprocessing
         if not spec:
-            raise UserError("this artifact records no preprocessing; call run() with a tensor instead")
+            raise UserError(
+                "this artifact records no preprocessing",
+                hint="compile it with --preprocess (e.g. imagenet-torch), or call run() with a tensor",
+            )
         if len(self._manifest.inputs) != 1:
             raise UserError("predict() needs a model with one image input; call run() instead")
         tensor = preprocess(image, spec, self._manifest.inputs[0].shape)

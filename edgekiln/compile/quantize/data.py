@@ -93,7 +93,8 @@ def _arrays(x: np.ndarray, y: np.ndarray | None, shape: tuple[int, ...], path: P
 def _images(folder: Path, model: SourceModel) -> Dataset:
     if not model.preprocessing:
         raise UserError(
-            "image data needs a model with preprocessing (zoo models have it); give .npy/.npz arrays instead"
+            "image data needs a model with preprocessing (zoo models have it)",
+            hint="give --preprocess (e.g. imagenet-torch) with the images, or .npy/.npz arrays instead",
         )
     spec = model.inputs[0]
     label_index = {name: i for i, name in enumerate(model.labels or ())}
