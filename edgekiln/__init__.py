@@ -29,6 +29,7 @@ _EXPORTS = {
     "TVMOptions": "edgekiln.compile.backends.tvm.backend",
     "ONNXRuntimeOptions": "edgekiln.compile.backends.onnxruntime.backend",
     "LiteRTOptions": "edgekiln.compile.backends.litert.backend",
+    "TimingBudget": "edgekiln.compile.sequential",
     "PREPROCESSING_PRESETS": "edgekiln.compile.preprocessing",
     "load": "edgekiln.runtime.model",
     "Model": "edgekiln.runtime.model",
@@ -44,6 +45,7 @@ __all__ = [
     "TVMOptions",
     "ONNXRuntimeOptions",
     "LiteRTOptions",
+    "TimingBudget",
     "PREPROCESSING_PRESETS",
     "load",
     "Model",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgekiln.compile.backends.tvm.backend import TVMOptions
     from edgekiln.compile.preprocessing import PREPROCESSING_PRESETS
     from edgekiln.compile.quantize import QuantizeOptions
+    from edgekiln.compile.sequential import TimingBudget
     from edgekiln.compile.validate import ValidationOptions
     from edgekiln.runtime.model import Model, load
 
