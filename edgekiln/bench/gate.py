@@ -14,8 +14,8 @@ For every measurement (``ArtifactBench.key``) in the stored report:
 - a stored measurement that is missing or failed in the new report is a regression unless
   ``allow_missing``.
 
-``python -m edgekiln.bench.gate CURRENT.json STORED.json`` prints the verdict and exits 1 on
-a regression, naming every one.
+``edgekiln gate CURRENT.json STORED.json`` prints the verdict and exits 1 on a regression,
+one line for each (``python -m edgekiln.bench.gate`` does the same, for older CI jobs).
 """
 
 from __future__ import annotations
@@ -234,11 +234,8 @@ def _correctness_findings(old: ArtifactBench, new: ArtifactBench, t: GateThresho
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m edgekiln.bench.gate",
-        description="Compare a benchmark report with a stored one; exit 1 on a regression.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's arguments (``edgekiln gate``; also ``python -m edgekiln.bench.gate``)."""
     parser.add_argument("current", help="the new report (edgekiln bench --json, or a suite's results.json)")
     parser.add_argument("stored", help="the stored baseline report")
     defaults = GateThresholds()
@@ -251,24 +248,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.add_argument("--allow-missing", action="store_true", help="a stored measurement may be absent")
     parser.add_argument("--json", metavar="OUT", help="write the verdict as JSON")
-    args = parser.parse_args(argv)
-    try:
-        thresholds = GateThresholds(
-            ratio=args.ratio,
-            latency=args.latency,
-            throughput=args.throughput,
-            top1_drop=args.top1_drop,
-            allow_missing=args.allow_missing,
-        )
-        result = check(BenchReport.load(args.current), BenchReport.load(args.stored), thresholds, args.stored)
-    except EdgekilnError as exc:
-        print(f"gate: error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check, write ``--json``, print the verdict (one line per regression); 1 on a regression."""
+    thresholds = GateThresholds(
+        ratio=args.ratio,
+        latency=args.latency,
+        throughput=args.throughput,
+        top1_drop=args.top1_drop,
+        allow_missing=args.allow_missing,
+    )
+    result = check(BenchReport.load(args.current), BenchReport.load(args.stored), thresholds, args.stored)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result.to_dict(), f, indent=2)
-    print(result.summary(), file=sys.stdout if result.passed else sys.stderr)
+    print(result.summary())
     return 0 if result.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edgekiln.bench.gate``: the same as ``edgekiln gate``, kept for older CI jobs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekiln.bench.gate",
+        description="Compare a benchmark report with a stored one; exit 1 on a regression (see: edgekiln gate).",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except EdgekilnError as exc:
+        print(f"gate: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from edgekiln.artifact.manifest import Manifest
 from edgekiln.bench import baselines as baseline_registry
 from edgekiln.bench.results import ArtifactBench, BenchReport, Comparison, Correctness, SubjectResult
 from edgekiln.bench.statistics import LatencyStats, RatioStats
-from edgekiln.errors import CompatibilityError, UserError
+from edgekiln.errors import CompatibilityError, EdgekilnError, UserError
 from edgekiln.execute import timing
 from edgekiln.execute.host import machine_description
 from edgekiln.execute.inputs import Samples, compare_outputs, make_inputs
@@ -249,17 +249,16 @@ def bench_artifact(
     samples = make_samples(plan.manifest, options.samples, options.seed)
     work = Path(tempfile.mkdtemp(prefix="edgekiln-bench-"))
     subjects: list[_Subject] = []
+    failed: dict[str, str] = {}
     source = None
     try:
         if plan.baselines:
             with progress.step(f"find the source model of {plan.manifest.model.name} for the baselines"):
                 source = baseline_registry.source_model(plan.manifest, work, options.baseline_model)
         for s in _subjects(path, plan, options, source):
-            where = plan.runner if s.role == "candidate" else baseline_runner
-            with progress.step(f"load {s.name} ({where.describe()})"):
-                s.worker = where.start(s.name)
-                subjects.append(s)
-                s.worker.load(s.spec, samples)
+            if not _load(s, plan.runner if s.role == "candidate" else baseline_runner, samples, progress, failed):
+                continue
+            subjects.append(s)
         meaningful = plan.runner.timings_meaningful
         if meaningful:
             with progress.step("first inference and warm-up"):
@@ -295,7 +294,28 @@ def bench_artifact(
         correctness,
         correctness_note,
         round(time.perf_counter() - started, 2),
+        failed,
     )
+
+
+def _load(s: _Subject, where: Runner, samples: Samples, progress: Any, failed: dict[str, str]) -> bool:
+    """Start ``s``'s worker and load its model; False (with why in ``failed``) when a baseline
+    cannot run, so that the artifact and the other baselines are still measured. The
+    candidate's failure is the run's."""
+    try:
+        with progress.step(f"load {s.name} ({where.describe()})"):
+            s.worker = where.start(s.name)
+            try:
+                s.worker.load(s.spec, samples)
+            except BaseException:
+                s.worker.abort()
+                raise
+    except EdgekilnError as exc:
+        if s.role == "candidate":
+            raise
+        failed[s.name] = exc.one_line()
+        return False
+    return True
 
 
 def _plan(path: Path, options: BenchOptions, runner: Runner | None, connect: Connect | None, progress: Any) -> _Plan:
@@ -377,6 +397,7 @@ def _report(
     correctness: Correctness | None,
     correctness_note: str | None,
     wall_s: float,
+    baselines_failed: dict[str, str] | None = None,
 ) -> ArtifactBench:
     manifest, runner = plan.manifest, plan.runner
     macs = manifest.model.macs if manifest.model.macs else (source.macs if source else None)
@@ -418,6 +439,7 @@ def _report(
         baseline_source=f"{source.origin} (matched by {source.check})" if source else None,
         wall_s=wall_s,
         extra=extra,
+        baselines_failed=dict(baselines_failed or {}),
     )
 
 

@@ -1,11 +1,15 @@
 """Reports of a benchmark run: Markdown tables and PNG plots (matplotlib, Agg backend).
 
 - ``latency.png``: per measured artifact, each runtime's p50 latency as a bar with a whisker
-  from the fastest query to p99 (log scale: untuned TVM and ONNX Runtime are far apart);
+  from the fastest query to p99, its figure written beside it;
 - ``ratios.png``: every interleaved pair's time ratio candidate / baseline, per comparison,
   with the median and its 95% confidence interval — the spread the summary figures condense;
 - ``accuracy_latency.png``: top-1 agreement with the fp32 reference against p50 latency,
   int8 artifacts highlighted (the trade an int8 build makes).
+
+Every axis is linear and starts at zero: a bar's length is then its figure, and a ratio of
+two lengths is the ratio of two times (a log axis makes 100x look like 2x). What is too
+short to see carries its number.
 """
 
 from __future__ import annotations
@@ -74,10 +78,13 @@ def plot_latency(report: BenchReport, path: str | os.PathLike[str]) -> Path:
             capsize=2,
             linewidth=0.8,
         )
+        ax.annotate(
+            f"{lat.p50_ms:.3g} ms", (lat.p99_ms, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=6
+        )
     ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per query, ms (log)")
+    _from_zero(ax)
+    ax.set_xlabel("latency per query, ms")
     ax.set_title("Latency per runtime: bar p50, whisker min to p99 (hatched: the artifact)", fontsize=10)
     if not measured:
         ax.text(0.5, 0.5, "no timed results (emulated or skipped only)", ha="center", transform=ax.transAxes)
@@ -105,8 +112,8 @@ def plot_ratios(report: BenchReport, path: str | os.PathLike[str]) -> Path:
     ax.axvline(1.0, color="tab:red", linewidth=0.8, alpha=0.6)
     ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("candidate time / baseline time per pair (log; above 1: the baseline is faster)")
+    _from_zero(ax)
+    ax.set_xlabel("candidate time / baseline time per pair (above 1: the baseline is faster)")
     ax.set_title("Per-pair ratios of interleaved queries (bar: median, line: its 95% CI)", fontsize=10)
     if not rows:
         ax.text(0.5, 0.5, "no comparisons in this run", ha="center", transform=ax.transAxes)
@@ -169,15 +176,21 @@ def plot_accuracy_latency(report: BenchReport, path: str | os.PathLike[str]) -> 
         ax.text(
             0.5, 0.08, "no int8 artifacts in this run", ha="center", transform=ax.transAxes, fontsize=9, color="tab:red"
         )
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("p50 latency, ms (log)")
+    _from_zero(ax)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("p50 latency, ms")
     ax.set_ylabel("top-1 agreement with fp32 reference")
     ax.set_title("Accuracy against latency")
     if points:
         ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)
+
+
+def _from_zero(ax: Any) -> None:
+    """A linear x axis from zero to a little beyond the largest figure drawn."""
+    ax.set_xscale("linear")
+    ax.set_xlim(left=0.0, right=max(ax.get_xlim()[1], 1e-9) * 1.08)
 
 
 def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:

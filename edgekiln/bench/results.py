@@ -132,6 +132,9 @@ class ArtifactBench:
     baseline_source: str | None
     wall_s: float
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Baselines that could not run (a runtime that lacks an operator, say), with why: the
+    # artifact and the other baselines are still measured.
+    baselines_failed: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -157,6 +160,7 @@ class ArtifactBench:
         data["comparisons"] = [c.to_dict() for c in self.comparisons]
         data["correctness"] = self.correctness.to_dict() if self.correctness else None
         data["extra"] = dict(self.extra)
+        data["baselines_failed"] = dict(self.baselines_failed)
         return data
 
     @classmethod
@@ -166,6 +170,7 @@ class ArtifactBench:
         values["comparisons"] = tuple(Comparison.from_dict(c) for c in data["comparisons"])
         values["correctness"] = Correctness.from_dict(data["correctness"]) if data.get("correctness") else None
         values["extra"] = dict(data.get("extra") or {})
+        values["baselines_failed"] = dict(data.get("baselines_failed") or {})
         return cls(**values)
 
 

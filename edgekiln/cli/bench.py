@@ -118,6 +118,8 @@ def summary(report) -> str:
         )
         if not r.timings_meaningful:
             lines.append(f"  timings not meaningful: {r.timings_note}")
+        for name, why in r.baselines_failed.items():
+            lines.append(f"  baseline {name} not run: {why}")
         width = max(14, *(len(s.name) + 2 for s in r.subjects))
         lines.append(
             f"  {'runtime':<{width}}{'load s':>8}{'first ms':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"

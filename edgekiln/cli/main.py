@@ -28,6 +28,8 @@ COMMANDS = (
     "agent-ctl",
     "fleet",
     "bench",
+    "suite",
+    "gate",
     "keys",
     "package",
     "verify",
