@@ -1,4 +1,4 @@
-"""The suite runner and its regression gate, with real benchmark runs.
+"""``edgekiln suite`` and ``edgekiln gate``, with real benchmark runs.
 
 The acceptance check: a stored baseline edited to be 30% faster than reality makes the
 gate fail, naming what regressed — measured by a real second run, not made up.
@@ -24,7 +24,6 @@ TVM = CompileOptions(backend="tvm")
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="benchmarks x86-64 artifacts on this host")
 
 ROOT = Path(__file__).resolve().parents[3]
-RUN_SUITE = ROOT / "benchmarks" / "run_suite.py"
 SUITE = """
 [gate]
 ratio = 0.15
@@ -40,10 +39,18 @@ runs = 5
 """
 
 
-def run_suite(*args: str) -> subprocess.CompletedProcess:
+def edgekiln(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(RUN_SUITE), *args], capture_output=True, text=True, env=dict(os.environ), cwd=ROOT
+        [sys.executable, "-m", "edgekiln.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        cwd=ROOT,
     )
+
+
+def run_suite(suite_file: Path, *args: str) -> subprocess.CompletedProcess:
+    return edgekiln("suite", str(suite_file), *args)
 
 
 def made_faster(data: dict, factor: float) -> dict:
@@ -84,9 +91,7 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
         compiled("zoo:mobilenet_v2", "x86_64", options=TVM).path, artifacts / "mobilenet_v2-x86_64-tvm-fp32-b1.tar.gz"
     )
     first = tmp_path / "first"
-    proc = run_suite(
-        "--suite-file", str(suite), "--suite", "ci", "--out", str(first), "--reuse-artifacts", str(artifacts)
-    )
+    proc = run_suite(suite, "--suite", "ci", "--out", str(first), "--reuse-artifacts", str(artifacts))
     assert proc.returncode == 0, proc.stderr
     results = json.loads((first / "results.json").read_text())
     (result,) = results["results"]
@@ -101,12 +106,7 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
         assert_valid_png(first / name)
 
     # The report against itself passes the gate.
-    gate = subprocess.run(
-        [sys.executable, "-m", "edgekiln.bench.gate", str(first / "results.json"), str(first / "results.json")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    gate = edgekiln("gate", str(first / "results.json"), str(first / "results.json"))
     assert gate.returncode == 0, gate.stderr
     assert "passed" in gate.stdout
 
@@ -115,8 +115,7 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
     stored.write_text(json.dumps(made_faster(results, 0.7), indent=2))
     second = tmp_path / "second"
     proc = run_suite(
-        "--suite-file",
-        str(suite),
+        suite,
         "--suite",
         "ci",
         "--out",
@@ -138,7 +137,57 @@ def test_suite_report_plots_and_gate(compiled, tmp_path):
 def test_bad_suites_are_clear_errors(tmp_path):
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE.replace("runs = 5", "runs = 5\nspeed = 3"))
-    proc = run_suite("--suite-file", str(suite), "--suite", "ci")
+    proc = run_suite(suite, "--suite", "ci")
     assert proc.returncode == 2 and "unknown keys ['speed']" in proc.stderr
-    proc = run_suite("--suite-file", str(suite), "--suite", "nightly")
+    proc = run_suite(suite, "--suite", "nightly")
     assert proc.returncode == 2 and "has no suite 'nightly'" in proc.stderr
+
+
+TFLITE_SUITE = """
+[suites.user]
+description = "a user's .tflite classifier on this host and on a Raspberry Pi 4"
+models = ["head.tflite"]
+profiles = ["x86_64", "rasp4b"]
+backends = ["onnxruntime"]
+baselines = ["onnxruntime"]
+runs = 3
+"""
+
+
+def _tflite_head(path: Path) -> None:
+    """A small classifier head as .tflite, written by the LiteRT backend's own writer."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from edgekiln.compile.backends.litert import convert, writer
+
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
+
+
+def test_a_tflite_file_runs_and_a_combination_the_host_cannot_run_is_skipped(tmp_path):
+    from edgekiln.compile.backends import registry
+
+    if registry.get("onnxruntime").runs_on_emulated_board:
+        pytest.skip("the emulated rasp4b board runs onnxruntime artifacts: nothing to skip")
+    _tflite_head(tmp_path / "head.tflite")
+    (tmp_path / "suite.toml").write_text(TFLITE_SUITE)
+    proc = run_suite(tmp_path / "suite.toml", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (result,) = results["results"]
+    assert result["key"] == "head/generic/x86-64-avx2/onnxruntime/fp32/cpu/single-stream/b1"
+    assert result["pairs"] == 3 and result["correctness"]["top1_agreement"] == 1.0
+    (skipped,) = results["skipped"]
+    assert skipped["key"] == "head/raspberry-pi/4b-aarch64/onnxruntime/fp32/cpu/single-stream/b1"
+    assert skipped["status"] == "skipped"
+    assert "emulated board carries no onnxruntime runtime" in skipped["reason"]
+    assert "(1 measured, 1 skipped, 0 failed)" in proc.stderr

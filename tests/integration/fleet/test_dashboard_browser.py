@@ -2,7 +2,7 @@
 
 The fleet service is a real process on SQLite and on PostgreSQL, with SeaweedFS; devices
 report through the agent's own reporter code (heartbeats, presigned uploads, batch
-notices) and a CI job's upload goes through benchmarks/run_suite.py's upload function.
+notices) and a CI job's upload goes through edgekiln suite's upload function.
 Each page is checked for what the data implies, for no console error and for no request
 outside the service; a screenshot of each lands in the test's directory (and in
 $EDGEKILN_SCREENSHOT_DIR when set, which is how the README's pictures are made).
@@ -11,11 +11,9 @@ $EDGEKILN_SCREENSHOT_DIR when set, which is how the README's pictures are made).
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 import urllib.error
@@ -130,17 +128,14 @@ def send_captures(fleet, token, device, model="cls"):
 
 def upload_benchmarks(fleet, labels):
     """The committed x86_64 results uploaded once per label, gated against themselves."""
-    spec = importlib.util.spec_from_file_location("run_suite", ROOT / "benchmarks" / "run_suite.py")
-    run_suite = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("run_suite", run_suite)  # its dataclasses look their module up
-    spec.loader.exec_module(run_suite)
     from edgekiln.bench import gate
     from edgekiln.bench.results import BenchReport
+    from edgekiln.cli import suite as suite_cli
 
     report = BenchReport.load(ROOT / "benchmarks" / "results" / "x86_64" / "results.json")
     verdict = gate.check(report, report, gate.GateThresholds(), "stored")
     for label in labels:
-        answer = run_suite.upload_results(
+        answer = suite_cli.upload_results(
             report, verdict, endpoint=fleet.endpoint, token=fleet.admin_token, target="x86_64", label=label
         )
         assert answer["results"] == len(report.results) and answer["gate"] is True

@@ -127,8 +127,8 @@ def test_gate_command_exit_codes(tmp_path, make_bench, make_report, capsys):
     make_report(faster(make_bench(), 0.7)).save(stored)
     assert gate.main([str(current), str(current)]) == 0
     assert gate.main([str(current), str(stored), "--json", str(tmp_path / "gate.json")]) == 1
-    err = capsys.readouterr().err
-    assert "REGRESSED" in err and "mobilenet_v2" in err
+    out = capsys.readouterr().out
+    assert "REGRESSED" in out and "mobilenet_v2" in out
     verdict = json.loads((tmp_path / "gate.json").read_text())
     assert verdict["passed"] is False and len(verdict["regressions"]) == 2
     (tmp_path / "foreign.json").write_text('{"schema": "other"}')

@@ -95,3 +95,28 @@ def test_markdown_names_every_figure(make_bench, make_report):
     assert "no NVIDIA GPU is attached" in text
     assert "![latency](latency.png)" in text
     assert "Load average" in text and "[1.0, 1.0, 1.0]" in text
+
+
+def test_every_plot_has_linear_axes_that_start_at_zero(tmp_path, make_bench, make_report, monkeypatch):
+    axes = {}
+    save = report._save
+
+    def record(fig, plt, path):
+        ax = fig.axes[0]
+        axes[path.name] = (ax.get_xscale(), ax.get_yscale(), ax.get_xlim(), ax.get_ylim())
+        return save(fig, plt, path)
+
+    monkeypatch.setattr(report, "_save", record)
+    data = make_report(
+        make_bench(),
+        make_bench(model="resnet18", cand_ms=(1600.0, 1650.0, 1700.0), base_ms=(25.0, 26.0, 24.0)),
+    )
+    report.write_plots(data, tmp_path)
+    assert set(axes) == set(report.PLOTS)
+    for name, (xscale, yscale, xlim, _ylim) in axes.items():
+        assert (xscale, yscale) == ("linear", "linear"), name
+        assert xlim[0] == 0.0, name
+    # The slowest p99 (1700 ms) is inside the latency plot, the largest ratio (about 68) in the ratios'.
+    assert axes["latency.png"][2][1] >= 1700.0
+    assert axes["ratios.png"][2][1] >= 1700.0 / 25.0
+    assert axes["accuracy_latency.png"][3] == (0.0, 1.05)

@@ -1,32 +1,23 @@
-"""benchmarks/run_suite.py's upload option: where the admin token comes from (the fleet
-operator commands' rule), what is sent."""
+"""``edgekiln suite --upload``: where the admin token comes from (the fleet operator
+commands' rule), what is sent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgekiln.bench.results import BenchReport
+from edgekiln.cli import suite as suite_cli
 from edgekiln.cli.fleet import admin_token
+from edgekiln.cli.main import main
 from edgekiln.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def run_suite():
-    spec = importlib.util.spec_from_file_location("run_suite", ROOT / "benchmarks" / "run_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("run_suite", module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_upload_needs_an_admin_token(run_suite, monkeypatch, tmp_path):
+def test_upload_needs_an_admin_token(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("EDGEKILN_FLEET_ADMIN_TOKEN", raising=False)
     with pytest.raises(UserError, match="EDGEKILN_FLEET_ADMIN_TOKEN"):
         admin_token(None)
@@ -38,10 +29,14 @@ def test_upload_needs_an_admin_token(run_suite, monkeypatch, tmp_path):
     assert admin_token(tmp_path / "token") == "from-file"
     # Checked before the suite runs: a CI job without the token fails at once.
     monkeypatch.delenv("EDGEKILN_FLEET_ADMIN_TOKEN")
-    assert run_suite.main(["--suite", "x86_64", "--upload", "http://127.0.0.1:9", "--out", str(tmp_path)]) == 2
+    suite = str(ROOT / "benchmarks" / "suite.toml")
+    args = ["suite", suite, "--suite", "x86_64", "--upload", "http://127.0.0.1:9", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "no admin token" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
 
 
-def test_upload_sends_results_without_per_query_timings(run_suite, monkeypatch):
+def test_upload_sends_results_without_per_query_timings(monkeypatch):
     sent = {}
 
     def call(self, method, path, body=None):
@@ -50,7 +45,7 @@ def test_upload_sends_results_without_per_query_timings(run_suite, monkeypatch):
 
     monkeypatch.setattr("edgekiln.cli.fleet.FleetAdmin.call", call)
     report = BenchReport.load(ROOT / "benchmarks" / "results" / "x86_64" / "results.json")
-    answer = run_suite.upload_results(report, None, endpoint="http://fleet:8080/", token="t" * 20, target="x86_64")
+    answer = suite_cli.upload_results(report, None, endpoint="http://fleet:8080/", token="t" * 20, target="x86_64")
     assert answer == {"results": len(report.results)}
     assert (sent["method"], sent["path"], sent["endpoint"]) == ("POST", "/v1/benchmarks", "http://fleet:8080")
     body = sent["body"]
