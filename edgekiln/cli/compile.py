@@ -54,8 +54,9 @@ def _add_model_and_target_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--framework",
+        type=str.lower,  # Neo's API spells them PYTORCH, TFLITE ...
         choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
-        help="the model's framework (default: found from the files)",
+        help="the model's framework, in any case (PYTORCH as Neo wrote it); default: found from the files",
     )
 
 
@@ -234,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         )
         for line in _validation_lines(artifact.manifest.validation):
             print(f"  {line}")
+        selection = artifact.manifest.backend_selection
+        if selection is not None:
+            print(f"  backend {selection.chosen} chosen by --backend {selection.mode}: {selection.reason}")
         if artifact.manifest.quantization:
             g = artifact.manifest.quantization["accuracy_gate"]
             print(

