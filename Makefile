@@ -158,7 +158,7 @@ BENCH_OUT ?= build/bench
 BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
 .PHONY: bench
 bench: setup
-	$(BIN)/python benchmarks/run_suite.py --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
+	$(BIN)/edgekiln suite benchmarks/suite.toml --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,6 +1,6 @@
 """Benchmark suite results that CI jobs upload, per hardware target, and their page.
 
-``benchmarks/run_suite.py --upload`` sends the suite's results.json (an edgekiln
+``edgekiln suite --upload`` sends the suite's results.json (an edgekiln
 BenchReport) and, when it gated, gate.json.  The service keeps a bounded summary of each
 upload — per measurement: the candidate's p50 and p99, each baseline's p50 and the median
 ratio candidate / baseline — and the gate's verdict with its regressions.  The fleet does
