@@ -36,18 +36,29 @@ class ConsoleProgress:
     its duration after it; while a loop advances, a line at most every ``interval_s``
     seconds, so that a CI log stays short and a terminal sees it move."""
 
+    # Where a line's text starts, after "✓ " on a terminal and "  done  " elsewhere: the
+    # lines of a loop (advance) start there too, so compile, tune and bench read alike.
+    TERMINAL_INDENT = 2
+    PLAIN_INDENT = 8
+
     def __init__(self, stream: Any = None, interval_s: float = 5.0) -> None:
         self._stream = stream or sys.stderr
         self._interval = interval_s
         self._last = 0.0
+        self._rich: Any = None
         self.timings: dict[str, float] = {}
 
     def _console(self) -> Any:
-        try:
-            from rich.console import Console
-        except ImportError:  # rich is a compile extra; plain lines without it
-            return None
-        return Console(file=self._stream, highlight=False, soft_wrap=True)
+        # One console for every line: a loop's line printed while a step's spinner runs then
+        # goes above the spinner instead of through it.
+        if self._rich is None:
+            try:
+                from rich.console import Console
+            except ImportError:  # rich is a compile extra; plain lines without it
+                self._rich = False
+            else:
+                self._rich = Console(file=self._stream, highlight=False, soft_wrap=True)
+        return self._rich or None
 
     @contextlib.contextmanager
     def step(self, description: str) -> Iterator[None]:
@@ -57,7 +68,7 @@ class ConsoleProgress:
             with console.status(f"{description} …"):
                 yield
         else:
-            print(f"  …     {description}", file=self._stream, flush=True)
+            print(f"  …     {description}", file=self._stream, flush=True)  # text at PLAIN_INDENT
             yield
         elapsed = time.perf_counter() - start
         self.timings[description] = elapsed
@@ -72,4 +83,11 @@ class ConsoleProgress:
         if done == 1 or (total is not None and done == total) or now - self._last >= self._interval:
             self._last = now
             of = f"/{total}" if total else ""
-            print(f"        {unit + ' ' if unit else ''}{done}{of}  {note}", file=self._stream, flush=True)
+            count = f"{unit + ' ' if unit else ''}{done}{of}"
+            console = self._console()
+            if console is not None and console.is_terminal:
+                from rich.markup import escape
+
+                console.print(f"{' ' * self.TERMINAL_INDENT}[dim]{escape(count)}[/dim]  {escape(note)}")
+            else:
+                print(f"{' ' * self.PLAIN_INDENT}{count}  {note}", file=self._stream, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from types import SimpleNamespace
 
 from edgekiln.execute import host
@@ -48,3 +49,30 @@ def test_console_progress_prints_steps_and_throttles_advances():
     assert "load it" in progress.timings
     with NullProgress().step("quiet"):
         NullProgress().advance(1, 2, "nothing")
+
+
+def test_loop_lines_start_where_step_text_starts_on_a_terminal_and_off_it():
+    """Compile, tune and bench share one reporter: a loop's line (pairs, trials) starts in the
+    column where a step's description does, in plain logs and on a terminal."""
+    from rich.console import Console
+
+    plain = io.StringIO()
+    progress = ConsoleProgress(plain)
+    with progress.step("time candidate tvm"):
+        progress.advance(1, 3, "m: tvm 12.0 ms ['x']", unit="pair")
+    lines = plain.getvalue().splitlines()
+    assert lines[1] == "        pair 1/3  m: tvm 12.0 ms ['x']"
+    assert lines[1].index("pair") == lines[2].index("time candidate") == ConsoleProgress.PLAIN_INDENT
+
+    tty = io.StringIO()
+    progress = ConsoleProgress(tty)
+    progress._rich = Console(file=tty, force_terminal=True, no_color=True, width=200, highlight=False)
+    with progress.step("time candidate tvm"):
+        pass
+    progress.advance(1, 3, "m: tvm 12.0 ms ['x']", unit="pair")
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue()).replace("\r", "\n")
+    text = [line for line in shown.splitlines() if "time candidate" in line or "pair" in line]
+    done, pair = text[-2], text[-1]
+    assert done.endswith(")") and done.index("time candidate") == ConsoleProgress.TERMINAL_INDENT
+    assert pair.rstrip().endswith("pair 1/3  m: tvm 12.0 ms ['x']")
+    assert pair.index("pair") == ConsoleProgress.TERMINAL_INDENT
