@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     # Read before the suite runs: a CI job without the token fails at once.
     token = fleet_cli.admin_token(args.admin_token_file) if args.upload else ""
     if command is None:
-        command = "edgekiln suite " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        command = _command(args)
     done = run_suite(
         suite,
         args.out,
@@ -82,6 +82,15 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         )
         print(f"uploaded {answer['results']} results to {args.upload} as {target}", file=sys.stderr)
     return done.status
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line the report records: this process's, when it ran ``edgekiln suite``."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["suite"]:
+        return "edgekiln " + " ".join(shlex.quote(a) for a in argv)
+    named = f" --suite {shlex.quote(args.suite)}" if args.suite else ""
+    return f"edgekiln suite {shlex.quote(str(args.suite_file))}{named} --out {shlex.quote(str(args.out))}"
 
 
 def upload_results(

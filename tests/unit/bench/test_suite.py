@@ -96,6 +96,7 @@ def test_a_combination_the_host_cannot_run_is_skipped_with_why_and_exits_0(suite
     ]
     assert stand_ins["bench"][0][1] == tflite  # the baselines run the user's own file
     report = BenchReport.load(out / "results.json")
+    assert report.command == f"edgekiln suite {suite_file} --out {out}"
     assert [s.status for s in report.skipped] == ["skipped", "skipped"]
     assert [s.key for s in report.skipped] == [
         "classifier/raspberry-pi/4b-aarch64/onnxruntime/fp32/cpu/single-stream/b1",
