@@ -144,12 +144,16 @@ def source_model(manifest: Manifest, workdir: Path, baseline_model: str | Path |
             hint="give it with --baseline-model PATH, or use --baseline none",
         )
     from edgekiln import zoo
+    from edgekiln.zoo import pretrained
 
     names = [info.name] + [n for n in zoo.MODEL_NAMES if n != info.name]
     for name in names:
-        if name not in zoo.MODEL_NAMES:
+        if name in pretrained.PRETRAINED:  # zoo:efficientnet_lite0, with its trained weights
+            raw = pretrained.build(name).SerializeToString()
+        elif name in zoo.MODEL_NAMES:
+            raw = zoo.build(name).SerializeToString()
+        else:
             continue
-        raw = zoo.build(name).SerializeToString()
         digest = hashlib.sha256(raw).hexdigest()
         if digest == info.source_sha256 or (quantized and name == info.name):
             path = workdir / f"{name}.onnx"

@@ -217,8 +217,9 @@ def batched_zoo_model(name: str, batch: int, directory: Path) -> Path:
     import onnx
 
     from edgekiln import zoo
+    from edgekiln.zoo import pretrained
 
-    model = zoo.build(name)
+    model = pretrained.build(name) if name in pretrained.PRETRAINED else zoo.build(name)
     del model.graph.value_info[:]
     for value in (*model.graph.input, *model.graph.output):
         if value.name in {t.name for t in model.graph.initializer}:
