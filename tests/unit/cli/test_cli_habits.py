@@ -60,7 +60,18 @@ def test_compile_json_failure_is_a_json_object_on_stdout(tmp_path, capsys):
 
 def fake_artifact(selection):
     validation = types.SimpleNamespace(
-        status="passed", max_abs_diff=1e-6, tolerance_abs=1e-4, top1_agreement=1.0, samples=3, reason=None
+        status="passed",
+        max_abs_diff=1e-6,
+        max_rel_diff=1e-6,
+        tolerance_abs=1e-4,
+        tolerance_rel=1e-5,
+        top1_agreement=1.0,
+        samples=3,
+        reason=None,
+        reference="onnxruntime",
+        second_reference=None,
+        second_max_abs_diff=None,
+        warnings=(),
     )
     manifest = types.SimpleNamespace(validation=validation, backend_selection=selection, quantization=None)
     summary = {
