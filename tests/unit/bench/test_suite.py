@@ -36,7 +36,15 @@ def suite_file(tmp_path):
 
 
 @pytest.fixture
-def stand_ins(monkeypatch, make_bench):
+def no_ort_on_boards(monkeypatch):
+    """The premise of the skip tests: the emulated boards carry no onnxruntime runtime."""
+    from edgekiln.compile.backends import registry
+
+    monkeypatch.setattr(type(registry.get("onnxruntime")), "runs_on_emulated_board", False)
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, make_bench, no_ort_on_boards):
     """compile_model writes a file; bench_artifact returns a known result for the artifact."""
     calls = {"compile": [], "bench": []}
 
@@ -146,3 +154,20 @@ def test_the_old_script_forwards_to_edgekiln_suite(tmp_path, suite_file, monkeyp
     monkeypatch.setattr("edgekiln.cli.main.main", lambda argv: seen.append(argv) or 0)
     assert script.main(["--suite", "ci", "--suite-file", str(suite_file), "--out", "o", "--runs", "3"]) == 0
     assert seen == [["suite", str(suite_file), "--suite", "ci", "--out", "o", "--runs", "3"]]
+
+
+@pytest.mark.skipif(host_info().arch != "x86_64", reason="rasp4b is another CPU on x86-64 hosts")
+def test_another_cpu_runs_on_its_emulated_board_only_when_it_can(suite_file, monkeypatch, no_ort_on_boards):
+    suite = suite_module.load_suite(suite_file)
+    combo = suite_module.Combination(suite.models[0], "rasp4b", "onnxruntime", "fp32", 1)
+    profile, how, why = suite_module.runnable(combo, suite)
+    assert profile.id == "raspberry-pi/4b-aarch64" and how is None
+    assert "its emulated board carries no onnxruntime runtime" in why
+    # A backend the board carries: it runs there when the board is built, else it is skipped saying so.
+    tvm = suite_module.Combination(suite.models[0], "rasp4b", "tvm", "fp32", 1)
+    monkeypatch.setattr("edgekiln.execute.runners.emulated_board_problem", lambda profile: None)
+    assert suite_module.runnable(tvm, suite)[1:] == ("emulated: correctness only", None)
+    not_built = "its emulated board is not built (run `edgekiln emulate rasp4b --info` once)"
+    monkeypatch.setattr("edgekiln.execute.runners.emulated_board_problem", lambda profile: not_built)
+    how, why = suite_module.runnable(tvm, suite)[1:]
+    assert how is None and why.endswith(f"and {not_built}")
