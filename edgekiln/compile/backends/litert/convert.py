@@ -21,6 +21,9 @@ builtin operators into a :class:`Graph`:
   fixed-shape tensor, constants) are evaluated with ONNX's reference implementation and
   become constants.
 
+- GELU, which torch.onnx writes as ``x * 0.5 * (1 + erf(x / √2))`` before opset 20, is
+  found in that formula and becomes TFLite's GELU (:func:`.ops_norm.fuse_gelu`).
+
 Anything else raises BackendError naming every unsupported operator and its node.
 
 The constant folding lives in :mod:`.fold`, the converter's state and graph-building helpers
@@ -35,6 +38,7 @@ from edgekiln.compile.backends.litert.common import Unsupported, Value, nhwc
 from edgekiln.compile.backends.litert.fold import fold_constants
 from edgekiln.compile.backends.litert.graph import Graph, Op
 from edgekiln.compile.backends.litert.ops_nn import NNOps
+from edgekiln.compile.backends.litert.ops_norm import NormOps, fuse_gelu
 from edgekiln.compile.backends.litert.ops_tensor import TensorOps
 from edgekiln.errors import BackendError
 
@@ -52,10 +56,13 @@ SUPPORTED_OPS = frozenset(
         "Dropout",
         "Flatten",
         "Gemm",
+        "Gelu",
         "GlobalAveragePool",
         "HardSigmoid",
         "HardSwish",
         "Identity",
+        "LayerNormalization",
+        "LRN",
         "LeakyRelu",
         "MatMul",
         "MaxPool",
@@ -65,9 +72,12 @@ SUPPORTED_OPS = frozenset(
         "Relu",
         "Reshape",
         "Sigmoid",
+        "Slice",
         "Softmax",
+        "Split",
         "Squeeze",
         "Sub",
+        "Sum",
         "Tanh",
         "Transpose",
         "Unsqueeze",
@@ -77,13 +87,13 @@ SUPPORTED_OPS = frozenset(
 
 def convert(model: Any, source_ref: str = "the model") -> Graph:
     """Convert an ONNX ModelProto with fixed input shapes into an fp32 TFLite :class:`Graph`."""
-    model = fold_constants(model, source_ref)
+    model = fuse_gelu(fold_constants(model, source_ref))
     converter = _Converter(model, source_ref)
     converter.check_supported()
     return converter.run()
 
 
-class _Converter(NNOps, TensorOps):
+class _Converter(NNOps, NormOps, TensorOps):
     """Dispatches each ONNX node to its ``_op_<OnnxOp>`` method (in :mod:`.ops_nn` and
     :mod:`.ops_tensor`) and wires the graph's inputs and outputs."""
 

@@ -108,8 +108,13 @@ class NNOps(ConverterCore):
             weights = self.graph.const(f"{name}/weights", np.ascontiguousarray(w.transpose(1, 2, 3, 0)))
             kind = "DEPTHWISE_CONV_2D"
             common["depth_multiplier"] = w.shape[0] // cin
+        elif cin % group == 0 and w.shape[1] == cin // group:
+            # A grouped convolution is CONV_2D whose filter holds cin / group input channels:
+            # TFLite infers the groups from the filter (the kernels have done so since TF 2.9).
+            weights = self.graph.const(f"{name}/weights", np.ascontiguousarray(w.transpose(0, 2, 3, 1)))
+            kind = "CONV_2D"
         else:
-            raise Unsupported(f"grouped convolution (group={group}, {cin} input channels) is not supported")
+            raise Unsupported(f"grouped convolution (group={group}, {cin} input channels, weight {list(w.shape)})")
         b = self.graph.const(f"{name}/bias", bias)
         self._emit(kind, [source, weights, b], node.output[0], out_shape, "nhwc", name, **common)
 
@@ -228,8 +233,8 @@ class NNOps(ConverterCore):
         self._emit("SOFTMAX", [x.tensor], node.output[0], x.shape, x.layout, name, beta=1.0)
 
     def _fully_connected(self, node: Any, name: str, x: Value, weights: np.ndarray, bias: np.ndarray) -> None:
-        if x.layout != "plain" or len(x.shape) != 2:
-            raise Unsupported(f"the input must be a 2-D tensor, got shape {list(x.shape)}")
+        if x.layout != "plain" or len(x.shape) < 2:
+            raise Unsupported(f"the input must be a tensor in ONNX axis order, got shape {list(x.shape)}")
         w = self.graph.const(f"{name}/weights", np.ascontiguousarray(weights.astype(np.float32)))
         b = self.graph.const(f"{name}/bias", np.ascontiguousarray(bias.astype(np.float32)))
         self._emit(
@@ -240,7 +245,8 @@ class NNOps(ConverterCore):
             "plain",
             name,
             activation="NONE",
-            keep_num_dims=False,
+            # A Linear over the last axis of a N-D tensor (ConvNeXt's MLP) keeps the other axes.
+            keep_num_dims=len(x.shape) > 2,
         )
 
     def _op_Gemm(self, node: Any, name: str) -> None:
@@ -299,6 +305,14 @@ class NNOps(ConverterCore):
             padding = "VALID"
         stored = self.graph.tensors[source].shape
         got = tuple(pool_out(stored[1:3], kernel, strides, padding))
+        if got != tuple(out_shape[2:]) and kind == "MAX_POOL_2D" and padding == "VALID":
+            # ceil_mode: the last window hangs over the bottom/right edge; padding those
+            # edges with the lowest float (0 after a ReLU) gives that window its maximum.
+            extra = [max((o - 1) * s + k - size, 0) for o, s, k, size in zip(out_shape[2:], strides, kernel, stored[1:3])]
+            fill = 0.0 if self._non_negative(x) else LOWEST
+            source = self._pad(Value(source, "nhwc", x.shape), (0, 0, extra[0], extra[1]), name, value=fill)
+            stored = self.graph.tensors[source].shape
+            got = tuple(pool_out(stored[1:3], kernel, strides, padding))
         if got != tuple(out_shape[2:]):
             raise Unsupported(f"ceil_mode gives an output of {list(out_shape[2:])} that TFLite cannot produce")
         self._emit(

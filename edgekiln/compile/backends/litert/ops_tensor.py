@@ -9,8 +9,10 @@ import numpy as np
 
 from edgekiln.compile.backends.litert.common import (
     NCHW_TO_NHWC,
+    NHWC_TO_NCHW,
     TO_NHWC_AXIS,
     Unsupported,
+    Value,
     attr,
     scalar,
 )
@@ -145,6 +147,13 @@ class TensorOps(ConverterCore):
         rank = len(x.shape)
         perm = list(attr(node, "perm", list(range(rank))[::-1]))
         out_shape = self._out_shape(node)
+        if rank == 4 and x.layout == "nhwc" and tuple(perm) == NCHW_TO_NHWC:
+            # NCHW → NHWC of a value already stored NHWC: the stored tensor is the result,
+            # in ONNX axis order ("plain").  ConvNeXt's permute → LayerNorm → Linear stays
+            # transpose-free that way.
+            return self._alias(node.output[0], Value(x.tensor, "plain", out_shape))
+        if rank == 4 and x.layout == "plain" and tuple(perm) == NHWC_TO_NCHW:
+            return self._alias(node.output[0], Value(x.tensor, "nhwc", out_shape))
         if x.layout == "nhwc":
             # Position in the stored NHWC tensor of each ONNX (NCHW) axis.
             where = {a: NCHW_TO_NHWC.index(a) for a in range(4)}
@@ -155,3 +164,72 @@ class TensorOps(ConverterCore):
             layout = "nhwc"
         p = self.graph.const(f"{name}/perm", np.array(perm, np.int32))
         self._emit("TRANSPOSE", [x.tensor, p], node.output[0], out_shape, layout, name)
+
+    def _op_Sum(self, node: Any, name: str) -> None:
+        # Variadic Sum (Caffe2-converted models add residuals with it) is a chain of ADDs.
+        names = [i for i in node.input if i]
+        anchor = next((self.values[i] for i in names if i in self.values), None)
+        if anchor is None:
+            raise Unsupported("at least one input must be computed")
+        if len(names) == 1:
+            return self._alias(node.output[0], anchor)
+        out_shape = self._out_shape(node)
+        current = self._operand(names[0], anchor, name)[0]
+        for i, other in enumerate(names[1:], start=2):
+            operand = self._operand(other, anchor, name)[0]
+            if i == len(names):
+                self._emit("ADD", [current, operand], node.output[0], out_shape, anchor.layout, name, activation="NONE")
+            else:
+                stored = self.graph.tensors[anchor.tensor].shape
+                current = self._intermediate(
+                    "ADD", [current, operand], f"{node.output[0]}/sum{i}", stored, name, activation="NONE"
+                )
+
+    def _strided_slice(
+        self, x: Any, starts: list[int], ends: list[int], steps: list[int], out_name: str, out_shape: tuple, node: str
+    ) -> None:
+        """Emit STRIDED_SLICE of ``x`` for per-ONNX-axis ``starts``/``ends``/``steps``."""
+        order = list(NCHW_TO_NHWC) if x.layout == "nhwc" else list(range(len(x.shape)))
+        begin = np.array([starts[a] for a in order], np.int32)
+        end = np.array([ends[a] for a in order], np.int32)
+        stride = np.array([steps[a] for a in order], np.int32)
+        inputs = [
+            x.tensor,
+            self.graph.const(f"{node}/begin", begin),
+            self.graph.const(f"{node}/end", end),
+            self.graph.const(f"{node}/strides", stride),
+        ]
+        self._emit("STRIDED_SLICE", inputs, out_name, out_shape, x.layout, node)
+
+    def _op_Slice(self, node: Any, name: str) -> None:
+        x = self._value(node.input[0])
+        rank = len(x.shape)
+        if self.opset >= 10:
+            starts, ends = (list(self._const(node.input[i], what).reshape(-1)) for i, what in ((1, "starts"), (2, "ends")))
+            axes = list(self._const(node.input[3], "axes").reshape(-1)) if len(node.input) > 3 and node.input[3] else None
+            steps = list(self._const(node.input[4], "steps").reshape(-1)) if len(node.input) > 4 and node.input[4] else None
+        else:
+            starts, ends = list(attr(node, "starts", [])), list(attr(node, "ends", []))
+            axes, steps = attr(node, "axes", None), None
+        axes = [int(a) % rank for a in (axes if axes is not None else range(len(starts)))]
+        steps = [int(s) for s in (steps if steps is not None else [1] * len(axes))]
+        begin, end, stride = [0] * rank, list(x.shape), [1] * rank
+        for axis, s, e, st in zip(axes, starts, ends, steps):
+            if st <= 0:
+                raise Unsupported(f"step {st} on axis {axis} (only positive steps)")
+            # ONNX clamps out-of-range indices (INT64_MAX means "to the end"); resolve them here.
+            begin[axis], end[axis], stride[axis] = slice(int(s), int(e), st).indices(x.shape[axis])
+        self._strided_slice(x, begin, end, stride, node.output[0], self._out_shape(node), name)
+
+    def _op_Split(self, node: Any, name: str) -> None:
+        x = self._value(node.input[0])
+        rank = len(x.shape)
+        axis = int(attr(node, "axis", 0)) % rank
+        start = 0
+        for index, out in enumerate(node.output):
+            shape = self._out_shape(node, index)
+            begin, end = [0] * rank, list(x.shape)
+            begin[axis], end[axis] = start, start + shape[axis]
+            start += shape[axis]
+            if out:
+                self._strided_slice(x, begin, end, [1] * rank, out, shape, f"{name}/{index}")

@@ -299,6 +299,19 @@ _BUILTIN_OPTIONS: dict[str, tuple[str, _OptionFields]] = {
     "MAXIMUM": ("MaximumMinimumOptions", _no_fields),
     "MINIMUM": ("MaximumMinimumOptions", _no_fields),
     "HARD_SWISH": ("HardSwishOptions", _no_fields),
+    # Begin and end are given in full (resolved from the known shape), so no masks.
+    "STRIDED_SLICE": ("StridedSliceOptions", _no_fields),
+    "SQUARED_DIFFERENCE": ("SquaredDifferenceOptions", _no_fields),
+    "GELU": ("GeluOptions", lambda b, o, act: {"Approximate": bool(o.get("approximate", False))}),
+    "LOCAL_RESPONSE_NORMALIZATION": (
+        "LocalResponseNormalizationOptions",
+        lambda b, o, act: {
+            "Radius": int(o["radius"]),
+            "Bias": float(o["bias"]),
+            "Alpha": float(o["alpha"]),
+            "Beta": float(o["beta"]),
+        },
+    ),
 }
 
 
