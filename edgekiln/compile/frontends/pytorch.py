@@ -14,17 +14,13 @@ torch is a compile-time extra (``edgekiln[pytorch]``); devices never need it.
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 import re
-import sys
-import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from edgekiln.compile.frontends.onnx import finish, requested_shapes
+from edgekiln.compile.quiet import captured_output
 from edgekiln.compile.stages import InputShapes, SourceModel
 from edgekiln.errors import DependencyError, UserError, first_line
 
@@ -207,16 +203,5 @@ def _quiet() -> Iterator[None]:
     what ``--json`` owns), deprecation warnings, and what torch's C++ side writes straight
     to file descriptors 1 and 2 (its "Torch IR graph at exception" dump). A failure is
     reported as edgekiln's own one-line error instead."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryFile() as sink:
-        warnings.simplefilter("ignore")
-        sys.__stdout__.flush()
-        sys.stderr.flush()
-        saved = {fd: os.dup(fd) for fd in (1, 2)}
-        for fd in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
+    with captured_output():
+        yield

@@ -8,6 +8,11 @@ from typing import Any
 
 import numpy as np
 
+# A node the converter cannot express (turned into one BackendError for the model), and the
+# ONNX attribute reader; shared with the constant folding.
+from edgekiln.compile.backends.onnx_fold import Unsupported as Unsupported
+from edgekiln.compile.backends.onnx_fold import attr as attr
+
 # NCHW axis → NHWC axis, and the inverse.
 TO_NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -22,20 +27,6 @@ class Value:
     tensor: str
     layout: str  # "nhwc": ONNX NCHW value stored transposed; "plain": ONNX axis order
     shape: tuple[int, ...]  # the ONNX shape
-
-
-class Unsupported(Exception):
-    """A node the converter cannot express; turned into one BackendError for the model."""
-
-
-def attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            value = helper.get_attribute_value(attribute)
-            return list(value) if isinstance(value, (list, tuple)) else value
-    return default
 
 
 def optional_input(node: Any, index: int) -> str | None:

@@ -35,11 +35,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from edgekiln.compile.backends.litert.common import Unsupported, Value, nhwc
-from edgekiln.compile.backends.litert.fold import fold_constants
 from edgekiln.compile.backends.litert.graph import Graph, Op
 from edgekiln.compile.backends.litert.ops_nn import NNOps
 from edgekiln.compile.backends.litert.ops_norm import NormOps, fuse_gelu
 from edgekiln.compile.backends.litert.ops_tensor import TensorOps
+from edgekiln.compile.backends.onnx_fold import fold_constants
 from edgekiln.errors import BackendError
 
 # ONNX operators the converter emits TFLite operators for (when their inputs are not all

@@ -17,8 +17,8 @@ from edgekiln.compile.backends.litert.common import (
     same_order,
     short,
 )
-from edgekiln.compile.backends.litert.fold import known_shapes
 from edgekiln.compile.backends.litert.graph import Graph, Op
+from edgekiln.compile.backends.onnx_fold import known_shapes
 
 
 class ConverterCore:

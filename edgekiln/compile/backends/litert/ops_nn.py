@@ -308,7 +308,9 @@ class NNOps(ConverterCore):
         if got != tuple(out_shape[2:]) and kind == "MAX_POOL_2D" and padding == "VALID":
             # ceil_mode: the last window hangs over the bottom/right edge; padding those
             # edges with the lowest float (0 after a ReLU) gives that window its maximum.
-            extra = [max((o - 1) * s + k - size, 0) for o, s, k, size in zip(out_shape[2:], strides, kernel, stored[1:3])]
+            extra = [
+                max((o - 1) * s + k - size, 0) for o, s, k, size in zip(out_shape[2:], strides, kernel, stored[1:3])
+            ]
             fill = 0.0 if self._non_negative(x) else LOWEST
             source = self._pad(Value(source, "nhwc", x.shape), (0, 0, extra[0], extra[1]), name, value=fill)
             stored = self.graph.tensors[source].shape

@@ -205,9 +205,15 @@ class TensorOps(ConverterCore):
         x = self._value(node.input[0])
         rank = len(x.shape)
         if self.opset >= 10:
-            starts, ends = (list(self._const(node.input[i], what).reshape(-1)) for i, what in ((1, "starts"), (2, "ends")))
-            axes = list(self._const(node.input[3], "axes").reshape(-1)) if len(node.input) > 3 and node.input[3] else None
-            steps = list(self._const(node.input[4], "steps").reshape(-1)) if len(node.input) > 4 and node.input[4] else None
+            starts, ends = (
+                list(self._const(node.input[i], what).reshape(-1)) for i, what in ((1, "starts"), (2, "ends"))
+            )
+            axes = (
+                list(self._const(node.input[3], "axes").reshape(-1)) if len(node.input) > 3 and node.input[3] else None
+            )
+            steps = (
+                list(self._const(node.input[4], "steps").reshape(-1)) if len(node.input) > 4 and node.input[4] else None
+            )
         else:
             starts, ends = list(attr(node, "starts", [])), list(attr(node, "ends", []))
             axes, steps = attr(node, "axes", None), None

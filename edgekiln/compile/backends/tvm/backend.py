@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
-from edgekiln.compile.backends.tvm import runtime_libs
+from edgekiln.compile.backends.tvm import importer, runtime_libs
 from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
@@ -61,21 +61,6 @@ def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
     return tuple(features)
 
 
-def unsupported_operators(model: Any) -> list[str]:
-    """Nodes whose operator the TVM ONNX frontend cannot convert, as 'Op (node name)'."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
-    convert_map = _get_convert_map()
-    found = []
-    for index, node in enumerate(model.graph.node):
-        if node.op_type in ("Constant", "If"):
-            continue
-        if node.domain not in ("", "ai.onnx") or node.op_type not in convert_map:
-            domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
-            found.append(f"{domain}{node.op_type} (node {node.name or f'#{index}'!r})")
-    return found
-
-
 @register
 class TVMBackend(Backend):
     """Apache TVM Relax: CPU code through LLVM, CUDA kernels through nvcc."""
@@ -106,7 +91,7 @@ class TVMBackend(Backend):
             raise DependencyError(
                 f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library for {profile.cpu.arch}"
             )
-        mod = _to_relax(model, from_onnx, progress)
+        mod = importer.to_relax(model, from_onnx, progress)
         target_dict = profile.tvm_target()
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
@@ -162,10 +147,7 @@ class TVMBackend(Backend):
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:
-        try:
-            return tvm.compile(mod, target=target)
-        except Exception as exc:
-            raise BackendError(f"TVM failed to build the model: {first_line(exc, last=True)}") from None
+        return importer.build(tvm, mod, target)
 
     @staticmethod
     def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
@@ -188,24 +170,6 @@ def _import_tvm() -> tuple[Any, Any]:
             f"the TVM compiler is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
         ) from None
     return tvm, from_onnx
-
-
-def _to_relax(model: SourceModel, from_onnx: Any, progress: Progress) -> Any:
-    """The model as a Relax module; an operator TVM lacks is named before conversion is tried."""
-    onnx_model = model.load_onnx()
-    with progress.step("convert ONNX to Relax"):
-        bad = unsupported_operators(onnx_model)
-        if bad:
-            raise BackendError(
-                f"the tvm backend does not support {len(bad)} operator(s) of {model.source_ref}: "
-                + ", ".join(bad[:10])
-                + (" …" if len(bad) > 10 else "")
-            )
-        shapes = {t.name: list(t.shape) for t in model.inputs}
-        try:
-            return from_onnx(onnx_model, shape_dict=shapes, opset=model.opset or None)
-        except Exception as exc:  # the frontend raises many types; all mean "cannot convert"
-            raise BackendError(f"TVM cannot convert {model.source_ref}: {first_line(exc, last=True)}") from None
 
 
 def _copy_runtime_libraries(

@@ -1,6 +1,8 @@
-"""Constant folding before conversion: nodes whose inputs are all known at conversion time
-(shape arithmetic, ``Shape`` of a fixed-shape tensor, constants) are evaluated with ONNX's
-reference implementation and become initializers."""
+"""Constant folding before conversion, for the backends that convert ONNX themselves (litert)
+or through a frontend that keeps shape arithmetic dynamic (TVM's Relax importer): nodes
+whose inputs are all known at conversion time (shape arithmetic, ``Shape`` of a fixed-shape
+tensor, constants) are evaluated with ONNX's reference implementation and become
+initializers."""
 
 from __future__ import annotations
 
@@ -9,11 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from edgekiln.compile.backends.litert.common import Unsupported, attr
 from edgekiln.errors import BackendError
 
 
-def fold_constants(model: Any, source_ref: str = "the model") -> Any:
+class Unsupported(Exception):
+    """A node that cannot be evaluated or converted; the caller names it in its error."""
+
+
+def attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = helper.get_attribute_value(attribute)
+            return list(value) if isinstance(value, (list, tuple)) else value
+    return default
+
+
+def fold_constants(model: Any, source_ref: str = "the model", backend: str = "litert") -> Any:
     """``model`` with every node whose result is known at conversion time replaced by an
     initializer, and shapes inferred again: shape arithmetic (``Shape`` → ``Gather`` →
     ``Concat`` → ``Reshape``, as torch.onnx exports ``x.view(n, -1)``) leaves fixed shapes
@@ -36,7 +51,7 @@ def fold_constants(model: Any, source_ref: str = "the model") -> Any:
                     consts.update(_evaluate(node, consts, shapes, model))
                 except Unsupported as exc:
                     raise BackendError(
-                        f"the litert backend cannot convert {node.op_type} (node "
+                        f"the {backend} backend cannot convert {node.op_type} (node "
                         f"{node.name or f'#{index}'!r}) of {source_ref}: {exc}"
                     ) from None
                 folded = True
