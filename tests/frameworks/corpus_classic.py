@@ -104,7 +104,9 @@ class _Builder:
             [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, out_shape)],
             initializer=self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnx-caffe2")
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnx-caffe2"
+        )
         model.ir_version = 3
         return model
 

@@ -52,7 +52,8 @@ def fold_constants(model: Any, source_ref: str = "the model", backend: str = "li
                 except Unsupported as exc:
                     raise BackendError(
                         f"the {backend} backend cannot convert {node.op_type} (node "
-                        f"{node.name or f'#{index}'!r}) of {source_ref}: {exc}"
+                        f"{node.name or f'#{index}'!r}) of {source_ref}: {exc}",
+                        hint="try another backend (--backend onnxruntime reads any valid ONNX model)",
                     ) from None
                 folded = True
             else:

@@ -352,10 +352,88 @@ def test_unsupported_operators_are_all_named():
 
 
 def test_unsupported_attributes_name_the_node():
-    w = conv_weights(4, 2, 3)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="grouped", kernel_shape=[3, 3], group=2)
-    with pytest.raises(BackendError, match=r"Conv \(node 'grouped'\).*grouped convolution"):
-        convert(make_model([node], [("x", [1, 4, 6, 6])], ["y"], [("w", w)]))
+    node = helper.make_node("LRN", ["x"], ["y"], name="even", size=4)
+    with pytest.raises(BackendError, match=r"LRN \(node 'even'\).*even window size \(4\)") as err:
+        convert(make_model([node], [("x", [1, 8, 6, 6])], ["y"]))
+    assert "--backend onnxruntime" in err.value.one_line()
+
+
+@pytest.mark.parametrize("group,cin,cout", [(2, 4, 6), (3, 24, 24), (8, 16, 32)])
+def test_grouped_conv_is_one_conv2d_with_batchnorm_folded(group, cin, cout):
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group),
+        bn("c", "b", "bn", eps=1e-5),
+        helper.make_node("Relu", ["b"], ["y"]),
+    ]
+    inits = [("w", conv_weights(cout, cin // group, 3)), *bn_inits("bn", cout)]
+    graph = check(make_model(nodes, [("x", [1, cin, 8, 8])], ["y"], inits))
+    assert kinds(graph) == ["CONV_2D"]
+
+
+def test_slice_and_split_as_torch_exports_chunk():
+    nodes = [
+        helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+        helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["c"]),
+        helper.make_node("Concat", ["b", "a", "c"], ["y"], axis=1),
+    ]
+    inits = [
+        ("sizes", np.array([3, 5], np.int64)),
+        ("st", np.array([1, -9], np.int64)),
+        ("en", np.array([np.iinfo(np.int64).max, 9], np.int64)),
+        ("ax", np.array([1, -1], np.int64)),
+        ("sp", np.array([2, 1], np.int64)),
+    ]
+    graph = check(make_model(nodes, [("x", [1, 8, 5, 5])], ["y"], inits), atol=0)
+    assert kinds(graph).count("STRIDED_SLICE") == 3
+
+
+def test_sum_lrn_and_old_opset_slice():
+    nodes = [
+        helper.make_node("Sum", ["x", "x2", "c"], ["s"]),
+        helper.make_node("LRN", ["s"], ["n"], size=5, alpha=1e-2, beta=0.75, bias=2.0),
+        helper.make_node("Slice", ["n"], ["y"], starts=[1], ends=[3], axes=[2]),
+    ]
+    inits = [("c", RNG.standard_normal((6, 1, 1)).astype(np.float32))]
+    graph = check(make_model(nodes, [("x", [1, 6, 5, 5]), ("x2", [1, 6, 5, 5])], ["y"], inits, opset=9))
+    assert kinds(graph) == ["ADD", "ADD", "LOCAL_RESPONSE_NORMALIZATION", "STRIDED_SLICE"]
+
+
+def test_convnext_block_layernorm_gelu_without_transposes():
+    """permute → LayerNorm → Linear → GELU (torch's Erf formula) → Linear → permute."""
+    c = 8
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t", "g", "b"], ["ln"], axis=-1, epsilon=1e-6),
+        helper.make_node("MatMul", ["ln", "w1"], ["h"]),
+        helper.make_node("Div", ["h", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["h", "e1"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["gelu"]),
+        helper.make_node("MatMul", ["gelu", "w2"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    inits = [
+        ("g", 1 + 0.1 * RNG.standard_normal(c)),
+        ("b", 0.1 * RNG.standard_normal(c)),
+        ("w1", RNG.standard_normal((c, 4 * c)) / np.sqrt(c)),
+        ("w2", RNG.standard_normal((4 * c, c)) / np.sqrt(4 * c)),
+        ("sqrt2", np.array(np.sqrt(2.0))),
+        ("one", np.array(1.0)),
+        ("half", np.array(0.5)),
+    ]
+    graph = check(make_model(nodes, [("x", [1, c, 5, 5])], ["y"], inits))
+    assert "TRANSPOSE" not in kinds(graph) and "GELU" in kinds(graph)
+    assert kinds(graph).count("FULLY_CONNECTED") == 2
+
+
+def test_layernorm_over_channels_of_an_nchw_tensor_and_ceil_mode_pool():
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g"], ["n"], axis=1, epsilon=1e-5),
+        helper.make_node("MaxPool", ["n"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+    ]
+    inits = [("g", RNG.standard_normal((4, 6, 6)))]
+    check(make_model(nodes, [("x", [1, 4, 6, 6])], ["y"], inits))
 
 
 def test_custom_domain_is_unsupported():

@@ -42,6 +42,9 @@ from edgekiln.compile.backends.litert.ops_tensor import TensorOps
 from edgekiln.compile.backends.onnx_fold import fold_constants
 from edgekiln.errors import BackendError
 
+# What to try when the converter cannot take a model: the backends that read ONNX directly.
+TRY_INSTEAD = "try --backend onnxruntime or --backend tvm"
+
 # ONNX operators the converter emits TFLite operators for (when their inputs are not all
 # constant; constant subgraphs of any standard operator are folded instead).
 SUPPORTED_OPS = frozenset(
@@ -110,7 +113,8 @@ class _Converter(NNOps, NormOps, TensorOps):
             raise BackendError(
                 f"the litert backend does not support {len(bad)} operator(s) of {self.ref}: "
                 + ", ".join(bad[:10])
-                + (" …" if len(bad) > 10 else "")
+                + (" …" if len(bad) > 10 else ""),
+                hint=TRY_INSTEAD,
             )
 
     # -- driver ----------------------------------------------------------------------------
@@ -129,7 +133,8 @@ class _Converter(NNOps, NormOps, TensorOps):
                 handler(node, name)
             except Unsupported as exc:
                 raise BackendError(
-                    f"the litert backend cannot convert {node.op_type} (node {name!r}) of {self.ref}: {exc}"
+                    f"the litert backend cannot convert {node.op_type} (node {name!r}) of {self.ref}: {exc}",
+                    hint=TRY_INSTEAD,
                 ) from None
         for info in g.output:
             self._graph_output(info.name)

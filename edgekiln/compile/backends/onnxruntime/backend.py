@@ -3,6 +3,7 @@ profile (threads from its cores, execution providers it can use)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -54,6 +55,24 @@ def providers_for(profile: DeviceProfile) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def load_error(message: str, source_ref: str) -> BackendError:
+    """ONNX Runtime's failure to load a model as one error that leads with the node it names
+    (ORT writes ``Node (NAME)`` or ``In Node, ("NAME", Op, ...)``) and says what to try."""
+    message = " ".join(message.split())
+    where = ""
+    named = re.search(r"Node \(([^)]*)\)(?: Op \(([^)]*)\))?", message)
+    listed = re.search(r'In Node, \("([^"]*)", (\w+)', message)
+    if listed:
+        where = f" at {listed.group(2)} (node {listed.group(1) or '<unnamed>'!r})"
+    elif named:
+        op = f"{named.group(2)} " if named.group(2) else ""
+        where = f" at {op}(node {named.group(1)!r})"
+    return BackendError(
+        f"ONNX Runtime cannot load {source_ref}{where}: {message[:300]}",
+        hint="try --backend tvm or --backend litert, or export the model with an opset this onnxruntime supports",
+    )
+
+
 @register
 class ONNXRuntimeBackend(Backend):
     """ONNX Runtime: the portable reference engine, fast on x86-64."""
@@ -102,7 +121,7 @@ class ONNXRuntimeBackend(Backend):
             try:
                 ort.InferenceSession(str(model.path), session_options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ORT raises its own exception types for bad graphs
-                raise BackendError(f"ONNX Runtime cannot load {model.source_ref}: {str(exc).strip()[:300]}") from None
+                raise load_error(str(exc), model.source_ref) from None
             if not target.exists():  # pragma: no cover - ORT always writes it
                 shutil.copyfile(model.path, target)
         version = metadata.version("onnxruntime")
