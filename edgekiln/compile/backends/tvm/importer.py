@@ -79,6 +79,8 @@ def _folded(onnx_model: Any, source_ref: str) -> Any:
     whose shapes ONNX cannot infer goes to TVM as it is."""
     from edgekiln.errors import EdgekilnError
 
+    if len(onnx_model.functions):
+        return onnx_model  # the folded graph is rebuilt without the model's local functions
     try:
         return fold_constants(onnx_model, source_ref, backend="tvm")
     except EdgekilnError:
