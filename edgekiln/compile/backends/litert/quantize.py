@@ -37,12 +37,14 @@ METHODS = ("minmax", "percentile")
 PERCENTILE = 99.99
 _INT8_MIN, _INT8_MAX = -128, 127
 _SAME_SCALE = frozenset(
-    {"RESHAPE", "PAD", "PADV2", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "MAXIMUM", "MINIMUM"}
+    {"RESHAPE", "PAD", "PADV2", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "MAXIMUM", "MINIMUM", "STRIDED_SLICE"}
 )
 _FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}
 # (weights input, per-channel axis) of the operators with weights and an int32 bias.
 _WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
-_NO_INT8_KERNEL = frozenset({"DIV"})
+# LOCAL_RESPONSE_NORMALIZATION has no int8 kernel; RSQRT (LayerNorm) and GELU have int8
+# kernels whose tables this quantizer has not been checked against, so they stay fp32-only.
+_NO_INT8_KERNEL = frozenset({"DIV", "LOCAL_RESPONSE_NORMALIZATION", "RSQRT", "GELU"})
 
 
 @dataclass(frozen=True)
