@@ -182,7 +182,7 @@ class GraphStats:
 
 # Typed fields that manifest.json carries inside "extra", where manifests have always had
 # them: tools and earlier runtimes read the same JSON.
-_EXTRA_FIELDS = ("backend_selection", "compile_seconds", "graph", "scores")
+_EXTRA_FIELDS = ("backend_selection", "compile_seconds", "graph", "scores", "tuning")
 # What the first output holds: "probabilities" (the model ends in Softmax) or "logits".
 SCORES = ("probabilities", "logits")
 
@@ -213,6 +213,8 @@ class Manifest:
     backend_selection: BackendSelection | None = None
     compile_seconds: float | None = None
     graph: GraphStats | None = None
+    # tvm: the tuning records applied (tasks, their share of the model's FLOPs, sources).
+    tuning: Mapping[str, Any] | None = None
     scores: str | None = None  # one of SCORES; None in artifacts built before it was recorded
 
     def __post_init__(self) -> None:
@@ -254,6 +256,7 @@ class Manifest:
             extra = _mapping(data.get("extra"), "extra")
             selection, graph = extra.pop("backend_selection", None), extra.pop("graph", None)
             seconds, scores = extra.pop("compile_seconds", None), extra.pop("scores", None)
+            tuning = extra.pop("tuning", None)
             manifest = cls(
                 model=_build(ModelInfo, data["model"]),
                 profile=_text(data["profile"], "profile"),
@@ -277,6 +280,7 @@ class Manifest:
                 compile_seconds=None if seconds is None else float(seconds),
                 graph=None if graph is None else _build(GraphStats, graph),
                 scores=_optional_text(scores, "scores"),
+                tuning=None if tuning is None else _mapping(tuning, "tuning"),
             )
         except KeyError as exc:
             raise IntegrityError(f"manifest.json lacks the field {exc.args[0]!r}") from None

@@ -132,6 +132,12 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         help="CUDA profiles: embed only SASS for the profile's GPU, no PTX (the tvm option embed_ptx=false)",
     )
     parser.add_argument(
+        "--tuning-db",
+        metavar="PATH",
+        help="tvm: a tuning database (written by `edgekiln tune --tuning-db`); its records come "
+        "before those in edgekiln's cache and those shipped with edgekiln",
+    )
+    parser.add_argument(
         "--backend-option",
         action="append",
         metavar="KEY=VALUE",
@@ -288,12 +294,14 @@ def _backend_options(args: argparse.Namespace) -> tuple:
     from edgekiln.errors import UserError
 
     items = list(args.backend_option or ())
-    if args.no_ptx:
+    tvm_items = (["embed_ptx=false"] if args.no_ptx else []) + ([f"tuning_db={args.tuning_db}"] if args.tuning_db else [])
+    if tvm_items:
         if args.backend not in ("tvm", "auto"):
-            raise UserError(f"--no-ptx applies to the tvm backend, not {args.backend}")
+            flag = "--no-ptx" if args.no_ptx else "--tuning-db"
+            raise UserError(f"{flag} applies to the tvm backend, not {args.backend}")
         if args.backend == "auto":
-            return (registry.get("tvm").options_type.from_strings(["embed_ptx=false"]),)
-        items.append("embed_ptx=false")
+            return (registry.get("tvm").options_type.from_strings(tvm_items),)
+        items.extend(tvm_items)
     if not items:
         return ()
     if args.backend == "auto":

@@ -459,4 +459,5 @@ def _manifest(
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         graph=GraphStats(**source.stats) if source.stats else None,
         scores=preprocessing.output_scores(source.load_onnx()),
+        tuning=lowered.tuning,
     )

@@ -175,6 +175,8 @@ class LoweredFiles:
     compiler: Mapping[str, str]
     target: Mapping[str, Any]
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Tuning records applied (tvm): tasks tuned, their share of the FLOPs, the sources.
+    tuning: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -220,4 +222,5 @@ class CompiledArtifact:
             "validation": m.to_dict()["validation"],
             "compile_seconds": m.compile_seconds,
             "quantization": m.quantization,
+            "tuning": m.tuning,
         }

@@ -42,11 +42,16 @@ class TVMOptions(BackendOptions):
     embed_ptx: for CUDA profiles, also embed PTX beside the SASS so that GPUs newer than
     the profile's architecture can still load the kernels (the driver JIT-compiles them).
     strip: drop debug information from the model library (it is 30–60 % of its size).
+    tuning_db: a MetaSchedule database directory (``edgekiln tune --tuning-db``) whose records
+    come before the cache's and the shipped ones (CPU profiles).
+    tuning_records: apply tuning records at all (false: MetaSchedule-free default schedules).
     """
 
     backend: ClassVar[str] = "tvm"
     embed_ptx: bool = True
     strip: bool = True
+    tuning_db: str | None = None
+    tuning_records: bool = True
 
 
 def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
@@ -96,7 +101,8 @@ class TVMBackend(Backend):
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = {"tvm": runtime_libs.tvm_version()}
-        target, executable = self._build_for_profile(tvm, mod, target_dict, profile, options, compiler, progress)
+        tuned: dict[str, Any] = {}
+        target, executable = self._build_for_profile(tvm, mod, target_dict, profile, options, compiler, progress, tuned)
         with progress.step(
             "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
         ):
@@ -111,6 +117,7 @@ class TVMBackend(Backend):
             compiler=compiler,
             target=json.loads(str(target)),
             options=asdict(options),
+            tuning=tuned or None,
         )
 
     def _build_for_profile(
@@ -122,10 +129,12 @@ class TVMBackend(Backend):
         options: TVMOptions,
         compiler: dict[str, str],
         progress: Progress,
+        tuned: dict[str, Any],
     ) -> tuple[Any, Any]:
         """Build ``mod`` for the profile's CPU or GPU; returns the target and the executable.
 
-        For CUDA profiles, also records nvcc's version in ``compiler``."""
+        For CUDA profiles, also records nvcc's version in ``compiler``; for CPU profiles,
+        the tuning records applied go into ``tuned`` (the manifest's ``tuning``)."""
         where = f"CUDA {profile.accelerator.cuda_arch}" if profile.is_cuda else profile.cpu.mcpu
         with progress.step(f"build for {profile.id} ({where})"):
             target = tvm.target.Target(target_dict)
@@ -142,8 +151,31 @@ class TVMBackend(Backend):
                     raise BackendError(f"TVM produced no CUDA device code for {profile.accelerator.cuda_arch}")
                 compiler["nvcc"] = cuda.nvcc_version()
             else:
-                executable = self._build(tvm, mod, target)
+                executable = self._build_cpu(tvm, mod, target, profile, options, progress, tuned)
         return target, executable
+
+    def _build_cpu(
+        self,
+        tvm: Any,
+        mod: Any,
+        target: Any,
+        profile: DeviceProfile,
+        options: TVMOptions,
+        progress: Progress,
+        tuned: dict[str, Any],
+    ) -> Any:
+        if not options.tuning_records:
+            return self._build(tvm, mod, target)
+        from edgekiln.compile.backends.tvm import tuning
+
+        applied = tuning.records_for_build(tvm, mod, target, profile, options.tuning_db, progress)
+        if applied is None or applied.database is None:
+            return self._build(tvm, mod, target)
+        tuned.update(applied.manifest_entry())
+        try:
+            return tuning.compile_with_records(tvm, mod, target, applied.database)
+        except Exception as exc:
+            raise BackendError(f"TVM failed to build the model with tuning records: {first_line(exc, last=True)}") from None
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:

@@ -1,0 +1,240 @@
+"""``edgekiln tune``: MetaSchedule tuning of a model's tasks into a profile's database.
+
+Tuning resumes: the database keeps every measured trial, and a rerun counts them per task,
+skips the tasks that have their budget and gives the others only what they lack.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekiln.compile.backends.tvm import tuning
+from edgekiln.compile.stages import SourceModel
+from edgekiln.device_profiles import DeviceProfile
+from edgekiln.errors import BackendError, UserError, first_line
+from edgekiln.execute.progress import NullProgress, Progress
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``edgekiln tune`` does.
+
+    trials: the most trials for the model in all (done ones included, so that a rerun
+    finishes the same plan); tasks are taken in order of FLOPs until their per-task budgets
+    fill it. 0 means every task gets ``trials_per_task``.
+    trials_per_task: measured candidates per task.
+    tuning_db: the database directory (default: the profile's in edgekiln's cache).
+    threads: threads the candidates run with (default: this host's usable CPUs).
+    seed: the search's random seed, so that a rerun explores the same way.
+    """
+
+    trials: int = 0
+    trials_per_task: int = 32
+    tuning_db: Path | None = None
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trials < 0:
+            raise UserError(f"--trials must be 0 or more, not {self.trials}")
+        if self.trials_per_task < 1:
+            raise UserError(f"--trials-per-task must be 1 or more, not {self.trials_per_task}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"threads must be 1 or more, not {self.threads}")
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tuning run did and what the database covers now."""
+
+    database: Path
+    profile: str
+    planned: tuple[str, ...]
+    trials_before: int
+    trials_run: int
+    seconds: float
+    coverage: tuning.Coverage
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "database": str(self.database),
+            "profile": self.profile,
+            "tasks_planned": list(self.planned),
+            "trials_before": self.trials_before,
+            "trials_run": self.trials_run,
+            "tune_seconds": round(self.seconds, 2),
+            "coverage": self.coverage.to_dict(),
+        }
+
+
+def plan(tasks: list[tuning.Task], options: TuneOptions) -> list[tuning.Task]:
+    """The tasks to tune: those with FLOPs, the most FLOPs first, while their per-task
+    budgets fit in ``options.trials``."""
+    chosen, budget = [], 0
+    for task in tasks:
+        if task.total_flops <= 0:
+            continue  # reshapes and copies: nothing a schedule can speed up much
+        if options.trials and budget + options.trials_per_task > options.trials:
+            break
+        chosen.append(task)
+        budget += options.trials_per_task
+    return chosen
+
+
+def measured_trials(database: Any, task: tuning.Task, limit: int) -> int:
+    """How many measured trials of the task the database holds (at most ``limit``)."""
+    if not database.has_workload(task.mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(task.mod), limit))
+
+
+def tune(
+    source: SourceModel,
+    profile: DeviceProfile,
+    options: TuneOptions,
+    *,
+    runner: Any = None,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """Tune the model's tasks for the profile with MetaSchedule into its database.
+
+    runner: the MetaSchedule Runner that times candidates (default: a local runner on this
+    host); another runner times them elsewhere, e.g. on the device itself.
+    """
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    path = Path(options.tuning_db) if options.tuning_db else tuning.cache_database(profile)
+    _, target, tasks = tuning.model_tasks(source, profile, progress)
+    database = tuning.open_database(path, create=True)
+    chosen = plan(tasks, options)
+    done = {t.name: measured_trials(database, t, options.trials_per_task) for t in chosen}
+    pending = [t for t in chosen if done[t.name] < options.trials_per_task]
+    before = sum(done.values())
+    report = _ProgressReport(progress, chosen, done, options.trials_per_task)
+    ms = tuning.ms()
+    runner = runner if runner is not None else ms.runner.LocalRunner()
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
+    with tuning.tvm_threads(options.threads or tuning.default_threads()), tempfile.TemporaryDirectory(
+        prefix="edgekiln-tune-"
+    ) as work_dir:
+        for remaining, group in _by_remaining(pending, done, options.trials_per_task):
+            _tune_group(ms, group, remaining, target, database, (builder, runner), report.callback(ms), work_dir, options)
+    source_name = "flag" if options.tuning_db else "cache"
+    cov = tuning.coverage_of(tasks, {source_name: database}, {source_name: path})[0]
+    return TuneResult(
+        database=path,
+        profile=profile.id,
+        planned=tuple(t.name for t in chosen),
+        trials_before=before,
+        trials_run=report.trials,
+        seconds=time.monotonic() - started,
+        coverage=cov,
+    )
+
+
+def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin``: that
+    import takes about a minute on a 2-core host, in every builder process of every batch,
+    and CPU float32 schedules use no tensor intrinsics."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _by_remaining(pending: list[tuning.Task], done: dict[str, int], per_task: int) -> list[tuple[int, list]]:
+    """Pending tasks grouped by the trials each still lacks (MetaSchedule takes one per-task
+    budget per run); fresh tasks, the largest group, first."""
+    groups: dict[int, list[tuning.Task]] = {}
+    for task in pending:
+        groups.setdefault(per_task - done[task.name], []).append(task)
+    return sorted(groups.items(), key=lambda item: -item[0])
+
+
+def _tune_group(
+    ms: Any,
+    group: list[tuning.Task],
+    remaining: int,
+    target: Any,
+    database: Any,
+    workers: tuple[Any, Any],
+    callback: Any,
+    work_dir: str,
+    options: TuneOptions,
+) -> None:
+    contexts = [
+        ms.TuneContext(
+            mod=task.mod,
+            target=target,
+            space_generator="post-order-apply",
+            # A small population: with tens of trials per task, the default 512 spends more
+            # time in the search than in measuring on a 2-core host.
+            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=32),
+            task_name=task.name,
+            rand_state=options.seed + index,
+            num_threads=options.threads or tuning.default_threads(),
+        ).clone()
+        for index, task in enumerate(group)
+    ]
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(t.weight) for t in group],
+            work_dir=work_dir,
+            max_trials_global=remaining * len(group),
+            max_trials_per_task=remaining,
+            num_trials_per_iter=min(remaining, 16),
+            builder=workers[0],
+            runner=workers[1],
+            database=database,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+        )
+    except Exception as exc:  # MetaSchedule raises TVMError and friends for broken tasks
+        raise BackendError(f"MetaSchedule tuning failed: {first_line(exc, last=True)}") from None
+
+
+class _ProgressReport:
+    """Reports tasks, trials and the best time so far after every measured batch."""
+
+    def __init__(self, progress: Progress, tasks: list[tuning.Task], done: dict[str, int], per_task: int) -> None:
+        self.progress = progress
+        self.total = sum(per_task for _ in tasks)
+        self.done = dict(done)
+        self.per_task = per_task
+        self.tasks = len(tasks)
+        self.trials = 0
+        self.best: dict[str, float] = {}
+
+    def record(self, name: str, secs: list[float]) -> None:
+        self.trials += len(secs)
+        self.done[name] = self.done.get(name, 0) + len(secs)
+        valid = [s for s in secs if s < 1e9]
+        if valid:
+            self.best[name] = min(self.best.get(name, float("inf")), min(valid))
+        finished = sum(1 for n in self.done if self.done[n] >= self.per_task)
+        best = self.best.get(name)
+        note = f"tasks {finished}/{self.tasks}, {name}: best {best * 1e3:.3f} ms" if best else f"{name}: no valid trial"
+        self.progress.advance(min(sum(self.done.values()), self.total), self.total, note, unit="trials")
+
+    def callback(self, ms: Any) -> Any:
+        from tvm.ir.utils import derived_object
+
+        report = self
+
+        @derived_object
+        class _Callback(ms.measure_callback.PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):  # noqa: ANN001
+                name = str(task_scheduler.tasks_[task_id].ctx.task_name)
+                secs = []
+                for built, ran in zip(builder_results, runner_results):
+                    times = [float(s) for s in (ran.run_secs or [])]
+                    ok = built.error_msg is None and ran.error_msg is None and times
+                    secs.append(sum(times) / len(times) if ok else 1e10)
+                report.record(name, secs)
+
+        return _Callback()
+

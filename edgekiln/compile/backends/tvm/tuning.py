@@ -1,0 +1,316 @@
+"""TVM MetaSchedule tuning: tasks of a model, tuning into a database, and the records that
+compile applies (``--tuning-db``, then edgekiln's cache, then the records shipped with
+edgekiln, each checked against the installed TVM before use).
+
+A tuning database is a directory with MetaSchedule's two JSON files
+(``database_workload.json``, ``database_tuning_record.json``), one per device profile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgekiln.compile.stages import SourceModel
+from edgekiln.device_profiles import DeviceProfile
+from edgekiln.errors import UserError, first_line
+from edgekiln.execute.progress import NullProgress, Progress
+from edgekiln.runtime.compat import cache_root, usable_cpus
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+SOURCES = ("flag", "cache", "shipped")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tuning task of a model: a fused TIR function, how often the model calls it
+    (``weight``) and its floating-point operations per call."""
+
+    name: str
+    weight: int
+    flops: float
+    mod: Any = field(repr=False, compare=False)
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops * self.weight
+
+
+@dataclass(frozen=True)
+class TunedTask:
+    """A task that has a record: its share of the model's FLOPs and where the record came from."""
+
+    name: str
+    share: float
+    source: str
+    run_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "flops_share": round(self.share, 6), "source": self.source, "run_ms": self.run_ms}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a model tuning records cover: the tasks with a record, their share of
+    the model's FLOPs, and which databases they came from (``flag``, ``cache``, ``shipped``)."""
+
+    share: float
+    tasks: tuple[TunedTask, ...]
+    task_count: int
+    databases: dict[str, str]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(s for s in SOURCES if any(t.source == s for t in self.tasks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flops_share": round(self.share, 6),
+            "tasks_tuned": len(self.tasks),
+            "tasks_total": self.task_count,
+            "sources": list(self.sources),
+            "databases": dict(self.databases),
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+
+def profile_key(profile: DeviceProfile) -> str:
+    """The directory name of a profile's databases (its id, '/' spelt '--')."""
+    return profile.id.replace("/", "--")
+
+
+def cache_database(profile: DeviceProfile) -> Path:
+    """The profile's tuning database in edgekiln's cache (``edgekiln tune`` writes here)."""
+    return cache_root() / "tuning" / profile_key(profile)
+
+
+def shipped_database(profile: DeviceProfile) -> Path | None:
+    """The records shipped with edgekiln for the profile, or None."""
+    root = resources.files("edgekiln.compile.backends.tvm") / "records" / profile_key(profile)
+    path = Path(str(root))
+    return path if (path / RECORD_FILE).is_file() else None
+
+
+def database_paths(profile: DeviceProfile, tuning_db: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """The databases compile reads, in precedence order: the flag's, the cache's, the shipped."""
+    found: dict[str, Path] = {}
+    if tuning_db is not None:
+        path = Path(tuning_db)
+        if not (path / RECORD_FILE).is_file():
+            raise UserError(
+                f"--tuning-db {path} holds no tuning records ({RECORD_FILE})",
+                hint="pass the directory that edgekiln tune --tuning-db wrote",
+            )
+        found["flag"] = path
+    if (cache_database(profile) / RECORD_FILE).is_file():
+        found["cache"] = cache_database(profile)
+    shipped = shipped_database(profile)
+    if shipped is not None:
+        found["shipped"] = shipped
+    return found
+
+
+def ms() -> Any:
+    """TVM's MetaSchedule package (``tvm.s_tir.meta_schedule`` since TVM 0.22)."""
+    try:
+        from tvm.s_tir import meta_schedule
+    except ImportError:  # older TVM releases kept it at the top level
+        from tvm import meta_schedule  # type: ignore[no-redef]
+    return meta_schedule
+
+
+def open_database(path: Path, *, create: bool = False) -> Any:
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return ms().database.JSONDatabase(
+        str(path / WORKLOAD_FILE), str(path / RECORD_FILE), allow_missing=create, module_equality="structural"
+    )
+
+
+def fuse(tvm: Any, mod: Any, target: Any) -> Any:
+    """The model after legalisation and fusion: the same passes as the CPU build pipeline
+    runs before MetaScheduleApplyDatabase, so that tuned workloads match at compile time."""
+    from tvm.relax import pipeline
+
+    with target:
+        passes = pipeline.library_dispatch_passes(target) + pipeline.legalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def extract_tasks(tvm: Any, mod: Any, target: Any) -> list[Task]:
+    """The model's tuning tasks, the ones carrying most FLOPs first."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    fused = fuse(tvm, mod, target)
+    tasks = []
+    for extracted in ms().relax_integration.extract_tasks(fused, target):
+        func = extracted.dispatched[0]
+        try:
+            flops = float(estimate_tir_flops(func))
+        except Exception:  # some functions (reshape, copies) have no countable FLOPs
+            flops = 0.0
+        tasks.append(Task(str(extracted.task_name), int(extracted.weight), flops, func))
+    return sorted(tasks, key=lambda t: (-t.total_flops, t.name))
+
+
+def best_record(database: Any, task: Task) -> Any | None:
+    """The fastest record for the task's workload, or None."""
+    if not database.has_workload(task.mod):
+        return None
+    workload = database.commit_workload(task.mod)
+    top = database.get_top_k(workload, 1)
+    return top[0] if top else None
+
+
+def run_ms(record: Any) -> float | None:
+    secs = [float(s) for s in (record.run_secs or [])]
+    return round(1e3 * sum(secs) / len(secs), 4) if secs else None
+
+
+def coverage_of(tasks: list[Task], databases: dict[str, Any], paths: dict[str, Path]) -> tuple[Coverage, dict]:
+    """The coverage of ``tasks`` by ``databases`` (in precedence order) and the chosen record
+    per task name."""
+    total = sum(t.total_flops for t in tasks) or 1.0
+    tuned, chosen = [], {}
+    for task in tasks:
+        for source, database in databases.items():
+            record = best_record(database, task)
+            if record is not None:
+                chosen[task.name] = (source, record)
+                tuned.append(TunedTask(task.name, task.total_flops / total, source, run_ms(record)))
+                break
+    share = sum(t.share for t in tuned)
+    return Coverage(share, tuple(tuned), len(tasks), {s: str(p) for s, p in paths.items()}), chosen
+
+
+def model_tasks(source: SourceModel, profile: DeviceProfile, progress: Progress) -> tuple[Any, Any, list[Task]]:
+    """tvm, the profile's target and the model's tasks."""
+    from edgekiln.compile.backends.tvm.backend import _import_tvm, _to_relax
+
+    tvm, from_onnx = _import_tvm()
+    if profile.is_cuda:
+        raise UserError(f"edgekiln tune supports CPU profiles; {profile.id} is a CUDA profile")
+    mod = _to_relax(source, from_onnx, progress)
+    target = tvm.target.Target(profile.tvm_target())
+    with progress.step("extract tuning tasks"):
+        tasks = extract_tasks(tvm, mod, target)
+    return tvm, target, tasks
+
+
+def records_coverage(
+    source: SourceModel, profile: DeviceProfile, *, tuning_db: str | os.PathLike[str] | None = None
+) -> Coverage:
+    """The share of the model's FLOPs that tuning records cover for the profile, and their
+    sources. Cheap: converts the model and reads the databases, builds nothing (shipped
+    records are checked against the installed TVM only when compile uses them)."""
+    paths = database_paths(profile, tuning_db)
+    _, _, tasks = model_tasks(source, profile, NullProgress())
+    databases = {s: open_database(p) for s, p in paths.items()}
+    return coverage_of(tasks, databases, paths)[0]
+
+
+@contextlib.contextmanager
+def tvm_threads(count: int) -> Iterator[None]:
+    """Run TVM kernels (also in the tuner's worker processes) with ``count`` threads."""
+    before = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = before
+
+
+def default_threads() -> int:
+    return int(os.environ.get("TVM_NUM_THREADS") or usable_cpus())
+
+
+@dataclass(frozen=True)
+class AppliedRecords:
+    """What compile applies: an in-memory database with one record per tuned task (None
+    when no record matches) and the coverage the manifest records."""
+
+    database: Any
+    coverage: Coverage
+    skipped: tuple[str, ...]
+
+    def manifest_entry(self) -> dict[str, Any]:
+        entry = self.coverage.to_dict()
+        if self.skipped:
+            entry["skipped_shipped"] = list(self.skipped)
+        return entry
+
+
+def records_for_build(
+    tvm: Any, mod: Any, target: Any, profile: DeviceProfile, tuning_db: str | None, progress: Progress
+) -> AppliedRecords | None:
+    """The best records for the model's tasks, the flag's database first, then the cache's,
+    then the shipped records (each checked to still build with the installed TVM; one that
+    does not is skipped with a warning). None when there are no databases at all."""
+    paths = database_paths(profile, tuning_db)
+    if not paths:
+        return None
+    with progress.step(f"look up tuning records ({', '.join(paths)})"):
+        tasks = extract_tasks(tvm, mod, target)
+        coverage, chosen = coverage_of(tasks, {s: open_database(p) for s, p in paths.items()}, paths)
+        skipped = _check_shipped(tasks, chosen, target)
+    if skipped:
+        coverage, chosen = _without(tasks, chosen, skipped, paths)
+    database = ms().database.MemoryDatabase()
+    by_name = {t.name: t for t in tasks}
+    for name, (_, record) in chosen.items():
+        workload = database.commit_workload(by_name[name].mod)
+        database.commit_tuning_record(
+            ms().database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
+        )
+    return AppliedRecords(database if chosen else None, coverage, tuple(skipped))
+
+
+def _check_shipped(tasks: list[Task], chosen: dict[str, tuple[str, Any]], target: Any) -> list[str]:
+    """Names of tasks whose shipped record no longer builds with the installed TVM."""
+    from edgekiln.compile.backends.tvm.tuner import build_candidate
+    from tvm.s_tir.schedule import Schedule
+
+    by_name = {t.name: t for t in tasks}
+    broken = []
+    for name, (source, record) in chosen.items():
+        if source != "shipped":
+            continue
+        try:
+            schedule = Schedule(by_name[name].mod)
+            record.trace.apply_to_schedule(schedule, remove_postproc=False)
+            build_candidate(schedule.mod, target, None)
+        except Exception as exc:  # any failure means: this TVM cannot use the record
+            warnings.warn(
+                f"skipping the shipped tuning record of {name}: it does not build with this TVM "
+                f"({first_line(exc, last=True)})",
+                stacklevel=2,
+            )
+            broken.append(name)
+    return broken
+
+
+def _without(
+    tasks: list[Task], chosen: dict[str, tuple[str, Any]], skipped: list[str], paths: dict[str, Path]
+) -> tuple[Coverage, dict[str, tuple[str, Any]]]:
+    kept = {n: c for n, c in chosen.items() if n not in skipped}
+    total = sum(t.total_flops for t in tasks) or 1.0
+    tuned = tuple(
+        TunedTask(t.name, t.total_flops / total, kept[t.name][0], run_ms(kept[t.name][1])) for t in tasks if t.name in kept
+    )
+    share = sum(t.share for t in tuned)
+    return Coverage(share, tuned, len(tasks), {s: str(p) for s, p in paths.items()}), kept
+
+
+def compile_with_records(tvm: Any, mod: Any, target: Any, database: Any) -> Any:
+    """Build ``mod`` applying ``database``'s records (MetaSchedule's Relax pipeline: fuse,
+    apply the records, lower), the same preparation as task extraction."""
+    return ms().relax_integration.compile_relax(database, mod, target, params=None)
