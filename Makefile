@@ -11,6 +11,8 @@
 #   make test-fast  ruff and the unit tier (tests/unit, well under two minutes)
 #   make lint    ruff check and ruff format --check (configured in pyproject.toml)
 #   make bench-compile   compile time per zoo model per profile (benchmarks/results/)
+#   make tune-zoo  re-tune the shipped x86_64 tuning records (zoo:resnet18, zoo:mobilenet_v2);
+#                hours on a small host, resumable (build/tune-zoo keeps the trials)
 
 PYTHON ?= python3
 VENV := .venv
@@ -33,7 +35,7 @@ DEMO_DIR ?= demo-out
 DEMO_MODEL ?= zoo:efficientnet_lite0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast lint bench-compile clean apt qemu emulators
+.PHONY: setup demo test test-fast lint bench-compile tune-zoo clean apt qemu emulators
 
 # apt first and on every run, not only when the stamp is stale: it only checks when
 # everything is installed, and it is how an existing checkout gets a newer qemu-user.
@@ -159,6 +161,24 @@ BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
 .PHONY: bench
 bench: setup
 	$(BIN)/edgekiln suite benchmarks/suite.toml --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
+
+# The shipped records' budget: every task with FLOPs, TUNE_TRIALS_PER_TASK trials each, the
+# tasks with most FLOPs first, TUNE_TRIALS at most per model (0: no cap). One database per
+# model under build/tune-zoo (rerunning resumes), then merged into the package's records,
+# the fastest record per workload.
+TUNE_PROFILE := x86_64
+TUNE_MODELS ?= resnet18 mobilenet_v2
+TUNE_TRIALS_PER_TASK ?= 16
+TUNE_TRIALS ?= 0
+TUNE_RECORDS := edgekiln/compile/backends/tvm/records/generic--x86-64-avx2
+
+tune-zoo: setup
+	@for m in $(TUNE_MODELS); do \
+	  $(BIN)/edgekiln tune zoo:$$m --target $(TUNE_PROFILE) --threads 2 \
+	    --trials-per-task $(TUNE_TRIALS_PER_TASK) --trials $(TUNE_TRIALS) --tuning-db build/tune-zoo/$$m || exit 1; \
+	done
+	rm -rf $(TUNE_RECORDS)
+	$(BIN)/edgekiln tune-merge $(TUNE_RECORDS) $(addprefix build/tune-zoo/,$(TUNE_MODELS))
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

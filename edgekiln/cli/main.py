@@ -19,6 +19,7 @@ from edgekiln.errors import EdgekilnError, InternalError
 # imports the compiler.
 COMMANDS = (
     "compile",
+    "tune",
     "inspect",
     "run",
     "profiles",

@@ -155,3 +155,19 @@ def test_auto_evidence_and_timing_figures_round_trip_and_older_selections_still_
     assert set(old) == {"mode", "chosen", "reason", "candidates"}
     loaded = BackendSelection.from_dict(old)
     assert (loaded.evidence, loaded.outcome, loaded.threads) == (None, None, None) and loaded.to_dict() == old
+
+
+def test_the_tuning_entry_travels_in_extra():
+    entry = {
+        "flops_share": 0.95,
+        "tasks_tuned": 1,
+        "tasks_total": 3,
+        "sources": ["shipped"],
+        "tasks": [{"name": "conv2d", "flops_share": 0.95, "source": "shipped", "run_ms": 1.5}],
+    }
+    manifest = _manifest(tuning=entry)
+    data = json.loads(manifest.to_json())
+    assert "tuning" not in data and data["extra"]["tuning"] == entry
+    again = Manifest.from_json(manifest.to_json())
+    assert again.tuning == entry and again.extra == {}
+    assert Manifest.from_json(_manifest().to_json()).tuning is None

@@ -6,6 +6,7 @@ skips the tasks that have their budget and gives the others only what they lack.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -238,3 +239,27 @@ class _ProgressReport:
 
         return _Callback()
 
+
+
+def tune_model(
+    model: str | os.PathLike[str],
+    target: str,
+    options: TuneOptions,
+    *,
+    input_shape: Any = None,
+    framework: str | None = None,
+    runner: Any = None,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """Import ``model`` (a file, folder or ``zoo:NAME``, as compile takes) and tune it for
+    the profile ``target``; see :func:`tune`."""
+    from edgekiln.compile.api import import_source
+    from edgekiln.device_profiles import get_profile
+
+    progress = progress or NullProgress()
+    profile = get_profile(target)
+    with tempfile.TemporaryDirectory(prefix="edgekiln-tune-", ignore_cleanup_errors=True) as tmp:
+        source = import_source(
+            model, Path(tmp) / "source", framework=framework, input_shape=input_shape, name=None, progress=progress
+        )
+        return tune(source, profile, options, runner=runner, progress=progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -260,7 +261,8 @@ def records_for_build(
         return None
     with progress.step(f"look up tuning records ({', '.join(paths)})"):
         tasks = extract_tasks(tvm, mod, target)
-        coverage, chosen = coverage_of(tasks, {s: open_database(p) for s, p in paths.items()}, paths)
+        databases = {s: db for s, db in ((s, _open_for_build(s, p)) for s, p in paths.items()) if db is not None}
+        coverage, chosen = coverage_of(tasks, databases, paths)
         skipped = _check_shipped(tasks, chosen, target)
     if skipped:
         coverage, chosen = _without(tasks, chosen, skipped, paths)
@@ -272,6 +274,24 @@ def records_for_build(
             ms().database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
         )
     return AppliedRecords(database if chosen else None, coverage, tuple(skipped))
+
+
+def _open_for_build(source: str, path: Path) -> Any | None:
+    """The database, or None (with a warning) for shipped records this TVM cannot read: the
+    loader checks every trace against its workload, and one it rejects fails the lot."""
+    try:
+        return open_database(path)
+    except Exception as exc:
+        if source != "shipped":
+            raise UserError(
+                f"cannot read the tuning database {path}: {first_line(exc, last=True)}",
+                hint="tune again into a new --tuning-db, or remove this one",
+            ) from None
+        warnings.warn(
+            f"skipping the tuning records shipped in {path}: this TVM cannot read them ({first_line(exc, last=True)})",
+            stacklevel=3,
+        )
+        return None
 
 
 def _check_shipped(tasks: list[Task], chosen: dict[str, tuple[str, Any]], target: Any) -> list[str]:
@@ -314,3 +334,45 @@ def compile_with_records(tvm: Any, mod: Any, target: Any, database: Any) -> Any:
     """Build ``mod`` applying ``database``'s records (MetaSchedule's Relax pipeline: fuse,
     apply the records, lower), the same preparation as task extraction."""
     return ms().relax_integration.compile_relax(database, mod, target, params=None)
+
+
+def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[str, int]:
+    """Merge ``sources`` into ``dest`` (which may hold records already): one entry per
+    workload (compared structurally), its ``keep`` fastest records. Returns counts."""
+    if keep < 1:
+        raise UserError(f"--keep must be 1 or more, not {keep}")
+    grouped: dict[int, list[Any]] = {}
+    read = 0
+    for path in [dest, *sources]:
+        if not (path / RECORD_FILE).is_file():
+            if path != dest:
+                raise UserError(f"{path} holds no tuning records ({RECORD_FILE})")
+            continue
+        for record in open_database(path).get_all_tuning_records():
+            read += 1
+            if run_ms(record) is not None:
+                grouped.setdefault(_structural_hash(record.workload.mod), []).append(record)
+    staging = dest.with_name(dest.name + ".merging")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged = open_database(staging, create=True)
+    written = 0
+    for records in grouped.values():
+        workload = merged.commit_workload(records[0].workload.mod)
+        for record in sorted(records, key=lambda r: run_ms(r) or float("inf"))[:keep]:
+            merged.commit_tuning_record(
+                ms().database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
+            )
+            written += 1
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        os.replace(staging / name, dest / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {"records_read": read, "workloads": len(grouped), "records_written": written}
+
+
+def _structural_hash(mod: Any) -> int:
+    try:
+        from tvm_ffi import structural_hash
+    except ImportError:  # TVM before tvm-ffi kept it in tvm.ir
+        from tvm.ir import structural_hash  # type: ignore[no-redef]
+    return int(structural_hash(mod))

@@ -1,0 +1,131 @@
+"""``edgekiln tune``: tune a model's TVM kernels for a profile with MetaSchedule, and
+``edgekiln tune-merge``: merge tuning databases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "tune a model's TVM kernels for a profile (MetaSchedule) into a tuning database"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help=HELP,
+        description=(
+            "Tune MODEL's TVM kernels for the CPU of PROFILE with MetaSchedule: the tasks carrying "
+            "the most FLOPs first, --trials-per-task measured candidates each, at most --trials in "
+            "all. The records go into the profile's tuning database in edgekiln's cache "
+            "($EDGEKILN_CACHE/tuning, default ~/.cache/edgekiln), or into --tuning-db. `edgekiln "
+            "compile --backend tvm` applies them. An interrupted run resumes: the database keeps "
+            "every measured trial, and a rerun skips what is done. A trial takes seconds (about 2-12 "
+            "s on a 2-core x86 host), so budgets matter."
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="model file, folder or .tar.gz, or zoo:NAME")
+    parser.add_argument("--target", "-t", required=True, metavar="PROFILE", help="device profile id or alias")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=0,
+        help="the most trials for the model, done ones included (default 0: every task gets "
+        "--trials-per-task)",
+    )
+    parser.add_argument(
+        "--trials-per-task", type=int, default=32, help="measured candidates per task (default: 32)"
+    )
+    parser.add_argument(
+        "--tuning-db",
+        metavar="PATH",
+        help="the tuning database directory to write (default: the profile's in edgekiln's cache)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="threads the candidates run with (default: this host's usable CPUs)"
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="[NAME:]DIMS",
+        help="fixed input shape, e.g. 1,3,224,224; repeat per input (as for compile)",
+    )
+    parser.add_argument(
+        "--framework",
+        choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
+        help="the model's framework (default: found from the files)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.set_defaults(func=run)
+    _register_merge(subparsers)
+
+
+def _register_merge(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune-merge",
+        help="merge tuning databases into one, keeping the fastest records per workload",
+        description=(
+            "Merge the tuning databases SOURCE... into DEST (created when missing; its own records "
+            "count too). Workloads are compared structurally; each keeps its --keep fastest records."
+        ),
+    )
+    parser.add_argument("dest", metavar="DEST", help="the database directory to write")
+    parser.add_argument("sources", metavar="SOURCE", nargs="+", help="database directories to read")
+    parser.add_argument("--keep", type=int, default=1, help="records kept per workload (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.set_defaults(func=run_merge)
+
+
+def runner_for(args: argparse.Namespace) -> Any:
+    """The MetaSchedule runner that times candidates: None, MetaSchedule's local runner on
+    this host. (A flag that times them elsewhere returns its runner here.)"""
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekiln.compile.frontends import parse_input_shapes
+    from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model
+    from edgekiln.execute.progress import ConsoleProgress
+
+    options = TuneOptions(
+        trials=args.trials,
+        trials_per_task=args.trials_per_task,
+        tuning_db=Path(args.tuning_db) if args.tuning_db else None,
+        threads=args.threads,
+    )
+    result = tune_model(
+        args.model,
+        args.target,
+        options,
+        input_shape=parse_input_shapes(None, args.input_shape),
+        framework=args.framework,
+        runner=runner_for(args),
+        progress=ConsoleProgress(),
+    )
+    summary = result.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    cov = result.coverage
+    print(
+        f"tuned {len(result.planned)} task(s) of {cov.task_count} for {result.profile}: "
+        f"{result.trials_run} trial(s) in {result.seconds / 60:.1f} min "
+        f"({result.trials_before} done before); records in {result.database}"
+    )
+    print(f"  records cover {100 * cov.share:.1f}% of the model's FLOPs ({len(cov.tasks)} task(s))")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from edgekiln.compile.backends.tvm.tuning import merge_databases
+
+    counts = merge_databases(Path(args.dest), [Path(s) for s in args.sources], keep=args.keep)
+    if args.json:
+        print(json.dumps({"database": args.dest, **counts}, indent=2))
+    else:
+        print(
+            f"{args.dest}: {counts['workloads']} workload(s), {counts['records_written']} record(s) "
+            f"kept of {counts['records_read']} read"
+        )
+    return 0

@@ -1,0 +1,187 @@
+"""Tuning databases: merge, precedence (flag, cache, shipped), coverage, the resume plan and
+the manifest's tuning entry. Records are made from schedule traces, without measuring."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from edgekiln.compile.backends.tvm import tuning  # noqa: E402
+from edgekiln.compile.backends.tvm.tuner import TuneOptions, _by_remaining, plan  # noqa: E402
+from edgekiln.device_profiles import get_profile  # noqa: E402
+from edgekiln.errors import UserError  # noqa: E402
+
+
+def _matmul(n: int, block: str = "C") -> tvm.IRModule:
+    from tvm import te
+
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name=block)
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+def _task(name: str, n: int, weight: int = 1) -> tuning.Task:
+    return tuning.Task(name, weight, float(2 * n**3), _matmul(n))
+
+
+def _write(path: Path, records: list[tuple[tvm.IRModule, float]], trace_of: tvm.IRModule | None = None) -> Path:
+    """A JSON database at ``path`` with one record per (workload, seconds); the trace splits
+    the first loop of ``trace_of`` (default: the workload itself)."""
+    from tvm.s_tir.schedule import Schedule
+
+    database = tuning.open_database(path, create=True)
+    target = tvm.target.Target({"kind": "llvm"})
+    for mod, secs in records:
+        schedule = Schedule(trace_of or mod)
+        loop = schedule.get_loops(schedule.get_sblock("C"))[0]
+        schedule.split(loop, factors=[None, 4])
+        workload = database.commit_workload(mod)
+        database.commit_tuning_record(tuning.ms().database.TuningRecord(schedule.trace, workload, [secs], target, None))
+    return path
+
+
+def _profile():
+    return get_profile("x86_64")
+
+
+def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Path) -> None:
+    big, small = _task("big", 64), _task("small", 16, weight=2)
+    flag = _write(tmp_path / "flag", [(small.mod, 2e-3)])
+    cache = _write(tmp_path / "cache", [(big.mod, 5e-3), (small.mod, 1e-3)])
+    paths = {"flag": flag, "cache": cache}
+    dbs = {s: tuning.open_database(p) for s, p in paths.items()}
+    cov, chosen = tuning.coverage_of([big, small], dbs, paths)
+    total = 2 * 64**3 + 2 * 2 * 16**3
+    assert cov.share == pytest.approx(1.0)
+    by_name = {t.name: t for t in cov.tasks}
+    assert by_name["big"].share == pytest.approx(2 * 64**3 / total)
+    assert by_name["big"].source == "cache" and by_name["big"].run_ms == pytest.approx(5.0)
+    # The flag's database comes first even where the cache's record is faster.
+    assert by_name["small"].source == "flag" and by_name["small"].run_ms == pytest.approx(2.0)
+    assert cov.sources == ("flag", "cache")
+    assert chosen["small"][0] == "flag"
+
+    only_small = tuning.coverage_of([big, small], {"flag": dbs["flag"]}, {"flag": flag})[0]
+    assert only_small.share == pytest.approx(2 * 2 * 16**3 / total)
+    assert [t.name for t in only_small.tasks] == ["small"]
+
+
+def test_merge_keeps_the_fastest_record_per_workload(tmp_path: Path) -> None:
+    a, b = _matmul(32), _matmul(48)
+    one = _write(tmp_path / "one", [(a, 3e-3), (b, 1e-3)])
+    two = _write(tmp_path / "two", [(a, 2e-3), (a, 4e-3)])
+    dest = tmp_path / "merged"
+    counts = tuning.merge_databases(dest, [one, two])
+    assert counts == {"records_read": 4, "workloads": 2, "records_written": 2}
+    merged = tuning.open_database(dest)
+    records = merged.get_all_tuning_records()
+    best = sorted(tuning.run_ms(r) for r in records)
+    assert best == pytest.approx([1.0, 2.0])
+    # Merging again into the result (its own records count) changes nothing.
+    again = tuning.merge_databases(dest, [two], keep=2)
+    assert again["workloads"] == 2 and again["records_written"] == 3
+    assert not (tmp_path / "merged.merging").exists()
+
+
+def test_merge_rejects_a_source_without_records_and_a_bad_keep(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="holds no tuning records"):
+        tuning.merge_databases(tmp_path / "dest", [tmp_path / "missing"])
+    with pytest.raises(UserError, match="--keep"):
+        tuning.merge_databases(tmp_path / "dest", [tmp_path], keep=0)
+
+
+def test_database_paths_precedence_flag_cache_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    shipped = _write(tmp_path / "shipped", [(_matmul(16), 1e-3)])
+    monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
+    assert list(tuning.database_paths(_profile(), None)) == ["shipped"]
+    _write(tuning.cache_database(_profile()), [(_matmul(16), 1e-3)])
+    flag = _write(tmp_path / "flag", [(_matmul(16), 1e-3)])
+    paths = tuning.database_paths(_profile(), str(flag))
+    assert list(paths) == ["flag", "cache", "shipped"]
+    assert paths["cache"] == tmp_path / "cache" / "tuning" / "generic--x86-64-avx2"
+    with pytest.raises(UserError, match="--tuning-db .* holds no tuning records"):
+        tuning.database_paths(_profile(), str(tmp_path / "nothing"))
+
+
+def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekiln.compile.backends.tvm import tuner
+    from edgekiln.execute.progress import NullProgress
+
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    good, bad = _task("good", 32), _task("bad", 16)
+    shipped = _write(tmp_path / "shipped", [(good.mod, 1e-3), (bad.mod, 1e-3)])
+    monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target: [good, bad])
+    real_build = tuner.build_candidate
+    built = []
+
+    def build(mod, target, params):  # a TVM whose codegen rejects the 16x16 kernel
+        built.append(mod)
+        if "16, 16" in str(mod):
+            raise RuntimeError("codegen rejects this schedule")
+        return real_build(mod, target, params)
+
+    monkeypatch.setattr(tuner, "build_candidate", build)
+    target = tvm.target.Target({"kind": "llvm"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        applied = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
+    assert len(built) == 2  # both shipped records were built before use
+    assert applied is not None and applied.skipped == ("bad",)
+    assert any("skipping the shipped tuning record of bad" in str(w.message) for w in caught)
+    entry = applied.manifest_entry()
+    assert [t["name"] for t in entry["tasks"]] == ["good"]
+    assert entry["sources"] == ["shipped"] and entry["skipped_shipped"] == ["bad"]
+    assert entry["flops_share"] == pytest.approx(32**3 / (32**3 + 16**3), rel=1e-5)
+    assert applied.database.has_workload(good.mod) and not applied.database.has_workload(bad.mod)
+
+
+def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekiln.execute.progress import NullProgress
+
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    task = _task("t", 16)
+    # The trace names block "C", which this workload (block "D") lacks: the loader rejects it.
+    shipped = _write(tmp_path / "shipped", [(_matmul(16, block="D"), 1e-3)], trace_of=_matmul(16))
+    cache = _write(tuning.cache_database(_profile()), [(task.mod, 2e-3)])
+    monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target: [task])
+    with pytest.warns(UserWarning, match="skipping the tuning records shipped in"):
+        applied = tuning.records_for_build(tvm, None, None, _profile(), None, NullProgress())
+    assert applied is not None and applied.coverage.sources == ("cache",)
+    assert applied.manifest_entry()["databases"] == {"cache": str(cache), "shipped": str(shipped)}
+
+
+def test_no_databases_means_no_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "shipped_database", lambda profile: None)
+    from edgekiln.execute.progress import NullProgress
+
+    assert tuning.records_for_build(tvm, None, None, _profile(), None, NullProgress()) is None
+
+
+def test_plan_takes_the_most_flops_first_within_the_budget() -> None:
+    tasks = [_task("a", 64), _task("b", 32), _task("c", 16), tuning.Task("reshape", 1, 0.0, None)]
+    assert [t.name for t in plan(tasks, TuneOptions(trials=0, trials_per_task=8))] == ["a", "b", "c"]
+    assert [t.name for t in plan(tasks, TuneOptions(trials=17, trials_per_task=8))] == ["a", "b"]
+    # A rerun gives each task what it lacks, fresh tasks first.
+    done = {"a": 8, "b": 3, "c": 0}
+    pending = [t for t in tasks[:3] if done[t.name] < 8]
+    assert [(r, [t.name for t in g]) for r, g in _by_remaining(pending, done, 8)] == [(8, ["c"]), (5, ["b"])]
+
+
+def test_tune_options_reject_bad_budgets() -> None:
+    with pytest.raises(UserError, match="--trials-per-task"):
+        TuneOptions(trials_per_task=0)
+    with pytest.raises(UserError, match="--trials"):
+        TuneOptions(trials=-1)
+
