@@ -294,7 +294,9 @@ def _backend_options(args: argparse.Namespace) -> tuple:
     from edgekiln.errors import UserError
 
     items = list(args.backend_option or ())
-    tvm_items = (["embed_ptx=false"] if args.no_ptx else []) + ([f"tuning_db={args.tuning_db}"] if args.tuning_db else [])
+    tvm_items = (["embed_ptx=false"] if args.no_ptx else []) + (
+        [f"tuning_db={args.tuning_db}"] if args.tuning_db else []
+    )
     if tvm_items:
         if args.backend not in ("tvm", "auto"):
             flag = "--no-ptx" if args.no_ptx else "--tuning-db"

@@ -31,12 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trials",
         type=int,
         default=0,
-        help="the most trials for the model, done ones included (default 0: every task gets "
-        "--trials-per-task)",
+        help="the most trials for the model, done ones included (default 0: every task gets --trials-per-task)",
     )
-    parser.add_argument(
-        "--trials-per-task", type=int, default=32, help="measured candidates per task (default: 32)"
-    )
+    parser.add_argument("--trials-per-task", type=int, default=32, help="measured candidates per task (default: 32)")
     parser.add_argument(
         "--tuning-db",
         metavar="PATH",
@@ -84,8 +81,8 @@ def runner_for(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekiln.compile.frontends import parse_input_shapes
     from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model
+    from edgekiln.compile.frontends import parse_input_shapes
     from edgekiln.execute.progress import ConsoleProgress
 
     options = TuneOptions(

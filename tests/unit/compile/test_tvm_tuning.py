@@ -143,6 +143,12 @@ def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     assert entry["sources"] == ["shipped"] and entry["skipped_shipped"] == ["bad"]
     assert entry["flops_share"] == pytest.approx(32**3 / (32**3 + 16**3), rel=1e-5)
     assert applied.database.has_workload(good.mod) and not applied.database.has_workload(bad.mod)
+    # The record that built is remembered: the next compile builds only the broken one again.
+    built.clear()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        again = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
+    assert len(built) == 1 and "16, 16" in str(built[0]) and again.skipped == ("bad",)
 
 
 def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,4 +190,3 @@ def test_tune_options_reject_bad_budgets() -> None:
         TuneOptions(trials_per_task=0)
     with pytest.raises(UserError, match="--trials"):
         TuneOptions(trials=-1)
-

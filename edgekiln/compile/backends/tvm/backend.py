@@ -175,7 +175,9 @@ class TVMBackend(Backend):
         try:
             return tuning.compile_with_records(tvm, mod, target, applied.database)
         except Exception as exc:
-            raise BackendError(f"TVM failed to build the model with tuning records: {first_line(exc, last=True)}") from None
+            raise BackendError(
+                f"TVM failed to build the model with tuning records: {first_line(exc, last=True)}"
+            ) from None
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:

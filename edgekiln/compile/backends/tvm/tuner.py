@@ -116,14 +116,9 @@ def tune(
     pending = [t for t in chosen if done[t.name] < options.trials_per_task]
     before = sum(done.values())
     report = _ProgressReport(progress, chosen, done, options.trials_per_task)
-    ms = tuning.ms()
-    runner = runner if runner is not None else ms.runner.LocalRunner()
-    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
-    with tuning.tvm_threads(options.threads or tuning.default_threads()), tempfile.TemporaryDirectory(
-        prefix="edgekiln-tune-"
-    ) as work_dir:
-        for remaining, group in _by_remaining(pending, done, options.trials_per_task):
-            _tune_group(ms, group, remaining, target, database, (builder, runner), report.callback(ms), work_dir, options)
+    if pending:
+        with progress.step(f"tune {len(pending)} of {len(tasks)} task(s), up to {options.trials_per_task} trials each"):
+            _tune_pending(pending, done, target, database, runner, report, options)
     source_name = "flag" if options.tuning_db else "cache"
     cov = tuning.coverage_of(tasks, {source_name: database}, {source_name: path})[0]
     return TuneResult(
@@ -145,6 +140,28 @@ def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _tune_pending(
+    pending: list[tuning.Task],
+    done: dict[str, int],
+    target: Any,
+    database: Any,
+    runner: Any,
+    report: _ProgressReport,
+    options: TuneOptions,
+) -> None:
+    ms = tuning.ms()
+    runner = runner if runner is not None else ms.runner.LocalRunner()
+    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
+    with (
+        tuning.tvm_threads(options.threads or tuning.default_threads()),
+        tempfile.TemporaryDirectory(prefix="edgekiln-tune-") as work_dir,
+    ):
+        for remaining, group in _by_remaining(pending, done, options.trials_per_task):
+            _tune_group(
+                ms, group, remaining, target, database, (builder, runner), report.callback(ms), work_dir, options
+            )
 
 
 def _by_remaining(pending: list[tuning.Task], done: dict[str, int], per_task: int) -> list[tuple[int, list]]:
@@ -238,7 +255,6 @@ class _ProgressReport:
                 report.record(name, secs)
 
         return _Callback()
-
 
 
 def tune_model(

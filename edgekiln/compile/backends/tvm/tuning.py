@@ -9,6 +9,8 @@ A tuning database is a directory with MetaSchedule's two JSON files
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -175,19 +177,27 @@ def run_ms(record: Any) -> float | None:
 
 
 def coverage_of(tasks: list[Task], databases: dict[str, Any], paths: dict[str, Path]) -> tuple[Coverage, dict]:
-    """The coverage of ``tasks`` by ``databases`` (in precedence order) and the chosen record
-    per task name."""
-    total = sum(t.total_flops for t in tasks) or 1.0
-    tuned, chosen = [], {}
+    """The coverage of ``tasks`` by ``databases`` (in precedence order) and the chosen
+    (source, record) per task name."""
+    chosen = {}
     for task in tasks:
         for source, database in databases.items():
             record = best_record(database, task)
             if record is not None:
                 chosen[task.name] = (source, record)
-                tuned.append(TunedTask(task.name, task.total_flops / total, source, run_ms(record)))
                 break
-    share = sum(t.share for t in tuned)
-    return Coverage(share, tuple(tuned), len(tasks), {s: str(p) for s, p in paths.items()}), chosen
+    return summarize(tasks, chosen, paths), chosen
+
+
+def summarize(tasks: list[Task], chosen: dict[str, tuple[str, Any]], paths: dict[str, Path]) -> Coverage:
+    """The coverage of ``tasks`` by the records ``chosen`` per task name."""
+    total = sum(t.total_flops for t in tasks) or 1.0
+    tuned = tuple(
+        TunedTask(t.name, t.total_flops / total, chosen[t.name][0], run_ms(chosen[t.name][1]))
+        for t in tasks
+        if t.name in chosen
+    )
+    return Coverage(sum(t.share for t in tuned), tuned, len(tasks), {s: str(p) for s, p in paths.items()})
 
 
 def model_tasks(source: SourceModel, profile: DeviceProfile, progress: Progress) -> tuple[Any, Any, list[Task]]:
@@ -265,7 +275,8 @@ def records_for_build(
         coverage, chosen = coverage_of(tasks, databases, paths)
         skipped = _check_shipped(tasks, chosen, target)
     if skipped:
-        coverage, chosen = _without(tasks, chosen, skipped, paths)
+        chosen = {name: pick for name, pick in chosen.items() if name not in skipped}
+        coverage = summarize(tasks, chosen, paths)
     database = ms().database.MemoryDatabase()
     by_name = {t.name: t for t in tasks}
     for name, (_, record) in chosen.items():
@@ -295,19 +306,27 @@ def _open_for_build(source: str, path: Path) -> Any | None:
 
 
 def _check_shipped(tasks: list[Task], chosen: dict[str, tuple[str, Any]], target: Any) -> list[str]:
-    """Names of tasks whose shipped record no longer builds with the installed TVM."""
-    from edgekiln.compile.backends.tvm.tuner import build_candidate
+    """Names of tasks whose shipped record no longer builds with the installed TVM. A record
+    that built once with this TVM for this target is remembered in the cache, so that only
+    the first compile pays for the check."""
     from tvm.s_tir.schedule import Schedule
 
+    from edgekiln.compile.backends.tvm.tuner import build_candidate
+
     by_name = {t.name: t for t in tasks}
-    broken = []
+    verified = _load_verified()
+    broken, passed = [], []
     for name, (source, record) in chosen.items():
         if source != "shipped":
+            continue
+        key = _record_key(by_name[name], record, target)
+        if key in verified:
             continue
         try:
             schedule = Schedule(by_name[name].mod)
             record.trace.apply_to_schedule(schedule, remove_postproc=False)
             build_candidate(schedule.mod, target, None)
+            passed.append(key)
         except Exception as exc:  # any failure means: this TVM cannot use the record
             warnings.warn(
                 f"skipping the shipped tuning record of {name}: it does not build with this TVM "
@@ -315,19 +334,37 @@ def _check_shipped(tasks: list[Task], chosen: dict[str, tuple[str, Any]], target
                 stacklevel=2,
             )
             broken.append(name)
+    if passed:
+        _save_verified(verified | set(passed))
     return broken
 
 
-def _without(
-    tasks: list[Task], chosen: dict[str, tuple[str, Any]], skipped: list[str], paths: dict[str, Path]
-) -> tuple[Coverage, dict[str, tuple[str, Any]]]:
-    kept = {n: c for n, c in chosen.items() if n not in skipped}
-    total = sum(t.total_flops for t in tasks) or 1.0
-    tuned = tuple(
-        TunedTask(t.name, t.total_flops / total, kept[t.name][0], run_ms(kept[t.name][1])) for t in tasks if t.name in kept
-    )
-    share = sum(t.share for t in tuned)
-    return Coverage(share, tuned, len(tasks), {s: str(p) for s, p in paths.items()}), kept
+def _verified_file() -> Path:
+    return cache_root() / "tuning" / "verified-shipped.json"
+
+
+def _load_verified() -> set[str]:
+    try:
+        data = json.loads(_verified_file().read_text())
+    except (OSError, ValueError):
+        return set()
+    return {k for k in data if isinstance(k, str)} if isinstance(data, list) else set()
+
+
+def _save_verified(keys: set[str]) -> None:
+    path = _verified_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(sorted(keys)))
+    os.replace(staging, path)
+
+
+def _record_key(task: Task, record: Any, target: Any) -> str:
+    """Identifies a (TVM version, target, workload, schedule) that was checked to build."""
+    from edgekiln.compile.backends.tvm.runtime_libs import tvm_version
+
+    text = "\n".join((tvm_version(), str(target), str(_structural_hash(task.mod)), str(record.trace)))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def compile_with_records(tvm: Any, mod: Any, target: Any, database: Any) -> Any:

@@ -1,0 +1,89 @@
+"""edgekiln tune on a one-matmul model: a few real MetaSchedule trials, a resumed rerun that
+measures nothing, and a compile that applies the records (and says so in the manifest)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("xgboost")
+
+from edgekiln.cli.main import main  # noqa: E402
+from edgekiln.compile.api import CompileOptions, compile_model  # noqa: E402
+from edgekiln.compile.backends.tvm import tuning  # noqa: E402
+from edgekiln.compile.backends.tvm.backend import TVMOptions  # noqa: E402
+from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model  # noqa: E402
+
+
+def _matmul_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).random((64, 64), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _library(artifact: Path) -> bytes:
+    with tarfile.open(artifact) as tar:
+        member = tar.extractfile("lib/model.so")
+        assert member is not None
+        return member.read()
+
+
+def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    model = _matmul_onnx(tmp_path / "matmul.onnx")
+    db = tmp_path / "db"
+
+    result = tune_model(str(model), "x86_64", TuneOptions(trials_per_task=3, tuning_db=db, threads=1))
+    assert result.planned == ("matmul",) and result.trials_before == 0 and result.trials_run == 3
+    assert result.coverage.share == pytest.approx(1.0)
+    (task,) = result.coverage.tasks
+    assert task.source == "flag" and task.run_ms is not None and 0 < task.run_ms < 50
+    assert len((db / tuning.RECORD_FILE).read_text().splitlines()) == 3
+
+    # A rerun resumes: the task has its trials, nothing is measured again.
+    assert (
+        main(["tune", str(model), "--target", "x86_64", "--trials-per-task", "3", "--tuning-db", str(db), "--json"])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trials_before"] == 3 and summary["trials_run"] == 0
+    assert summary["coverage"]["flops_share"] == pytest.approx(1.0)
+
+    tuned = compile_model(
+        model,
+        "x86_64",
+        tmp_path / "tuned.tar.gz",
+        options=CompileOptions(backend="tvm", backend_options=TVMOptions(tuning_db=str(db))),
+    )
+    entry = tuned.manifest.tuning
+    assert entry is not None and entry["sources"] == ["flag"] and entry["databases"]["flag"] == str(db)
+    assert [(t["name"], t["flops_share"], t["source"]) for t in entry["tasks"]] == [("matmul", 1.0, "flag")]
+    assert tuned.manifest.validation.status == "passed"
+    assert tuned.summary()["tuning"] == entry
+
+    plain = compile_model(
+        model,
+        "x86_64",
+        tmp_path / "plain.tar.gz",
+        options=CompileOptions(backend="tvm", backend_options=TVMOptions(tuning_records=False)),
+    )
+    assert plain.manifest.tuning is None
+    # The tuned schedule is different machine code.
+    assert _library(tuned.path) != _library(plain.path)
