@@ -56,6 +56,15 @@ def test_no_ptx_is_the_tvm_option_also_under_auto(capsys, captured):
     assert captured["options"].backend_options == (TVMOptions(embed_ptx=False, strip=False),)
 
 
+def test_tuning_db_is_the_tvm_option_also_under_auto(capsys, captured):
+    from edgekiln.compile.backends.tvm.backend import TVMOptions
+
+    run(capsys, "--tuning-db", "db=1/x")
+    assert captured["options"].backend_options == (TVMOptions(tuning_db="db=1/x"),)
+    run(capsys, "--backend", "tvm", "--no-ptx", "--tuning-db", "tuned")
+    assert captured["options"].backend_options == (TVMOptions(embed_ptx=False, tuning_db="tuned"),)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -66,6 +75,7 @@ def test_no_ptx_is_the_tvm_option_also_under_auto(capsys, captured):
         (("--backend", "tvm", "--backend-option", "strip=maybe"), "tvm backend option strip must be true or false"),
         (("--backend-option", "strip=false"), "--backend-option needs the backend it is for"),
         (("--backend", "onnxruntime", "--no-ptx"), "--no-ptx applies to the tvm backend, not onnxruntime"),
+        (("--backend", "litert", "--tuning-db", "db"), "--tuning-db applies to the tvm backend, not litert"),
         (("--input-config", '{"x": [1]}', "--input-shape", "1"), "either with --input-config or with --input-shape"),
     ],
 )

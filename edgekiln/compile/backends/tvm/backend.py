@@ -16,7 +16,7 @@ from edgekiln.compile.backends.tvm import importer, runtime_libs
 from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
-from edgekiln.errors import BackendError, DependencyError, first_line
+from edgekiln.errors import BackendError, DependencyError, UserError, first_line
 from edgekiln.execute.host import host_info
 from edgekiln.execute.progress import Progress
 
@@ -89,6 +89,8 @@ class TVMBackend(Backend):
         progress: Progress,
         calibration: Any = None,
     ) -> LoweredFiles:
+        if options.tuning_db and profile.is_cuda:
+            raise UserError(f"--tuning-db applies to CPU profiles; {profile.id} is a CUDA profile")
         tvm, from_onnx = _import_tvm()
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)

@@ -222,8 +222,7 @@ def records_coverage(
     records are checked against the installed TVM only when compile uses them)."""
     paths = database_paths(profile, tuning_db)
     _, _, tasks = model_tasks(source, profile, NullProgress())
-    databases = {s: open_database(p) for s, p in paths.items()}
-    return coverage_of(tasks, databases, paths)[0]
+    return coverage_of(tasks, _open_all(paths), paths)[0]
 
 
 @contextlib.contextmanager
@@ -271,8 +270,7 @@ def records_for_build(
         return None
     with progress.step(f"look up tuning records ({', '.join(paths)})"):
         tasks = extract_tasks(tvm, mod, target)
-        databases = {s: db for s, db in ((s, _open_for_build(s, p)) for s, p in paths.items()) if db is not None}
-        coverage, chosen = coverage_of(tasks, databases, paths)
+        coverage, chosen = coverage_of(tasks, _open_all(paths), paths)
         skipped = _check_shipped(tasks, chosen, target)
     if skipped:
         chosen = {name: pick for name, pick in chosen.items() if name not in skipped}
@@ -287,7 +285,12 @@ def records_for_build(
     return AppliedRecords(database if chosen else None, coverage, tuple(skipped))
 
 
-def _open_for_build(source: str, path: Path) -> Any | None:
+def _open_all(paths: dict[str, Path]) -> dict[str, Any]:
+    opened = {source: _open_checked(source, path) for source, path in paths.items()}
+    return {source: db for source, db in opened.items() if db is not None}
+
+
+def _open_checked(source: str, path: Path) -> Any | None:
     """The database, or None (with a warning) for shipped records this TVM cannot read: the
     loader checks every trace against its workload, and one it rejects fails the lot."""
     try:
