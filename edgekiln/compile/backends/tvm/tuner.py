@@ -151,6 +151,7 @@ def _tune_pending(
     report: _ProgressReport,
     options: TuneOptions,
 ) -> None:
+    """Tune each pending task for the trials it lacks."""
     ms = tuning.ms()
     runner = runner if runner is not None else ms.runner.LocalRunner()
     builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
@@ -158,52 +159,52 @@ def _tune_pending(
         tuning.tvm_threads(options.threads or tuning.default_threads()),
         tempfile.TemporaryDirectory(prefix="edgekiln-tune-") as work_dir,
     ):
-        for remaining, group in _by_remaining(pending, done, options.trials_per_task):
-            _tune_group(
-                ms, group, remaining, target, database, (builder, runner), report.callback(ms), work_dir, options
+        # One task at a time: its records are in the database as soon as it is done, so an
+        # interrupted run loses at most one task's trials (all tasks in one MetaSchedule run
+        # build every task's first batch before any record is saved).
+        for index, task in enumerate(pending):
+            remaining = options.trials_per_task - done[task.name]
+            _tune_task(
+                ms,
+                task,
+                remaining,
+                target,
+                database,
+                (builder, runner),
+                report.callback(ms),
+                work_dir,
+                options.seed + index,
             )
 
 
-def _by_remaining(pending: list[tuning.Task], done: dict[str, int], per_task: int) -> list[tuple[int, list]]:
-    """Pending tasks grouped by the trials each still lacks (MetaSchedule takes one per-task
-    budget per run); fresh tasks, the largest group, first."""
-    groups: dict[int, list[tuning.Task]] = {}
-    for task in pending:
-        groups.setdefault(per_task - done[task.name], []).append(task)
-    return sorted(groups.items(), key=lambda item: -item[0])
-
-
-def _tune_group(
+def _tune_task(
     ms: Any,
-    group: list[tuning.Task],
+    task: tuning.Task,
     remaining: int,
     target: Any,
     database: Any,
     workers: tuple[Any, Any],
     callback: Any,
     work_dir: str,
-    options: TuneOptions,
+    seed: int,
 ) -> None:
-    contexts = [
-        ms.TuneContext(
-            mod=task.mod,
-            target=target,
-            space_generator="post-order-apply",
-            # A small population: with tens of trials per task, the default 512 spends more
-            # time in the search than in measuring on a 2-core host.
-            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=32),
-            task_name=task.name,
-            rand_state=options.seed + index,
-            num_threads=options.threads or tuning.default_threads(),
-        ).clone()
-        for index, task in enumerate(group)
-    ]
+    context = ms.TuneContext(
+        mod=task.mod,
+        target=target,
+        space_generator="post-order-apply",
+        # A small population: with tens of trials per task, the default 512 spends more time
+        # in the search than in measuring on a 2-core host.
+        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=32),
+        task_name=task.name,
+        rand_state=seed,
+        num_threads="physical",
+    ).clone()
     try:
         ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(t.weight) for t in group],
+            tasks=[context],
+            task_weights=[float(task.weight)],
             work_dir=work_dir,
-            max_trials_global=remaining * len(group),
+            max_trials_global=remaining,
             max_trials_per_task=remaining,
             num_trials_per_iter=min(remaining, 16),
             builder=workers[0],
@@ -212,7 +213,7 @@ def _tune_group(
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
         )
     except Exception as exc:  # MetaSchedule raises TVMError and friends for broken tasks
-        raise BackendError(f"MetaSchedule tuning failed: {first_line(exc, last=True)}") from None
+        raise BackendError(f"MetaSchedule tuning of {task.name} failed: {first_line(exc, last=True)}") from None
 
 
 class _ProgressReport:
