@@ -177,8 +177,11 @@ tune-zoo: setup
 	  $(BIN)/edgekiln tune zoo:$$m --target $(TUNE_PROFILE) --threads 2 \
 	    --trials-per-task $(TUNE_TRIALS_PER_TASK) --trials $(TUNE_TRIALS) --tuning-db build/tune-zoo/$$m || exit 1; \
 	done
-	rm -rf $(TUNE_RECORDS)
-	$(BIN)/edgekiln tune-merge $(TUNE_RECORDS) $(addprefix build/tune-zoo/,$(TUNE_MODELS))
+	rm -rf build/tune-zoo/merged
+	$(BIN)/edgekiln tune-merge build/tune-zoo/merged $(addprefix build/tune-zoo/,$(TUNE_MODELS))
+	mkdir -p $(TUNE_RECORDS)
+	for f in database_workload.json database_tuning_record.json; do \
+	  gzip -9n -c build/tune-zoo/merged/$$f > $(TUNE_RECORDS)/$$f.gz; done
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -110,6 +110,26 @@ def test_database_paths_precedence_flag_cache_shipped(tmp_path: Path, monkeypatc
         tuning.database_paths(_profile(), str(tmp_path / "nothing"))
 
 
+def test_shipped_records_unpack_into_the_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "records_root", lambda: tmp_path / "records")
+    assert tuning.shipped_database(_profile()) is None
+    plain = _write(tmp_path / "plain", [(_matmul(16), 1e-3)])
+    packed = tmp_path / "records" / "generic--x86-64-avx2"
+    packed.mkdir(parents=True)
+    for name in (tuning.WORKLOAD_FILE, tuning.RECORD_FILE):
+        (packed / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes()))
+    unpacked = tuning.shipped_database(_profile())
+    assert unpacked is not None and unpacked.parent == tmp_path / "cache" / "tuning" / "shipped"
+    assert (unpacked / tuning.RECORD_FILE).read_bytes() == (plain / tuning.RECORD_FILE).read_bytes()
+    stamp = (unpacked / tuning.RECORD_FILE).stat().st_mtime_ns
+    assert tuning.shipped_database(_profile()) == unpacked
+    assert (unpacked / tuning.RECORD_FILE).stat().st_mtime_ns == stamp  # not unpacked again
+    assert [tuning.run_ms(r) for r in tuning.open_database(unpacked).get_all_tuning_records()] == [1.0]
+
+
 def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

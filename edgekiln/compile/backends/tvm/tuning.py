@@ -9,6 +9,7 @@ A tuning database is a directory with MetaSchedule's two JSON files
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -93,11 +94,32 @@ def cache_database(profile: DeviceProfile) -> Path:
     return cache_root() / "tuning" / profile_key(profile)
 
 
+def records_root() -> Path:
+    """Where edgekiln's shipped tuning records are: one folder per profile."""
+    return Path(str(resources.files("edgekiln.compile.backends.tvm") / "records"))
+
+
 def shipped_database(profile: DeviceProfile) -> Path | None:
-    """The records shipped with edgekiln for the profile, or None."""
-    root = resources.files("edgekiln.compile.backends.tvm") / "records" / profile_key(profile)
-    path = Path(str(root))
-    return path if (path / RECORD_FILE).is_file() else None
+    """The records shipped with edgekiln for the profile, or None. They ship gzipped (the
+    workloads are verbose JSON, ~16x smaller packed) and are unpacked into edgekiln's cache
+    once per content."""
+    root = records_root() / profile_key(profile)
+    packed = [root / f"{name}.gz" for name in (WORKLOAD_FILE, RECORD_FILE)]
+    if not all(p.is_file() for p in packed):
+        return None
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in packed)).hexdigest()[:16]
+    unpacked = cache_root() / "tuning" / "shipped" / f"{profile_key(profile)}-{digest}"
+    if not (unpacked / RECORD_FILE).is_file():
+        staging = unpacked.with_name(unpacked.name + f".{os.getpid()}.tmp")
+        staging.mkdir(parents=True, exist_ok=True)
+        for path in packed:
+            with gzip.open(path, "rb") as src, open(staging / path.name[: -len(".gz")], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        try:
+            os.replace(staging, unpacked)
+        except OSError:  # another process unpacked it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return unpacked
 
 
 def database_paths(profile: DeviceProfile, tuning_db: str | os.PathLike[str] | None) -> dict[str, Path]:
