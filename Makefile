@@ -162,21 +162,20 @@ BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
 bench: setup
 	$(BIN)/edgekiln suite benchmarks/suite.toml --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
 
-# The shipped records' budget: every task with FLOPs, TUNE_TRIALS_PER_TASK trials each, the
-# tasks with most FLOPs first, TUNE_TRIALS at most per model (0: no cap). One database per
-# model under build/tune-zoo (rerunning resumes), then merged into the package's records,
-# the fastest record per workload.
+# The shipped records' budget, per model: passes of PER_TASK:TRIALS (edgekiln tune
+# --trials-per-task PER_TASK --trials TRIALS; TRIALS 0 = no cap, else the tasks with most FLOPs
+# whose budgets fit). Each pass resumes the model's database under build/tune-zoo; then the
+# databases are merged (fastest record per workload) and gzipped into the package's records.
 TUNE_PROFILE := x86_64
 TUNE_MODELS ?= resnet18 mobilenet_v2
-TUNE_TRIALS_PER_TASK ?= 16
-TUNE_TRIALS ?= 0
+TUNE_resnet18 ?= 16:0 32:352 64:704
+TUNE_mobilenet_v2 ?= 8:0
 TUNE_RECORDS := edgekiln/compile/backends/tvm/records/generic--x86-64-avx2
+tune_pass = $(BIN)/edgekiln tune zoo:$(1) --target $(TUNE_PROFILE) --threads 2 --tuning-db build/tune-zoo/$(1) \
+  --trials-per-task $(word 1,$(subst :, ,$(2))) --trials $(word 2,$(subst :, ,$(2)))
 
 tune-zoo: setup
-	@for m in $(TUNE_MODELS); do \
-	  $(BIN)/edgekiln tune zoo:$$m --target $(TUNE_PROFILE) --threads 2 \
-	    --trials-per-task $(TUNE_TRIALS_PER_TASK) --trials $(TUNE_TRIALS) --tuning-db build/tune-zoo/$$m || exit 1; \
-	done
+	$(foreach m,$(TUNE_MODELS),$(foreach p,$(TUNE_$(m)),$(call tune_pass,$(m),$(p)) && )) true
 	rm -rf build/tune-zoo/merged
 	$(BIN)/edgekiln tune-merge build/tune-zoo/merged $(addprefix build/tune-zoo/,$(TUNE_MODELS))
 	mkdir -p $(TUNE_RECORDS)
