@@ -19,6 +19,9 @@ from edgekiln.compile.backends.tvm import tuning  # noqa: E402
 from edgekiln.compile.backends.tvm.backend import TVMOptions  # noqa: E402
 from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model  # noqa: E402
 
+# MetaSchedule crashes writing its database with the tvm-ffi pinned before 0.1.14.post0.
+pytestmark = pytest.mark.skipif(tuning.ffi_writes_databases() is not None, reason=str(tuning.ffi_writes_databases()))
+
 
 def _matmul_onnx(path: Path) -> Path:
     import onnx

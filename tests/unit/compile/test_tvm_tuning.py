@@ -13,7 +13,25 @@ tvm = pytest.importorskip("tvm")
 from edgekiln.compile.backends.tvm import tuning  # noqa: E402
 from edgekiln.compile.backends.tvm.tuner import TuneOptions, plan  # noqa: E402
 from edgekiln.device_profiles import get_profile  # noqa: E402
-from edgekiln.errors import UserError  # noqa: E402
+from edgekiln.errors import DependencyError, UserError  # noqa: E402
+
+# Writing a JSON tuning database crashes the process with the tvm-ffi that edgekiln pinned
+# before 0.1.14.post0; these tests run once the pin is installed.
+WRITES = pytest.mark.skipif(tuning.ffi_writes_databases() is not None, reason=str(tuning.ffi_writes_databases()))
+
+
+def test_tuning_refuses_a_tvm_ffi_that_crashes_writing_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from edgekiln.compile.backends.tvm.tuner import tune
+
+    monkeypatch.setattr(metadata, "version", lambda name: "0.1.15.post2")
+    assert "apache-tvm-ffi 0.1.15.post2" in str(tuning.ffi_writes_databases())
+    with pytest.raises(DependencyError, match="crashes writing tuning records") as info:
+        tune(None, _profile(), TuneOptions())
+    assert "0.1.14.post0" in info.value.hint
+    with pytest.raises(DependencyError):
+        tuning.merge_databases(Path("dest"), [Path("src")])
 
 
 def _matmul(n: int, block: str = "C") -> tvm.IRModule:
@@ -50,6 +68,7 @@ def _profile():
     return get_profile("x86_64")
 
 
+@WRITES
 def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Path) -> None:
     big, small = _task("big", 64), _task("small", 16, weight=2)
     flag = _write(tmp_path / "flag", [(small.mod, 2e-3)])
@@ -72,6 +91,7 @@ def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Pa
     assert [t.name for t in only_small.tasks] == ["small"]
 
 
+@WRITES
 def test_merge_keeps_the_fastest_record_per_workload(tmp_path: Path) -> None:
     a, b = _matmul(32), _matmul(48)
     one = _write(tmp_path / "one", [(a, 3e-3), (b, 1e-3)])
@@ -89,6 +109,7 @@ def test_merge_keeps_the_fastest_record_per_workload(tmp_path: Path) -> None:
     assert not (tmp_path / "merged.merging").exists()
 
 
+@WRITES
 def test_merge_rejects_a_source_without_records_and_a_bad_keep(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="holds no tuning records"):
         tuning.merge_databases(tmp_path / "dest", [tmp_path / "missing"])
@@ -96,6 +117,7 @@ def test_merge_rejects_a_source_without_records_and_a_bad_keep(tmp_path: Path) -
         tuning.merge_databases(tmp_path / "dest", [tmp_path], keep=0)
 
 
+@WRITES
 def test_database_paths_precedence_flag_cache_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
     shipped = _write(tmp_path / "shipped", [(_matmul(16), 1e-3)])
@@ -110,6 +132,7 @@ def test_database_paths_precedence_flag_cache_shipped(tmp_path: Path, monkeypatc
         tuning.database_paths(_profile(), str(tmp_path / "nothing"))
 
 
+@WRITES
 def test_shipped_records_unpack_into_the_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gzip
 
@@ -130,6 +153,7 @@ def test_shipped_records_unpack_into_the_cache_once(tmp_path: Path, monkeypatch:
     assert [tuning.run_ms(r) for r in tuning.open_database(unpacked).get_all_tuning_records()] == [1.0]
 
 
+@WRITES
 def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,6 +195,7 @@ def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     assert len(built) == 1 and "16, 16" in str(built[0]) and again.skipped == ("bad",)
 
 
+@WRITES
 def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgekiln.execute.progress import NullProgress
 

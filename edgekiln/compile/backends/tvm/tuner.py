@@ -107,6 +107,7 @@ def tune(
     host); another runner times them elsewhere, e.g. on the device itself.
     """
     progress = progress or NullProgress()
+    tuning.require_database_writes()
     started = time.monotonic()
     path = Path(options.tuning_db) if options.tuning_db else tuning.cache_database(profile)
     _, target, tasks = tuning.model_tasks(source, profile, progress)

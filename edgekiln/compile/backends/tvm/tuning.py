@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 from edgekiln.compile.stages import SourceModel
 from edgekiln.device_profiles import DeviceProfile
-from edgekiln.errors import UserError, first_line
+from edgekiln.errors import DependencyError, UserError, first_line
 from edgekiln.execute.progress import NullProgress, Progress
 from edgekiln.runtime.compat import cache_root, usable_cpus
 
@@ -139,6 +139,30 @@ def database_paths(profile: DeviceProfile, tuning_db: str | os.PathLike[str] | N
     if shipped is not None:
         found["shipped"] = shipped
     return found
+
+
+# apache-tvm-ffi releases whose JSON serialiser crashes (SIGSEGV in tvm::ffi::ToJSONGraph) when
+# MetaSchedule writes a workload or record to a JSON database; reading one works.
+BROKEN_FFI_PREFIXES = ("0.1.15",)
+
+
+def ffi_writes_databases() -> str | None:
+    """None when the installed apache-tvm-ffi can write tuning databases, else why not."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("apache-tvm-ffi")
+    except metadata.PackageNotFoundError:
+        return "apache-tvm-ffi is not installed"
+    if version.startswith(BROKEN_FFI_PREFIXES):
+        return f"TVM MetaSchedule crashes writing tuning records with apache-tvm-ffi {version}"
+    return None
+
+
+def require_database_writes() -> None:
+    problem = ffi_writes_databases()
+    if problem:
+        raise DependencyError(problem, hint="pip install apache-tvm-ffi==0.1.14.post0 (the version edgekiln pins)")
 
 
 def ms() -> Any:
@@ -403,6 +427,7 @@ def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[s
     workload (compared structurally), its ``keep`` fastest records. Returns counts."""
     if keep < 1:
         raise UserError(f"--keep must be 1 or more, not {keep}")
+    require_database_writes()
     grouped: dict[int, list[Any]] = {}
     read = 0
     for path in [dest, *sources]:
