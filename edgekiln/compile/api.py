@@ -101,15 +101,27 @@ class CompileOptions:
         return next((o for o in typed if isinstance(o, backend.options_type)), backend.options_type())
 
 
-def tuning_coverage(source: SourceModel, profile: DeviceProfile) -> evidence.TuningCoverage | None:
+def tuning_coverage(
+    source: SourceModel, profile: DeviceProfile, options: CompileOptions
+) -> evidence.TuningCoverage | None:
     """How much of ``source``'s FLOPs TVM tuning records for ``profile`` cover, or None when
-    there are no records: the input of auto's evidence rule (TVM only with >= 90% coverage).
+    there are none (or TVM is not installed): the input of auto's evidence rule (TVM only
+    with >= 90% coverage). Records come from ``--tuning-db``, the cache, then the records
+    shipped with edgekiln (:mod:`edgekiln.compile.backends.tvm.tuning`); nothing is built."""
+    from edgekiln.compile.backends.tvm.backend import TVMOptions
 
-    Records come from the tuning database (``edgekiln tune``: the ``--tuning-db`` path, the
-    cache, then the records shipped with edgekiln); until compile reads that database, no
-    model has records.
-    """
-    return None
+    tvm_options = next((o for o in options.backend_options if isinstance(o, TVMOptions)), TVMOptions())
+    if "tvm" not in profile.backends or not tvm_options.tuning_records or profile.is_cuda:
+        return None  # CUDA builds apply no records (dlight schedules): nothing to cover
+    try:
+        from edgekiln.compile.backends.tvm import tuning
+
+        found = tuning.records_coverage(source, profile, tuning_db=tvm_options.tuning_db)
+    except (BackendError, DependencyError):
+        return None  # TVM missing or unable to import the model: it cannot be chosen anyway
+    if not found.tasks:
+        return None
+    return evidence.TuningCoverage(flops_share=found.share, source=",".join(found.sources))
 
 
 def host_can_execute(profile: DeviceProfile) -> str | None:
@@ -170,7 +182,7 @@ def compile_model(
                 host_can_execute(profile),
                 progress,
                 precision="int8" if options.quantize is not None or source.prequantized else "fp32",
-                coverage=tuning_coverage(source, profile),
+                coverage=tuning_coverage(source, profile, options),
                 budget=options.auto_timing,
             )
         else:

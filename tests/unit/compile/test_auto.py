@@ -11,6 +11,7 @@ import pytest
 from edgekiln.artifact.manifest import BackendSelection, CandidateRecord
 from edgekiln.compile import api, auto, evidence
 from edgekiln.compile.api import compile_model
+from edgekiln.compile.backends.tvm.backend import TVMOptions
 from edgekiln.compile.quantize import QuantizeOptions
 from edgekiln.compile.stages import StagedArtifact
 from edgekiln.device_profiles import get_profile
@@ -208,12 +209,21 @@ def test_compile_hands_auto_the_precision_the_tuning_coverage_and_the_budget(tmp
 
     covered = evidence.TuningCoverage(0.93, "records")
     monkeypatch.setattr(auto, "compile_auto", spy)
-    monkeypatch.setattr(api, "tuning_coverage", lambda source, profile: covered)
+    monkeypatch.setattr(api, "tuning_coverage", lambda source, profile, options: covered)
     budget = auto.sequential.TimingBudget(max_pairs=10, threads=1)
     options = api.CompileOptions(auto_timing=budget)
     artifact = compile_model(write_model(tmp_path / "tiny.onnx"), "x86_64", tmp_path / "a.tar.gz", options=options)
     assert seen == {"precision": "fp32", "coverage": covered, "budget": budget}
     assert artifact.manifest.backend_selection.tuning_coverage == 0.93
-    # Until compile reads the tuning database, no model has records.
-    monkeypatch.undo()
-    assert api.tuning_coverage(None, None) is None
+
+
+def test_a_model_without_tuning_records_has_no_coverage(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    from edgekiln.compile.frontends import import_model
+
+    source = import_model(str(write_model(tmp_path / "tiny.onnx")), tmp_path / "source")
+    # The shipped x86_64 records are for the zoo's ResNet-18 and MobileNetV2, not this model.
+    assert api.tuning_coverage(source, get_profile("x86_64"), api.CompileOptions()) is None
+    without = api.CompileOptions(backend_options=(TVMOptions(tuning_records=False),))
+    assert api.tuning_coverage(source, get_profile("x86_64"), without) is None
+    assert api.tuning_coverage(source, get_profile("rasp4b"), api.CompileOptions()) is None

@@ -248,12 +248,13 @@ def summarize(tasks: list[Task], chosen: dict[str, tuple[str, Any]], paths: dict
 
 def model_tasks(source: SourceModel, profile: DeviceProfile, progress: Progress) -> tuple[Any, Any, list[Task]]:
     """tvm, the profile's target and the model's tasks."""
-    from edgekiln.compile.backends.tvm.backend import _import_tvm, _to_relax
+    from edgekiln.compile.backends.tvm import importer
+    from edgekiln.compile.backends.tvm.backend import _import_tvm
 
     tvm, from_onnx = _import_tvm()
     if profile.is_cuda:
         raise UserError(f"edgekiln tune supports CPU profiles; {profile.id} is a CUDA profile")
-    mod = _to_relax(source, from_onnx, progress)
+    mod = importer.to_relax(source, from_onnx, progress)
     target = tvm.target.Target(profile.tvm_target())
     with progress.step("extract tuning tasks"):
         tasks = extract_tasks(tvm, mod, target)
