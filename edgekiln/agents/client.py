@@ -186,7 +186,6 @@ class AgentClient:
         response = self._call("GetCaptureDataStatus", pb.GetCaptureDataStatusRequest(capture_id=capture_id))
         return pb.CaptureDataStatus.Name(response.status)
 
-
     def time_kernel(
         self,
         kernel: bytes,

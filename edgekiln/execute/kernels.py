@@ -209,7 +209,9 @@ def emulated_timer(profile: Any, runtime_library: str, timeout: float = 600.0) -
 def _parse(request: dict[str, Any]) -> tuple[list[KernelArg], EvaluatorSettings]:
     args = [KernelArg(dtype=str(dtype), shape=tuple(shape)) for dtype, shape in request["args"]]
     settings = EvaluatorSettings(
-        number=request.get("number", 3), repeat=request.get("repeat", 1), min_repeat_ms=request.get("min_repeat_ms", 100)
+        number=request.get("number", 3),
+        repeat=request.get("repeat", 1),
+        min_repeat_ms=request.get("min_repeat_ms", 100),
     )
     return args, settings
 

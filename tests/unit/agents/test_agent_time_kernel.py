@@ -7,6 +7,7 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+import numpy.linalg._umath_linalg as _numpy_extension
 import pytest
 
 from edgekiln.agents.client import AgentCallError, AgentClient
@@ -17,8 +18,6 @@ from edgekiln.agents.servicer import AgentServicer
 from edgekiln.errors import UserError
 
 ARGS = [("float32", (4, 4)), ("float32", (4, 4))]
-import numpy.linalg._umath_linalg as _numpy_extension
-
 # A real ELF shared library that is no TVM kernel.
 NOT_A_KERNEL = Path(_numpy_extension.__file__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -57,23 +56,22 @@ def _runner_class() -> Any:
     # Defined on first use: MetaSchedule's base classes import the TVM compiler.
     if _RUNNER_CLASS:
         return _RUNNER_CLASS[0]
-    from tvm.s_tir.meta_schedule.runner import LocalRunnerFuture, PyRunner
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import LocalRunnerFuture, PyRunner
 
     @derived_object
     class DeviceRunner(PyRunner):
         """Times each candidate with ``time_kernel``, one after another (the device is one)."""
 
-        def __init__(self, time_kernel: TimeKernel, settings: EvaluatorSettings, keep: bool = False) -> None:
+        def __init__(self, time_kernel: TimeKernel, settings: EvaluatorSettings) -> None:
             super().__init__()
             self.time_kernel = time_kernel
             self.settings = settings
-            self.keep = keep
 
         def run(self, runner_inputs: list[Any]) -> list[Any]:
             futures = []
             for item in runner_inputs:
-                costs, error = measure_candidate(self.time_kernel, self.settings, item, keep=self.keep)
+                costs, error = measure_candidate(self.time_kernel, self.settings, item)
                 futures.append(LocalRunnerFuture(res=costs, error_message=error))
             return futures
 
@@ -98,10 +96,10 @@ def kernel_args(args_info: Sequence[Any]) -> list[KernelArg]:
 
 
 def measure_candidate(
-    time_kernel: TimeKernel, settings: EvaluatorSettings, item: Any, *, keep: bool = False
+    time_kernel: TimeKernel, settings: EvaluatorSettings, item: Any
 ) -> tuple[list[float] | None, str | None]:
-    """(costs, None) or (None, error message) for one RunnerInput; the built library's
-    directory is deleted afterwards unless ``keep``."""
+    """(costs, None) or (None, error message) for one RunnerInput. The built library stays:
+    MetaSchedule's default measure callbacks delete its directory once the result is in."""
     path = Path(str(item.artifact_path))
     try:
         timing = time_kernel(path.read_bytes(), kernel_args(item.args_info), settings)
@@ -110,6 +108,3 @@ def measure_candidate(
         return None, exc.one_line()
     except Exception as exc:  # noqa: BLE001 - one candidate's failure must not stop the tuner
         return None, f"{type(exc).__name__}: {exc}"
-    finally:
-        if not keep and path.parent.name.startswith("edgekiln-candidate-"):
-            shutil.rmtree(path.parent, ignore_errors=True)
