@@ -74,6 +74,11 @@ class AgentStub:
                 request_serializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
                 response_deserializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
                 _registered_method=True)
+        self.TimeKernel = channel.unary_unary(
+                '/AWS.SageMaker.Edge.Agent/TimeKernel',
+                request_serializer=edgekiln_dot_agents_dot_agent__pb2.TimeKernelRequest.SerializeToString,
+                response_deserializer=edgekiln_dot_agents_dot_agent__pb2.TimeKernelResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -156,6 +161,23 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TimeKernel(self, request, context):
+        """edgekiln: time one compiled kernel for a tuner (edgekiln tune --device).  The agent
+        writes the kernel library and the TVM runtime library to a private temporary directory,
+        loads them in a process of its own (edgekiln.execute.kernels), calls the kernel's entry
+        function on seeded random tensors of the given dtypes and shapes, times it as TVM's
+        time_evaluator does and deletes the files.  Loading a library is running the caller's
+        code: the agent refuses unless its config sets [tuning] enabled = true.
+        Status codes: OK; FAILED_PRECONDITION - tuning is not enabled on this agent;
+        RESOURCE_EXHAUSTED - the libraries exceed tuning.max_library_bytes, or a benchmark or
+        another kernel is being timed; INVALID_ARGUMENT - not a shared library, bad arguments or
+        evaluator settings, or the kernel failed to load or run (the message says which);
+        DEADLINE_EXCEEDED - the kernel ran past tuning.timeout_seconds; INTERNAL - its process died.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +220,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Bench,
                     request_deserializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
                     response_serializer=edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
+            ),
+            'TimeKernel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TimeKernel,
+                    request_deserializer=edgekiln_dot_agents_dot_agent__pb2.TimeKernelRequest.FromString,
+                    response_serializer=edgekiln_dot_agents_dot_agent__pb2.TimeKernelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +443,33 @@ class Agent:
             '/AWS.SageMaker.Edge.Agent/Bench',
             edgekiln_dot_agents_dot_agent__pb2.BenchLine.SerializeToString,
             edgekiln_dot_agents_dot_agent__pb2.BenchLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TimeKernel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/AWS.SageMaker.Edge.Agent/TimeKernel',
+            edgekiln_dot_agents_dot_agent__pb2.TimeKernelRequest.SerializeToString,
+            edgekiln_dot_agents_dot_agent__pb2.TimeKernelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -186,6 +186,34 @@ class AgentClient:
         response = self._call("GetCaptureDataStatus", pb.GetCaptureDataStatusRequest(capture_id=capture_id))
         return pb.CaptureDataStatus.Name(response.status)
 
+    def time_kernel(
+        self,
+        kernel: bytes,
+        runtime_library: bytes,
+        arguments: Sequence[tuple[str, Sequence[int]]],
+        *,
+        number: int = 3,
+        repeat: int = 1,
+        min_repeat_ms: int = 100,
+        seed: int = 0,
+        timeout: float = 300.0,
+    ) -> tuple[list[float], list[float]]:
+        """Time a kernel library on the device (TimeKernel): (seconds per call for each
+        repeat, each argument's sum after one call). ``arguments`` are (dtype, shape)."""
+        from edgekiln.agents import agent_pb2 as pb
+
+        request = pb.TimeKernelRequest(
+            kernel=kernel,
+            runtime_library=runtime_library,
+            arguments=[pb.KernelArgument(dtype=d, shape=list(s)) for d, s in arguments],
+            number=number,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+            seed=seed,
+        )
+        response = self._call("TimeKernel", request, timeout)
+        return list(response.costs), list(response.checksums)
+
 
 def model_dict(model: Any) -> dict[str, Any]:
     from edgekiln.agents.tensors import DTYPE_NAMES

@@ -50,6 +50,11 @@ brackets), grouped in sections::
     health_runs = 20                   # timed runs for the p50 latency
     local_failure_handling = "ROLLBACK_ON_FAILURE"  # for local installs; or DO_NOTHING
 
+    [tuning]                           # TimeKernel: time kernels a tuner sends (runs their code)
+    enabled = false                    # off unless set: a kernel library is code from the caller
+    max_library_bytes = 16777216       # kernel plus runtime library, refused beyond this
+    timeout_seconds = 120              # one kernel's timing; its process is killed after
+
 Every key is checked: an unknown key, a wrong type or a value outside its range raises
 :class:`~edgekiln.errors.UserError` naming the file and the key.  Relative paths are
 relative to the config file's directory.
@@ -70,6 +75,8 @@ DESTINATIONS = ("Disk", "Cloud")
 FULL_POLICIES = ("RejectNewData", "OverwriteOldest")
 # The capture store needs room for its SQLite database and write-ahead log besides records.
 MIN_STORAGE_LIMIT = 1024 * 1024
+# TimeKernel's request must fit in one gRPC message (the server's limit is 64 MiB).
+MAX_TUNING_LIBRARY_BYTES = 48 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,16 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """TimeKernel (tuning through the agent): loading a library a caller sent is running its
+    code, so it is off unless the device's owner turns it on."""
+
+    enabled: bool = False
+    max_library_bytes: int = 16 * 1024 * 1024
+    timeout_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent configuration; build it with :func:`load_config` or :func:`from_dict`."""
 
@@ -168,6 +185,7 @@ class AgentConfig:
     capture: CaptureConfig
     source: str = "<dict>"
     deploy: DeployConfig = DeployConfig()
+    tuning: TuningConfig = TuningConfig()
 
 
 # section -> key -> (kind, required); kinds: str, path, paths (a list), int, float, bool
@@ -214,6 +232,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "health_runs": ("int", False),
         "local_failure_handling": ("str", False),
     },
+    "tuning": {
+        "enabled": ("bool", False),
+        "max_library_bytes": ("int", False),
+        "timeout_seconds": ("float", False),
+    },
 }
 _SECTION_TYPES = {
     "device": DeviceConfig,
@@ -221,6 +244,7 @@ _SECTION_TYPES = {
     "agent": AgentSection,
     "capture": CaptureConfig,
     "deploy": DeployConfig,
+    "tuning": TuningConfig,
 }
 
 
@@ -337,6 +361,10 @@ def _check(config: AgentConfig, where: str) -> None:
         if getattr(capture, key) <= 0:
             fail(f"capture.{key}", "must be greater than 0")
     _check_deploy(config.deploy, fail)
+    if not 1024 <= config.tuning.max_library_bytes <= MAX_TUNING_LIBRARY_BYTES:
+        fail("tuning.max_library_bytes", f"must be between 1024 and {MAX_TUNING_LIBRARY_BYTES}")
+    if config.tuning.timeout_seconds <= 0:
+        fail("tuning.timeout_seconds", "must be greater than 0")
     if capture.storage_limit_bytes < MIN_STORAGE_LIMIT:
         fail(
             "capture.storage_limit_bytes", f"must be at least {MIN_STORAGE_LIMIT} bytes (room for the store's database)"

@@ -135,7 +135,7 @@ class Agent:
         self.deployments = DeployManager(cfg, self.registry, client=self.client, clock=now, on_result=self._report_soon)
         self.deployments.start()
         self._server = serve(
-            cfg.agent.socket, AgentServicer(self.registry, self.capture), max_workers=cfg.agent.max_workers
+            cfg.agent.socket, AgentServicer(self.registry, self.capture, cfg.tuning), max_workers=cfg.agent.max_workers
         )
         self.started = True
         log.info("agent %s/%s serving on %s", cfg.device.fleet, cfg.device.name, cfg.agent.socket)

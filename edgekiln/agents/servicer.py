@@ -96,10 +96,13 @@ def _input_arrays(entry: LoadedModel, request: Any) -> list[Any]:
 class AgentServicer:
     """The Agent service (``agent.proto``) over ``registry`` and a CaptureService."""
 
-    def __init__(self, registry: ModelRegistry, capture: Any) -> None:
+    def __init__(self, registry: ModelRegistry, capture: Any, tuning: Any = None) -> None:
+        from edgekiln.agents.config import TuningConfig
+
         self.registry = registry
         self.capture = capture
-        # One benchmark at a time, so that it has the device to itself.
+        self.tuning = tuning or TuningConfig()  # off unless the config turns it on
+        # One benchmark (or timed kernel) at a time, so that it has the device to itself.
         self._bench_slot = threading.Lock()
 
     def _loaded(self, name: str) -> LoadedModel:
@@ -224,3 +227,19 @@ class AgentServicer:
             yield from _relay_bench(request_iterator, context, self.registry.model_dir, pb.BenchLine, abort)
         finally:
             release()
+
+    # -- tuning ----------------------------------------------------------------------
+    @_answers
+    def TimeKernel(self, request: Any, context: Any) -> Any:
+        from edgekiln.agents import agent_pb2 as pb
+        from edgekiln.agents.kernel_timing import KernelRefusal, time_kernel
+
+        if not self._bench_slot.acquire(blocking=False):
+            raise Refusal("RESOURCE_EXHAUSTED", "a benchmark or another kernel is being timed on this agent")
+        try:
+            costs, checksums = time_kernel(request, self.tuning)
+        except KernelRefusal as refusal:
+            raise Refusal(refusal.code, refusal.message) from None
+        finally:
+            self._bench_slot.release()
+        return pb.TimeKernelResponse(costs=costs, checksums=checksums)

@@ -39,7 +39,11 @@ def test_service_and_messages_are_edge_managers():
         "CaptureData",
         "GetCaptureDataStatus",
         "Bench",
-    }  # edgekiln: Bench, a new method, leaves Edge Manager's untouched
+        "TimeKernel",
+    }  # edgekiln: Bench and TimeKernel, new methods, leave Edge Manager's untouched
+    time_kernel = service.methods_by_name["TimeKernel"]
+    assert time_kernel.input_type is pb.TimeKernelRequest.DESCRIPTOR
+    assert not time_kernel.client_streaming and not time_kernel.server_streaming
     bench = service.methods_by_name["Bench"]
     assert bench.input_type is bench.output_type is pb.BenchLine.DESCRIPTOR
     assert {f.name: f.number for f in pb.BenchLine.DESCRIPTOR.fields} == {"json": 1}
