@@ -53,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
         help="the model's framework (default: found from the files)",
     )
+    parser.add_argument(
+        "--device",
+        metavar="AGENT",
+        help=(
+            "time candidates on the device through its edgekiln agent (a unix socket path or "
+            "HOST:PORT; the agent needs [tuning] enabled = true); default: this host"
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.set_defaults(func=run)
     _register_merge(subparsers)
@@ -74,10 +82,20 @@ def _register_merge(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_merge)
 
 
-def runner_for(args: argparse.Namespace) -> Any:
-    """The MetaSchedule runner that times candidates: None, MetaSchedule's local runner on
-    this host. (A flag that times them elsewhere returns its runner here.)"""
-    return None
+def workers_for(args: argparse.Namespace) -> tuple[Any, Any]:
+    """MetaSchedule's (builder, runner): (None, None) for this host's, else libraries for
+    the profile's CPU timed by the agent that --device names."""
+    if not args.device:
+        return None, None
+    from edgekiln.cli.tune_device import device_runner_for
+    from edgekiln.compile.backends.tvm.device_tuning import device_builder
+    from edgekiln.compile.backends.tvm.tuning import require_tuner
+    from edgekiln.device_profiles import get_profile
+
+    profile = get_profile(args.target)
+    runner = device_runner_for(args.device, profile)  # first: is the agent there and willing?
+    require_tuner()
+    return device_builder(profile), runner
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from edgekiln.compile.frontends import parse_input_shapes
     from edgekiln.execute.progress import ConsoleProgress
 
+    builder, runner = workers_for(args)
     options = TuneOptions(
         trials=args.trials,
         trials_per_task=args.trials_per_task,
@@ -97,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         options,
         input_shape=parse_input_shapes(None, args.input_shape),
         framework=args.framework,
-        runner=runner_for(args),
+        builder=builder,
+        runner=runner,
         progress=ConsoleProgress(),
     )
     summary = result.to_dict()

@@ -33,7 +33,15 @@ def test_options_reach_the_tuner_with_the_local_runner(capsys, captured):
     options = captured["options"]
     assert (options.trials, options.trials_per_task, options.tuning_db) == (100, 8, Path("db"))
     assert captured["model"] == "zoo:resnet18" and captured["target"] == "x86_64"
-    assert captured["runner"] is None  # MetaSchedule's local runner
+    assert captured["runner"] is None and captured["builder"] is None  # MetaSchedule's local ones
+
+
+def test_device_without_an_agent_is_a_one_line_error(tmp_path, capsys, captured):
+    code = cli_main.main(["tune", "zoo:resnet18", "-t", "rasp4b", "--device", f"unix:{tmp_path}/no-agent.sock"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert "no-agent.sock" in err
+    assert not captured  # stopped before any tuning
 
 
 @pytest.mark.parametrize(

@@ -44,12 +44,14 @@ def device_builder(profile: DeviceProfile, max_workers: int | None = None, timeo
     """A MetaSchedule LocalBuilder whose candidates are shared libraries for ``profile``."""
     from tvm.s_tir.meta_schedule.builder import LocalBuilder
 
+    from edgekiln.compile.backends.tvm.tuner import build_candidate
+
     compiler = find_tools(profile)[0] if profile.toolchain.cc else None
     # A partial of a module-level function: the builder's worker processes unpickle it.
     export = functools.partial(export_shared_library, compiler, ())
     # MetaSchedule's 30 s default counts the worker's start (importing the compiler), which a
     # loaded small host can take alone; a cross link is slower than the host's too.
-    return LocalBuilder(f_export=export, max_workers=max_workers, timeout_sec=timeout_s)
+    return LocalBuilder(f_build=build_candidate, f_export=export, max_workers=max_workers, timeout_sec=timeout_s)
 
 
 def _runner_class() -> Any:

@@ -99,15 +99,18 @@ def tune(
     options: TuneOptions,
     *,
     runner: Any = None,
+    builder: Any = None,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Tune the model's tasks for the profile with MetaSchedule into its database.
 
     runner: the MetaSchedule Runner that times candidates (default: a local runner on this
-    host); another runner times them elsewhere, e.g. on the device itself.
+    host); another runner times them elsewhere, e.g. on the device itself
+    (:mod:`edgekiln.compile.backends.tvm.device_tuning`). builder: the MetaSchedule Builder
+    that makes what the runner loads (default: host modules for the local runner).
     """
     progress = progress or NullProgress()
-    tuning.require_database_writes()
+    tuning.require_tuner()
     started = time.monotonic()
     path = Path(options.tuning_db) if options.tuning_db else tuning.cache_database(profile)
     _, target, tasks = tuning.model_tasks(source, profile, progress)
@@ -119,7 +122,7 @@ def tune(
     report = _ProgressReport(progress, chosen, done, options.trials_per_task)
     if pending:
         with progress.step(f"tune {len(pending)} of {len(tasks)} task(s), up to {options.trials_per_task} trials each"):
-            _tune_pending(pending, done, target, database, runner, report, options)
+            _tune_pending(pending, done, target, database, (builder, runner), report, options)
     source_name = "flag" if options.tuning_db else "cache"
     cov = tuning.coverage_of(tasks, {source_name: database}, {source_name: path})[0]
     return TuneResult(
@@ -148,14 +151,17 @@ def _tune_pending(
     done: dict[str, int],
     target: Any,
     database: Any,
-    runner: Any,
+    workers: tuple[Any, Any],
     report: _ProgressReport,
     options: TuneOptions,
 ) -> None:
-    """Tune each pending task for the trials it lacks."""
+    """Tune each pending task for the trials it lacks, with the (builder, runner) given
+    (None: this host's)."""
     ms = tuning.ms()
+    builder, runner = workers
     runner = runner if runner is not None else ms.runner.LocalRunner()
-    builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
+    if builder is None:
+        builder = ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=120)
     with (
         tuning.tvm_threads(options.threads or tuning.default_threads()),
         tempfile.TemporaryDirectory(prefix="edgekiln-tune-") as work_dir,
@@ -267,6 +273,7 @@ def tune_model(
     input_shape: Any = None,
     framework: str | None = None,
     runner: Any = None,
+    builder: Any = None,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Import ``model`` (a file, folder or ``zoo:NAME``, as compile takes) and tune it for
@@ -280,4 +287,4 @@ def tune_model(
         source = import_source(
             model, Path(tmp) / "source", framework=framework, input_shape=input_shape, name=None, progress=progress
         )
-        return tune(source, profile, options, runner=runner, progress=progress)
+        return tune(source, profile, options, runner=runner, builder=builder, progress=progress)

@@ -165,6 +165,20 @@ def require_database_writes() -> None:
         raise DependencyError(problem, hint="pip install apache-tvm-ffi==0.1.14.post0 (the version edgekiln pins)")
 
 
+def require_tuner() -> None:
+    """MetaSchedule's search needs psutil and xgboost (its cost model) besides a tvm-ffi that
+    writes databases; say so in one line instead of failing inside TVM."""
+    import importlib.util
+
+    require_database_writes()
+    missing = [name for name in ("psutil", "xgboost", "cloudpickle") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DependencyError(
+            f"tuning needs {', '.join(missing)}, which MetaSchedule's search uses",
+            hint="pip install 'edgekiln[tune]'",
+        )
+
+
 def ms() -> Any:
     """TVM's MetaSchedule package (``tvm.s_tir.meta_schedule`` since TVM 0.22)."""
     try:
