@@ -88,7 +88,7 @@ $(STAMP): setup.cfg pyproject.toml | apt
 	$(MAKE) apt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[compile,pretrained,pytorch,tensorflow,test,bench,agent,fleet]'
+	$(BIN)/python -m pip install -q -e '.[compile,pretrained,pytorch,tensorflow,test,bench,agent,fleet,tune]'
 	$(BIN)/edgekiln fetch-runtime aarch64
 	touch $(STAMP)
 

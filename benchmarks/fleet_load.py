@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.servers import FleetServer, PostgresServer  # noqa: E402
 from edgekiln.agents.reporter import build_heartbeat, model_report  # noqa: E402
-from edgekiln.bench.statistics import percentile  # noqa: E402
+from edgekiln.execute.statistics import percentile  # noqa: E402
 from edgekiln.fleet.store import FleetStore, hash_token  # noqa: E402
 
 FLEET = "load"

@@ -18,7 +18,7 @@ time is host arrays in → host arrays out; on a GPU that includes the copies an
 synchronisation, so no kernel is still running when the clock stops.
 
 Inputs and the comparison of outputs are :mod:`edgekiln.execute.inputs`, shared with
-compile's validation. Statistics are in :mod:`edgekiln.bench.statistics`; the result type is
+compile's validation. Statistics are in :mod:`edgekiln.execute.statistics`; the result type is
 :class:`edgekiln.bench.results.BenchReport`.
 """
 
@@ -38,13 +38,13 @@ from edgekiln import __version__
 from edgekiln.artifact.manifest import Manifest
 from edgekiln.bench import baselines as baseline_registry
 from edgekiln.bench.results import ArtifactBench, BenchReport, Comparison, Correctness, SubjectResult
-from edgekiln.bench.statistics import LatencyStats, RatioStats
 from edgekiln.errors import CompatibilityError, EdgekilnError, UserError
 from edgekiln.execute import timing
 from edgekiln.execute.host import machine_description
 from edgekiln.execute.inputs import Samples, compare_outputs, make_inputs
 from edgekiln.execute.progress import NullProgress
 from edgekiln.execute.runners import Connect, LocalRunner, Runner, runner_for
+from edgekiln.execute.statistics import LatencyStats, RatioStats
 
 SCENARIOS = ("single-stream", "offline")
 DEVICES = ("cpu", "cuda")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgekiln.bench.statistics import LatencyStats, RatioStats
 from edgekiln.errors import UserError
+from edgekiln.execute.statistics import LatencyStats, RatioStats
 
 SCHEMA = "edgekiln.bench/1"
 

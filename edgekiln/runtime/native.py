@@ -56,14 +56,18 @@ def source_digest() -> str:
 
 
 def native_version() -> str:
-    """``<edgekiln>+tvm<apache-tvm>.<source digest>``, e.g. ``0.1.0+tvm0.27.0.post1.3f2a…``."""
+    """``<edgekiln>+tvm<apache-tvm>.ffi<apache-tvm-ffi>.<source digest>``, e.g.
+    ``0.1.0+tvm0.27.0.post1.ffi0.1.14.post0.3f2a…``: the build compiles both wheels' sources,
+    so a build from other versions is another build."""
     from edgekiln import __version__
 
-    try:
-        tvm = metadata.version("apache-tvm")
-    except metadata.PackageNotFoundError:
-        tvm = "unknown"
-    return f"{__version__}+tvm{tvm}.{source_digest()}"
+    versions = []
+    for package in ("apache-tvm", "apache-tvm-ffi"):
+        try:
+            versions.append(metadata.version(package))
+        except metadata.PackageNotFoundError:
+            versions.append("unknown")
+    return f"{__version__}+tvm{versions[0]}.ffi{versions[1]}.{source_digest()}"
 
 
 def build_dir(arch: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekiln.bench.results import ArtifactBench, BenchReport, Comparison, Correctness, SubjectResult
-from edgekiln.bench.statistics import LatencyStats, RatioStats
+from edgekiln.execute.statistics import LatencyStats, RatioStats
 
 
 def artifact_bench(

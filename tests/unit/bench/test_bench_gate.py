@@ -9,8 +9,8 @@ import pytest
 
 from edgekiln.bench import gate
 from edgekiln.bench.results import Skipped
-from edgekiln.bench.statistics import LatencyStats, RatioStats
 from edgekiln.errors import UserError
+from edgekiln.execute.statistics import LatencyStats, RatioStats
 
 
 def faster(bench, factor):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from edgekiln.bench.statistics import LatencyStats, RatioStats, median_ci95, percentile
 from edgekiln.errors import InternalError, UserError
+from edgekiln.execute.statistics import LatencyStats, RatioStats, median_ci95, percentile
 
 
 def test_nearest_rank_percentiles_of_the_textbook_example():
