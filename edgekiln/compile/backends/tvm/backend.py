@@ -16,7 +16,7 @@ from edgekiln.compile.backends.tvm import runtime_libs
 from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
-from edgekiln.errors import BackendError, DependencyError, first_line
+from edgekiln.errors import BackendError, DependencyError, UserError, first_line
 from edgekiln.execute.host import host_info
 from edgekiln.execute.progress import Progress
 
@@ -42,11 +42,24 @@ class TVMOptions(BackendOptions):
     embed_ptx: for CUDA profiles, also embed PTX beside the SASS so that GPUs newer than
     the profile's architecture can still load the kernels (the driver JIT-compiles them).
     strip: drop debug information from the model library (it is 30–60 % of its size).
+    precision: "fp16" (CUDA profiles) computes in fp16 with fp32 accumulation; the
+    artifact's inputs and outputs stay fp32 (see gpu_pipeline.py).
+    cuda_graph: for CUDA profiles, capture the model's kernels in one CUDA graph.
     """
 
     backend: ClassVar[str] = "tvm"
     embed_ptx: bool = True
     strip: bool = True
+    precision: str = "fp32"
+    cuda_graph: bool = True
+
+    def check(self) -> None:
+        from edgekiln.compile.backends.tvm.gpu_pipeline import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"tvm backend option precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
@@ -99,6 +112,11 @@ class TVMBackend(Backend):
         progress: Progress,
         calibration: Any = None,
     ) -> LoweredFiles:
+        if options.precision != "fp32" and not profile.is_cuda:
+            raise UserError(
+                f"precision {options.precision} is for CUDA profiles; {profile.id} has no CUDA GPU",
+                hint="drop precision=fp16, or quantize to int8 with --quantize for a CPU",
+            )
         tvm, from_onnx = _import_tvm()
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)
@@ -152,7 +170,7 @@ class TVMBackend(Backend):
                 host_libs = runtime_libs.find(host_info().arch)
                 assert host_libs is not None and host_libs.cuda is not None
                 with cuda.ahead_of_time(profile.accelerator.cuda_arch, host_libs.cuda, options.embed_ptx) as fatbins:
-                    executable = self._build(tvm, mod, target)
+                    executable = self._build_cuda(mod, target, options)
                 if not fatbins:
                     raise BackendError(f"TVM produced no CUDA device code for {profile.accelerator.cuda_arch}")
                 compiler["nvcc"] = cuda.nvcc_version()
@@ -166,6 +184,26 @@ class TVMBackend(Backend):
             return tvm.compile(mod, target=target)
         except Exception as exc:
             raise BackendError(f"TVM failed to build the model: {first_line(exc, last=True)}") from None
+
+    def _build_cuda(self, mod: Any, target: Any, options: TVMOptions) -> Any:
+        from edgekiln.compile.backends.tvm import gpu_pipeline
+
+        try:
+            return gpu_pipeline.build(
+                mod,
+                target,
+                precision=options.precision,
+                cuda_graph=options.cuda_graph,
+                database=self._tuning_database(mod, target),
+            )
+        except Exception as exc:
+            raise BackendError(f"TVM failed to build the model for CUDA: {first_line(exc, last=True)}") from None
+
+    def _tuning_database(self, mod: Any, target: Any) -> Any:
+        """The MetaSchedule database whose records the CUDA build applies (None: dlight's
+        default schedules for every kernel). Records found for the CPU build plug in here
+        too; a database with no record for this target's kernels changes nothing."""
+        return None
 
     @staticmethod
     def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
