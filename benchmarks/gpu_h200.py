@@ -4,8 +4,8 @@
    (fp32 and fp16, dlight schedules, one CUDA graph) and the onnxruntime backend (CUDA
    execution provider with CUDA graphs); each compile validates its artifact on this GPU;
 2. proves that every artifact runs with its runtime alone: a fresh process in which the
-   compiler packages (tvm, onnx) cannot be imported loads it with ``device="cuda"`` and
-   checks its outputs against the fp32 reference;
+   compiler packages (tvm, onnx, tensorflow) cannot be imported loads it with
+   ``device="cuda"`` and runs it (the compile already compared it with the fp32 reference);
 3. times them with ``edgekiln bench`` against PyTorch eager and torch.compile (fp16,
    CUDA graphs: "reduce-overhead") in the same run, one run per batch.
 

@@ -37,8 +37,46 @@ def to_fp16(mod: Any) -> Any:
     import tvm
     from tvm import relax
 
-    passes = [relax.transform.ToMixedPrecision(out_dtype="float32"), relax.transform.FoldConstant()]
+    passes = [
+        _clip_as_min_max(),
+        relax.transform.ToMixedPrecision(out_dtype="float32"),
+        relax.transform.FoldConstant(),
+    ]
     return tvm.transform.Sequential(passes)(mod)
+
+
+def _clip_as_min_max() -> Any:
+    """A pass that writes ``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``.
+
+    The ONNX frontend gives clip its bounds as PrimValues (ReLU6, HardSwish, HardSigmoid),
+    and ToMixedPrecision (TVM 0.27) fails on any call with a PrimValue argument ("Expected
+    TensorType, but got T.int64"); as tensor constants, the bounds follow x's dtype.
+    """
+    import tvm
+    from tvm import relax
+
+    clip = tvm.ir.Op.get("relax.clip")
+
+    @relax.expr_functor.mutator
+    class Rewrite(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if call.op != clip:
+                return call
+            x, lo, hi = call.args
+            dtype = x.ty.dtype
+            lower = self.builder_.emit(relax.op.maximum(x, relax.const(float(lo.value.value), dtype)))
+            return relax.op.minimum(lower, relax.const(float(hi.value.value), dtype))
+
+    @tvm.transform.module_pass(opt_level=0, name="ClipAsMinMax")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        rewrite = Rewrite(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+        return rewrite.builder_.get()
+
+    return _pass
 
 
 def pipeline(target: Any, database: Any = None) -> Any:
