@@ -110,7 +110,8 @@ def tf_models(kind: str, out_dir: Path) -> dict:
 
 def onnx_tiny_cnn(path: Path, batch: int = 1, seed: int = 0) -> Path:
     """A small classifier as an ONNX file: conv 3→16 (3×3, stride 2) → ReLU → conv 16→32 →
-    ReLU → global average pool → flatten → dense 32→10, input [batch, 3, 32, 32], seeded."""
+    HardSwish (a clip with scalar bounds in Relax) → global average pool → flatten → dense
+    32→10, input [batch, 3, 32, 32], seeded."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -124,7 +125,7 @@ def onnx_tiny_cnn(path: Path, batch: int = 1, seed: int = 0) -> Path:
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("HardSwish", ["c2"], ["r2"]),
         helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),

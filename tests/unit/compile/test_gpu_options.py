@@ -150,3 +150,15 @@ def test_cuda_graph_run_binds_fixed_buffers_and_captures_at_load():
     assert np.array_equal(out, np.full((1, 4), 4.0, np.float32))
     # The same device buffer every time: a CUDA graph replays on the addresses it captured.
     assert fake.bound["x"] is x_buffer and x_buffer.writes == 3 and len(fake.buffers) == 2
+
+
+def test_bench_labels_an_fp16_tvm_artifact_fp16_though_its_inputs_are_fp32():
+    from types import SimpleNamespace
+
+    from edgekiln.artifact.manifest import TensorSpec
+    from edgekiln.bench.harness import precision_of
+
+    inputs = (TensorSpec("x", "float32", (1, 8)),)
+    fp16 = SimpleNamespace(quantization=None, backend_options={"precision": "fp16"}, inputs=inputs)
+    fp32 = SimpleNamespace(quantization=None, backend_options={"precision": "fp32"}, inputs=inputs)
+    assert (precision_of(fp16), precision_of(fp32)) == ("fp16", "fp32")
