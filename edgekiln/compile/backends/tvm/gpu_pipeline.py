@@ -45,6 +45,12 @@ def to_fp16(mod: Any) -> Any:
     return tvm.transform.Sequential(passes)(mod)
 
 
+def _number(prim: Any) -> float:
+    """A PrimValue's number: its value is a plain int or float, or an IntImm/FloatImm."""
+    value = prim.value
+    return float(getattr(value, "value", value))
+
+
 def _clip_as_min_max() -> Any:
     """A pass that writes ``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``.
 
@@ -65,8 +71,8 @@ def _clip_as_min_max() -> Any:
                 return call
             x, lo, hi = call.args
             dtype = x.ty.dtype
-            lower = self.builder_.emit(relax.op.maximum(x, relax.const(float(lo.value.value), dtype)))
-            return relax.op.minimum(lower, relax.const(float(hi.value.value), dtype))
+            lower = self.builder_.emit(relax.op.maximum(x, relax.const(_number(lo), dtype)))
+            return relax.op.minimum(lower, relax.const(_number(hi), dtype))
 
     @tvm.transform.module_pass(opt_level=0, name="ClipAsMinMax")
     def _pass(mod: Any, _ctx: Any) -> Any:
