@@ -137,10 +137,13 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def precision_of(manifest: Manifest) -> str:
-    """fp32, fp16 or int8, from the manifest's quantization record or its input dtypes."""
+    """fp32, fp16 or int8, from the manifest's quantization record, the backend's precision
+    option (fp16 tvm artifacts keep fp32 inputs) or its input dtypes."""
     quantization = getattr(manifest, "quantization", None)
     if quantization:
         return str(quantization.get("mode", "int8"))
+    if manifest.backend_options.get("precision") == "fp16":
+        return "fp16"
     dtypes = {t.dtype for t in manifest.inputs}
     if dtypes & {"int8", "uint8"}:
         return "int8"

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from edgekiln import __version__
 from edgekiln.artifact.manifest import BackendSelection, GraphStats, Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack
@@ -400,10 +398,9 @@ def _validate(
             # Engines may round an int8 value one step apart (another fusion or accumulation
             # order), which moves an output by about one quantization step of its range; the
             # accuracy gate already judged the int8 model itself.
-            spread = max(float(np.ptp(out)) for batch in reference for out in batch)
-            floor = validate.INT8_RELATIVE_TOLERANCE * spread
-            if settings.tolerance_abs < floor:
-                settings = replace(settings, tolerance_abs=round(floor, 6))
+            settings = validate.range_tolerance(settings, reference, validate.INT8_RELATIVE_TOLERANCE)
+        elif manifest.backend_options.get("precision") == "fp16":
+            settings = validate.range_tolerance(settings, reference, validate.FP16_RELATIVE_TOLERANCE)
         if options.native_runtime:
             from edgekiln.execute.native import run_native
 

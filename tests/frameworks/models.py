@@ -103,3 +103,46 @@ def tf_models(kind: str, out_dir: Path) -> dict:
         result: dict = {k: arrays[k] for k in arrays.files}
     result.update({p.name: p for p in out_dir.iterdir() if p.name != "arrays.npz"})
     return result
+
+
+# --- ONNX -------------------------------------------------------------------------------
+
+
+def onnx_tiny_cnn(path: Path, batch: int = 1, seed: int = 0) -> Path:
+    """A small classifier as an ONNX file: conv 3→16 (3×3, stride 2) → ReLU → conv 16→32 →
+    HardSwish (a clip with scalar bounds in Relax) → global average pool → flatten → dense
+    32→10, input [batch, 3, 32, 32], seeded."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+        data = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, data.ravel())
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
+        [
+            tensor("w1", 16, 3, 3, 3),
+            tensor("b1", 16),
+            tensor("w2", 32, 16, 3, 3, scale=0.1),
+            tensor("b2", 32),
+            tensor("w3", 10, 32),
+            tensor("b3", 10),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

@@ -31,12 +31,18 @@ class ONNXRuntimeOptions(BackendOptions):
     hold on any hardware, which is all ONNX Runtime recommends for a model that will run on
     another machine; "extended" adds fusions that are still portable across CPUs of the same
     kind and is the default when the device's CPU architecture is the build host's.
+    For CUDA profiles the default is "basic": the saved model keeps standard ONNX operators
+    only, and the device's CUDA execution provider applies its own fusions at load.
     intra_op_threads: threads per operator on the device (default: the profile's cores).
+    cuda_graph: for CUDA profiles, ask the CUDA execution provider to capture the whole
+    model in a CUDA graph (its ``enable_cuda_graph`` option; the runtime binds fixed device
+    buffers for the inputs and outputs, which CUDA graphs need).
     """
 
     backend: ClassVar[str] = "onnxruntime"
     optimization: Literal["basic", "extended", "all"] | None = None
     intra_op_threads: int | None = None
+    cuda_graph: bool = True
 
     def check(self) -> None:
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
@@ -107,7 +113,8 @@ class ONNXRuntimeBackend(Backend):
             ) from None
         from edgekiln.runtime.compat import host_info
 
-        level = options.optimization or ("extended" if profile.cpu.arch == host_info().arch else "basic")
+        portable = profile.is_cuda or profile.cpu.arch != host_info().arch
+        level = options.optimization or ("basic" if portable else "extended")
         threads = options.intra_op_threads or profile.cpu.cores
         target = root / MODEL_FILE
         with progress.step(f"optimize for ONNX Runtime ({level})"):
@@ -125,15 +132,14 @@ class ONNXRuntimeBackend(Backend):
             if not target.exists():  # pragma: no cover - ORT always writes it
                 shutil.copyfile(model.path, target)
         version = metadata.version("onnxruntime")
-        package = "onnxruntime-gpu" if profile.is_cuda else "onnxruntime"
-        runtime = RuntimeRequirements(
-            arch=profile.cpu.arch,
-            python_packages=(f"{package}>={version}", "numpy"),
-            library="onnxruntime",
-            library_version=version,
-            cuda_arch=profile.accelerator.cuda_arch if profile.is_cuda else None,
-        )
-        session = {"providers": providers_for(profile), "intra_op_num_threads": threads, "optimization": level}
+        runtime = _runtime_requirements(profile, version, level)
+        session: dict[str, Any] = {
+            "providers": providers_for(profile),
+            "intra_op_num_threads": threads,
+            "optimization": level,
+        }
+        if profile.is_cuda:
+            session["provider_options"] = cuda_provider_options(options)
         return LoweredFiles(
             files={MODEL_FILE: "model"},
             runtime=runtime,
@@ -141,3 +147,35 @@ class ONNXRuntimeBackend(Backend):
             target={"session": session},
             options={**asdict(options), "session": session},
         )
+
+
+def cuda_provider_options(options: ONNXRuntimeOptions) -> dict[str, dict[str, str]]:
+    """The CUDA execution provider's options the manifest asks the device for (ORT takes
+    provider option values as strings)."""
+    return {"CUDAExecutionProvider": {"enable_cuda_graph": "1" if options.cuda_graph else "0"}}
+
+
+def _runtime_requirements(profile: DeviceProfile, version: str, level: str) -> RuntimeRequirements:
+    if not profile.is_cuda:
+        return RuntimeRequirements(
+            arch=profile.cpu.arch,
+            python_packages=(f"onnxruntime>={version}", "numpy"),
+            library="onnxruntime",
+            library_version=version,
+        )
+    assert profile.accelerator is not None
+    # The CUDA build is a separate package (onnxruntime-gpu) with its own releases, which
+    # trail the CPU package's; a "basic" model holds standard ONNX operators only, so any
+    # onnxruntime-gpu that knows the model's opset runs it, not only this version or newer.
+    floor = f">={version}" if level != "basic" else ""
+    return RuntimeRequirements(
+        arch=profile.cpu.arch,
+        python_packages=(f"onnxruntime-gpu{floor}", "numpy"),
+        library="onnxruntime",
+        library_version=version if level != "basic" else None,
+        cuda_arch=profile.accelerator.cuda_arch,
+        notes=(
+            f"built with onnxruntime {version}; runs on onnxruntime-gpu with the CUDA execution provider"
+            " (pip install 'edgekiln[gpu]')",
+        ),
+    )

@@ -45,6 +45,9 @@ class TVMOptions(BackendOptions):
     tuning_db: a MetaSchedule database directory (``edgekiln tune --tuning-db``) whose records
     come before the cache's and the shipped ones (CPU profiles).
     tuning_records: apply tuning records at all (false: MetaSchedule-free default schedules).
+    precision: "fp16" (CUDA profiles) computes in fp16 with fp32 accumulation; the
+    artifact's inputs and outputs stay fp32 (see gpu_pipeline.py).
+    cuda_graph: for CUDA profiles, capture the model's kernels in one CUDA graph.
     """
 
     backend: ClassVar[str] = "tvm"
@@ -52,6 +55,16 @@ class TVMOptions(BackendOptions):
     strip: bool = True
     tuning_db: str | None = None
     tuning_records: bool = True
+    precision: str = "fp32"
+    cuda_graph: bool = True
+
+    def check(self) -> None:
+        from edgekiln.compile.backends.tvm.gpu_pipeline import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"tvm backend option precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 def required_cpu_features(profile: DeviceProfile) -> tuple[str, ...]:
@@ -91,6 +104,11 @@ class TVMBackend(Backend):
     ) -> LoweredFiles:
         if options.tuning_db and profile.is_cuda:
             raise UserError(f"--tuning-db applies to CPU profiles; {profile.id} is a CUDA profile")
+        if options.precision != "fp32" and not profile.is_cuda:
+            raise UserError(
+                f"precision {options.precision} is for CUDA profiles; {profile.id} has no CUDA GPU",
+                hint="drop precision=fp16, or quantize to int8 with --quantize for a CPU",
+            )
         tvm, from_onnx = _import_tvm()
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)
@@ -148,7 +166,7 @@ class TVMBackend(Backend):
                 host_libs = runtime_libs.find(host_info().arch)
                 assert host_libs is not None and host_libs.cuda is not None
                 with cuda.ahead_of_time(profile.accelerator.cuda_arch, host_libs.cuda, options.embed_ptx) as fatbins:
-                    executable = self._build(tvm, mod, target)
+                    executable = self._build_cuda(mod, target, options)
                 if not fatbins:
                     raise BackendError(f"TVM produced no CUDA device code for {profile.accelerator.cuda_arch}")
                 compiler["nvcc"] = cuda.nvcc_version()
@@ -184,6 +202,26 @@ class TVMBackend(Backend):
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:
         return importer.build(tvm, mod, target)
+
+    def _build_cuda(self, mod: Any, target: Any, options: TVMOptions) -> Any:
+        from edgekiln.compile.backends.tvm import gpu_pipeline
+
+        try:
+            return gpu_pipeline.build(
+                mod,
+                target,
+                precision=options.precision,
+                cuda_graph=options.cuda_graph,
+                database=self._tuning_database(mod, target),
+            )
+        except Exception as exc:
+            raise BackendError(f"TVM failed to build the model for CUDA: {first_line(exc, last=True)}") from None
+
+    def _tuning_database(self, mod: Any, target: Any) -> Any:
+        """The MetaSchedule database whose records the CUDA build applies (None: dlight's
+        default schedules for every kernel). None until `edgekiln tune` tunes CUDA targets:
+        it refuses them today, and --tuning-db is refused for CUDA profiles above."""
+        return None
 
     @staticmethod
     def _linker(profile: DeviceProfile, options: TVMOptions) -> Any:
