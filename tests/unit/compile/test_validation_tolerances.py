@@ -106,3 +106,31 @@ def test_without_torch_the_onnx_reference_evaluator_serves_small_models(tmp_path
     )
     skipped = second_reference.check(large, batches, candidate, source.outputs, 1e-4, 1e-5)
     assert skipped.max_abs_diff is None and skipped.reference.startswith("none: torch is not installed")
+
+
+def test_the_reference_evaluator_is_not_used_for_operators_it_computes_otherwise(tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekiln.compile.frontends import import_model
+
+    nodes = [
+        helper.make_node("LRN", ["x"], ["n"], size=5, alpha=1e-4, beta=0.75, bias=1.0),
+        helper.make_node("GlobalAveragePool", ["n"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lrn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), tmp_path / "lrn.onnx")
+    source = import_model(tmp_path / "lrn.onnx", tmp_path / "src", framework=None, input_shape=None, name=None)
+    monkeypatch.setattr(second_reference.importlib.util, "find_spec", lambda name: None)
+    batches = [[np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32) * 10]]
+    from edgekiln.compile.validate import reference_outputs
+
+    check = second_reference.check(source, batches, reference_outputs(source, batches), source.outputs, 1e-4, 1e-5)
+    assert check.max_abs_diff is None
+    assert check.reference == "none: onnx's reference evaluator computes LRN otherwise than the ONNX specification"
