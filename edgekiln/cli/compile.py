@@ -118,7 +118,19 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         "--rtol", type=float, default=1e-5, help="validation: relative tolerance (default: 1e-5, numpy's)"
     )
     parser.add_argument("--validation-samples", type=int, default=3, help="inputs compared (default: 3)")
-    parser.add_argument("--no-validate", action="store_true", help="skip numerical validation")
+    parser.add_argument(
+        "--validate-on",
+        choices=("auto", "host", "emulator", "none"),
+        default="auto",
+        help="where to validate: host (this machine), emulator (the profile's emulated board "
+        "under qemu-user: minutes instead of seconds; built first when it is not), none (the "
+        "manifest records 'not validated'), or auto (default): the host when it can execute the "
+        "target, else the emulated board when it is built and carries the backend's runtime, "
+        "else none. The choice is printed before compiling",
+    )
+    parser.add_argument(
+        "--no-validate", action="store_true", help="skip numerical validation (the same as --validate-on none)"
+    )
     parser.add_argument(
         "--native-runtime",
         action="store_true",
@@ -203,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         preprocessing=args.preprocess,
         labels=args.labels,
         validate=not args.no_validate,
+        validate_on=args.validate_on,
         native_runtime=args.native_runtime,
         quantize=None
         if args.quantize is None
@@ -216,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.quantize is None and (args.calibration or args.validation):
         raise UserError("--calibration and --validation only apply with --quantize int8")
+    # Said before the work starts: validating on an emulated board turns seconds into minutes.
+    print(options.validation_site(profile).describe(profile), file=sys.stderr, flush=True)
     artifact = compile_model(
         args.model,
         args.target,

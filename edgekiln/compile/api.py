@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from edgekiln import __version__
 from edgekiln.artifact.manifest import BackendSelection, GraphStats, Manifest, ModelInfo, Validation
 from edgekiln.artifact.package import file_entry, pack
-from edgekiln.compile import auto, evidence, preprocessing, validate
+from edgekiln.compile import auto, evidence, preprocessing, validate, validate_on
 from edgekiln.compile.backends import registry
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.frontends import import_model
@@ -40,7 +40,6 @@ from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute.host import cannot_execute
 from edgekiln.execute.progress import NullProgress, Progress
-from edgekiln.execute.runners import EmulatedRunner, LocalRunner, Runner, emulated_board_problem
 from edgekiln.runtime import compat
 
 LABELS_FILE = "labels.txt"
@@ -59,6 +58,9 @@ class CompileOptions:
     backend_options: BackendOptions | Sequence[BackendOptions] | Mapping[str, Any] = ()
     validation: validate.ValidationOptions = field(default_factory=validate.ValidationOptions)
     validate: bool = True
+    # Where to validate (validate_on.CHOICES): auto, host, emulator or none; validate=False
+    # is the same as "none".
+    validate_on: str = validate_on.AUTO
     quantize: QuantizeOptions | None = None
     # Bundle libedgekiln + edgekiln-run (compile/native.py) and validate through them.
     native_runtime: bool = False
@@ -74,6 +76,10 @@ class CompileOptions:
             raise UserError(
                 f"--native-runtime runs tvm artifacts only; the backend is {self.backend}", hint="add --backend tvm"
             )
+        if self.validate_on not in validate_on.CHOICES:
+            raise UserError(f"validate_on takes {', '.join(validate_on.CHOICES)}, not {self.validate_on!r}")
+        if not self.validate and self.validate_on not in (validate_on.AUTO, "none"):
+            raise UserError(f"--no-validate contradicts --validate-on {self.validate_on}", hint="give one of them")
         given = self.backend_options
         if isinstance(given, Mapping):
             if given and self.backend == auto.AUTO:
@@ -92,6 +98,13 @@ class CompileOptions:
         if len(set(kinds)) != len(kinds):
             raise UserError("backend options give the same backend's options twice")
         object.__setattr__(self, "backend_options", typed)
+
+    def validation_site(self, profile: DeviceProfile) -> validate_on.ValidationSite:
+        """Where this compile validates for ``profile`` (see compile/validate_on.py)."""
+        requested = self.validate_on if self.validate else "none"
+        return validate_on.choose(
+            profile, requested, host_problem=host_can_execute(profile), native=self.native_runtime
+        )
 
     def options_for(self, backend: Backend) -> BackendOptions:
         """This backend's options: the ones of its type given here, else its defaults."""
@@ -377,15 +390,19 @@ def _validate(
 ) -> Validation:
     if not options.validate:
         return validate.skipped("disabled with --no-validate")
-    runner: Runner = LocalRunner()
+    site = options.validation_site(profile)
+    if site.where == "none":
+        return validate.skipped(site.why)
     executed_on = f"host {compat.host_info().arch}"
-    why_not = host_can_execute(profile)
-    if why_not:
-        board = _emulated_board(profile, manifest.backend, native=options.native_runtime)
-        if isinstance(board, str):
-            return validate.skipped(f"this machine cannot execute the target ({why_not}) and {board}")
-        runner = board
+    if site.where == "emulator":
+        problem = site.board_problem(
+            profile, manifest.runtime.python_packages, native=options.native_runtime, progress=progress
+        )
+        if problem:
+            why_not = host_can_execute(profile)
+            return validate.skipped(f"this machine cannot execute the target ({why_not}) and {problem}")
         executed_on = f"emulated {profile.id} (qemu {profile.emulation.cpu})"  # type: ignore[union-attr]
+    runner = site.runner(profile, progress)
     if options.native_runtime:
         executed_on += ", native runtime"
     device = "cuda" if profile.is_cuda else "cpu"
@@ -419,18 +436,6 @@ def _validate(
             )
             validation = replace(validation, second_reference=second.reference, second_max_abs_diff=second.max_abs_diff)
     return validation
-
-
-def _emulated_board(profile: DeviceProfile, backend: str, *, native: bool = False) -> EmulatedRunner | str:
-    """The emulated board to validate on, or why there is none to use (only a board
-    already built is used; see :func:`edgekiln.execute.runners.emulated_board_problem`).
-    A ``native`` (native-runtime) artifact needs the board's C library only, not the
-    backend's Python runtime there."""
-    if profile.emulation is None:
-        return "the profile has no emulated board"
-    if not native and not registry.get(backend).runs_on_emulated_board:
-        return f"the emulated board carries no {backend} runtime"
-    return emulated_board_problem(profile, python=not native) or EmulatedRunner(profile)
 
 
 def _manifest(

@@ -4,12 +4,14 @@ made safe for qemu's ``-L``, and the bytecode compiled (and imports checked) und
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from edgekiln.artifact.package import sha256_file
 from edgekiln.emulation.qemu import QEMU_HINT, Qemu
 from edgekiln.emulation.recipe import GUEST_PYTHON, GUEST_SITE_PACKAGES, PYTHON_VERSION, Recipe
 from edgekiln.errors import DependencyError, IntegrityError
@@ -31,6 +33,55 @@ _HOST_VISIBLE_DIRS = ("tmp", "var/tmp", "root", "home")
 
 def install_wheels(requirements: tuple[str, ...], platform_tags: tuple[str, ...], into: Path, site: Path) -> list[str]:
     """Download the wheels (with their dependencies) for the platform and unpack them."""
+    wheels = _pip_download(list(requirements), platform_tags, into)
+    site.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        unpack_wheel(wheel, site)
+    return [w.name for w in wheels]
+
+
+def install_locked_wheels(
+    locked: tuple[tuple[str, str], ...], platform_tags: tuple[str, ...], into: Path, site: Path
+) -> list[str]:
+    """Download exactly the pinned wheels, check each against its sha256, and unpack them.
+
+    pip's hash-checking mode refuses any file whose hash is not the pinned one, and
+    ``--no-deps`` keeps it from resolving anything the lock does not name.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    lock = into / "requirements.txt"
+    lock.write_text("".join(f"{pin} --hash=sha256:{sha256}\n" for pin, sha256 in locked))
+    wheels = _pip_download(["--no-deps", "--require-hashes", "-r", str(lock)], platform_tags, into)
+    expected = {sha256 for _, sha256 in locked}
+    for wheel in wheels:
+        # pip checked them already; this keeps the promise if a pip ever skips the check.
+        if sha256_file(wheel) not in expected:
+            raise IntegrityError(f"wheel {wheel.name} does not match any pinned sha256", hint="check the package index")
+    if len(wheels) != len(locked):
+        raise DependencyError(f"expected {len(locked)} locked wheels, pip fetched {len(wheels)}")
+    site.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        unpack_wheel(wheel, site)
+    return [w.name for w in wheels]
+
+
+def platform_tags_for_pip(platform_tags: tuple[str, ...]) -> list[str]:
+    """The profile's tags with every older glibc's manylinux tag, as pip on the device takes.
+
+    Given ``--platform``, pip matches those tags only, while on a board with glibc 2.28 it also
+    takes manylinux_2_27 wheels (ai-edge-litert publishes only those for aarch64).
+    """
+    tags: list[str] = []
+    for tag in platform_tags:
+        tags.append(tag)
+        match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", tag)
+        if match:
+            newest, arch = int(match.group(1)), match.group(2)
+            tags += [f"manylinux_2_{minor}_{arch}" for minor in range(newest - 1, 16, -1)]
+    return list(dict.fromkeys(tags))
+
+
+def _pip_download(args: list[str], platform_tags: tuple[str, ...], into: Path) -> list[Path]:
     into.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
@@ -49,20 +100,23 @@ def install_wheels(requirements: tuple[str, ...], platform_tags: tuple[str, ...]
         "-d",
         str(into),
     ]
-    for tag in platform_tags:
+    for tag in platform_tags_for_pip(platform_tags):
         cmd += ["--platform", tag]
-    proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True)
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True)
     wheels = sorted(into.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()
+        if "DO NOT MATCH THE HASHES" in proc.stderr:
+            details = [ln.strip() for ln in proc.stderr.splitlines() if "Expected sha256" in ln or ".whl" in ln]
+            raise IntegrityError(
+                f"a wheel for {platform_tags[0]} does not match its pinned sha256: " + " ".join(details)[:400],
+                hint="the package index served another file than the one pinned; check the index",
+            )
         raise DependencyError(
             f"cannot download wheels for {platform_tags[0]}: {(lines or ['no wheel'])[-1]}",
             hint="check that PyPI is reachable",
         )
-    site.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
-        unpack_wheel(wheel, site)
-    return [w.name for w in wheels]
+    return wheels
 
 
 def unpack_wheel(wheel: Path, site: Path) -> None:

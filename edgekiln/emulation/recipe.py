@@ -32,6 +32,24 @@ GUEST_SITE_PACKAGES = f"/usr/local/lib/python{PYTHON_VERSION}/dist-packages"
 # tests/integration/emulation checks that the two agree.
 DEVICE_REQUIREMENTS = ("numpy>=1.24", "apache-tvm-ffi==0.1.15.post2", "Pillow>=10")
 
+# The backend runtimes of the aarch64 board, so that onnxruntime and litert artifacts are
+# validated where they will run: onnxruntime is the release the build host validates against
+# (the artifact asks for onnxruntime>=it), ai-edge-litert setup.cfg's pin.  Locked with every
+# dependency the plain device install would pull (pip then resolves nothing itself) and each
+# wheel's sha256 for cp311 aarch64, so that a changed or substituted file on the index fails
+# the build instead of ending up on the board.  numpy comes from DEVICE_REQUIREMENTS.
+AARCH64_BACKEND_WHEELS = (
+    ("onnxruntime==1.32.0", "2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c"),
+    ("ai-edge-litert==2.3.0", "853fc608f96da87bd5f3458465dfb9abbf18d5ae6b94eceacead407146f175ae"),
+    ("flatbuffers==25.12.19", "7634f50c427838bb021c2d66a3d1168e9d199b0607e6329399f04846d42e20b4"),
+    ("packaging==26.4", "81383611a09c1bc0b08b76e0fd5829d7c6824c65b27a6aee339da133f4233ea2"),
+    ("protobuf==7.36.2", "e11e1f0180583a2af89db6a2ecd9e8dc40aa6d2988ca175bfd0e6d12ea72d74e"),
+    ("ml-dtypes==0.6.0", "7728c0420ec1c338564fc8b01015ff2d58567e70f17fedce5a0a7c0308c0d5b9"),
+    ("backports-strenum==1.2.8", "fc297cb26971f7d5e15a478a06a78575197f81daea47975771b1aae996dcccf4"),
+    ("tqdm==4.70.1", "c293e525e6fef9c20e8728fd4612df02a0aa31bb5fe91ecd93e123b1b7bffa73"),
+    ("typing-extensions==4.16.0", "481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8"),
+)
+
 # Debian's name for each profile arch (dpkg --print-architecture on the board).
 DEBIAN_ARCHES = {"aarch64": "arm64", "armv7l": "armhf", "x86_64": "amd64"}
 
@@ -42,6 +60,8 @@ class Recipe:
 
     packages: Debian packages installed with their dependencies (no Recommends).
     wheels: requirements downloaded from PyPI for the profile's wheel platform tags.
+    locked: (name==version, sha256) wheels installed exactly as pinned, without resolving
+        dependencies, each checked against its hash.
     imports: modules the emulated Python must import once the sysroot is built.
     links: (guest path, target) symlinks that the packages' maintainer scripts would make
         (update-alternatives), since unpacking runs no maintainer script.
@@ -53,6 +73,7 @@ class Recipe:
     packages: tuple[str, ...]
     wheels: tuple[str, ...]
     imports: tuple[str, ...]
+    locked: tuple[tuple[str, str], ...] = ()
     links: tuple[tuple[str, str], ...] = ()
     missing: tuple[str, ...] = ()
 
@@ -75,7 +96,8 @@ RECIPES = {
         debian_arch="arm64",
         packages=("python3.11", "libstdc++6", "libgcc-s1"),
         wheels=DEVICE_REQUIREMENTS,
-        imports=("numpy", "tvm_ffi", "PIL.Image"),
+        locked=AARCH64_BACKEND_WHEELS,
+        imports=("numpy", "tvm_ffi", "PIL.Image", "onnxruntime", "ai_edge_litert.interpreter"),
     ),
     # PyPI has no armv7l wheels of numpy, Pillow or apache-tvm-ffi (tvm-ffi ships only an
     # sdist for it) and apache-tvm no armv7l runtime library, so the 32-bit board gets

@@ -41,7 +41,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterator
 
-from edgekiln.emulation.assemble import compile_and_check, install_wheels, prepare_tree, tree_size
+from edgekiln.emulation.assemble import (
+    compile_and_check,
+    install_locked_wheels,
+    install_wheels,
+    prepare_tree,
+    tree_size,
+)
 from edgekiln.emulation.debian import Apt, check_host_tools, unpack_debs
 from edgekiln.emulation.qemu import QEMU_HINT, QEMU_MIN_MAJOR, QEMU_PACKAGE, Qemu, find_qemu
 from edgekiln.emulation.recipe import (
@@ -97,9 +103,18 @@ def emulation_root() -> Path:
 
 
 def cache_dir(profile: DeviceProfile | str) -> Path:
-    """Where the profile's sysroot is (or will be) kept."""
+    """Where the profile's sysroot of the current recipe is (or will be) kept.
+
+    One entry per recipe (its digest ends the name): an edgekiln whose recipe differs (an
+    older install, another checkout) keeps using its own entry beside this one instead of
+    rebuilding, and so replacing, the board under a run of the other.
+    """
     profile = resolve_profile(profile)
-    return emulation_root() / re.sub(r"[^A-Za-z0-9._-]", "_", profile.id)
+    return emulation_root() / f"{_entry_name(profile)}-{recipe_for(profile).digest(profile.python.platform_tags)}"
+
+
+def _entry_name(profile: DeviceProfile) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", profile.id)
 
 
 def find_sysroot(profile: DeviceProfile | str) -> Sysroot | None:
@@ -141,7 +156,7 @@ def ensure_sysroot(profile: DeviceProfile | str, *, rebuild: bool = False, progr
             return found
     target = cache_dir(profile)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
+    with _locked(target.parent / f".{_entry_name(profile)}.lock"):
         if not rebuild:
             found = find_sysroot(profile)  # built by whoever held the lock before us
             if found is not None:
@@ -179,11 +194,14 @@ def _build(profile: DeviceProfile, qemu: Qemu, target: Path, progress: Progress)
             debs = apt.download(selected, work / "debs")
             unpack_debs(debs, root)
         wheels: list[str] = []
+        site = root / GUEST_SITE_PACKAGES.lstrip("/")
         if recipe.wheels:
             with progress.step(f"download wheels for {profile.python.platform_tags[0]}: {', '.join(recipe.wheels)}"):
-                wheels = install_wheels(
-                    recipe.wheels, profile.python.platform_tags, work / "wheels", root / GUEST_SITE_PACKAGES.lstrip("/")
-                )
+                wheels = install_wheels(recipe.wheels, profile.python.platform_tags, work / "wheels", site)
+        if recipe.locked:
+            names = ", ".join(pin for pin, _ in recipe.locked[:2])
+            with progress.step(f"download and check the hashes of {len(recipe.locked)} locked wheels ({names}, ...)"):
+                wheels += install_locked_wheels(recipe.locked, profile.python.platform_tags, work / "locked", site)
         prepare_tree(root, recipe)
         with progress.step("compile Python bytecode under emulation and check the imports"):
             compile_and_check(qemu, root, recipe)

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -398,13 +398,15 @@ class EmulatedRunner:
         return Worker(ProcessChannel([*prefix, "-m", WORKER_MODULE], env, label), label)
 
 
-def emulated_board_problem(profile: Any, *, python: bool = True) -> str | None:
+def emulated_board_problem(profile: Any, *, python: bool = True, packages: Sequence[str] = ()) -> str | None:
     """Why ``profile``'s emulated board cannot run a worker now, or None when it can.
 
     Only a board already built counts (``make emulators`` or ``edgekiln emulate PROFILE``):
     building one is a download and half a minute that nobody should get unasked. With
     ``python=False`` the board is to run a native program (edgekiln-run), which needs the
-    board's C library only, so Python packages its sysroot lacks do not count.
+    board's C library only, so Python packages its sysroot lacks do not count. ``packages``
+    are the artifact's runtime requirements (``name==1.2``, ``name>=1.2``, ``name``) that the
+    board's Python must satisfy.
     """
     if profile.emulation is None:
         return "the profile has no emulated board"
@@ -420,7 +422,39 @@ def emulated_board_problem(profile: Any, *, python: bool = True) -> str | None:
         return f"its emulated board is not built (run `edgekiln emulate {name} --info` or `make emulators` once)"
     if python and sysroot.missing:
         return "the emulated board lacks " + "; ".join(sysroot.missing)
+    if python:
+        unmet = unmet_requirements(packages, sysroot.python_packages())
+        if unmet:
+            return "the emulated board lacks " + ", ".join(unmet)
     return None
+
+
+def unmet_requirements(requirements: Sequence[str], installed: dict[str, str]) -> list[str]:
+    """The requirements (``name``, ``name==V``, ``name>=V``) that ``installed`` (name ->
+    version, names lower-case with ``-``) does not satisfy, each with what is there."""
+    import re
+
+    unmet = []
+    for requirement in requirements:
+        match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*(?:(==|>=)\s*(\S+))?\s*", requirement)
+        if match is None:
+            unmet.append(f"{requirement} (a requirement this board check cannot read)")
+            continue
+        name, op, wanted = match.group(1).lower().replace("_", "-").replace(".", "-"), match.group(2), match.group(3)
+        have = installed.get(name)
+        if have is None:
+            unmet.append(f"{requirement} (not installed there)")
+        elif op == "==" and have != wanted or op == ">=" and _release(have) < _release(wanted):
+            unmet.append(f"{requirement} (it has {have})")
+    return unmet
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version ("1.32.0rc1" -> (1, 32, 0)), enough to order pins."""
+    import re
+
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
 
 
 Connect = Callable[[str, str], LineChannel]
