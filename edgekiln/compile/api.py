@@ -170,6 +170,7 @@ def compile_model(
     profile = get_profile(target)
     backends = _backends(profile, options)
     user_preprocessing, user_labels = preprocessing.given(options.preprocessing, options.labels)
+    options.validation_site(profile)  # a --validate-on that cannot be honoured fails before any work
     # Nothing is written next to the output until the final rename in pack().
     with tempfile.TemporaryDirectory(prefix="edgekiln-compile-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)

@@ -165,3 +165,17 @@ def test_a_board_without_the_python_packages_still_runs_native_programs(monkeypa
     monkeypatch.setattr(emulation, "find_sysroot", lambda profile: None)
     assert "`edgekiln emulate b --info`" in emulated_board_problem(board, python=False)
     assert emulated_board_problem(SimpleNamespace(emulation=None), python=False) == "the profile has no emulated board"
+
+
+def test_unmet_requirements_name_what_the_board_lacks():
+    from edgekiln.execute.runners import unmet_requirements
+
+    installed = {"onnxruntime": "1.32.0", "ai-edge-litert": "2.3.0", "apache-tvm-ffi": "0.1.15.post2", "numpy": "2.4.6"}
+    met = ["onnxruntime>=1.32.0", "onnxruntime>=1.9", "ai_edge_litert==2.3.0", "apache-tvm-ffi==0.1.15.post2", "numpy"]
+    assert unmet_requirements(met, installed) == []
+    assert unmet_requirements(["onnxruntime>=1.33.0", "ai-edge-litert==2.2.0", "torch", "x[y]>1"], installed) == [
+        "onnxruntime>=1.33.0 (it has 1.32.0)",
+        "ai-edge-litert==2.2.0 (it has 2.3.0)",
+        "torch (not installed there)",
+        "x[y]>1 (a requirement this board check cannot read)",
+    ]
