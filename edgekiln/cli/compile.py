@@ -273,14 +273,14 @@ def _validation_lines(v: Any) -> list[str]:
     """The plain output's account of validation: both figures against both tolerances, the
     second reference, and any warning (such as an output that does not depend on the input)."""
     if v.status != "passed":
-        return [f"not validated: {v.reason}"]
+        return [v.reason if (v.reason or "").startswith("not validated") else f"not validated: {v.reason}"]
     if v.max_abs_diff is None:  # the int8 accuracy gate stood in for it
         lines = [f"validated: {v.reference}, top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"]
     else:
         lines = [
             f"validated: max abs diff {v.max_abs_diff:.2e}, max rel diff {v.max_rel_diff or 0:.2e} "
             f"(atol {v.tolerance_abs:g}, rtol {v.tolerance_rel or 0:g}), "
-            f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
+            f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples on {v.executed_on}"
         ]
     if v.second_reference:
         second = "" if v.second_max_abs_diff is None else f": max abs diff {v.second_max_abs_diff:.2e}"

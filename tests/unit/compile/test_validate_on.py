@@ -43,17 +43,16 @@ def test_auto_takes_a_built_emulated_board_and_says_it_costs_minutes(monkeypatch
 
 
 def test_auto_without_a_built_board_validates_nowhere_and_says_why(monkeypatch):
-    _board(monkeypatch, "its emulated board is not built (run `edgekiln emulate rasp4b --info` or `make emulators` once)")
+    not_built = "its emulated board is not built (run `edgekiln emulate rasp4b --info` or `make emulators` once)"
+    _board(monkeypatch, not_built)
     site = validate_on.choose(RASP4B, "auto", host_problem=FOREIGN, native=False)
     assert site.where == "none"
-    assert site.why == f"this machine cannot execute the target ({FOREIGN}) and its emulated board is not built " + (
-        "(run `edgekiln emulate rasp4b --info` or `make emulators` once)"
-    )
+    assert site.why == f"this machine cannot execute the target ({FOREIGN}) and {not_built}"
     assert site.describe(RASP4B).startswith("validate on: nowhere (the artifact is not validated)")
 
 
 def test_named_sites_that_cannot_be_used_fail_with_the_alternative():
-    with pytest.raises(UserError, match=r"--validate-on host: this machine cannot execute raspberry-pi/4b-aarch64") as e:
+    with pytest.raises(UserError, match=r"--validate-on host: this machine cannot execute raspberry-pi/4b-") as e:
         validate_on.choose(RASP4B, "host", host_problem=FOREIGN, native=False)
     assert e.value.hint == "use --validate-on emulator"
     with pytest.raises(UserError, match=f"--validate-on emulator: profile {X86.id} has no emulated board") as e:
@@ -115,7 +114,9 @@ def test_auto_on_a_foreign_target_without_a_board_skips_with_the_reason(tiny_mod
     compile_model(tiny_model, "rasp4b", out, options=CompileOptions(backend="onnxruntime"))
     validation = read_manifest(out).validation
     assert validation.status == "skipped"
-    assert validation.reason == f"this machine cannot execute the target ({FOREIGN}) and its emulated board is not built"
+    assert validation.reason == (
+        f"this machine cannot execute the target ({FOREIGN}) and its emulated board is not built"
+    )
 
 
 def test_cli_prints_the_choice_and_where_it_validated(tiny_model, tmp_path):
