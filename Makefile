@@ -79,7 +79,8 @@ qemu:
 	fi
 
 # The emulated boards' sysroots (edgekiln emulate; about half a minute each, cached in
-# $${EDGEKILN_CACHE:-~/.cache/edgekiln}/emulation). The tests build the rasp4b one on first use.
+# $${EDGEKILN_CACHE:-~/.cache/edgekiln}/emulation): the Debian packages and the wheels, rasp4b's
+# backend runtimes hash-checked, download here, so that make test downloads nothing.
 emulators: setup
 	$(BIN)/edgekiln emulate rasp4b --info
 	$(BIN)/edgekiln emulate rasp3b --info
@@ -144,7 +145,7 @@ test-fast: lint
 
 # Cheapest first, so that a lint or unit failure stops the run before the slow tiers
 # (tests/integration, tests/e2e: compilers, emulated boards, servers; about 15 minutes).
-test: setup $(MXNET_VENV)/.edgekiln-setup
+test: setup emulators $(MXNET_VENV)/.edgekiln-setup
 	@$(MAKE) --no-print-directory lint
 	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests/unit
 	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests/integration tests/e2e
