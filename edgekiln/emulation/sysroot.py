@@ -3,7 +3,8 @@
 An ARM artifact is checked on the x86-64 build host by running it, through the device
 runtime, under qemu-user.  qemu needs the board's own userland to do that: its dynamic
 loader and C/C++ libraries, a Python, and the Python packages of the device install
-(numpy, apache-tvm-ffi, Pillow).  :func:`ensure_sysroot` builds that userland for a
+(numpy, apache-tvm-ffi, Pillow) and of the backends' runtimes (onnxruntime, ai-edge-litert
+on aarch64).  :func:`ensure_sysroot` builds that userland for a
 profile and keeps it in ``$EDGEKILN_CACHE/emulation/<profile>/`` (default
 ``~/.cache/edgekiln``):
 
@@ -12,16 +13,17 @@ profile and keeps it in ``$EDGEKILN_CACHE/emulation/<profile>/`` (default
   own lists and state, so the host's dpkg architecture list and package state are never
   touched, and unpacked with ``dpkg-deb`` (nothing is configured: no maintainer script
   runs);
-- the PyPI wheels of the device install for the profile's wheel platform tags, unpacked
-  into ``/usr/local/lib/python3.11/dist-packages`` as pip on the device would;
+- the PyPI wheels of the device install for the profile's wheel platform tags, and the
+  recipe's hash-locked wheels (the backend runtimes), unpacked into
+  ``/usr/local/lib/python3.11/dist-packages`` as pip on the device would;
 - bytecode for the standard library and the packages (not their tests), compiled once by
   the emulated Python so that later runs start in seconds instead of recompiling numpy
   under emulation every time.
 
 The build happens in a private directory next to the cache entry and is renamed into
 place last, so a failed or interrupted build never looks finished; ``sysroot.json``
-records what is inside.  A cache entry built from another recipe (say, after the
-apache-tvm-ffi pin moved) is rebuilt on the next use.
+records what is inside.  Entries are named by their recipe's digest: after a recipe change
+(say, the apache-tvm-ffi pin moved) a new board is built beside the old one on the next use.
 
 This module keeps the cache (lookup, lock, build into place); :mod:`.recipe` says what goes
 in and records what came out, :mod:`.qemu` finds the emulator, :mod:`.debian` fetches and
@@ -137,7 +139,7 @@ def find_sysroot(profile: DeviceProfile | str) -> Sysroot | None:
 def ensure_sysroot(profile: DeviceProfile | str, *, rebuild: bool = False, progress: Progress | None = None) -> Sysroot:
     """The profile's sysroot, built first when it is not cached (or ``rebuild`` is set).
 
-    Building takes about half a minute on a 2-core host and downloads some 40 MB (Debian
+    Building takes about half a minute on a 2-core host and downloads some 80 MB (Debian
     packages and wheels); a cached sysroot is returned at once.  Concurrent callers wait
     for one build.
 
