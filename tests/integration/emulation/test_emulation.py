@@ -81,6 +81,11 @@ def test_sysroot_holds_the_board_userland_and_the_device_wheels(rasp4b):
     packages = dict(rasp4b.packages)
     assert packages["python3.11"].startswith("3.11.") and "libstdc++6" in packages and "libc6" in packages
     assert {"numpy", "apache-tvm-ffi", "pillow"} <= set(rasp4b.python_packages())
+    # The backend runtimes, as locked (and hash-checked) by the recipe.
+    assert {k: rasp4b.python_packages()[k] for k in ("onnxruntime", "ai-edge-litert")} == {
+        "onnxruntime": "1.32.0",
+        "ai-edge-litert": "2.3.0",
+    }
     assert all(w.endswith("aarch64.whl") or w.endswith("-none-any.whl") for w in rasp4b.wheels)
     # Nothing shadows the host's scratch directories, where callers pass their files.
     assert not rasp4b.host_path("/tmp").exists()
