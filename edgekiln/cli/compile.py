@@ -280,7 +280,8 @@ def _validation_lines(v: Any) -> list[str]:
         lines = [
             f"validated: max abs diff {v.max_abs_diff:.2e}, max rel diff {v.max_rel_diff or 0:.2e} "
             f"(atol {v.tolerance_abs:g}, rtol {v.tolerance_rel or 0:g}), "
-            f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples on {v.executed_on}"
+            f"top-1 agreement {v.top1_agreement:.2f} over {v.samples} samples"
+            + (f" on {v.executed_on}" if getattr(v, "executed_on", None) else "")
         ]
     if v.second_reference:
         second = "" if v.second_max_abs_diff is None else f": max abs diff {v.second_max_abs_diff:.2e}"

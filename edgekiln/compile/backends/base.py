@@ -147,6 +147,10 @@ class Backend(abc.ABC):
     # compile/quantize/ made and gated; "self" quantizes by itself from calibration data
     # handed to lower(), and the gate then runs the artifact; None builds no int8 models.
     quantization: ClassVar[Literal["qdq", "self"] | None] = None
+    # The emulated boards carry this backend's device runtime, so its artifacts for a
+    # foreign CPU can be validated there. Coarse: compile checks the artifact's own runtime
+    # requirements against the board's packages (compile/validate_on.py).
+    runs_on_emulated_board: ClassVar[bool] = False
 
     @classmethod
     def needs_calibration(cls) -> bool:

@@ -19,11 +19,12 @@ def test_capabilities_are_class_attributes_the_driver_reads():
     caps = {
         name: (
             registry.get(name).quantization,
+            registry.get(name).runs_on_emulated_board,
             registry.get(name).needs_calibration(),
         )
         for name in registry.names()
     }
-    assert caps == {"litert": ("self", True), "onnxruntime": ("qdq", False), "tvm": ("qdq", False)}
+    assert caps == {"litert": ("self", True, True), "onnxruntime": ("qdq", True, False), "tvm": ("qdq", True, False)}
     # int8-auto edits the QDQ graph, which a self-quantizing backend does not make.
     assert [n for n in registry.names() if registry.get(n).can_quantize(auto=True)] == ["onnxruntime", "tvm"]
     assert [n for n in registry.names() if registry.get(n).can_quantize(auto=False)] == ["litert", "onnxruntime", "tvm"]

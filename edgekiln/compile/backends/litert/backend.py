@@ -82,6 +82,7 @@ class LiteRTBackend(Backend):
     """LiteRT (TensorFlow Lite) with XNNPACK: the published leader on Arm boards."""
 
     id = "litert"
+    runs_on_emulated_board = True  # the aarch64 board carries ai-edge-litert (emulation/recipe.py)
     options_type = LiteRTOptions
     quantization = "self"
 

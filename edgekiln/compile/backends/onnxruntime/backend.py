@@ -86,6 +86,7 @@ class ONNXRuntimeBackend(Backend):
     id = "onnxruntime"
     options_type = ONNXRuntimeOptions
     quantization = "qdq"
+    runs_on_emulated_board = True  # the aarch64 board carries onnxruntime (emulation/recipe.py)
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "onnxruntime" not in profile.backends:

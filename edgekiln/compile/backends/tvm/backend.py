@@ -86,6 +86,7 @@ class TVMBackend(Backend):
     id = "tvm"
     options_type = TVMOptions
     quantization = "qdq"
+    runs_on_emulated_board = True  # the boards carry numpy and apache-tvm-ffi
 
     def supports(self, profile: DeviceProfile) -> str | None:
         if "tvm" not in profile.backends:
