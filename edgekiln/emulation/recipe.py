@@ -30,7 +30,7 @@ GUEST_PYTHON = f"/usr/bin/python{PYTHON_VERSION}"
 GUEST_SITE_PACKAGES = f"/usr/local/lib/python{PYTHON_VERSION}/dist-packages"
 # The device install (setup.cfg install_requires without the Python < 3.11 backport);
 # tests/integration/emulation checks that the two agree.
-DEVICE_REQUIREMENTS = ("numpy>=1.24", "apache-tvm-ffi==0.1.15.post2", "Pillow>=10")
+DEVICE_REQUIREMENTS = ("numpy>=1.24", "apache-tvm-ffi==0.1.14.post0", "Pillow>=10")
 
 # The backend runtimes of the aarch64 board, so that onnxruntime and litert artifacts are
 # validated where they will run: onnxruntime is the release the build host validates against
