@@ -164,3 +164,36 @@ def test_tune_on_the_emulated_board_is_plumbing_and_correctness(short_dir, capsy
             f"best kernel's output matches numpy. Timings NOT MEANINGFUL (they measure the emulator): "
             f"{min(measured) * 1e3:.1f} ms"
         )
+
+
+def test_edgekiln_tune_device_tunes_a_model_through_the_local_agent(agent_process, short_dir, capsys):
+    """The command an embedded engineer runs: `edgekiln tune MODEL --target P --device AGENT`."""
+    import json
+
+    from edgekiln.cli.main import main
+    from tests.integration.compile.test_tvm_tune import _matmul_onnx
+
+    _metaschedule()
+    (short_dir / "models").mkdir()
+    agent = agent_process(
+        {
+            "device": {"name": "bench-2", "fleet": "lab"},
+            "agent": {
+                "socket": str(short_dir / "b.sock"),
+                "model_dir": str(short_dir / "models"),
+                "state_dir": str(short_dir / "state"),
+            },
+            "capture": {"destination": "Disk", "disk_path": str(short_dir / "captures")},
+            "tuning": {"enabled": True},
+        }
+    )
+    model = _matmul_onnx(short_dir / "matmul.onnx")
+    argv = ["tune", str(model), "--target", "x86_64", "--device", f"unix:{agent.socket}"]
+    argv += ["--trials-per-task", "3", "--threads", "1", "--tuning-db", str(short_dir / "db"), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tasks_planned"] == ["matmul"] and summary["trials_run"] == 3
+    (task,) = summary["coverage"]["tasks"]
+    assert summary["coverage"]["flops_share"] == 1.0 and task["source"] == "flag"
+    assert 0 < task["run_ms"] < 50  # the agent's timing of the best candidate
+    assert agent.process.poll() is None
