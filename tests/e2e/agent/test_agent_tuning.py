@@ -90,16 +90,10 @@ def _measured(database) -> list[float]:
     return [float(np.mean([float(s) for s in r.run_secs])) for r in database.get_all_tuning_records()]
 
 
-def test_tune_through_a_local_agent_improves_on_the_untuned_kernel(agent_process, short_dir, capsys):
-    from edgekiln.cli.tune_device import agent_time_kernel, device_runner_for
-    from edgekiln.compile.backends.tvm import runtime_libs
-    from edgekiln.device_profiles import get_profile
-    from edgekiln.execute.kernels import EvaluatorSettings
-
-    ms = _metaschedule()
-    profile = get_profile("x86_64")
+def _tuning_agent(agent_process, short_dir):
+    """An agent process on this host that answers TimeKernel."""
     (short_dir / "models").mkdir()
-    agent = agent_process(
+    return agent_process(
         {
             "device": {"name": "bench-1", "fleet": "lab"},
             "agent": {
@@ -111,6 +105,17 @@ def test_tune_through_a_local_agent_improves_on_the_untuned_kernel(agent_process
             "tuning": {"enabled": True},
         }
     )
+
+
+def test_tune_through_a_local_agent_improves_on_the_untuned_kernel(agent_process, short_dir, capsys):
+    from edgekiln.cli.tune_device import agent_time_kernel, device_runner_for
+    from edgekiln.compile.backends.tvm import runtime_libs
+    from edgekiln.device_profiles import get_profile
+    from edgekiln.execute.kernels import EvaluatorSettings
+
+    ms = _metaschedule()
+    profile = get_profile("x86_64")
+    agent = _tuning_agent(agent_process, short_dir)
     settings = EvaluatorSettings(number=3, repeat=3, min_repeat_ms=50)
     assert device_runner_for(f"unix:{agent.socket}", profile) is not None  # the agent passes the check
     time_kernel = agent_time_kernel(str(agent.socket), runtime_libs.find("x86_64").runtime)
@@ -174,19 +179,7 @@ def test_edgekiln_tune_device_tunes_a_model_through_the_local_agent(agent_proces
     from tests.integration.compile.test_tvm_tune import _matmul_onnx
 
     _metaschedule()
-    (short_dir / "models").mkdir()
-    agent = agent_process(
-        {
-            "device": {"name": "bench-2", "fleet": "lab"},
-            "agent": {
-                "socket": str(short_dir / "b.sock"),
-                "model_dir": str(short_dir / "models"),
-                "state_dir": str(short_dir / "state"),
-            },
-            "capture": {"destination": "Disk", "disk_path": str(short_dir / "captures")},
-            "tuning": {"enabled": True},
-        }
-    )
+    agent = _tuning_agent(agent_process, short_dir)
     model = _matmul_onnx(short_dir / "matmul.onnx")
     argv = ["tune", str(model), "--target", "x86_64", "--device", f"unix:{agent.socket}"]
     argv += ["--trials-per-task", "3", "--threads", "1", "--tuning-db", str(short_dir / "db"), "--json"]
