@@ -146,3 +146,23 @@ def onnx_tiny_cnn(path: Path, batch: int = 1, seed: int = 0) -> Path:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+def tflite_head(path: Path) -> np.ndarray:
+    """A small classifier head (MatMul 16->10, Softmax) as .tflite, written by the LiteRT
+    backend's own writer (no TensorFlow in the test process); returns its weights."""
+    from onnx import TensorProto, helper
+
+    from edgekiln.compile.backends.litert import convert, writer
+
+    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
+    return weights

@@ -18,6 +18,7 @@ import pytest
 
 from edgekiln.compile.api import CompileOptions
 from edgekiln.runtime.compat import host_info
+from tests.frameworks.models import tflite_head
 
 # The tvm backend, explicitly: compile now picks a backend by itself ("auto").
 TVM = CompileOptions(backend="tvm")
@@ -154,27 +155,8 @@ runs = 3
 """
 
 
-def _tflite_head(path: Path) -> None:
-    """A small classifier head as .tflite, written by the LiteRT backend's own writer."""
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    from edgekiln.compile.backends.litert import convert, writer
-
-    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
-        "head",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
-
-
 def test_a_tflite_file_runs_and_a_combination_the_host_cannot_run_is_skipped(tmp_path):
-    _tflite_head(tmp_path / "head.tflite")
+    tflite_head(tmp_path / "head.tflite")
     (tmp_path / "suite.toml").write_text(TFLITE_SUITE)
     proc = run_suite(tmp_path / "suite.toml", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr

@@ -9,28 +9,15 @@ import pytest
 from edgekiln.compile.api import compile_model
 from edgekiln.compile.frontends import tensorflow
 from edgekiln.runtime.compat import host_info
+from tests.frameworks.models import tflite_head
 
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="the x86_64 profile runs on x86-64 hosts only")
 
 
 def _tflite(tmp_path) -> tuple:
-    """A small classifier head as .tflite, written by the LiteRT backend's own writer
-    (no TensorFlow in the test process)."""
-    from onnx import TensorProto, helper
-
-    from edgekiln.compile.backends.litert import convert, writer
-
-    weights = np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
-        "head",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [16, 10], weights.ravel())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    """A small classifier head as .tflite, an input and the output it should give."""
     path = tmp_path / "head.tflite"
-    path.write_bytes(writer.write(convert.convert(model), ["x"], ["y"]))
+    weights = tflite_head(path)
     x = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
     e = np.exp(x @ weights - (x @ weights).max())
     return path, x, e / e.sum()
