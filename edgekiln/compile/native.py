@@ -103,6 +103,20 @@ def _compilers(profile: DeviceProfile) -> tuple[str, str, str]:
     return cxx, cc, strip
 
 
+def _forget_other_checkouts(work: Path) -> None:
+    """Drop the object tree when CMake configured it for sources elsewhere (another
+    edgekiln install or checkout): CMake refuses to reuse it, and its objects are not these
+    sources' anyway."""
+    cache = work / "CMakeCache.txt"
+    try:
+        lines = cache.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    home = next((line.split("=", 1)[1] for line in lines if line.startswith("CMAKE_HOME_DIRECTORY:")), None)
+    if home is not None and Path(home).resolve() != native.SOURCE_DIR.resolve():
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _build(profile: DeviceProfile, target: Path, options: BuildOptions) -> None:
     tvm_dir, ffi_dir = _sources()
     cxx, cc, strip = _compilers(profile)
@@ -110,6 +124,7 @@ def _build(profile: DeviceProfile, target: Path, options: BuildOptions) -> None:
     # The object files stay in the cache, so that a rebuild after a source change compiles
     # only what changed; the install goes to a private folder renamed into place at the end.
     work = target.parent / "build"
+    _forget_other_checkouts(work)
     work.mkdir(parents=True, exist_ok=True)
     configure = [
         "cmake", "-S", str(native.SOURCE_DIR), "-B", str(work),

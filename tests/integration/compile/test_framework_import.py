@@ -133,13 +133,17 @@ def test_int8_tflite_compiles_for_every_backend(tflite_mobilenet_v2, backend, tm
         assert got.argmax() == expected.argmax()
 
 
-def test_auto_times_every_backend_against_onnxruntime_on_the_tflite_source(tflite_mobilenet_v2, tmp_path):
+def test_auto_times_the_fast_backends_against_onnxruntime_on_the_tflite_source(tflite_mobilenet_v2, tmp_path):
     # The ONNX Runtime baseline is the imported source: the .tflite is converted once.
     artifact = compile_model(tflite_mobilenet_v2["fp32"], "x86_64", tmp_path / "a.tar.gz")
     selection = artifact.manifest.backend_selection.to_dict()
     assert selection["chosen"] == artifact.manifest.backend
     timed = [c for c in selection["candidates"] if "ratio_to_onnxruntime" in c]
-    assert {c["backend"] for c in timed} == {"tvm", "onnxruntime", "litert"}, selection
+    assert {c["backend"] for c in timed} == {"onnxruntime", "litert"}, selection
+    # No tuning records cover this graph (the shipped ones are for the zoo's models), so
+    # untuned TVM, known to be far slower, is neither built nor timed.
+    (tvm,) = [c for c in selection["candidates"] if c["backend"] == "tvm"]
+    assert tvm["status"] == "skipped" and "untuned TVM is left out" in tvm["reason"], tvm
     close(run(artifact.path, tflite_mobilenet_v2["x"]), tflite_mobilenet_v2["y"])
 
 

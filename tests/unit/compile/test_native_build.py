@@ -84,3 +84,18 @@ def test_a_missing_toolchain_says_what_to_install(monkeypatch):
     with pytest.raises(DependencyError, match="lacks arm-linux-gnueabihf-g\\+\\+") as refused:
         native._compilers(get_profile("rasp3b"))
     assert "apt-get install g++-arm-linux-gnueabihf" in refused.value.one_line()
+
+
+def test_an_object_tree_configured_for_other_sources_is_dropped(tmp_path):
+    from edgekiln.compile.native import _forget_other_checkouts
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for work, home in ((ours, cache.SOURCE_DIR), (theirs, tmp_path / "elsewhere" / "native")):
+        work.mkdir()
+        (work / "CMakeCache.txt").write_text(f"CMAKE_HOME_DIRECTORY:INTERNAL={home}\nOTHER:STRING=x\n")
+        (work / "lib.o").write_bytes(b"object")
+    _forget_other_checkouts(ours)
+    _forget_other_checkouts(theirs)
+    _forget_other_checkouts(tmp_path / "never-built")
+    assert (ours / "lib.o").read_bytes() == b"object"  # kept: a rebuild compiles only what changed
+    assert not theirs.exists()

@@ -238,15 +238,30 @@ def run_ms(record: Any) -> float | None:
 
 def coverage_of(tasks: list[Task], databases: dict[str, Any], paths: dict[str, Path]) -> tuple[Coverage, dict]:
     """The coverage of ``tasks`` by ``databases`` (in precedence order) and the chosen
-    (source, record) per task name."""
+    (source, record) per task name: the best record of the first database whose record
+    replays on the task."""
     chosen = {}
     for task in tasks:
         for source, database in databases.items():
             record = best_record(database, task)
-            if record is not None:
+            if record is not None and _replays(task, record):
                 chosen[task.name] = (source, record)
                 break
     return summarize(tasks, chosen, paths), chosen
+
+
+def _replays(task: Task, record: Any) -> bool:
+    """Whether the record's schedule trace applies to this task's function. Workloads match
+    structurally, which ignores block names, but a trace finds blocks by name: the same
+    kernel imported from another model (lv125_red against lv98_red) matches and cannot be
+    scheduled by the trace. Replaying builds nothing; it takes milliseconds."""
+    from tvm.s_tir.schedule import Schedule
+
+    try:
+        record.trace.apply_to_schedule(Schedule(task.mod), remove_postproc=False)
+    except Exception:  # noqa: BLE001 - any failure: the record is not for this function
+        return False
+    return True
 
 
 def summarize(tasks: list[Task], chosen: dict[str, tuple[str, Any]], paths: dict[str, Path]) -> Coverage:
