@@ -75,7 +75,8 @@ def test_compile_json_inspect_and_run(tmp_path):
 
 def test_inspect_rasp4b_shows_profile_triple_and_aarch64_library(tmp_path):
     out = tmp_path / "m.tar.gz"
-    proc = edgekiln("compile", "zoo:mobilenet_v2", "--target", "rasp4b", "-o", str(out))
+    # --backend tvm: auto ships litert for rasp4b (its evidence row), not untuned TVM.
+    proc = edgekiln("compile", "zoo:mobilenet_v2", "--target", "rasp4b", "--backend", "tvm", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     info = json.loads(edgekiln("inspect", str(out), "--json").stdout)
     assert info["profile"] == "raspberry-pi/4b-aarch64" and info["backend"] == "tvm"
