@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -54,6 +55,11 @@ def _tune(profile, time_kernel, work_dir, settings):
     from edgekiln.compile.backends.tvm.device_tuning import device_builder, device_runner
 
     ms = _metaschedule()
+    # MetaSchedule's logging setup names every handler of its logger and fails on one
+    # without a name (TVM 0.27), which an earlier tuning run in this process leaves there.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
+        ms_logger.removeHandler(handler)
     target = tvm.target.Target({**profile.tvm_target(), "num-cores": 2})
     database = ms.tir_integration.tune_tir(
         _matmul(),
