@@ -12,6 +12,16 @@ HELP = "compile a model for a device profile into an artifact (.tar.gz)"
 _IMPORTED = time.perf_counter()
 
 
+def add_framework_option(parser: argparse.ArgumentParser) -> None:
+    """``--framework``, as compile and tune take it."""
+    parser.add_argument(
+        "--framework",
+        type=str.lower,  # Neo's API spells them PYTORCH, TFLITE ...
+        choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
+        help="the model's framework, in any case (PYTORCH as Neo wrote it); default: found from the files",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compile",
@@ -52,12 +62,7 @@ def _add_model_and_target_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="OUT.tar.gz",
         help="artifact path (default: NAME-PROFILE.tar.gz in the current directory)",
     )
-    parser.add_argument(
-        "--framework",
-        type=str.lower,  # Neo's API spells them PYTORCH, TFLITE ...
-        choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
-        help="the model's framework, in any case (PYTORCH as Neo wrote it); default: found from the files",
-    )
+    add_framework_option(parser)
 
 
 def _add_input_and_manifest_arguments(parser: argparse.ArgumentParser) -> None:

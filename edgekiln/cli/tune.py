@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgekiln.cli.compile import add_framework_option
+
 HELP = "tune a model's TVM kernels for a profile (MetaSchedule) into a tuning database"
 
 
@@ -48,11 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="[NAME:]DIMS",
         help="fixed input shape, e.g. 1,3,224,224; repeat per input (as for compile)",
     )
-    parser.add_argument(
-        "--framework",
-        choices=("onnx", "pytorch", "tflite", "mxnet", "keras", "tensorflow"),
-        help="the model's framework (default: found from the files)",
-    )
+    add_framework_option(parser)
     parser.add_argument(
         "--device",
         metavar="AGENT",
