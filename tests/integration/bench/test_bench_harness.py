@@ -41,8 +41,10 @@ def test_single_stream_against_onnxruntime(mobilenet):
     tvm, ort = r.subjects
     assert (tvm.role, ort.role, ort.name) == ("candidate", "baseline", "onnxruntime")
     # Balanced pairs: TVM's one query per pair against as many ONNX Runtime queries as fit
-    # in about the same time; the pair takes the median of those.
-    assert tvm.queries_per_pair == 1 and ort.queries_per_pair > 2
+    # in about the same time; the pair takes the median of those. TVM is several
+    # times slower than ONNX Runtime, but the count comes from a few warm-up queries on a
+    # shared host, so only "more than one" is certain.
+    assert tvm.queries_per_pair == 1 and ort.queries_per_pair >= 2
     k = ort.queries_per_pair
     assert ort.pair_ms[0] == pytest.approx(statistics.median(ort.times_ms[:k]), abs=1e-3)
     for s in (tvm, ort):
