@@ -117,6 +117,8 @@ class TVMBackend(Backend):
                 f"apache-tvm {runtime_libs.tvm_version()} has no CUDA runtime library for {profile.cpu.arch}"
             )
         mod = importer.to_relax(model, from_onnx, progress)
+        if not profile.is_cuda:
+            mod = importer.for_cpu_inference(tvm, mod)
         target_dict = profile.tvm_target()
         library = root / MODEL_LIBRARY
         library.parent.mkdir(parents=True, exist_ok=True)

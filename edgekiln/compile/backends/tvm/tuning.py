@@ -283,7 +283,7 @@ def model_tasks(source: SourceModel, profile: DeviceProfile, progress: Progress)
     tvm, from_onnx = _import_tvm()
     if profile.is_cuda:
         raise UserError(f"edgekiln tune supports CPU profiles; {profile.id} is a CUDA profile")
-    mod = importer.to_relax(source, from_onnx, progress)
+    mod = importer.for_cpu_inference(tvm, importer.to_relax(source, from_onnx, progress))
     target = tvm.target.Target(profile.tvm_target())
     with progress.step("extract tuning tasks"):
         tasks = extract_tasks(tvm, mod, target)
