@@ -312,3 +312,11 @@ def test_top_classes_without_labels_and_bad_k():
     assert [t["index"] for t in top] == [1, 2, 0] and [t["label"] for t in top] == ["1", "2", "0"]
     with pytest.raises(UserError, match="top_k must be at least 1"):
         top_classes(np.array([1.0]), None, 0)
+
+
+def test_onnxruntime_threads_stop_spinning_when_run_returns(linear_dir):
+    # Spinning threads would hold the cores from whatever runs next (see the executor).
+    model = Model(linear_dir)
+    options = model._executor._session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    np.testing.assert_allclose(model.run(X)[0], EXPECTED, rtol=1e-6)
