@@ -169,8 +169,8 @@ bench: setup
 # databases are merged (fastest record per workload) and gzipped into the package's records.
 TUNE_PROFILE := x86_64
 TUNE_MODELS ?= resnet18 mobilenet_v2
-TUNE_resnet18 ?= 16:0 32:352 64:704 96:1056
-TUNE_mobilenet_v2 ?= 8:0 24:480
+TUNE_resnet18 ?= 32:0 64:768 128:640 256:1280
+TUNE_mobilenet_v2 ?= 16:0 48:1536 96:384
 TUNE_RECORDS := edgekiln/compile/backends/tvm/records/generic--x86-64-avx2
 tune_pass = $(BIN)/edgekiln tune zoo:$(1) --target $(TUNE_PROFILE) --threads 2 --tuning-db build/tune-zoo/$(1) \
   --trials-per-task $(word 1,$(subst :, ,$(2))) --trials $(word 2,$(subst :, ,$(2)))
