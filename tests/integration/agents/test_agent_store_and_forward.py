@@ -29,10 +29,10 @@ def heartbeat_recorder(agent) -> list[str]:
     return ids
 
 
-def predict_and_capture(client, model, x, seconds: float, sent: list[str]) -> int:
-    """Predictions with capture for ``seconds``; returns predictions made."""
+def predict_and_capture(client, model, x, seconds: float, sent: list[str], most: int = 500) -> int:
+    """Predictions with capture for ``seconds``, at most ``most``; returns predictions made."""
     deadline, n = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline and n < 500:
+    while time.monotonic() < deadline and n < most:
         (y,) = client.predict("mnv2", [x])
         sent.append(
             client.capture(
@@ -53,17 +53,19 @@ def test_offline_then_online_delivers_every_record_exactly_once(
     agent = agent_factory(endpoint=fleet.endpoint, token=token, agent={"model_dirs": [str(Path(mobilenet).parent)]})
     queued = heartbeat_recorder(agent)
     sent: list[str] = []
+    # A capture of one 224x224 image is about 0.6 MB, and the default disk budget (100 MiB)
+    # drops the oldest beyond about 170 of them: at most 50 per phase keeps every record.
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
     try:
         with AgentClient(agent.config.agent.socket) as client:
             model = client.load_model(mobilenet, "mnv2")
-            predictions = predict_and_capture(client, model, x, 4.0, sent)  # offline
+            predictions = predict_and_capture(client, model, x, 4.0, sent, 50)  # offline
             offline_heartbeats = len(queued)
             assert agent.outbox.backlog()["records_ready"] + agent.outbox.backlog()["records_in_flight"] == len(sent)
             fleet.start()  # online
-            predictions += predict_and_capture(client, model, x, 1.5, sent)
+            predictions += predict_and_capture(client, model, x, 1.5, sent, 50)
             fleet.kill()  # offline again, perhaps in the middle of a batch
-            predictions += predict_and_capture(client, model, x, 2.0, sent)
+            predictions += predict_and_capture(client, model, x, 2.0, sent, 50)
             fleet.start()  # and back
             wait("every capture to be delivered", lambda: all(client.capture_status(c) == "SUCCESS" for c in sent), 90)
         agent._tasks["heartbeat"].due = float("inf")  # no new heartbeats from here on
