@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekiln.compile.backends.tvm import importer, tuning
@@ -80,12 +79,10 @@ def test_batch_norms_fold_and_convolutions_run_channels_last(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_rewrite_failure_is_one_backend_error_with_what_to_try(tmp_path, monkeypatch):
+def test_a_model_the_layout_pass_cannot_rewrite_keeps_the_rest(tmp_path, monkeypatch):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
-
-    from edgekiln.errors import BackendError
 
     model = _conv_bn_model(np.random.default_rng(0))
     path = tmp_path / "m.onnx"
@@ -95,11 +92,11 @@ def test_a_rewrite_failure_is_one_backend_error_with_what_to_try(tmp_path, monke
 
     @tvm.transform.module_pass(opt_level=0)
     def failing(mod, ctx):  # noqa: ANN001 - TVM's pass signature
-        raise ValueError("cannot convert the layout of nn.conv2d")
+        raise ValueError("Expected nested to match tuple")
 
     monkeypatch.setattr(relax.transform, "ConvertLayout", lambda layouts: failing)
-    with pytest.raises(BackendError) as err:
-        importer.for_cpu_inference(tvm, mod)
-    assert str(err.value).startswith("TVM could not prepare the model for the CPU: ")
-    assert "cannot convert the layout" in str(err.value)
-    assert "--backend onnxruntime" in err.value.one_line()
+    text = importer.for_cpu_inference(tvm, mod).script()
+    # The batch norms still fold; the convolutions stay as the model had them.
+    assert "batch_norm" not in text and 'data_layout="NHWC"' not in text
+    monkeypatch.setattr(relax.transform, "FoldBatchnormToConv2D", lambda: failing)
+    assert importer.for_cpu_inference(tvm, mod) is mod
