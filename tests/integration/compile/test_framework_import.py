@@ -139,11 +139,10 @@ def test_auto_times_the_fast_backends_against_onnxruntime_on_the_tflite_source(t
     selection = artifact.manifest.backend_selection.to_dict()
     assert selection["chosen"] == artifact.manifest.backend
     timed = [c for c in selection["candidates"] if "ratio_to_onnxruntime" in c]
-    assert {c["backend"] for c in timed} == {"onnxruntime", "litert"}, selection
-    # No tuning records cover this graph (the shipped ones are for the zoo's models), so
-    # untuned TVM, known to be far slower, is neither built nor timed.
-    (tvm,) = [c for c in selection["candidates"] if c["backend"] == "tvm"]
-    assert tvm["status"] == "skipped" and "untuned TVM is left out" in tvm["reason"], tvm
+    # TVM is timed too: the records shipped for the zoo's (PyTorch) MobileNetV2 cover this
+    # Keras-born one, since both reach TVM as the same NHWC convolutions with the same shapes.
+    assert {c["backend"] for c in timed} == {"onnxruntime", "litert", "tvm"}, selection
+    assert selection["tuning_coverage"] >= 0.9
     close(run(artifact.path, tflite_mobilenet_v2["x"]), tflite_mobilenet_v2["y"])
 
 
