@@ -1,7 +1,7 @@
 """The harness on a real compiled artifact: real processes, real runtimes, real timings.
 
-MobileNetV2 stands in for ResNet-18 here: untuned TVM runs it in about 0.2 s on a small
-CI machine (ResNet-18: 1-2 s), so a few interleaved pairs keep the tests short.
+MobileNetV2 stands in for ResNet-18 here: a few interleaved pairs of the smaller model keep
+the tests short.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def test_single_stream_against_onnxruntime(mobilenet):
     assert r.runner == "local" and r.timings_meaningful and r.pairs == 4
     tvm, ort = r.subjects
     assert (tvm.role, ort.role, ort.name) == ("candidate", "baseline", "onnxruntime")
-    # Balanced pairs: TVM's one query per pair against as many ONNX Runtime queries as fit
-    # in about the same time; the pair takes the median of those. TVM is several
-    # times slower than ONNX Runtime, but the count comes from a few warm-up queries on a
-    # shared host, so only "more than one" is certain.
-    assert tvm.queries_per_pair == 1 and ort.queries_per_pair >= 2
-    k = ort.queries_per_pair
-    assert ort.pair_ms[0] == pytest.approx(statistics.median(ort.times_ms[:k]), abs=1e-3)
+    # Balanced pairs: the slower runtime's one query per pair against as many of the faster
+    # one's as fit in about the same time; the pair takes the median of those. The counts
+    # come from a few warm-up queries on a shared host, so only that shape is certain.
+    assert min(tvm.queries_per_pair, ort.queries_per_pair) == 1
+    for s in (tvm, ort):
+        k = s.queries_per_pair
+        assert s.pair_ms[0] == pytest.approx(statistics.median(s.times_ms[:k]), abs=1e-3)
     for s in (tvm, ort):
         lat = s.latency
         n = 4 * s.queries_per_pair
@@ -70,8 +70,9 @@ def test_single_stream_against_onnxruntime(mobilenet):
     assert c.baseline == "onnxruntime" and c.ratio.n == 4
     assert c.ratio.median == pytest.approx(statistics.median(pairs), rel=1e-3)
     assert c.ratio.min == pytest.approx(min(pairs), rel=1e-3) and c.ratio.max == pytest.approx(max(pairs), rel=1e-3)
-    # Untuned TVM is far slower than ONNX Runtime on this model (about 15-30x here).
-    assert c.ratio.median > 2
+    # TVM with the shipped records runs within a small factor of ONNX Runtime (about 2x
+    # here); untuned, it was 15-30x. The bound catches records that stopped applying.
+    assert 0.2 < c.ratio.median < 10
     assert r.correctness.top1_agreement == 1.0 and r.correctness.max_abs_diff < 1e-3
     assert r.correctness.samples == 3
     assert r.baseline_source == "zoo:mobilenet_v2 (matched by sha256)"
