@@ -40,6 +40,9 @@ from edgekiln.execute import worker as protocol
 # The worker's module: the local and emulated runners start it, and so does a device agent
 # for a remote benchmark.
 WORKER_MODULE = "edgekiln.execute.worker"
+# Worker.settle: how often it looks at the worker's CPU time, and how long it waits at most.
+SETTLE_POLL_S = 0.01
+SETTLE_LIMIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,28 @@ class Worker:
         """Times of ``queries`` queries of ``calls_per_query`` model calls each, in seconds."""
         reply = self._call({"op": "run", "queries": queries, "calls_per_query": calls_per_query, "start": start})
         return [float(s) for s in reply["seconds"]]
+
+    def settle(self, *, limit_s: float = SETTLE_LIMIT_S) -> float:
+        """Wait until the worker's process is idle; returns the seconds waited.
+
+        Runtimes keep their threads spinning for a while after a call returns, to start the
+        next call sooner. Alone on a device that costs nothing, but in interleaved timing the
+        next subject would share the cores with them: on 2 cores, TVM's pool made ONNX
+        Runtime's MobileNetV2 queries right after it 3x slower. So the next subject starts
+        once this one's threads together use under a tenth of a core over a poll interval,
+        or after ``limit_s``. A worker this host cannot see into (on a device) is not waited for."""
+        read = getattr(self._channel, "cpu_ns", None)
+        before = read() if callable(read) else None
+        if before is None:
+            return 0.0
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            time.sleep(SETTLE_POLL_S)
+            now = read()
+            if now is None or now - before < 0.1 * SETTLE_POLL_S * 1e9:
+                break
+            before = now
+        return time.monotonic() - started
 
     def outputs(self) -> list[list[np.ndarray]]:
         """The model's outputs for every loaded input sample."""
@@ -196,6 +221,22 @@ class ProcessChannel:
         except (OSError, ValueError):
             return None
         return None
+
+    def cpu_ns(self) -> int | None:
+        """CPU time all the child's threads have had so far, in ns (Linux's schedstat); None
+        where /proc cannot tell."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self._proc.pid}/task")
+        except OSError:
+            return None
+        for task in tasks:
+            try:
+                with open(f"/proc/{self._proc.pid}/task/{task}/schedstat", encoding="ascii") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended meanwhile
+        return total
 
     def send(self, line: str) -> None:
         if not self._write(line):

@@ -5,6 +5,8 @@ trustworthy when absolute times do not. The halves of a pair are balanced in wal
 runtime K times faster than the slowest runs about K queries in its half (up to
 ``BALANCE_S`` of them, at most ``MAX_QUERIES_PER_PAIR``) and the pair takes their median, so
 a 17 ms query is not weighed against a 2 s one on a single draw of the machine's load.
+Between one subject's turn and the next, the worker that ran is let go idle
+(:meth:`~edgekiln.execute.runners.Worker.settle`), so its spinning threads do not slow the next.
 
 The benchmark harness and compile's auto choice both time with this.
 """
@@ -103,6 +105,8 @@ def run_pair(subjects: Sequence[Timed], calls: int, position: dict[int, int], st
         key = id(s.worker)
         at = position.get(key, start)
         times = s.worker.run(s.per_pair, calls, start=at)
+        if len(subjects) > 1:
+            s.worker.settle()  # its spinning threads would slow the next subject down
         position[key] = at + s.per_pair * calls
         s.times = [] if s.times is None else s.times
         s.pairs = [] if s.pairs is None else s.pairs

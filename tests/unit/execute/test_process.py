@@ -65,3 +65,44 @@ def test_relay_kills_the_worker_when_the_request_stream_fails():
     assert list(relay(channel, broken())) == []
     assert channel.returncode == -9 and "signal 9" in channel.failure()
     channel.close()
+
+
+# Answers each line, then keeps a thread busy for 0.3 s, as a runtime's spinning pool does.
+SPIN_AFTER_REPLY = (
+    "import sys, threading, time\n"
+    "def spin():\n"
+    "    end = time.monotonic() + 0.3\n"
+    "    while time.monotonic() < end:\n"
+    "        pass\n"
+    "for line in sys.stdin:\n"
+    "    print('{\"ok\": true, \"seconds\": [0.001]}', flush=True)\n"
+    "    threading.Thread(target=spin).start()\n"
+)
+
+
+def test_settle_waits_while_the_worker_still_burns_cpu_and_not_after():
+    channel = ProcessChannel([sys.executable, "-c", SPIN_AFTER_REPLY], None, "spinner")
+    worker = Worker(channel, "spinner")
+    try:
+        worker.run(1)
+        waited = worker.settle(limit_s=2.0)
+        # The thread spins 0.3 s from the reply; settle returns once it has stopped.
+        assert 0.15 <= waited < 1.5
+        assert worker.settle(limit_s=2.0) < 0.1  # idle now: one or two polls
+        worker.run(1)
+        assert worker.settle(limit_s=0.05) < 0.1  # the limit holds while it spins
+    finally:
+        channel.close()
+
+
+def test_settle_does_not_wait_for_a_worker_it_cannot_see():
+    class Remote:  # a device's agent: no /proc to read
+        def send(self, line: str) -> None: ...
+
+        def receive(self) -> str:
+            return ""
+
+        def close(self):  # noqa: ANN201
+            return None
+
+    assert Worker(Remote(), "device").settle() == 0.0
