@@ -75,7 +75,7 @@ SPIN_AFTER_REPLY = (
     "    while time.monotonic() < end:\n"
     "        pass\n"
     "for line in sys.stdin:\n"
-    "    print('{\"ok\": true, \"seconds\": [0.001]}', flush=True)\n"
+    '    print(\'{"ok": true, "seconds": [0.001]}\', flush=True)\n'
     "    threading.Thread(target=spin).start()\n"
 )
 
