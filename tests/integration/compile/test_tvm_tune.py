@@ -90,3 +90,41 @@ def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: p
     assert plain.manifest.tuning is None
     # The tuned schedule is different machine code.
     assert _library(tuned.path) != _library(plain.path)
+
+
+def test_a_task_whose_search_runs_out_is_not_searched_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1x4 add has only a few distinct schedules: MetaSchedule stops short of the budget.
+    The database's note keeps a rerun with the same budget from searching it again; a larger
+    budget searches again."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekiln.compile.backends.tvm import tuner
+
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    bias = numpy_helper.from_array(np.ones((1, 4), np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "add.onnx")
+    db = tmp_path / "db"
+
+    first = tune_model(str(tmp_path / "add.onnx"), "x86_64", TuneOptions(trials_per_task=200, tuning_db=db, threads=1))
+    assert 0 < first.trials_run < 200
+    notes = json.loads((db / tuner.SEARCHED_FILE).read_text())
+    assert list(notes.values()) == [200]
+
+    again = tune_model(str(tmp_path / "add.onnx"), "x86_64", TuneOptions(trials_per_task=200, tuning_db=db, threads=1))
+    assert again.trials_run == 0 and again.trials_before == first.trials_run
+
+    # A malformed note only costs time: the task is searched again.
+    (db / tuner.SEARCHED_FILE).write_text("[not a note")
+    third = tune_model(str(tmp_path / "add.onnx"), "x86_64", TuneOptions(trials_per_task=200, tuning_db=db, threads=1))
+    assert third.trials_before == first.trials_run
+    assert json.loads((db / tuner.SEARCHED_FILE).read_text()) == notes

@@ -231,3 +231,20 @@ def test_tune_options_reject_bad_budgets() -> None:
         TuneOptions(trials_per_task=0)
     with pytest.raises(UserError, match="--trials"):
         TuneOptions(trials=-1)
+
+
+def test_full_coverage_is_exactly_one_whatever_the_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine tasks whose FLOPs shares, summed one by one, come to 1.0000000000000002: the
+    coverage is computed from the FLOPs, so it is 1.0 and the evidence rule takes it."""
+    import random
+
+    from edgekiln.compile.evidence import TuningCoverage
+
+    rng = random.Random(8)
+    tasks = [tuning.Task(f"t{i}", 1, rng.random() * 1e6, None) for i in range(9)]
+    total = sum(t.total_flops for t in tasks)
+    assert sum(t.total_flops / total for t in tasks) > 1.0  # the rounding this guards against
+    monkeypatch.setattr(tuning, "run_ms", lambda record: None)  # no real records here
+    coverage = tuning.summarize(tasks, {t.name: ("shipped", None) for t in tasks}, {})
+    assert coverage.share == 1.0
+    assert TuningCoverage(coverage.share, "shipped").flops_share == 1.0

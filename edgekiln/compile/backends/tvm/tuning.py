@@ -272,7 +272,10 @@ def summarize(tasks: list[Task], chosen: dict[str, tuple[str, Any]], paths: dict
         for t in tasks
         if t.name in chosen
     )
-    return Coverage(sum(t.share for t in tuned), tuned, len(tasks), {s: str(p) for s, p in paths.items()})
+    # Summed from the tuned tasks' FLOPs, not their rounded shares: a sum of shares can come
+    # out a hair above 1 (1.0000000000000004 for MobileNetV2), which the evidence rule refuses.
+    share = min(1.0, sum(t.total_flops for t in tasks if t.name in chosen) / total)
+    return Coverage(share, tuned, len(tasks), {s: str(p) for s, p in paths.items()})
 
 
 def model_tasks(source: SourceModel, profile: DeviceProfile, progress: Progress) -> tuple[Any, Any, list[Task]]:
@@ -442,7 +445,7 @@ def _record_key(task: Task, record: Any, target: Any) -> str:
     """Identifies a (TVM version, target, workload, schedule) that was checked to build."""
     from edgekiln.compile.backends.tvm.runtime_libs import tvm_version
 
-    text = "\n".join((tvm_version(), str(target), str(_structural_hash(task.mod)), str(record.trace)))
+    text = "\n".join((tvm_version(), str(target), str(structural_hash(task.mod)), str(record.trace)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -468,7 +471,7 @@ def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[s
         for record in open_database(path).get_all_tuning_records():
             read += 1
             if run_ms(record) is not None:
-                grouped.setdefault(_structural_hash(record.workload.mod), []).append(record)
+                grouped.setdefault(structural_hash(record.workload.mod), []).append(record)
     staging = dest.with_name(dest.name + ".merging")
     shutil.rmtree(staging, ignore_errors=True)
     merged = open_database(staging, create=True)
@@ -487,9 +490,10 @@ def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[s
     return {"records_read": read, "workloads": len(grouped), "records_written": written}
 
 
-def _structural_hash(mod: Any) -> int:
+def structural_hash(mod: Any) -> int:
+    """The hash under which MetaSchedule's structural comparison keeps a workload."""
     try:
-        from tvm_ffi import structural_hash
+        from tvm_ffi import structural_hash as hash_of
     except ImportError:  # TVM before tvm-ffi kept it in tvm.ir
-        from tvm.ir import structural_hash  # type: ignore[no-redef]
-    return int(structural_hash(mod))
+        from tvm.ir import structural_hash as hash_of  # type: ignore[no-redef]
+    return int(hash_of(mod))
