@@ -127,7 +127,7 @@ def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch
         # The baseline is the one imported source, not a file to import again.
         assert baseline.path.name == "model.onnx" and baseline.source_ref == str(model)
         # The x86_64 evidence order ranks the candidates for the tie rule.
-        assert list(order) == ["litert", "onnxruntime"] and order_source == "evidence row x86_64-cpu/fp32's order"
+        assert list(order) == ["onnxruntime", "litert"] and order_source == "evidence row x86_64-cpu/fp32's order"
         assert budget == auto.sequential.TimingBudget()
         timed.update({name: artifact.path.is_file() for name, artifact in built.items()})
         for record in records:
