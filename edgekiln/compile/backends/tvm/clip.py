@@ -25,19 +25,11 @@ def as_relax_ops(tvm: Any) -> Any:
     """A module pass that rewrites the importer's clip calls (see the module's docstring).
     Run it after FoldConstant: the importer computes a NaN-safe bound from the constant."""
 
+    from edgekiln.compile.backends.tvm.fold import rewrite_functions
+
     @tvm.transform.module_pass(opt_level=0, name="EdgekilnClipAsRelaxOps")
     def rewrite(mod: Any, ctx: Any) -> Any:  # noqa: ARG001 - TVM's pass signature
-        from tvm import relax
-
-        mutator = _mutator_class(tvm)(mod)
-        changed = False
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                new = mutator.visit_expr(func)
-                if not new.same_as(func):
-                    mod[gvar] = new
-                    changed = True
-        return relax.transform.DeadCodeElimination()(mod) if changed else mod
+        return rewrite_functions(mod, _mutator_class(tvm)(mod))
 
     return rewrite
 

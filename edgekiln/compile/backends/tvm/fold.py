@@ -39,19 +39,24 @@ def numpy_fold(tvm: Any) -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgekilnNumpyFold")
     def fold(mod: Any, ctx: Any) -> Any:  # noqa: ARG001 - TVM's pass signature
-        from tvm import relax
-
-        folder = _folder_class(tvm)(mod)
-        changed = False
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                new = folder.visit_expr(func)
-                if not new.same_as(func):
-                    mod[gvar] = new
-                    changed = True
-        return relax.transform.DeadCodeElimination()(mod) if changed else mod
+        return rewrite_functions(mod, _folder_class(tvm)(mod))
 
     return fold
+
+
+def rewrite_functions(mod: Any, mutator: Any) -> Any:
+    """``mod`` with each Relax function rewritten by ``mutator`` (a PyExprMutator), and the
+    bindings and functions nobody uses any more removed; ``mod`` itself when nothing changed."""
+    from tvm import relax
+
+    changed = False
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            new = mutator.visit_expr(func)
+            if not new.same_as(func):
+                mod[gvar] = new
+                changed = True
+    return relax.transform.DeadCodeElimination()(mod) if changed else mod
 
 
 def _folder_class(tvm: Any) -> type:
