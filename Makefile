@@ -144,7 +144,7 @@ test-fast: lint
 	$(BIN)/python -m pytest -q tests/unit
 
 # Cheapest first, so that a lint or unit failure stops the run before the slow tiers
-# (tests/integration, tests/e2e: compilers, emulated boards, servers; about 15 minutes).
+# (tests/integration, tests/e2e: compilers, emulated boards, servers; about 40 minutes on 2 cores).
 test: setup emulators $(MXNET_VENV)/.edgekiln-setup
 	@$(MAKE) --no-print-directory lint
 	EDGEKILN_REQUIRE_MXNET=1 $(BIN)/python -m pytest -q tests/unit

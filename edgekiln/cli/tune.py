@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "all. The records go into the profile's tuning database in edgekiln's cache "
             "($EDGEKILN_CACHE/tuning, default ~/.cache/edgekiln), or into --tuning-db. `edgekiln "
             "compile --backend tvm` applies them. An interrupted run resumes: the database keeps "
-            "every measured trial, and a rerun skips what is done. A trial takes about a second on a "
+            "every measured trial, and a rerun skips what is done, including tasks whose search ran out of "
+            "candidates before their budget. A trial takes about a second on a "
             "2-core x86 host (ResNet-18 at 32 trials per task: 8 min), so budgets matter."
         ),
     )
