@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-# Relax operator → numpy, with the call's attributes where the operator has any.
+# Relax operator → numpy, for operators without attributes.
 _ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
     "relax.add": np.add,
     "relax.subtract": np.subtract,
@@ -102,6 +102,7 @@ def _permute(call: Any, x: np.ndarray) -> np.ndarray:
     return np.transpose(x, None if axes is None else tuple(int(a) for a in axes))
 
 
+# Relax operator → numpy, given the call to read its attributes (target shape, axes).
 _LAYOUT: dict[str, Callable[..., np.ndarray]] = {
     "relax.reshape": _reshape,
     "relax.permute_dims": _permute,
