@@ -23,22 +23,27 @@ from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model  # noqa:
 pytestmark = pytest.mark.skipif(tuning.ffi_writes_databases() is not None, reason=str(tuning.ffi_writes_databases()))
 
 
-def _matmul_onnx(path: Path) -> Path:
+def _one_node_onnx(path: Path, op: str, constant: np.ndarray, x_shape: list[int], y_shape: list[int]) -> Path:
+    """An ONNX model of one ``op`` node: y = op(x, constant)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.random.default_rng(0).random((64, 64), dtype=np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
-        [weight],
+        [helper.make_node(op, ["x", "C"], ["y"])],
+        op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(constant, "C")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def _matmul_onnx(path: Path) -> Path:
+    weight = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    return _one_node_onnx(path, "MatMul", weight, [1, 64], [1, 64])
 
 
 def _library(artifact: Path) -> bytes:
@@ -94,25 +99,12 @@ def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: p
 
 def test_a_task_whose_search_runs_out_is_not_searched_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1x4 add has only a few distinct schedules: MetaSchedule stops short of the budget.
-    The database's note keeps a rerun with the same budget from searching it again; a larger
-    budget searches again."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
+    The database's note keeps a rerun with the same budget from searching it again; without a
+    readable note the task is searched again."""
     from edgekiln.compile.backends.tvm import tuner
 
     monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
-    bias = numpy_helper.from_array(np.ones((1, 4), np.float32), "b")
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "b"], ["y"])],
-        "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "add.onnx")
+    _one_node_onnx(tmp_path / "add.onnx", "Add", np.ones((1, 4), np.float32), [1, 4], [1, 4])
     db = tmp_path / "db"
 
     first = tune_model(str(tmp_path / "add.onnx"), "x86_64", TuneOptions(trials_per_task=200, tuning_db=db, threads=1))

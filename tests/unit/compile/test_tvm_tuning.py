@@ -234,7 +234,7 @@ def test_tune_options_reject_bad_budgets() -> None:
 
 
 def test_full_coverage_is_exactly_one_whatever_the_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nine tasks whose FLOPs shares, summed one by one, come to 1.0000000000000002: the
+    """Nine tasks whose FLOPs shares, summed one by one, come to a hair above 1: the
     coverage is computed from the FLOPs, so it is 1.0 and the evidence rule takes it."""
     import random
 
