@@ -37,7 +37,7 @@ from edgekiln.errors import UserError
 
 # The architectures the toolchains, emulators and runtime wheels exist for.
 ARCHES = ("x86_64", "aarch64", "armv7l")
-BACKENDS = ("tvm", "onnxruntime", "litert")
+BACKENDS = ("tvm", "onnxruntime", "litert", "openvino")
 ACCELERATOR_KINDS = ("cuda",)
 
 # First component of a target triple that is consistent with each arch. armv7l code is

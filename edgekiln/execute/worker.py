@@ -141,13 +141,12 @@ def _open_openvino(subject: dict[str, Any]) -> tuple[RunFn, str]:
 
     if subject.get("device") == "cuda":
         raise RuntimeError("OpenVINO has no CUDA device; use --baseline onnxruntime or torch on GPUs")
-    core = ov.Core()
-    # fp32 as the source model is: on CPUs with AVX512-BF16 or AMX OpenVINO would otherwise
-    # run in bf16 and win by precision, not by engineering.
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if subject.get("threads"):
-        config["INFERENCE_NUM_THREADS"] = int(subject["threads"])
-    compiled = core.compile_model(subject["model"], "CPU", config)
+    from edgekiln.runtime.executors.openvino import cpu_config
+
+    # The settings edgekiln's OpenVINO artifacts run with: fp32 as the source model is (on
+    # CPUs with AVX512-BF16 or AMX OpenVINO would otherwise run in bf16 and win by
+    # precision, not by engineering), tuned for latency.
+    compiled = ov.Core().compile_model(subject["model"], "CPU", cpu_config(subject.get("threads")))
     request = compiled.create_infer_request()
     count = len(compiled.inputs)
 

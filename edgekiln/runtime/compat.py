@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def _cpu_features() -> frozenset[str]:
     return frozenset()
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
+def version_tuple(text: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: "1.32.0" -> (1, 32, 0),
+    "2026.4.1-22982-e213a14" -> (2026, 4, 1), "1.20.0+cu12" -> (1, 20, 0), "2.36" -> (2, 36)."""
+    match = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def problems(
         found.append(f"the artifact needs a {req.arch} CPU; this device is {host.arch}")
     if req.os != host.os:
         found.append(f"the artifact needs {req.os}; this device runs {host.os}")
-    if req.glibc and host.glibc and _version_tuple(host.glibc) < _version_tuple(req.glibc):
+    if req.glibc and host.glibc and version_tuple(host.glibc) < version_tuple(req.glibc):
         found.append(f"the artifact needs glibc >= {req.glibc}; this device has {host.glibc}")
     if req.arch == host.arch and host.cpu_features:
         missing = sorted(f for f in req.cpu_features if f not in host.cpu_features)

@@ -23,6 +23,7 @@ def _load_builtin() -> None:
     # imports stay inside its methods.
     import edgekiln.compile.backends.litert.backend  # noqa: F401
     import edgekiln.compile.backends.onnxruntime.backend  # noqa: F401
+    import edgekiln.compile.backends.openvino.backend  # noqa: F401
     import edgekiln.compile.backends.tvm.backend  # noqa: F401
 
 

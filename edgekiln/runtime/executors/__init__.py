@@ -31,6 +31,10 @@ def create(manifest: Manifest, root: Path, device: str) -> Executor:
         from edgekiln.runtime.executors.litert import LiteRTExecutor
 
         return LiteRTExecutor(manifest, root, device)
+    if manifest.backend == "openvino":
+        from edgekiln.runtime.executors.openvino import OpenVINOExecutor
+
+        return OpenVINOExecutor(manifest, root, device)
     raise CompatibilityError(
         f"this edgekiln runtime has no executor for backend {manifest.backend!r}",
         hint="upgrade edgekiln on the device",

@@ -10,17 +10,7 @@ import numpy as np
 
 from edgekiln.artifact.manifest import Manifest
 from edgekiln.errors import CompatibilityError, DependencyError, IntegrityError
-from edgekiln.runtime.compat import usable_cpus
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+from edgekiln.runtime.compat import usable_cpus, version_tuple
 
 
 class ONNXRuntimeExecutor:
@@ -35,7 +25,7 @@ class ONNXRuntimeExecutor:
                 hint=f"pip install {(manifest.runtime.python_packages or ('onnxruntime',))[0]}",
             ) from None
         needed = manifest.runtime.library_version
-        if needed and _version_tuple(ort.__version__) < _version_tuple(needed):
+        if needed and version_tuple(ort.__version__) < version_tuple(needed):
             # Offline-optimized models may use operators only this version or newer knows.
             raise CompatibilityError(f"the artifact needs onnxruntime >= {needed}; this device has {ort.__version__}")
         model = manifest.file("model")

@@ -48,7 +48,7 @@ def test_compile_json_inspect_and_run(tmp_path):
     # --backend auto (the default) built, validated and timed every backend of the profile.
     selection = summary["backend_selection"]
     assert selection["chosen"] == summary["backend"]
-    assert {c["backend"] for c in selection["candidates"]} == {"tvm", "onnxruntime", "litert"}
+    assert {c["backend"] for c in selection["candidates"]} == {"tvm", "onnxruntime", "litert", "openvino"}
     assert all("ratio_to_onnxruntime" in c for c in selection["candidates"] if c["status"] == "built")
     assert summary["validation"]["status"] == "passed"
     assert summary["validation"]["max_abs_diff"] <= 1e-4

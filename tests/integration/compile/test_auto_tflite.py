@@ -34,7 +34,7 @@ def test_auto_starts_tensorflow_once_for_every_candidate_and_its_timing(tmp_path
     selection = artifact.manifest.backend_selection
     # Untuned TVM is left out by the evidence rule (no tuning records); the others are timed.
     # (On a graph this small one runtime's call overhead may make the other 3x slower: dropped.)
-    assert [c.backend for c in selection.candidates] == ["tvm", "onnxruntime", "litert"]
+    assert [c.backend for c in selection.candidates] == ["tvm", "onnxruntime", "litert", "openvino"]
     assert selection.candidates[0].status == "skipped"
     assert {c.status for c in selection.candidates[1:]} <= {"built", "dropped"}
     timed = [c for c in selection.candidates[1:] if c.status == "built"]

@@ -141,7 +141,7 @@ def test_auto_times_the_fast_backends_against_onnxruntime_on_the_tflite_source(t
     timed = [c for c in selection["candidates"] if "ratio_to_onnxruntime" in c]
     # TVM is timed too: the records shipped for the zoo's (PyTorch) MobileNetV2 cover this
     # Keras-born one, since both reach TVM as the same NHWC convolutions with the same shapes.
-    assert {c["backend"] for c in timed} == {"onnxruntime", "litert", "tvm"}, selection
+    assert {c["backend"] for c in timed} == {"openvino", "onnxruntime", "litert", "tvm"}, selection
     assert selection["tuning_coverage"] >= 0.9
     close(run(artifact.path, tflite_mobilenet_v2["x"]), tflite_mobilenet_v2["y"])
 

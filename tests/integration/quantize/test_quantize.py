@@ -82,11 +82,12 @@ def test_gate_fails_with_one_blank_calibration_image(digits_model, tmp_path):
 QUANT = {
     "onnxruntime": {"mode": "int8-auto"},
     "tvm": {"mode": "int8-auto"},
+    "openvino": {"mode": "int8-auto"},
     "litert": {"mode": "int8", "accuracy_tolerance": 0.12},
 }
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "tvm", "litert"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm", "openvino", "litert"])
 def test_efficientnet_lite0_recognises_the_photographs(photos, calibration_folder, tmp_path, backend):
     fp32 = compile_model(
         "zoo:efficientnet_lite0", "x86_64", tmp_path / "fp32.tar.gz", options=CompileOptions(backend=backend)
@@ -133,7 +134,7 @@ def test_auto_times_the_fast_backends_on_a_pretrained_zoo_model(tmp_path):
     artifact = compile_model("zoo:efficientnet_lite0", "x86_64", tmp_path / "auto.tar.gz")
     selection = artifact.manifest.backend_selection.to_dict()
     timed = {c["backend"] for c in selection["candidates"] if "ratio_to_onnxruntime" in c}
-    assert timed == {"onnxruntime", "litert"}, selection
+    assert timed == {"openvino", "onnxruntime", "litert"}, selection
     (tvm,) = [c for c in selection["candidates"] if c["backend"] == "tvm"]
     assert tvm["status"] == "skipped" and "untuned TVM is left out" in tvm["reason"], tvm
     assert artifact.manifest.backend == selection["chosen"]

@@ -103,7 +103,7 @@ def test_quantize_on_an_int8_source_is_refused(tiny_model, tmp_path, monkeypatch
         (
             "x86_64",
             CompileOptions(backend="litert", quantize=QuantizeOptions(mode="int8-auto", calibration="c")),
-            "backend litert cannot build int8-auto models; use one of onnxruntime, tvm",
+            "backend litert cannot build int8-auto models; use one of onnxruntime, openvino, tvm",
         ),
         (
             "x86_64",

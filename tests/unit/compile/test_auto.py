@@ -109,9 +109,11 @@ def test_a_user_error_stops_the_loop_at_once():
 
 def test_candidates_follow_the_profile_and_the_quantization_asked():
     profile = get_profile("x86_64")
-    assert auto.eligible(profile) == ["tvm", "onnxruntime", "litert"]
-    assert auto.eligible(profile, QuantizeOptions(mode="int8", calibration="c")) == ["tvm", "onnxruntime", "litert"]
-    assert auto.eligible(profile, QuantizeOptions(mode="int8-auto", calibration="c")) == ["tvm", "onnxruntime"]
+    assert auto.eligible(profile) == ["tvm", "onnxruntime", "litert", "openvino"]
+    int8 = QuantizeOptions(mode="int8", calibration="c")
+    assert auto.eligible(profile, int8) == ["tvm", "onnxruntime", "litert", "openvino"]
+    int8_auto = QuantizeOptions(mode="int8-auto", calibration="c")
+    assert auto.eligible(profile, int8_auto) == ["tvm", "onnxruntime", "openvino"]
     assert auto.eligible(get_profile("h200")) == ["tvm", "onnxruntime"]  # litert runs on CPUs only
 
 

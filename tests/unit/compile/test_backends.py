@@ -11,6 +11,7 @@ from edgekiln.compile.backends import registry
 from edgekiln.compile.backends.base import BackendOptions
 from edgekiln.compile.backends.litert.backend import LiteRTOptions
 from edgekiln.compile.backends.onnxruntime.backend import ONNXRuntimeOptions
+from edgekiln.compile.backends.openvino.backend import OpenVINOOptions
 from edgekiln.compile.backends.tvm.backend import TVMOptions
 from edgekiln.errors import UserError
 
@@ -24,10 +25,16 @@ def test_capabilities_are_class_attributes_the_driver_reads():
         )
         for name in registry.names()
     }
-    assert caps == {"litert": ("self", True, True), "onnxruntime": ("qdq", True, False), "tvm": ("qdq", True, False)}
+    assert caps == {
+        "litert": ("self", True, True),
+        "onnxruntime": ("qdq", True, False),
+        "openvino": ("qdq", False, False),  # the emulated aarch64 board carries no OpenVINO
+        "tvm": ("qdq", True, False),
+    }
     # int8-auto edits the QDQ graph, which a self-quantizing backend does not make.
-    assert [n for n in registry.names() if registry.get(n).can_quantize(auto=True)] == ["onnxruntime", "tvm"]
-    assert [n for n in registry.names() if registry.get(n).can_quantize(auto=False)] == ["litert", "onnxruntime", "tvm"]
+    auto = [n for n in registry.names() if registry.get(n).can_quantize(auto=True)]
+    assert auto == ["onnxruntime", "openvino", "tvm"]
+    assert [n for n in registry.names() if registry.get(n).can_quantize(auto=False)] == ["litert", *auto]
 
 
 def test_every_backend_options_type_uses_the_shared_base():
@@ -60,6 +67,12 @@ def test_every_backend_options_type_uses_the_shared_base():
             {"num_threads": "4"},
             "litert backend option num_threads must be an integer or absent, got '4'",
         ),
+        (OpenVINOOptions, {"inference_threads": 0}, "inference_threads must be a positive integer, got 0"),
+        (
+            OpenVINOOptions,
+            {"performance_hint": "fast"},
+            "openvino backend option performance_hint must be one of 'latency', 'throughput', got 'fast'",
+        ),
         (
             LiteRTOptions,
             {"a": 1, "b": 2},
@@ -85,6 +98,9 @@ def test_key_value_strings_are_read_as_each_field_type():
         optimization="basic", intra_op_threads=2
     )
     assert LiteRTOptions.from_strings(["num_threads=none"]) == LiteRTOptions()
+    assert OpenVINOOptions.from_strings(["inference-threads=2", "performance_hint=throughput"]) == OpenVINOOptions(
+        inference_threads=2, performance_hint="throughput"
+    )
     with pytest.raises(UserError, match="num_threads must be an integer or absent, got 'many'"):
         LiteRTOptions.from_strings(["num_threads=many"])
     with pytest.raises(UserError, match="'strip' is not KEY=VALUE; valid tvm options: embed_ptx, strip"):
@@ -110,3 +126,12 @@ def test_registering_a_name_twice_is_a_bug():
 
     with pytest.raises(InternalError, match="registered twice"):
         registry.register(type(registry.get("tvm")))
+
+
+def test_openvino_builds_for_x86_64_cpus_only_and_says_why_not():
+    from edgekiln.device_profiles import get_profile
+
+    backend = registry.get("openvino")
+    assert backend.supports(get_profile("x86_64")) is None and backend.supports(get_profile("ml_c5")) is None
+    assert "does not list the openvino backend" in backend.supports(get_profile("rasp4b"))
+    assert "does not list the openvino backend" in backend.supports(get_profile("h200"))

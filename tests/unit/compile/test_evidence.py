@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekiln.compile import evidence
+from edgekiln.compile.backends import registry
 from edgekiln.compile.evidence import TuningCoverage, plan
 from edgekiln.device_profiles import get_profile
 from edgekiln.errors import InternalError, UserError
@@ -21,7 +22,7 @@ def test_every_shipped_row_names_its_figures_and_source():
     }
     for row in rows:
         assert row.figures and row.source and "PENDING" not in row.figures + row.source
-        assert set(row.order) <= {"tvm", "onnxruntime", "litert"}
+        assert set(row.order) <= set(registry.names())
 
 
 @pytest.mark.parametrize(
@@ -41,8 +42,8 @@ def test_profiles_map_to_their_target_class(target, cls):
 
 
 def test_x86_without_records_leaves_untuned_tvm_out():
-    p = plan(get_profile("x86_64"), "fp32", ["tvm", "onnxruntime", "litert"], None)
-    assert p.order == ("onnxruntime", "litert") and p.row.key == "x86_64-cpu/fp32"
+    p = plan(get_profile("x86_64"), "fp32", ["tvm", "onnxruntime", "litert", "openvino"], None)
+    assert p.order == ("openvino", "onnxruntime", "litert") and p.row.key == "x86_64-cpu/fp32"
     assert p.excluded["tvm"].startswith("untuned TVM is left out: the model has no tuning records")
 
 

@@ -127,8 +127,8 @@ def test_cross_toolchains_and_emulation():
     x86 = get_profile("x86_64")
     assert x86.toolchain.cc is None and x86.toolchain.debian_package is None
     assert x86.emulation is None
-    assert x86.backends == ("tvm", "onnxruntime", "litert")
-    assert get_profile("ml_c5").backends == ("tvm", "onnxruntime", "litert")
+    assert x86.backends == ("tvm", "onnxruntime", "litert", "openvino")
+    assert get_profile("ml_c5").backends == ("tvm", "onnxruntime", "litert", "openvino")
 
 
 def test_published_figures():

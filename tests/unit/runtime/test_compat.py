@@ -91,3 +91,17 @@ def test_gpu_artifact_checks(gpu, runtime, ptx, expected):
         assert found == []
     else:
         assert len(found) == 1 and expected in found[0], found
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1.32.0", (1, 32, 0)),
+        ("2026.4.1-22982-e213a147257-releases/2026/4", (2026, 4, 1)),  # openvino.__version__
+        ("1.20.0+cu12", (1, 20, 0)),
+        ("2.36", (2, 36)),
+        ("unknown", ()),
+    ],
+)
+def test_version_tuple_reads_the_leading_release(text, expected):
+    assert compat.version_tuple(text) == expected
