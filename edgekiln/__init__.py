@@ -29,6 +29,7 @@ _EXPORTS = {
     "TVMOptions": "edgekiln.compile.backends.tvm.backend",
     "ONNXRuntimeOptions": "edgekiln.compile.backends.onnxruntime.backend",
     "LiteRTOptions": "edgekiln.compile.backends.litert.backend",
+    "OpenVINOOptions": "edgekiln.compile.backends.openvino.backend",
     "TimingBudget": "edgekiln.compile.sequential",
     "PREPROCESSING_PRESETS": "edgekiln.compile.preprocessing",
     "load": "edgekiln.runtime.model",
@@ -45,6 +46,7 @@ __all__ = [
     "TVMOptions",
     "ONNXRuntimeOptions",
     "LiteRTOptions",
+    "OpenVINOOptions",
     "TimingBudget",
     "PREPROCESSING_PRESETS",
     "load",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgekiln.compile.backends.base import BackendOptions
     from edgekiln.compile.backends.litert.backend import LiteRTOptions
     from edgekiln.compile.backends.onnxruntime.backend import ONNXRuntimeOptions
+    from edgekiln.compile.backends.openvino.backend import OpenVINOOptions
     from edgekiln.compile.backends.tvm.backend import TVMOptions
     from edgekiln.compile.preprocessing import PREPROCESSING_PRESETS
     from edgekiln.compile.quantize import QuantizeOptions

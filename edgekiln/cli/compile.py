@@ -105,7 +105,7 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
     parser.add_argument(
         "--backend",
         default="auto",
-        help="tvm, onnxruntime, litert, or auto (default): build the backends the profile "
+        help="tvm, onnxruntime, litert, openvino (x86-64 CPUs), or auto (default): build the backends the profile "
         "allows, except untuned TVM where evidence shows it slow (it needs tuning records for "
         "90%% of the model's FLOPs, unless nothing else runs on the target); when this machine "
         "can run the target, time them against ONNX Runtime on the host's cores until their "
@@ -158,9 +158,9 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         "--backend-option",
         action="append",
         metavar="KEY=VALUE",
-        help="an option of the backend named with --backend, e.g. num_threads=2 for litert or "
-        "optimization=basic for onnxruntime; repeat per option (an unknown key lists "
-        "the valid ones)",
+        help="an option of the backend named with --backend, e.g. num_threads=2 for litert, "
+        "optimization=basic for onnxruntime or inference_threads=2 for openvino; repeat per "
+        "option (an unknown key lists the valid ones)",
     )
 
 
@@ -329,6 +329,7 @@ def _backend_options(args: argparse.Namespace) -> tuple:
         return ()
     if args.backend == "auto":
         raise UserError(
-            "--backend-option needs the backend it is for", hint="name it with --backend tvm|onnxruntime|litert"
+            "--backend-option needs the backend it is for",
+            hint="name it with --backend tvm|onnxruntime|litert|openvino",
         )
     return (registry.get(args.backend).options_type.from_strings(items),)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.frameworks import corpus_classic, corpus_keras, corpus_torch
 
-BACKENDS = ("tvm", "onnxruntime", "litert")
+BACKENDS = ("tvm", "onnxruntime", "litert", "openvino")
 TARGET = "x86_64"
 MODELS = (
     *(f"torchvision/{name}" for name in corpus_torch.FAMILIES),
