@@ -64,11 +64,26 @@ class OpenVINOExecutor:
             self._compiled = core.compile_model(graph, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise CompatibilityError(f"OpenVINO cannot load the model: {' '.join(str(exc).split())[:300]}") from None
+        # Ports in the manifest's order, found by tensor name (the converter keeps the ONNX
+        # names), so that a model with several inputs or outputs cannot have them swapped.
+        self._inputs = _ports(self._compiled.inputs, [t.name for t in manifest.inputs])
+        self._outputs = _ports(self._compiled.outputs, [t.name for t in manifest.outputs])
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request, reused
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         with self._lock:
-            result = self._request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(inputs)})
+            result = self._request.infer({p: np.ascontiguousarray(a) for p, a in zip(self._inputs, inputs)})
             # Copies: the request reuses its output buffers on the next call.
-            return [np.array(result[out], copy=True) for out in self._compiled.outputs]
+            return [np.array(result[out], copy=True) for out in self._outputs]
+
+
+def _ports(ports: Sequence[Any], names: Sequence[str]) -> list[Any]:
+    by_name = {name: port for port in ports for name in port.get_names()}
+    if len(ports) != len(names) or any(n not in by_name for n in names):
+        raise CompatibilityError(
+            f"the OpenVINO model's tensors ({', '.join(sorted(by_name))}) do not match the manifest's "
+            f"({', '.join(names)})",
+            hint="recompile the artifact with this edgekiln",
+        )
+    return [by_name[n] for n in names]

@@ -101,6 +101,9 @@ def test_a_device_with_an_older_openvino_or_asking_for_cuda_gets_one_line(compil
         OpenVINOExecutor(dataclasses.replace(manifest, runtime=newer), tmp_path, "cpu")
     with pytest.raises(CompatibilityError, match="OpenVINO artifacts run on the CPU"):
         OpenVINOExecutor(manifest, tmp_path, "cuda")
+    renamed = [dataclasses.replace(t, name="scores") for t in manifest.outputs]
+    with pytest.raises(CompatibilityError, match=r"tensors \(logits\) do not match the manifest's \(scores\)"):
+        OpenVINOExecutor(dataclasses.replace(manifest, outputs=renamed), tmp_path, "cpu")
     (tmp_path / "model.xml").write_text("<net><layers><layer id='0' type='Nonsense'/></layers></net>")
     with pytest.raises(CompatibilityError, match="OpenVINO cannot load the model"):
         OpenVINOExecutor(manifest, tmp_path, "cpu")
@@ -122,3 +125,30 @@ def test_cpu_config_holds_fp32_and_never_asks_for_more_threads_than_cpus():
     assert cpu_config(64, "throughput")["INFERENCE_NUM_THREADS"] == cpus
     assert cpu_config(64, "throughput")["PERFORMANCE_HINT"] == "THROUGHPUT"
     assert cpu_config(1)["INFERENCE_NUM_THREADS"] == 1
+
+
+def test_several_inputs_and_outputs_keep_the_manifests_order(tmp_path):
+    """Two inputs and two outputs whose results differ if swapped: validation against ONNX
+    Runtime passes and the device's outputs are in the manifest's order."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import edgekiln
+    from edgekiln.compile.api import compile_model
+
+    shape = [1, 3, 8, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["b", "a"], ["b_minus_a"]), helper.make_node("Mul", ["a", "b"], ["product"])],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("b", "a")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("product", "b_minus_a")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "two.onnx")
+    artifact = compile_model(str(tmp_path / "two.onnx"), "x86_64", tmp_path / "two.tar.gz", options=OPENVINO)
+    assert artifact.manifest.validation.status == "passed"
+    a, b = _inputs(2, seed=11)
+    a, b = a[:, :, :8, :8].copy(), b[:, :, :8, :8].copy()
+    product, difference = edgekiln.load(artifact.path).run({"a": a, "b": b})
+    np.testing.assert_allclose(product, a * b, rtol=1e-6)
+    np.testing.assert_allclose(difference, b - a, rtol=1e-6)
