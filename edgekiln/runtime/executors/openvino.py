@@ -26,33 +26,34 @@ def cpu_config(threads: int | None, hint: str = "latency") -> dict[str, Any]:
     return config
 
 
-def _installed_version(ov: Any) -> str:
-    # The package's release ("2026.4.1"); ov.__version__ adds a build tag.
+def _installed_version() -> str | None:
+    # The package's release ("2026.4.1"); openvino.__version__ adds a build tag.
     try:
         return metadata.version("openvino")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source build
-        return str(ov.__version__)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class OpenVINOExecutor:
     """One compiled model and its infer request for one artifact."""
 
     def __init__(self, manifest: Manifest, root: Path, device: str) -> None:
+        # What can be refused is refused before openvino is imported (its import is not free).
+        if device == "cuda":
+            raise CompatibilityError("OpenVINO artifacts run on the CPU", hint="load it with device='cpu'")
+        have, needed = _installed_version(), manifest.runtime.library_version
+        if needed and have and version_tuple(have) < version_tuple(needed):
+            # IR is read by the release that wrote it or a newer one.
+            raise CompatibilityError(
+                f"the artifact needs openvino >= {needed}; this device has {have}",
+                hint=f"pip install 'openvino>={needed}'",
+            )
         try:
             import openvino as ov
         except ImportError:
             raise DependencyError(
                 "this artifact needs openvino, which is not installed", hint="pip install 'edgekiln[openvino]'"
             ) from None
-        if device == "cuda":
-            raise CompatibilityError("OpenVINO artifacts run on the CPU", hint="load it with device='cpu'")
-        have, needed = _installed_version(ov), manifest.runtime.library_version
-        if needed and version_tuple(have) < version_tuple(needed):
-            # IR is read by the release that wrote it or a newer one.
-            raise CompatibilityError(
-                f"the artifact needs openvino >= {needed}; this device has {have}",
-                hint=f"pip install 'openvino>={needed}'",
-            )
         model, weights = manifest.file("model"), manifest.file("weights")
         if model is None or weights is None:
             raise IntegrityError("the OpenVINO artifact lacks its model or weights file")

@@ -47,7 +47,7 @@ def test_auto_starts_tensorflow_once_for_every_candidate_and_its_timing(tmp_path
             in selection.reason
         )
     assert selection.chosen == artifact.manifest.backend
-    import edgekiln
+    from tests.conftest import run_artifact
 
-    out = edgekiln.load(str(artifact.path)).run([x])[0]
+    out = run_artifact(artifact.path, [x])[0]
     assert np.abs(out - expected).max() < 1e-5

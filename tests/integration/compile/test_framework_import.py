@@ -13,19 +13,18 @@ import numpy as np
 import onnxruntime  # noqa: F401 - an installed extra: missing must fail, not skip
 import pytest
 
-import edgekiln
 from edgekiln.artifact import unpack
 from edgekiln.compile.api import CompileOptions, compile_model
 from edgekiln.compile.frontends import parse_input_config
 from edgekiln.compile.validate import ValidationOptions
+from tests.conftest import run_artifact
 from tests.frameworks import models
 
 TOLERANCE = 1e-4
 
 
 def run(path, x: np.ndarray) -> np.ndarray:
-    model = edgekiln.load(path)
-    return model.run({model.get_input_names()[0]: x})[0]
+    return run_artifact(path, [x])[0]
 
 
 def close(got: np.ndarray, expected: np.ndarray, tolerance: float = TOLERANCE) -> float:

@@ -9,6 +9,8 @@ device has (AVX2, AVX-512, AMX) rather than the build profile's. It is held to f
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -81,23 +83,11 @@ class OpenVINOBackend(Backend):
         calibration: Any = None,
     ) -> LoweredFiles:
         try:
-            import openvino as ov
-        except ImportError as exc:
-            raise DependencyError(
-                f"openvino is not installed ({exc})", hint="pip install 'edgekiln[compile]'"
-            ) from None
+            version = metadata.version("openvino")
+        except metadata.PackageNotFoundError:
+            raise DependencyError("openvino is not installed", hint="pip install 'edgekiln[compile]'") from None
         with progress.step("convert to OpenVINO IR"):
-            try:
-                converted = ov.convert_model(str(model.path))
-            except Exception as exc:  # OpenVINO raises its own types for graphs it cannot read
-                message = " ".join(str(exc).split())
-                raise BackendError(
-                    f"OpenVINO cannot convert {model.source_ref}: {message[:300]}",
-                    hint="try --backend onnxruntime or --backend litert",
-                ) from None
-            # fp32 weights: the IR default would store them in fp16, which validation against
-            # the fp32 source model is not meant to absorb.
-            ov.save_model(converted, str(root / MODEL_FILE), compress_to_fp16=False)
+            _convert_in_child(model, root / MODEL_FILE)
         version = metadata.version("openvino")
         plugin = {
             "device": "CPU",
@@ -117,4 +107,38 @@ class OpenVINOBackend(Backend):
             compiler={"openvino": version},
             target={"plugin": plugin},
             options={**asdict(options), "plugin": plugin},
+        )
+
+
+# OpenVINO runs in a child process: importing it in a long-lived process that also runs TVM's
+# MetaSchedule (a test session, a CI job compiling and tuning) left C++ writes aimed at a
+# Python stream that had been closed since, which aborted the process. fp32 weights: the IR
+# default would store them in fp16, which validation against the fp32 model is not meant to absorb.
+_CONVERT = """
+import sys
+import openvino as ov
+ov.save_model(ov.convert_model(sys.argv[1]), sys.argv[2], compress_to_fp16=False)
+"""
+_CONVERT_TIMEOUT_S = 600
+
+
+def _convert_in_child(model: SourceModel, target: Path) -> None:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CONVERT, str(model.path), str(target)],
+            capture_output=True,
+            text=True,
+            timeout=_CONVERT_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise BackendError(
+            f"OpenVINO did not convert {model.source_ref} within {_CONVERT_TIMEOUT_S} s",
+            hint="try --backend onnxruntime",
+        ) from None
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        message = " ".join(" ".join(lines[-3:]).split())
+        raise BackendError(
+            f"OpenVINO cannot convert {model.source_ref}: {message[:300]}",
+            hint="try --backend onnxruntime or --backend litert",
         )
