@@ -88,7 +88,6 @@ class OpenVINOBackend(Backend):
             raise DependencyError("openvino is not installed", hint="pip install 'edgekiln[compile]'") from None
         with progress.step("convert to OpenVINO IR"):
             _convert_in_child(model, root / MODEL_FILE)
-        version = metadata.version("openvino")
         plugin = {
             "device": "CPU",
             "inference_precision": "f32",
