@@ -22,6 +22,7 @@ from edgekiln.compile.quantize import QuantizeOptions
 from edgekiln.errors import CompatibilityError, DependencyError
 from edgekiln.runtime.compat import host_info
 from edgekiln.runtime.executors.openvino import OpenVINOExecutor, cpu_config
+from tests.conftest import run_artifact
 
 pytestmark = pytest.mark.skipif(host_info().arch != "x86_64", reason="x86-64 artifacts run only on an x86-64 host")
 # An installed extra: missing must fail, not skip. openvino itself is never imported in this
@@ -179,19 +180,7 @@ def test_several_inputs_and_outputs_keep_the_manifests_order(tmp_path):
     assert artifact.manifest.validation.status == "passed"
     a, b = _inputs(2, seed=11)
     a, b = a[:, :, :8, :8].copy(), b[:, :, :8, :8].copy()
-    np.savez(tmp_path / "ab.npz", a=a, b=b)
-    script = """
-import sys
-import numpy as np
-import edgekiln
-with np.load(sys.argv[2]) as data:
-    outs = edgekiln.load(sys.argv[1]).run({"a": data["a"], "b": data["b"]})
-np.savez(sys.argv[3], product=outs[0], difference=outs[1])
-"""
-    subprocess.run(
-        [sys.executable, "-c", script, str(artifact.path), str(tmp_path / "ab.npz"), str(tmp_path / "out.npz")],
-        check=True,
-    )
-    with np.load(tmp_path / "out.npz") as out:
-        np.testing.assert_allclose(out["product"], a * b, rtol=1e-6)
-        np.testing.assert_allclose(out["difference"], b - a, rtol=1e-6)
+    # In the manifest's input order (b, then a), in a process of its own.
+    product, difference = run_artifact(artifact.path, [b, a])
+    np.testing.assert_allclose(product, a * b, rtol=1e-6)
+    np.testing.assert_allclose(difference, b - a, rtol=1e-6)
