@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,9 +83,11 @@ def _build(profile, mod, target) -> bytes:
     from edgekiln.compile.toolchain import find_tools
 
     compiler = find_tools(profile)[0] if profile.toolchain.cc else None
-    path = export_shared_library(compiler, (), tvm.compile(mod, target=target))
-    with open(path, "rb") as f:
-        return f.read()
+    path = Path(export_shared_library(compiler, (), tvm.compile(mod, target=target)))
+    try:
+        return path.read_bytes()
+    finally:
+        shutil.rmtree(path.parent)  # the library's own directory: MetaSchedule is not here to remove it
 
 
 def _args():
