@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -157,30 +155,14 @@ def make_package(tmp_path_factory):
     return make
 
 
-_RUN_SCRIPT = """
-import sys
-import numpy as np
-import edgekiln
-with np.load(sys.argv[2]) as data:
-    inputs = [data[f"i{k}"] for k in range(len(data.files))]
-outputs = edgekiln.load(sys.argv[1]).run(inputs)
-np.savez(sys.argv[3], *outputs)
-"""
-
-
 def run_artifact(path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """The artifact's outputs for ``inputs``, run in a process of its own as a device would.
+    """The artifact's outputs for ``inputs``, run in a worker process of its own as a device would.
 
     Tests whose artifact may be an openvino one (any --backend auto compile for x86-64) run it
     this way: an openvino imported into the test session left TVM's MetaSchedule, tuned later
     in the same session, aborting on a closed capture stream.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "in.npz", **{f"i{k}": x for k, x in enumerate(inputs)})
-        subprocess.run(
-            [sys.executable, "-c", _RUN_SCRIPT, str(path), str(Path(tmp) / "in.npz"), str(Path(tmp) / "out.npz")],
-            check=True,
-            capture_output=True,
-        )
-        with np.load(Path(tmp) / "out.npz") as out:
-            return [out[f"arr_{k}"] for k in range(len(out.files))]
+    from edgekiln.execute.runners import LocalRunner, outputs_of
+
+    subject = {"kind": "artifact", "path": str(path), "device": "cpu"}
+    return outputs_of(LocalRunner(), "the artifact", subject, [list(inputs)])[0]
