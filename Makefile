@@ -11,7 +11,8 @@
 #   make test-fast  ruff and the unit tier (tests/unit, well under two minutes)
 #   make lint    ruff check and ruff format --check (configured in pyproject.toml)
 #   make bench-compile   compile time per zoo model per profile (benchmarks/results/)
-#   make tune-zoo  re-tune the shipped x86_64 tuning records (zoo:resnet18, zoo:mobilenet_v2);
+#   make tune-zoo  re-tune the shipped tuning records (x86_64: zoo:resnet18, zoo:mobilenet_v2;
+#                ml_c5: zoo:resnet18);
 #                hours on a small host, resumable (build/tune-zoo keeps the trials)
 
 PYTHON ?= python3
@@ -163,25 +164,33 @@ BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
 bench: setup
 	$(BIN)/edgekiln suite benchmarks/suite.toml --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
 
-# The shipped records' budget, per model: passes of PER_TASK:TRIALS (edgekiln tune
+# The shipped records' budget, per profile and model: passes of PER_TASK:TRIALS (edgekiln tune
 # --trials-per-task PER_TASK --trials TRIALS; TRIALS 0 = no cap, else the tasks with most FLOPs
-# whose budgets fit). Each pass resumes the model's database under build/tune-zoo; then the
-# databases are merged (fastest record per workload) and gzipped into the package's records.
-TUNE_PROFILE := x86_64
+# whose budgets fit). Each pass resumes the model's database under build/tune-zoo/PROFILE; then
+# the profile's databases are merged (fastest record per workload) and gzipped into the
+# package's records. x86_64 (AVX2): ResNet-18 and MobileNetV2; ml_c5 (AVX-512): ResNet-18.
 TUNE_MODELS ?= resnet18 mobilenet_v2
 TUNE_resnet18 ?= 32:0 64:768 128:640 256:1280
 TUNE_mobilenet_v2 ?= 16:0 48:1536 96:384
-TUNE_RECORDS := edgekiln/compile/backends/tvm/records/generic--x86-64-avx2
-tune_pass = $(BIN)/edgekiln tune zoo:$(1) --target $(TUNE_PROFILE) --threads 2 --tuning-db build/tune-zoo/$(1) \
-  --trials-per-task $(word 1,$(subst :, ,$(2))) --trials $(word 2,$(subst :, ,$(2)))
+TUNE_C5_MODELS ?= resnet18
+TUNE_C5_resnet18 ?= 32:0 64:768
+RECORDS := edgekiln/compile/backends/tvm/records
+# $(1) profile, $(2) model, $(3) PER_TASK:TRIALS
+tune_pass = $(BIN)/edgekiln tune zoo:$(2) --target $(1) --threads 2 --tuning-db build/tune-zoo/$(1)/$(2) \
+  --trials-per-task $(word 1,$(subst :, ,$(3))) --trials $(word 2,$(subst :, ,$(3)))
+# $(1) profile, $(2) its records folder, $(3) models, $(4) the prefix of their budgets' variables
+define tune_records
+	$(foreach m,$(3),$(foreach p,$($(4)$(m)),$(call tune_pass,$(1),$(m),$(p)) && )) true
+	rm -rf build/tune-zoo/$(1)/merged
+	$(BIN)/edgekiln tune-merge build/tune-zoo/$(1)/merged $(addprefix build/tune-zoo/$(1)/,$(3))
+	mkdir -p $(RECORDS)/$(2)
+	for f in database_workload.json database_tuning_record.json; do \
+	  gzip -9n -c build/tune-zoo/$(1)/merged/$$f > $(RECORDS)/$(2)/$$f.gz; done
+endef
 
 tune-zoo: setup
-	$(foreach m,$(TUNE_MODELS),$(foreach p,$(TUNE_$(m)),$(call tune_pass,$(m),$(p)) && )) true
-	rm -rf build/tune-zoo/merged
-	$(BIN)/edgekiln tune-merge build/tune-zoo/merged $(addprefix build/tune-zoo/,$(TUNE_MODELS))
-	mkdir -p $(TUNE_RECORDS)
-	for f in database_workload.json database_tuning_record.json; do \
-	  gzip -9n -c build/tune-zoo/merged/$$f > $(TUNE_RECORDS)/$$f.gz; done
+	$(call tune_records,x86_64,generic--x86-64-avx2,$(TUNE_MODELS),TUNE_)
+	$(call tune_records,ml_c5,aws--c5,$(TUNE_C5_MODELS),TUNE_C5_)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,4 +1,4 @@
-"""The tuning records shipped for x86_64 still cover the zoo models they were tuned for:
+"""The tuning records shipped for x86_64 and ml_c5 still cover the zoo models they were tuned for:
 a change to how TVM sees a model (its passes before fusion, a TVM upgrade) changes the
 tasks, and records that no longer match would leave compile with default schedules."""
 
@@ -24,12 +24,14 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-@pytest.mark.parametrize("model", ["zoo:resnet18", "zoo:mobilenet_v2"])
-def test_shipped_records_cover_the_zoo_models(model: str, tmp_path: Path, fresh_cache: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "profile"), [("zoo:resnet18", "x86_64"), ("zoo:mobilenet_v2", "x86_64"), ("zoo:resnet18", "ml_c5")]
+)
+def test_shipped_records_cover_the_zoo_models(model: str, profile: str, tmp_path: Path, fresh_cache: Path) -> None:
     source = import_source(
         model, tmp_path / "src", framework=None, input_shape=None, name=None, progress=NullProgress()
     )
-    coverage = tuning.records_coverage(source, get_profile("x86_64"))
+    coverage = tuning.records_coverage(source, get_profile(profile))
     # Compile's rule for shipping TVM to a target it cannot time: records for the tasks that
     # carry at least 90% of the model's FLOPs. The shipped budget tunes every task with FLOPs.
     assert coverage.share >= 0.99, coverage.to_dict()
