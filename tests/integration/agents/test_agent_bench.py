@@ -109,10 +109,18 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
         second.receive()
     second.close()
 
+    def read(path: str) -> str:
+        """A /proc file's text, or "" for a thread or process that ended since it was listed."""
+        try:
+            with open(path) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
     # Find the worker (a child of this process, where the agent runs) and drop the client.
     tasks = os.listdir(f"/proc/{os.getpid()}/task")  # children of every thread: a gRPC thread started it
-    children = {int(p) for t in tasks for p in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
-    workers = [p for p in children if "edgekiln.execute.worker" in open(f"/proc/{p}/cmdline").read()]
+    children = {int(p) for t in tasks for p in read(f"/proc/{os.getpid()}/task/{t}/children").split()}
+    workers = [p for p in children if "edgekiln.execute.worker" in read(f"/proc/{p}/cmdline")]
     assert len(workers) == 1
     first._call.cancel()
     first.close()
