@@ -54,7 +54,9 @@ def balance(subjects: Sequence[Timed]) -> None:
     estimates = {}
     for s in subjects:
         seen = sorted(s.warm or []) or [s.first_s or 0.0]
-        estimates[s.name] = max(seen[len(seen) // 2], 1e-6)
+        # The lower median: one stalled warm-up query (another process took the core)
+        # must not make a fast subject look slow and leave its pairs unbalanced.
+        estimates[s.name] = max(seen[(len(seen) - 1) // 2], 1e-6)
     window = min(BALANCE_S, max(estimates.values()))
     for s in subjects:
         s.per_pair = max(1, min(MAX_QUERIES_PER_PAIR, round(window / estimates[s.name])))

@@ -113,8 +113,10 @@ def test_pairs_interleave_and_balance_and_report_progress(capsys):
     ]
     for s in subjects:
         s.worker.load({"kind": "fake"}, [[np.zeros((1, 2), np.float32)]])
-    timing.warm_up(subjects, 2, 1)
-    assert all(s.first_s > 0 and len(s.warm) == 2 for s in subjects)
+    # Three warm-ups: the balance reads their median, so one query stalled by a busy
+    # host does not decide how many queries the fast one runs per pair.
+    timing.warm_up(subjects, 3, 1)
+    assert all(s.first_s > 0 and len(s.warm) == 3 for s in subjects)
     stream = io.StringIO()
     pairs = timing.measure_pairs(subjects, 1, runs=4, label="m", progress=ConsoleProgress(stream))
     assert pairs == 4 and all(len(s.pairs) == 4 for s in subjects)
@@ -179,3 +181,11 @@ def test_unmet_requirements_name_what_the_board_lacks():
         "torch (not installed there)",
         "x[y]>1 (a requirement this board check cannot read)",
     ]
+
+
+def test_balance_is_not_thrown_by_one_stalled_warm_up():
+    slow = timing.Timed("slow", None, first_s=0.01, warm=[0.008, 0.008])
+    # The fast one's second warm-up stalled behind another process.
+    fast = timing.Timed("fast", None, first_s=0.002, warm=[0.001, 0.050])
+    timing.balance([slow, fast])
+    assert slow.per_pair == 1 and fast.per_pair == 8
