@@ -53,13 +53,35 @@ def _library(artifact: Path) -> bytes:
         return member.read()
 
 
+def _prepacked_kernels(model: Path, db: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
+    """The names of the model's kernels that read prepacked weights, and of the weight-packing
+    functions left to run at inference, once the records in ``db`` are applied."""
+    import tvm
+
+    from edgekiln.compile.api import import_source
+    from edgekiln.device_profiles import get_profile
+    from edgekiln.execute.progress import NullProgress
+
+    source = import_source(
+        str(model), tmp_path / "source", framework=None, input_shape=None, name=None, progress=NullProgress()
+    )
+    tvm_, mod, target = tuning.model_module(source, get_profile("x86_64"), NullProgress())
+    applied = tuning.records_for_build(tvm_, mod, target, get_profile("x86_64"), str(db), NullProgress())
+    assert applied is not None and applied.prepack
+    with target, applied.database, tvm.transform.PassContext(opt_level=3):
+        names = [g.name_hint for g in tuning.apply_records(tvm_, mod, target, applied).functions]
+    return [n for n in names if n.endswith("_prepacked")], [n for n in names if n.endswith("_weight_prepack")]
+
+
 def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
     model = _matmul_onnx(tmp_path / "matmul.onnx")
     db = tmp_path / "db"
 
     result = tune_model(str(model), "x86_64", TuneOptions(trials_per_task=3, tuning_db=db, threads=1))
-    assert result.planned == ("matmul",) and result.trials_before == 0 and result.trials_run == 3
+    # One task, the matmul (named by TVM: its weight marked layout-free makes a new function).
+    (name,) = result.planned
+    assert name.startswith("matmul") and result.trials_before == 0 and result.trials_run == 3
     assert result.coverage.share == pytest.approx(1.0)
     (task,) = result.coverage.tasks
     assert task.source == "flag" and task.run_ms is not None and 0 < task.run_ms < 50
@@ -82,9 +104,13 @@ def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: p
     )
     entry = tuned.manifest.tuning
     assert entry is not None and entry["sources"] == ["flag"] and entry["databases"]["flag"] == str(db)
-    assert [(t["name"], t["flops_share"], t["source"]) for t in entry["tasks"]] == [("matmul", 1.0, "flag")]
+    assert [(t["name"], t["flops_share"], t["source"]) for t in entry["tasks"]] == [(name, 1.0, "flag")]
     assert tuned.manifest.validation.status == "passed"
     assert tuned.summary()["tuning"] == entry
+    assert entry["prepacked_weights"] is True
+    packed, packing = _prepacked_kernels(model, db, tmp_path)
+    # The tuned kernel reads its weight in a layout of its own, which compile packed once.
+    assert packed and not packing
 
     plain = compile_model(
         model,

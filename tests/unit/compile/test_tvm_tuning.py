@@ -92,6 +92,22 @@ def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Pa
 
 
 @WRITES
+def test_records_for_plain_kernels_apply_where_they_cover_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Records tuned before prepacking are for the plain kernels: compile takes that variant
+    # when its records cover more of the model, and the prepacked one when they tie.
+    prepacked, plain = _task("packed", 64), _task("plain", 32)
+    variants = {True: [prepacked, plain], False: [plain]}
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, prepack=True: variants[prepack])
+    db = _write(tmp_path / "db", [(plain.mod, 1e-3)])
+    paths = {"flag": db}
+    found = tuning.look_up(tvm, None, None, {"flag": tuning.open_database(db)}, paths)
+    assert not found.prepack and found.coverage.share == pytest.approx(1.0) and list(found.chosen) == ["plain"]
+    both = _write(tmp_path / "both", [(prepacked.mod, 1e-3), (plain.mod, 1e-3)])
+    found = tuning.look_up(tvm, None, None, {"flag": tuning.open_database(both)}, {"flag": both})
+    assert found.prepack and found.coverage.share == pytest.approx(1.0)
+
+
+@WRITES
 def test_merge_keeps_the_fastest_record_per_workload(tmp_path: Path) -> None:
     a, b = _matmul(32), _matmul(48)
     one = _write(tmp_path / "one", [(a, 3e-3), (b, 1e-3)])
@@ -164,7 +180,7 @@ def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     good, bad = _task("good", 32), _task("bad", 16)
     shipped = _write(tmp_path / "shipped", [(good.mod, 1e-3), (bad.mod, 1e-3)])
     monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
-    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target: [good, bad])
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, **kw: [good, bad])
     real_build = tuner.build_candidate
     built = []
 
@@ -205,7 +221,7 @@ def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkey
     shipped = _write(tmp_path / "shipped", [(_matmul(16, block="D"), 1e-3)], trace_of=_matmul(16))
     cache = _write(tuning.cache_database(_profile()), [(task.mod, 2e-3)])
     monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
-    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target: [task])
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, **kw: [task])
     with pytest.warns(UserWarning, match="skipping the tuning records shipped in"):
         applied = tuning.records_for_build(tvm, None, None, _profile(), None, NullProgress())
     assert applied is not None and applied.coverage.sources == ("cache",)

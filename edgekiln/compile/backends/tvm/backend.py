@@ -195,7 +195,7 @@ class TVMBackend(Backend):
             return self._build(tvm, mod, target)
         tuned.update(applied.manifest_entry())
         try:
-            return tuning.compile_with_records(tvm, mod, target, applied.database)
+            return tuning.compile_with_records(tvm, mod, target, applied)
         except Exception as exc:
             raise BackendError(
                 f"TVM failed to build the model with tuning records: {first_line(exc, last=True)}"

@@ -69,7 +69,7 @@ def _folder_class(tvm: Any) -> type:
             name = getattr(call.op, "name", None)
             if not isinstance(name, str) or not (name in _ELEMENTWISE or name in _LAYOUT):
                 return call
-            operands = [_constant(tvm, self._resolve(arg)) for arg in _tensor_args(name, call)]
+            operands = [constant_value(tvm, resolve(self, arg)) for arg in _tensor_args(name, call)]
             if not operands or any(v is None for v in operands):
                 return call
             try:
@@ -82,15 +82,19 @@ def _folder_class(tvm: Any) -> type:
                 return call
             return relax.const(np.array(result, order="C"), str(result.dtype))  # ascontiguousarray makes 0-d 1-d
 
-        def _resolve(self, expr: Any) -> Any:
-            # A dataflow variable bound to a constant stands for that constant.
-            if isinstance(expr, relax.Var):
-                bound = self.lookup_binding(expr)
-                if bound is not None:
-                    return bound
-            return expr
-
     return NumpyFolder
+
+
+def resolve(mutator: Any, expr: Any) -> Any:
+    """What a variable is bound to, in the function ``mutator`` visits (a dataflow variable
+    bound to a constant stands for that constant); any other expression as it is."""
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if bound is not None:
+            return bound
+    return expr
 
 
 def _reshape(call: Any, x: np.ndarray) -> np.ndarray:
@@ -114,7 +118,7 @@ def _tensor_args(name: str, call: Any) -> list[Any]:
     return [call.args[0]] if name == "relax.reshape" else list(call.args)
 
 
-def _constant(tvm: Any, expr: Any) -> np.ndarray | None:
+def constant_value(tvm: Any, expr: Any) -> np.ndarray | None:
     """The value of a tensor constant or a scalar PrimValue; None for anything else."""
     if not isinstance(expr, tvm.ir.expr.Constant):
         return None
