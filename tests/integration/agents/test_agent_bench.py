@@ -126,11 +126,8 @@ def test_one_bench_at_a_time_and_the_worker_dies_with_the_client(agent_factory, 
     first.close()
 
     def gone(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                return fh.read().split()[2] == "Z"  # killed, not yet reaped
-        except OSError:  # reaped between two looks (ENOENT, ESRCH)
-            return True
+        fields = read(f"/proc/{pid}/stat").split()
+        return not fields or fields[2] == "Z"  # reaped, or killed and not yet reaped
 
     wait("the worker to be killed", lambda: gone(workers[0]), 10)
 
