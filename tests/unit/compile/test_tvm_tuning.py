@@ -48,13 +48,22 @@ def _task(name: str, n: int, weight: int = 1) -> tuning.Task:
     return tuning.Task(name, weight, float(2 * n**3), _matmul(n))
 
 
-def _write(path: Path, records: list[tuple[tvm.IRModule, float]], trace_of: tvm.IRModule | None = None) -> Path:
-    """A JSON database at ``path`` with one record per (workload, seconds); the trace splits
-    the first loop of ``trace_of`` (default: the workload itself)."""
+LLVM = {"kind": "llvm"}
+AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["+avx512f"], "num-cores": 18}
+
+
+def _write(
+    path: Path,
+    records: list[tuple[tvm.IRModule, float]],
+    trace_of: tvm.IRModule | None = None,
+    target_dict: dict = LLVM,
+) -> Path:
+    """A JSON database at ``path`` with one record per (workload, seconds) for ``target_dict``;
+    the trace splits the first loop of ``trace_of`` (default: the workload itself)."""
     from tvm.s_tir.schedule import Schedule
 
     database = tuning.open_database(path, create=True)
-    target = tvm.target.Target({"kind": "llvm"})
+    target = tvm.target.Target(target_dict)
     for mod, secs in records:
         schedule = Schedule(trace_of or mod)
         loop = schedule.get_loops(schedule.get_sblock("C"))[0]
@@ -75,7 +84,7 @@ def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Pa
     cache = _write(tmp_path / "cache", [(big.mod, 5e-3), (small.mod, 1e-3)])
     paths = {"flag": flag, "cache": cache}
     dbs = {s: tuning.open_database(p) for s, p in paths.items()}
-    cov, chosen = tuning.coverage_of([big, small], dbs, paths)
+    cov, chosen = tuning.coverage_of([big, small], dbs, paths, tvm.target.Target(LLVM))
     total = 2 * 64**3 + 2 * 2 * 16**3
     assert cov.share == pytest.approx(1.0)
     by_name = {t.name: t for t in cov.tasks}
@@ -86,7 +95,7 @@ def test_coverage_counts_flops_shares_and_the_first_source_per_task(tmp_path: Pa
     assert cov.sources == ("flag", "cache")
     assert chosen["small"][0] == "flag"
 
-    only_small = tuning.coverage_of([big, small], {"flag": dbs["flag"]}, {"flag": flag})[0]
+    only_small = tuning.coverage_of([big, small], {"flag": dbs["flag"]}, {"flag": flag}, tvm.target.Target(LLVM))[0]
     assert only_small.share == pytest.approx(2 * 2 * 16**3 / total)
     assert [t.name for t in only_small.tasks] == ["small"]
 
@@ -100,10 +109,11 @@ def test_records_for_plain_kernels_apply_where_they_cover_more(tmp_path: Path, m
     monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, prepack=True: variants[prepack])
     db = _write(tmp_path / "db", [(plain.mod, 1e-3)])
     paths = {"flag": db}
-    found = tuning.look_up(tvm, None, None, {"flag": tuning.open_database(db)}, paths)
+    llvm = tvm.target.Target(LLVM)
+    found = tuning.look_up(tvm, None, llvm, {"flag": tuning.open_database(db)}, paths)
     assert not found.prepack and found.coverage.share == pytest.approx(1.0) and list(found.chosen) == ["plain"]
     both = _write(tmp_path / "both", [(prepacked.mod, 1e-3), (plain.mod, 1e-3)])
-    found = tuning.look_up(tvm, None, None, {"flag": tuning.open_database(both)}, {"flag": both})
+    found = tuning.look_up(tvm, None, llvm, {"flag": tuning.open_database(both)}, {"flag": both})
     assert found.prepack and found.coverage.share == pytest.approx(1.0)
 
 
@@ -123,6 +133,29 @@ def test_merge_keeps_the_fastest_record_per_workload(tmp_path: Path) -> None:
     again = tuning.merge_databases(dest, [two], keep=2)
     assert again["workloads"] == 2 and again["records_written"] == 3
     assert not (tmp_path / "merged.merging").exists()
+
+
+@WRITES
+def test_records_apply_only_to_the_cpu_they_were_tuned_for(tmp_path: Path) -> None:
+    # MetaSchedule matches workloads alone: one database may hold the AVX2 and the AVX-512
+    # records of a kernel, and each build must get its own CPU's (num-cores aside).
+    task = _task("mm", 32)
+    db = _write(tmp_path / "db", [(task.mod, 3e-3)], target_dict=LLVM)
+    _write(tmp_path / "db", [(task.mod, 1e-3), (task.mod, 2e-3)], target_dict=AVX512)
+    database = tuning.open_database(db)
+    avx512 = tvm.target.Target({**AVX512, "num-cores": 4})
+    assert tuning.run_ms(tuning.best_record(database, task, tvm.target.Target(LLVM))) == pytest.approx(3.0)
+    assert tuning.run_ms(tuning.best_record(database, task, avx512)) == pytest.approx(1.0)
+    assert len(tuning.task_records(database, task, avx512)) == 2
+    other = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    assert tuning.best_record(database, task, other) is None
+    cov = tuning.coverage_of([task], {"flag": database}, {"flag": db}, other)[0]
+    assert cov.share == 0.0 and cov.tasks == ()
+    # A merge keeps the fastest record of each CPU.
+    counts = tuning.merge_databases(tmp_path / "merged", [db])
+    assert counts == {"records_read": 3, "workloads": 1, "records_written": 2}
+    merged = tuning.open_database(tmp_path / "merged")
+    assert sorted(tuning.run_ms(r) for r in merged.get_all_tuning_records()) == pytest.approx([1.0, 3.0])
 
 
 @WRITES
@@ -223,7 +256,7 @@ def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkey
     monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
     monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, **kw: [task])
     with pytest.warns(UserWarning, match="skipping the tuning records shipped in"):
-        applied = tuning.records_for_build(tvm, None, None, _profile(), None, NullProgress())
+        applied = tuning.records_for_build(tvm, None, tvm.target.Target(LLVM), _profile(), None, NullProgress())
     assert applied is not None and applied.coverage.sources == ("cache",)
     assert applied.manifest_entry()["databases"] == {"cache": str(cache), "shipped": str(shipped)}
 

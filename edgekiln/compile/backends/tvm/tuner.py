@@ -91,11 +91,10 @@ def plan(tasks: list[tuning.Task], options: TuneOptions) -> list[tuning.Task]:
     return chosen
 
 
-def measured_trials(database: Any, task: tuning.Task, limit: int) -> int:
-    """How many measured trials of the task the database holds (at most ``limit``)."""
-    if not database.has_workload(task.mod):
-        return 0
-    return len(database.get_top_k(database.commit_workload(task.mod), limit))
+def measured_trials(database: Any, task: tuning.Task, target: Any, limit: int) -> int:
+    """How many measured trials of the task for ``target``'s CPU the database holds (at most
+    ``limit``): a database may also hold another CPU's."""
+    return len(tuning.task_records(database, task, target, limit))
 
 
 def tune(
@@ -121,7 +120,7 @@ def tune(
     _, target, tasks = tuning.model_tasks(source, profile, progress)
     database = tuning.open_database(path, create=True)
     chosen = plan(tasks, options)
-    done = {t.name: measured_trials(database, t, options.trials_per_task) for t in chosen}
+    done = {t.name: measured_trials(database, t, target, options.trials_per_task) for t in chosen}
     searched = _searched(path)
     pending = [
         t
@@ -134,7 +133,7 @@ def tune(
         with progress.step(f"tune {len(pending)} of {len(tasks)} task(s), up to {options.trials_per_task} trials each"):
             _tune_pending(pending, done, target, database, path, (builder, runner), report, options)
     source_name = "flag" if options.tuning_db else "cache"
-    cov = tuning.coverage_of(tasks, {source_name: database}, {source_name: path})[0]
+    cov = tuning.coverage_of(tasks, {source_name: database}, {source_name: path}, target)[0]
     return TuneResult(
         database=path,
         profile=profile.id,
@@ -225,7 +224,7 @@ def _tune_pending(
                 work_dir,
                 options.seed + index,
             )
-            if measured_trials(database, task, options.trials_per_task) < options.trials_per_task:
+            if measured_trials(database, task, target, options.trials_per_task) < options.trials_per_task:
                 _note_searched(db_path, task, options.trials_per_task)
 
 

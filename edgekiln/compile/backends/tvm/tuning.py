@@ -233,12 +233,36 @@ def extract_tasks(tvm: Any, mod: Any, target: Any, *, prepack: bool = True) -> l
     return sorted(tasks, key=lambda t: (-t.total_flops, t.name))
 
 
-def best_record(database: Any, task: Task) -> Any | None:
-    """The fastest record for the task's workload, or None."""
+# Records a database may hold for one workload and target; more than any budget tunes.
+_MAX_RECORDS_PER_WORKLOAD = 100_000
+
+
+def cpu_key(target: Any) -> tuple[Any, ...]:
+    """What a record must share with a build's target to apply to it: the code generator and
+    the CPU it generates for. A schedule tuned for AVX-512 builds for AVX2 too, but its tiles
+    were timed with other vectors; num-cores only sizes the thread pool."""
+    data = json.loads(str(target)) if target is not None else {}
+    return (data.get("kind"), data.get("mtriple"), data.get("mcpu"), tuple(sorted(data.get("mattr") or ())))
+
+
+def task_records(database: Any, task: Task, target: Any, limit: int = _MAX_RECORDS_PER_WORKLOAD) -> list[Any]:
+    """The task's records tuned for ``target``'s CPU, fastest first (at most ``limit``).
+    MetaSchedule's lookup matches workloads alone, so one database may hold several CPUs'."""
     if not database.has_workload(task.mod):
-        return None
-    workload = database.commit_workload(task.mod)
-    top = database.get_top_k(workload, 1)
+        return []
+    key = cpu_key(target)
+    found = []
+    for record in database.get_top_k(database.commit_workload(task.mod), _MAX_RECORDS_PER_WORKLOAD):
+        if cpu_key(record.target) == key:
+            found.append(record)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def best_record(database: Any, task: Task, target: Any) -> Any | None:
+    """The fastest record for the task's workload tuned for ``target``'s CPU, or None."""
+    top = task_records(database, task, target, 1)
     return top[0] if top else None
 
 
@@ -247,14 +271,16 @@ def run_ms(record: Any) -> float | None:
     return round(1e3 * sum(secs) / len(secs), 4) if secs else None
 
 
-def coverage_of(tasks: list[Task], databases: dict[str, Any], paths: dict[str, Path]) -> tuple[Coverage, dict]:
+def coverage_of(
+    tasks: list[Task], databases: dict[str, Any], paths: dict[str, Path], target: Any
+) -> tuple[Coverage, dict]:
     """The coverage of ``tasks`` by ``databases`` (in precedence order) and the chosen
-    (source, record) per task name: the best record of the first database whose record
-    replays on the task."""
+    (source, record) per task name: the best record for ``target``'s CPU of the first
+    database whose record replays on the task."""
     chosen = {}
     for task in tasks:
         for source, database in databases.items():
-            record = best_record(database, task)
+            record = best_record(database, task, target)
             if record is not None and _replays(task, record):
                 chosen[task.name] = (source, record)
                 break
@@ -327,7 +353,7 @@ def look_up(tvm: Any, mod: Any, target: Any, databases: dict[str, Any], paths: d
     best = None
     for prepack in (True, False):
         tasks = extract_tasks(tvm, mod, target, prepack=prepack)
-        coverage, chosen = coverage_of(tasks, databases, paths)
+        coverage, chosen = coverage_of(tasks, databases, paths, target)
         if best is None or coverage.share > best.coverage.share:
             best = Lookup(prepack, tasks, coverage, chosen)
         if best.coverage.share >= 1.0:
@@ -528,11 +554,12 @@ def compile_with_records(tvm: Any, mod: Any, target: Any, applied: AppliedRecord
 
 def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[str, int]:
     """Merge ``sources`` into ``dest`` (which may hold records already): one entry per
-    workload (compared structurally), its ``keep`` fastest records. Returns counts."""
+    workload (compared structurally), its ``keep`` fastest records for each CPU that has
+    some (see :func:`cpu_key`). Returns counts."""
     if keep < 1:
         raise UserError(f"--keep must be 1 or more, not {keep}")
     require_database_writes()
-    grouped: dict[int, list[Any]] = {}
+    grouped: dict[tuple[int, tuple[Any, ...]], list[Any]] = {}
     read = 0
     for path in [dest, *sources]:
         if not (path / RECORD_FILE).is_file():
@@ -542,7 +569,8 @@ def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[s
         for record in open_database(path).get_all_tuning_records():
             read += 1
             if run_ms(record) is not None:
-                grouped.setdefault(structural_hash(record.workload.mod), []).append(record)
+                key = (structural_hash(record.workload.mod), cpu_key(record.target))
+                grouped.setdefault(key, []).append(record)
     staging = dest.with_name(dest.name + ".merging")
     shutil.rmtree(staging, ignore_errors=True)
     merged = open_database(staging, create=True)
@@ -558,7 +586,8 @@ def merge_databases(dest: Path, sources: list[Path], *, keep: int = 1) -> dict[s
     for name in (WORKLOAD_FILE, RECORD_FILE):
         os.replace(staging / name, dest / name)
     shutil.rmtree(staging, ignore_errors=True)
-    return {"records_read": read, "workloads": len(grouped), "records_written": written}
+    workloads = len({workload for workload, _ in grouped})
+    return {"records_read": read, "workloads": workloads, "records_written": written}
 
 
 def structural_hash(mod: Any) -> int:
