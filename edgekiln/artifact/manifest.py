@@ -58,6 +58,10 @@ class FileEntry:
     size: int
     sha256: str
     role: str  # "model-library", "runtime-library", "weights", "labels", ...
+    # CPU flags (as /proc/cpuinfo spells them) this file's code needs beyond the artifact's
+    # runtime.cpu_features; set on a "model-library-variant", which the runtime loads in
+    # place of the "model-library" only on a CPU that has them all.
+    cpu_features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,10 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         data = _plain(dataclasses.asdict(self))
+        for entry in data["files"]:
+            # Written only where set, so that artifacts without variants keep their layout.
+            if not entry["cpu_features"]:
+                del entry["cpu_features"]
         extra = data.pop("extra")
         for key in _EXTRA_FIELDS:
             value = data.pop(key)

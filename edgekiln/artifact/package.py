@@ -81,10 +81,12 @@ def executable(name: str) -> bool:
     return name.endswith(".so") or name.startswith("bin/")
 
 
-def file_entry(root: Path, relpath: str, role: str) -> FileEntry:
+def file_entry(root: Path, relpath: str, role: str, cpu_features: tuple[str, ...] = ()) -> FileEntry:
     """Describe ``root/relpath`` for the manifest."""
     path = root / relpath
-    return FileEntry(path=relpath, size=path.stat().st_size, sha256=sha256_file(path), role=role)
+    return FileEntry(
+        path=relpath, size=path.stat().st_size, sha256=sha256_file(path), role=role, cpu_features=cpu_features
+    )
 
 
 def pack(manifest: Manifest, root: Path, output: str | os.PathLike[str]) -> Path:

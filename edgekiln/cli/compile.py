@@ -152,14 +152,16 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         "--tuning-db",
         metavar="PATH",
         help="tvm: a tuning database (written by `edgekiln tune --tuning-db`); its records come "
-        "before those in edgekiln's cache and those shipped with edgekiln",
+        "before those in edgekiln's cache and those shipped with edgekiln (each build takes the "
+        "records tuned for its CPU: the profile's, and its CPU variants')",
     )
     parser.add_argument(
         "--backend-option",
         action="append",
         metavar="KEY=VALUE",
         help="an option of the backend named with --backend, e.g. num_threads=2 for litert, "
-        "optimization=basic for onnxruntime or inference_threads=2 for openvino; repeat per "
+        "optimization=basic for onnxruntime, inference_threads=2 for openvino or "
+        "cpu_variants=false for tvm (no AVX-512 build beside the x86_64 one); repeat per "
         "option (an unknown key lists the valid ones)",
     )
 

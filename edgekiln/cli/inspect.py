@@ -109,6 +109,8 @@ def render(data: dict) -> str:
         if kind:
             cuda = ", ".join(f"{i['kind']} {i['arch']}" for i in kind["cuda"])
             what = f"  ELF {kind['elf']}" + (f" + CUDA {cuda}" if cuda else "")
+        if f.get("cpu_features"):
+            what += f"  loaded on CPUs with {' '.join(f['cpu_features'])}"
         lines.append(f"  {f['path']:<28} {f['size'] / 1e6:8.2f} MB  {f['role']:<22} sha256 {f['sha256'][:16]}…{what}")
     if "manifest.json" in sizes:
         lines.append(f"  {'manifest.json':<28} {sizes['manifest.json'] / 1e6:8.2f} MB")

@@ -428,6 +428,8 @@ def _validate(
         validation = validate.compare(
             reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})"
         )
+        for library in validate.variant_libraries(manifest):
+            validation = _validate_variant(root, library, batches, reference, manifest, settings, runner, validation)
         if manifest.backend == "onnxruntime":
             # ONNX Runtime checked against itself proves little: a second, independent engine.
             from edgekiln.compile import second_reference
@@ -437,6 +439,34 @@ def _validate(
             )
             validation = replace(validation, second_reference=second.reference, second_max_abs_diff=second.max_abs_diff)
     return validation
+
+
+def _validate_variant(
+    root: Path,
+    library: str,
+    batches: Any,
+    reference: Any,
+    manifest: Manifest,
+    settings: validate.ValidationOptions,
+    runner: Any,
+    portable: Validation,
+) -> Validation:
+    """``portable``'s validation extended to the model library built for a richer CPU: the
+    same inputs and tolerances, the larger of the differences; a failure names the library."""
+    candidate = validate.run_artifact(root, batches, "cpu", runner, library=library)
+    try:
+        checked = validate.compare(reference, candidate, manifest.outputs, settings, executed_on="")
+    except BackendError as exc:
+        raise BackendError(f"{library}: {exc.message}", hint=exc.hint) from None
+    worst = max(portable.max_abs_diff or 0.0, checked.max_abs_diff or 0.0)
+    worst_rel = max(portable.max_rel_diff or 0.0, checked.max_rel_diff or 0.0)
+    return replace(
+        portable,
+        executed_on=f"{portable.executed_on}; also {library}",
+        max_abs_diff=worst,
+        max_rel_diff=worst_rel,
+        top1_agreement=min(portable.top1_agreement or 0.0, checked.top1_agreement or 0.0),
+    )
 
 
 def _manifest(
@@ -467,7 +497,10 @@ def _manifest(
         runtime=lowered.runtime,
         inputs=source.inputs,
         outputs=source.outputs,
-        files=tuple(file_entry(root, path, role) for path, role in sorted(files.items())),
+        files=tuple(
+            file_entry(root, path, role, tuple(lowered.cpu_features.get(path, ())))
+            for path, role in sorted(files.items())
+        ),
         validation=validate.skipped("not run yet"),
         preprocessing=source.preprocessing,
         labels=LABELS_FILE if LABELS_FILE in files else None,

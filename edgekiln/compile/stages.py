@@ -177,6 +177,8 @@ class LoweredFiles:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Tuning records applied (tvm): tasks tuned, their share of the FLOPs, the sources.
     tuning: Mapping[str, Any] | None = None
+    # Files that need CPU features beyond ``runtime.cpu_features`` (path → flags).
+    cpu_features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

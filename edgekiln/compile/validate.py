@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgekiln.artifact.manifest import TensorSpec, Validation
+from edgekiln.artifact.manifest import Manifest, TensorSpec, Validation
 from edgekiln.errors import BackendError
 from edgekiln.execute.inputs import Samples, compare_outputs
 from edgekiln.execute.inputs import make_inputs as _make_inputs
@@ -82,12 +82,26 @@ def range_tolerance(
 
 
 def run_artifact(
-    root: Path, batches: Sequence[Sequence[np.ndarray]], device: str = "cpu", runner: Runner | None = None
+    root: Path,
+    batches: Sequence[Sequence[np.ndarray]],
+    device: str = "cpu",
+    runner: Runner | None = None,
+    library: str | None = None,
 ) -> Samples:
     """Run an extracted artifact on ``batches`` through the runtime, in a worker process of
-    ``runner`` (default: this host)."""
-    subject = {"kind": "artifact", "path": str(root), "device": device}
-    return outputs_of(runner or LocalRunner(), "the compiled artifact", subject, [list(b) for b in batches])
+    ``runner`` (default: this host); ``library`` loads that TVM model library instead of the
+    one the runtime would choose for this CPU."""
+    subject: dict[str, Any] = {"kind": "artifact", "path": str(root), "device": device}
+    if library:
+        subject["library"] = library
+    what = f"the compiled artifact ({library})" if library else "the compiled artifact"
+    return outputs_of(runner or LocalRunner(), what, subject, [list(b) for b in batches])
+
+
+def variant_libraries(manifest: Manifest) -> list[str]:
+    """The TVM model libraries built for richer CPUs that the artifact carries beside its
+    portable one; validation runs each."""
+    return [f.path for f in manifest.files if f.role == "model-library-variant"]
 
 
 def compare(

@@ -15,7 +15,7 @@ layout of a file is the layout of :meth:`DeviceProfile.to_dict`::
     backends = ["tvm", "onnxruntime", "litert"]
 
     [cpu]         arch, triple, llvm_triple, mcpu, mattr, cores,
-                  peak_gflops_fp32, memory_bandwidth_gbs, source
+                  peak_gflops_fp32, memory_bandwidth_gbs, source, variants (optional)
     [accelerator] kind, name, cuda_arch, peak_gflops_fp32, memory_bandwidth_gbs, source
     [toolchain]   cc, debian_package          (both optional: absent for native x86_64)
     [emulation]   qemu_binary, cpu
@@ -77,6 +77,11 @@ class CpuSpec:
     peak_gflops_fp32: float
     memory_bandwidth_gbs: float
     source: str
+    # Profiles (ids or aliases) of the same arch whose CPUs have every feature of this one
+    # and more ("aws/c5": AVX-512 beside AVX2). The tvm backend also builds the model for
+    # each one that tuning records cover, and the runtime loads the first build the device's
+    # CPU can execute: a class of machines gets the faster code where it has the ISA.
+    variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,7 @@ class DeviceProfile:
                 "peak_gflops_fp32": cpu.peak_gflops_fp32,
                 "memory_bandwidth_gbs": cpu.memory_bandwidth_gbs,
                 "source": cpu.source,
+                **({"variants": list(cpu.variants)} if cpu.variants else {}),
             },
             "accelerator": None
             if acc is None
@@ -354,7 +360,7 @@ _TOP_KEYS = (
 )  # fmt: skip
 _CPU_KEYS = (
     "arch", "triple", "llvm_triple", "mcpu", "mattr", "cores",
-    "peak_gflops_fp32", "memory_bandwidth_gbs", "source",
+    "peak_gflops_fp32", "memory_bandwidth_gbs", "source", "variants",
 )  # fmt: skip
 _ACCELERATOR_KEYS = (
     "kind", "name", "cuda_arch", "peak_gflops_fp32", "memory_bandwidth_gbs", "source",
@@ -461,7 +467,21 @@ def _parse_cpu(table: _Table | None) -> CpuSpec:
         peak_gflops_fp32=table.positive_float("peak_gflops_fp32"),
         memory_bandwidth_gbs=table.positive_float("memory_bandwidth_gbs"),
         source=source,
+        # Checked against the profiles they name when a build uses them (compile time):
+        # a profile file alone cannot see the others.
+        variants=_variants(table),
     )
+
+
+def _variants(table: _Table) -> tuple[str, ...]:
+    names = table.str_list("variants", required=False)
+    for name in names:
+        if name.endswith(".toml"):
+            raise table._error(
+                f"variant {name!r} in 'cpu.variants' is a file",
+                valid="name shipped profiles by id or alias (edgekiln profiles lists them)",
+            )
+    return names
 
 
 def _parse_accelerator(table: _Table) -> AcceleratorSpec:

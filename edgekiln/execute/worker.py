@@ -21,7 +21,8 @@ Requests and replies, one JSON object per line (replies carry ``"ok": true`` or
 - ``{"op": "exit"}`` → ``vm_hwm_kb``, then the process exits 0
 
 A subject is ``{"kind": "artifact", "path": P, "device": "cpu"|"cuda"}`` (P a packed or
-extracted artifact) or
+extracted artifact; an optional ``"library"`` names the TVM model library to load instead of
+the one for this CPU) or
 ``{"kind": "onnxruntime"|"openvino"|"torch"|"torch-compile", "model": ONNX_PATH, "device": D}``,
 each with an optional ``"threads": N``: the worker then runs on the first N CPUs it may use
 and tells its runtime to use N threads (default: the runtime's own choice).
@@ -88,9 +89,15 @@ def _open_artifact(subject: dict[str, Any]) -> tuple[RunFn, str]:
     if subject.get("threads"):
         # Read by the TVM runtime's thread pool when it starts, which is after this.
         os.environ["TVM_NUM_THREADS"] = str(int(subject["threads"]))
+    if subject.get("library"):
+        # A TVM artifact's model library to load instead of the one for this CPU (validation
+        # runs each build the artifact carries).
+        os.environ["EDGEKILN_MODEL_LIBRARY"] = str(subject["library"])
     model = Model(subject["path"], device=device)
     manifest = model.manifest
     version = f"{manifest.backend} {manifest.runtime.library_version or manifest.compiler.get('tvm', '')}".strip()
+    if any(f.role == "model-library-variant" for f in manifest.files):
+        version += f" ({model.loaded_library})"
     if device != "cuda":
         return model.run, version
     # The runtime copies outputs back to host arrays, which already waits for the kernels;

@@ -74,6 +74,12 @@ class Model:
     def manifest(self) -> Manifest:
         return self._manifest
 
+    @property
+    def loaded_library(self) -> str | None:
+        """The artifact file whose code runs, where the backend chooses one at load (a TVM
+        artifact with CPU variants: the build for this CPU); None for the others."""
+        return getattr(self._executor, "library", None)
+
     def get_input_names(self) -> list[str]:
         return [t.name for t in self._manifest.inputs]
 

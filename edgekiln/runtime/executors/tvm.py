@@ -4,19 +4,26 @@ The device needs no TVM install: the artifact carries ``libtvm_runtime.so`` buil
 platform (and ``libtvm_runtime_cuda.so`` for GPU artifacts).  Loading it with RTLD_GLOBAL
 registers the Relax VM's functions in the FFI registry, after which the compiled model
 library loads as an FFI module.
+
+An artifact may carry, beside its portable model library, variants built for richer CPUs
+of its class (AVX-512 on x86_64); the executor loads the first variant whose CPU features
+the device has, else the portable library. ``EDGEKILN_MODEL_LIBRARY=<path in the artifact>``
+forces one (validation runs each this way; a user can compare them).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from edgekiln.artifact.manifest import Manifest
-from edgekiln.errors import CompatibilityError, DependencyError, IntegrityError
+from edgekiln.artifact.manifest import FileEntry, Manifest
+from edgekiln.errors import CompatibilityError, DependencyError, IntegrityError, UserError
+from edgekiln.runtime.compat import host_info
 
 # DLPack device codes and the Relax VM's allocator kinds (tvm/runtime/vm.py).
 _KDL_CPU, _KDL_CUDA = 1, 2
@@ -25,6 +32,8 @@ _POOLED_ALLOCATOR = 2
 # (ours, or the compiler's when edgekiln validates inside a compile process).
 _RUNTIME_PROBE = "vm.builtin.check_tensor_info"
 _CUDA_PROBE = "ffi.Module.load_from_bytes.cuda"
+
+LIBRARY_ENV = "EDGEKILN_MODEL_LIBRARY"
 
 _load_lock = threading.Lock()
 _loaded_libraries: dict[str, ctypes.CDLL] = {}
@@ -51,6 +60,31 @@ def _load_runtime_library(tvm_ffi: Any, path: Path, probe: str) -> None:
             raise CompatibilityError(f"cannot load the artifact's runtime library {path.name}: {exc}") from None
 
 
+def choose_library(manifest: Manifest, cpu_features: frozenset[str], forced: str | None = None) -> FileEntry:
+    """The model library to load on a CPU with ``cpu_features``: ``forced`` (a path in the
+    artifact) if given, else the first variant whose features the CPU has, else the portable
+    library. An empty feature set (no /proc/cpuinfo) takes the portable library."""
+    base = manifest.file("model-library")
+    if base is None:
+        raise IntegrityError("the artifact has no model library")
+    libraries = [f for f in manifest.files if f.role == "model-library-variant"] + [base]
+    if forced:
+        chosen = next((f for f in libraries if f.path == forced), None)
+        if chosen is None:
+            raise UserError(
+                f"{LIBRARY_ENV}={forced} is not a model library of this artifact",
+                hint=f"use one of: {', '.join(f.path for f in libraries)}",
+            )
+        missing = sorted(set(chosen.cpu_features) - cpu_features) if cpu_features else []
+        if missing:
+            raise CompatibilityError(f"{chosen.path} needs CPU features this CPU lacks: {', '.join(missing)}")
+        return chosen
+    for entry in libraries[:-1]:
+        if cpu_features and set(entry.cpu_features) <= cpu_features:
+            return entry
+    return base
+
+
 class TVMExecutor:
     """A loaded Relax VM executable for one device."""
 
@@ -71,9 +105,8 @@ class TVMExecutor:
             if cuda_runtime is None:
                 raise IntegrityError("a CUDA artifact without its CUDA runtime library")
             _load_runtime_library(tvm_ffi, root / cuda_runtime.path, _CUDA_PROBE)
-        library = manifest.file("model-library")
-        if library is None:
-            raise IntegrityError("the artifact has no model library")
+        library = choose_library(manifest, host_info().cpu_features, os.environ.get(LIBRARY_ENV))
+        self.library = library.path
         try:
             module = tvm_ffi.load_module(str(root / library.path))
             vm = module["vm_load_executable"]()

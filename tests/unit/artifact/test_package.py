@@ -172,7 +172,10 @@ def test_libraries_and_bin_programs_stay_executable(tmp_path):
     (root / "bin").mkdir(parents=True)
     (root / "bin" / "edgekiln-run").write_bytes(b"run")
     (root / "labels.txt").write_text("cat\n")
-    files = [dataclasses.asdict(file_entry(root, n, "x")) for n in ("bin/edgekiln-run", "labels.txt")]
+    # As JSON reads them back: lists, not the dataclass's tuples.
+    files = [
+        json.loads(json.dumps(dataclasses.asdict(file_entry(root, n, "x")))) for n in ("bin/edgekiln-run", "labels.txt")
+    ]
     manifest = Manifest.from_dict({**hostile.manifest({}), "files": files})
     unpack(pack(manifest, root, tmp_path / "a.tar.gz"), tmp_path / "out")
     assert (tmp_path / "out" / "bin" / "edgekiln-run").stat().st_mode & 0o777 == 0o755

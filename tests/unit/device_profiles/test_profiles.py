@@ -282,6 +282,8 @@ def test_optional_tables_may_be_left_out(tmp_path):
             r"'emulation\.qemu_binary'; valid for arch 'aarch64': qemu-aarch64",
         ),
         ('"manylinux_2_28_aarch64"', '"manylinux_2_28_x86_64"', r"not for arch 'aarch64'"),
+        ("cores = 4", 'cores = 4\nvariants = "rasp5"', r"'cpu\.variants' must be a list of strings"),
+        ("cores = 4", 'cores = 4\nvariants = ["../x.toml"]', r"variant '\.\./x\.toml' in 'cpu\.variants' is a file"),
     ],
 )
 def test_bad_file_names_the_file_and_key(tmp_path, old, new, expected):

@@ -13,6 +13,7 @@ from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import importer, runtime_libs
+from edgekiln.compile.backends.tvm.variants import Variants, build_variants, variant_profiles
 from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
@@ -28,8 +29,19 @@ RUNTIME_LIBRARY_CUDA = "lib/libtvm_runtime_cuda.so"
 # them; the runtime refuses to load on a CPU that lacks one instead of dying on SIGILL.
 _MCPU_FEATURES = {
     "haswell": ("avx2", "fma", "f16c", "bmi2", "movbe"),
-    "skylake-avx512": ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
-    "cascadelake": ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
+    "skylake-avx512": (
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi2",
+        "movbe",
+        "avx512f",
+        "avx512cd",
+        "avx512bw",
+        "avx512dq",
+        "avx512vl",
+    ),
+    "cascadelake": ("avx2", "fma", "f16c", "bmi2", "movbe", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
 }
 # LLVM -mattr names → /proc/cpuinfo names where they differ (32-bit ARM spells vfp4 "vfpv4").
 _MATTR_FLAGS = {"vfp4": "vfpv4", "avx512f": "avx512f", "neon": "neon"}
@@ -48,6 +60,9 @@ class TVMOptions(BackendOptions):
     precision: "fp16" (CUDA profiles) computes in fp16 with fp32 accumulation; the
     artifact's inputs and outputs stay fp32 (see gpu_pipeline.py).
     cuda_graph: for CUDA profiles, capture the model's kernels in one CUDA graph.
+    cpu_variants: also build the model for the profile's ``cpu.variants`` (richer CPUs of
+    its class, such as AVX-512 for x86_64) that tuning records cover and this host can run;
+    the runtime loads the one the device's CPU executes (see variants.py).
     """
 
     backend: ClassVar[str] = "tvm"
@@ -57,6 +72,7 @@ class TVMOptions(BackendOptions):
     tuning_records: bool = True
     precision: str = "fp32"
     cuda_graph: bool = True
+    cpu_variants: bool = True
 
     def check(self) -> None:
         from edgekiln.compile.backends.tvm.gpu_pipeline import PRECISIONS
@@ -109,6 +125,9 @@ class TVMBackend(Backend):
                 f"precision {options.precision} is for CUDA profiles; {profile.id} has no CUDA GPU",
                 hint="drop precision=fp16, or quantize to int8 with --quantize for a CPU",
             )
+        with_variants = options.cpu_variants and bool(profile.cpu.variants) and not profile.is_cuda
+        if with_variants:
+            variant_profiles(profile, required_cpu_features)  # a mistake in the profile fails first
         tvm, from_onnx = _import_tvm()
         fcompile = self._linker(profile, options)
         libs = runtime_libs.find(profile.cpu.arch)
@@ -128,11 +147,22 @@ class TVMBackend(Backend):
         with progress.step(
             "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
         ):
-            try:
-                executable.export_library(str(library), fcompile=fcompile)
-            except Exception as exc:
-                raise BackendError(f"linking the model library failed: {first_line(exc, last=True)}") from None
+            _export(executable, library, fcompile)
         files, notes = _copy_runtime_libraries(profile, libs, root)
+        built = Variants()
+        if with_variants:
+            built = build_variants(
+                tvm,
+                mod,
+                profile,
+                required_cpu_features,
+                options.tuning_db,
+                lambda executable, path: _export(executable, path, fcompile),
+                root,
+                progress,
+            )
+            tuned["variants"] = built.entries
+            files.update(built.files)
         return LoweredFiles(
             files=files,
             runtime=_runtime_requirements(profile, libs, notes),
@@ -140,6 +170,7 @@ class TVMBackend(Backend):
             target=json.loads(str(target)),
             options=asdict(options),
             tuning=tuned or None,
+            cpu_features=built.cpu_features,
         )
 
     def _build_for_profile(
@@ -234,6 +265,13 @@ class TVMBackend(Backend):
         if profile.toolchain.cc is None and not flags:
             return None  # TVM's own default: the host's g++
         return tvm_cc.cross_compiler(compiler, options=flags)
+
+
+def _export(executable: Any, path: Path, fcompile: Any) -> None:
+    try:
+        executable.export_library(str(path), fcompile=fcompile)
+    except Exception as exc:
+        raise BackendError(f"linking the model library failed: {first_line(exc, last=True)}") from None
 
 
 def _import_tvm() -> tuple[Any, Any]:

@@ -1,0 +1,124 @@
+"""Builds of one CPU model for richer CPUs of the same class (a profile's ``cpu.variants``).
+
+A class of machines such as ``x86_64`` (AVX2) must get code every member executes, yet many
+members have more: AVX-512 doubles the vector width of every convolution. The artifact then
+carries, beside its portable ``model-library``, a ``model-library-variant`` per richer CPU,
+and the runtime loads the first one the device's CPU can execute (see the TVM executor).
+
+A variant is built only when it is worth its size and can be trusted:
+
+- tuning records for the variant's profile cover at least ``COVERAGE_RULE`` of the model's
+  FLOPs (the rule the auto choice uses): untuned code for a wider ISA is no faster than the
+  tuned portable code, and the model library is as big as the weights;
+- the build host can execute its code, so that validation runs it like the portable build.
+  Nothing ships that no one ran.
+
+Every variant the profile lists gets an entry in the manifest's ``tuning.variants``: built
+(with its records' coverage) or not, and why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekiln.compile.evidence import COVERAGE_RULE
+from edgekiln.device_profiles import DeviceProfile, get_profile
+from edgekiln.errors import BackendError, UserError, first_line
+from edgekiln.execute.host import cannot_execute
+from edgekiln.execute.progress import Progress
+
+VARIANT_ROLE = "model-library-variant"
+
+
+@dataclass
+class Variants:
+    """What the variant builds add to the artifact: files (path → role), the CPU flags each
+    file needs beyond the portable build's, and the manifest entries."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    cpu_features: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def variant_profiles(
+    profile: DeviceProfile, features_of: Callable[[DeviceProfile], tuple[str, ...]]
+) -> list[tuple[DeviceProfile, tuple[str, ...]]]:
+    """The profile's variants with the CPU flags each needs beyond ``profile``; a variant of
+    another arch, a GPU profile or one that lacks a flag of ``profile`` is a mistake in the
+    profile and raises UserError."""
+    base = features_of(profile)
+    found = []
+    for name in profile.cpu.variants:
+        variant = get_profile(name)
+        if variant.cpu.arch != profile.cpu.arch or variant.is_cuda:
+            raise UserError(
+                f"profile {profile.id} lists {variant.id} as a CPU variant, but it is "
+                f"{'a CUDA profile' if variant.is_cuda else f'for {variant.cpu.arch}'}",
+                hint=f"list only {profile.cpu.arch} CPU profiles in cpu.variants",
+            )
+        features = features_of(variant)
+        missing = [f for f in base if f not in features]
+        if missing:
+            raise UserError(
+                f"profile {profile.id} lists {variant.id} as a CPU variant, but its CPU lacks {', '.join(missing)}",
+                hint="a variant's CPU must execute everything the profile's CPU does",
+            )
+        found.append((variant, tuple(f for f in features if f not in base)))
+    return found
+
+
+def build_variants(
+    tvm: Any,
+    mod: Any,
+    profile: DeviceProfile,
+    features_of: Callable[[DeviceProfile], tuple[str, ...]],
+    tuning_db: str | None,
+    export: Callable[[Any, Path], None],
+    root: Path,
+    progress: Progress,
+) -> Variants:
+    """Build ``mod`` for each of the profile's variants that records cover and this host can
+    execute; ``export`` links an executable to a path."""
+    from edgekiln.compile.backends.tvm import tuning
+
+    out = Variants()
+    for variant, extra in variant_profiles(profile, features_of):
+        entry: dict[str, Any] = {"profile": variant.id, "cpu_features": list(extra)}
+        out.entries.append(entry)
+        why_not = cannot_execute(variant, features_of(variant))
+        if why_not:
+            entry["built"] = False
+            entry["reason"] = f"not built: {why_not}, so its code could not be validated here"
+            continue
+        target = tvm.target.Target(variant.tvm_target())
+        applied = tuning.records_for_build(tvm, mod, target, variant, tuning_db, progress)
+        share = applied.coverage.share if applied is not None else 0.0
+        if applied is None or applied.database is None or share < COVERAGE_RULE:
+            entry["built"] = False
+            entry["reason"] = (
+                f"not built: tuning records for {variant.id} cover {share:.0%} of the model's FLOPs, "
+                f"under the {COVERAGE_RULE:.0%} rule (edgekiln tune --target {variant.id} adds them)"
+            )
+            continue
+        path = f"lib/model-{_slug(variant.cpu.mcpu)}.so"
+        with progress.step(f"build the {variant.cpu.mcpu} variant (for CPUs with {' '.join(extra) or 'its ISA'})"):
+            try:
+                executable = tuning.compile_with_records(tvm, mod, target, applied)
+            except Exception as exc:
+                why = first_line(exc, last=True)
+                raise BackendError(
+                    f"TVM failed to build the {variant.id} variant with its tuning records: {why}"
+                ) from None
+            export(executable, root / path)
+        entry.update(built=True, library=path, **applied.manifest_entry())
+        out.files[path] = VARIANT_ROLE
+        out.cpu_features[path] = extra
+    return out
+
+
+def _slug(text: str) -> str:
+    # An LLVM cpu name from a profile becomes part of a file name in the artifact.
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip(".-") or "variant"

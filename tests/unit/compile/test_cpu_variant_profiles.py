@@ -1,0 +1,40 @@
+"""A profile's CPU variants are checked before anything is built: each must be a CPU profile
+of the same arch whose CPU executes everything the profile's does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from edgekiln.compile.backends.tvm.backend import required_cpu_features
+from edgekiln.compile.backends.tvm.variants import variant_profiles
+from edgekiln.device_profiles import get_profile
+from edgekiln.errors import UserError
+
+
+def _with_variants(alias: str, *variants: str):
+    profile = get_profile(alias)
+    return dataclasses.replace(profile, cpu=dataclasses.replace(profile.cpu, variants=variants))
+
+
+def test_x86_64_lists_c5_and_its_variant_needs_only_the_avx512_flags() -> None:
+    ((variant, extra),) = variant_profiles(get_profile("x86_64"), required_cpu_features)
+    assert variant.id == "aws/c5"
+    assert extra == ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+    assert variant_profiles(get_profile("ml_c5"), required_cpu_features) == []
+
+
+@pytest.mark.parametrize(
+    ("base", "variant", "expected"),
+    [
+        ("x86_64", "rasp5", r"lists raspberry-pi/5-aarch64 as a CPU variant, but it is for aarch64"),
+        ("x86_64", "h200", r"lists nvidia/h200-sxm as a CPU variant, but it is a CUDA profile"),
+        # The portable profile is no variant of the AVX-512 one: its CPU lacks AVX-512.
+        ("ml_c5", "x86_64", r"lists generic/x86-64-avx2 as a CPU variant, but its CPU lacks avx512f"),
+        ("x86_64", "no-such-board", r"no-such-board"),
+    ],
+)
+def test_a_variant_that_cannot_stand_in_is_a_mistake_in_the_profile(base: str, variant: str, expected: str) -> None:
+    with pytest.raises(UserError, match=expected):
+        variant_profiles(_with_variants(base, variant), required_cpu_features)
