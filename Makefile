@@ -173,7 +173,7 @@ TUNE_MODELS ?= resnet18 mobilenet_v2
 TUNE_resnet18 ?= 32:0 64:768 128:640 256:1280
 TUNE_mobilenet_v2 ?= 16:0 48:1536 96:384
 TUNE_C5_MODELS ?= resnet18
-TUNE_C5_resnet18 ?= 32:0 64:768
+TUNE_C5_resnet18 ?= 32:0 64:768 128:640 256:1280
 RECORDS := edgekiln/compile/backends/tvm/records
 # $(1) profile, $(2) model, $(3) PER_TASK:TRIALS
 tune_pass = $(BIN)/edgekiln tune zoo:$(2) --target $(1) --threads 2 --tuning-db build/tune-zoo/$(1)/$(2) \

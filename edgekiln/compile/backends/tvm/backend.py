@@ -62,7 +62,8 @@ class TVMOptions(BackendOptions):
     cuda_graph: for CUDA profiles, capture the model's kernels in one CUDA graph.
     cpu_variants: also build the model for the profile's ``cpu.variants`` (richer CPUs of
     its class, such as AVX-512 for x86_64) that tuning records cover and this host can run;
-    the runtime loads the one the device's CPU executes (see variants.py).
+    the runtime loads the one the device's CPU executes (see variants.py). Needs
+    tuning_records.
     """
 
     backend: ClassVar[str] = "tvm"
@@ -125,7 +126,10 @@ class TVMBackend(Backend):
                 f"precision {options.precision} is for CUDA profiles; {profile.id} has no CUDA GPU",
                 hint="drop precision=fp16, or quantize to int8 with --quantize for a CPU",
             )
-        with_variants = options.cpu_variants and bool(profile.cpu.variants) and not profile.is_cuda
+        # A variant is built only with tuning records (see variants.py): none without them.
+        with_variants = (
+            options.cpu_variants and options.tuning_records and bool(profile.cpu.variants) and not profile.is_cuda
+        )
         if with_variants:
             variant_profiles(profile, required_cpu_features)  # a mistake in the profile fails first
         tvm, from_onnx = _import_tvm()
