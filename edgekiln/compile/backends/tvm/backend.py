@@ -27,22 +27,9 @@ RUNTIME_LIBRARY_CUDA = "lib/libtvm_runtime_cuda.so"
 
 # CPU features that code generated for an LLVM cpu name uses, as /proc/cpuinfo spells
 # them; the runtime refuses to load on a CPU that lacks one instead of dying on SIGILL.
-_MCPU_FEATURES = {
-    "haswell": ("avx2", "fma", "f16c", "bmi2", "movbe"),
-    "skylake-avx512": (
-        "avx2",
-        "fma",
-        "f16c",
-        "bmi2",
-        "movbe",
-        "avx512f",
-        "avx512cd",
-        "avx512bw",
-        "avx512dq",
-        "avx512vl",
-    ),
-    "cascadelake": ("avx2", "fma", "f16c", "bmi2", "movbe", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
-}
+_AVX2 = ("avx2", "fma", "f16c", "bmi2", "movbe")
+_AVX512 = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+_MCPU_FEATURES = {"haswell": _AVX2, "skylake-avx512": _AVX2 + _AVX512, "cascadelake": _AVX2 + _AVX512}
 # LLVM -mattr names → /proc/cpuinfo names where they differ (32-bit ARM spells vfp4 "vfpv4").
 _MATTR_FLAGS = {"vfp4": "vfpv4", "avx512f": "avx512f", "neon": "neon"}
 
