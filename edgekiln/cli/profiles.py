@@ -107,6 +107,8 @@ def _print_profile(profile: DeviceProfile, out: TextIO | None = None) -> None:
         ("  memory bandwidth", f"{_number(cpu.memory_bandwidth_gbs)} GB/s"),
         ("  source", cpu.source),
     ]
+    if cpu.variants:
+        lines.append(("  variants", ", ".join(cpu.variants) + " (tvm: a build for each beside this one)"))
     acc = profile.accelerator
     if acc is None:
         lines.append(("accelerator", "-"))

@@ -76,6 +76,15 @@ def test_show_text_with_accelerator(capsys):
     assert "235.9 GFLOP/s" in out
 
 
+def test_show_lists_cpu_variants_where_there_are_some(capsys):
+    code, out, _ = run(capsys, "profiles", "show", "x86_64")
+    assert code == 0 and "variants          aws/c5 (tvm: a build for each beside this one)" in out
+    code, out, _ = run(capsys, "profiles", "show", "x86_64", "--json")
+    assert json.loads(out)["cpu"]["variants"] == ["aws/c5"]
+    code, out, _ = run(capsys, "profiles", "show", "rasp4b")
+    assert code == 0 and "variants" not in out
+
+
 def test_show_json(capsys):
     code, out, _ = run(capsys, "profiles", "show", "ml_g4dn", "--json")
     assert code == 0
