@@ -50,6 +50,10 @@ class TensorSpec:
         object.__setattr__(self, "shape", shape)
 
 
+# The role of a model library built for a richer CPU of the profile's class (TVM CPU variants).
+VARIANT_ROLE = "model-library-variant"
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """A member of the artifact besides the manifest, with its size and sha256."""
@@ -59,8 +63,8 @@ class FileEntry:
     sha256: str
     role: str  # "model-library", "runtime-library", "weights", "labels", ...
     # CPU flags (as /proc/cpuinfo spells them) this file's code needs beyond the artifact's
-    # runtime.cpu_features; set on a "model-library-variant", which the runtime loads in
-    # place of the "model-library" only on a CPU that has them all.
+    # runtime.cpu_features; set on a VARIANT_ROLE file, which the runtime loads in place of
+    # the "model-library" only on a CPU that has them all.
     cpu_features: tuple[str, ...] = ()
 
 
@@ -228,6 +232,10 @@ class Manifest:
     def file(self, role: str) -> FileEntry | None:
         """The first file with ``role``, or None."""
         return next((f for f in self.files if f.role == role), None)
+
+    def variant_libraries(self) -> tuple[FileEntry, ...]:
+        """The model libraries built for richer CPUs, in the order the runtime tries them."""
+        return tuple(f for f in self.files if f.role == VARIANT_ROLE)
 
     def to_dict(self) -> dict[str, Any]:
         data = _plain(dataclasses.asdict(self))

@@ -428,8 +428,10 @@ def _validate(
         validation = validate.compare(
             reference, candidate, manifest.outputs, settings, executed_on=f"{executed_on} ({device})"
         )
-        for library in validate.variant_libraries(manifest):
-            validation = _validate_variant(root, library, batches, reference, manifest, settings, runner, validation)
+        for variant in manifest.variant_libraries():  # each build the artifact carries
+            validation = _validate_variant(
+                root, variant.path, batches, reference, manifest, settings, runner, validation
+            )
         if manifest.backend == "onnxruntime":
             # ONNX Runtime checked against itself proves little: a second, independent engine.
             from edgekiln.compile import second_reference

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgekiln.artifact.manifest import Manifest, TensorSpec, Validation
+from edgekiln.artifact.manifest import TensorSpec, Validation
 from edgekiln.errors import BackendError
 from edgekiln.execute.inputs import Samples, compare_outputs
 from edgekiln.execute.inputs import make_inputs as _make_inputs
@@ -96,12 +96,6 @@ def run_artifact(
         subject["library"] = library
     what = f"the compiled artifact ({library})" if library else "the compiled artifact"
     return outputs_of(runner or LocalRunner(), what, subject, [list(b) for b in batches])
-
-
-def variant_libraries(manifest: Manifest) -> list[str]:
-    """The TVM model libraries built for richer CPUs that the artifact carries beside its
-    portable one; validation runs each."""
-    return [f.path for f in manifest.files if f.role == "model-library-variant"]
 
 
 def compare(

@@ -83,6 +83,7 @@ def _status_kb(field: str) -> int | None:
 
 # -- subjects ----------------------------------------------------------------------------
 def _open_artifact(subject: dict[str, Any]) -> tuple[RunFn, str]:
+    from edgekiln.runtime.executors.tvm import LIBRARY_ENV
     from edgekiln.runtime.model import Model
 
     device = subject.get("device", "cpu")
@@ -92,11 +93,11 @@ def _open_artifact(subject: dict[str, Any]) -> tuple[RunFn, str]:
     if subject.get("library"):
         # A TVM artifact's model library to load instead of the one for this CPU (validation
         # runs each build the artifact carries).
-        os.environ["EDGEKILN_MODEL_LIBRARY"] = str(subject["library"])
+        os.environ[LIBRARY_ENV] = str(subject["library"])
     model = Model(subject["path"], device=device)
     manifest = model.manifest
     version = f"{manifest.backend} {manifest.runtime.library_version or manifest.compiler.get('tvm', '')}".strip()
-    if any(f.role == "model-library-variant" for f in manifest.files):
+    if manifest.variant_libraries():
         version += f" ({model.loaded_library})"
     if device != "cuda":
         return model.run, version

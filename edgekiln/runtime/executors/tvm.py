@@ -67,7 +67,7 @@ def choose_library(manifest: Manifest, cpu_features: frozenset[str], forced: str
     base = manifest.file("model-library")
     if base is None:
         raise IntegrityError("the artifact has no model library")
-    libraries = [f for f in manifest.files if f.role == "model-library-variant"] + [base]
+    libraries = [*manifest.variant_libraries(), base]
     if forced:
         chosen = next((f for f in libraries if f.path == forced), None)
         if chosen is None:

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edgekiln.artifact.manifest import VARIANT_ROLE
 from edgekiln.compile.evidence import COVERAGE_RULE
 from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import BackendError, UserError, first_line
 from edgekiln.execute.host import cannot_execute
 from edgekiln.execute.progress import Progress
-
-VARIANT_ROLE = "model-library-variant"
 
 
 @dataclass
