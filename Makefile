@@ -164,9 +164,10 @@ BENCH_GATE ?= benchmarks/results/$(BENCH_SUITE)/results.json
 bench: setup
 	$(BIN)/edgekiln suite benchmarks/suite.toml --suite $(BENCH_SUITE) --out $(BENCH_OUT) $(if $(BENCH_GATE),--gate $(BENCH_GATE))
 
-# The shipped records' budget, per profile and model: passes of PER_TASK:TRIALS (edgekiln tune
-# --trials-per-task PER_TASK --trials TRIALS; TRIALS 0 = no cap, else the tasks with most FLOPs
-# whose budgets fit). Each pass resumes the model's database under build/tune-zoo/PROFILE; then
+# The shipped records' budget, per profile and model: passes of PER_TASK:TRIALS[:ORDER] (edgekiln
+# tune --trials-per-task PER_TASK --trials TRIALS --order ORDER; TRIALS 0 = no cap, else the
+# tasks first in ORDER whose budgets fit; ORDER is flops unless given, or time: where the model's
+# time is). Each pass resumes the model's database under build/tune-zoo/PROFILE; then
 # the profile's databases are merged (fastest record per workload) and gzipped into the
 # package's records. x86_64 (AVX2): ResNet-18 and MobileNetV2; ml_c5 (AVX-512): ResNet-18.
 TUNE_MODELS ?= resnet18 mobilenet_v2
@@ -175,9 +176,10 @@ TUNE_mobilenet_v2 ?= 16:0 48:1536 96:384
 TUNE_C5_MODELS ?= resnet18
 TUNE_C5_resnet18 ?= 32:0 64:768 128:640 256:1280
 RECORDS := edgekiln/compile/backends/tvm/records
-# $(1) profile, $(2) model, $(3) PER_TASK:TRIALS
+# $(1) profile, $(2) model, $(3) PER_TASK:TRIALS[:ORDER]
 tune_pass = $(BIN)/edgekiln tune zoo:$(2) --target $(1) --threads 2 --tuning-db build/tune-zoo/$(1)/$(2) \
-  --trials-per-task $(word 1,$(subst :, ,$(3))) --trials $(word 2,$(subst :, ,$(3)))
+  --trials-per-task $(word 1,$(subst :, ,$(3))) --trials $(word 2,$(subst :, ,$(3))) \
+  $(if $(word 3,$(subst :, ,$(3))),--order $(word 3,$(subst :, ,$(3))))
 # $(1) profile, $(2) its records folder, $(3) models, $(4) the prefix of their budgets' variables
 define tune_records
 	$(foreach m,$(3),$(foreach p,$($(4)$(m)),$(call tune_pass,$(1),$(m),$(p)) && )) true

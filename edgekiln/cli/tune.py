@@ -19,13 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=HELP,
         description=(
             "Tune MODEL's TVM kernels for the CPU of PROFILE with MetaSchedule: the tasks carrying "
-            "the most FLOPs first, --trials-per-task measured candidates each, at most --trials in "
-            "all. The records go into the profile's tuning database in edgekiln's cache "
-            "($EDGEKILN_CACHE/tuning, default ~/.cache/edgekiln), or into --tuning-db. `edgekiln "
-            "compile --backend tvm` applies them. An interrupted run resumes: the database keeps "
-            "every measured trial, and a rerun skips what is done, including tasks whose search ran out of "
-            "candidates before their budget. A trial takes about a second on a "
-            "2-core x86 host (ResNet-18 at 32 trials per task: 8 min), so budgets matter."
+            "the most FLOPs first (or, with --order time, the most time), --trials-per-task "
+            "measured candidates each, at most --trials in all. The records go into the profile's "
+            "tuning database in edgekiln's cache ($EDGEKILN_CACHE/tuning, default "
+            "~/.cache/edgekiln), or into --tuning-db. `edgekiln compile --backend tvm` applies "
+            "them. An interrupted run resumes: the database keeps every measured trial, and a "
+            "rerun skips what is done, including tasks whose search ran out of candidates before "
+            "their budget. A trial takes about a second on a 2-core x86 host (ResNet-18 at 32 "
+            "trials per task: 8 min), so budgets matter."
         ),
     )
     parser.add_argument("model", metavar="MODEL", help="model file, folder or .tar.gz, or zoo:NAME")
@@ -37,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the most trials for the model, done ones included (default 0: every task gets --trials-per-task)",
     )
     parser.add_argument("--trials-per-task", type=int, default=32, help="measured candidates per task (default: 32)")
+    parser.add_argument(
+        "--order",
+        choices=("flops", "time"),
+        default="flops",
+        help=(
+            "which tasks --trials goes to first: flops, the most FLOPs (default); time, tasks "
+            "without records, then the most time by their best records (calls x best time), for "
+            "a second pass that goes where the model's time is. A time plan is kept beside the "
+            "database, so a rerun of the same pass resumes the same tasks"
+        ),
+    )
     parser.add_argument(
         "--tuning-db",
         metavar="PATH",
@@ -106,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     options = TuneOptions(
         trials=args.trials,
         trials_per_task=args.trials_per_task,
+        order=args.order,
         tuning_db=Path(args.tuning_db) if args.tuning_db else None,
         threads=args.threads,
     )

@@ -32,8 +32,20 @@ def test_options_reach_the_tuner_with_the_local_runner(capsys, captured):
     assert code != 0 and "stopped before tuning" in capsys.readouterr().err
     options = captured["options"]
     assert (options.trials, options.trials_per_task, options.tuning_db) == (100, 8, Path("db"))
+    assert options.order == "flops"
     assert captured["model"] == "zoo:resnet18" and captured["target"] == "x86_64"
     assert captured["runner"] is None and captured["builder"] is None  # MetaSchedule's local ones
+
+
+def test_order_time_reaches_the_tuner(capsys, captured):
+    cli_main.main(["tune", "zoo:resnet18", "-t", "x86_64", "--order", "time", "--trials", "64"])
+    assert captured["options"].order == "time"
+
+
+def test_an_unknown_order_is_refused_by_the_parser(capsys, captured):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main.main(["tune", "zoo:resnet18", "-t", "x86_64", "--order", "size"])
+    assert exit_.value.code != 0 and "--order" in capsys.readouterr().err and not captured
 
 
 def test_device_without_an_agent_is_a_one_line_error(tmp_path, capsys, captured):

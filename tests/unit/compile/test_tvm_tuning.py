@@ -275,11 +275,45 @@ def test_plan_takes_the_most_flops_first_within_the_budget() -> None:
     assert [t.name for t in plan(tasks, TuneOptions(trials=17, trials_per_task=8))] == ["a", "b"]
 
 
+def test_plan_by_time_takes_tasks_without_records_then_the_most_time() -> None:
+    tasks = [_task("a", 64), _task("b", 32), _task("c", 16), _task("d", 8), tuning.Task("reshape", 1, 0.0, None)]
+    times = {"a": 1.0, "b": 5.0, "d": 0.5}  # ms in each task; c has no record yet
+    by_time = TuneOptions(trials=0, trials_per_task=8, order="time")
+    assert [t.name for t in plan(tasks, by_time, times)] == ["c", "b", "a", "d"]
+    assert [t.name for t in plan(tasks, TuneOptions(trials=16, trials_per_task=8, order="time"), times)] == ["c", "b"]
+    assert [t.name for t in plan(tasks, TuneOptions(trials=16, trials_per_task=8), times)] == ["a", "b"]
+
+
+@WRITES
+def test_a_time_plan_is_kept_so_that_a_rerun_takes_the_same_tasks(tmp_path: Path) -> None:
+    from edgekiln.compile.backends.tvm.tuner import PLANS_FILE, planned_tasks
+
+    big, mid, small = _task("big", 64), _task("mid", 32, weight=4), _task("small", 16)
+    db = _write(tmp_path / "db", [(big.mod, 1e-3), (mid.mod, 2e-3), (small.mod, 3e-3)])
+    target = tvm.target.Target(LLVM)
+    options = TuneOptions(trials=16, trials_per_task=8, order="time")
+    first = planned_tasks(db, tuning.open_database(db), [big, mid, small], target, options)
+    assert [t.name for t in first] == ["mid", "small"]  # 4 x 2 ms and 3 ms, against big's 1 ms
+    # The pass speeds both up; planned afresh, big would now come first. A rerun resumes instead.
+    _write(db, [(mid.mod, 1e-5), (small.mod, 1e-5)])
+    again = planned_tasks(db, tuning.open_database(db), [big, mid, small], target, options)
+    assert [t.name for t in again] == ["mid", "small"]
+    other = TuneOptions(trials=8, trials_per_task=8, order="time")  # another pass: planned afresh
+    assert [t.name for t in planned_tasks(db, tuning.open_database(db), [big, mid, small], target, other)] == ["big"]
+    (db / PLANS_FILE).write_text("{not json", encoding="utf-8")  # a broken note: planned afresh
+    assert [t.name for t in planned_tasks(db, tuning.open_database(db), [big, mid, small], target, options)] == [
+        "big",
+        "mid",
+    ]
+
+
 def test_tune_options_reject_bad_budgets() -> None:
     with pytest.raises(UserError, match="--trials-per-task"):
         TuneOptions(trials_per_task=0)
     with pytest.raises(UserError, match="--trials"):
         TuneOptions(trials=-1)
+    with pytest.raises(UserError, match="--order"):
+        TuneOptions(order="size")
 
 
 def test_full_coverage_is_exactly_one_whatever_the_rounding(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,15 +24,21 @@ from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, UserError, first_line
 from edgekiln.execute.progress import NullProgress, Progress
 
+ORDERS = ("flops", "time")
+
 
 @dataclass(frozen=True)
 class TuneOptions:
     """What ``edgekiln tune`` does.
 
     trials: the most trials for the model in all (done ones included, so that a rerun
-    finishes the same plan); tasks are taken in order of FLOPs until their per-task budgets
+    finishes the same plan); tasks are taken in ``order`` until their per-task budgets
     fill it. 0 means every task gets ``trials_per_task``.
     trials_per_task: measured candidates per task.
+    order: ``flops``, the most FLOPs first; or ``time``, tasks without records first (by
+    FLOPs), then the most time by their best records (calls x best time). A later pass with
+    ``time`` goes where the model's time is, as Ansor's task scheduler does, rather than
+    again to the biggest tasks, which may already be the fastest per FLOP.
     tuning_db: the database directory (default: the profile's in edgekiln's cache).
     threads: threads the candidates run with (default: this host's usable CPUs).
     seed: the search's random seed, so that a rerun explores the same way.
@@ -43,8 +49,11 @@ class TuneOptions:
     tuning_db: Path | None = None
     threads: int | None = None
     seed: int = 0
+    order: str = "flops"
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise UserError(f"--order must be one of {', '.join(ORDERS)}, not {self.order!r}")
         if self.trials < 0:
             raise UserError(f"--trials must be 0 or more, not {self.trials}")
         if self.trials_per_task < 1:
@@ -77,9 +86,14 @@ class TuneResult:
         }
 
 
-def plan(tasks: list[tuning.Task], options: TuneOptions) -> list[tuning.Task]:
-    """The tasks to tune: those with FLOPs, the most FLOPs first, while their per-task
-    budgets fit in ``options.trials``."""
+def plan(tasks: list[tuning.Task], options: TuneOptions, times: dict[str, float] | None = None) -> list[tuning.Task]:
+    """The tasks to tune: those with FLOPs, in ``options.order``, while their per-task
+    budgets fit in ``options.trials``. ``tasks`` come most FLOPs first; ``times`` holds the
+    model's milliseconds in each task that has a record (for ``time``)."""
+    if options.order == "time":
+        times = times or {}
+        # Stable sorts: tasks without records keep their FLOPs order, ahead of the rest.
+        tasks = sorted(tasks, key=lambda t: (t.name in times, -times.get(t.name, 0.0)))
     chosen, budget = [], 0
     for task in tasks:
         if task.total_flops <= 0:
@@ -89,6 +103,18 @@ def plan(tasks: list[tuning.Task], options: TuneOptions) -> list[tuning.Task]:
         chosen.append(task)
         budget += options.trials_per_task
     return chosen
+
+
+def task_times(database: Any, tasks: list[tuning.Task], target: Any) -> dict[str, float]:
+    """The model's milliseconds in each task that has a record for ``target``'s CPU: its
+    calls times its best record's time."""
+    times = {}
+    for task in tasks:
+        record = tuning.best_record(database, task, target)
+        ms = tuning.run_ms(record) if record is not None else None
+        if ms is not None:
+            times[task.name] = task.weight * ms
+    return times
 
 
 def measured_trials(database: Any, task: tuning.Task, target: Any, limit: int) -> int:
@@ -119,7 +145,7 @@ def tune(
     path = Path(options.tuning_db) if options.tuning_db else tuning.cache_database(profile)
     _, target, tasks = tuning.model_tasks(source, profile, progress)
     database = tuning.open_database(path, create=True)
-    chosen = plan(tasks, options)
+    chosen = planned_tasks(path, database, tasks, target, options)
     done = {t.name: measured_trials(database, t, target, options.trials_per_task) for t in chosen}
     searched = _searched(path)
     pending = [
@@ -147,34 +173,68 @@ def tune(
 
 # Tasks whose search ran out of candidates before their budget: {structural hash: budget}.
 SEARCHED_FILE = "edgekiln_searched.json"
-_SEARCHED_MAX_BYTES = 1 << 20
+_NOTE_MAX_BYTES = 1 << 20
 
 
 def _key(task: tuning.Task) -> str:
     return str(tuning.structural_hash(task.mod))
 
 
-def _searched(path: Path) -> dict[str, int]:
-    """The database's note of exhausted searches; empty when missing, too big or malformed
-    (it only saves time: without it, those tasks are searched again)."""
-    note = path / SEARCHED_FILE
+def _read_note(note: Path) -> dict[str, Any]:
+    """One of edgekiln's notes beside a database; empty when missing, too big or malformed
+    (notes only save time or keep a plan; without them, work is done again)."""
     try:
-        if note.stat().st_size > _SEARCHED_MAX_BYTES:
+        if note.stat().st_size > _NOTE_MAX_BYTES:
             return {}
         data = json.loads(note.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
-        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_note(note: Path, data: dict[str, Any]) -> None:
+    staging = note.with_name(note.name + ".tmp")
+    staging.write_text(json.dumps(data, indent=0, sort_keys=True), encoding="utf-8")
+    os.replace(staging, note)
+
+
+def _searched(path: Path) -> dict[str, int]:
+    """The database's note of exhausted searches: {structural hash: budget}."""
+    data = _read_note(path / SEARCHED_FILE)
     return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _note_searched(path: Path, task: tuning.Task, budget: int) -> None:
     notes = _searched(path)
     notes[_key(task)] = max(budget, notes.get(_key(task), 0))
-    staging = path / (SEARCHED_FILE + ".tmp")
-    staging.write_text(json.dumps(notes, indent=0, sort_keys=True), encoding="utf-8")
-    os.replace(staging, path / SEARCHED_FILE)
+    _write_note(path / SEARCHED_FILE, notes)
+
+
+# Time-ordered plans, so that a rerun resumes the same tasks: {pass key: [structural hash]}.
+PLANS_FILE = "edgekiln_plans.json"
+
+
+def _plan_key(options: TuneOptions, target: Any) -> str:
+    return json.dumps([options.order, options.trials_per_task, options.trials, list(tuning.cpu_key(target))])
+
+
+def planned_tasks(
+    path: Path, database: Any, tasks: list[tuning.Task], target: Any, options: TuneOptions
+) -> list[tuning.Task]:
+    """The pass's tasks. A ``time`` plan depends on the records when it starts, and they
+    improve as it runs, so it is kept beside the database: a rerun of the same pass (an
+    interrupted one, or ``make tune-zoo`` again) takes the same tasks."""
+    if options.order != "time":
+        return plan(tasks, options)
+    plans = _read_note(path / PLANS_FILE)
+    saved = plans.get(_plan_key(options, target))
+    by_key = {_key(t): t for t in tasks}
+    if isinstance(saved, list) and saved and all(k in by_key for k in saved):
+        return [by_key[k] for k in saved]
+    chosen = plan(tasks, options, task_times(database, tasks, target))
+    plans[_plan_key(options, target)] = [_key(t) for t in chosen]
+    _write_note(path / PLANS_FILE, plans)
+    return chosen
 
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
