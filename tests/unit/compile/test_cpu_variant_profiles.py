@@ -38,3 +38,22 @@ def test_x86_64_lists_c5_and_its_variant_needs_only_the_avx512_flags() -> None:
 def test_a_variant_that_cannot_stand_in_is_a_mistake_in_the_profile(base: str, variant: str, expected: str) -> None:
     with pytest.raises(UserError, match=expected):
         variant_profiles(_with_variants(base, variant), required_cpu_features)
+
+
+def test_no_variant_is_built_where_the_hosts_cpu_flags_are_unknown(monkeypatch, tmp_path) -> None:
+    """Without /proc/cpuinfo the host may run the portable build but not the AVX-512 one:
+    nothing is built that validation could not run, and the manifest says why."""
+    from edgekiln.compile.backends.tvm import variants
+    from edgekiln.execute import host
+    from edgekiln.execute.progress import NullProgress
+    from edgekiln.runtime.compat import HostInfo
+
+    blind = HostInfo(arch="x86_64", os="linux", glibc="2.36", cpu_features=frozenset())
+    monkeypatch.setattr(host, "host_info", lambda: blind)
+    monkeypatch.setattr(variants, "host_info", lambda: blind)
+    built = variants.build_variants(
+        None, None, get_profile("x86_64"), required_cpu_features, None, None, tmp_path, NullProgress()
+    )
+    assert built.files == {} and not any(tmp_path.iterdir())
+    (entry,) = built.entries
+    assert entry["built"] is False and "CPU flags are unknown" in entry["reason"]

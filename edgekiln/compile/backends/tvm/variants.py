@@ -28,7 +28,7 @@ from edgekiln.artifact.manifest import VARIANT_ROLE
 from edgekiln.compile.evidence import COVERAGE_RULE
 from edgekiln.device_profiles import DeviceProfile, get_profile
 from edgekiln.errors import BackendError, UserError, first_line
-from edgekiln.execute.host import cannot_execute
+from edgekiln.execute.host import cannot_execute, host_info
 from edgekiln.execute.progress import Progress
 
 
@@ -87,7 +87,7 @@ def build_variants(
     for variant, extra in variant_profiles(profile, features_of):
         entry: dict[str, Any] = {"profile": variant.id, "cpu_features": list(extra)}
         out.entries.append(entry)
-        why_not = cannot_execute(variant, features_of(variant))
+        why_not = cannot_execute(variant, features_of(variant)) or _features_unknown(extra)
         if why_not:
             entry["built"] = False
             entry["reason"] = f"not built: {why_not}, so its code could not be validated here"
@@ -116,6 +116,14 @@ def build_variants(
         out.files[path] = VARIANT_ROLE
         out.cpu_features[path] = extra
     return out
+
+
+def _features_unknown(extra: tuple[str, ...]) -> str | None:
+    # cannot_execute gives a host whose /proc/cpuinfo it cannot read the benefit of the doubt
+    # (the portable build still runs there); a variant exists only for the flags it adds.
+    if extra and not host_info().cpu_features:
+        return "this host's CPU flags are unknown (/proc/cpuinfo is unreadable)"
+    return None
 
 
 def _slug(text: str) -> str:
