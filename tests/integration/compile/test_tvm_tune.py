@@ -15,7 +15,7 @@ pytest.importorskip("xgboost")
 
 from edgekiln.cli.main import main  # noqa: E402
 from edgekiln.compile.api import CompileOptions, compile_model  # noqa: E402
-from edgekiln.compile.backends.tvm import tuning  # noqa: E402
+from edgekiln.compile.backends.tvm import tuner, tuning  # noqa: E402
 from edgekiln.compile.backends.tvm.backend import TVMOptions  # noqa: E402
 from edgekiln.compile.backends.tvm.tuner import TuneOptions, tune_model  # noqa: E402
 
@@ -96,6 +96,15 @@ def test_tune_resume_and_compile_with_the_records(tmp_path: Path, monkeypatch: p
     assert summary["trials_before"] == 3 and summary["trials_run"] == 0
     assert summary["coverage"]["flops_share"] == pytest.approx(1.0)
 
+    # A pass ordered by time: the task has a record, so it is planned by its time; its one
+    # more trial is measured, and the plan is kept beside the database for a rerun.
+    argv = ["tune", str(model), "--target", "x86_64", "--trials-per-task", "4", "--tuning-db", str(db)]
+    assert main([*argv, "--order", "time", "--threads", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tasks_planned"] == [name] and (summary["trials_before"], summary["trials_run"]) == (3, 1)
+    (kept,) = json.loads((db / tuner.PLANS_FILE).read_text()).values()
+    assert len(kept) == 1
+
     tuned = compile_model(
         model,
         "x86_64",
@@ -127,8 +136,6 @@ def test_a_task_whose_search_runs_out_is_not_searched_again(tmp_path: Path, monk
     """A 1x4 add has only a few distinct schedules: MetaSchedule stops short of the budget.
     The database's note keeps a rerun with the same budget from searching it again; without a
     readable note the task is searched again."""
-    from edgekiln.compile.backends.tvm import tuner
-
     monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
     _one_node_onnx(tmp_path / "add.onnx", "Add", np.ones((1, 4), np.float32), [1, 4], [1, 4])
     db = tmp_path / "db"
