@@ -206,7 +206,9 @@ def test_shipped_records_unpack_into_the_cache_once(tmp_path: Path, monkeypatch:
 def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgekiln.compile.backends.tvm import tuner
+    """The model is built with every record first; only when that fails is each unchecked
+    shipped record built alone, and the ones that fail are left out."""
+    from edgekiln.compile.backends.tvm import shipped_check, tuner
     from edgekiln.execute.progress import NullProgress
 
     monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
@@ -215,7 +217,7 @@ def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
     monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
     monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, **kw: [good, bad])
     real_build = tuner.build_candidate
-    built = []
+    built, models = [], []
 
     def build(mod, target, params):  # a TVM whose codegen rejects the 16x16 kernel
         built.append(mod)
@@ -223,25 +225,64 @@ def test_a_shipped_record_that_no_longer_builds_is_skipped_with_a_warning(
             raise RuntimeError("codegen rejects this schedule")
         return real_build(mod, target, params)
 
+    def build_model(tvm_, mod, target, applied):  # the model's build fails while bad's record is in
+        models.append(applied)
+        if applied.database.has_workload(bad.mod):
+            raise RuntimeError("codegen rejects this schedule")
+        return "executable"
+
     monkeypatch.setattr(tuner, "build_candidate", build)
+    monkeypatch.setattr(tuning, "compile_with_records", build_model)
     target = tvm.target.Target({"kind": "llvm"})
+    applied = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
+    assert applied is not None and not built and applied.skipped == ()  # looking up builds nothing
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        applied = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
-    assert len(built) == 2  # both shipped records were built before use
-    assert applied is not None and applied.skipped == ("bad",)
+        executable, applied = shipped_check.build_with_records(tvm, None, target, applied)
+    assert executable == "executable" and len(models) == 2 and len(built) == 2
+    assert applied.skipped == ("bad",)
     assert any("skipping the shipped tuning record of bad" in str(w.message) for w in caught)
     entry = applied.manifest_entry()
     assert [t["name"] for t in entry["tasks"]] == ["good"]
     assert entry["sources"] == ["shipped"] and entry["skipped_shipped"] == ["bad"]
     assert entry["flops_share"] == pytest.approx(32**3 / (32**3 + 16**3), rel=1e-5)
     assert applied.database.has_workload(good.mod) and not applied.database.has_workload(bad.mod)
-    # The record that built is remembered: the next compile builds only the broken one again.
+    # The record that built is remembered: the next failing build checks only the broken one.
     built.clear()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         again = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
+        _, again = shipped_check.build_with_records(tvm, None, target, again)
     assert len(built) == 1 and "16, 16" in str(built[0]) and again.skipped == ("bad",)
+
+
+@WRITES
+def test_a_model_that_builds_with_its_shipped_records_checks_none_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekiln.compile.backends.tvm import shipped_check, tuner
+    from edgekiln.execute.progress import NullProgress
+
+    monkeypatch.setenv("EDGEKILN_CACHE", str(tmp_path / "cache"))
+    good, other = _task("good", 32), _task("other", 16)
+    shipped = _write(tmp_path / "shipped", [(good.mod, 1e-3), (other.mod, 1e-3)])
+    monkeypatch.setattr(tuning, "shipped_database", lambda profile: shipped)
+    monkeypatch.setattr(tuning, "extract_tasks", lambda tvm_, mod, target, **kw: [good, other])
+    monkeypatch.setattr(tuner, "build_candidate", lambda *a: pytest.fail("no record is built alone"))
+    monkeypatch.setattr(tuning, "compile_with_records", lambda *a: "executable")
+    target = tvm.target.Target({"kind": "llvm"})
+    applied = tuning.records_for_build(tvm, None, target, _profile(), None, NullProgress())
+    executable, after = shipped_check.build_with_records(tvm, None, target, applied)
+    assert executable == "executable" and after is applied and after.skipped == ()
+    assert len(shipped_check._load_verified()) == 2  # both remembered as building here
+
+    # A failure that no unchecked shipped record explains is the build's own: raised as it is.
+    def broken(*a):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tuning, "compile_with_records", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        shipped_check.build_with_records(tvm, None, target, applied)
 
 
 @WRITES

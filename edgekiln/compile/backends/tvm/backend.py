@@ -211,17 +211,19 @@ class TVMBackend(Backend):
         if not options.tuning_records:
             return self._build(tvm, mod, target)
         from edgekiln.compile.backends.tvm import tuning
+        from edgekiln.compile.backends.tvm.shipped_check import build_with_records
 
         applied = tuning.records_for_build(tvm, mod, target, profile, options.tuning_db, progress)
         if applied is None or applied.database is None:
             return self._build(tvm, mod, target)
-        tuned.update(applied.manifest_entry())
         try:
-            return tuning.compile_with_records(tvm, mod, target, applied)
+            executable, applied = build_with_records(tvm, mod, target, applied)
         except Exception as exc:
             raise BackendError(
                 f"TVM failed to build the model with tuning records: {first_line(exc, last=True)}"
             ) from None
+        tuned.update(applied.manifest_entry())
+        return executable if executable is not None else self._build(tvm, mod, target)
 
     @staticmethod
     def _build(tvm: Any, mod: Any, target: Any) -> Any:

@@ -395,12 +395,16 @@ def default_threads() -> int:
 class AppliedRecords:
     """What compile applies: an in-memory database with one record per tuned task (None
     when no record matches), whether they are for prepacked kernels, and the coverage the
-    manifest records."""
+    manifest records; with the tasks and the (source, record) chosen per task, so that a
+    shipped record that fails to build can be left out (:meth:`without`)."""
 
     database: Any
     coverage: Coverage
     skipped: tuple[str, ...]
     prepack: bool = True
+    tasks: tuple[Task, ...] = ()
+    chosen: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
 
     def manifest_entry(self) -> dict[str, Any]:
         entry = self.coverage.to_dict()
@@ -409,23 +413,34 @@ class AppliedRecords:
             entry["skipped_shipped"] = list(self.skipped)
         return entry
 
+    def without(self, names: list[str]) -> AppliedRecords:
+        """These records, less the named tasks' (shipped records this TVM cannot build)."""
+        chosen = {name: pick for name, pick in self.chosen.items() if name not in names}
+        return _applied(list(self.tasks), chosen, self.paths, (*self.skipped, *names), self.prepack)
+
 
 def records_for_build(
     tvm: Any, mod: Any, target: Any, profile: DeviceProfile, tuning_db: str | None, progress: Progress
 ) -> AppliedRecords | None:
     """The best records for the model's tasks, the flag's database first, then the cache's,
-    then the shipped records (each checked to still build with the installed TVM; one that
-    does not is skipped with a warning). None when there are no databases at all."""
+    then the shipped records. None when there are no databases at all. Whether shipped
+    records still build with the installed TVM is checked when the model is built with them
+    (:func:`edgekiln.compile.backends.tvm.shipped_check.build_with_records`)."""
     paths = database_paths(profile, tuning_db)
     if not paths:
         return None
     with progress.step(f"look up tuning records ({', '.join(paths)})"):
         found = look_up(tvm, mod, target, _open_all(paths), paths)
-        tasks, coverage, chosen = found.tasks, found.coverage, found.chosen
-        skipped = _check_shipped(tasks, chosen, target)
-    if skipped:
-        chosen = {name: pick for name, pick in chosen.items() if name not in skipped}
-        coverage = summarize(tasks, chosen, paths)
+    return _applied(found.tasks, found.chosen, paths, (), found.prepack)
+
+
+def _applied(
+    tasks: list[Task],
+    chosen: dict[str, tuple[str, Any]],
+    paths: dict[str, Path],
+    skipped: tuple[str, ...],
+    prepack: bool,
+) -> AppliedRecords:
     database = ms().database.MemoryDatabase()
     by_name = {t.name: t for t in tasks}
     for name, (_, record) in chosen.items():
@@ -433,7 +448,8 @@ def records_for_build(
         database.commit_tuning_record(
             ms().database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
         )
-    return AppliedRecords(database if chosen else None, coverage, tuple(skipped), found.prepack)
+    coverage = summarize(tasks, chosen, paths)
+    return AppliedRecords(database if chosen else None, coverage, skipped, prepack, tuple(tasks), chosen, paths)
 
 
 def _open_all(paths: dict[str, Path]) -> dict[str, Any]:
@@ -457,68 +473,6 @@ def _open_checked(source: str, path: Path) -> Any | None:
             stacklevel=3,
         )
         return None
-
-
-def _check_shipped(tasks: list[Task], chosen: dict[str, tuple[str, Any]], target: Any) -> list[str]:
-    """Names of tasks whose shipped record no longer builds with the installed TVM. A record
-    that built once with this TVM for this target is remembered in the cache, so that only
-    the first compile pays for the check."""
-    from tvm.s_tir.schedule import Schedule
-
-    from edgekiln.compile.backends.tvm.tuner import build_candidate
-
-    by_name = {t.name: t for t in tasks}
-    verified = _load_verified()
-    broken, passed = [], []
-    for name, (source, record) in chosen.items():
-        if source != "shipped":
-            continue
-        key = _record_key(by_name[name], record, target)
-        if key in verified:
-            continue
-        try:
-            schedule = Schedule(by_name[name].mod)
-            record.trace.apply_to_schedule(schedule, remove_postproc=False)
-            build_candidate(schedule.mod, target, None)
-            passed.append(key)
-        except Exception as exc:  # any failure means: this TVM cannot use the record
-            warnings.warn(
-                f"skipping the shipped tuning record of {name}: it does not build with this TVM "
-                f"({first_line(exc, last=True)})",
-                stacklevel=2,
-            )
-            broken.append(name)
-    if passed:
-        _save_verified(verified | set(passed))
-    return broken
-
-
-def _verified_file() -> Path:
-    return cache_root() / "tuning" / "verified-shipped.json"
-
-
-def _load_verified() -> set[str]:
-    try:
-        data = json.loads(_verified_file().read_text())
-    except (OSError, ValueError):
-        return set()
-    return {k for k in data if isinstance(k, str)} if isinstance(data, list) else set()
-
-
-def _save_verified(keys: set[str]) -> None:
-    path = _verified_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(sorted(keys)))
-    os.replace(staging, path)
-
-
-def _record_key(task: Task, record: Any, target: Any) -> str:
-    """Identifies a (TVM version, target, workload, schedule) that was checked to build."""
-    from edgekiln.compile.backends.tvm.runtime_libs import tvm_version
-
-    text = "\n".join((tvm_version(), str(target), str(structural_hash(task.mod)), str(record.trace)))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def apply_records(tvm: Any, mod: Any, target: Any, applied: AppliedRecords) -> Any:

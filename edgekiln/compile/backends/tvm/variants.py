@@ -82,6 +82,7 @@ def build_variants(
     """Build ``mod`` for each of the profile's variants that records cover and this host can
     execute; ``export`` links an executable to a path."""
     from edgekiln.compile.backends.tvm import tuning
+    from edgekiln.compile.backends.tvm.shipped_check import build_with_records
 
     out = Variants()
     for variant, extra in variant_profiles(profile, features_of):
@@ -105,12 +106,15 @@ def build_variants(
         path = f"lib/model-{_slug(variant.cpu.mcpu)}.so"
         with progress.step(f"build the {variant.cpu.mcpu} variant (for CPUs with {' '.join(extra) or 'its ISA'})"):
             try:
-                executable = tuning.compile_with_records(tvm, mod, target, applied)
+                executable, applied = build_with_records(tvm, mod, target, applied)
             except Exception as exc:
                 why = first_line(exc, last=True)
                 raise BackendError(
                     f"TVM failed to build the {variant.id} variant with its tuning records: {why}"
                 ) from None
+            if executable is None:  # none of its shipped records builds with this TVM
+                entry.update(built=False, reason="not built: its tuning records do not build with this TVM")
+                continue
             export(executable, root / path)
         entry.update(built=True, library=path, **applied.manifest_entry())
         out.files[path] = VARIANT_ROLE
