@@ -169,12 +169,13 @@ bench: setup
 # tasks first in ORDER whose budgets fit; ORDER is flops unless given, or time: where the model's
 # time is). Each pass resumes the model's database under build/tune-zoo/PROFILE; then
 # the profile's databases are merged (fastest record per workload) and gzipped into the
-# package's records. x86_64 (AVX2): ResNet-18 and MobileNetV2; ml_c5 (AVX-512): ResNet-18.
+# package's records. x86_64 (AVX2) and ml_c5 (AVX-512): ResNet-18 and MobileNetV2.
 TUNE_MODELS ?= resnet18 mobilenet_v2
 TUNE_resnet18 ?= 32:0 64:768 128:640 256:1280
 TUNE_mobilenet_v2 ?= 16:0 48:1536 96:384
-TUNE_C5_MODELS ?= resnet18
+TUNE_C5_MODELS ?= resnet18 mobilenet_v2
 TUNE_C5_resnet18 ?= 32:0 64:768 128:640 256:1280
+TUNE_C5_mobilenet_v2 ?= 16:0 48:1536 96:384
 RECORDS := edgekiln/compile/backends/tvm/records
 # $(1) profile, $(2) model, $(3) PER_TASK:TRIALS[:ORDER]
 tune_pass = $(BIN)/edgekiln tune zoo:$(2) --target $(1) --threads 2 --tuning-db build/tune-zoo/$(1)/$(2) \

@@ -25,7 +25,13 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("model", "profile"), [("zoo:resnet18", "x86_64"), ("zoo:mobilenet_v2", "x86_64"), ("zoo:resnet18", "ml_c5")]
+    ("model", "profile"),
+    [
+        ("zoo:resnet18", "x86_64"),
+        ("zoo:mobilenet_v2", "x86_64"),
+        ("zoo:resnet18", "ml_c5"),
+        ("zoo:mobilenet_v2", "ml_c5"),
+    ],
 )
 def test_shipped_records_cover_the_zoo_models(model: str, profile: str, tmp_path: Path, fresh_cache: Path) -> None:
     source = import_source(
