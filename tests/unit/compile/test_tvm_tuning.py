@@ -3,6 +3,7 @@ the manifest's tuning entry. Records are made from schedule traces, without meas
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -327,6 +328,7 @@ def test_plan_by_time_takes_tasks_without_records_then_the_most_time() -> None:
 
 @WRITES
 def test_a_time_plan_is_kept_so_that_a_rerun_takes_the_same_tasks(tmp_path: Path) -> None:
+    from edgekiln.compile.backends.tvm import tuner
     from edgekiln.compile.backends.tvm.tuner import PLANS_FILE, planned_tasks
 
     big, mid, small = _task("big", 64), _task("mid", 32, weight=4), _task("small", 16)
@@ -341,6 +343,11 @@ def test_a_time_plan_is_kept_so_that_a_rerun_takes_the_same_tasks(tmp_path: Path
     assert [t.name for t in again] == ["mid", "small"]
     other = TuneOptions(trials=8, trials_per_task=8, order="time")  # another pass: planned afresh
     assert [t.name for t in planned_tasks(db, tuning.open_database(db), [big, mid, small], target, other)] == ["big"]
+    (db / PLANS_FILE).write_text(json.dumps({tuner._plan_key(options, target): [{"a": 1}]}), encoding="utf-8")
+    assert [t.name for t in planned_tasks(db, tuning.open_database(db), [big, mid, small], target, options)] == [
+        "big",
+        "mid",
+    ]  # a plan of the wrong kind: planned afresh
     (db / PLANS_FILE).write_text("{not json", encoding="utf-8")  # a broken note: planned afresh
     assert [t.name for t in planned_tasks(db, tuning.open_database(db), [big, mid, small], target, options)] == [
         "big",

@@ -229,7 +229,7 @@ def planned_tasks(
     plans = _read_note(path / PLANS_FILE)
     saved = plans.get(_plan_key(options, target))
     by_key = {_key(t): t for t in tasks}
-    if isinstance(saved, list) and saved and all(k in by_key for k in saved):
+    if isinstance(saved, list) and saved and all(isinstance(k, str) and k in by_key for k in saved):
         return [by_key[k] for k in saved]
     chosen = plan(tasks, options, task_times(database, tasks, target))
     plans[_plan_key(options, target)] = [_key(t) for t in chosen]

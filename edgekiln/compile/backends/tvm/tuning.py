@@ -1,6 +1,7 @@
 """TVM MetaSchedule tuning: tasks of a model, tuning into a database, and the records that
 compile applies (``--tuning-db``, then edgekiln's cache, then the records shipped with
-edgekiln, each checked against the installed TVM before use).
+edgekiln, checked against the installed TVM when the model is built with them: see
+:mod:`edgekiln.compile.backends.tvm.shipped_check`).
 
 A tuning database is a directory with MetaSchedule's two JSON files
 (``database_workload.json``, ``database_tuning_record.json``), one per device profile.
