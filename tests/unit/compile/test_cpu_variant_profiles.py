@@ -4,6 +4,7 @@ of the same arch whose CPU executes everything the profile's does."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,3 +58,33 @@ def test_no_variant_is_built_where_the_hosts_cpu_flags_are_unknown(monkeypatch, 
     assert built.files == {} and not any(tmp_path.iterdir())
     (entry,) = built.entries
     assert entry["built"] is False and "CPU flags are unknown" in entry["reason"]
+
+
+def test_a_variant_whose_records_fall_under_the_rule_when_built_is_left_out(monkeypatch, tmp_path) -> None:
+    """Shipped records that this TVM cannot build are left out while the variant builds;
+    if what is left covers under 90% of the FLOPs, the variant is not shipped."""
+    pytest.importorskip("tvm")
+    from edgekiln.compile.backends.tvm import shipped_check, tuning, variants
+    from edgekiln.execute.progress import NullProgress
+
+    def applied(share: float) -> tuning.AppliedRecords:
+        return tuning.AppliedRecords(object(), tuning.Coverage(share, (), 2, {}), ())
+
+    exported = []
+    monkeypatch.setattr(variants, "cannot_execute", lambda profile, features: None)
+    monkeypatch.setattr(variants, "_features_unknown", lambda extra: None)
+    monkeypatch.setattr(tuning, "records_for_build", lambda *a: applied(1.0))
+    monkeypatch.setattr(shipped_check, "build_with_records", lambda *a: ("executable", applied(0.5)))
+    built = variants.build_variants(
+        SimpleNamespace(target=SimpleNamespace(Target=lambda target: target)),  # only targets are made
+        None,
+        get_profile("x86_64"),
+        required_cpu_features,
+        None,
+        lambda executable, path: exported.append(path),
+        tmp_path,
+        NullProgress(),
+    )
+    (entry,) = built.entries
+    assert entry["built"] is False and "cover 50% of the model's FLOPs, under the 90% rule" in entry["reason"]
+    assert built.files == {} and exported == []

@@ -112,8 +112,13 @@ def build_variants(
                 raise BackendError(
                     f"TVM failed to build the {variant.id} variant with its tuning records: {why}"
                 ) from None
-            if executable is None:  # none of its shipped records builds with this TVM
-                entry.update(built=False, reason="not built: its tuning records do not build with this TVM")
+            share = applied.coverage.share  # less any shipped record this TVM cannot build
+            if executable is None or share < COVERAGE_RULE:
+                entry.update(
+                    built=False,
+                    reason=f"not built: the tuning records for {variant.id} that build with this TVM cover "
+                    f"{share:.0%} of the model's FLOPs, under the {COVERAGE_RULE:.0%} rule",
+                )
                 continue
             export(executable, root / path)
         entry.update(built=True, library=path, **applied.manifest_entry())
