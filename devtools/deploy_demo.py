@@ -25,16 +25,19 @@ def make_keys(work: Path) -> tuple[Path, Path]:
 
 
 def broken_copy(artifact: Path, out: Path) -> Path:
-    """``artifact`` with its largest file (the compiled library or the weights) replaced by
-    bytes that no runtime loads.  The manifest's hashes are made to match, so the package
-    verifies: only the device's health check can tell."""
+    """``artifact`` with its model libraries (the portable one and any CPU variant, which the
+    runtime loads instead on a CPU that has its features), or else its largest file (the
+    weights), replaced by bytes that no runtime loads.  The manifest's hashes are made to
+    match, so the package verifies: only the device's health check can tell."""
     from edgekiln.artifact import file_entry, pack, unpack
+    from edgekiln.artifact.manifest import VARIANT_ROLE
 
     work = out.with_suffix(".d")
     manifest = unpack(artifact, work)
-    largest = max(manifest.files, key=lambda f: f.size)
-    (work / largest.path).write_bytes(b"deliberately broken: not a model\n" * 64)
-    files = tuple(file_entry(work, f.path, f.role) for f in manifest.files)
+    broken = [f for f in manifest.files if f.role in ("model-library", VARIANT_ROLE)]
+    for entry in broken or [max(manifest.files, key=lambda f: f.size)]:
+        (work / entry.path).write_bytes(b"deliberately broken: not a model\n" * 64)
+    files = tuple(file_entry(work, f.path, f.role, f.cpu_features) for f in manifest.files)
     return pack(dataclasses.replace(manifest, files=files), work, out)
 
 
