@@ -36,9 +36,10 @@ class StepTimes:
     def step(self, description: str):
         start = time.perf_counter()
         yield
-        self.steps[description.split(" (")[0].split(" for ")[0].split(" with ")[0]] = round(
-            time.perf_counter() - start, 2
-        )
+        self.done(description, time.perf_counter() - start)
+
+    def done(self, description: str, elapsed: float) -> None:
+        self.steps[description.split(" (")[0].split(" for ")[0].split(" with ")[0]] = round(elapsed, 2)
 
 
 def _cpu_model() -> str:

@@ -19,6 +19,9 @@ class Progress(Protocol):
 
     def advance(self, done: int, total: int | None, note: str, unit: str = "") -> None: ...
 
+    def done(self, description: str, elapsed: float) -> None:
+        """A step that ran elsewhere (another thread) and took ``elapsed`` seconds."""
+
 
 class NullProgress:
     """Reports nothing."""
@@ -29,6 +32,30 @@ class NullProgress:
 
     def advance(self, done: int, total: int | None, note: str, unit: str = "") -> None:
         pass
+
+    def done(self, description: str, elapsed: float) -> None:
+        pass
+
+
+class Deferred:
+    """Records the steps of work that runs in another process, for the caller's reporter to
+    report afterwards (:meth:`Progress.done`): two processes' spinners and lines would
+    overwrite each other on a terminal."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.steps.append((description, time.perf_counter() - start))
+
+    def advance(self, done: int, total: int | None, note: str, unit: str = "") -> None:
+        pass
+
+    def done(self, description: str, elapsed: float) -> None:
+        self.steps.append((description, elapsed))
 
 
 class ConsoleProgress:
@@ -70,8 +97,11 @@ class ConsoleProgress:
         else:
             print(f"  …     {description}", file=self._stream, flush=True)  # text at PLAIN_INDENT
             yield
-        elapsed = time.perf_counter() - start
+        self.done(description, time.perf_counter() - start)
+
+    def done(self, description: str, elapsed: float) -> None:
         self.timings[description] = elapsed
+        console = self._console()
         if console is not None and console.is_terminal:
             console.print(f"[green]✓[/green] {description} [dim]({elapsed:.1f} s)[/dim]")
         else:

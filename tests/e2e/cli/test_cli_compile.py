@@ -73,6 +73,28 @@ def test_compile_json_inspect_and_run(tmp_path):
     assert results[1]["outputs"] == [{"name": "logits", "shape": [1, 1000]}]
 
 
+@x86_only
+def test_the_avx512_variant_builds_beside_the_portable_build(tmp_path):
+    """compile builds the AVX-512 variant in a child process while it builds the portable
+    library (variants.InBackground), reports the child's steps after its own, and validates
+    both builds."""
+    import tarfile
+
+    out = tmp_path / "r18.tar.gz"
+    proc = edgekiln("compile", "zoo:resnet18", "--target", "x86_64", "--backend", "tvm", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    (variant,) = manifest["extra"]["tuning"]["variants"]
+    in_parallel = [line for line in proc.stderr.splitlines() if ", in parallel (" in line]
+    if variant["built"]:
+        assert any("build the skylake-avx512 variant" in line for line in in_parallel), proc.stderr
+        assert variant["library"] in manifest["validation"]["executed_on"]
+    else:  # a host without AVX-512: nothing built, nothing to report
+        assert "not built" in variant["reason"] and not any("build the" in line for line in in_parallel)
+    assert manifest["validation"]["status"] == "passed"
+
+
 def test_inspect_rasp4b_shows_profile_triple_and_aarch64_library(tmp_path):
     out = tmp_path / "m.tar.gz"
     # --backend tvm: auto ships litert for rasp4b (its evidence row), not untuned TVM.

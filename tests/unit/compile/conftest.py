@@ -59,3 +59,6 @@ class RecordingProgress:
     def step(self, description: str):
         self.steps.append(description)
         yield
+
+    def done(self, description: str, elapsed: float) -> None:
+        self.steps.append(description)

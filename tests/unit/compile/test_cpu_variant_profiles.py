@@ -88,3 +88,104 @@ def test_a_variant_whose_records_fall_under_the_rule_when_built_is_left_out(monk
     (entry,) = built.entries
     assert entry["built"] is False and "cover 50% of the model's FLOPs, under the 90% rule" in entry["reason"]
     assert built.files == {} and exported == []
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.done_steps: list[tuple[str, float]] = []
+        self.started: list[str] = []
+
+    def step(self, description: str):
+        import contextlib
+
+        self.started.append(description)
+        return contextlib.nullcontext()
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+    def done(self, description: str, elapsed: float) -> None:
+        self.done_steps.append((description, elapsed))
+
+
+def _background_with(monkeypatch, fake, *, threads: int = 1):
+    from edgekiln.compile.backends.tvm import variants
+
+    monkeypatch.setattr(variants, "build_variants", fake)
+    # Earlier tests may leave idle pool threads in this process (MetaSchedule's); the guard
+    # against forking a threaded process is tested on its own below.
+    monkeypatch.setattr(variants.threading, "active_count", lambda: threads)
+    return variants.InBackground("tvm", "mod", "profile", None, None, None, "root")
+
+
+def test_variants_built_in_a_child_process_come_back_with_their_steps(monkeypatch) -> None:
+    import os
+    import time
+
+    from edgekiln.compile.backends.tvm.variants import Variants
+
+    parent = os.getpid()
+
+    def fake(*args):
+        progress = args[-1]
+        with progress.step("build the fake variant"):
+            time.sleep(0.05)
+        return Variants(files={"lib/v.so": "x"}, entries=[{"pid": os.getpid(), "args": list(args[:-1])}])
+
+    steps = _Steps()
+    built = _background_with(monkeypatch, fake).result(steps)
+    (entry,) = built.entries
+    assert entry["pid"] != parent and entry["args"] == ["tvm", "mod", "profile", None, None, None, "root"]
+    assert built.files == {"lib/v.so": "x"}
+    ((description, elapsed),) = steps.done_steps
+    assert description == "build the fake variant, in parallel" and elapsed >= 0.05
+
+
+def test_a_child_that_fails_raises_the_same_error_in_the_caller(monkeypatch) -> None:
+    from edgekiln.errors import BackendError
+
+    def edgekiln_error(*args):
+        raise UserError("bad variant", hint="fix the profile")
+
+    with pytest.raises(UserError, match="bad variant") as caught:
+        _background_with(monkeypatch, edgekiln_error).result(_Steps())
+    assert caught.value.hint == "fix the profile"
+
+    def foreign_error(*args):
+        raise RuntimeError("C++ backtrace\nTVMError: nested op_tag")
+
+    with pytest.raises(BackendError, match="building the CPU variants failed: TVMError: nested op_tag"):
+        _background_with(monkeypatch, foreign_error).result(_Steps())
+
+
+def test_a_child_that_dies_is_a_one_line_error_that_says_what_to_do(monkeypatch) -> None:
+    import os
+
+    from edgekiln.errors import BackendError
+
+    def dies(*args):
+        os._exit(7)
+
+    with pytest.raises(BackendError, match=r"ended without a result \(exit code 7\)") as caught:
+        _background_with(monkeypatch, dies).result(_Steps())
+    assert "cpu_variants=false" in caught.value.hint
+
+
+def test_a_process_with_other_threads_builds_the_variants_itself(monkeypatch) -> None:
+    import os
+
+    from edgekiln.compile.backends.tvm.variants import Variants
+
+    background = _background_with(monkeypatch, lambda *args: Variants(entries=[{"pid": os.getpid()}]), threads=2)
+    assert background._child is None
+    assert background.result(_Steps()).entries == [{"pid": os.getpid()}]
+
+
+def test_cancel_stops_the_child(monkeypatch) -> None:
+    import time
+
+    background = _background_with(monkeypatch, lambda *args: time.sleep(60))
+    start = time.monotonic()
+    background.cancel()
+    assert time.monotonic() - start < 10
+    assert background._child.exitcode is not None and background._child.exitcode < 0  # killed by a signal

@@ -3,6 +3,7 @@ profile's toolchain, and the TVM runtime library for the device's platform."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -13,7 +14,7 @@ from edgekiln.artifact.manifest import RuntimeRequirements
 from edgekiln.compile.backends.base import Backend, BackendOptions
 from edgekiln.compile.backends.registry import register
 from edgekiln.compile.backends.tvm import importer, runtime_libs
-from edgekiln.compile.backends.tvm.variants import Variants, build_variants, variant_profiles
+from edgekiln.compile.backends.tvm.variants import InBackground, Variants, variant_profiles
 from edgekiln.compile.stages import LoweredFiles, SourceModel
 from edgekiln.compile.toolchain import find_tools
 from edgekiln.device_profiles import DeviceProfile
@@ -134,26 +135,31 @@ class TVMBackend(Backend):
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = {"tvm": runtime_libs.tvm_version()}
         tuned: dict[str, Any] = {}
-        target, executable = self._build_for_profile(tvm, mod, target_dict, profile, options, compiler, progress, tuned)
-        with progress.step(
-            "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
-        ):
-            _export(executable, library, fcompile)
-        files, notes = _copy_runtime_libraries(profile, libs, root)
-        built = Variants()
-        if with_variants:
-            built = build_variants(
-                tvm,
-                mod,
-                profile,
-                required_cpu_features,
-                options.tuning_db,
-                lambda executable, path: _export(executable, path, fcompile),
-                root,
-                progress,
+        export = functools.partial(_export, fcompile=fcompile)
+        variants = (
+            InBackground(tvm, mod, profile, required_cpu_features, options.tuning_db, export, root)
+            if with_variants
+            else None
+        )
+        try:
+            target, executable = self._build_for_profile(
+                tvm, mod, target_dict, profile, options, compiler, progress, tuned
             )
+            with progress.step(
+                "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
+            ):
+                export(executable, library)
+        except BaseException:
+            if variants is not None:
+                variants.cancel()
+            raise
+        files, notes = _copy_runtime_libraries(profile, libs, root)
+        if variants is not None:
+            built = variants.result(progress)
             tuned["variants"] = built.entries
             files.update(built.files)
+        else:
+            built = Variants()
         return LoweredFiles(
             files=files,
             runtime=_runtime_requirements(profile, libs, notes),
