@@ -13,13 +13,11 @@ target, so a failing build later checks only the records not yet known good.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from edgekiln.compile.backends.tvm import tuning
+from edgekiln.compile.backends.tvm import notes, tuning
 from edgekiln.errors import first_line
 from edgekiln.runtime.compat import cache_root
 
@@ -95,19 +93,11 @@ def _verified_file() -> Path:
 
 
 def _load_verified() -> set[str]:
-    try:
-        data = json.loads(_verified_file().read_text())
-    except (OSError, ValueError):
-        return set()
-    return {k for k in data if isinstance(k, str)} if isinstance(data, list) else set()
+    return {k for k in notes.read(_verified_file(), list) if isinstance(k, str)}
 
 
 def _save_verified(keys: set[str]) -> None:
-    path = _verified_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(sorted(keys)))
-    os.replace(staging, path)
+    notes.write(_verified_file(), sorted(keys))
 
 
 def _record_key(task: tuning.Task, record: Any, target: Any) -> str:

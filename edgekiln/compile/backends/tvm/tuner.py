@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekiln.compile.backends.tvm import tuning
+from edgekiln.compile.backends.tvm import notes, tuning
 from edgekiln.compile.stages import SourceModel
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, UserError, first_line
@@ -173,41 +173,22 @@ def tune(
 
 # Tasks whose search ran out of candidates before their budget: {structural hash: budget}.
 SEARCHED_FILE = "edgekiln_searched.json"
-_NOTE_MAX_BYTES = 1 << 20
 
 
 def _key(task: tuning.Task) -> str:
     return str(tuning.structural_hash(task.mod))
 
 
-def _read_note(note: Path) -> dict[str, Any]:
-    """One of edgekiln's notes beside a database; empty when missing, too big or malformed
-    (notes only save time or keep a plan; without them, work is done again)."""
-    try:
-        if note.stat().st_size > _NOTE_MAX_BYTES:
-            return {}
-        data = json.loads(note.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_note(note: Path, data: dict[str, Any]) -> None:
-    staging = note.with_name(note.name + ".tmp")
-    staging.write_text(json.dumps(data, indent=0, sort_keys=True), encoding="utf-8")
-    os.replace(staging, note)
-
-
 def _searched(path: Path) -> dict[str, int]:
     """The database's note of exhausted searches: {structural hash: budget}."""
-    data = _read_note(path / SEARCHED_FILE)
+    data = notes.read(path / SEARCHED_FILE, dict)
     return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _note_searched(path: Path, task: tuning.Task, budget: int) -> None:
-    notes = _searched(path)
-    notes[_key(task)] = max(budget, notes.get(_key(task), 0))
-    _write_note(path / SEARCHED_FILE, notes)
+    searched = _searched(path)
+    searched[_key(task)] = max(budget, searched.get(_key(task), 0))
+    notes.write(path / SEARCHED_FILE, searched)
 
 
 # Time-ordered plans, so that a rerun resumes the same tasks: {pass key: [structural hash]}.
@@ -226,14 +207,14 @@ def planned_tasks(
     interrupted one, or ``make tune-zoo`` again) takes the same tasks."""
     if options.order != "time":
         return plan(tasks, options)
-    plans = _read_note(path / PLANS_FILE)
+    plans = notes.read(path / PLANS_FILE, dict)
     saved = plans.get(_plan_key(options, target))
     by_key = {_key(t): t for t in tasks}
     if isinstance(saved, list) and saved and all(isinstance(k, str) and k in by_key for k in saved):
         return [by_key[k] for k in saved]
     chosen = plan(tasks, options, task_times(database, tasks, target))
     plans[_plan_key(options, target)] = [_key(t) for t in chosen]
-    _write_note(path / PLANS_FILE, plans)
+    notes.write(path / PLANS_FILE, plans)
     return chosen
 
 
