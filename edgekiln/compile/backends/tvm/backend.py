@@ -149,17 +149,14 @@ class TVMBackend(Backend):
                 "link the model library" + (f" with {profile.toolchain.cc}" if profile.toolchain.cc else "")
             ):
                 export(executable, library)
-        except BaseException:
+            files, notes = _copy_runtime_libraries(profile, libs, root)
+            built = variants.result(progress) if variants is not None else Variants()
+        finally:  # a failed build or Ctrl-C leaves no variant build running
             if variants is not None:
                 variants.cancel()
-            raise
-        files, notes = _copy_runtime_libraries(profile, libs, root)
         if variants is not None:
-            built = variants.result(progress)
             tuned["variants"] = built.entries
             files.update(built.files)
-        else:
-            built = Variants()
         return LoweredFiles(
             files=files,
             runtime=_runtime_requirements(profile, libs, notes),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -177,13 +178,16 @@ class InBackground:
         return value
 
     def cancel(self) -> None:
-        """Stop the child (the caller's own build failed)."""
+        """Stop the child if it still runs (the caller's own build failed, or Ctrl-C)."""
         if self._child is not None:
-            self._child.terminate()
+            self._child.terminate()  # nothing happens to a child that has ended
             self._child.join()
 
 
 def _child(sender: Any, args: tuple[Any, ...]) -> None:
+    # Ctrl-C reaches the whole process group; the parent stops the child (cancel), which
+    # would otherwise print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     steps = Deferred()
     try:
         reply: tuple[str, Any] = ("ok", build_variants(*args, steps))
@@ -191,7 +195,10 @@ def _child(sender: Any, args: tuple[Any, ...]) -> None:
         reply = ("error", exc)
     except Exception as exc:  # a foreign exception may not pickle; its text does
         reply = ("error", BackendError(f"building the CPU variants failed: {first_line(exc, last=True)}"))
-    sender.send((*reply, steps.steps))
+    try:
+        sender.send((*reply, steps.steps))
+    except OSError:  # the parent is gone: nobody is left to tell
+        pass
     sender.close()
 
 
