@@ -20,7 +20,7 @@ class Progress(Protocol):
     def advance(self, done: int, total: int | None, note: str, unit: str = "") -> None: ...
 
     def done(self, description: str, elapsed: float) -> None:
-        """A step that ran elsewhere (another thread) and took ``elapsed`` seconds."""
+        """A step that ran elsewhere (another process) and took ``elapsed`` seconds."""
 
 
 class NullProgress:
