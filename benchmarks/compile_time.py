@@ -26,30 +26,19 @@ from pathlib import Path
 
 from edgekiln import zoo
 from edgekiln.compile.api import CompileOptions, compile_model
+from edgekiln.execute.progress import Deferred
 
 DEFAULT_PROFILES = ("x86_64", "ml_c5", "rasp4b", "rasp3b", "jetson_orin", "ml_g4dn", "h200")
 
 
-class StepTimes:
-    """A progress reporter that only records how long each step took."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def step(self, description: str):
-        start = time.perf_counter()
-        yield
-        self.done(description, time.perf_counter() - start)
-
-    def done(self, description: str, elapsed: float) -> None:
+def _step_times(steps: list[tuple[str, float]]) -> dict[str, float]:
+    """Each step's seconds, by its name without the file, model or record details that the
+    reporter's description carries (a temporary directory's path, above all)."""
+    times = {}
+    for description, elapsed in steps:
         step = description.split(" (")[0].split(" for ")[0].split(" with ")[0]
-        if step.startswith("write "):
-            step = "write"  # not the temporary directory's path
-        self.steps[step] = round(elapsed, 2)
-
-    def advance(self, done: int, total: int | None, note: str, unit: str = "") -> None:
-        pass
+        times["write" if step.startswith("write ") else step] = round(elapsed, 2)
+    return times
 
 
 def _cpu_model() -> str:
@@ -73,7 +62,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgekiln-bench-") as tmp:
         for model in args.models.split(","):
             for profile in args.profiles.split(","):
-                steps = StepTimes()
+                steps = Deferred()
                 start = time.perf_counter()
                 try:
                     artifact = compile_model(
@@ -92,7 +81,7 @@ def main() -> int:
                         "model": model,
                         "profile": profile,
                         "seconds": seconds,
-                        "steps": steps.steps,
+                        "steps": _step_times(steps.steps),
                         "artifact_bytes": size,
                         "error": error,
                     }
