@@ -31,7 +31,7 @@ from edgekiln.compile.stages import CompiledArtifact, SourceModel, StagedArtifac
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import BackendError, DependencyError, UserError
 from edgekiln.execute import timing
-from edgekiln.execute.host import usable_cpus
+from edgekiln.execute.host import host_info, usable_cpus
 from edgekiln.execute.inputs import make_inputs
 from edgekiln.execute.runners import LocalRunner
 
@@ -75,7 +75,9 @@ def compile_auto(
     builds in the evidence row's order is kept. ``precision`` ("fp32" or "int8") and
     ``coverage`` (the model's TVM tuning coverage, None without records) pick the evidence.
     """
-    plan = evidence.plan(profile, precision, [b.id for b in candidates], coverage)
+    # Timed here, undecided timings fall to the order measured on this host's kind of CPU.
+    vendor = host_info().cpu_vendor if cannot_run is None else ""
+    plan = evidence.plan(profile, precision, [b.id for b in candidates], coverage, host_vendor=vendor)
     records: list[dict[str, Any]] = [
         {"backend": name, "status": "skipped", "reason": why} for name, why in plan.excluded.items()
     ]

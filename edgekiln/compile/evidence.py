@@ -6,6 +6,13 @@ target class (x86_64 CPU, aarch64 Cortex-A CPU, armv7l CPU, CUDA GPU) and precis
 int8), ordering the backends fastest first, with the figures and where they come from
 (measured here with ``edgekiln bench``, or a published benchmark).
 
+A row may also name a CPU vendor (``cpu_vendor``: "amd" or "intel"). Such a row applies only
+when auto times the candidates on this host and this host's CPU is that vendor's: the same
+ISA runs some libraries' kernels at different speeds on different vendors' cores (OpenVINO's
+on AMD's, for one), and when the timing cannot separate the leaders, the tie rule follows the
+order measured on the kind of CPU that timed them. The row without a vendor serves every
+other case, including a target this host cannot time (the device's vendor is unknown then).
+
 The TVM rule: untuned TVM runs 30-100x slower than ONNX Runtime on CPUs, so TVM is a candidate
 only when tuning records cover the model -- records exist for the tasks that carry at least
 ``COVERAGE_RULE`` (90%) of the model's FLOPs -- or when a row says that nothing else runs on
@@ -32,6 +39,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 # Records for the tasks that carry at least this share of the model's FLOPs make TVM a candidate.
 COVERAGE_RULE = 0.90
 PRECISIONS = ("fp32", "int8")
+CPU_VENDORS = ("amd", "intel")
 TARGET_CLASSES = ("x86_64-cpu", "aarch64-cortex-a", "armv7l-cpu", "cuda-gpu")
 
 
@@ -61,10 +69,12 @@ class EvidenceRow:
     tvm_needs_records: bool
     figures: str
     source: str
+    cpu_vendor: str = ""  # "" for every host; else only when timing on this vendor's CPU
 
     @property
     def key(self) -> str:
-        return f"{self.target_class}/{self.precision}"
+        base = f"{self.target_class}/{self.precision}"
+        return f"{base}/{self.cpu_vendor}" if self.cpu_vendor else base
 
 
 @dataclass(frozen=True)
@@ -101,10 +111,12 @@ def parse(data: dict[str, Any]) -> tuple[EvidenceRow, ...]:
     out = []
     fields = {"target_class", "precision", "order", "tvm_needs_records", "figures", "source"}
     for i, row in enumerate(data.get("row") or ()):
-        if set(row) != fields:
-            raise InternalError(f"evidence row {i} has fields {sorted(row)}, expected {sorted(fields)}")
+        if not fields <= set(row) <= fields | {"cpu_vendor"}:
+            raise InternalError(f"evidence row {i} has fields {sorted(row)}, expected {sorted(fields)} [+ cpu_vendor]")
         if row["target_class"] not in TARGET_CLASSES or row["precision"] not in PRECISIONS or not row["order"]:
             raise InternalError(f"evidence row {i}: unknown class or precision, or an empty order")
+        if row.get("cpu_vendor", "") not in ("", *CPU_VENDORS):
+            raise InternalError(f"evidence row {i}: unknown cpu_vendor {row['cpu_vendor']!r}")
         out.append(
             EvidenceRow(
                 row["target_class"],
@@ -113,6 +125,7 @@ def parse(data: dict[str, Any]) -> tuple[EvidenceRow, ...]:
                 bool(row["tvm_needs_records"]),
                 str(row["figures"]),
                 str(row["source"]),
+                row.get("cpu_vendor", ""),
             )
         )
     keys = [r.key for r in out]
@@ -121,11 +134,19 @@ def parse(data: dict[str, Any]) -> tuple[EvidenceRow, ...]:
     return tuple(out)
 
 
-def lookup(profile: DeviceProfile, precision: str, table: Sequence[EvidenceRow] | None = None) -> EvidenceRow | None:
-    """The row for ``profile``'s target class and ``precision``, or None."""
+def lookup(
+    profile: DeviceProfile,
+    precision: str,
+    table: Sequence[EvidenceRow] | None = None,
+    host_vendor: str = "",
+) -> EvidenceRow | None:
+    """The row for ``profile``'s target class and ``precision``, or None: the row for
+    ``host_vendor`` (this host's CPU vendor, given only when the candidates are timed on this
+    host) where there is one, else the row for every host."""
     cls = target_class(profile)
-    return next(
-        (r for r in (rows() if table is None else table) if (r.target_class, r.precision) == (cls, precision)), None
+    matching = [r for r in (rows() if table is None else table) if (r.target_class, r.precision) == (cls, precision)]
+    return next((r for r in matching if host_vendor and r.cpu_vendor == host_vendor), None) or next(
+        (r for r in matching if not r.cpu_vendor), None
     )
 
 
@@ -135,13 +156,15 @@ def plan(
     candidates: Sequence[str],
     coverage: TuningCoverage | None,
     table: Sequence[EvidenceRow] | None = None,
+    host_vendor: str = "",
 ) -> Plan:
     """The ``candidates`` (eligible backends, in the profile's order) ordered by evidence,
     with TVM left out unless ``coverage`` meets the rule or nothing else can run.
 
-    ``coverage`` is None when no tuning records were found for the model.
+    ``coverage`` is None when no tuning records were found for the model; ``host_vendor`` is
+    this host's CPU vendor when the candidates will be timed here, else "" (see :func:`lookup`).
     """
-    row = lookup(profile, precision, table)
+    row = lookup(profile, precision, table, host_vendor)
     ranked = [b for b in (row.order if row else ()) if b in candidates]
     ordered = ranked + [b for b in candidates if b not in ranked]
     excluded: dict[str, str] = {}

@@ -37,17 +37,21 @@ class HostInfo:
     os: str
     glibc: str | None
     cpu_features: frozenset[str]
+    # "amd" or "intel" from /proc/cpuinfo's vendor_id; "" for others and where it is unknown.
+    cpu_vendor: str = ""
 
 
 @functools.lru_cache(maxsize=1)
 def host_info() -> HostInfo:
     machine = platform.machine().lower()
     libc, version = platform.libc_ver()
+    features, vendor = _cpu_info()
     return HostInfo(
         arch=_ARCH_ALIASES.get(machine, machine),
         os=platform.system().lower(),
         glibc=version if libc == "glibc" and version else None,
-        cpu_features=_cpu_features(),
+        cpu_features=features,
+        cpu_vendor=vendor,
     )
 
 
@@ -65,17 +69,27 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_features() -> frozenset[str]:
-    # /proc/cpuinfo "flags" (x86) or "Features" (ARM): the kernel's view of the ISA.
+_CPU_VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+
+
+def _cpu_info(path: str = "/proc/cpuinfo") -> tuple[frozenset[str], str]:
+    # /proc/cpuinfo "flags" (x86) or "Features" (ARM): the kernel's view of the ISA; and x86's
+    # vendor_id, since the same ISA runs some libraries' kernels faster on one vendor's cores.
+    features: frozenset[str] = frozenset()
+    vendor = ""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+        with open(path, encoding="ascii", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = _CPU_VENDORS.get(value.strip(), "")
+                elif key in ("flags", "Features"):
+                    features = frozenset(value.split())
+                    break  # the first CPU's block is enough, and vendor_id comes before flags
     except OSError:
         pass
-    return frozenset()
+    return features, vendor
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

@@ -117,7 +117,13 @@ def test_candidates_follow_the_profile_and_the_quantization_asked():
     assert auto.eligible(get_profile("h200")) == ["tvm", "onnxruntime"]  # litert runs on CPUs only
 
 
+def _host_vendor(monkeypatch, vendor: str) -> None:
+    host = dataclasses.replace(auto.host_info(), cpu_vendor=vendor)
+    monkeypatch.setattr(auto, "host_info", lambda: host)
+
+
 def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch, fast_profile):
+    _host_vendor(monkeypatch, "intel")  # the row for every host, whatever this one is
     profile = fast_profile("onnxruntime", "litert")
     m_profile = lambda: profile  # noqa: E731
     imports = []
@@ -161,6 +167,33 @@ def test_auto_imports_once_and_times_every_built_candidate(tmp_path, monkeypatch
         {"backend": "onnxruntime", "status": "built", "p50_ms": 2.0, "pairs": 3},
         {"backend": "litert", "status": "built", "p50_ms": 1.0, "pairs": 3},
     ]
+
+
+def test_timed_on_an_amd_host_the_tie_rule_follows_the_amd_row(monkeypatch):
+    _host_vendor(monkeypatch, "amd")
+    seen = {}
+
+    def measure(built, records, baseline, progress, order, order_source, budget):
+        seen.update(order=list(order), source=order_source)
+        return order[0], "undecided; kept by the tie rule", {"outcome": "undecided", "threads": 2}
+
+    monkeypatch.setattr(auto, "_pack", lambda build, path: build)
+    monkeypatch.setattr(auto, "_measure", measure)
+    names = {"tvm": None, "onnxruntime": None, "litert": None, "openvino": None}
+    _, selection, _ = _loop(names, cannot_run=None, target="x86_64")
+    # OpenVINO, first on Intel, comes last of the three on AMD, where it measured slower.
+    assert seen["order"] == ["onnxruntime", "litert", "openvino"]
+    assert seen["source"] == "evidence row x86_64-cpu/fp32/amd's order"
+    assert (selection.chosen, selection.evidence) == ("onnxruntime", "x86_64-cpu/fp32/amd")
+    assert "benchmarks/results/auto/amd/" in selection.evidence_source
+
+
+def test_a_target_this_host_cannot_time_ignores_the_host_vendor(monkeypatch):
+    _host_vendor(monkeypatch, "amd")
+    names = {"tvm": None, "onnxruntime": None, "litert": None, "openvino": None}
+    _, selection, tried = _loop(names, cannot_run="pretend another x86-64 CPU", target="x86_64")
+    # The device's vendor is unknown: the row for every host, and its first backend.
+    assert selection.evidence == "x86_64-cpu/fp32" and [b for _, b in tried] == ["openvino"]
 
 
 def test_auto_records_a_failing_candidate_and_keeps_the_one_that_built(tmp_path, monkeypatch, fast_profile):

@@ -73,6 +73,20 @@ def test_cuda_without_a_gpu_takes_onnxruntime_not_untuned_tvm():
     assert q.row is None and q.order == ("onnxruntime",) and q.order_source == "the profile's order"
 
 
+def test_an_amd_host_that_times_the_candidates_follows_the_amd_row():
+    names = ["tvm", "onnxruntime", "litert", "openvino"]
+    amd = plan(get_profile("x86_64"), "fp32", names, None, host_vendor="amd")
+    assert amd.row.key == "x86_64-cpu/fp32/amd" and amd.order == ("onnxruntime", "litert", "openvino")
+    assert amd.order_source == "evidence row x86_64-cpu/fp32/amd's order" and "tvm" in amd.excluded
+    # Intel hosts, unknown vendors and targets this host cannot time take the row for every host;
+    # so does a precision without a vendor row.
+    for vendor in ("intel", ""):
+        assert plan(get_profile("x86_64"), "fp32", names, None, host_vendor=vendor).row.key == "x86_64-cpu/fp32"
+    assert plan(get_profile("x86_64"), "int8", names, None, host_vendor="amd").row.key == "x86_64-cpu/int8"
+    # A vendor row never stands in for a missing row of another class.
+    assert evidence.lookup(get_profile("rasp4b"), "fp32", host_vendor="amd").key == "aarch64-cortex-a/fp32"
+
+
 def test_tvm_alone_is_kept_whatever_the_records():
     p = plan(get_profile("x86_64"), "fp32", ["tvm"], None)
     assert p.order == ("tvm",) and not p.excluded
@@ -95,3 +109,9 @@ def test_coverage_and_table_errors():
         evidence.parse({"row": [row, row]})
     with pytest.raises(InternalError, match="unknown class"):
         evidence.parse({"row": [{**row, "precision": "fp16"}]})
+    with pytest.raises(InternalError, match="unknown cpu_vendor 'via'"):
+        evidence.parse({"row": [{**row, "cpu_vendor": "via"}]})
+    with pytest.raises(InternalError, match="repeat"):
+        evidence.parse({"row": [{**row, "cpu_vendor": "amd"}, {**row, "cpu_vendor": "amd"}]})
+    both = evidence.parse({"row": [row, {**row, "cpu_vendor": "amd", "order": ["onnxruntime"]}]})
+    assert [r.key for r in both] == ["x86_64-cpu/fp32", "x86_64-cpu/fp32/amd"]

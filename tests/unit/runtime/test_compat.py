@@ -105,3 +105,22 @@ def test_gpu_artifact_checks(gpu, runtime, ptx, expected):
 )
 def test_version_tuple_reads_the_leading_release(text, expected):
     assert compat.version_tuple(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "features", "vendor"),
+    [
+        ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n\nprocessor\t: 1\n", {"fpu", "avx2"}, "amd"),
+        ("vendor_id : GenuineIntel\nflags : avx512f avx2\n", {"avx512f", "avx2"}, "intel"),
+        ("vendor_id : HygonGenuine\nflags : avx2\n", {"avx2"}, ""),  # a vendor without its own evidence
+        ("processor : 0\nFeatures : fp asimd crc32\nCPU implementer : 0x41\n", {"fp", "asimd", "crc32"}, ""),
+        ("", set(), ""),
+    ],
+)
+def test_cpu_info_reads_the_flags_and_the_vendor(tmp_path, text, features, vendor) -> None:
+    (tmp_path / "cpuinfo").write_text(text)
+    assert compat._cpu_info(str(tmp_path / "cpuinfo")) == (frozenset(features), vendor)
+
+
+def test_an_unreadable_cpuinfo_gives_no_flags_and_no_vendor(tmp_path) -> None:
+    assert compat._cpu_info(str(tmp_path / "absent")) == (frozenset(), "")
