@@ -300,7 +300,12 @@ def test_shipped_records_this_tvm_cannot_read_are_skipped(tmp_path: Path, monkey
     with pytest.warns(UserWarning, match="skipping the tuning records shipped in"):
         applied = tuning.records_for_build(tvm, None, tvm.target.Target(LLVM), _profile(), None, NullProgress())
     assert applied is not None and applied.coverage.sources == ("cache",)
-    assert applied.manifest_entry()["databases"] == {"cache": str(cache), "shipped": str(shipped)}
+    # Named without the build machine's paths, except the flag's, which the user chose.
+    assert applied.manifest_entry()["databases"] == {
+        "cache": f"edgekiln cache: tuning/{cache.name}",
+        "shipped": "edgekiln shipped: tuning/shipped/shipped",
+    }
+    assert tuning.describe_database("flag", tmp_path / "db") == str(tmp_path / "db")
 
 
 def test_no_databases_means_no_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

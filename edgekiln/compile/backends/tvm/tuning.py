@@ -313,7 +313,17 @@ def summarize(tasks: list[Task], chosen: dict[str, tuple[str, Any]], paths: dict
     # Summed from the tuned tasks' FLOPs, not their rounded shares: a sum of shares can come
     # out a hair above 1 (1.0000000000000004 for MobileNetV2), which the evidence rule refuses.
     share = min(1.0, sum(t.total_flops for t in tasks if t.name in chosen) / total)
-    return Coverage(share, tuned, len(tasks), {s: str(p) for s, p in paths.items()})
+    return Coverage(share, tuned, len(tasks), {s: describe_database(s, p) for s, p in paths.items()})
+
+
+def describe_database(source: str, path: Path) -> str:
+    """How the manifest names a database: the flag's path as the user gave it; the cache's and
+    the shipped records' by where they sit under edgekiln's cache, not by the build machine's
+    paths (a home directory has no place in an artifact, and the same records give the same
+    manifest on every machine). The shipped folder's name carries the records' digest."""
+    if source == "flag":
+        return str(path)
+    return f"edgekiln {source}: tuning/{'shipped/' if source == 'shipped' else ''}{path.name}"
 
 
 def model_module(source: SourceModel, profile: DeviceProfile, progress: Progress) -> tuple[Any, Any, Any]:
