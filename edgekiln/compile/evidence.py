@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from edgekiln.device_profiles import DeviceProfile
 from edgekiln.errors import InternalError, UserError
+from edgekiln.runtime.compat import CPU_VENDORS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,7 +40,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 # Records for the tasks that carry at least this share of the model's FLOPs make TVM a candidate.
 COVERAGE_RULE = 0.90
 PRECISIONS = ("fp32", "int8")
-CPU_VENDORS = ("amd", "intel")
 TARGET_CLASSES = ("x86_64-cpu", "aarch64-cortex-a", "armv7l-cpu", "cuda-gpu")
 
 
@@ -115,7 +115,7 @@ def parse(data: dict[str, Any]) -> tuple[EvidenceRow, ...]:
             raise InternalError(f"evidence row {i} has fields {sorted(row)}, expected {sorted(fields)} [+ cpu_vendor]")
         if row["target_class"] not in TARGET_CLASSES or row["precision"] not in PRECISIONS or not row["order"]:
             raise InternalError(f"evidence row {i}: unknown class or precision, or an empty order")
-        if row.get("cpu_vendor", "") not in ("", *CPU_VENDORS):
+        if row.get("cpu_vendor", "") not in ("", *CPU_VENDORS.values()):
             raise InternalError(f"evidence row {i}: unknown cpu_vendor {row['cpu_vendor']!r}")
         out.append(
             EvidenceRow(

@@ -69,7 +69,8 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-_CPU_VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+# vendor_id -> the name evidence rows use (edgekiln.compile.evidence).
+CPU_VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
 
 
 def _cpu_info(path: str = "/proc/cpuinfo") -> tuple[frozenset[str], str]:
@@ -83,7 +84,7 @@ def _cpu_info(path: str = "/proc/cpuinfo") -> tuple[frozenset[str], str]:
                 key, _, value = line.partition(":")
                 key = key.strip()
                 if key == "vendor_id" and not vendor:
-                    vendor = _CPU_VENDORS.get(value.strip(), "")
+                    vendor = CPU_VENDORS.get(value.strip(), "")
                 elif key in ("flags", "Features"):
                     features = frozenset(value.split())
                     break  # the first CPU's block is enough, and vendor_id comes before flags
