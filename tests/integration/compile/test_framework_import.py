@@ -17,10 +17,16 @@ from edgekiln.artifact import unpack
 from edgekiln.compile.api import CompileOptions, compile_model
 from edgekiln.compile.frontends import parse_input_config
 from edgekiln.compile.validate import ValidationOptions
+from edgekiln.runtime.compat import host_info
 from tests.conftest import run_artifact
 from tests.frameworks import models
 
 TOLERANCE = 1e-4
+# ONNX Runtime's integer kernels take another path on x86-64 CPUs without VNNI: VPMADDUBSW,
+# whose 16-bit intermediate sums can saturate (ONNX Runtime's quantization guide, "saturation
+# issues" for U8S8 on AVX2 and AVX-512). There an int8 model's outputs drift further from
+# TFLite's: 8 quantization steps on MobileNetV2 on a 2-core AMD EPYC, against 2 with VNNI.
+VNNI = bool({"avx512_vnni", "avx_vnni"} & host_info().cpu_features)
 
 
 def run(path, x: np.ndarray) -> np.ndarray:
@@ -127,8 +133,10 @@ def test_int8_tflite_compiles_for_every_backend(tflite_mobilenet_v2, backend, tm
     if backend == "litert":
         assert np.array_equal(got, expected)  # the source .tflite itself
     else:
-        # The QDQ graph rounds like TFLite's kernels except on exact ties between fused ops.
-        assert steps <= 2
+        # The QDQ graph rounds like TFLite's kernels except on exact ties between fused ops;
+        # ONNX Runtime without VNNI adds its saturating products (above); TVM's code matched
+        # TFLite exactly on the AMD host, so it keeps the tight bound everywhere.
+        assert steps <= (2 if VNNI or backend == "tvm" else 12)
         assert got.argmax() == expected.argmax()
 
 
