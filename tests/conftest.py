@@ -42,6 +42,15 @@ def nvcc_available() -> bool:
     return shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").exists()
 
 
+def host_has_vnni() -> bool:
+    """Whether this x86-64 host has VNNI. Without it ONNX Runtime's uint8 x int8 kernels multiply
+    with VPMADDUBSW, whose 16-bit intermediate sums can saturate (ONNX Runtime's quantization
+    guide, "When and why do I need to try U8U8?"; README, Known limitations)."""
+    from edgekiln.runtime.compat import host_info
+
+    return bool({"avx512_vnni", "avx_vnni"} & host_info().cpu_features)
+
+
 @pytest.fixture(scope="session")
 def compiled(tmp_path_factory):
     """compiled(model, target, **kwargs) -> CompiledArtifact, cached per (model, target, kwargs)."""

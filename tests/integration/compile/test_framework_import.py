@@ -17,16 +17,14 @@ from edgekiln.artifact import unpack
 from edgekiln.compile.api import CompileOptions, compile_model
 from edgekiln.compile.frontends import parse_input_config
 from edgekiln.compile.validate import ValidationOptions
-from edgekiln.runtime.compat import host_info
-from tests.conftest import run_artifact
+from tests.conftest import host_has_vnni, run_artifact
 from tests.frameworks import models
 
 TOLERANCE = 1e-4
-# ONNX Runtime's integer kernels take another path on x86-64 CPUs without VNNI: VPMADDUBSW,
-# whose 16-bit intermediate sums can saturate (ONNX Runtime's quantization guide, "saturation
-# issues" for U8S8 on AVX2 and AVX-512). There an int8 model's outputs drift further from
-# TFLite's: 8 quantization steps on MobileNetV2 on a 2-core AMD EPYC, against 2 with VNNI.
-VNNI = bool({"avx512_vnni", "avx_vnni"} & host_info().cpu_features)
+# Without VNNI ONNX Runtime's int8 kernels can saturate (host_has_vnni), and an int8 model's
+# outputs drift further from TFLite's: 8 quantization steps on MobileNetV2 on a 2-core AMD
+# EPYC, against 2 with VNNI.
+VNNI = host_has_vnni()
 
 
 def run(path, x: np.ndarray) -> np.ndarray:
