@@ -34,7 +34,7 @@ from edgekiln.execute.runners import LocalRunner
 from edgekiln.execute.statistics import RatioStats
 
 
-def aa_ratios(onnx_path: Path, inputs: Any, pairs: int, threads: int) -> list[float]:
+def aa_ratios(onnx_path: Path, inputs: Any, pairs: int, threads: int, min_half_s: float) -> list[float]:
     """Per-pair ratios of two identical ONNX Runtime workers, interleaved as auto times."""
     samples = make_inputs(inputs, 3, 0)
     runner = LocalRunner()
@@ -46,7 +46,7 @@ def aa_ratios(onnx_path: Path, inputs: Any, pairs: int, threads: int) -> list[fl
             worker.load({"kind": "onnxruntime", "model": str(onnx_path), "device": "cpu", "threads": threads}, samples)
         pair = [timing.Timed("a", workers[0]), timing.Timed("b", workers[1])]
         timing.warm_up(pair, 1, 1)
-        timing.balance(pair)
+        timing.balance(pair, min_half_s)
         position: dict[int, int] = {}
         for i in range(pairs):
             timing.run_pair(pair if i % 2 == 0 else pair[::-1], 1, position, start=2)
@@ -57,11 +57,11 @@ def aa_ratios(onnx_path: Path, inputs: Any, pairs: int, threads: int) -> list[fl
             worker.close()
 
 
-def check(model: str, pairs: int, threads: int) -> dict[str, Any]:
+def check(model: str, pairs: int, threads: int, min_half_s: float = timing.MIN_HALF_S) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgekiln-aa-") as tmp:
         source = import_model(model, Path(tmp) / "source")
         started = time.monotonic()
-        ratios = aa_ratios(source.path, source.inputs, pairs, threads)
+        ratios = aa_ratios(source.path, source.inputs, pairs, threads, min_half_s)
         seconds = time.monotonic() - started
     stats = RatioStats.from_ratios(ratios)
     verdict = judge({"a": ratios, "b": [1.0] * len(ratios)}, ("a", "b"), TimingBudget(max_pairs=max(5, pairs)), 0.0)
@@ -69,6 +69,7 @@ def check(model: str, pairs: int, threads: int) -> dict[str, Any]:
         "model": model,
         "pairs": stats.n,
         "threads": threads,
+        "min_half_ms": round(min_half_s * 1e3, 1),
         "seconds": round(seconds, 2),
         "ratio": stats.to_dict(),
         "ci_holds_1": stats.ci95_low <= 1.0 <= stats.ci95_high,
@@ -83,16 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", help="zoo:NAME or a model file (repeat; default zoo:mobilenet_v2)")
     parser.add_argument("--pairs", type=int, default=40, help="interleaved pairs per model (default 40)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of both runtimes (default: usable CPUs)")
+    parser.add_argument(
+        "--min-half-ms",
+        type=float,
+        action="append",
+        help=f"shortest half of a pair in ms (repeat to compare, interleaved per model; default {timing.MIN_HALF_S * 1e3:g})",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
     threads = args.threads or usable_cpus()
     load_before = os.getloadavg()
-    results = [check(m, args.pairs, threads) for m in (args.model or ["zoo:mobilenet_v2"])]
+    halves = [ms / 1e3 for ms in args.min_half_ms or [timing.MIN_HALF_S * 1e3]]
+    results = [check(m, args.pairs, threads, h) for m in (args.model or ["zoo:mobilenet_v2"]) for h in halves]
     for r in results:
         s = r["ratio"]
         print(
             f"{r['model']}: A/A ratio median {s['median']:.3f} (95% CI {s['ci95_low']:.3f}-{s['ci95_high']:.3f}, "
-            f"{r['pairs']} pairs, {threads} threads, spread {s['spread']:.0%}); CI holds 1.00: {r['ci_holds_1']}"
+            f"{r['pairs']} pairs, {threads} threads, halves >= {r['min_half_ms']:g} ms, spread {s['spread']:.0%}); CI holds 1.00: {r['ci_holds_1']}"
         )
     if args.json:
         report = {

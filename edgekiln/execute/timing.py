@@ -5,6 +5,9 @@ trustworthy when absolute times do not. The halves of a pair are balanced in wal
 runtime K times faster than the slowest runs about K queries in its half (up to
 ``BALANCE_S`` of them, at most ``MAX_QUERIES_PER_PAIR``) and the pair takes their median, so
 a 17 ms query is not weighed against a 2 s one on a single draw of the machine's load.
+Every half lasts at least about ``MIN_HALF_S``: on a shared 2-core host one 5 ms query
+ranged 2-14 ms, so a fast model's pair of single queries was mostly noise, while the median
+of ten queries is not thrown by one stall.
 Between one subject's turn and the next, the worker that ran is let go idle
 (:meth:`~edgekiln.execute.runners.Worker.settle`), so its spinning threads do not slow the next.
 
@@ -27,6 +30,8 @@ MAX_PAIRS = 1000
 # Balanced pairs: each half of a pair lasts about min(BALANCE_S, the slowest query).
 BALANCE_S = 0.2
 MAX_QUERIES_PER_PAIR = 50
+# The shortest half of a pair: fast models run several queries per half (see above).
+MIN_HALF_S = 0.05
 
 
 @dataclass
@@ -49,15 +54,16 @@ def warm_up(subjects: Sequence[Timed], warmup: int, calls: int) -> None:
         s.warm = s.worker.run(warmup, calls, start=calls) if warmup else []
 
 
-def balance(subjects: Sequence[Timed]) -> None:
-    """Queries per pair for each subject, from its warm-up (or first) query time."""
+def balance(subjects: Sequence[Timed], min_half_s: float = MIN_HALF_S) -> None:
+    """Queries per pair for each subject, from its warm-up (or first) query time: each half
+    lasts about the slowest query, at least ``min_half_s`` and at most ``BALANCE_S``."""
     estimates = {}
     for s in subjects:
         seen = sorted(s.warm or []) or [s.first_s or 0.0]
         # The lower median: one stalled warm-up query (another process took the core)
         # must not make a fast subject look slow and leave its pairs unbalanced.
         estimates[s.name] = max(seen[(len(seen) - 1) // 2], 1e-6)
-    window = min(BALANCE_S, max(estimates.values()))
+    window = min(BALANCE_S, max(min_half_s, *estimates.values()))
     for s in subjects:
         s.per_pair = max(1, min(MAX_QUERIES_PER_PAIR, round(window / estimates[s.name])))
 

@@ -121,8 +121,10 @@ def test_pairs_interleave_and_balance_and_report_progress(capsys):
     pairs = timing.measure_pairs(subjects, 1, runs=4, label="m", progress=ConsoleProgress(stream))
     assert pairs == 4 and all(len(s.pairs) == 4 for s in subjects)
     slow, fast = subjects
-    # The faster one runs several queries in its half of a pair, the slower one.
-    assert slow.per_pair == 1 and fast.per_pair >= 3 and len(fast.times) == 4 * fast.per_pair
+    # Each half lasts at least MIN_HALF_S (50 ms): the 8 ms one runs several queries in it,
+    # the faster one about eight times as many (up to the cap).
+    assert 4 <= slow.per_pair <= 7 and len(slow.times) == 4 * slow.per_pair
+    assert fast.per_pair >= 3 * slow.per_pair and len(fast.times) == 4 * fast.per_pair
     assert timing.median_ratio(slow, fast) > 2
     assert "pair 1/4  m: slow" in stream.getvalue() and "pair 4/4" in stream.getvalue()
 
@@ -187,5 +189,18 @@ def test_balance_is_not_thrown_by_one_stalled_warm_up():
     slow = timing.Timed("slow", None, first_s=0.01, warm=[0.008, 0.008])
     # The fast one's second warm-up stalled behind another process.
     fast = timing.Timed("fast", None, first_s=0.002, warm=[0.001, 0.050])
-    timing.balance([slow, fast])
+    timing.balance([slow, fast], min_half_s=0.0)
     assert slow.per_pair == 1 and fast.per_pair == 8
+
+
+def test_every_half_of_a_pair_lasts_at_least_the_floor_and_at_most_the_cap():
+    slow = timing.Timed("slow", None, first_s=0.01, warm=[0.008, 0.008])
+    fast = timing.Timed("fast", None, first_s=0.002, warm=[0.002, 0.002])
+    timing.balance([slow, fast])  # a 50 ms half: 6 queries of 8 ms, 25 of 2 ms
+    assert (slow.per_pair, fast.per_pair) == (6, 25)
+    tiny = timing.Timed("tiny", None, first_s=0.0002, warm=[0.0002])
+    timing.balance([tiny])  # 250 queries would fill the half: capped
+    assert tiny.per_pair == timing.MAX_QUERIES_PER_PAIR
+    big = timing.Timed("big", None, first_s=0.9, warm=[0.5])
+    timing.balance([big, fast])  # the slow one's half is one query; the fast one's stops at BALANCE_S
+    assert (big.per_pair, fast.per_pair) == (1, 50)
