@@ -8,10 +8,11 @@ summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a dis
 - **drop** a candidate that is clearly slower, once every candidate has ``drop_after`` pairs: its
   median is at least ``drop_factor`` times the leader's and its interval lies wholly above
   the leader's (untuned TVM on a CPU, 30-100x ONNX Runtime, leaves after the first pairs);
-- **separated**: the intervals of the two lowest medians do not overlap; the lower wins;
-- **tied**: they overlap, but both lie within ``equivalence`` of each other (the highest
-  upper bound is at most 1 + ``equivalence`` times the lowest lower bound), so more pairs
-  would not change what a user sees;
+- **tied**: the intervals of the two lowest medians lie within ``equivalence`` of each other
+  (the highest upper bound is at most 1 + ``equivalence`` times the lowest lower bound),
+  whether or not they overlap: more pairs would not change what a user sees, and a 1%
+  difference that separates in one compile and not in the next must not flip the choice;
+- **separated**: otherwise, the intervals of the two lowest medians do not overlap; the lower wins;
 - **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
   first.
 
@@ -20,10 +21,12 @@ Separation and ties are only looked at after ``min_pairs``, then at twice as man
 because a look after every pair would, by chance alone, find two equal candidates
 "separated" far more often than the 95% intervals promise.
 
-Tied and undecided choices follow one deterministic tie rule: among the candidates whose
-interval overlaps the leader's, the first in the ``order`` given (the evidence row's order of
-fastest backends for the target, else the profile's preference order). Repeated compiles
-therefore keep the same backend unless the figures separate.
+Tied and undecided choices follow one deterministic tie rule: the first in the ``order``
+given (the evidence row's order of fastest backends for the target, else the profile's
+preference order) among the candidates tied with the leader (their intervals within
+``equivalence`` of its), or, when undecided, whose interval overlaps the leader's. Repeated
+compiles therefore keep the same backend unless the figures separate by more than
+``equivalence``.
 """
 
 from __future__ import annotations
@@ -130,15 +133,20 @@ def judge(
     if pairs < budget.min_pairs or not (out_of_budget or pairs in looks(budget)):
         return Verdict("continue", None, dropped, stats)
     first, second = stats[left[0]], stats[left[1]]
+    tied = [n for n in left if _within(first, stats[n], budget.equivalence)]
+    if len(tied) > 1:
+        return Verdict("tied", min(tied, key=order.index), dropped, stats)
     if first.ci95_high < second.ci95_low:
         return Verdict("separated", left[0], dropped, stats)
-    overlapping = [n for n in left if stats[n].ci95_low <= first.ci95_high]
-    chosen = min(overlapping, key=order.index)
-    if max(first.ci95_high, second.ci95_high) <= (1 + budget.equivalence) * min(first.ci95_low, second.ci95_low):
-        return Verdict("tied", chosen, dropped, stats)
     if out_of_budget:
-        return Verdict("undecided", chosen, dropped, stats)
+        overlapping = [n for n in left if stats[n].ci95_low <= first.ci95_high]
+        return Verdict("undecided", min(overlapping, key=order.index), dropped, stats)
     return Verdict("continue", None, dropped, stats)
+
+
+def _within(a: RatioStats, b: RatioStats, equivalence: float) -> bool:
+    """Whether both intervals lie within ``equivalence`` of each other."""
+    return max(a.ci95_high, b.ci95_high) <= (1 + equivalence) * min(a.ci95_low, b.ci95_low)
 
 
 def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s: float) -> str:
@@ -154,9 +162,11 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         return f"{chosen} is the only candidate left to time ({others}; {what}: {figures})"
     if verdict.outcome == "separated":
         return f"{chosen} is fastest, its 95% CI below the next one's ({what}: {figures})"
-    rule = f"kept {chosen} by the tie rule: first in {order_source} among those whose CI overlaps the leader's"
+    rule = f"kept {chosen} by the tie rule: first in {order_source} among those"
     if verdict.outcome == "tied":
-        return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule}"
+        within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's"
+        return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
+    rule += " whose CI overlaps the leader's"
     return (
         f"undecided: the 95% CIs still overlap when the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"

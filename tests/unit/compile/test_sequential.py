@@ -72,10 +72,26 @@ def test_overlapping_but_narrow_intervals_tie_and_the_order_breaks_it():
     text = sequential.reason(verdict, "the profile's order", TimingBudget(), 1.0)
     assert text.startswith("tied within 5% (time ratio to ONNX Runtime on the source model: litert 0.995x")
     assert text.endswith(
-        "kept onnxruntime by the tie rule: first in the profile's order among those whose CI overlaps the leader's"
+        "kept onnxruntime by the tie rule: first in the profile's order among those whose CIs lie within 5% "
+        "of the leader's"
     )
     # The same figures give the same choice every time, whichever dict order they come in.
     assert judge(dict(reversed(list(ratios.items()))), ORDER, TimingBudget(), 1.0).chosen == "onnxruntime"
+
+
+def test_narrow_intervals_apart_by_less_than_the_equivalence_tie_rather_than_separate():
+    # 2% apart with +-0.5% intervals: disjoint, but a difference no user sees; a compile that
+    # separated them and the next that did not would flip the backend. The order keeps one.
+    ratios = {"onnxruntime": _ratios(1.02, 10, 0.005), "litert": _ratios(1.0, 10, 0.005)}
+    assert ratios["onnxruntime"][0] > ratios["litert"][-1]
+    verdict = judge(ratios, ORDER, TimingBudget(), 1.0)
+    assert (verdict.outcome, verdict.chosen) == ("tied", "onnxruntime")
+    # 8% apart with the same narrow intervals: separated, the faster one wins whatever the order.
+    apart = {"onnxruntime": _ratios(1.08, 10, 0.005), "litert": _ratios(1.0, 10, 0.005)}
+    assert judge(apart, ORDER, TimingBudget(), 1.0).chosen == "litert"
+    # A third candidate within 5% of the leader may be the one the order keeps.
+    three = {**ratios, "tvm": _ratios(1.03, 10, 0.005)}
+    assert judge(three, ("tvm", "litert", "onnxruntime"), TimingBudget(), 1.0).chosen == "tvm"
 
 
 def test_wide_overlapping_intervals_go_on_until_the_budget_then_say_undecided():
