@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "--min-half-ms",
         type=float,
         action="append",
-        help=f"shortest half of a pair in ms (repeat to compare, interleaved per model; default {timing.MIN_HALF_S * 1e3:g})",
+        help="shortest half of a pair in ms (repeat to compare, in turn per model; "
+        f"default {timing.MIN_HALF_S * 1e3:g})",
     )
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         s = r["ratio"]
         print(
             f"{r['model']}: A/A ratio median {s['median']:.3f} (95% CI {s['ci95_low']:.3f}-{s['ci95_high']:.3f}, "
-            f"{r['pairs']} pairs, {threads} threads, halves >= {r['min_half_ms']:g} ms, spread {s['spread']:.0%}); CI holds 1.00: {r['ci_holds_1']}"
+            f"{r['pairs']} pairs, {threads} threads, halves >= {r['min_half_ms']:g} ms, spread {s['spread']:.0%}); "
+            f"CI holds 1.00: {r['ci_holds_1']}"
         )
     if args.json:
         report = {
