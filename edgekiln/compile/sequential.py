@@ -10,9 +10,11 @@ summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a dis
   the leader's (untuned TVM on a CPU, 30-100x ONNX Runtime, leaves after the first pairs);
 - **tied**: the intervals of the two lowest medians lie within ``equivalence`` of each other
   (the highest upper bound is at most 1 + ``equivalence`` times the lowest lower bound),
-  whether or not they overlap: more pairs would not change what a user sees, and a 1%
-  difference that separates in one compile and not in the next must not flip the choice;
-- **separated**: otherwise, the intervals of the two lowest medians do not overlap; the lower wins;
+  whether or not they overlap: more pairs would not change what a user sees;
+- **separated**: the intervals of the two lowest medians do not overlap and their medians
+  are more than ``equivalence`` apart; the lower wins. Disjoint intervals closer than that
+  go on being timed: a 3% difference that separated in one compile and tied in the next
+  flipped the backend between identical compiles;
 - **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
   first.
 
@@ -23,10 +25,10 @@ because a look after every pair would, by chance alone, find two equal candidate
 
 Tied and undecided choices follow one deterministic tie rule: the first in the ``order``
 given (the evidence row's order of fastest backends for the target, else the profile's
-preference order) among the candidates tied with the leader (their intervals within
-``equivalence`` of its), or, when undecided, whose interval overlaps the leader's. Repeated
-compiles therefore keep the same backend unless the figures separate by more than
-``equivalence``.
+preference order) among the candidates close to the leader: tied with it (intervals within
+``equivalence`` of its) or, when undecided, with an interval overlapping its own or a
+median within ``equivalence`` of its median. The choice therefore changes between repeated
+compiles only where two backends' true difference is near ``equivalence`` itself.
 """
 
 from __future__ import annotations
@@ -136,11 +138,15 @@ def judge(
     tied = [n for n in left if _within(first, stats[n], budget.equivalence)]
     if len(tied) > 1:
         return Verdict("tied", min(tied, key=order.index), dropped, stats)
-    if first.ci95_high < second.ci95_low:
+    if first.ci95_high < second.ci95_low and second.median > (1 + budget.equivalence) * first.median:
         return Verdict("separated", left[0], dropped, stats)
     if out_of_budget:
-        overlapping = [n for n in left if stats[n].ci95_low <= first.ci95_high]
-        return Verdict("undecided", min(overlapping, key=order.index), dropped, stats)
+        close = [
+            n
+            for n in left
+            if stats[n].ci95_low <= first.ci95_high or stats[n].median <= (1 + budget.equivalence) * first.median
+        ]
+        return Verdict("undecided", min(close, key=order.index), dropped, stats)
     return Verdict("continue", None, dropped, stats)
 
 
@@ -161,12 +167,15 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         others = "the others were dropped as clearly slower or could not run"
         return f"{chosen} is the only candidate left to time ({others}; {what}: {figures})"
     if verdict.outcome == "separated":
-        return f"{chosen} is fastest, its 95% CI below the next one's ({what}: {figures})"
+        return (
+            f"{chosen} is fastest, its 95% CI below the next one's and its median more than "
+            f"{budget.equivalence:.0%} lower ({what}: {figures})"
+        )
     rule = f"kept {chosen} by the tie rule: first in {order_source} among those"
     if verdict.outcome == "tied":
         within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's"
         return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
-    rule += " whose CI overlaps the leader's"
+    rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
     return (
         f"undecided: the 95% CIs still overlap when the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
