@@ -45,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "queries of --batch samples (default: single-stream)",
     )
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--runs", type=int, metavar="N", help="measured pairs (queries per runtime)")
+    amount.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="measured pairs; each half runs one query or, for a fast model, as many as fill 50 ms",
+    )
     amount.add_argument(
         "--duration", type=float, metavar="S", help="measure for S seconds, at least 3 pairs (default: 10 s)"
     )
