@@ -52,6 +52,12 @@ def warm_up(subjects: Sequence[Timed], warmup: int, calls: int) -> None:
     for s in subjects:
         s.first_s = s.worker.run(1, calls)[0]
         s.warm = s.worker.run(warmup, calls, start=calls) if warmup else []
+        if len(subjects) > 1:
+            # The warm-up sets the queries per pair, so it runs as the pairs do: after the
+            # last worker went idle. Once, ONNX Runtime warmed up beside TVM's spinning pool
+            # looked 5x slower, got 2 queries a half instead of 9, and its slow first query
+            # after each TVM turn then weighed half of every pair.
+            s.worker.settle()
 
 
 def balance(subjects: Sequence[Timed], min_half_s: float = MIN_HALF_S) -> None:
