@@ -176,7 +176,13 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's"
         return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
     rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
+    first, second = stats[timed[0]], stats[timed[1]]
+    state = (
+        "the 95% CIs still overlap"
+        if second.ci95_low <= first.ci95_high
+        else f"the 95% CIs are apart but the medians within {budget.equivalence:.0%}"
+    )
     return (
-        f"undecided: the 95% CIs still overlap when the budget ({budget.max_pairs} pairs, "
+        f"undecided: {state} when the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
     )

@@ -117,6 +117,14 @@ def test_wide_overlapping_intervals_go_on_until_the_budget_then_say_undecided():
     assert (by_pairs.outcome, by_pairs.chosen) == ("undecided", "onnxruntime")
     text = sequential.reason(by_pairs, "the profile's order", TimingBudget(), 12.4)
     assert text.startswith("undecided: the 95% CIs still overlap when the budget (40 pairs, 60 s; 12 s spent) ran out")
+    # Disjoint intervals (0.969-1.031, 1.037-1.053) with medians 4.5% apart and too wide to
+    # tie, at the end of the budget: undecided, and the reason says the intervals are apart.
+    close = {"onnxruntime": _ratios(1.045, 40, 0.02), "litert": _ratios(1.0, 40, 0.08)}
+    near = judge(close, ORDER, TimingBudget(), 1.0)
+    assert (near.outcome, near.chosen) == ("undecided", "onnxruntime")
+    assert near.stats["litert"].ci95_high < near.stats["onnxruntime"].ci95_low
+    near_text = sequential.reason(near, "the profile's order", TimingBudget(), 3.0)
+    assert near_text.startswith("undecided: the 95% CIs are apart but the medians within 5% when the budget")
 
 
 def test_the_tie_rule_only_considers_candidates_overlapping_the_leader():
