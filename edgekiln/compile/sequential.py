@@ -8,13 +8,16 @@ summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a dis
 - **drop** a candidate that is clearly slower, once every candidate has ``drop_after`` pairs: its
   median is at least ``drop_factor`` times the leader's and its interval lies wholly above
   the leader's (untuned TVM on a CPU, 30-100x ONNX Runtime, leaves after the first pairs);
-- **tied**: the intervals of the two lowest medians lie within ``equivalence`` of each other
-  (the highest upper bound is at most 1 + ``equivalence`` times the lowest lower bound),
-  whether or not they overlap: more pairs would not change what a user sees;
-- **separated**: the intervals of the two lowest medians do not overlap and their medians
-  are more than ``equivalence`` apart; the lower wins. Disjoint intervals closer than that
-  go on being timed: a 3% difference that separated in one compile and tied in the next
-  flipped the backend between identical compiles;
+- **tied** or **separated**, once every other candidate is either *tied* with the leader (the
+  lowest median: both intervals lie within ``equivalence`` of each other, the highest upper
+  bound at most 1 + ``equivalence`` times the lowest lower bound) or *apart* from it (its
+  interval wholly above the leader's and its median more than ``equivalence`` higher).
+  With any tied, the outcome is "tied", since more pairs would not change what a user sees;
+  with all apart, "separated", and the leader wins. A candidate that is neither (a wide
+  interval reaching the leader's, or a disjoint one closer than ``equivalence``) keeps the
+  timing going: a tie among the narrow-interval candidates that left out a wide one, and a
+  3% difference that separated in one compile and tied in the next, each flipped the
+  backend between identical compiles;
 - **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
   first.
 
@@ -25,10 +28,10 @@ because a look after every pair would, by chance alone, find two equal candidate
 
 Tied and undecided choices follow one deterministic tie rule: the first in the ``order``
 given (the evidence row's order of fastest backends for the target, else the profile's
-preference order) among the candidates close to the leader: tied with it (intervals within
-``equivalence`` of its) or, when undecided, with an interval overlapping its own or a
-median within ``equivalence`` of its median. The choice therefore changes between repeated
-compiles only where two backends' true difference is near ``equivalence`` itself.
+preference order) among the leader and the candidates close to it: tied with it or, when
+undecided, with an interval overlapping its own or a median within ``equivalence`` of its.
+The choice therefore changes between repeated compiles only where two backends' true
+difference is near ``equivalence`` itself.
 """
 
 from __future__ import annotations
@@ -134,11 +137,12 @@ def judge(
     out_of_budget = pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds
     if pairs < budget.min_pairs or not (out_of_budget or pairs in looks(budget)):
         return Verdict("continue", None, dropped, stats)
-    first, second = stats[left[0]], stats[left[1]]
-    tied = [n for n in left if _within(first, stats[n], budget.equivalence)]
-    if len(tied) > 1:
-        return Verdict("tied", min(tied, key=order.index), dropped, stats)
-    if first.ci95_high < second.ci95_low and second.median > (1 + budget.equivalence) * first.median:
+    first = stats[left[0]]
+    relation = {n: _relation(first, stats[n], budget.equivalence) for n in left[1:]}
+    if "unclear" not in relation.values():
+        tied = [left[0], *(n for n in left[1:] if relation[n] == "tied")]
+        if len(tied) > 1:
+            return Verdict("tied", min(tied, key=order.index), dropped, stats)
         return Verdict("separated", left[0], dropped, stats)
     if out_of_budget:
         close = [
@@ -150,9 +154,15 @@ def judge(
     return Verdict("continue", None, dropped, stats)
 
 
-def _within(a: RatioStats, b: RatioStats, equivalence: float) -> bool:
-    """Whether both intervals lie within ``equivalence`` of each other."""
-    return max(a.ci95_high, b.ci95_high) <= (1 + equivalence) * min(a.ci95_low, b.ci95_low)
+def _relation(leader: RatioStats, other: RatioStats, equivalence: float) -> str:
+    """ "tied": both intervals lie within ``equivalence`` of each other; "apart": the other's
+    interval lies wholly above the leader's and its median is more than ``equivalence``
+    higher; else "unclear", and more pairs are needed."""
+    if max(leader.ci95_high, other.ci95_high) <= (1 + equivalence) * min(leader.ci95_low, other.ci95_low):
+        return "tied"
+    if leader.ci95_high < other.ci95_low and other.median > (1 + equivalence) * leader.median:
+        return "apart"
+    return "unclear"
 
 
 def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s: float) -> str:
@@ -168,21 +178,17 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         return f"{chosen} is the only candidate left to time ({others}; {what}: {figures})"
     if verdict.outcome == "separated":
         return (
-            f"{chosen} is fastest, its 95% CI below the next one's and its median more than "
+            f"{chosen} is fastest, its 95% CI below every other's and its median more than "
             f"{budget.equivalence:.0%} lower ({what}: {figures})"
         )
     rule = f"kept {chosen} by the tie rule: first in {order_source} among those"
     if verdict.outcome == "tied":
-        within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's"
+        within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's (the rest clearly behind)"
         return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
     rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
-    first, second = stats[timed[0]], stats[timed[1]]
-    state = (
-        "the 95% CIs still overlap"
-        if second.ci95_low <= first.ci95_high
-        else f"the 95% CIs are apart but the medians within {budget.equivalence:.0%}"
-    )
+    unclear = [n for n in timed[1:] if _relation(stats[timed[0]], stats[n], budget.equivalence) == "unclear"]
     return (
-        f"undecided: {state} when the budget ({budget.max_pairs} pairs, "
+        f"undecided: {', '.join(unclear)} neither tied with {timed[0]} nor clearly behind it when "
+        f"the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
     )
