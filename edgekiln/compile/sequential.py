@@ -31,8 +31,10 @@ Tied and undecided choices follow one deterministic tie rule: the first in the `
 given (the evidence row's order of fastest backends for the target, else the profile's
 preference order) among the leader and the candidates close to it: tied with it or, when
 undecided, with an interval overlapping its own or a median within ``equivalence`` of its.
-The choice therefore changes between repeated compiles only where two backends' true
-difference is near ``equivalence`` itself.
+The choice therefore changes between repeated compiles where two backends' difference, as
+one timing run sees it, lies near ``equivalence``, or where a runtime's speed differs between
+processes: litert on the AMD host ran 0.85-0.90 of ONNX Runtime's time in some fresh worker
+processes and 0.99-1.05 in others, and one timing run draws one of those.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
     rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
     unclear = [n for n in timed[1:] if _relation(stats[timed[0]], stats[n], budget.equivalence) == "unclear"]
     return (
-        f"undecided: {', '.join(unclear)} neither tied with {timed[0]} nor clearly behind it when "
+        f"undecided: {', '.join(unclear) or 'the others'} neither tied with {timed[0]} nor clearly behind it when "
         f"the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
     )
