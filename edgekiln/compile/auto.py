@@ -179,7 +179,7 @@ def _measure(
             why = f"no candidate could be timed ({exc.one_line()}); kept the first in {order_source}"
             return first, why, {"outcome": "not timed"}
         try:
-            session = _TimingSession(onnx_path, manifest, threads)
+            session = _TimingSession(onnx_path, manifest, threads, budget.processes)
         except (BackendError, DependencyError, UserError) as exc:
             why = f"no candidate could be timed (ONNX Runtime baseline: {exc.one_line()})"
             return first, f"{why}; kept the first in {order_source}", {"outcome": "not timed"}
@@ -216,11 +216,12 @@ def _measure(
 
 
 class _TimingSession:
-    """One ONNX Runtime baseline worker and one worker per candidate, all on ``threads``
-    pinned CPUs; rounds of pairs (candidate, baseline), the order flipped every other round
-    so that neither side always runs second."""
+    """ONNX Runtime baseline workers and, per candidate, as many workers as the budget's
+    ``processes``, all on ``threads`` pinned CPUs. Each round times every candidate in one
+    (candidate, baseline) pair, taking the copies in turn; the order within a pair flips once
+    every copy has had a round, so neither side always runs second."""
 
-    def __init__(self, onnx_path: Path, manifest: Any, threads: int) -> None:
+    def __init__(self, onnx_path: Path, manifest: Any, threads: int, processes: int = 1) -> None:
         self.samples = make_inputs(manifest.inputs, 3, 0)
         self.threads = threads
         self.runner = LocalRunner()
@@ -228,7 +229,8 @@ class _TimingSession:
         self.stats: dict[str, Any] = {}
         self.p50_s: dict[str, float] = {}
         self.dropped: dict[str, str] = {}
-        self.baseline = self._start("onnxruntime", {"kind": "onnxruntime", "model": str(onnx_path)})
+        model = {"kind": "onnxruntime", "model": str(onnx_path)}
+        self.baselines = [self._start("onnxruntime", model) for _ in range(processes)]
 
     def _start(self, label: str, subject: dict[str, Any]) -> Any:
         worker = self.runner.start(label)
@@ -240,6 +242,17 @@ class _TimingSession:
             raise
         return worker
 
+    def _load(self, name: str, path: Path) -> list[list[timing.Timed]]:
+        """One warmed-up, balanced (candidate, baseline) pair per process copy."""
+        copies = []
+        for baseline in self.baselines:
+            worker = self._start(name, {"kind": "artifact", "path": str(path)})
+            pair = [timing.Timed(name, worker), timing.Timed("onnxruntime", baseline)]
+            timing.warm_up(pair, 1, 1)
+            timing.balance(pair)
+            copies.append(pair)
+        return copies
+
     def run(
         self,
         built: dict[str, Any],
@@ -249,47 +262,49 @@ class _TimingSession:
         started: float,
         progress: Any,
     ) -> sequential.Verdict | None:
-        pairs: dict[str, list[timing.Timed]] = {}
+        copies: dict[str, list[list[timing.Timed]]] = {}
         for name in [b for b in order if b in built]:
             record = next(r for r in records if r["backend"] == name)
             try:
-                with progress.step(f"load candidate {name} for timing ({self.threads} threads)"):
-                    worker = self._start(name, {"kind": "artifact", "path": str(built[name].path)})
-                    pair = [timing.Timed(name, worker), timing.Timed("onnxruntime", self.baseline)]
-                    timing.warm_up(pair, 1, 1)
-                    timing.balance(pair)
+                what = f"{len(self.baselines)} process(es), {self.threads} threads"
+                with progress.step(f"load candidate {name} for timing ({what})"):
+                    copies[name] = self._load(name, built[name].path)
             except (BackendError, DependencyError, UserError) as exc:
                 record.update(status="not measured", reason=exc.one_line())
-                continue
-            pairs[name] = pair
-        if not pairs:
+        if not copies:
             return None
-        ratios: dict[str, list[float]] = {name: [] for name in pairs}
-        timed = {name: pair[0] for name, pair in pairs.items()}
+        ratios: dict[str, list[float]] = {name: [] for name in copies}
+        timed = {name: [pair[0] for pair in pairs] for name, pairs in copies.items()}
         position: dict[int, int] = {}
         verdict = sequential.Verdict("continue")
         rounds = 0
-        while verdict.outcome == "continue" and pairs:
-            for name, pair in list(pairs.items()):
+        while verdict.outcome == "continue" and copies:
+            n = len(self.baselines)
+            for name, pairs in list(copies.items()):
+                pair = pairs[rounds % n]
                 try:
-                    timing.run_pair(pair if rounds % 2 == 0 else pair[::-1], 1, position, start=2)
+                    timing.run_pair(pair if (rounds // n) % 2 == 0 else pair[::-1], 1, position, start=2)
                 except (BackendError, DependencyError, UserError) as exc:
                     next(r for r in records if r["backend"] == name).update(
                         status="not measured", reason=exc.one_line()
                     )
-                    del pairs[name], ratios[name], timed[name]
+                    del copies[name], ratios[name], timed[name]
                     continue
                 ratios[name].append(pair[0].pairs[-1] / pair[1].pairs[-1])  # type: ignore[index]
             rounds += 1
-            if not pairs:
+            if not copies:
                 return None
             verdict = sequential.judge(ratios, order, budget, time.monotonic() - started)
             self.stats.update(verdict.stats)
             self.dropped.update(verdict.dropped)
             for name in verdict.dropped:
-                del pairs[name], ratios[name]
-            progress.advance(rounds, budget.max_pairs, f"{len(pairs)} candidates against ONNX Runtime", unit="pair")
-        self.p50_s = {name: statistics.median(t.times) for name, t in timed.items() if t.times}
+                del copies[name], ratios[name]
+            progress.advance(rounds, budget.max_pairs, f"{len(copies)} candidates against ONNX Runtime", unit="pair")
+        self.p50_s = {
+            name: statistics.median(t for c in cs if c.times for t in c.times)
+            for name, cs in timed.items()
+            if any(c.times for c in cs)
+        }
         return verdict
 
     def close(self) -> None:

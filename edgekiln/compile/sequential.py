@@ -58,7 +58,8 @@ class TimingBudget:
     loading included) at most; ``drop_factor``: a candidate this many times slower than the
     leader (median ratio) with disjoint intervals stops being timed; ``equivalence``: the
     relative width within which a candidate counts as tied with the leader; ``threads``: CPU threads of
-    every runtime alike (None: the CPUs this process may use).
+    every runtime alike (None: the CPUs this process may use); ``processes``: worker
+    processes per candidate and for the baseline, timed in turn.
     """
 
     drop_after: int = 3
@@ -75,6 +76,10 @@ class TimingBudget:
     # zoo models changed backend between identical compiles.
     equivalence: float = 0.10
     threads: int | None = None
+    # Each candidate (and the baseline) runs in this many worker processes, taken in turn:
+    # litert ran 0.85-0.90 of ONNX Runtime's time in some fresh processes and 0.99-1.05 in
+    # others, steady within each, so one process is one draw of a runtime's speed.
+    processes: int = 2
 
     def __post_init__(self) -> None:
         if not 3 <= self.drop_after <= self.min_pairs <= self.max_pairs:
@@ -84,6 +89,8 @@ class TimingBudget:
             )
         if self.max_seconds <= 0 or self.drop_factor <= 1 or not 0 <= self.equivalence < 1:
             raise UserError("auto timing needs max_seconds > 0, drop_factor > 1 and 0 <= equivalence < 1")
+        if not 1 <= self.processes <= 4:
+            raise UserError(f"auto timing needs 1 to 4 worker processes per candidate, got {self.processes}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"auto timing threads must be at least 1, got {self.threads}")
 
