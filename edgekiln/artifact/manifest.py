@@ -145,7 +145,8 @@ class BackendSelection:
     "evidence" (the target could not run here: the evidence row decided), "only one built";
     ``evidence`` and ``evidence_source``: the evidence row (``class/precision``) that ordered
     the candidates and where its figures come from; ``threads``: CPU threads every runtime
-    was timed with; ``tuning_coverage``: the share of the model's FLOPs with TVM tuning
+    was timed with; ``processes``: worker processes per candidate and for the baseline,
+    timed in turn; ``tuning_coverage``: the share of the model's FLOPs with TVM tuning
     records (None: no records). Manifests written before these fields still load.
     """
 
@@ -157,6 +158,7 @@ class BackendSelection:
     evidence: str | None = None
     evidence_source: str | None = None
     threads: int | None = None
+    processes: int | None = None
     tuning_coverage: float | None = None
     timing_seconds: float | None = None
 

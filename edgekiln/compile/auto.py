@@ -6,10 +6,11 @@ out unless tuning records cover the model (or nothing else runs on the target).
 
 When this machine can execute the target (the host CPU, or a GPU that is attached), every
 remaining candidate is compiled, validated and timed, each interleaved with ONNX Runtime on
-the source model in the same run, every runtime on the same pinned CPU threads (the host's),
+the source model in the same run, every runtime on the same pinned CPU threads (the host's)
+and in two worker processes taken in turn (a runtime's speed can differ between processes),
 sequentially (:mod:`edgekiln.compile.sequential`): clearly slower candidates are dropped after
-a few pairs, and pairs are added until the 95% confidence intervals of the two best ratios
-separate, they tie, or the budget runs out. When the target cannot run here, the evidence
+a few pairs, and pairs are added until every candidate is tied with the leader or clearly
+behind it, or the budget runs out. When the target cannot run here, the evidence
 row's order decides: the first candidate that builds and validates is kept. Either way the
 manifest records every candidate, its figures or why it dropped out, the evidence row, and
 the reason for the choice (``Manifest.backend_selection``, ``extra.backend_selection``).
@@ -165,7 +166,7 @@ def _measure(
 
     ``baseline_model`` is the imported source model (anything with an ONNX ``path``), the
     user's model file, or None for a zoo model (rebuilt by name). Returns the choice, its
-    reason and the selection's timing facts (outcome, threads, seconds); fills ``records``.
+    reason and the selection's timing facts (outcome, threads, processes, seconds); fills ``records``.
     """
     started = time.monotonic()
     threads = budget.threads or usable_cpus()
@@ -188,7 +189,7 @@ def _measure(
         finally:
             session.close()
     elapsed = time.monotonic() - started
-    facts = {"threads": threads, "timing_seconds": round(elapsed, 2)}
+    facts = {"threads": threads, "processes": budget.processes, "timing_seconds": round(elapsed, 2)}
     if verdict is None:
         return (
             first,

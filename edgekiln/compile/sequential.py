@@ -32,9 +32,11 @@ given (the evidence row's order of fastest backends for the target, else the pro
 preference order) among the leader and the candidates close to it: tied with it or, when
 undecided, with an interval overlapping its own or a median within ``equivalence`` of its.
 The choice therefore changes between repeated compiles where two backends' difference, as
-one timing run sees it, lies near ``equivalence``, or where a runtime's speed differs between
+one timing run sees it, lies near ``equivalence``. A runtime's speed can also differ between
 processes: litert on the AMD host ran 0.85-0.90 of ONNX Runtime's time in some fresh worker
-processes and 0.99-1.05 in others, and one timing run draws one of those.
+processes and 0.99-1.05 in others, steady within each. The timing therefore runs each
+candidate and the baseline in ``processes`` workers taken in turn, so that such a difference
+widens the interval rather than separating the candidates.
 """
 
 from __future__ import annotations

@@ -61,11 +61,12 @@ def test_every_candidate_is_timed_against_onnxruntime_with_pinned_threads(built,
     )
     records = [{"backend": name, "status": "built"} for name in artifacts]
     choice, why, facts = auto._measure(artifacts, records, str(source), NullProgress(), ORDER, "the test order", BUDGET)
-    # The baseline and every candidate on the same pinned thread count.
-    assert [s["kind"] for s in loads] == ["onnxruntime", "artifact", "artifact"]
+    # The baseline and every candidate on the same pinned thread count, each in two processes.
+    assert [s["kind"] for s in loads] == ["onnxruntime"] * 2 + ["artifact"] * 4
     assert {s["threads"] for s in loads} == {1}
     # (A graph this small runs in microseconds, where a loaded machine may even drop one twin.)
     assert facts["threads"] == 1 and facts["outcome"] in ("tied", "undecided", "separated", "only one left")
+    assert facts["processes"] == 2
     assert facts["timing_seconds"] > 0 and choice in artifacts
     for record in records:
         # The same runtime on the same graph: the ratio is about 1, and the figures agree.
@@ -103,3 +104,38 @@ def test_no_source_model_means_no_timing_and_the_first_choice(built, tmp_path):
         artifacts, records, str(tmp_path / "gone.onnx"), NullProgress(), ORDER, "the test order", BUDGET
     )
     assert choice == "a" and "no candidate could be timed" in why and facts == {"outcome": "not timed"}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_each_candidate_takes_its_process_copies_in_turn_and_the_order_flips_once_all_had_a_round(
+    built, monkeypatch, processes
+):
+    # One process is one draw of a runtime's speed (litert ran 0.85-0.90 of ONNX Runtime's
+    # time in some fresh processes, 0.99-1.05 in others), so the rounds go through the copies.
+    source, artifacts = built
+    calls: list[tuple[tuple[str, int], ...]] = []
+    real_run_pair = auto.timing.run_pair
+
+    def spy(subjects, *args, **kwargs):
+        calls.append(tuple((s.name, id(s.worker)) for s in subjects))
+        return real_run_pair(subjects, *args, **kwargs)
+
+    monkeypatch.setattr(auto.timing, "run_pair", spy)
+    records = [{"backend": name, "status": "built"} for name in artifacts]
+    budget = TimingBudget(min_pairs=5, max_pairs=8, max_seconds=30.0, threads=1, processes=processes)
+    _, _, facts = auto._measure(artifacts, records, str(source), NullProgress(), ORDER, "the test order", budget)
+    assert facts["processes"] == processes
+    baselines: set[int] = set()
+    for name in artifacts:
+        mine = [c for c in calls if name in dict(c)]
+        assert len(mine) >= 3  # nothing is judged before drop_after pairs
+        copies = []
+        for k, pair in enumerate(mine):
+            flipped = (k // processes) % 2 == 1  # once every copy has had a round
+            assert [n for n, _ in pair] == (["onnxruntime", name] if flipped else [name, "onnxruntime"])
+            worker, baseline = (pair[1][1], pair[0][1]) if flipped else (pair[0][1], pair[1][1])
+            copies.append((worker, baseline))
+            baselines.add(baseline)
+        # Copy k % processes in round k, each candidate worker always with the same baseline.
+        assert len(set(copies)) == processes and all(copies[k] == copies[k % processes] for k in range(len(copies)))
+    assert len(baselines) == processes  # the candidates share the baseline processes

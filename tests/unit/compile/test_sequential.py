@@ -165,6 +165,10 @@ def test_budget_and_order_errors():
         TimingBudget(drop_factor=1.0)
     with pytest.raises(UserError, match="threads must be at least 1"):
         TimingBudget(threads=0)
+    for processes in (0, 5):
+        with pytest.raises(UserError, match=f"1 to 4 worker processes per candidate, got {processes}"):
+            TimingBudget(processes=processes)
+    assert TimingBudget().processes == 2
     with pytest.raises(UserError, match=r"unranked: \['openvino'\]"):
         judge({"openvino": [1.0] * 5}, ORDER, FIVE, 0)
 
