@@ -102,13 +102,18 @@ class Verdict:
     """What :func:`judge` concluded after one round.
 
     ``outcome`` is "continue", "separated", "tied", "undecided" or "only one left";
-    ``dropped`` maps each candidate to drop now to why; ``chosen`` is set unless continuing.
+    ``dropped`` maps each candidate to drop now to why; ``chosen`` is set unless continuing;
+    ``ranking``: the candidates still timed, leader first, as the rule ranked them (median,
+    then ``order``); ``unclear``: those neither tied with the leader nor clearly behind it.
+    The reason text reads these rather than ranking again, so it names what the rule used.
     """
 
     outcome: str
     chosen: str | None = None
     dropped: Mapping[str, str] = field(default_factory=dict)
     stats: Mapping[str, RatioStats] = field(default_factory=dict)
+    ranking: tuple[str, ...] = ()
+    unclear: tuple[str, ...] = ()
 
 
 def looks(budget: TimingBudget) -> tuple[int, ...]:
@@ -152,28 +157,31 @@ def judge(
         for name in ranked[1:]
         if stats[name].median >= budget.drop_factor * leader.median and stats[name].ci95_low > leader.ci95_high
     }
-    left = [n for n in ranked if n not in dropped]
+    left = tuple(n for n in ranked if n not in dropped)
     if len(left) == 1:
-        return Verdict("only one left", left[0], dropped, stats)
+        return Verdict("only one left", left[0], dropped, stats, left)
     out_of_budget = pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds
     if pairs < budget.min_pairs or not (out_of_budget or pairs in looks(budget)):
         return Verdict("continue", None, dropped, stats)
     first = stats[left[0]]
     relation = {n: _relation(first, stats[n], budget.equivalence) for n in left[1:]}
-    if "unclear" not in relation.values():
+    unclear = tuple(n for n in left[1:] if relation[n] == "unclear")
+    if not unclear:
         tied = [left[0], *(n for n in left[1:] if relation[n] == "tied")]
         if len(tied) > 1:
-            return Verdict("tied", min(tied, key=order.index), dropped, stats)
+            return Verdict("tied", min(tied, key=order.index), dropped, stats, left)
+        # Without a tie, out of budget means separated here, so "undecided" always has an
+        # unclear candidate to name.
         if pairs >= budget.separate_after or out_of_budget:
-            return Verdict("separated", left[0], dropped, stats)
+            return Verdict("separated", left[0], dropped, stats, left)
     if out_of_budget:
         close = [
             n
             for n in left
             if stats[n].ci95_low <= first.ci95_high or stats[n].median <= (1 + budget.equivalence) * first.median
         ]
-        return Verdict("undecided", min(close, key=order.index), dropped, stats)
-    return Verdict("continue", None, dropped, stats)
+        return Verdict("undecided", min(close, key=order.index), dropped, stats, left, unclear)
+    return Verdict("continue", None, dropped, stats, left, unclear)
 
 
 def _relation(leader: RatioStats, other: RatioStats, equivalence: float) -> str:
@@ -192,7 +200,7 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
     stats = verdict.stats
     chosen = verdict.chosen
     assert chosen is not None
-    timed = [n for n in sorted(stats, key=lambda n: stats[n].median) if n not in verdict.dropped]
+    timed = verdict.ranking
     figures = "; ".join(f"{n} {describe(stats[n])}" for n in timed)
     what = "time ratio to ONNX Runtime on the source model"
     if verdict.outcome == "only one left":
@@ -208,9 +216,8 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's (the rest clearly behind)"
         return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
     rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
-    unclear = [n for n in timed[1:] if _relation(stats[timed[0]], stats[n], budget.equivalence) == "unclear"]
     return (
-        f"undecided: {', '.join(unclear) or 'the others'} neither tied with {timed[0]} nor clearly behind it when "
+        f"undecided: {', '.join(verdict.unclear)} neither tied with {timed[0]} nor clearly behind it when "
         f"the budget ({budget.max_pairs} pairs, "
         f"{budget.max_seconds:g} s; {elapsed_s:.0f} s spent) ran out ({what}: {figures}); {rule}"
     )

@@ -215,3 +215,18 @@ def test_one_candidate_is_named_fastest_only_after_separate_after_pairs():
         "separated",
         "litert",
     )
+
+
+def test_the_reason_names_the_leader_and_unclear_candidates_the_rule_used():
+    # Equal medians: the rule ranks by the tie order, so onnxruntime leads although litert
+    # comes first here; the reason must not rank again by median alone and swap them.
+    ratios = {"litert": _ratios(1.0, 40, 0.3), "onnxruntime": _ratios(1.0, 40, 0.01)}
+    verdict = judge(ratios, ORDER, TimingBudget(max_seconds=1.0), 1.0)
+    assert verdict.outcome == "undecided" and verdict.chosen == "onnxruntime"
+    assert (verdict.ranking, verdict.unclear) == (("onnxruntime", "litert"), ("litert",))
+    text = sequential.reason(verdict, "the profile's order", TimingBudget(), 1.0)
+    assert text.startswith("undecided: litert neither tied with onnxruntime nor clearly behind it")
+    assert text.index("onnxruntime 1.000x") < text.index("litert 1.000x")
+    # A dropped candidate is in neither list.
+    slow = judge({**ratios, "tvm": _ratios(40.0, 40)}, ORDER, TimingBudget(max_seconds=1.0), 1.0)
+    assert "tvm" in slow.dropped and (slow.ranking, slow.unclear) == (verdict.ranking, verdict.unclear)
