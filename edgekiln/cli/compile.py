@@ -110,8 +110,8 @@ def _add_backend_and_validation_arguments(parser: argparse.ArgumentParser) -> No
         "90%% of the model's FLOPs, unless nothing else runs on the target); when this machine "
         "can run the target, time them against ONNX Runtime on the host's cores (each runtime in "
         "two worker processes, taken in turn) until each "
-        "one's 95%% CI lies within 10%% of the leader's or wholly above it with a median more "
-        "than 10%% higher (20 pairs before one is named fastest), or the budget (40 pairs, 60 s) "
+        "one's 95%% CI lies within 10%% of the leader's or more than 10%% above it (20 pairs "
+        "before one is named fastest), or the budget (40 pairs, 60 s) "
         "runs out (ties and undecided timings "
         "keep the first in the evidence order measured on this host's kind of CPU), else keep "
         "the first that builds in the evidence table's order (see README)",

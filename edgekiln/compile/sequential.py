@@ -10,13 +10,16 @@ summarised by :class:`~edgekiln.execute.statistics.RatioStats` (median and a dis
   the leader's (untuned TVM on a CPU, 30-100x ONNX Runtime, leaves after the first pairs);
 - **tied** or **separated**, once every other candidate is either *tied* with the leader (the
   lowest median: both intervals lie within ``equivalence`` of each other, the highest upper
-  bound at most 1 + ``equivalence`` times the lowest lower bound) or *apart* from it (its
-  interval wholly above the leader's and its median more than ``equivalence`` higher).
+  bound at most 1 + ``equivalence`` times the lowest lower bound) or *apart* from it
+  (slower by more than ``equivalence`` beyond its interval: its lower bound above 1 +
+  ``equivalence`` times the leader's upper bound, a superiority test with a margin).
   With any tied, the outcome is "tied", since more pairs would not change what a user sees;
   with all apart, "separated", and the leader wins. A candidate that is neither (a wide
-  interval reaching the leader's, or a disjoint one closer than ``equivalence``) keeps the
-  timing going: a tie among the narrow-interval candidates that left out a wide one, and a
-  3% difference that separated in one compile and tied in the next, each flipped the
+  interval, or a difference that may or may not exceed ``equivalence``) keeps the timing
+  going: a tie among the narrow-interval candidates that left out a wide one, a 3%
+  difference that separated in one compile and tied in the next, and medians 10.2% apart
+  with the slower one's interval reaching within 4% of the faster's, separated at a 10%
+  margin where two other compiles of the same model were undecided, each flipped the
   backend between identical compiles;
 - **undecided**: the budget (``max_pairs`` per candidate, ``max_seconds`` of timing) ran out
   first.
@@ -29,10 +32,10 @@ because a look after every pair would, by chance alone, find two equal candidate
 
 Tied and undecided choices follow one deterministic tie rule: the first in the ``order``
 given (the evidence row's order of fastest backends for the target, else the profile's
-preference order) among the leader and the candidates close to it: tied with it or, when
-undecided, with an interval overlapping its own or a median within ``equivalence`` of its.
-The choice therefore changes between repeated compiles where two backends' difference, as
-one timing run sees it, lies near ``equivalence``. A runtime's speed can also differ between
+preference order) among the leader and the candidates not apart from it (tied with it or,
+when undecided, unclear). The choice therefore changes between repeated compiles only where
+a candidate is apart from the evidence order's first in one timing run and not in the next:
+a difference near ``equivalence`` plus the intervals' widths. A runtime's speed can also differ between
 processes: litert on the AMD host ran 0.85-0.90 of ONNX Runtime's time in some fresh worker
 processes and 0.99-1.05 in others, steady within each. The timing therefore runs each
 candidate and the baseline in ``processes`` workers taken in turn, so that such a difference
@@ -163,34 +166,30 @@ def judge(
     out_of_budget = pairs >= budget.max_pairs or elapsed_s >= budget.max_seconds
     if pairs < budget.min_pairs or not (out_of_budget or pairs in looks(budget)):
         return Verdict("continue", None, dropped, stats)
-    first = stats[left[0]]
-    relation = {n: _relation(first, stats[n], budget.equivalence) for n in left[1:]}
+    relation = {n: _relation(stats[left[0]], stats[n], budget.equivalence) for n in left[1:]}
     unclear = tuple(n for n in left[1:] if relation[n] == "unclear")
+    # The tie rule's choice: the first in the order among those not apart from the leader.
+    kept = min((left[0], *(n for n in left[1:] if relation[n] != "apart")), key=order.index)
     if not unclear:
-        tied = [left[0], *(n for n in left[1:] if relation[n] == "tied")]
-        if len(tied) > 1:
-            return Verdict("tied", min(tied, key=order.index), dropped, stats, left)
+        if "tied" in relation.values():
+            return Verdict("tied", kept, dropped, stats, left)
         # Without a tie, out of budget means separated here, so "undecided" always has an
         # unclear candidate to name.
         if pairs >= budget.separate_after or out_of_budget:
             return Verdict("separated", left[0], dropped, stats, left)
     if out_of_budget:
-        close = [
-            n
-            for n in left
-            if stats[n].ci95_low <= first.ci95_high or stats[n].median <= (1 + budget.equivalence) * first.median
-        ]
-        return Verdict("undecided", min(close, key=order.index), dropped, stats, left, unclear)
+        return Verdict("undecided", kept, dropped, stats, left, unclear)
     return Verdict("continue", None, dropped, stats, left, unclear)
 
 
 def _relation(leader: RatioStats, other: RatioStats, equivalence: float) -> str:
     """ "tied": both intervals lie within ``equivalence`` of each other; "apart": the other's
-    interval lies wholly above the leader's and its median is more than ``equivalence``
-    higher; else "unclear", and more pairs are needed."""
+    lower bound is more than ``equivalence`` above the leader's upper bound, so it is slower
+    by more than the margin whichever values in the intervals are true; else "unclear", and
+    more pairs are needed."""
     if max(leader.ci95_high, other.ci95_high) <= (1 + equivalence) * min(leader.ci95_low, other.ci95_low):
         return "tied"
-    if leader.ci95_high < other.ci95_low and other.median > (1 + equivalence) * leader.median:
+    if other.ci95_low > (1 + equivalence) * leader.ci95_high:
         return "apart"
     return "unclear"
 
@@ -208,14 +207,17 @@ def reason(verdict: Verdict, order_source: str, budget: TimingBudget, elapsed_s:
         return f"{chosen} is the only candidate left to time ({others}; {what}: {figures})"
     if verdict.outcome == "separated":
         return (
-            f"{chosen} is fastest, its 95% CI below every other's and its median more than "
-            f"{budget.equivalence:.0%} lower ({what}: {figures})"
+            f"{chosen} is fastest, every other's 95% CI more than {budget.equivalence:.0%} above "
+            f"its own ({what}: {figures})"
         )
     rule = f"kept {chosen} by the tie rule: first in {order_source} among those"
     if verdict.outcome == "tied":
         within = f"whose CIs lie within {budget.equivalence:.0%} of the leader's (the rest clearly behind)"
         return f"tied within {budget.equivalence:.0%} ({what}: {figures}); {rule} {within}"
-    rule += f" whose CI overlaps the leader's or whose median is within {budget.equivalence:.0%} of it"
+    rule += (
+        f" not clearly behind the leader (a CI whose lower bound is within {budget.equivalence:.0%} "
+        "of the leader's upper bound)"
+    )
     return (
         f"undecided: {', '.join(verdict.unclear)} neither tied with {timed[0]} nor clearly behind it when "
         f"the budget ({budget.max_pairs} pairs, "
