@@ -35,11 +35,11 @@ given (the evidence row's order of fastest backends for the target, else the pro
 preference order) among the leader and the candidates not apart from it (tied with it or,
 when undecided, unclear). The choice therefore changes between repeated compiles only where
 a candidate is apart from the evidence order's first in one timing run and not in the next:
-a difference near ``equivalence`` plus the intervals' widths. A runtime's speed can also differ between
-processes: litert on the AMD host ran 0.85-0.90 of ONNX Runtime's time in some fresh worker
-processes and 0.99-1.05 in others, steady within each. The timing therefore runs each
-candidate and the baseline in ``processes`` workers taken in turn, so that such a difference
-widens the interval rather than separating the candidates.
+a difference near ``equivalence`` plus the intervals' widths. A runtime's speed can also
+differ between processes: litert on the AMD host ran 0.85-0.90 of ONNX Runtime's time in
+some fresh worker processes and 0.99-1.05 in others, steady within each. The timing
+therefore runs each candidate and the baseline in ``processes`` workers taken in turn, so
+that such a difference widens the interval rather than separating the candidates.
 """
 
 from __future__ import annotations
